@@ -1,0 +1,7 @@
+"""``medrecon info``: placeholder module, replaced by its implementation."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

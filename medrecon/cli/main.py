@@ -1,0 +1,50 @@
+"""The ``medrecon`` typer application.
+
+Commands live in their own modules and register themselves; heavy imports (torch, pydicom,
+monai) happen inside the command functions so ``medrecon --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from medrecon import __version__
+
+app = typer.Typer(
+    name="medrecon",
+    help="Reconstruct 3D MRI and CT from undersampled measurements with a learned diffusion prior.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Order here is the order in `medrecon --help`.
+COMMAND_MODULES: tuple[str, ...] = ("info", "convert", "evaluate", "phantom")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"medrecon {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Reconstruct 3D MRI and CT from undersampled measurements with a learned diffusion prior."""
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"medrecon.cli.{_name}").register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

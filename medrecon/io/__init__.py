@@ -1,0 +1,70 @@
+"""Reading and writing studies: NIfTI files, DICOM series, measurement files.
+
+``load_volume`` and ``save_volume`` pick the format from the path; everything user-facing goes
+through them so that the CLI and the Python API read and write identically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from medrecon.errors import InputError
+from medrecon.io.nifti import is_nifti_path, read_nifti, write_nifti
+from medrecon.io.volume import Volume
+
+__all__ = ["Volume", "load_volume", "save_volume", "is_nifti_path"]
+
+
+def load_volume(path: str | Path, series: str | None = None, frame: int | None = None) -> Volume:
+    """Read a volume from a NIfTI file, a DICOM file, or a folder (tree) of DICOM files.
+
+    Args:
+        path: .nii / .nii.gz file, a DICOM file, or a folder searched recursively for DICOM.
+        series: SeriesInstanceUID to pick when a folder holds several series.
+        frame: frame index of a 4D NIfTI file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} does not exist.")
+    if is_nifti_path(path):
+        if series is not None:
+            raise InputError("--series applies to DICOM input, not to NIfTI files.")
+        return read_nifti(path, frame=frame)
+    if frame is not None:
+        raise InputError("--frame applies to 4D NIfTI files, not to DICOM input.")
+    from medrecon.io.dicom import read_dicom
+
+    return read_dicom(path, series=series)
+
+
+def save_volume(
+    volume: Volume,
+    path: str | Path,
+    format: str = "auto",
+    reference: Volume | None = None,
+    **dicom_options: Any,
+) -> Path:
+    """Write ``volume`` atomically as NIfTI or as a DICOM series folder.
+
+    Args:
+        format: "nifti", "dicom" or "auto" (NIfTI when the path ends in .nii/.nii.gz, else a
+            DICOM folder).
+        reference: a volume read from DICOM whose patient/study the new series joins; defaults
+            to ``volume`` itself when it carries a DICOM header.
+        dicom_options: passed to :func:`medrecon.io.dicom.write_dicom_series`
+            (patient_name, patient_id, series_description).
+    """
+    path = Path(path)
+    fmt = format.lower()
+    if fmt == "auto":
+        fmt = "nifti" if is_nifti_path(path) else "dicom"
+    if fmt == "nifti":
+        return write_nifti(volume, path)
+    if fmt == "dicom":
+        if is_nifti_path(path):
+            raise InputError(f"DICOM output must be a folder, not {path.name}.")
+        from medrecon.io.dicom import write_dicom_series
+
+        return write_dicom_series(volume, path, reference=reference, **dicom_options)
+    raise InputError(f"Unknown output format {format!r}; use nifti, dicom or auto.")

@@ -1,0 +1,88 @@
+"""NIfTI-1/2 reading and writing through nibabel, with the exact affine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medrecon.errors import InputError
+from medrecon.io.atomic import atomic_file
+from medrecon.io.volume import Volume
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_nifti_path(path: str | Path) -> bool:
+    name = str(path).lower()
+    return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+def read_nifti(path: str | Path, frame: int | None = None) -> Volume:
+    """Read a 3D NIfTI file, or one frame of a 4D file when ``frame`` is given.
+
+    The affine is the sform when its code is set, else the qform (nibabel's ``affine``).
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise InputError(f"Cannot read NIfTI file {path}: {exc}") from None
+    if data.ndim == 4:
+        if frame is None:
+            raise InputError(
+                f"{path} is 4D with {data.shape[3]} frames; choose one with --frame N."
+            )
+        if not 0 <= frame < data.shape[3]:
+            raise InputError(f"Frame {frame} is out of range: {path} has {data.shape[3]} frames.")
+        data = data[..., frame]
+    elif frame is not None and frame != 0:
+        raise InputError(f"{path} is {data.ndim}D; --frame applies only to 4D files.")
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim != 3:
+        raise InputError(f"{path} has {data.ndim} dimensions; medrecon reads 3D volumes.")
+    if np.iscomplexobj(data):
+        raise InputError(f"{path} holds complex voxels; give a magnitude image.")
+    header = img.header
+    units = "a.u."
+    descrip = ""
+    try:
+        descrip = header["descrip"].tobytes().rstrip(b"\0").decode("ascii", "ignore")
+    except Exception:
+        pass
+    modality = "OT"
+    if descrip.startswith("medrecon:"):
+        # Written by medrecon: "medrecon:<modality>:<units>:<description>"
+        parts = descrip.split(":", 3)
+        if len(parts) == 4:
+            modality, units, descrip = parts[1] or "OT", parts[2] or "a.u.", parts[3]
+    return Volume(
+        data=np.asarray(data, dtype=np.float32),
+        affine=np.asarray(img.affine, dtype=np.float64),
+        modality=modality,
+        units=units,
+        series_description=descrip,
+        meta={"source": str(path), "format": "nifti"},
+    )
+
+
+def write_nifti(volume: Volume, path: str | Path) -> Path:
+    """Write ``volume`` as float32 NIfTI with sform and qform set to its affine (atomic)."""
+    import nibabel as nib
+
+    path = Path(path)
+    if not is_nifti_path(path):
+        raise InputError(f"NIfTI output must end in .nii or .nii.gz, got {path.name}.")
+    img = nib.Nifti1Image(volume.data.astype(np.float32), volume.affine)
+    img.set_sform(volume.affine, code=1)
+    img.set_qform(volume.affine, code=1)
+    img.header.set_xyzt_units(xyz="mm")
+    text = f"medrecon:{volume.modality}:{volume.units}:{volume.series_description}"
+    img.header["descrip"] = text.encode("ascii", "ignore")[:79]
+    with atomic_file(path) as tmp:
+        nib.save(img, str(tmp))
+    return path

@@ -1,0 +1,84 @@
+"""The :class:`Volume`: a 3D image with its geometry and metadata.
+
+Conventions
+-----------
+``data[i, j, k]`` is the voxel at index ``(i, j, k)``; ``affine @ (i, j, k, 1)`` is its centre in
+RAS+ millimetres, as in NIfTI and nibabel: world x, y, z increase towards the patient's Right,
+Anterior and Superior. An orientation code such as ``"LPS"`` names the world direction each
+voxel axis increases towards.
+
+For DICOM input the voxel axes are (column, row, slice): ``i`` runs along a row (the first
+direction cosine of ImageOrientationPatient), ``j`` down the columns, ``k`` along the slice
+normal in the order of increasing position. DICOM's patient frame is LPS+, so the affine is the
+LPS affine with its first two rows negated.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Volume:
+    """A 3D image: float32 ``data`` of shape (I, J, K), a 4x4 ``affine`` (voxel -> RAS+ mm).
+
+    Attributes:
+        data: float32 array, shape (I, J, K).
+        affine: float64 4x4 array mapping voxel indices to RAS+ millimetres.
+        modality: DICOM-style modality code: "CT", "MR", or "OT" when unknown.
+        units: intensity units, e.g. "HU" for CT, "a.u." for MR magnitude.
+        series_description: free text shown to users.
+        dicom_header: a pydicom Dataset of the source series' first slice (pixel data removed),
+            kept so that outputs can be written back as a DICOM series derived from the source.
+        meta: any further key-value metadata (source path, series UID, ...).
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    modality: str = "OT"
+    units: str = "a.u."
+    series_description: str = ""
+    dicom_header: Any = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.data = np.asarray(self.data, dtype=np.float32)
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        if self.data.ndim != 3:
+            raise ValueError(f"Volume data must be 3D, got shape {self.data.shape}")
+        if self.affine.shape != (4, 4):
+            raise ValueError(f"Volume affine must be 4x4, got shape {self.affine.shape}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along (i, j, k)."""
+        sp = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return (float(sp[0]), float(sp[1]), float(sp[2]))
+
+    @property
+    def orientation(self) -> str:
+        """Three-letter RAS orientation code of the voxel axes, e.g. "LPS" or "RAS"."""
+        import nibabel as nib
+
+        return "".join(nib.orientations.aff2axcodes(self.affine))
+
+    def with_data(self, data: np.ndarray, **changes: Any) -> Volume:
+        """A copy with new voxel values of the same shape and the same geometry."""
+        data = np.asarray(data, dtype=np.float32)
+        if data.shape != self.data.shape:
+            raise ValueError(f"new data shape {data.shape} != volume shape {self.data.shape}")
+        return replace(self, data=data, meta=copy.deepcopy(self.meta), **changes)
+
+    def same_geometry(self, other: Volume, atol_mm: float = 1e-3) -> bool:
+        """True when shapes match and affines agree within ``atol_mm``."""
+        return self.shape == other.shape and bool(
+            np.allclose(self.affine, other.affine, atol=atol_mm)
+        )
