@@ -1,0 +1,158 @@
+"""SENSE operator: explicit formula, axis conventions, batching, coil chunks, errors, devices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medrecon.errors import GeometryError, InputError
+from medrecon.operators.functional.fft import fftc, ifftc
+from medrecon.operators.mri import FFTOperator, SenseOperator
+
+SHAPE = (9, 10, 7)
+
+
+def _maps(n: int, g: torch.Generator, dtype: torch.dtype = torch.complex128) -> torch.Tensor:
+    return torch.randn((n, *SHAPE), generator=g, dtype=dtype)
+
+
+def _image(g: torch.Generator, dtype: torch.dtype = torch.complex128) -> torch.Tensor:
+    return torch.randn(SHAPE, generator=g, dtype=dtype)
+
+
+def test_forward_matches_numpy_formula(generator: torch.Generator,
+                                       rng: np.random.Generator) -> None:
+    maps = _maps(4, generator)
+    mask = rng.random((1, 10, 7)) < 0.4
+    x = _image(generator)
+    op = SenseOperator(maps, mask, (0, 1, 2))
+    y = op(x).numpy()
+    s, xn = maps.numpy(), x.numpy()
+    axes = (1, 2, 3)
+    ref = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(s * xn, axes=axes), axes=axes,
+                                      norm="ortho"), axes=axes) * mask
+    np.testing.assert_allclose(y, ref, atol=1e-12)
+    # unsampled phase encodes are exactly zero, on every readout sample and coil
+    assert np.all(y[:, :, ~mask[0]] == 0)
+    assert op.oshape == (4, *SHAPE)
+
+
+def test_multislice_does_not_mix_slices(generator: torch.Generator) -> None:
+    maps = _maps(3, generator)
+    mask = torch.zeros((1, 10, 1), dtype=torch.bool)
+    mask[0, ::2, 0] = True
+    op = SenseOperator(maps, mask, (0, 1))
+    x = _image(generator)
+    x2 = x.clone()
+    x2[..., 3] = 0  # changing slice 3 changes k-space of slice 3 only
+    diff = (op(x) - op(x2)).abs().sum(dim=(0, 1, 2))
+    assert float(diff[3]) > 0
+    assert float(diff[torch.arange(7) != 3].max()) == 0
+    # per slice it is a 2D FFT over (readout, phase)
+    expected = fftc(maps[:, :, :, 5] * x[:, :, 5], (1, 2)) * mask[0, :, 0]
+    assert torch.allclose(op(x)[:, :, :, 5], expected, atol=1e-12)
+
+
+def test_adjoint_formula_and_zero_filled(generator: torch.Generator) -> None:
+    maps = _maps(2, generator)
+    mask = torch.rand((1, 10, 7), generator=generator) < 0.5
+    op = SenseOperator(maps, mask, (0, 1, 2))
+    y = torch.randn((2, *SHAPE), generator=generator, dtype=torch.complex128)
+    expected = (maps.conj() * ifftc(y * mask, (1, 2, 3))).sum(0)
+    assert torch.allclose(op.adjoint(y), expected, atol=1e-12)
+    # fully sampled single coil: A is the unitary FFT, so A^H A = I
+    full = SenseOperator(None, torch.ones(1, 1, 1, dtype=torch.bool), (0, 1, 2), image_shape=SHAPE)
+    x = _image(generator)
+    assert torch.allclose(full.normal(x), x, atol=1e-12)
+    assert torch.allclose(full(x)[0], FFTOperator(SHAPE, (0, 1, 2))(x), atol=1e-12)
+
+
+def test_coil_batching_gives_identical_results(generator: torch.Generator) -> None:
+    maps = _maps(5, generator)
+    mask = torch.rand((1, 10, 7), generator=generator) < 0.5
+    x = _image(generator)
+    ref = SenseOperator(maps, mask, (0, 1, 2))
+    for batch in (1, 2, 3, 5, 9):
+        op = SenseOperator(maps, mask, (0, 1, 2), coil_batch=batch)
+        y = ref(x)
+        assert torch.allclose(op(x), y, atol=1e-12)
+        assert torch.allclose(op.adjoint(y), ref.adjoint(y), atol=1e-12)
+        assert torch.allclose(op.normal(x), ref.normal(x), atol=1e-12)
+
+
+def test_leading_batch_dimensions(generator: torch.Generator) -> None:
+    maps = _maps(3, generator)
+    mask = torch.rand((1, 10, 7), generator=generator) < 0.5
+    op = SenseOperator(maps, mask, (0, 1, 2), coil_batch=2)
+    xb = torch.randn((2, *SHAPE), generator=generator, dtype=torch.complex128)
+    yb = op(xb)
+    assert yb.shape == (2, 3, *SHAPE)
+    assert torch.allclose(yb[1], op(xb[1]), atol=1e-12)
+    assert torch.allclose(op.adjoint(yb)[0], op.adjoint(yb[0]), atol=1e-12)
+    assert torch.allclose(op.normal(xb)[1], op.normal(xb[1]), atol=1e-12)
+
+
+def test_dtype_follows_inputs_and_maps(generator: torch.Generator) -> None:
+    maps64 = _maps(2, generator, torch.complex64)
+    mask = torch.ones((1, 10, 7))
+    op = SenseOperator(maps64, mask, (0, 1, 2))
+    assert op(_image(generator, torch.float32)).dtype == torch.complex64
+    assert op(_image(generator, torch.complex128)).dtype == torch.complex128
+    single = SenseOperator(None, mask, (0, 1), image_shape=SHAPE)
+    assert single(_image(generator, torch.float64)).dtype == torch.complex128
+    # real image input is treated as a complex image with zero imaginary part
+    x = _image(generator, torch.float64)
+    assert torch.allclose(single(x), single(x.to(torch.complex128)))
+
+
+def test_weighted_mask_normal_uses_square(generator: torch.Generator) -> None:
+    w = torch.rand((1, 10, 7), generator=generator, dtype=torch.float64)
+    op = SenseOperator(None, w, (0, 1, 2), image_shape=SHAPE)
+    x = _image(generator)
+    expected = ifftc(fftc(x, (0, 1, 2)) * w**2, (0, 1, 2))
+    assert torch.allclose(op.normal(x), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"maps": torch.ones(2, 9, 10, dtype=torch.complex64), "mask": torch.ones(1, 10, 7),
+          "fft_dims": (0, 1, 2)}, GeometryError, "shape \\(C, I, J, K\\)"),
+        ({"maps": torch.ones(2, *SHAPE, dtype=torch.complex64), "mask": torch.ones(1, 11, 7),
+          "fft_dims": (0, 1, 2)}, GeometryError, "cannot be broadcast"),
+        ({"maps": None, "mask": torch.ones(10, 7), "fft_dims": (0, 1, 2)}, GeometryError,
+         "image shape must be given"),
+        ({"maps": None, "mask": torch.ones(*SHAPE), "fft_dims": (0, 3)}, InputError,
+         "fft_dims"),
+        ({"maps": None, "mask": torch.ones(*SHAPE), "fft_dims": (1, 1)}, InputError,
+         "fft_dims"),
+        ({"maps": None, "mask": -torch.ones(*SHAPE), "fft_dims": (0, 1)}, InputError,
+         "non-negative"),
+        ({"maps": None, "mask": torch.ones(*SHAPE), "fft_dims": (0, 1), "coil_batch": 0},
+         InputError, "coil_batch"),
+    ],
+)
+def test_invalid_arguments(kwargs: dict, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        SenseOperator(**kwargs)
+
+
+def test_wrong_input_shape_is_rejected(generator: torch.Generator) -> None:
+    op = SenseOperator(_maps(2, generator), torch.ones(1, 10, 7), (0, 1, 2))
+    with pytest.raises(ValueError, match="must end in shape"):
+        op(torch.zeros(9, 10, 8, dtype=torch.complex128))
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(generator: torch.Generator) -> None:
+    maps = _maps(4, generator, torch.complex64)
+    mask = torch.rand((1, 10, 7), generator=generator) < 0.5
+    x = _image(generator, torch.complex64)
+    cpu = SenseOperator(maps, mask, (0, 1, 2), coil_batch=3)
+    gpu = cpu.to("cuda")
+    y = gpu(x.cuda())
+    assert y.device.type == "cuda"
+    assert torch.allclose(y.cpu(), cpu(x), atol=1e-5)
+    # maps left on the CPU follow a CUDA input too
+    assert torch.allclose(cpu.normal(x.cuda()).cpu(), cpu.normal(x), atol=1e-4)
