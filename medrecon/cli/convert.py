@@ -1,7 +1,96 @@
-"""``medrecon convert``: placeholder module, replaced by its implementation."""
+"""``medrecon convert``: NIfTI <-> DICOM (and DICOM -> derived DICOM) with exact geometry.
+
+The output format follows OUT (``.nii``/``.nii.gz`` is NIfTI, anything else a DICOM folder)
+unless ``--format`` says otherwise. Existing outputs are only replaced with ``--overwrite``,
+and a folder holding anything but a previous medrecon DICOM series is never replaced.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
 
 import typer
 
+from medrecon.cli.common import user_errors
+
+
+class OutputFormat(StrEnum):
+    auto = "auto"
+    nifti = "nifti"
+    dicom = "dicom"
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("convert")(convert)
+
+
+@user_errors
+def convert(
+    inp: Path = typer.Argument(..., metavar="IN",
+                               help="NIfTI file, DICOM file, or folder (tree) of DICOM."),
+    out: Path = typer.Argument(..., metavar="OUT",
+                               help="Output .nii/.nii.gz file, or a folder for a DICOM series."),
+    reference: Path | None = typer.Option(
+        None, "--reference",
+        help="DICOM file or folder whose patient and study the written DICOM series joins."),
+    series: str | None = typer.Option(None, "--series",
+                                      help="SeriesInstanceUID to read when IN holds several."),
+    frame: int | None = typer.Option(None, "--frame", min=0,
+                                     help="Frame of a 4D NIfTI input (0-based)."),
+    fmt: OutputFormat = typer.Option(OutputFormat.auto, "--format",
+                                     help="Output format; auto picks from OUT's name."),
+    patient_name: str | None = typer.Option(None, "--patient-name",
+                                            help="PatientName of a DICOM output."),
+    patient_id: str | None = typer.Option(None, "--patient-id",
+                                          help="PatientID of a DICOM output."),
+    series_description: str | None = typer.Option(None, "--series-description",
+                                                  help="Description of the written series."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace an existing output file or medrecon series."),
+) -> None:
+    """Convert a volume between NIfTI and DICOM, keeping its geometry exactly."""
+    from medrecon.errors import InputError
+    from medrecon.io import is_nifti_path, load_volume, save_volume
+
+    target = fmt.value
+    if target == "auto":
+        target = "nifti" if is_nifti_path(out) else "dicom"
+    if target == "nifti":
+        for flag, value in (("--reference", reference), ("--patient-name", patient_name),
+                            ("--patient-id", patient_id)):
+            if value is not None:
+                raise InputError(f"{flag} applies to DICOM output, not to NIfTI.")
+        if not is_nifti_path(out):
+            raise InputError(f"NIfTI output must end in .nii or .nii.gz, got {out.name}.")
+        if out.is_dir():
+            raise InputError(f"{out} is a folder; give a .nii or .nii.gz file name.")
+        if out.exists() and not overwrite:
+            raise InputError(f"{out} already exists; use --overwrite to replace it.")
+    else:
+        if is_nifti_path(out):
+            raise InputError(f"DICOM output must be a folder, not {out.name}.")
+        if out.exists() and not out.is_dir():
+            raise InputError(f"{out} is a file; DICOM output must be a folder.")
+
+    ref_volume = None
+    if reference is not None:
+        if not reference.exists():
+            raise InputError(f"Reference {reference} does not exist.")
+        if is_nifti_path(reference):
+            raise InputError("--reference must be a DICOM file or folder, not NIfTI.")
+        ref_volume = load_volume(reference)
+
+    volume = load_volume(inp, series=series, frame=frame)
+    if series_description is not None:
+        volume.series_description = series_description
+
+    if target == "nifti":
+        path = save_volume(volume, out, format="nifti")
+    else:
+        path = save_volume(volume, out, format="dicom", reference=ref_volume,
+                           patient_name=patient_name, patient_id=patient_id,
+                           series_description=series_description, overwrite=overwrite)
+    spacing = " x ".join(f"{s:.4g}" for s in volume.spacing)
+    typer.echo(f"Wrote {volume.modality} volume {' x '.join(map(str, volume.shape))} "
+               f"({spacing} mm, {volume.orientation}) to {path} as {target.upper()}.")

@@ -77,6 +77,7 @@ _NOT_DICOM_SUFFIXES = {
     ".yml", ".ini", ".log", ".bat", ".sh", ".exe",
 }
 
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 OUTPUT_NAME = re.compile(r"^IM\d{5,}\.dcm$")
 IMPLEMENTATION_VERSION = "MEDRECON_0"
 
@@ -180,14 +181,27 @@ def _read_header(path: Path, explicit: bool) -> Any | None:
             return None
         return ds
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        # Touch every element so that a truncated header fails here, naming the file.
-        for _ in ds.iterall():
+        # Large values (the pixel data) are deferred: their tag and length are read, their
+        # bytes are not, so the scan stays cheap while a missing pixel element is visible.
+        ds = pydicom.dcmread(path, defer_size=1024)
+        for _ in ds.iterall():  # parse every element so that a corrupt header fails here
             pass
     except Exception as exc:
         raise DicomError(f"{path} is truncated or corrupt ({_first_line(exc)}).") from None
-    sop = str(ds.get("SOPClassUID", "") or getattr(ds.file_meta, "MediaStorageSOPClassUID", ""))
+    meta_sop = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "") or "")
+    sop = str(ds.get("SOPClassUID", "") or meta_sop)
+    has_pixels = any(kw in ds for kw in _PIXEL_KEYWORDS)
     is_image = "Rows" in ds and "Columns" in ds
+    # pydicom stops quietly at the end of a cut-short file: an image class, or image attributes,
+    # without pixel data (or a dataset without its SOP class) means the file is truncated.
+    image_class = "Image Storage" in pydicom.uid.UID(meta_sop or sop).name
+    if len(ds) == 0 or (sop != DICOMDIR_SOP_CLASS and not has_pixels
+                        and (is_image or image_class)) or (
+            meta_sop and "SOPClassUID" not in ds and meta_sop != DICOMDIR_SOP_CLASS):
+        raise DicomError(f"{path} is truncated or corrupt (no complete image data).")
+    for kw in _PIXEL_KEYWORDS:
+        if kw in ds:
+            delattr(ds, kw)
     if sop == DICOMDIR_SOP_CLASS or not is_image:
         if explicit:
             kind = "a DICOMDIR index" if sop == DICOMDIR_SOP_CLASS else "a DICOM object without an image"
