@@ -1,0 +1,201 @@
+"""Writing DICOM series: geometry round trips, quantisation, derivation, dciodvfy, safety."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from dicom_factory import oblique_affine, write_series
+
+from medrecon.errors import GeometryError, InputError
+from medrecon.io import Volume, load_volume, save_volume
+from medrecon.io.dicom import read_dicom, write_dicom_series
+
+DCIODVFY = shutil.which("dciodvfy")
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.dcm"))
+
+
+def _headers(folder: Path) -> list[pydicom.Dataset]:
+    return [pydicom.dcmread(f, stop_before_pixels=True) for f in _files(folder)]
+
+
+def _quantum(folder: Path) -> float:
+    return float(pydicom.dcmread(_files(folder)[0], stop_before_pixels=True).RescaleSlope)
+
+
+@pytest.mark.parametrize("affine", [
+    oblique_affine(),
+    oblique_affine(spacing=(1.2, 0.6, 3.0), angles=(2.0, 0.4, -1.1), origin=(10, -300, 55)),
+    np.diag([2.0, 3.0, 4.0, 1.0]),                      # RAS storage order
+    np.array([[0, 0, -1.5, 5], [1.1, 0, 0, -7], [0, -0.9, 0, 3], [0, 0, 0, 1.0]]),  # permuted
+], ids=["oblique", "oblique2", "ras", "permuted"])
+def test_float_round_trip_affine_and_quantisation(tmp_path: Path, rng: np.random.Generator,
+                                                  affine: np.ndarray) -> None:
+    data = rng.normal(100.0, 30.0, size=(7, 5, 6)).astype(np.float32)
+    vol = Volume(data, affine, modality="MR", series_description="float")
+    out = write_dicom_series(vol, tmp_path / "out")
+    back = read_dicom(out)
+    np.testing.assert_allclose(back.affine, affine, atol=1e-3)
+    step = _quantum(out)
+    assert step == pytest.approx((data.max() - data.min()) / 65535, rel=1e-6)
+    assert np.abs(back.data - data).max() <= step / 2 * 1.001 + 1e-4
+    assert back.modality == "MR" and back.series_description == "float"
+
+
+def test_left_handed_affine_keeps_voxel_positions(tmp_path: Path, rng: np.random.Generator) -> None:
+    data = rng.integers(0, 500, size=(6, 5, 4)).astype(np.float32)
+    affine = np.diag([-1.0, 1.0, 2.0, 1.0])  # LAS-like: det < 0
+    affine[:3, 3] = [3.0, -4.0, 5.0]
+    back = read_dicom(write_dicom_series(Volume(data, affine), tmp_path / "out"))
+    # k comes back reversed, every voxel at the same place with the same value
+    np.testing.assert_array_equal(back.data, data[:, :, ::-1])
+    idx = np.array([[0, 0, 0, 1], [5, 4, 3, 1], [2, 1, 3, 1]], dtype=float).T
+    flipped = idx.copy()
+    flipped[2] = data.shape[2] - 1 - idx[2]
+    np.testing.assert_allclose(back.affine @ flipped, affine @ idx, atol=1e-3)
+
+
+def test_integer_ct_exact_and_ct_storage(tmp_path: Path, rng: np.random.Generator) -> None:
+    data = rng.integers(-1024, 3000, size=(5, 4, 3)).astype(np.float32)
+    vol = Volume(data, np.diag([-0.5, -0.5, 1.0, 1.0]), modality="CT", units="HU")
+    out = write_dicom_series(vol, tmp_path / "ct")
+    back = read_dicom(out)
+    np.testing.assert_array_equal(back.data, data)
+    assert back.modality == "CT" and back.units == "HU"
+    h = _headers(out)
+    assert all(x.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2" for x in h)
+    assert h[0].RescaleType == "HU" and h[0].PixelRepresentation == 1
+    assert list(h[0].ImageType)[:2] == ["DERIVED", "SECONDARY"]
+
+
+def test_fresh_series_without_reference(tmp_path: Path) -> None:
+    vol = Volume(np.ones((4, 4, 3)), np.eye(4), modality="MR")
+    a = write_dicom_series(vol, tmp_path / "a")
+    b = write_dicom_series(vol, tmp_path / "b", patient_name="Doe^Jane", patient_id="P7",
+                           series_description="mine")
+    ha, hb = _headers(a), _headers(b)
+    assert str(ha[0].PatientName) == "Anonymous" and ha[0].PatientID == "MEDRECON"
+    assert str(hb[0].PatientName) == "Doe^Jane" and hb[0].PatientID == "P7"
+    assert hb[0].SeriesDescription == "mine"
+    assert ha[0].StudyInstanceUID != hb[0].StudyInstanceUID
+    assert ha[0].SeriesInstanceUID != hb[0].SeriesInstanceUID
+    assert len({x.SOPInstanceUID for x in ha + hb}) == 6
+    assert len({x.SeriesInstanceUID for x in ha}) == 1 and len({x.StudyInstanceUID for x in ha}) == 1
+    assert sorted(int(x.InstanceNumber) for x in ha) == [1, 2, 3]
+
+
+def test_derived_from_reference_keeps_patient_study_and_frame(tmp_path: Path,
+                                                              rng: np.random.Generator) -> None:
+    data = rng.integers(0, 1000, size=(6, 5, 4)).astype(np.float64)
+    affine = oblique_affine()
+    paths = write_series(tmp_path / "ref", data, affine, modality="MR")
+    src = pydicom.dcmread(paths[0])
+    ref = read_dicom(tmp_path / "ref")
+    recon = Volume(data * 0.5 + 0.25, affine, modality="MR")  # e.g. a reconstruction
+    out = write_dicom_series(recon, tmp_path / "out", reference=ref)
+    h = _headers(out)[0]
+    for kw in ("PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID", "StudyDate",
+               "AccessionNumber", "StudyID"):
+        assert h[kw].value == src[kw].value, kw
+    assert h.SeriesInstanceUID != src.SeriesInstanceUID
+    assert h.FrameOfReferenceUID == src.FrameOfReferenceUID  # same geometry, same frame
+    assert int(h.SeriesNumber) == int(src.SeriesNumber) + 1000
+    assert "DERIVED" in list(h.ImageType)
+    # A volume read from the reference series keeps its own header's study by default.
+    again = write_dicom_series(ref, tmp_path / "again")
+    assert _headers(again)[0].StudyInstanceUID == src.StudyInstanceUID
+    # Another geometry is not in the reference's frame of reference.
+    other = Volume(data, np.diag([3.0, 3.0, 3.0, 1.0]), modality="MR")
+    h2 = _headers(write_dicom_series(other, tmp_path / "other", reference=ref))[0]
+    assert h2.StudyInstanceUID == src.StudyInstanceUID
+    assert h2.FrameOfReferenceUID != src.FrameOfReferenceUID
+    # A different patient cannot join the reference study.
+    h3 = _headers(write_dicom_series(recon, tmp_path / "anon", reference=ref,
+                                     patient_name="Anon", patient_id="X"))[0]
+    assert h3.StudyInstanceUID != src.StudyInstanceUID and h3.PatientID == "X"
+
+
+def test_reference_without_header_is_refused(tmp_path: Path) -> None:
+    vol = Volume(np.ones((3, 3, 3)), np.eye(4))
+    with pytest.raises(InputError, match="not read from DICOM"):
+        write_dicom_series(vol, tmp_path / "x", reference=vol)
+
+
+def test_nifti_dicom_nifti_round_trip(tmp_path: Path, rng: np.random.Generator) -> None:
+    data = rng.uniform(-50, 200, size=(9, 7, 5)).astype(np.float32)
+    affine = oblique_affine(spacing=(0.9, 1.1, 2.2))
+    save_volume(Volume(data, affine, modality="CT", units="HU"), tmp_path / "in.nii.gz")
+    vol = load_volume(tmp_path / "in.nii.gz")
+    save_volume(vol, tmp_path / "dicom")
+    save_volume(load_volume(tmp_path / "dicom"), tmp_path / "out.nii")
+    out = load_volume(tmp_path / "out.nii")
+    np.testing.assert_allclose(out.affine, affine, atol=1e-3)
+    assert np.abs(out.data - data).max() <= _quantum(tmp_path / "dicom") / 2 * 1.001 + 1e-4
+    assert out.modality == "CT" and out.units == "HU"
+
+
+def test_geometry_dicom_cannot_hold(tmp_path: Path) -> None:
+    shear = np.eye(4)
+    shear[0, 1] = 0.5  # i and j not perpendicular
+    with pytest.raises(GeometryError, match="shears"):
+        write_dicom_series(Volume(np.ones((3, 3, 3)), shear), tmp_path / "a")
+    with pytest.raises(GeometryError, match="singular"):
+        write_dicom_series(Volume(np.ones((3, 3, 3)), np.diag([1, 1, 0, 1.0])), tmp_path / "b")
+    data = np.ones((3, 3, 3))
+    data[0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        write_dicom_series(Volume(data, np.eye(4)), tmp_path / "c")
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_existing_folders_are_protected(tmp_path: Path) -> None:
+    vol = Volume(np.ones((3, 3, 2)), np.eye(4))
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "thesis.tex").write_text("precious")
+    with pytest.raises(InputError, match="not a medrecon DICOM series"):
+        write_dicom_series(vol, user)
+    with pytest.raises(InputError, match="not a medrecon DICOM series"):
+        write_dicom_series(vol, user, overwrite=True)
+    assert (user / "thesis.tex").read_text() == "precious"
+    out = write_dicom_series(vol, tmp_path / "out")
+    uid = _headers(out)[0].SeriesInstanceUID
+    with pytest.raises(InputError, match="--overwrite"):
+        write_dicom_series(vol, out, overwrite=False)
+    write_dicom_series(vol.with_data(np.zeros((3, 3, 2))), out, overwrite=True)
+    assert _headers(out)[0].SeriesInstanceUID != uid and len(_files(out)) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    write_dicom_series(vol, empty)
+    assert len(_files(empty)) == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+@pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (dicom3tools) is not installed")
+@pytest.mark.parametrize("modality", ["CT", "MR", "OT"])
+@pytest.mark.parametrize("with_reference", [False, True])
+def test_written_series_pass_dciodvfy(tmp_path: Path, rng: np.random.Generator, modality: str,
+                                      with_reference: bool) -> None:
+    data = rng.uniform(0, 800, size=(6, 5, 3)).astype(np.float32)
+    affine = oblique_affine()
+    reference = None
+    if with_reference:
+        write_series(tmp_path / "ref", np.rint(data), affine,
+                     modality=modality if modality != "OT" else "MR")
+        reference = read_dicom(tmp_path / "ref")
+    vol = Volume(data, affine, modality=modality, units="HU" if modality == "CT" else "a.u.")
+    out = write_dicom_series(vol, tmp_path / "out", reference=reference,
+                             patient_name="Test^Patient", patient_id="T1")
+    for f in _files(out):
+        res = subprocess.run([DCIODVFY, str(f)], capture_output=True, text=True, timeout=60)
+        report = res.stdout + res.stderr
+        errors = [line for line in report.splitlines() if line.startswith("Error")]
+        assert not errors, report
+        assert "Image" in report  # it recognised the IOD
