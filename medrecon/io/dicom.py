@@ -16,8 +16,9 @@ naming the problem and the file):
 * all slices share Rows/Columns, PixelSpacing and ImageOrientationPatient (cosines within 1e-3);
 * two slices closer than ``max(1e-4 mm, 5 % of the typical gap)`` along ``n`` are duplicates
   (e.g. several echoes or time points in one series);
-* with ``m`` the median gap, a gap above ``1.5 m`` means a missing slice, and any other gap
-  differing from ``m`` by more than ``0.01 mm + 1 % of m`` means non-uniform spacing;
+* with ``m`` the smallest gap and ``t = 0.01 mm + 1 % of m``, a gap within ``n t`` of a whole
+  multiple ``n m`` (``n >= 2``) means ``n - 1`` missing slices, and any other gap differing from
+  ``m`` by more than ``t`` means non-uniform spacing;
 * the slice positions must lie on a straight line within the same tolerance (a constant
   in-plane shift per slice, e.g. CT gantry tilt, is kept exactly as a sheared affine).
 
@@ -61,7 +62,6 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 ORIENTATION_TOL = 1e-3  # max |difference| between direction cosines of slices of one series
 DUPLICATE_ABS_MM = 1e-4
 DUPLICATE_REL = 0.05
-MISSING_FACTOR = 1.5
 SPACING_ABS_MM = 0.01
 SPACING_REL = 0.01
 
@@ -468,14 +468,17 @@ def _stack_geometry(slices: list[_Slice], note: list[str]) -> tuple[np.ndarray, 
                     f"Duplicated slice position {ds[g_idx]:.3f} mm along the normal: {b.label} "
                     f"and {a.label} (several echoes, phases or time points in one series?)."
                 )
-        m = float(np.median(gaps))
+        # Reference spacing: the smallest gap. Missing slices leave gaps that are whole
+        # multiples of it, which the median would not see in short series.
+        m = float(gaps.min())
         tol = SPACING_ABS_MM + SPACING_REL * m
         for g_idx, g in enumerate(gaps):
             a, b = slices[order[g_idx]], slices[order[g_idx + 1]]
-            if g > MISSING_FACTOR * m:
+            mult = int(round(g / m))
+            if mult >= 2 and abs(g - mult * m) <= mult * tol:
                 raise DicomError(
-                    f"Missing slice: the gap between {a.label} and {b.label} is {g:.3f} mm "
-                    f"but the usual slice spacing is {m:.3f} mm."
+                    f"Missing slice{'s' if mult > 2 else ''}: the gap between {a.label} and "
+                    f"{b.label} is {g:.3f} mm but the slice spacing is {m:.3f} mm."
                 )
             if abs(g - m) > tol:
                 raise DicomError(
