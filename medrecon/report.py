@@ -1,0 +1,362 @@
+"""Reports of reconstructions: orthogonal-slice figures (images, error and std maps) and tables.
+
+Figures are drawn with matplotlib's object-oriented API on an Agg canvas (no pyplot global
+state, no display needed) and written atomically as PNG. matplotlib is imported inside the
+functions so that importing this module stays cheap.
+
+Display conventions (when an affine is given): volumes are reoriented to RAS+ and shown in the
+radiological convention used by clinical viewers: axial and coronal views have the patient's
+right on the image's left, axial views anterior up, coronal and sagittal views superior up,
+sagittal views anterior on the left. Pixels are drawn with their true physical aspect ratio
+from the voxel spacing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medrecon.errors import GeometryError, InputError
+from medrecon.io.atomic import atomic_file
+from medrecon.metrics import METRICS, EvaluationResult
+
+__all__ = ["format_table", "orthogonal_slices_figure"]
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt_metric(name: str, v: float) -> str:
+    if math.isnan(v):
+        return "n/a"
+    if math.isinf(v):
+        return "inf"
+    if name == "psnr":
+        return f"{v:.2f}"
+    if name == "ssim":
+        return f"{v:.4f}"
+    return f"{v:.4g}"
+
+
+def format_table(result: EvaluationResult, units: str = "", axis_names: Sequence[str] = "ijk") -> str:
+    """A plain-text table: the region, the data range, and each metric for the whole volume
+    with its per-slice minimum, median and maximum.
+
+    Args:
+        result: the evaluation to show.
+        units: intensity units of the data range (e.g. "HU"); "a.u." and "" are not shown.
+        axis_names: names of the three voxel axes, for the per-slice heading.
+    """
+    axis_name = axis_names[result.slice_axis]
+    unit = f" {units}" if units and units != "a.u." else ""
+    n = len(result.slices)
+    n_in = sum(1 for s in result.slices if s["voxels"])
+    counted = f"{n} slices" if n_in == n else f"{n_in} of {n} slices in region"
+    per_slice = f"per slice along {axis_name} ({counted})"
+    lines = [
+        f"Region:     {result.region}",
+        f"Data range: {result.data_range:.6g}{unit} ({result.data_range_source})",
+        "",
+        f"{'Metric':<10} {'Volume':>10}   {per_slice:^36}",
+        f"{'':<10} {'':>10}   {'min':>10} {'median':>12} {'max':>12}",
+    ]
+    summary = result.slice_summary()
+    for name, label in METRICS.items():
+        s = summary[name]
+        lines.append(
+            f"{label:<10} {_fmt_metric(name, result.volume[name]):>10}   "
+            f"{_fmt_metric(name, s['min']):>10} {_fmt_metric(name, s['median']):>12} "
+            f"{_fmt_metric(name, s['max']):>12}"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Orthogonal-slice figures
+# --------------------------------------------------------------------------------------------
+
+
+def _to_ras(
+    arrays: dict[str, np.ndarray], affine: np.ndarray | None, spacing: Sequence[float]
+) -> tuple[dict[str, np.ndarray], tuple[float, float, float], list[tuple[int, bool]]]:
+    """Reorient arrays to (closest) RAS+ voxel order.
+
+    Returns the reoriented arrays, the spacing along the new axes, and for each new axis the
+    original axis it came from and whether it was flipped.
+    """
+    if affine is None:
+        sp = tuple(float(s) for s in spacing)
+        return arrays, sp, [(0, False), (1, False), (2, False)]  # type: ignore[return-value]
+    import nibabel as nib
+
+    aff = np.asarray(affine, dtype=np.float64)
+    ornt = nib.orientations.io_orientation(aff)
+    vox = np.linalg.norm(aff[:3, :3], axis=0)
+    new_sp = [0.0, 0.0, 0.0]
+    origin: list[tuple[int, bool]] = [(0, False)] * 3
+    for i, (j, flip) in enumerate(ornt):
+        new_sp[int(j)] = float(vox[i])
+        origin[int(j)] = (i, bool(flip < 0))
+    out = {k: np.asarray(nib.orientations.apply_orientation(v, ornt)) for k, v in arrays.items()}
+    return out, (new_sp[0], new_sp[1], new_sp[2]), origin
+
+
+def _views(a: np.ndarray, centre: Sequence[int]) -> list[np.ndarray]:
+    """Axial, coronal, sagittal slices of a RAS-ordered array, ready for imshow (row 0 at top).
+
+    axial (fixed z):    columns R->L (x descending), rows A->P (y descending)
+    coronal (fixed y):  columns R->L,                rows S->I (z descending)
+    sagittal (fixed x): columns A->P (y descending), rows S->I
+    """
+    x, y, z = centre
+    return [
+        a[::-1, ::-1, z].T,
+        a[::-1, y, ::-1].T,
+        a[x, ::-1, ::-1].T,
+    ]
+
+
+def _robust_max(values: list[np.ndarray], q: float) -> float:
+    flat = np.concatenate([v.ravel() for v in values]) if values else np.zeros(1)
+    flat = flat[np.isfinite(flat)]
+    if flat.size == 0:
+        return 1.0
+    hi = float(np.percentile(flat, q))
+    if hi <= 0:
+        hi = float(flat.max())
+    return hi if hi > 0 else 1.0
+
+
+def orthogonal_slices_figure(
+    volumes: Mapping[str, Any],
+    path: str | Path,
+    *,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    affine: np.ndarray | None = None,
+    reference: str | None = None,
+    error_of: Sequence[str] | None = None,
+    std: Mapping[str, Any] | None = None,
+    mask: np.ndarray | None = None,
+    centre: Sequence[int] | None = None,
+    window: tuple[float, float] | None = None,
+    error_max: float | None = None,
+    std_max: float | None = None,
+    annotations: Mapping[str, str] | None = None,
+    units: str = "",
+    title: str | None = None,
+    dpi: int = 150,
+) -> Path:
+    """Draw three orthogonal central slices of several volumes, their errors and std maps.
+
+    One row per panel, three columns (axial, coronal, sagittal) plus a colour bar per row group:
+
+    * images: every entry of ``volumes`` (reference first), sharing one grey window;
+    * absolute errors ``|v - reference|`` of the volumes named in ``error_of``, sharing one
+      window from 0 (``inferno``);
+    * standard-deviation maps from ``std`` (e.g. over posterior samples), sharing one window
+      from 0 (``viridis``).
+
+    Args:
+        volumes: name -> real array (I, J, K); insertion order is row order.
+        path: output PNG path (written atomically).
+        spacing: voxel size (mm) along (i, j, k); ignored when ``affine`` is given.
+        affine: 4x4 voxel -> RAS+ mm matrix. With it, views are true axial/coronal/sagittal in
+            radiological orientation with direction letters; without it, the array axes are
+            taken as (x, y, z) and views are labelled by voxel axes.
+        reference: the name in ``volumes`` errors are taken against (default: the first).
+        error_of: names whose error maps to show (default: every volume but the reference;
+            ``()`` for none).
+        std: name -> std map (I, J, K), e.g. ``{"Posterior std": s}``.
+        mask: optional boolean region (I, J, K); its outline is drawn on the reference row.
+        centre: voxel index (i, j, k) the slices pass through (default: the volume centre).
+        window: grey window (low, high) of the images (default: reference min and max).
+        error_max, std_max: upper ends of the error and std windows (default: 99th percentile
+            of the shown slices, so that a few outliers do not wash out the map).
+        annotations: name -> extra line under a row's label, e.g. "PSNR 31.2 dB".
+        units: intensity units for the colour-bar labels (e.g. "HU").
+        title: figure title.
+        dpi: resolution of the PNG.
+
+    Returns:
+        ``path`` as a Path.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not volumes:
+        raise InputError("orthogonal_slices_figure needs at least one volume.")
+    names = list(volumes)
+    ref_name = names[0] if reference is None else reference
+    if ref_name not in volumes:
+        raise InputError(f"The reference {ref_name!r} is not one of the volumes {names}.")
+    err_names = [n for n in names if n != ref_name] if error_of is None else list(error_of)
+    for n in err_names:
+        if n not in volumes:
+            raise InputError(f"Cannot show the error of {n!r}: it is not one of {names}.")
+
+    arrays: dict[str, np.ndarray] = {}
+    for n, v in volumes.items():
+        arrays[f"img:{n}"] = _real3d(v, n)
+    for n, v in (std or {}).items():
+        arrays[f"std:{n}"] = _real3d(v, n)
+    if mask is not None:
+        arrays["mask"] = np.asarray(mask).astype(np.float32)
+    shape = arrays[f"img:{ref_name}"].shape
+    for k, a in arrays.items():
+        if a.shape != shape:
+            raise GeometryError(
+                f"{k.split(':', 1)[-1]!r} has shape {a.shape} but the reference has shape {shape}."
+            )
+    for n in err_names:
+        arrays[f"err:{n}"] = np.abs(arrays[f"img:{n}"] - arrays[f"img:{ref_name}"])
+
+    ras, sp, origin = _to_ras(arrays, affine, spacing)
+    rshape = ras[f"img:{ref_name}"].shape
+    if centre is None:
+        c_ras = [n // 2 for n in rshape]
+    else:
+        c_ras = [0, 0, 0]
+        for new_axis, (old_axis, flipped) in enumerate(origin):
+            idx = int(centre[old_axis])
+            if not 0 <= idx < shape[old_axis]:
+                raise InputError(f"centre {tuple(centre)} is outside the volume {shape}.")
+            c_ras[new_axis] = shape[old_axis] - 1 - idx if flipped else idx
+    slices = {k: _views(a, c_ras) for k, a in ras.items()}
+
+    # Physical extents (mm) of each view: (width, height).
+    ext_x, ext_y, ext_z = (rshape[i] * sp[i] for i in range(3))
+    extents = [(ext_x, ext_y), (ext_x, ext_z), (ext_y, ext_z)]
+    oriented = affine is not None
+    if oriented:
+        col_names = ["Axial", "Coronal", "Sagittal"]
+        letters = [("R", "L", "A", "P"), ("R", "L", "S", "I"), ("A", "P", "S", "I")]
+    else:
+        col_names = ["i-j plane", "i-k plane", "j-k plane"]
+        letters = [None, None, None]
+    fixed_axis = [2, 1, 0]  # RAS axis held fixed in each view
+    col_titles = []
+    for v in range(3):
+        old_axis, flipped = origin[fixed_axis[v]]
+        idx = c_ras[fixed_axis[v]]
+        old_idx = shape[old_axis] - 1 - idx if flipped else idx
+        col_titles.append(f"{col_names[v]}  ({'ijk'[old_axis]} = {old_idx})")
+
+    # Row groups: (kind, [names], cmap, vmin, vmax, label)
+    unit = f" [{units}]" if units and units != "a.u." else ""
+    groups: list[tuple[str, list[str], str, float, float, str]] = []
+    if window is None:
+        ref_arr = arrays[f"img:{ref_name}"]
+        lo, hi = float(ref_arr.min()), float(ref_arr.max())
+        if hi <= lo:
+            hi = lo + 1.0
+    else:
+        lo, hi = float(window[0]), float(window[1])
+        if not hi > lo:
+            raise InputError(f"The grey window must have low < high, got {window}.")
+    groups.append(("img", names, "gray", lo, hi, f"Intensity{unit}"))
+    if err_names:
+        emax = error_max if error_max is not None else _robust_max(
+            [s for n in err_names for s in slices[f"err:{n}"]], 99.0)
+        groups.append(("err", err_names, "inferno", 0.0, float(emax), f"|Error|{unit}"))
+    if std:
+        smax = std_max if std_max is not None else _robust_max(
+            [s for n in std for s in slices[f"std:{n}"]], 99.0)
+        groups.append(("std", list(std), "viridis", 0.0, float(smax), f"Std{unit}"))
+
+    n_rows = sum(len(g[1]) for g in groups)
+    row_h_mm = max(ext_y, ext_z)
+    widths_mm = [e[0] for e in extents]
+    panel_in = 2.3 / row_h_mm  # inches per mm, so that a row is about 2.3 in tall
+    label_in, cbar_in, gap_in = 0.55, 0.9, 0.08
+    fig_w = label_in + sum(w * panel_in for w in widths_mm) + 3 * gap_in + cbar_in
+    title_in = 0.55 if title else 0.3
+    row_in, gap_row_in = row_h_mm * panel_in, 0.12
+    fig_h = title_in + n_rows * row_in + (n_rows - 1) * gap_row_in + 0.1
+    fig = Figure(figsize=(fig_w, fig_h), dpi=dpi, facecolor="white")
+    FigureCanvasAgg(fig)
+    gs = fig.add_gridspec(
+        n_rows, 5,
+        width_ratios=[label_in / panel_in, *widths_mm, (cbar_in / panel_in)],
+        left=0.01, right=0.99, top=1.0 - title_in / fig_h, bottom=0.1 / fig_h,
+        wspace=0.06, hspace=gap_row_in / row_in,
+    )
+    if title:
+        fig.suptitle(title, fontsize=11, y=1.0 - 0.12 / fig_h, va="top")
+
+    annotations = dict(annotations or {})
+    row = 0
+    kind_title = {"img": "", "err": "|error|", "std": ""}
+    for kind, members, cmap, vmin, vmax, cbar_label in groups:
+        first_row = row
+        im = None
+        for name in members:
+            key = f"{kind}:{name}"
+            label_ax = fig.add_subplot(gs[row, 0])
+            label_ax.axis("off")
+            text = name if not kind_title[kind] else f"{kind_title[kind]}\n{name}"
+            if name in annotations and kind == "img":
+                text += f"\n{annotations[name]}"
+            label_ax.text(0.95, 0.5, text, rotation=90, ha="right", va="center",
+                          fontsize=8.5, transform=label_ax.transAxes, multialignment="center")
+            for v in range(3):
+                ax = fig.add_subplot(gs[row, v + 1])
+                w, h = extents[v]
+                im = ax.imshow(slices[key][v], cmap=cmap, vmin=vmin, vmax=vmax,
+                               extent=(0, w, 0, h), origin="upper", interpolation="nearest")
+                ax.set_xlim(0, w)
+                ax.set_ylim(0, h)
+                ax.set_aspect("equal")
+                ax.set_anchor("N")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+                ax.set_facecolor("black")
+                if row == 0:
+                    ax.set_title(col_titles[v], fontsize=9)
+                if kind == "img" and name == ref_name and "mask" in slices:
+                    m2 = slices["mask"][v]
+                    if 0 < m2.sum() < m2.size:
+                        # Pixel centres in the same mm frame as imshow's extent (row 0 on top).
+                        xs = (np.arange(m2.shape[1]) + 0.5) * w / m2.shape[1]
+                        ys = h - (np.arange(m2.shape[0]) + 0.5) * h / m2.shape[0]
+                        ax.contour(xs, ys, m2, levels=[0.5], colors=["#00e5ff"],
+                                   linewidths=0.8)
+                lt = letters[v]
+                if lt is not None and row == 0:
+                    style = dict(color="#ffd54f", fontsize=7, fontweight="bold",
+                                 transform=ax.transAxes)
+                    ax.text(0.02, 0.5, lt[0], ha="left", va="center", **style)
+                    ax.text(0.98, 0.5, lt[1], ha="right", va="center", **style)
+                    ax.text(0.5, 0.98, lt[2], ha="center", va="top", **style)
+                    ax.text(0.5, 0.02, lt[3], ha="center", va="bottom", **style)
+            row += 1
+        cax_spec = gs[first_row:row, 4].subgridspec(1, 3, width_ratios=[0.15, 0.22, 0.63])
+        cax = fig.add_subplot(cax_spec[0, 1])
+        assert im is not None
+        extend = "max" if kind != "img" else "neither"
+        cb = fig.colorbar(im, cax=cax, extend=extend)
+        cb.ax.tick_params(labelsize=7)
+        cb.set_label(cbar_label, fontsize=8)
+
+    path = Path(path)
+    with atomic_file(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, facecolor="white")
+    return path
+
+
+def _real3d(v: Any, name: str) -> np.ndarray:
+    if hasattr(v, "detach") and hasattr(v, "cpu"):
+        v = v.detach().cpu().numpy()
+    a = np.asarray(v)
+    if np.iscomplexobj(a):
+        a = np.abs(a)
+    if a.ndim != 3:
+        raise InputError(f"{name!r} must be a 3D volume, got shape {a.shape}.")
+    return a.astype(np.float32, copy=False)

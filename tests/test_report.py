@@ -1,0 +1,119 @@
+"""Figures (orientation, aspect, contents, atomic PNG) and the metrics table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medrecon.errors import GeometryError, InputError
+from medrecon.metrics import evaluate_volumes
+from medrecon.report import _to_ras, _views, format_table, orthogonal_slices_figure
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from matplotlib.image import imread
+
+    return imread(str(path))
+
+
+def test_views_follow_radiological_convention() -> None:
+    # RAS+ array (+x Right, +y Anterior, +z Superior) with one bright voxel at the corner.
+    a = np.zeros((5, 6, 7))
+    a[4, 5, 6] = 1.0  # most Right, most Anterior, most Superior
+    axial, coronal, sagittal = _views(a, (4, 5, 6))
+    # Axial: patient's right on the image's left, anterior at the top -> top-left corner.
+    assert axial.shape == (6, 5) and axial[0, 0] == 1.0
+    # Coronal: right on the left, superior at the top -> top-left.
+    assert coronal.shape == (7, 5) and coronal[0, 0] == 1.0
+    # Sagittal: anterior on the left, superior at the top -> top-left.
+    assert sagittal.shape == (7, 6) and sagittal[0, 0] == 1.0
+
+
+def test_reorientation_makes_views_independent_of_voxel_order(rng: np.random.Generator) -> None:
+    ras = rng.random((6, 7, 8))
+    ras_affine = np.diag([1.0, 2.0, 3.0, 1.0])
+    # The same image stored in LPS voxel order with axes permuted to (z, x, y).
+    lps = ras[::-1, ::-1, :].transpose(2, 0, 1)
+    lps_affine = np.zeros((4, 4))
+    lps_affine[2, 0] = 3.0  # voxel axis 0 -> +z (S)
+    lps_affine[0, 1] = -1.0  # voxel axis 1 -> -x (L)
+    lps_affine[1, 2] = -2.0  # voxel axis 2 -> -y (P)
+    lps_affine[3, 3] = 1.0
+    a, sp_a, _ = _to_ras({"v": ras}, ras_affine, (1, 1, 1))
+    b, sp_b, origin = _to_ras({"v": lps}, lps_affine, (1, 1, 1))
+    np.testing.assert_array_equal(a["v"], b["v"])
+    assert sp_a == sp_b == (1.0, 2.0, 3.0)
+    assert origin == [(1, True), (2, True), (0, False)]
+
+
+def test_figure_is_written_with_expected_layout(tmp_path: Path, rng: np.random.Generator) -> None:
+    ref = np.zeros((24, 20, 10), dtype=np.float32)
+    ref[4:20, 4:16, 2:8] = 1.0
+    rec = ref + 0.05 * rng.standard_normal(ref.shape).astype(np.float32)
+    path = tmp_path / "fig.png"
+    mask = ref > 0
+    out = orthogonal_slices_figure(
+        {"Reference": ref, "Recon": rec, "Mean": 0.5 * (rec + ref)},
+        path,
+        affine=np.diag([-1.0, -1.0, 2.5, 1.0]),
+        std={"Std": np.abs(rec - ref)},
+        mask=mask,
+        annotations={"Recon": "PSNR 26 dB"},
+        units="HU",
+        title="test",
+    )
+    assert out == path and path.is_file()
+    img = _read_png(path)
+    # 3 images + 2 error maps + 1 std map = 6 rows of roughly square panels: a tall figure.
+    assert img.shape[0] > 1.5 * img.shape[1]
+    assert not list(tmp_path.glob(".*"))  # no temporary file left
+    # Coloured pixels exist (inferno/viridis maps and the cyan mask outline).
+    rgb = img[..., :3]
+    assert (rgb.max(axis=-1) - rgb.min(axis=-1)).max() > 0.5
+
+
+def test_figure_without_affine_uses_spacing(tmp_path: Path) -> None:
+    ref = np.zeros((16, 16, 4), dtype=np.float32)
+    ref[4:12, 4:12, :] = 1.0
+    tall = orthogonal_slices_figure({"ref": ref, "rec": ref * 0.9}, tmp_path / "a.png",
+                                    spacing=(1.0, 1.0, 8.0))
+    flat = orthogonal_slices_figure({"ref": ref, "rec": ref * 0.9}, tmp_path / "b.png",
+                                    spacing=(1.0, 1.0, 1.0))
+    # Thick slices stretch the views that show the k axis; rows keep their height, so the
+    # figure gets narrower relative to its height.
+    t, f = _read_png(tall), _read_png(flat)
+    assert t.shape[1] / t.shape[0] < 0.8 * f.shape[1] / f.shape[0]
+
+
+def test_figure_errors(tmp_path: Path) -> None:
+    ref = np.zeros((8, 8, 8))
+    with pytest.raises(InputError, match="at least one"):
+        orthogonal_slices_figure({}, tmp_path / "x.png")
+    with pytest.raises(InputError, match="not one of"):
+        orthogonal_slices_figure({"a": ref}, tmp_path / "x.png", reference="b")
+    with pytest.raises(InputError, match="error of 'c'"):
+        orthogonal_slices_figure({"a": ref}, tmp_path / "x.png", error_of=["c"])
+    with pytest.raises(GeometryError, match="shape"):
+        orthogonal_slices_figure({"a": ref, "b": ref[:4]}, tmp_path / "x.png")
+    with pytest.raises(InputError, match="3D"):
+        orthogonal_slices_figure({"a": ref[0]}, tmp_path / "x.png")
+    with pytest.raises(InputError, match="window"):
+        orthogonal_slices_figure({"a": ref}, tmp_path / "x.png", window=(1.0, 0.0))
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_format_table_states_range_and_region(rng: np.random.Generator) -> None:
+    ref = rng.random((8, 9, 10)) * 100
+    res = evaluate_volumes(ref + rng.standard_normal(ref.shape), ref, data_range=120.0)
+    text = format_table(res, units="HU")
+    assert "Data range: 120 HU (user)" in text
+    assert "whole volume (720 voxels)" in text
+    assert "per slice along k (10 slices)" in text
+    lines = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
+    assert float(lines["PSNR"][2]) == pytest.approx(res.volume["psnr"], abs=0.01)
+    assert float(lines["SSIM"][1]) == pytest.approx(res.volume["ssim"], abs=1e-4)
+    summary = res.slice_summary()
+    assert float(lines["NMSE"][2]) == pytest.approx(summary["nmse"]["min"], rel=1e-3)
+    assert float(lines["HFEN"][4]) == pytest.approx(summary["hfen"]["max"], rel=1e-3)
