@@ -79,7 +79,7 @@ _NOT_DICOM_SUFFIXES = {
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 OUTPUT_NAME = re.compile(r"^IM\d{5,}\.dcm$")
-IMPLEMENTATION_VERSION = "MEDRECON_0"
+IMPLEMENTATION_VERSION = "MEDRECON_"
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ def _read_header(path: Path, explicit: bool) -> Any | None:
         # DICOM files without the Part 10 preamble exist (old scanners); accept one only
         # when it parses and carries the attributes of an image.
         try:
-            ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+            ds = pydicom.dcmread(path, force=True, defer_size=1024)
             ok = "SOPClassUID" in ds and "Rows" in ds and "Columns" in ds
         except Exception:
             ok = False
@@ -179,6 +179,9 @@ def _read_header(path: Path, explicit: bool) -> Any | None:
             if explicit:
                 raise DicomError(f"{path} is not a DICOM file.")
             return None
+        for kw in _PIXEL_KEYWORDS:
+            if kw in ds:
+                delattr(ds, kw)
         return ds
     try:
         # Large values (the pixel data) are deferred: their tag and length are read, their
@@ -522,10 +525,15 @@ def _decode(ds: Any, label: str) -> np.ndarray:
 
 
 def _header_copy(ds: Any) -> Any:
-    hdr = copy.deepcopy(ds)
-    for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-        if kw in hdr:
-            delattr(hdr, kw)
+    """A deep copy of ``ds`` without its pixel data (never copying the pixel bytes)."""
+    from pydicom.dataset import Dataset
+
+    hdr = Dataset()
+    for elem in ds:
+        if elem.keyword not in _PIXEL_KEYWORDS:
+            hdr.add(copy.deepcopy(elem))
+    if getattr(ds, "file_meta", None) is not None:
+        hdr.file_meta = copy.deepcopy(ds.file_meta)
     return hdr
 
 
@@ -860,6 +868,10 @@ def write_dicom_series(
             if not overwrite:
                 raise InputError(f"{folder} already holds a DICOM series; use --overwrite to "
                                  f"replace it.")
+    for flag, value in (("--patient-name", patient_name), ("--patient-id", patient_id),
+                        ("--series-description", series_description)):
+        if value is not None and len(str(value)) > 64:
+            raise InputError(f"{flag} is longer than the 64 characters DICOM allows.")
     if reference is not None and reference.dicom_header is None:
         raise InputError("The reference volume was not read from DICOM, so it has no patient "
                          "or study to derive from; give a DICOM file or folder.")
@@ -935,7 +947,7 @@ def write_dicom_series(
         "Modality": modality,
         "SeriesInstanceUID": generate_uid(),
         "SeriesNumber": series_number,
-        "SeriesDescription": description[:64],
+        "SeriesDescription": description[:64],  # LO holds at most 64 characters
         "SeriesDate": date, "SeriesTime": time,
         "ContentDate": date, "ContentTime": time,
         "InstanceCreationDate": date, "InstanceCreationTime": time,

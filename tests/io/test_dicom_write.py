@@ -199,3 +199,30 @@ def test_written_series_pass_dciodvfy(tmp_path: Path, rng: np.random.Generator, 
         errors = [line for line in report.splitlines() if line.startswith("Error")]
         assert not errors, report
         assert "Image" in report  # it recognised the IOD
+
+
+@pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy (dicom3tools) is not installed")
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm"])
+def test_series_derived_from_bundled_files_pass_dciodvfy(tmp_path: Path, name: str) -> None:
+    from pydicom.data import get_testdata_file
+
+    ref = read_dicom(get_testdata_file(name))
+    recon = ref.with_data(ref.data * 0.5 + 0.25)  # a non-integer "reconstruction"
+    out = write_dicom_series(recon, tmp_path / "out", reference=ref)
+    res = subprocess.run([DCIODVFY, str(_files(out)[0])], capture_output=True, text=True,
+                         timeout=60)
+    report = res.stdout + res.stderr
+    assert not [line for line in report.splitlines() if line.startswith("Error")], report
+    h = _headers(out)[0]
+    src = ref.dicom_header
+    assert h.StudyInstanceUID == src.StudyInstanceUID and h.PatientID == src.PatientID
+    assert h.FrameOfReferenceUID == src.FrameOfReferenceUID
+    back = read_dicom(out)
+    np.testing.assert_allclose(back.affine, ref.affine, atol=1e-3)
+    assert np.abs(back.data - recon.data).max() <= float(h.RescaleSlope) / 2 * 1.001 + 1e-6
+
+
+def test_long_text_options_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="64 characters"):
+        write_dicom_series(Volume(np.ones((2, 2, 2)), np.eye(4)), tmp_path / "o",
+                           patient_id="x" * 65)
