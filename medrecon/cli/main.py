@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 
 # Order here is the order in `medrecon --help`.
-COMMAND_MODULES: tuple[str, ...] = ("info", "convert", "evaluate", "phantom")
+COMMAND_MODULES: tuple[str, ...] = ("info", "convert", "evaluate", "phantom", "train", "priors")
 
 
 def _version(value: bool) -> None:

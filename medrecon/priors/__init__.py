@@ -1,0 +1,215 @@
+"""Learned 3D diffusion priors: the EDM denoiser, its training, and the shipped default prior.
+
+Python API::
+
+    from medrecon.priors import load_prior, list_priors
+    prior = load_prior("default", device="cuda")       # or a path to NAME.json / a run folder
+    x = prior.normalisation.to_model(volume.data, "MR")  # physical units -> model space
+    x0_hat = prior.denoiser(x_noisy, sigma, modality=..., position=...)
+
+Priors are found by name among the shipped ones (``medrecon/priors/weights``) and in the
+folders listed in the ``MEDRECON_PRIORS`` environment variable (``os.pathsep``-separated), or
+by path. Loading reads safetensors + JSON only and works offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medrecon.errors import InputError
+from medrecon.priors.normalisation import MODALITY_IDS, Normalisation, modality_id
+
+__all__ = ["Prior", "PriorInfo", "load_prior", "list_priors", "Normalisation", "modality_id",
+           "MODALITY_IDS", "resolve_prior_path"]
+
+PRIORS_ENV = "MEDRECON_PRIORS"
+
+
+@dataclass
+class Prior:
+    """A loaded prior, ready for sampling.
+
+    Attributes:
+        denoiser: :class:`~medrecon.priors.denoiser.EDMDenoiser` in eval mode with EMA weights.
+        modalities: modalities it was trained on, e.g. ("MR", "CT"); pass
+            ``modality_id(m)`` as the denoiser's ``modality`` argument.
+        patch_size: training patch (X, Y, Z) in voxels; larger volumes are denoised in tiles.
+        uses_position: whether the denoiser uses the patch-centre ``position`` argument.
+        normalisation: physical units <-> model space maps (``to_model`` / ``from_model``).
+        spacing_mm: voxel size the prior was trained at.
+        config: the full training config (dict).
+        name: prior name.
+        info: everything else from the prior's JSON (training steps, losses, validation PSNR).
+    """
+
+    denoiser: torch.nn.Module
+    modalities: tuple[str, ...]
+    patch_size: tuple[int, int, int]
+    uses_position: bool
+    normalisation: Normalisation
+    spacing_mm: tuple[float, float, float]
+    config: dict[str, Any]
+    name: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.denoiser.sigma_min)
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.denoiser.sigma_max)
+
+    @property
+    def sigma_data(self) -> float:
+        return float(self.denoiser.sigma_data)
+
+
+@dataclass(frozen=True)
+class PriorInfo:
+    """What ``medrecon priors`` shows about one available prior."""
+
+    name: str
+    path: Path
+    modalities: tuple[str, ...]
+    patch_size: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    steps: int
+    parameters: int
+    size_bytes: int
+    shipped: bool
+    uses_position: bool
+
+
+def _shipped_dir() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("medrecon.priors") / "weights"))
+
+
+def _search_dirs() -> list[tuple[Path, bool]]:
+    dirs = [(_shipped_dir(), True)]
+    for d in os.environ.get(PRIORS_ENV, "").split(os.pathsep):
+        if d.strip():
+            dirs.append((Path(d).expanduser(), False))
+    return dirs
+
+
+def _prior_jsons(directory: Path) -> list[Path]:
+    out = []
+    for js in sorted(directory.glob("*.json")):
+        try:
+            if json.loads(js.read_text()).get("format") == "medrecon-prior":
+                out.append(js)
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+    return out
+
+
+def resolve_prior_path(name_or_path: str | os.PathLike[str]) -> Path:
+    """The ``NAME.json`` of a prior given by name, JSON path, prior folder or training run folder."""
+    s = str(name_or_path)
+    p = Path(s).expanduser()
+    if p.is_file():
+        return p
+    if p.is_dir():
+        for cand in (p, p / "prior"):
+            if cand.is_dir():
+                found = _prior_jsons(cand)
+                if len(found) == 1:
+                    return found[0]
+                if len(found) > 1:
+                    raise InputError(f"{cand} holds several priors; name the .json file.")
+        raise InputError(f"{p} holds no medrecon prior (NAME.json + safetensors).")
+    for d, _ in _search_dirs():
+        cand = d / f"{s}.json"
+        if cand.is_file():
+            return cand
+    names = ", ".join(i.name for i in list_priors()) or "none"
+    raise InputError(f"No prior named {s!r} and no such path; available priors: {names}.")
+
+
+def load_prior(name_or_path: str | os.PathLike[str] = "default",
+               device: torch.device | str = "cpu") -> Prior:
+    """Load a prior (EMA weights, eval mode, float32) onto ``device``.
+
+    Flash attention is switched on for CUDA and off for CPU; no gradients are tracked for the
+    parameters (``requires_grad=False``), but gradients through the denoiser's input (DPS)
+    still work.
+    """
+    from medrecon.priors.checkpoint import read_prior_files
+
+    js = resolve_prior_path(name_or_path)
+    doc, tensors = read_prior_files(js)
+    device = torch.device(device)
+    denoiser = build_denoiser_from_info(doc, device="cpu")
+    missing, unexpected = denoiser.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise InputError(f"Prior {js.name} does not match its network description "
+                         f"({len(missing)} missing, {len(unexpected)} unexpected tensors).")
+    from medrecon.priors.network import set_flash_attention
+
+    set_flash_attention(denoiser, device.type == "cuda")
+    denoiser = denoiser.to(device).eval().requires_grad_(False)
+    return Prior(
+        denoiser=denoiser,
+        modalities=tuple(doc["modalities"]),
+        patch_size=tuple(int(v) for v in doc["patch_size"]),  # type: ignore[arg-type]
+        uses_position=bool(doc["uses_position"]),
+        normalisation=Normalisation.from_dict(doc["normalisation"]),
+        spacing_mm=tuple(float(v) for v in doc["spacing_mm"]),  # type: ignore[arg-type]
+        config=doc.get("config", {}),
+        name=str(doc["name"]),
+        info={k: v for k, v in doc.items() if k not in ("config",)},
+    )
+
+
+def build_denoiser_from_info(doc: dict[str, Any], device: torch.device | str = "cpu"
+                             ) -> torch.nn.Module:
+    """An untrained :class:`EDMDenoiser` with the architecture described by a prior's JSON."""
+    from medrecon.priors.config import DenoiserConfig
+    from medrecon.priors.denoiser import EDMDenoiser
+    from medrecon.priors.network import NetworkConfig, build_network
+
+    net_cfg = NetworkConfig.from_dict(doc["network"])
+    den = DenoiserConfig(**doc["denoiser"])
+    return EDMDenoiser(build_network(net_cfg, device), sigma_data=den.sigma_data,
+                       sigma_min=den.sigma_min, sigma_max=den.sigma_max, p_mean=den.p_mean,
+                       p_std=den.p_std, uses_position=net_cfg.uses_position,
+                       num_modalities=net_cfg.num_modalities,
+                       noise_embed_scale=den.noise_embed_scale)
+
+
+def list_priors(extra_paths: list[str | os.PathLike[str]] | None = None) -> list[PriorInfo]:
+    """Shipped priors, priors in ``$MEDRECON_PRIORS`` folders and in ``extra_paths``
+    (prior JSON files, prior folders or training run folders)."""
+    entries: list[tuple[Path, bool]] = []
+    for d, shipped in _search_dirs():
+        if d.is_dir():
+            entries.extend((js, shipped) for js in _prior_jsons(d))
+    for p in extra_paths or []:
+        entries.append((resolve_prior_path(p), False))
+    out: list[PriorInfo] = []
+    seen: set[Path] = set()
+    for js, shipped in entries:
+        if js.resolve() in seen:
+            continue
+        seen.add(js.resolve())
+        doc = json.loads(js.read_text())
+        size = sum((js.parent / w).stat().st_size for w in doc["weights"]
+                   if (js.parent / w).is_file())
+        out.append(PriorInfo(
+            name=str(doc["name"]), path=js, modalities=tuple(doc["modalities"]),
+            patch_size=tuple(doc["patch_size"]),  # type: ignore[arg-type]
+            spacing_mm=tuple(doc["spacing_mm"]),  # type: ignore[arg-type]
+            steps=int(doc.get("training", {}).get("steps", 0)),
+            parameters=int(doc.get("parameters", 0)), size_bytes=size, shipped=shipped,
+            uses_position=bool(doc["uses_position"]),
+        ))
+    return out

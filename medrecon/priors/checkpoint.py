@@ -1,0 +1,176 @@
+"""Checkpoints and exported priors: safetensors for tensors, JSON for everything else.
+
+Nothing here unpickles: tensors are read with :func:`safetensors.torch.load_file` and metadata
+with :mod:`json`, so a downloaded checkpoint cannot run code.
+
+Layouts
+-------
+Training checkpoint (``RUN_DIR/checkpoint/``, replaced atomically as a whole folder)::
+
+    state.json          config, normalisation, step, world size, optimizer hyper-parameters,
+                        the last logged losses
+    state.safetensors   model/<param>, ema/<param>, optim/<index>/<exp_avg|exp_avg_sq|step>
+
+All training randomness is derived from ``(seed, rank, step)`` (patches, sigmas, noise), so the
+step number *is* the RNG state: nothing else has to be restored for an exact resume.
+
+Exported prior (EMA weights only; what :func:`medrecon.priors.load_prior` reads)::
+
+    NAME.json                         {"format": "medrecon-prior", "version": 1, "name", "weights":
+                                       [shard file names], "network", "denoiser", "normalisation",
+                                       "modalities", "patch_size", "spacing_mm", "training", ...}
+    NAME.safetensors  or  NAME-00001-of-0000N.safetensors   (fp32 or bf16 tensors)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medrecon.errors import InputError
+from medrecon.io.atomic import atomic_dir, atomic_file
+
+PRIOR_FORMAT = "medrecon-prior"
+PRIOR_VERSION = 1
+CHECKPOINT_FORMAT = "medrecon-train-checkpoint"
+
+
+def _save_tensors(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types
+        raise InputError(f"{path} is not a readable safetensors file ({exc}).") from None
+
+
+# --------------------------------------------------------------------------- training
+def save_training_checkpoint(
+    run_dir: Path,
+    model: torch.nn.Module,
+    ema: Mapping[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    meta: dict[str, Any],
+) -> Path:
+    """Write ``run_dir/checkpoint`` atomically (a crash never leaves a half checkpoint)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for k, v in model.state_dict().items():
+        tensors[f"model/{k}"] = v
+    for k, v in ema.items():
+        tensors[f"ema/{k}"] = v
+    osd = optimizer.state_dict()
+    for idx, st in osd["state"].items():
+        for name, val in st.items():
+            t = val if isinstance(val, torch.Tensor) else torch.tensor(val)
+            tensors[f"optim/{idx}/{name}"] = t
+    state = dict(meta)
+    state["format"] = CHECKPOINT_FORMAT
+    state["optimizer_param_groups"] = osd["param_groups"]
+    target = run_dir / "checkpoint"
+    with atomic_dir(target) as tmp:
+        _save_tensors(tensors, tmp / "state.safetensors")
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    return target
+
+
+def load_training_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor],
+                                                 dict[str, torch.Tensor], dict[str, Any]]:
+    """Read ``state.json`` and ``state.safetensors`` of a checkpoint folder.
+
+    Returns:
+        (meta, model state dict, ema state dict, optimizer state dict for
+        ``Optimizer.load_state_dict``).
+    """
+    js, st = path / "state.json", path / "state.safetensors"
+    if not js.is_file() or not st.is_file():
+        raise InputError(f"{path} holds no training checkpoint to resume from.")
+    meta = json.loads(js.read_text())
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{js} is not a medrecon training checkpoint.")
+    tensors = _load_tensors(st)
+    model = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
+    ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema/")}
+    ostate: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim/"):
+            _, idx, name = k.split("/", 2)
+            ostate.setdefault(int(idx), {})[name] = v
+    optim = {"state": ostate, "param_groups": meta.pop("optimizer_param_groups")}
+    return meta, model, ema, optim
+
+
+# --------------------------------------------------------------------------- exported prior
+def export_prior(
+    directory: Path,
+    name: str,
+    state_dict: Mapping[str, torch.Tensor],
+    info: dict[str, Any],
+    dtype: torch.dtype = torch.float32,
+    max_shard_bytes: int | None = None,
+) -> Path:
+    """Write ``directory/name.json`` and its safetensors shard(s); returns the JSON path.
+
+    Args:
+        state_dict: EMA weights of the :class:`EDMDenoiser` (keys ``network.*``).
+        info: JSON-able description (network, denoiser, normalisation, modalities, ...).
+        dtype: storage dtype of floating tensors (bf16 halves the size; loading casts to fp32).
+        max_shard_bytes: split into shards no larger than this (None = one file).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state_dict.items()}
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k, v in tensors.items():
+        nbytes = v.numel() * v.element_size()
+        if max_shard_bytes and size + nbytes > max_shard_bytes and shards[-1]:
+            shards.append({})
+            size = 0
+        shards[-1][k] = v
+        size += nbytes
+    if len(shards) == 1:
+        names = [f"{name}.safetensors"]
+    else:
+        names = [f"{name}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for old in directory.glob(f"{name}*.safetensors"):
+        if old.name not in names:
+            old.unlink()
+    for shard, fname in zip(shards, names, strict=True):
+        with atomic_file(directory / fname) as tmp:
+            _save_tensors(shard, tmp)
+    doc = {"format": PRIOR_FORMAT, "version": PRIOR_VERSION, "name": name, "weights": names,
+           "dtype": str(dtype).replace("torch.", ""), **info}
+    js = directory / f"{name}.json"
+    with atomic_file(js) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1))
+    return js
+
+
+def read_prior_files(json_path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read an exported prior's JSON and all its shards (floating tensors cast to float32)."""
+    try:
+        doc = json.loads(json_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise InputError(f"{json_path} is not a readable prior description.") from None
+    if doc.get("format") != PRIOR_FORMAT:
+        raise InputError(f"{json_path} is not a medrecon prior.")
+    if int(doc.get("version", 0)) > PRIOR_VERSION:
+        raise InputError(f"{json_path} needs a newer medrecon (prior format "
+                         f"{doc.get('version')}).")
+    tensors: dict[str, torch.Tensor] = {}
+    for fname in doc["weights"]:
+        p = json_path.parent / fname
+        if not p.is_file():
+            raise InputError(f"Prior weights {p} are missing.")
+        tensors.update(_load_tensors(p))
+    tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
+    return doc, tensors

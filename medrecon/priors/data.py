@@ -1,0 +1,429 @@
+"""Training data for the prior: volumes in model space and reproducible random patches.
+
+Pipeline: find volumes (NIfTI files, DICOM series folders, or a manifest) -> read through
+:func:`medrecon.io.load_volume` -> resample to the target spacing (trilinear) -> map to model
+space with the per-modality :class:`~medrecon.priors.normalisation.Normalisation` -> cache as
+``.npy`` (keyed by path, size, mtime, spacing and normalisation, so edits invalidate it) ->
+hold out a validation split -> draw patches.
+
+Patches are a pure function of ``(seed, rank, step)``: the batch at step t never depends on
+what happened before, which makes ``--resume`` exact and gives every DDP rank its own stream
+without any sampler state to save. Augmentation (mirror flips, a small random rotation and
+scaling about the patch centre, MR gain/gamma jitter) runs on the training device.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medrecon.errors import InputError
+from medrecon.priors.config import DataConfig
+from medrecon.priors.normalisation import Normalisation, modality_id
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+MANIFEST_SUFFIXES = (".txt", ".csv")
+
+
+@dataclass
+class TrainingVolume:
+    """One preprocessed volume: ``data`` (I, J, K) float32 in model space, its modality id,
+    a list of foreground voxel indices (N, 3) for foreground-biased patch centres, and where it
+    came from."""
+
+    data: np.ndarray
+    modality: int
+    foreground: np.ndarray
+    source: str
+
+
+def _seed_int(*keys: int) -> int:
+    """A 63-bit seed derived from integer keys (NumPy's SeedSequence hashing)."""
+    state = np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(2)
+    return (int(state[0]) | (int(state[1]) << 32)) & ((1 << 63) - 1)
+
+
+def _foreground(data: np.ndarray, threshold: float = 0.05, max_points: int = 20000,
+                seed: int = 0) -> np.ndarray:
+    idx = np.argwhere(data > threshold)
+    if len(idx) > max_points:
+        sel = np.random.default_rng(seed).choice(len(idx), max_points, replace=False)
+        idx = idx[np.sort(sel)]
+    return idx.astype(np.int32)
+
+
+# --------------------------------------------------------------------------- file discovery
+def _is_dicom_file(p: Path) -> bool:
+    try:
+        with p.open("rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def discover_studies(paths: Sequence[str | Path]) -> list[tuple[Path, str | None]]:
+    """Expand ``--data`` arguments into (study path, modality override) pairs.
+
+    Each argument may be a NIfTI file, a DICOM file or series folder, a folder tree holding
+    NIfTI files and/or DICOM series (one series per leaf folder), or a manifest: a ``.txt``
+    file with one path per line, or a ``.csv`` file with a ``path`` column and an optional
+    ``modality`` column. Relative manifest paths are relative to the manifest.
+    """
+    out: list[tuple[Path, str | None]] = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            raise InputError(f"Training data path {p} does not exist.")
+        if p.is_file() and p.suffix.lower() in MANIFEST_SUFFIXES:
+            out.extend(_read_manifest(p))
+        elif p.is_file():
+            out.append((p, None))
+        else:
+            found: list[tuple[Path, str | None]] = []
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and f.name.lower().endswith(NIFTI_SUFFIXES):
+                    found.append((f, None))
+            dicom_dirs = sorted({f.parent for f in p.rglob("*") if f.is_file()
+                                 and not f.name.lower().endswith(NIFTI_SUFFIXES)
+                                 and _is_dicom_file(f)})
+            found.extend((d, None) for d in dicom_dirs)
+            if not found:
+                raise InputError(f"No NIfTI files or DICOM series were found under {p}.")
+            out.extend(found)
+    if not out:
+        raise InputError("No training volumes were given.")
+    return out
+
+
+def _read_manifest(path: Path) -> list[tuple[Path, str | None]]:
+    rows: list[tuple[Path, str | None]] = []
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or "path" not in reader.fieldnames:
+                raise InputError(f"Manifest {path} needs a 'path' column.")
+            for r in reader:
+                mod = (r.get("modality") or "").strip().upper() or None
+                rows.append((_resolve(path, r["path"].strip()), mod))
+    else:
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                rows.append((_resolve(path, line), None))
+    for p, _ in rows:
+        if not p.exists():
+            raise InputError(f"Manifest {path.name} lists {p}, which does not exist.")
+    return rows
+
+
+def _resolve(manifest: Path, entry: str) -> Path:
+    p = Path(entry)
+    return p if p.is_absolute() else manifest.parent / p
+
+
+def split_train_val(items: Sequence[tuple[Path, str | None]], val_fraction: float
+                    ) -> tuple[list[tuple[Path, str | None]], list[tuple[Path, str | None]]]:
+    """Deterministic split by a hash of each path, so adding studies does not reshuffle old ones.
+
+    With two or more studies and ``val_fraction > 0`` at least one study is held out.
+    """
+    def h(p: Path) -> float:
+        return int(hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:12], 16) / 16**12
+
+    scored = sorted(items, key=lambda it: h(it[0]))
+    val = [it for it in scored if h(it[0]) < val_fraction]
+    if not val and val_fraction > 0 and len(items) >= 2:
+        val = [scored[0]]
+    train = [it for it in scored if it not in val]
+    return train, val
+
+
+# --------------------------------------------------------------------------- preprocessing
+def resample_to_spacing(data: np.ndarray, spacing: Sequence[float],
+                        target: Sequence[float]) -> np.ndarray:
+    """Trilinear resampling of (I, J, K) ``data`` from voxel size ``spacing`` to ``target`` mm,
+    keeping the field of view (the grid keeps the volume's axes; no reorientation)."""
+    from scipy.ndimage import zoom
+
+    factors = [s / t for s, t in zip(spacing, target, strict=True)]
+    if all(abs(f - 1) < 1e-3 for f in factors):
+        return data.astype(np.float32, copy=False)
+    return zoom(data.astype(np.float32), factors, order=1, mode="nearest", grid_mode=True)
+
+
+def load_training_volume(path: Path, modality_override: str | None, cfg: DataConfig,
+                         norm: Normalisation, cache_dir: Path | None) -> TrainingVolume:
+    """Read, resample and normalise one study, through the ``.npy`` cache when given."""
+    from medrecon.io import load_volume
+
+    stat = path.stat()
+    key = json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, list(cfg.spacing_mm),
+                      norm.to_dict(), modality_override, cfg.default_modality])
+    digest = hashlib.sha1(key.encode()).hexdigest()[:20]
+    if cache_dir is not None:
+        npy, meta = cache_dir / f"{digest}.npy", cache_dir / f"{digest}.json"
+        if npy.exists() and meta.exists():
+            info = json.loads(meta.read_text())
+            data = np.load(npy)
+            return TrainingVolume(data, info["modality"], _foreground(data), str(path))
+    vol = load_volume(path)
+    mod = (modality_override or (vol.modality if vol.modality in ("MR", "CT") else None)
+           or cfg.default_modality)
+    if mod is None:
+        raise InputError(
+            f"{path} has modality {vol.modality!r}; set data.default_modality or a manifest "
+            "modality column to MR or CT."
+        )
+    mod = mod.upper()
+    if mod not in cfg.modalities:
+        raise InputError(f"{path} is {mod}, but this prior is configured for "
+                         f"{', '.join(cfg.modalities)} only.")
+    data = resample_to_spacing(vol.data, vol.spacing, cfg.spacing_mm)
+    data = np.asarray(norm.to_model(data, mod), dtype=np.float32)
+    if mod == "CT":
+        data = np.maximum(data, 0.0)  # below -1000 HU is reconstruction noise, not anatomy
+    if cache_dir is not None:
+        from medrecon.io.atomic import atomic_file
+
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_file(cache_dir / f"{digest}.npy") as tmp, tmp.open("wb") as f:
+            np.save(f, data)
+        with atomic_file(cache_dir / f"{digest}.json") as tmp:
+            tmp.write_text(json.dumps({"source": str(path), "modality": modality_id(mod)}))
+    return TrainingVolume(data, modality_id(mod), _foreground(data), str(path))
+
+
+# --------------------------------------------------------------------------- volume pools
+SYNTHETIC_TRAIN_SEED0 = 0  # = medrecon.priors.synthetic.SPLITS["train"].start
+SYNTHETIC_VAL_SEED0 = 1_000_000  # = SPLITS["val"].start; "test" seeds are never used here
+
+
+def synthetic_volume(seed: int, modality: str, cfg: DataConfig, norm: Normalisation,
+                     device: torch.device | str = "cpu") -> TrainingVolume:
+    """One procedural head (:func:`medrecon.priors.synthetic.generate_head_tensor`, rendered on
+    ``device``) in model space.
+
+    MR contrast (T1/T2/PD-like) is chosen by the seed; lesions are on; measurement noise is
+    off unless ``data.synthetic_noise`` (the prior models the anatomy, data consistency
+    handles the noise of a measurement).
+    """
+    from medrecon.priors.synthetic import generate_head_tensor
+
+    img, _ = generate_head_tensor(shape=tuple(cfg.synthetic_shape),
+                                  spacing_mm=float(cfg.spacing_mm[0]), modality=modality,
+                                  seed=seed, lesions=True, noise=cfg.synthetic_noise,
+                                  device=device)
+    data = np.asarray(norm.to_model(img.cpu().numpy(), modality), dtype=np.float32)
+    if modality == "CT":
+        data = np.maximum(data, 0.0)
+    return TrainingVolume(data, modality_id(modality), _foreground(data, seed=seed),
+                          f"synthetic:{modality}:{seed}")
+
+
+def phantom_volume(seed: int, modality: str, cfg: DataConfig) -> TrainingVolume:
+    """A randomised 3D Shepp-Logan phantom (ellipsoid centres, sizes and values jittered) in
+    model space; CT phantoms get an HU-like scaling. Cheap, for tests and smoke runs."""
+    from medrecon.phantoms import SHEPP_LOGAN_3D, Ellipsoid, ellipsoid_phantom
+
+    rng = np.random.default_rng(seed)
+    ells = []
+    for e in SHEPP_LOGAN_3D:
+        c = tuple(float(v) for v in np.asarray(e.centre) + rng.uniform(-0.03, 0.03, 3))
+        a = tuple(float(v) for v in np.asarray(e.axes) * rng.uniform(0.9, 1.1, 3))
+        ells.append(Ellipsoid(e.value * float(rng.uniform(0.8, 1.2)), c, a,
+                              e.phi + float(rng.uniform(-0.2, 0.2))))
+    data = np.clip(ellipsoid_phantom(tuple(cfg.synthetic_shape), tuple(ells)), 0, None)
+    if modality == "CT":
+        data = 1 / 3 + 0.3 * data * (data > 0.5) + 0.05 * data
+        data = np.where(ellipsoid_phantom(tuple(cfg.synthetic_shape), tuple(ells[:1])) > 0,
+                        data, 0.0)
+    data = data.astype(np.float32)
+    return TrainingVolume(data, modality_id(modality), _foreground(data, seed=seed),
+                          f"phantom:{modality}:{seed}")
+
+
+def build_pools(cfg: DataConfig, norm: Normalisation, data_paths: Sequence[str | Path] = (),
+                cache_dir: Path | None = None, rank: int = 0, world_size: int = 1,
+                workers: int = 0, device: torch.device | str = "cpu"
+                ) -> tuple[list[TrainingVolume], list[TrainingVolume]]:
+    """Training volumes of this rank (its shard, as a DistributedSampler would give) and all
+    validation volumes (validation runs on rank 0 only; other ranks get an empty list).
+
+    Generated sources use seeds ``SYNTHETIC_TRAIN_SEED0 + i`` for training and
+    ``SYNTHETIC_VAL_SEED0 + i`` for validation, disjoint from each other and from the test
+    seeds of the synthetic generator.
+    """
+    if cfg.source == "files":
+        if not data_paths:
+            raise InputError("data.source is files: give training data with --data PATH.")
+        items = discover_studies(data_paths)
+        train_items, val_items = split_train_val(items, cfg.val_fraction)
+        train_items = train_items[rank::world_size]
+        if not train_items:
+            raise InputError(f"Rank {rank} got no training volume; give at least {world_size}.")
+
+        def load(it: tuple[Path, str | None]) -> TrainingVolume:
+            return load_training_volume(it[0], it[1], cfg, norm, cache_dir)
+
+        train = _map(load, train_items, workers)
+        val = _map(load, val_items, workers) if rank == 0 else []
+        return train, val
+
+    jobs_train = [(SYNTHETIC_TRAIN_SEED0 + i, m) for m in cfg.modalities
+                  for i in range(cfg.train_volumes)][rank::world_size]
+    jobs_val = ([(SYNTHETIC_VAL_SEED0 + i, m) for m in cfg.modalities
+                 for i in range(cfg.val_volumes)] if rank == 0 else [])
+    if cfg.source == "synthetic":
+        def make(job: tuple[int, str]) -> TrainingVolume:
+            return synthetic_volume(job[0], job[1], cfg, norm, device)
+
+        if torch.device(device).type == "cuda":
+            workers = 0  # rendering on the GPU: one process, no CPU pool
+    else:
+        def make(job: tuple[int, str]) -> TrainingVolume:
+            return phantom_volume(job[0], job[1], cfg)
+    return _map(make, jobs_train, workers), _map(make, jobs_val, workers)
+
+
+def _map(fn, items, workers: int):  # type: ignore[no-untyped-def]
+    if workers <= 1 or len(items) <= 1:
+        return [fn(it) for it in items]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers) as ex:
+        return list(ex.map(fn, items))
+
+
+# --------------------------------------------------------------------------- patches
+@dataclass
+class PatchBatch:
+    """x: (B, 1, X, Y, Z) float32 model space; modality: (B,) long; position: (B, 3) float32
+    patch centres in [-1, 1] of the full volume (per voxel axis, after flips)."""
+
+    x: torch.Tensor
+    modality: torch.Tensor
+    position: torch.Tensor
+
+
+class PatchSampler:
+    """Random, augmented patches as a pure function of (seed, rank, step)."""
+
+    def __init__(self, volumes: Sequence[TrainingVolume], cfg: DataConfig, seed: int,
+                 rank: int = 0, augment: bool = True) -> None:
+        if not volumes:
+            raise InputError("No training volumes to draw patches from.")
+        self.volumes = list(volumes)
+        self.cfg = cfg
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.augment = augment
+        p = np.asarray(cfg.patch_size)
+        # margin so that a rotated/scaled patch never samples outside its crop
+        diag = math.sqrt(3.0) if augment and (cfg.rotate_deg or cfg.scale) else 1.0
+        self.margin = np.ceil(p * (diag * (1 + cfg.scale) - 1) / 2).astype(int) if augment \
+            and (cfg.rotate_deg or cfg.scale) else np.zeros(3, int)
+        self.margin = np.minimum(self.margin, p)  # bounded: corners may sample zeros
+
+    def _crop(self, vol: TrainingVolume, centre: np.ndarray, size: np.ndarray) -> np.ndarray:
+        lo = centre - size // 2
+        out = np.zeros(tuple(size), np.float32)
+        src_lo = np.maximum(lo, 0)
+        src_hi = np.minimum(lo + size, vol.data.shape)
+        if np.any(src_hi <= src_lo):
+            return out
+        dst_lo = src_lo - lo
+        dst_hi = dst_lo + (src_hi - src_lo)
+        out[dst_lo[0]:dst_hi[0], dst_lo[1]:dst_hi[1], dst_lo[2]:dst_hi[2]] = vol.data[
+            src_lo[0]:src_hi[0], src_lo[1]:src_hi[1], src_lo[2]:src_hi[2]]
+        return out
+
+    def batch(self, step: int, batch_size: int, device: torch.device | str = "cpu",
+              stream: int = 0) -> PatchBatch:
+        """The batch of ``step`` for this rank (``stream`` separates e.g. validation draws)."""
+        rng = np.random.default_rng([self.seed, self.rank, int(step), stream, 7])
+        p = np.asarray(self.cfg.patch_size)
+        size = p + 2 * self.margin
+        crops, mods, pos, flips = [], [], [], []
+        for _ in range(batch_size):
+            vol = self.volumes[int(rng.integers(len(self.volumes)))]
+            shape = np.asarray(vol.data.shape)
+            if len(vol.foreground) and rng.random() < self.cfg.foreground_prob:
+                centre = vol.foreground[int(rng.integers(len(vol.foreground)))].astype(int)
+            else:
+                centre = np.array([int(rng.integers(n)) for n in shape])
+            # keep the patch inside the volume where the volume is large enough
+            half = p // 2
+            lo_c = np.minimum(half, shape // 2)
+            hi_c = np.maximum(shape - (p - half), shape // 2)
+            centre = np.clip(centre, lo_c, hi_c)
+            crops.append(self._crop(vol, centre, size))
+            mods.append(vol.modality)
+            pos.append(2.0 * centre / np.maximum(shape - 1, 1) - 1.0)
+            flip = [bool(self.augment and a in self.cfg.flip_axes and rng.random() < 0.5)
+                    for a in range(3)]
+            flips.append(flip)
+        x = torch.from_numpy(np.stack(crops)[:, None]).to(device)
+        position = torch.tensor(np.asarray(pos), dtype=torch.float32)
+        for b, flip in enumerate(flips):
+            dims = [d + 2 for d in range(3) if flip[d]]
+            if dims:
+                x[b] = torch.flip(x[b], dims=[d - 1 for d in dims])
+                for d in range(3):
+                    if flip[d]:
+                        position[b, d] = -position[b, d]
+        if self.augment and (self.cfg.rotate_deg or self.cfg.scale):
+            x = self._affine(x, rng, p)
+        elif np.any(self.margin):
+            m = self.margin
+            x = x[:, :, m[0]:m[0] + p[0], m[1]:m[1] + p[1], m[2]:m[2] + p[2]]
+        if self.augment and self.cfg.intensity:
+            x = self._intensity(x, rng, mods)
+        return PatchBatch(x.contiguous(), torch.tensor(mods, dtype=torch.long, device=device),
+                          position.to(device))
+
+    def _affine(self, x: torch.Tensor, rng: np.random.Generator, p: np.ndarray) -> torch.Tensor:
+        """Rotate by up to ``rotate_deg`` about a random axis and scale by 1 +- ``scale``,
+        about the crop centre, trilinearly; then take the central patch of size ``p``."""
+        import torch.nn.functional as F
+
+        b = x.shape[0]
+        size = np.asarray(x.shape[2:])
+        thetas = []
+        for _ in range(b):
+            axis = rng.normal(size=3)
+            axis /= np.linalg.norm(axis)
+            ang = np.deg2rad(rng.uniform(-self.cfg.rotate_deg, self.cfg.rotate_deg))
+            k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+            rot = np.eye(3) + np.sin(ang) * k + (1 - np.cos(ang)) * k @ k
+            s = 1.0 + rng.uniform(-self.cfg.scale, self.cfg.scale)
+            # affine_grid works in normalised output coords of the *patch*; map them to the
+            # normalised coords of the larger crop (ratio p / size) after rotating/scaling.
+            ratio = np.diag(p / size)
+            a = ratio @ rot / s
+            # grid_sample's coordinate order is (z, y, x) = reversed tensor dims
+            a = a[::-1, ::-1]
+            thetas.append(np.concatenate([a, np.zeros((3, 1))], axis=1))
+        theta = torch.tensor(np.stack(thetas), dtype=torch.float32, device=x.device)
+        grid = F.affine_grid(theta, [b, 1, *[int(v) for v in p]], align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def _intensity(self, x: torch.Tensor, rng: np.random.Generator, mods: list[int]
+                   ) -> torch.Tensor:
+        """MR only: x -> gain * x^gamma (on the non-negative part); CT HU are absolute."""
+        r = self.cfg.intensity
+        out = x.clone()
+        for b, m in enumerate(mods):
+            gain = float(rng.uniform(1 - r, 1 + r))
+            gamma = float(rng.uniform(1 - r, 1 + r))
+            if m == modality_id("MR"):
+                out[b] = gain * torch.clamp(x[b], min=0) ** gamma
+        return out

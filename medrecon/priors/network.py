@@ -1,0 +1,119 @@
+"""The denoising network: a 3D MONAI ``DiffusionModelUNet`` built from a small config.
+
+The network sees ``in_channels = 1 + (3 if position conditioning)`` channels: the
+(preconditioned) noisy patch and, optionally, three constant maps holding the patch centre's
+normalised position in the full volume (PaDIS-style patch-position conditioning). Modality is
+a class label (``num_class_embeds``) added to the noise embedding, so one network serves MRI
+and CT. Flash attention (``torch.nn.functional.scaled_dot_product_attention``) is requested on
+CUDA; on CPU the same weights run with MONAI's plain attention, so checkpoints move freely
+between devices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+
+from medrecon.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Shape of the U-Net.
+
+    Attributes:
+        channels: feature channels per resolution level (each level halves the patch size).
+        num_res_blocks: residual blocks per level (one int or one per level).
+        attention_levels: self-attention on/off per level; attention on 64³ patches is only
+            affordable at the coarsest level (8³ = 512 tokens).
+        num_head_channels: channels per attention head.
+        norm_num_groups: GroupNorm groups (must divide every entry of ``channels``).
+        num_modalities: class labels for the modality condition (0 = MR, 1 = CT); 0 = none.
+        position_channels: 3 to give the network the patch-centre position maps, 0 for none.
+    """
+
+    channels: tuple[int, ...] = (32, 64, 96, 128)
+    num_res_blocks: tuple[int, ...] = (1, 2, 2, 2)
+    attention_levels: tuple[bool, ...] = (False, False, False, True)
+    num_head_channels: int = 32
+    norm_num_groups: int = 16
+    num_modalities: int = 2
+    position_channels: int = 3
+
+    def __post_init__(self) -> None:
+        n = len(self.channels)
+        if n < 1:
+            raise ConfigError("network.channels must list at least one level.")
+        if len(self.attention_levels) != n:
+            raise ConfigError("network.attention_levels must have one entry per channels level.")
+        if len(self.num_res_blocks) != n:
+            raise ConfigError("network.num_res_blocks must have one entry per channels level.")
+        if any(c % self.norm_num_groups for c in self.channels):
+            raise ConfigError("network.norm_num_groups must divide every entry of network.channels.")
+        if self.position_channels not in (0, 3):
+            raise ConfigError("network.position_channels must be 0 (off) or 3 (on).")
+
+    @property
+    def uses_position(self) -> bool:
+        return self.position_channels > 0
+
+    @property
+    def downsampling_factor(self) -> int:
+        """Patch sizes must be multiples of this (2 per level below the first)."""
+        return 2 ** (len(self.channels) - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NetworkConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"Unknown network option(s): {', '.join(sorted(unknown))}.")
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        if isinstance(kw.get("num_res_blocks"), int):
+            kw["num_res_blocks"] = (kw["num_res_blocks"],) * len(kw.get("channels", cls.channels))
+        return cls(**kw)
+
+
+def build_network(config: NetworkConfig, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """Instantiate the MONAI 3D ``DiffusionModelUNet`` described by ``config``.
+
+    Input (B, 1 + position_channels, X, Y, Z), noise label (B,), class label (B,) long;
+    output (B, 1, X, Y, Z). Flash attention is enabled when ``device`` is CUDA.
+    """
+    from monai.networks.nets import DiffusionModelUNet
+
+    device = torch.device(device)
+    net = DiffusionModelUNet(
+        spatial_dims=3,
+        in_channels=1 + config.position_channels,
+        out_channels=1,
+        num_res_blocks=config.num_res_blocks,
+        channels=config.channels,
+        attention_levels=config.attention_levels,
+        norm_num_groups=config.norm_num_groups,
+        num_head_channels=config.num_head_channels,
+        with_conditioning=False,
+        num_class_embeds=config.num_modalities or None,
+        use_flash_attention=device.type == "cuda",
+    )
+    return net.to(device)
+
+
+def set_flash_attention(module: torch.nn.Module, enabled: bool) -> None:
+    """Switch MONAI attention blocks between flash (SDPA) and plain attention in place.
+
+    Both paths compute the same softmax attention with the same weights; flash attention is
+    only the faster kernel, so a model built on CPU can use it after moving to CUDA.
+    """
+    for m in module.modules():
+        if hasattr(m, "use_flash_attention") and not getattr(m, "save_attn", False):
+            m.use_flash_attention = enabled
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

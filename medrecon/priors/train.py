@@ -1,0 +1,489 @@
+"""Training loop of the prior: EDM loss on random 3D patches, AdamW, EMA, bf16, DDP, resume.
+
+One function, :func:`train`, serves the CLI (``medrecon train``), ``torchrun`` (DDP: one process
+per GPU, detected from the ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` environment) and tests.
+
+Per step t (per rank r):  batch = patches(seed, r, t); sigma ~ logN(P_mean, P_std^2);
+n ~ N(0, I) from a generator seeded by (seed, r, t); loss = mean lambda(sigma) |D(x+sigma n) - x|^2;
+AdamW with lr = lr_max min(1, (t+1)/warmup); gradients clipped to ``grad_clip`` (global norm);
+EMA  theta_ema <- beta theta_ema + (1 - beta) theta,  beta = min(ema_decay, (1+t)/(10+t)).
+
+Rank 0 alone writes: ``RUN_DIR/config.yaml``, ``log.csv`` (step, loss, lr, grad norm,
+loss per sigma band, samples/s), ``val.csv`` (EMA validation denoising PSNR per sigma, in dB
+with data range 1 in model space), ``previews/step_N.png`` (unconditional EMA samples, one
+patch per modality, orthogonal slices), ``checkpoint/`` (exact resume) and ``prior/NAME.json``
+(+ safetensors: the EMA prior, loadable with :func:`medrecon.priors.load_prior`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medrecon.errors import InputError
+from medrecon.priors.config import TrainConfig, dump_train_config
+from medrecon.priors.data import PatchSampler, TrainingVolume, _seed_int, build_pools
+from medrecon.priors.denoiser import EDMDenoiser
+from medrecon.priors.network import build_network, count_parameters
+from medrecon.priors.normalisation import MODALITY_IDS
+from medrecon.priors.schedules import edm_sigmas, sample_training_sigmas, sigma_bands
+
+LOG_FIELDS_BASE = ["step", "loss", "lr", "grad_norm", "samples_per_s"]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns (on every rank; paths are meaningful on rank 0)."""
+
+    run_dir: Path
+    step: int
+    losses: list[float] = field(default_factory=list)
+    val_psnr: dict[str, float] = field(default_factory=dict)
+    prior_json: Path | None = None
+    samples_per_s: float = 0.0
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    initialised_here: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: str) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    import torch.distributed as dist
+
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    here = False
+    if not dist.is_initialized():
+        use_cuda = device != "cpu" and torch.cuda.is_available()
+        if use_cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        here = True
+    return _Dist(rank, world, local, here)
+
+
+def make_denoiser(config: TrainConfig, device: torch.device | str = "cpu") -> EDMDenoiser:
+    """An untrained denoiser for ``config`` (seeded by ``config.seed``)."""
+    torch.manual_seed(config.seed)
+    d = config.denoiser
+    return EDMDenoiser(build_network(config.network, device), sigma_data=d.sigma_data,
+                       sigma_min=d.sigma_min, sigma_max=d.sigma_max, p_mean=d.p_mean,
+                       p_std=d.p_std, uses_position=config.network.uses_position,
+                       num_modalities=config.network.num_modalities,
+                       noise_embed_scale=d.noise_embed_scale).to(device)
+
+
+def prior_info(config: TrainConfig, step: int, extra: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
+    """The JSON description stored next to exported prior weights."""
+    cfg = config.to_dict()
+    return {
+        "network": cfg["network"], "denoiser": cfg["denoiser"],
+        "normalisation": cfg["normalisation"], "modalities": list(config.data.modalities),
+        "patch_size": list(config.data.patch_size), "spacing_mm": list(config.data.spacing_mm),
+        "uses_position": config.network.uses_position,
+        "parameters": count_parameters(build_network(config.network)),
+        "training": {"steps": step, "source": config.data.source, "seed": config.seed,
+                     **(extra or {})},
+        "config": cfg,
+    }
+
+
+# --------------------------------------------------------------------------- sampling preview
+@torch.no_grad()
+def edm_sample(denoiser: torch.nn.Module, shape: Sequence[int], modality: torch.Tensor | None,
+               position: torch.Tensor | None, num_steps: int = 18,
+               generator: torch.Generator | None = None, sigma_max: float | None = None,
+               device: torch.device | str = "cpu") -> torch.Tensor:
+    """Unconditional EDM Heun sampler (Karras et al. Alg. 1, deterministic) for previews.
+
+    Returns samples of ``shape`` (B, 1, X, Y, Z) in model space.
+    """
+    smax = float(sigma_max if sigma_max is not None else denoiser.sigma_max)
+    sig = edm_sigmas(num_steps, denoiser.sigma_min, smax, device=device)
+    x = torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(device) * sig[0]
+    for i in range(num_steps):
+        s, s_next = sig[i], sig[i + 1]
+        d = (x - denoiser(x, s, modality=modality, position=position)) / s
+        x_next = x + (s_next - s) * d
+        if s_next > 0:  # Heun correction
+            d2 = (x_next - denoiser(x_next, s_next, modality=modality, position=position)) / s_next
+            x_next = x + (s_next - s) * 0.5 * (d + d2)
+        x = x_next
+    return x
+
+
+def save_preview_png(samples: torch.Tensor, labels: Sequence[str], path: Path,
+                     vmin: float = 0.0, vmax: float = 1.0) -> None:
+    """Orthogonal central slices of each sample (B, 1, X, Y, Z) as one PNG row per sample."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medrecon.io.atomic import atomic_file
+
+    arr = samples[:, 0].float().cpu().numpy()
+    b = arr.shape[0]
+    fig, axes = plt.subplots(b, 3, figsize=(7.5, 2.5 * b), squeeze=False)
+    for i in range(b):
+        v = arr[i]
+        cx, cy, cz = (n // 2 for n in v.shape)
+        for j, (sl, title) in enumerate(((v[cx].T, "sagittal (i)"), (v[:, cy].T, "coronal (j)"),
+                                         (v[:, :, cz].T, "axial (k)"))):
+            axes[i, j].imshow(sl, cmap="gray", vmin=vmin, vmax=vmax, origin="lower")
+            axes[i, j].set_axis_off()
+            axes[i, j].set_title(f"{labels[i]} {title}", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- validation
+@torch.no_grad()
+def validation_psnr(denoiser: torch.nn.Module, batch_x: torch.Tensor, modality: torch.Tensor,
+                    position: torch.Tensor, sigmas: Sequence[float], seed: int,
+                    chunk: int = 4) -> dict[str, float]:
+    """Denoising PSNR (dB, data range 1 in model space) of D(x + sigma n) against x, per sigma,
+    overall and per modality; also the PSNR of the noisy input (``noisy_<sigma>``)."""
+    out: dict[str, float] = {}
+    dev = batch_x.device
+    for k, s in enumerate(sigmas):
+        g = torch.Generator().manual_seed(_seed_int(seed, 99, k))
+        noise = torch.randn(batch_x.shape, generator=g).to(dev)
+        den = torch.cat([denoiser(batch_x[i:i + chunk] + s * noise[i:i + chunk], float(s),
+                                  modality=modality[i:i + chunk], position=position[i:i + chunk])
+                         for i in range(0, batch_x.shape[0], chunk)])
+        mse = ((den - batch_x) ** 2).flatten(1).mean(1)
+        out[f"psnr_{s:g}"] = float(10 * torch.log10(1.0 / mse.mean()))
+        out[f"noisy_{s:g}"] = float(10 * math.log10(1.0 / s**2))
+        for name, mid in MODALITY_IDS.items():
+            sel = modality == mid
+            if sel.any():
+                out[f"psnr_{s:g}_{name}"] = float(10 * torch.log10(1.0 / mse[sel].mean()))
+    return out
+
+
+# --------------------------------------------------------------------------- logging helpers
+class _Csv:
+    """Append-only CSV that, on resume, first drops rows past the checkpoint step."""
+
+    def __init__(self, path: Path, fields: list[str], resume_step: int | None) -> None:
+        self.path, self.fields = path, fields
+        rows: list[dict[str, str]] = []
+        if resume_step is not None and path.exists():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _band_name(lo: float, hi: float) -> str:
+    return f"loss_sigma_{lo:g}_{hi:g}"
+
+
+# --------------------------------------------------------------------------- main loop
+def _resume_key(config: TrainConfig) -> dict[str, Any]:
+    """The parts of a config that must not change on resume (steps and logging may)."""
+    d = config.to_dict()
+    d.pop("log")
+    d["optim"].pop("steps")
+    return d
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | Path,
+    data_paths: Sequence[str | Path] = (),
+    resume: bool = False,
+    device: str = "auto",
+    max_minutes: float | None = None,
+    workers: int = 0,
+    progress: bool = True,
+    pools: tuple[list[TrainingVolume], list[TrainingVolume]] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train (or resume training) a prior; see the module docstring for what is written.
+
+    Args:
+        config: the run's config (on resume it must equal the checkpoint's).
+        run_dir: output folder; created if missing.
+        data_paths: NIfTI files / DICOM folders / manifests for ``data.source == "files"``.
+        resume: continue from ``run_dir/checkpoint`` exactly where it stopped.
+        device: "auto" (CUDA if available), "cpu" or "cuda"; under torchrun each rank uses
+            ``cuda:LOCAL_RANK``.
+        max_minutes: stop (and checkpoint) after this much wall-clock training time.
+        workers: processes for loading / generating the training volumes.
+        progress: show a tqdm progress bar on rank 0.
+        pools: pre-built (train, val) volumes (tests); skips :func:`build_pools`.
+        on_step: called as on_step(step, loss) after every step (tests, monitoring).
+    """
+    from medrecon.priors.checkpoint import (
+        export_prior,
+        load_training_checkpoint,
+        save_training_checkpoint,
+    )
+
+    run_dir = Path(run_dir)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was requested but no CUDA GPU is available.")
+    dist_info = _init_distributed(device)
+    dev = torch.device(f"cuda:{dist_info.local_rank}" if device == "cuda" else device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    main = dist_info.main
+
+    start_step, ckpt = 0, None
+    if resume:
+        meta, msd, esd, osd = load_training_checkpoint(run_dir / "checkpoint")
+        saved = TrainConfig.from_dict(meta["config"])
+        if _resume_key(saved) != _resume_key(config):
+            raise InputError("The config differs from the checkpoint's in more than optim.steps "
+                             "and log settings; resume with RUN_DIR/config.yaml.")
+        if int(meta["world_size"]) != dist_info.world:
+            raise InputError(f"The checkpoint was written by {meta['world_size']} process(es); "
+                             f"resume with the same number, not {dist_info.world}.")
+        start_step, ckpt = int(meta["step"]), (msd, esd, osd)
+    elif main and (run_dir / "checkpoint").exists():
+        raise InputError(f"{run_dir} already holds a training run; pass --resume or choose "
+                         "another --out.")
+
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_train_config(config))
+
+    # ---- data
+    t0 = time.perf_counter()
+    if pools is None:
+        cache = Path(config.data.cache_dir) if config.data.cache_dir else run_dir / "cache"
+        pools = build_pools(config.data, config.normalisation, data_paths, cache,
+                            dist_info.rank, dist_info.world, workers, dev)
+    train_vols, val_vols = pools
+    data_seconds = time.perf_counter() - t0
+    sampler = PatchSampler(train_vols, config.data, config.seed, dist_info.rank)
+    val_batch = None
+    if main and val_vols:
+        vs = PatchSampler(val_vols, config.data, config.seed + 1, 0, augment=False)
+        val_batch = vs.batch(0, config.log.val_patches, dev, stream=1)
+
+    # ---- model, EMA, optimiser
+    model = make_denoiser(config, dev)
+    ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+    opt_cfg = config.optim
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opt_cfg.lr, betas=opt_cfg.betas,
+                                  weight_decay=opt_cfg.weight_decay)
+    if ckpt is not None:
+        msd, esd, osd = ckpt
+        model.load_state_dict(msd)
+        ema = {k: v.to(dev).float() for k, v in esd.items()}
+        optimizer.load_state_dict(osd)
+    fwd: Callable[..., torch.Tensor] = model
+    if dist_info.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        fwd = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+    ema_model = make_denoiser(config, dev).eval().requires_grad_(False)
+
+    def load_ema() -> EDMDenoiser:
+        ema_model.load_state_dict(ema)
+        return ema_model
+
+    # ---- logs (rank 0)
+    bands = sigma_bands()
+    log_fields = LOG_FIELDS_BASE + [_band_name(lo, hi) for lo, hi in bands]
+    val_fields = ["step"] + [f"{p}_{s:g}" for s in config.log.val_sigmas for p in ("psnr",)] + [
+        f"psnr_{s:g}_{m}" for s in config.log.val_sigmas for m in config.data.modalities]
+    resume_at = start_step if resume else None
+    log_csv = _Csv(run_dir / "log.csv", log_fields, resume_at) if main else None
+    val_csv = _Csv(run_dir / "val.csv", val_fields, resume_at) if main else None
+
+    bar = None
+    if main and progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=opt_cfg.steps, initial=start_step, desc=f"train {config.name}",
+                   unit="step", dynamic_ncols=True)
+
+    use_bf16 = opt_cfg.bf16 and dev.type == "cuda"
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16
+                else contextlib.nullcontext())
+    result = TrainResult(run_dir=run_dir, step=start_step)
+    acc_loss, acc_n = 0.0, 0
+    band_acc: dict[str, list[float]] = {}
+    t_window, samples_window = time.perf_counter(), 0
+    t_start = time.perf_counter()
+    last_val: dict[str, float] = {}
+    step = start_step
+    model.train()
+
+    def checkpoint(step_done: int) -> None:
+        nonlocal result
+        if not main:
+            return
+        meta = {"config": config.to_dict(), "step": step_done, "world_size": dist_info.world,
+                "last_loss": result.losses[-1] if result.losses else None,
+                "val": last_val}
+        save_training_checkpoint(run_dir, model, ema, optimizer, meta)
+        result.prior_json = export_prior(
+            run_dir / "prior", config.name, load_ema().state_dict(),
+            prior_info(config, step_done, {"last_loss": meta["last_loss"], "val_psnr": last_val}))
+
+    while step < opt_cfg.steps:
+        # -- one optimisation step, a pure function of (weights, seed, rank, step)
+        batch = sampler.batch(step, opt_cfg.batch_size, dev)
+        gen = torch.Generator(device=dev).manual_seed(_seed_int(config.seed, dist_info.rank,
+                                                                step, 3))
+        sigma = sample_training_sigmas(opt_cfg.batch_size, model.p_mean, model.p_std,
+                                       torch.Generator().manual_seed(
+                                           _seed_int(config.seed, dist_info.rank, step, 4)),
+                                       dev)
+        noise = torch.randn(batch.x.shape, generator=gen, device=dev)
+        lr = opt_cfg.lr * min(1.0, (step + 1) / max(opt_cfg.warmup_steps, 1))
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        with autocast:
+            d = fwd(batch.x + sigma.view(-1, 1, 1, 1, 1) * noise, sigma,
+                    modality=batch.modality, position=batch.position)
+        per = model.loss_weight(sigma) * ((d.float() - batch.x) ** 2).flatten(1).mean(1)
+        loss = per.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), opt_cfg.grad_clip)
+        optimizer.step()
+        beta = min(opt_cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                if v.is_floating_point():
+                    ema[k].mul_(beta).add_(v.float(), alpha=1 - beta)
+                else:
+                    ema[k].copy_(v)
+        step += 1
+
+        # -- bookkeeping
+        loss_v = float(loss.detach())
+        if dist_info.world > 1:
+            import torch.distributed as dist
+
+            t = torch.tensor([loss_v], device=dev)
+            dist.all_reduce(t)
+            loss_v = float(t) / dist_info.world
+        if not math.isfinite(loss_v):
+            raise FloatingPointError(f"training loss became {loss_v} at step {step}")
+        result.losses.append(loss_v)
+        result.step = step
+        if on_step is not None:
+            on_step(step, loss_v)
+        acc_loss, acc_n = acc_loss + loss_v, acc_n + 1
+        samples_window += opt_cfg.batch_size * dist_info.world
+        for s_, l_ in zip(sigma.tolist(), per.detach().tolist(), strict=True):
+            for lo, hi in bands:
+                if lo <= s_ < hi:
+                    band_acc.setdefault(_band_name(lo, hi), []).append(l_)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_v:.4f}", refresh=False)
+
+        if step % config.log.log_every == 0 or step == opt_cfg.steps:
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            now = time.perf_counter()
+            sps = samples_window / max(now - t_window, 1e-9)
+            result.samples_per_s = sps
+            if log_csv is not None:
+                row = {"step": step, "loss": acc_loss / acc_n, "lr": lr,
+                       "grad_norm": float(gnorm), "samples_per_s": sps}
+                row.update({k: float(np.mean(v)) for k, v in band_acc.items()})
+                log_csv.write(row)
+            acc_loss, acc_n, band_acc = 0.0, 0, {}
+            t_window, samples_window = now, 0
+
+        if main and val_batch is not None and (step % config.log.val_every == 0
+                                               or step == opt_cfg.steps):
+            last_val = validation_psnr(load_ema(), val_batch.x, val_batch.modality,
+                                       val_batch.position, config.log.val_sigmas, config.seed)
+            result.val_psnr = last_val
+            if val_csv is not None:
+                val_csv.write({"step": step, **last_val})
+        if main and (step % config.log.preview_every == 0 or step == opt_cfg.steps):
+            write_preview(load_ema(), config, run_dir / "previews" / f"step_{step:07d}.png", dev)
+
+        stop = False
+        if max_minutes is not None:
+            stop = (time.perf_counter() - t_start) / 60.0 >= max_minutes
+            if dist_info.world > 1:
+                import torch.distributed as dist
+
+                flag = torch.tensor([1.0 if stop else 0.0], device=dev)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stop = bool(flag.item() > 0)
+        if step % config.log.ckpt_every == 0 or step == opt_cfg.steps or stop:
+            checkpoint(step)
+        if stop:
+            break
+
+    if bar is not None:
+        bar.close()
+    if main and result.prior_json is None and step > start_step:
+        checkpoint(step)
+    if main:
+        result.prior_json = result.prior_json or next(iter((run_dir / "prior").glob("*.json")),
+                                                      None)
+        (run_dir / "timing.txt").write_text(
+            f"data_seconds {data_seconds:.2f}\ntrain_seconds {time.perf_counter() - t_start:.2f}\n"
+            f"steps {step - start_step}\nsamples_per_s {result.samples_per_s:.2f}\n")
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        if dist_info.initialised_here:
+            dist.destroy_process_group()
+    return result
+
+
+@torch.no_grad()
+def write_preview(denoiser: torch.nn.Module, config: TrainConfig, path: Path,
+                  device: torch.device) -> None:
+    """One unconditional patch per modality (EDM Heun, ``log.preview_steps`` steps, centre
+    position), saved as orthogonal slices."""
+    mods = list(config.data.modalities)
+    ids = torch.tensor([MODALITY_IDS[m] for m in mods], device=device)
+    g = torch.Generator().manual_seed(_seed_int(config.seed, 1234))
+    x = edm_sample(denoiser, (len(mods), 1, *config.data.patch_size), ids,
+                   torch.zeros(len(mods), 3, device=device), config.log.preview_steps, g,
+                   device=device)
+    save_preview_png(x, mods, path)
