@@ -327,11 +327,14 @@ class PatchSampler:
         self.rank = int(rank)
         self.augment = augment
         p = np.asarray(cfg.patch_size)
-        # margin so that a rotated/scaled patch never samples outside its crop
-        diag = math.sqrt(3.0) if augment and (cfg.rotate_deg or cfg.scale) else 1.0
-        self.margin = np.ceil(p * (diag * (1 + cfg.scale) - 1) / 2).astype(int) if augment \
-            and (cfg.rotate_deg or cfg.scale) else np.zeros(3, int)
-        self.margin = np.minimum(self.margin, p)  # bounded: corners may sample zeros
+        # Margin so that a rotated/scaled patch never samples outside its crop: a rotation by
+        # theta stretches the bounding box by at most 1 + 2 (sin theta + 1 - cos theta) per
+        # axis, and zooming out by s = 1 - scale by 1 / s.
+        self.margin = np.zeros(3, int)
+        if augment and (cfg.rotate_deg or cfg.scale):
+            th = math.radians(cfg.rotate_deg)
+            stretch = (1 + 2 * (math.sin(th) + 1 - math.cos(th))) / (1 - cfg.scale)
+            self.margin = np.ceil(p / 2 * (stretch - 1)).astype(int) + 1
 
     def _crop(self, vol: TrainingVolume, centre: np.ndarray, size: np.ndarray) -> np.ndarray:
         lo = centre - size // 2

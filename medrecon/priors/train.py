@@ -336,8 +336,11 @@ def train(
     if main and progress:
         from tqdm.auto import tqdm
 
+        import sys
+
         bar = tqdm(total=opt_cfg.steps, initial=start_step, desc=f"train {config.name}",
-                   unit="step", dynamic_ncols=True)
+                   unit="step", dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 30.0)
 
     use_bf16 = opt_cfg.bf16 and dev.type == "cuda"
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16
