@@ -24,7 +24,13 @@ from medrecon.errors import GeometryError, InputError
 from medrecon.io.atomic import atomic_file
 from medrecon.metrics import METRICS, EvaluationResult
 
-__all__ = ["format_table", "orthogonal_slices_figure"]
+__all__ = [
+    "METRIC_DEFINITIONS",
+    "format_table",
+    "orthogonal_slices_figure",
+    "write_metrics_csv",
+    "write_metrics_json",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,6 +81,51 @@ def format_table(result: EvaluationResult, units: str = "", axis_names: Sequence
             f"{_fmt_metric(name, s['max']):>12}"
         )
     return "\n".join(lines)
+
+
+#: How each metric is defined, written into JSON reports so that the numbers stand alone.
+METRIC_DEFINITIONS: dict[str, str] = {
+    "psnr": "10 log10(L^2 / MSE) in dB over the region (null when MSE is 0)",
+    "ssim": "mean over the region of the 3D SSIM map (Gaussian window sigma 1.5 voxels, "
+            "K1 0.01, K2 0.03, population covariances)",
+    "nmse": "||x - ref||^2 / ||ref||^2 over the region",
+    "hfen": "||LoG(x - ref)|| / ||LoG(ref)|| over the region (3D LoG, sigma 1.5 voxels)",
+}
+
+
+def write_metrics_json(
+    result: EvaluationResult, path: str | Path, extra: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``result.to_dict()`` (plus ``extra`` keys and metric definitions) as strict JSON.
+
+    Non-finite values (PSNR of identical volumes, slices outside the region) are ``null``.
+    Written atomically.
+    """
+    import json
+
+    doc = result.to_dict()
+    doc.update(dict(extra or {}))
+    doc["metric_definitions"] = dict(METRIC_DEFINITIONS)
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return path
+
+
+def write_metrics_csv(result: EvaluationResult, path: str | Path) -> Path:
+    """Write one CSV row per slice (``slice, voxels, psnr, ssim, nmse, hfen``) and a final row
+    with ``slice = volume`` for the whole region; undefined values are ``nan``. Atomic.
+    """
+    import csv
+
+    path = Path(path)
+    with atomic_file(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=result.csv_columns())
+        writer.writeheader()
+        for row in result.rows():
+            writer.writerow({k: (f"{v:.10g}" if isinstance(v, float) else v)
+                             for k, v in row.items()})
+    return path
 
 
 # --------------------------------------------------------------------------------------------

@@ -117,3 +117,26 @@ def test_format_table_states_range_and_region(rng: np.random.Generator) -> None:
     summary = res.slice_summary()
     assert float(lines["NMSE"][2]) == pytest.approx(summary["nmse"]["min"], rel=1e-3)
     assert float(lines["HFEN"][4]) == pytest.approx(summary["hfen"]["max"], rel=1e-3)
+
+
+def test_metric_writers(tmp_path: Path, rng: np.random.Generator) -> None:
+    import csv
+    import json
+
+    from medrecon.report import write_metrics_csv, write_metrics_json
+
+    ref = rng.random((6, 7, 5))
+    mask = np.zeros(ref.shape, dtype=bool)
+    mask[1:5, 1:6, 1:4] = True
+    res = evaluate_volumes(ref, ref, mask=mask)  # PSNR +inf, slices 0 and 4 outside the mask
+    j = write_metrics_json(res, tmp_path / "m.json", extra={"units": "HU"})
+    doc = json.loads(j.read_text())
+    assert doc["units"] == "HU" and set(doc["metric_definitions"]) == {"psnr", "ssim", "nmse",
+                                                                        "hfen"}
+    assert doc["volume"]["psnr"] is None and doc["slices"][0]["ssim"] is None
+    assert doc["slices"][2]["ssim"] == pytest.approx(1.0) and doc["region_voxels"] == 60
+    c = write_metrics_csv(res, tmp_path / "m.csv")
+    with c.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["slice"] for r in rows] == ["0", "1", "2", "3", "4", "volume"]
+    assert rows[0]["psnr"] == "nan" and rows[2]["psnr"] == "inf" and rows[5]["voxels"] == "60"

@@ -50,14 +50,10 @@ def evaluate(
 
     Metrics are given for the whole region and per slice, with the data range and region stated.
     """
-    import csv
-    import json
-
     from medrecon.errors import InputError
     from medrecon.io import is_nifti_path, load_volume
-    from medrecon.io.atomic import atomic_file
     from medrecon.metrics import compare_volumes
-    from medrecon.report import format_table
+    from medrecon.report import format_table, write_metrics_csv, write_metrics_json
 
     def load(path: Path, uid: str | None) -> object:
         # --series only concerns DICOM input; a NIfTI file next to a DICOM folder is fine.
@@ -93,25 +89,10 @@ def evaluate(
     typer.echo(format_table(result, units=ref_vol.units))
 
     if json_out is not None:
-        doc = result.to_dict()
-        doc["units"] = ref_vol.units
-        doc["metric_definitions"] = {
-            "psnr": "10 log10(L^2 / MSE) in dB over the region; null if MSE is 0",
-            "ssim": "mean over the region of the 3D SSIM map (Gaussian window sigma 1.5 voxels, "
-                    "K1 0.01, K2 0.03)",
-            "nmse": "||x - ref||^2 / ||ref||^2 over the region",
-            "hfen": "||LoG(x - ref)|| / ||LoG(ref)|| over the region (LoG sigma 1.5 voxels)",
-        }
-        with atomic_file(json_out) as tmp:
-            tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        write_metrics_json(result, json_out, extra={"units": ref_vol.units})
         typer.echo(f"Wrote {json_out}")
     if csv_out is not None:
-        with atomic_file(csv_out) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=result.csv_columns())
-            writer.writeheader()
-            for row in result.rows():
-                writer.writerow({k: (f"{v:.10g}" if isinstance(v, float) else v)
-                                 for k, v in row.items()})
+        write_metrics_csv(result, csv_out)
         typer.echo(f"Wrote {csv_out}")
     if figure is not None:
         from medrecon.report import orthogonal_slices_figure
