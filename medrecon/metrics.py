@@ -170,17 +170,31 @@ def ssim_map(
     def blur(a: np.ndarray) -> np.ndarray:
         return gaussian_filter(a, sigma=sigma, truncate=SSIM_TRUNCATE, mode="reflect")
 
-    mu_x = blur(xa)
-    mu_r = blur(ra)
-    # Local second moments minus squared means: population (co)variances.
-    var_x = blur(xa * xa) - mu_x * mu_x
-    var_r = blur(ra * ra) - mu_r * mu_r
-    cov = blur(xa * ra) - mu_x * mu_r
     c1 = (k1 * L) ** 2
     c2 = (k2 * L) ** 2
-    num = (2.0 * mu_x * mu_r + c1) * (2.0 * cov + c2)
-    den = (mu_x * mu_x + mu_r * mu_r + c1) * (var_x + var_r + c2)
-    return num / den
+    mu_x = blur(xa)
+    mu_r = blur(ra)
+    # Local second moments minus squared means: population (co)variances. Written to keep
+    # few full-size temporaries alive: large CT volumes hold ~10^8 voxels.
+    cov = blur(xa * ra)
+    cov -= mu_x * mu_r
+    var_sum = blur(xa * xa)
+    var_sum += blur(ra * ra)
+    mu_xr = mu_x * mu_r
+    mu_sq = np.square(mu_x, out=mu_x)
+    mu_sq += np.square(mu_r, out=mu_r)
+    var_sum -= mu_sq
+    num = 2.0 * mu_xr
+    num += c1
+    cov *= 2.0
+    cov += c2
+    num *= cov
+    del cov, mu_xr
+    mu_sq += c1
+    var_sum += c2
+    mu_sq *= var_sum
+    num /= mu_sq
+    return num
 
 
 def _log_kernels(sigma: float, radius: int) -> tuple[np.ndarray, np.ndarray]:
@@ -507,25 +521,24 @@ def evaluate_volumes(
         else:
             region = f"mask ({n_region} of {r.size} voxels, {100.0 * n_region / r.size:.1f}%)"
 
-    d = x - r
-    sq = d * d
-    smap = ssim_map(x, r, L)
-    ld = log_filter(d)
-    lr = log_filter(r)
-    ld2, lr2, r2 = ld * ld, lr * lr, r * r
+    other = tuple(i for i in range(3) if i != axis)
 
     def region_sums(a: np.ndarray) -> tuple[float, np.ndarray]:
-        # Total over the region and per-slice totals over the region, in one pass each.
-        am = np.where(region_mask, a, 0.0)
-        other = tuple(i for i in range(3) if i != axis)
-        return float(am.sum()), am.sum(axis=other)
+        # Total and per-slice totals over the region. Each voxel-wise quantity is reduced as
+        # soon as it exists and then dropped, so that peak memory stays at a few volumes.
+        if m is not None:
+            a = np.where(m, a, 0.0)
+        per_slice = a.sum(axis=other)
+        return float(per_slice.sum()), per_slice
 
-    counts = region_mask.sum(axis=tuple(i for i in range(3) if i != axis))
-    sq_t, sq_s = region_sums(sq)
-    ss_t, ss_s = region_sums(smap)
-    r2_t, r2_s = region_sums(r2)
-    ld_t, ld_s = region_sums(ld2)
-    lr_t, lr_s = region_sums(lr2)
+    counts = region_mask.sum(axis=other)
+    d = x - r
+    sq_t, sq_s = region_sums(d * d)
+    ld_t, ld_s = region_sums(np.square(log_filter(d)))
+    del d
+    lr_t, lr_s = region_sums(np.square(log_filter(r)))
+    r2_t, r2_s = region_sums(r * r)
+    ss_t, ss_s = region_sums(ssim_map(x, r, L))
 
     volume = {
         "psnr": _psnr_from_mse(sq_t / n_region, L),
