@@ -22,8 +22,8 @@ Validation is strict and every problem is a :class:`~medrecon.errors.ConfigError
 sentence names the file and the dotted key: unknown keys (with a "did you mean" hint), missing
 required keys, wrong types (``True`` is not an int; a str is not a number, except that float
 fields accept strings such as ``"1e-3"`` that YAML 1.1 leaves as text), out-of-range values,
-unknown enum values (listing the allowed ones), and ``ValueError`` raised by a dataclass's own
-``__post_init__`` checks.
+unknown enum values (listing the allowed ones), and ``ValueError`` or ``ConfigError`` raised
+by a dataclass's own ``__post_init__`` checks.
 """
 
 from __future__ import annotations
@@ -257,9 +257,14 @@ def _from_mapping(cls: type[T], data: Mapping[str, Any], prefix: str, ctx: _Ctx)
         kwargs[name] = value
     try:
         return cls(**kwargs)
-    except (ValueError, TypeError) as exc:
-        where = f"'{prefix}' " if prefix else ""
-        raise ctx.fail("", f"{where}is invalid: {exc}") from None
+    except (ValueError, TypeError, ConfigError) as exc:
+        # A class's own cross-field checks (``__post_init__``) may raise ValueError or
+        # ConfigError; either way the sentence gains the file name.
+        text = str(exc).strip()
+        if not text.endswith("."):
+            text += "."
+        where = f"in '{prefix}': " if prefix else ""
+        raise ctx.fail("", f"{where}{text}") from None
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, source: str = "") -> T:

@@ -41,6 +41,8 @@ class Run:
     def __post_init__(self) -> None:
         if self.sigma_range[0] >= self.sigma_range[1]:
             raise ValueError("sigma_range must be increasing")
+        if self.seed is not None and self.seed < 0:
+            raise ConfigError("seed must not be negative.")
 
 
 def write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
@@ -134,8 +136,9 @@ def test_overrides(tmp_path: Path) -> None:
         ("name: x\nsampler: euler\n", r"key 'sampler' must be one of 'edm', 'ddim', got 'euler'"),
         ("name: x\nsigma_range: [1.0]\n", r"key 'sigma_range' must be a list of 2 items, got 1"),
         ("name: x\nsigma_range: 3\n", r"key 'sigma_range' must be a list, got 3"),
-        ("name: x\nsigma_range: [5, 1]\n", r"run\.yaml: is invalid: sigma_range must be increasing"),
+        ("name: x\nsigma_range: [5, 1]\n", r"run\.yaml: sigma_range must be increasing\.$"),
         ("name: x\nseed: abc\n", r"key 'seed' must be an integer, got 'abc'"),
+        ("name: x\nseed: -1\n", r"run\.yaml: seed must not be negative\.$"),
         ("name: x\nsteps: null\n", r"key 'steps' must not be null"),
         ("name: x\ntags: a\n", r"key 'tags' must be a list"),
         ("name: x\nweights: {dc: x}\n", r"key 'weights\.dc' must be a number"),
