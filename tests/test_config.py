@@ -24,6 +24,10 @@ class Net:
     dropout: float = option(0.0, ge=0.0, lt=1.0)
     attention: bool = False
 
+    def __post_init__(self) -> None:
+        if self.attention and len(self.channels) < 2:
+            raise ValueError("attention needs at least two levels")
+
 
 @dataclass(frozen=True)
 class Run:
@@ -138,6 +142,8 @@ def test_overrides(tmp_path: Path) -> None:
         ("name: x\nsigma_range: 3\n", r"key 'sigma_range' must be a list, got 3"),
         ("name: x\nsigma_range: [5, 1]\n", r"run\.yaml: sigma_range must be increasing\.$"),
         ("name: x\nseed: abc\n", r"key 'seed' must be an integer, got 'abc'"),
+        ("name: x\nnet: {attention: true, channels: [4]}\n",
+         r"run\.yaml: in 'net': attention needs at least two levels\.$"),
         ("name: x\nseed: -1\n", r"run\.yaml: seed must not be negative\.$"),
         ("name: x\nsteps: null\n", r"key 'steps' must not be null"),
         ("name: x\ntags: a\n", r"key 'tags' must be a list"),
