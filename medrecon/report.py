@@ -232,7 +232,8 @@ def orthogonal_slices_figure(
         annotations: name -> extra line under a row's label, e.g. "PSNR 31.2 dB".
         units: intensity units for the colour-bar labels (e.g. "HU").
         title: figure title.
-        dpi: resolution of the PNG.
+        dpi: minimum resolution of the PNG; raised (up to 300) so that a panel has at least
+            one pixel per voxel where possible.
 
     Returns:
         ``path`` as a Path.
@@ -329,6 +330,10 @@ def orthogonal_slices_figure(
     title_in = 0.55 if title else 0.3
     row_in, gap_row_in = row_h_mm * panel_in, 0.12
     fig_h = title_in + n_rows * row_in + (n_rows - 1) * gap_row_in + 0.1
+    # Enough pixels per panel to show every voxel (capped to keep files reasonable).
+    voxels_per_inch = max(rshape[0] / (ext_x * panel_in), rshape[1] / (ext_y * panel_in),
+                          rshape[2] / (ext_z * panel_in))
+    dpi = int(min(max(dpi, math.ceil(voxels_per_inch)), max(dpi, 300)))
     fig = Figure(figsize=(fig_w, fig_h), dpi=dpi, facecolor="white")
     FigureCanvasAgg(fig)
     gs = fig.add_gridspec(
@@ -359,7 +364,8 @@ def orthogonal_slices_figure(
                 ax = fig.add_subplot(gs[row, v + 1])
                 w, h = extents[v]
                 im = ax.imshow(slices[key][v], cmap=cmap, vmin=vmin, vmax=vmax,
-                               extent=(0, w, 0, h), origin="upper", interpolation="nearest")
+                               extent=(0, w, 0, h), origin="upper",
+                               interpolation="antialiased")
                 ax.set_xlim(0, w)
                 ax.set_ylim(0, h)
                 ax.set_aspect("equal")
