@@ -245,25 +245,30 @@ def pdhg(
     tol: float = 1e-4,
     theta: float = 1.0,
     y0: Tensor | None = None,
+    grad_h: Callable[[Tensor], Tensor] | None = None,
     callback: Callback | None = None,
     progress: bool = False,
 ) -> SolverResult:
-    """Primal-dual hybrid gradient (Chambolle & Pock 2011) for ``min_x f(K x) + g(x)``.
+    """Primal-dual hybrid gradient (Chambolle & Pock 2011) for ``min_x f(K x) + g(x) [+ h(x)]``.
 
     Iteration::
 
         y_{k+1} = prox_{sigma f*}(y_k + sigma K xbar_k)
-        x_{k+1} = prox_{tau g}(x_k - tau K^H y_{k+1})
+        x_{k+1} = prox_{tau g}(x_k - tau (K^H y_{k+1} [+ grad_h(x_k)]))
         xbar_{k+1} = x_{k+1} + theta (x_{k+1} - x_k)
 
     converging for ``tau * sigma * ||K||^2 < 1`` (estimate ||K||^2 with :func:`power_iteration`
-    on ``K^H K``).
+    on ``K^H K``). With an optional smooth term h (gradient ``grad_h``, Lipschitz constant L_h)
+    this is the Condat-Vu algorithm (Condat 2013), converging for
+    ``1 / tau - sigma ||K||^2 >= L_h / 2``; it lets a data term ``1/2 ||A x - y||^2`` enter
+    through the cheap ``A^H A`` instead of being dualised.
 
     Args:
         K, K_adj: the linear map and its adjoint, as callables.
         prox_f_conj: (v, sigma) -> prox of sigma f* (f* the convex conjugate of f).
         prox_g: (v, tau) -> prox of tau g.
         x0: initial primal estimate; y0: initial dual (zeros of K(x0)'s shape when None).
+        grad_h: x -> gradient of the optional smooth term h.
         tol: stop when ``||x_{k+1} - x_k|| / ||x_{k+1}|| < tol``.
     """
     x = x0.clone()
@@ -275,7 +280,8 @@ def pdhg(
     with _progress(max_iter, "PDHG", progress) as bar:
         for k in range(1, max_iter + 1):
             y = prox_f_conj(y + sigma * K(xbar), sigma)
-            x_new = prox_g(x - tau * K_adj(y), tau)
+            direction = K_adj(y) if grad_h is None else K_adj(y) + grad_h(x)
+            x_new = prox_g(x - tau * direction, tau)
             xbar = x_new + theta * (x_new - x)
             change = relative_change(x_new, x)
             x = x_new
