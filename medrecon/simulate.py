@@ -1,0 +1,311 @@
+"""The one path from a reference volume and acquisition settings to a :class:`Measurement`.
+
+``medrecon simulate`` and the Python API both call :func:`simulate`::
+
+    from medrecon.io import load_volume
+    from medrecon.simulate import SimulationConfig, MRISettings, simulate
+    from medrecon.io.measurement import write_measurement
+
+    cfg = SimulationConfig(mri=MRISettings(coils=8, acceleration=8, mask="poisson"))
+    m = simulate(load_volume("t1.nii.gz"), cfg)
+    write_measurement(m, "t1_R8.h5")
+
+MRI model (k-space of shape (C, I, J, K), operator of :mod:`medrecon.operators.mri`)::
+
+    x = |reference| * exp(i phi)            magnitude reference times a smooth synthetic phase
+    y = M (F (S_c x) + n_c)                 simulated coil maps S, seeded mask M, noise n
+
+* Synthetic phase (default ``phase: smooth``): ``phi`` is a random quadratic polynomial of the
+  normalised voxel coordinates (each axis mapped to [-1, 1]; 10 coefficients drawn from N(0, 1)
+  with the run's seed), shifted and scaled so that it spans ``phase_range`` radians peak to peak
+  (default pi). Real MR images carry such slowly varying phase (B0 inhomogeneity, receive
+  phase); a real-valued object would let methods exploit a constraint real data do not offer.
+  ``phase: none`` simulates a real-valued object.
+* Coil maps: :func:`medrecon.operators.coils.simulate_coil_maps` (loops around image axis 2,
+  ``sum_c |S_c|^2 = 1``), stored in the file.
+* Mask: :func:`medrecon.operators.masks.make_mask` ("poisson" / "gaussian" for the 3D
+  phase-encode plane (J, K), "random" / "equispaced" lines for 2D multi-slice), with a fully
+  sampled calibration region; the achieved acceleration is stored.
+* Noise: :func:`medrecon.operators.noise.add_noise`, complex Gaussian per coil with either a
+  target ``snr`` (RMS of the fully sampled noise-free k-space over sigma) or an explicit
+  ``noise_sigma`` (complex standard deviation per sample), seeded.
+
+CT: :func:`medrecon.operators.ct.simulate_sinogram` (HU -> attenuation -> line integrals ->
+Poisson / electronic noise) with the geometry settings of :class:`CTSettings`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from medrecon import __version__
+from medrecon.config import option
+from medrecon.errors import InputError
+from medrecon.io.measurement import Measurement, ReferenceGeometry, mri_operator_description
+from medrecon.io.volume import Volume
+
+__all__ = [
+    "Modality",
+    "MaskKind",
+    "Dims",
+    "PhaseModel",
+    "CoilModel",
+    "CTGeometryKind",
+    "MRISettings",
+    "CTSettings",
+    "SimulationConfig",
+    "simulate",
+    "smooth_phase",
+]
+
+
+class Modality(StrEnum):
+    MRI = "mri"
+    CT = "ct"
+
+
+class MaskKind(StrEnum):
+    POISSON = "poisson"
+    GAUSSIAN = "gaussian"
+    RANDOM = "random"
+    EQUISPACED = "equispaced"
+
+
+class Dims(StrEnum):
+    THREE_D = "3d"
+    TWO_D = "2d"
+
+
+class PhaseModel(StrEnum):
+    SMOOTH = "smooth"
+    NONE = "none"
+
+
+class CoilModel(StrEnum):
+    BIOT_SAVART = "biot-savart"
+    BIRDCAGE = "birdcage"
+
+
+class CTGeometryKind(StrEnum):
+    PARALLEL = "parallel"
+    FAN = "fan"
+    CONE = "cone"
+
+
+@dataclass(frozen=True)
+class MRISettings:
+    """MRI acquisition settings (see the module docstring for the model)."""
+
+    coils: int = option(8, ge=1, le=128, help="Number of receive coils.")
+    acceleration: float = option(8.0, ge=1.0, help="Target acceleration (total / acquired).")
+    mask: MaskKind = MaskKind.POISSON
+    calibration: int = option(24, ge=0, help="Fully sampled centre: lines (2D) or box side (3D).")
+    snr: float | None = option(30.0, gt=0.0, help="Target SNR; exclusive with noise_sigma.")
+    noise_sigma: float | None = option(None, ge=0.0, help="Complex noise std per sample.")
+    dims: Dims = Dims.THREE_D
+    phase: PhaseModel = PhaseModel.SMOOTH
+    phase_range: float = option(float(np.pi), ge=0.0, help="Peak-to-peak phase in radians.")
+    coil_model: CoilModel = CoilModel.BIOT_SAVART
+
+    def __post_init__(self) -> None:
+        _coerce_enums(self, mask=MaskKind, dims=Dims, phase=PhaseModel, coil_model=CoilModel)
+        if self.snr is not None and self.noise_sigma is not None:
+            raise ValueError("give either snr or noise_sigma, not both")
+        if self.dims == Dims.THREE_D and self.mask in (MaskKind.RANDOM, MaskKind.EQUISPACED):
+            raise ValueError(f"mask {self.mask.value!r} samples lines of a 2D acquisition; "
+                             f"use dims 2d, or mask poisson / gaussian for 3d")
+        if self.dims == Dims.TWO_D and self.mask in (MaskKind.POISSON, MaskKind.GAUSSIAN):
+            raise ValueError(f"mask {self.mask.value!r} samples the 3D phase-encode plane; "
+                             f"use dims 3d, or mask random / equispaced for 2d")
+
+
+@dataclass(frozen=True)
+class CTSettings:
+    """CT acquisition settings, passed to :func:`medrecon.operators.ct.simulate_sinogram`."""
+
+    geometry: CTGeometryKind = CTGeometryKind.PARALLEL
+    views: int = option(60, ge=1, help="Number of projection angles.")
+    angular_range_deg: float | None = option(None, gt=0.0, le=360.0,
+                                             help="Angular range; default 180 (parallel) "
+                                                  "or 360 (fan, cone).")
+    dose_i0: float | None = option(None, gt=0.0, help="Incident photons per ray; None: no "
+                                                      "Poisson noise.")
+    electronic_sigma: float = option(0.0, ge=0.0, help="Electronic noise std (photon counts).")
+
+    def __post_init__(self) -> None:
+        _coerce_enums(self, geometry=CTGeometryKind)
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Everything ``medrecon simulate`` needs besides the reference volume."""
+
+    modality: Modality = Modality.MRI
+    seed: int = option(0, ge=0, help="Seed of the mask, phase, coils and noise.")
+    mri: MRISettings = field(default_factory=MRISettings)
+    ct: CTSettings = field(default_factory=CTSettings)
+
+    def __post_init__(self) -> None:
+        _coerce_enums(self, modality=Modality)
+
+
+def _coerce_enums(obj: Any, **enums: type[StrEnum]) -> None:
+    """Let Python callers pass plain strings ("poisson") for StrEnum fields."""
+    for name, enum_type in enums.items():
+        value = getattr(obj, name)
+        if not isinstance(value, enum_type):
+            try:
+                object.__setattr__(obj, name, enum_type(str(value).lower()))
+            except ValueError:
+                allowed = ", ".join(e.value for e in enum_type)
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}") from None
+
+
+def smooth_phase(shape: tuple[int, int, int], phase_range: float, seed: int) -> np.ndarray:
+    """A smooth random phase map (radians) spanning ``phase_range`` peak to peak.
+
+    A quadratic polynomial of the normalised coordinates (each axis in [-1, 1]) with N(0, 1)
+    coefficients from ``np.random.default_rng(seed)``, mapped affinely onto
+    [-phase_range / 2, phase_range / 2]. Returns float64 of ``shape``.
+    """
+    rng = np.random.default_rng([int(seed), 0x9A5E])  # a stream separate from the mask's
+    axes = [np.linspace(-1.0, 1.0, n) if n > 1 else np.zeros(1) for n in shape]
+    x, y, z = np.meshgrid(*axes, indexing="ij")
+    terms = [x, y, z, x * x, y * y, z * z, x * y, x * z, y * z, np.ones_like(x)]
+    coef = rng.standard_normal(len(terms))
+    p = sum(c * t for c, t in zip(coef, terms, strict=True))
+    span = float(p.max() - p.min())
+    if span == 0 or phase_range == 0:
+        return np.zeros(shape)
+    return (p - (p.max() + p.min()) / 2.0) * (phase_range / span)
+
+
+def simulate(volume: Volume, config: SimulationConfig | None = None,
+             device: str | Any = "cpu") -> Measurement:
+    """Simulate an undersampled MRI or CT acquisition of ``volume``.
+
+    Args:
+        volume: the reference (MR magnitude in any units; CT in HU), shape (I, J, K).
+        config: acquisition settings; defaults to :class:`SimulationConfig` ().
+        device: "cpu", "cuda", "auto" or a torch device; results depend only on the seed (and
+            the device, for floating-point round-off).
+
+    Returns:
+        The measurement, with the reference geometry of ``volume``.
+    """
+    from medrecon.recon.classical import resolve_device
+
+    config = config or SimulationConfig()
+    dev = resolve_device(device) if isinstance(device, str) else device
+    if not np.all(np.isfinite(volume.data)):
+        raise InputError("The reference volume contains NaN or infinite values.")
+    reference = ReferenceGeometry.from_volume(volume)
+    if config.modality == Modality.CT:
+        return _simulate_ct(volume, config, reference, dev)
+    return _simulate_mri(volume, config, reference, dev)
+
+
+def _simulate_mri(volume: Volume, config: SimulationConfig, reference: ReferenceGeometry,
+                  device: Any) -> Measurement:
+    import torch
+
+    from medrecon.operators.coils import simulate_coil_maps
+    from medrecon.operators.masks import make_mask
+    from medrecon.operators.mri import SenseOperator
+    from medrecon.operators.noise import add_noise
+
+    s = config.mri
+    shape = volume.shape
+    if s.dims == Dims.TWO_D and shape[2] < 1:
+        raise InputError("2D multi-slice simulation needs at least one slice along axis 2.")
+    magnitude = np.abs(volume.data.astype(np.float64))
+    if s.phase == PhaseModel.SMOOTH:
+        image = magnitude * np.exp(1j * smooth_phase(shape, s.phase_range, config.seed))
+    else:
+        image = magnitude.astype(np.complex128)
+    x = torch.from_numpy(image.astype(np.complex64)).to(device)
+
+    maps = simulate_coil_maps(shape, s.coils, model=s.coil_model.value, spacing=volume.spacing,
+                              device=device)
+    sm = make_mask(s.mask.value, shape, s.acceleration, calibration=s.calibration,
+                   dims=s.dims.value, seed=config.seed)
+    fft_dims = (0, 1, 2) if s.dims == Dims.THREE_D else (0, 1)
+    full = SenseOperator(maps, np.ones((1, 1, 1), dtype=bool), fft_dims)
+    with torch.no_grad():
+        kspace = full.forward(x)
+        gen = torch.Generator(device=kspace.device).manual_seed(int(config.seed))
+        noisy, sigma = add_noise(kspace, sigma=s.noise_sigma, snr=s.snr,
+                                 mask=torch.from_numpy(sm.mask).to(kspace.device),
+                                 generator=gen)
+    del kspace
+    noise = {"model": "complex-gaussian", "sigma": float(sigma),
+             "sigma_definition": "RMS complex std per k-space sample (E|n|^2 = sigma^2)"}
+    if s.snr is not None:
+        noise["snr"] = float(s.snr)
+        noise["snr_definition"] = "sqrt(mean |y_full|^2) / sigma over the noise-free, fully " \
+                                  "sampled multi-coil k-space"
+    acquisition = {
+        "source": "simulated",
+        "acceleration": float(sm.acceleration),
+        "target_acceleration": float(s.acceleration),
+        "mask": s.mask.value,
+        "calibration": int(sm.calibration),
+        "dims": s.dims.value,
+        "coils": int(s.coils),
+        "coil_model": s.coil_model.value,
+        "seed": int(config.seed),
+        "snr": None if s.snr is None else float(s.snr),
+        "phase": s.phase.value,
+        "phase_range_rad": float(s.phase_range) if s.phase == PhaseModel.SMOOTH else 0.0,
+        "version": __version__,
+        "reference_source": str(volume.meta.get("source", volume.meta.get("path", ""))),
+    }
+    return Measurement(
+        modality="MR",
+        data=noisy.cpu().numpy().astype(np.complex64),
+        mask=np.asarray(sm.mask, dtype=np.uint8),
+        reference=reference,
+        coil_maps=maps.cpu().numpy().astype(np.complex64),
+        noise=noise,
+        operator=mri_operator_description(shape, s.coils, s.dims.value),
+        acquisition=acquisition,
+    )
+
+
+def _simulate_ct(volume: Volume, config: SimulationConfig, reference: ReferenceGeometry,
+                 device: Any) -> Measurement:
+    import importlib.util
+
+    if importlib.util.find_spec("medrecon.operators.ct") is None:
+        raise InputError("CT simulation is not available in this installation.")
+    from medrecon.operators.ct import ct_operator_description, simulate_sinogram
+
+    c = config.ct
+    sinogram, geometry, noise = simulate_sinogram(
+        volume, c.geometry.value, c.views, angular_range_deg=c.angular_range_deg,
+        dose_i0=c.dose_i0, electronic_sigma=c.electronic_sigma, seed=config.seed,
+        device=device)
+    acquisition = {
+        "source": "simulated",
+        "geometry": c.geometry.value,
+        "views": int(c.views),
+        "angular_range_deg": c.angular_range_deg,
+        "dose_i0": c.dose_i0,
+        "electronic_sigma": float(c.electronic_sigma),
+        "seed": int(config.seed),
+        "version": __version__,
+        "reference_source": str(volume.meta.get("source", volume.meta.get("path", ""))),
+    }
+    return Measurement(
+        modality="CT",
+        data=np.asarray(sinogram, dtype=np.float32),
+        mask=None,
+        reference=reference,
+        noise=dict(noise),
+        operator=ct_operator_description(geometry, volume.shape, volume.spacing),
+        acquisition=acquisition,
+    )
