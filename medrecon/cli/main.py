@@ -21,7 +21,9 @@ app = typer.Typer(
 )
 
 # Order here is the order in `medrecon --help`.
-COMMAND_MODULES: tuple[str, ...] = ("info", "convert", "evaluate", "phantom", "train", "priors")
+COMMAND_MODULES: tuple[str, ...] = (
+    "info", "convert", "evaluate", "phantom", "simulate", "reconstruct", "train", "priors"
+)
 
 
 def _version(value: bool) -> None:
