@@ -1,0 +1,356 @@
+"""Data consistency: pulling a denoised estimate back towards the measurement ``y = A x + n``.
+
+The samplers never branch on the modality or the operator. They receive either a
+*conditional denoiser* (:class:`ProximalDenoiser`: the prior's ``x0_hat`` followed by a
+proximal step on the data term) or a *step-level correction* (:meth:`LinearProblem.project`,
+:meth:`LinearProblem.noised_projection`, :meth:`LinearProblem.residual_norm` for DPS), all of
+which are built from one :class:`LinearProblem`.
+
+Units. The sampler state ``z`` lives in the prior's model space (roughly [-1, 1]); the operator
+acts on the physical image ``x = scale * z + offset`` (attenuation in 1/mm for CT, the
+k-space-consistent complex image for MRI). All data consistency is done in physical units and
+mapped back, so the noise level of the measurement ``noise_std`` is in the units of ``y``.
+
+Complex MRI with a real magnitude prior. With ``complex_image=True`` the physical image is
+``x = (scale * z + offset) * phase`` where ``phase`` (|phase| = 1) is a per-sample state: the
+prior denoises the magnitude only, the data-consistency step solves for a complex image, and
+the phase of that solution becomes the new phase estimate. This keeps the prior in the domain
+it was trained on (magnitude images) instead of asking it to denoise real and imaginary parts
+that look nothing like its training data (the DiffusionMBIR choice), and it lets the phase of
+the measurement — coil-combined, smooth in most anatomy — be determined by the data alone.
+
+The maths of the proximal step (for a per-sample prior variance ``v`` of x0 in model space):
+
+    x_dc = argmin_x ||A x - y||^2 / (2 sigma_y^2) + ||x - x0||^2 / (2 scale^2 v)
+         = solution of (A^H A + gamma I) x = A^H y + gamma x0,  gamma = sigma_y^2 / (scale^2 v),
+
+solved by conjugate gradients started at ``x0``. With ``sigma_y = 0`` (noiseless data) CG on
+``A^H A x = A^H y`` started at ``x0`` stays in ``x0 + range(A^H)`` and converges to the
+orthogonal projection of ``x0`` onto ``{x : A x = y}``; stopped early it is the Krylov
+regularisation of DDS (Chung et al., ICLR 2024).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from medrecon.operators.base import LinearOperator
+
+__all__ = [
+    "LinearProblem",
+    "ProximalDenoiser",
+    "batched_cg",
+    "calibrated_variance",
+    "diffpir_variance",
+    "operator_norm",
+]
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _bdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-batch-item real inner product Re <a, b> over all but the first dimension -> (B,)."""
+    prod = torch.conj(a) * b if a.is_complex() else a * b
+    if prod.is_complex():
+        prod = prod.real
+    return prod.reshape(prod.shape[0], -1).sum(dim=1)
+
+
+def _bview(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a (B,) tensor to broadcast against ``like`` (B, ...)."""
+    return v.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def batched_cg(apply: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor,
+               x0: torch.Tensor, max_iter: int, tol: float = 0.0) -> torch.Tensor:
+    """Conjugate gradients on ``apply(x) = rhs`` for a batch of independent problems.
+
+    ``apply`` must be Hermitian positive semi-definite and act on each batch item separately;
+    every batch item gets its own step sizes (the problems share nothing but the operator).
+
+    Args:
+        apply: x (B, ...) -> (B, ...).
+        rhs: (B, ...) right-hand sides.
+        x0: (B, ...) starting points.
+        max_iter: number of CG iterations (0 returns ``x0``).
+        tol: stop early once every item has ||r|| <= tol * ||rhs||.
+    Returns:
+        (B, ...) approximate solutions.
+    """
+    x = x0.clone()
+    if max_iter <= 0:
+        return x
+    r = rhs - apply(x)
+    p = r.clone()
+    rs = _bdot(r, r)
+    rhs_norm = torch.sqrt(_bdot(rhs, rhs))
+    tiny = torch.finfo(rs.dtype).tiny
+    for _ in range(max_iter):
+        if tol > 0 and bool(torch.all(torch.sqrt(rs) <= tol * rhs_norm)):
+            break
+        ap = apply(p)
+        pap = _bdot(p, ap)
+        # An item whose residual already vanished (rs == 0) takes no step instead of 0/0.
+        alpha = torch.where(pap > tiny, rs / pap.clamp_min(tiny), torch.zeros_like(rs))
+        x = x + _bview(alpha, x) * p
+        r = r - _bview(alpha, r) * ap
+        rs_new = _bdot(r, r)
+        beta = torch.where(rs > tiny, rs_new / rs.clamp_min(tiny), torch.zeros_like(rs))
+        p = r + _bview(beta, p) * p
+        rs = rs_new
+    return x
+
+
+def operator_norm(op: LinearOperator, like: torch.Tensor, iters: int = 20,
+                  generator: torch.Generator | None = None) -> float:
+    """Largest singular value of ``op`` by power iteration on A^H A.
+
+    Args:
+        like: a tensor of shape ``op.ishape`` whose dtype and device the iterate takes.
+    """
+    v = torch.randn(like.shape, generator=generator, dtype=like.real.dtype,
+                    device="cpu").to(like.device, like.dtype)
+    v = v / torch.linalg.vector_norm(v)
+    s = 0.0
+    for _ in range(iters):
+        w = op.normal(v)
+        s = float(torch.linalg.vector_norm(w))
+        if s == 0.0:
+            return 0.0
+        v = w / s
+    return math.sqrt(s)
+
+
+def calibrated_variance(sigma_data: float, lam: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Prior variance of ``x0`` given ``x_t`` as the data term sees it: ``v = c_out(sigma)^2 / lam``.
+
+    ``c_out^2 = sigma^2 sigma_data^2 / (sigma^2 + sigma_data^2)`` is exactly the posterior
+    variance of ``x0`` for an isotropic Gaussian prior of variance ``sigma_data^2`` (Karras et
+    al.'s EDM preconditioner is built on it), so with ``lam = 1`` the proximal step is the exact
+    conditional mean ``E[x0 | x_t, y]`` for such a prior, at every noise level. It tends to
+    ``sigma^2`` at low noise (DiffPIR's rule) and to ``sigma_data^2`` at high noise, where
+    ``sigma^2`` would let the data term dominate too early.
+    """
+
+    def variance(sigma: torch.Tensor) -> torch.Tensor:
+        s2 = sigma**2
+        return s2 * sigma_data**2 / (s2 + sigma_data**2) / lam
+
+    return variance
+
+
+def diffpir_variance(lam: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """DiffPIR's rule (Zhu et al. 2023): ``rho_t = lam sigma_y^2 / sigma_t^2``, i.e. ``v = sigma^2 / lam``."""
+
+    def variance(sigma: torch.Tensor) -> torch.Tensor:
+        return sigma**2 / lam
+
+    return variance
+
+
+@dataclass
+class LinearProblem:
+    """A measurement ``y = A x + n`` and the map between model space and physical units.
+
+    Attributes:
+        op: the forward operator A; ``op.ishape`` is the image shape S.
+        y: measured data, shape ``op.oshape`` (shared by every sample).
+        noise_std: standard deviation of each real component of ``n`` (real and imaginary part
+            separately for complex data), in the units of ``y``; 0 for noiseless data.
+        scale, offset: physical image = ``scale * z + offset`` for a model-space state ``z``.
+        complex_image: the physical image is complex (MRI) and the prior models its magnitude;
+            see the module docstring.
+        phase: (1 or B, *S) unit-modulus phase estimate used when ``complex_image``; set by
+            :meth:`init_phase`.
+    """
+
+    op: LinearOperator
+    y: torch.Tensor
+    noise_std: float = 0.0
+    scale: float = 1.0
+    offset: float = 0.0
+    complex_image: bool = False
+    phase: torch.Tensor | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.noise_std < 0:
+            raise ValueError("noise_std must be >= 0")
+        if self.scale == 0:
+            raise ValueError("scale must be non-zero")
+        self._data_complex = self.y.is_complex()
+
+    # -- model space <-> physical units ---------------------------------------------------
+    @property
+    def ishape(self) -> tuple[int, ...]:
+        return self.op.ishape
+
+    def init_phase(self, batch: int, iters: int = 10) -> None:
+        """Phase estimate from a least-squares image (``iters`` CG steps on A^H A x = A^H y)."""
+        if not self.complex_image:
+            return
+        rhs = self.op.adjoint(self.y).unsqueeze(0)
+        x = batched_cg(self.op.normal, rhs, torch.zeros_like(rhs), iters)
+        self.phase = self._unit(x, None).expand(batch, *self.ishape).clone()
+
+    @staticmethod
+    def _unit(x: torch.Tensor, fallback: torch.Tensor | None) -> torch.Tensor:
+        mag = x.abs()
+        eps = torch.finfo(mag.dtype).eps * mag.amax().clamp_min(1.0)
+        unit = x / mag.clamp_min(eps)
+        if fallback is None:
+            return torch.where(mag > eps, unit, torch.ones_like(unit))
+        return torch.where(mag > eps, unit, fallback)
+
+    def _phase_for(self, z: torch.Tensor) -> torch.Tensor:
+        if self.phase is None:
+            self.init_phase(z.shape[0])
+        assert self.phase is not None
+        if self.phase.shape[0] != z.shape[0]:
+            self.phase = self.phase[:1].expand(z.shape[0], *self.ishape).clone()
+        return self.phase
+
+    def to_physical(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, *S) model-space state -> (B, *S) physical image (complex when ``complex_image``)."""
+        x = self.scale * z + self.offset
+        if self.complex_image:
+            return x * self._phase_for(z)
+        return x
+
+    def to_model(self, x: torch.Tensor) -> torch.Tensor:
+        """Physical image -> model space: ``(Re x - offset) / scale``, or ``(|x| - offset) / scale``."""
+        if self.complex_image:
+            return (x.abs() - self.offset) / self.scale
+        return ((x.real if x.is_complex() else x) - self.offset) / self.scale
+
+    # -- the data term ------------------------------------------------------------------------
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._data_complex and not x.is_complex():
+            x = x.to(self.y.dtype)
+        return self.op.forward(x)
+
+    def _adjoint(self, r: torch.Tensor) -> torch.Tensor:
+        out = self.op.adjoint(r)
+        if not self.complex_image and out.is_complex():
+            return out.real  # a real unknown sees Re(A^H r)
+        return out
+
+    def _normal(self, x: torch.Tensor) -> torch.Tensor:
+        if self._data_complex and not x.is_complex():
+            return self.op.normal(x.to(self.y.dtype)).real
+        return self.op.normal(x)
+
+    def residual(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, *oshape) residual ``A x(z) - y`` in the units of ``y``."""
+        return self._forward(self.to_physical(z)) - self.y
+
+    def residual_norm(self, z: torch.Tensor) -> torch.Tensor:
+        """(B,) data-consistency residual ``||A x(z) - y||_2`` (differentiable in ``z``)."""
+        r = self.residual(z)
+        return torch.sqrt(_bdot(r, r))
+
+    def _solve(self, x0: torch.Tensor, gamma: torch.Tensor, y: torch.Tensor,
+               iters: int, tol: float) -> torch.Tensor:
+        g = _bview(gamma.to(device=x0.device, dtype=x0.real.dtype), x0)
+        rhs = self._adjoint(y) + g * x0  # y (*oshape) broadcasts over the batch
+
+        def apply(v: torch.Tensor) -> torch.Tensor:
+            return self._normal(v) + g * v
+
+        return batched_cg(apply, rhs, x0, iters, tol)
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        if self.complex_image:
+            self.phase = self._unit(x, self.phase)
+        return self.to_model(x)
+
+    def prox(self, z0: torch.Tensor, variance: torch.Tensor, iters: int = 10,
+             tol: float = 1e-6) -> torch.Tensor:
+        """The proximal data-consistency step around a denoised estimate (module docstring).
+
+        Args:
+            z0: (B, *S) denoised estimate in model space.
+            variance: (B,) variance ``v`` of the prior around ``z0``, in model-space units.
+            iters: CG iterations.
+        Returns:
+            (B, *S) model-space solution; the phase state is updated when ``complex_image``.
+        """
+        gamma = self.noise_std**2 / (self.scale**2 * variance)
+        x = self._solve(self.to_physical(z0), gamma, self.y, iters, tol)
+        return self._finish(x)
+
+    def project(self, z: torch.Tensor, iters: int = 50, tol: float = 1e-10,
+                y: torch.Tensor | None = None) -> torch.Tensor:
+        """Hard data consistency: the orthogonal projection of x(z) onto ``{x : A x = y}``.
+
+        CG on ``A^H A x = A^H y`` from x(z). For an operator with orthonormal rows
+        (``A A^H = I``, e.g. a masked orthonormal FFT) a single step is exact and equals the
+        k-space replacement ``F^-1(M y + (1 - M) F x)``; use :meth:`replace` for that.
+        """
+        data = self.y if y is None else y
+        x = self._solve(self.to_physical(z), torch.zeros(z.shape[0], device=z.device),
+                        data, iters, tol)
+        return self._finish(x)
+
+    def replace(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact projection ``x + A^H (y - A x)`` for operators with ``A A^H = I`` (one step).
+
+        For single-coil Cartesian MRI, ``A = M F`` with an orthonormal FFT, this is the k-space
+        replacement ``F^-1(M y + (1 - M) F x)`` of score-MRI (Chung & Ye 2022); the result
+        satisfies ``M (A x - y) = 0`` to rounding error.
+        """
+        data = self.y if y is None else y
+        x = self.to_physical(z)
+        x = x + self._adjoint(data - self._forward(x))
+        return self._finish(x)
+
+    def noised_projection(self, z: torch.Tensor, sigma: torch.Tensor, generator: torch.Generator,
+                          lam: float = 1.0, iters: int = 20) -> torch.Tensor:
+        """Song et al. (ICLR 2022) consistency for a *noisy* state ``z_t``.
+
+        The measurement is noised to the state's level, ``y_t = y + A(scale sigma eps)``, and
+        ``z_t`` moves a fraction ``lam`` towards ``argmin ||A x - y_t||^2 / (2 sigma_y^2) +
+        ||x - x_t||^2 / (2 scale^2 sigma^2)`` (the hard projection onto ``A x = y_t`` when the
+        data are noiseless). At sigma = 0 noiseless data give the exact projection onto
+        ``A x = y``; noisy data leave the clean sample unchanged.
+
+        Args:
+            z: (B, *S) noisy model-space state.
+            sigma: (B,) its noise level.
+        """
+        if self.noise_std > 0 and bool(torch.any(sigma == 0)):
+            # A clean sample of noisy data is not pulled onto y: its fit is the posterior's.
+            return z
+        eps = torch.randn(z.shape, generator=generator, dtype=z.dtype,
+                          device=generator.device).to(z.device)
+        noise = self.scale * _bview(sigma, z) * eps
+        if self.complex_image:
+            noise = noise * self._phase_for(z)
+        y_t = self.y + self._forward(noise)
+        gamma = (torch.zeros_like(sigma) if self.noise_std == 0
+                 else self.noise_std**2 / (self.scale**2 * sigma**2))
+        x = self._solve(self.to_physical(z), gamma, y_t, iters, 1e-8)
+        z_new = self._finish(x)
+        return z + lam * (z_new - z) if lam != 1.0 else z_new
+
+
+class ProximalDenoiser:
+    """A conditional denoiser: the prior's ``x0_hat`` followed by :meth:`LinearProblem.prox`.
+
+    ``D_y(x_t, sigma) = prox(D(x_t, sigma), v(sigma))``; for a Gaussian prior whose covariance
+    matches ``v`` this is exactly ``E[x0 | x_t, y]``, so any unconditional sampler run with it
+    samples the posterior. Counts network evaluations in ``nfe``.
+    """
+
+    def __init__(self, denoiser: Denoiser, problem: LinearProblem,
+                 variance: Callable[[torch.Tensor], torch.Tensor], cg_iters: int = 5,
+                 tol: float = 1e-6) -> None:
+        self.denoiser, self.problem, self.variance = denoiser, problem, variance
+        self.cg_iters, self.tol = cg_iters, tol
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        x0 = self.denoiser(x, sigma)
+        return self.problem.prox(x0, self.variance(sigma), self.cg_iters, self.tol)
