@@ -127,7 +127,7 @@ LESION_INTENSITIES: dict[str, dict[str, tuple[float, float]]] = {
 # Texture amplitude per tissue: fraction of the intensity (MR) or HU (CT).
 _MR_TEXTURE = {"gm": 0.03, "wm": 0.03, "csf": 0.03, "cortical_bone": 0.1, "diploe": 0.12,
                "skin": 0.06, "fat": 0.05, "muscle": 0.08, "vitreous": 0.02}  # fmt: skip
-_CT_TEXTURE = {"gm": 1.5, "wm": 1.5, "csf": 2.0, "cortical_bone": 120.0, "diploe": 120.0,
+_CT_TEXTURE = {"gm": 1.5, "wm": 1.5, "csf": 2.0, "cortical_bone": 80.0, "diploe": 80.0,
                "skin": 5.0, "fat": 8.0, "muscle": 5.0, "vitreous": 2.0}  # fmt: skip
 
 _ATLAS_FILE = "head_atlas_2mm.npz"
@@ -201,10 +201,23 @@ def _np_cylinder_sd(p: np.ndarray, c: Sequence[float], s: Sequence[float], z_top
     return np.maximum(np.linalg.norm(q, axis=-1) * (1.0 - 1.0 / r), p[..., 2] - z_top)
 
 
+def _np_mandible_sd(p: np.ndarray) -> np.ndarray:
+    """Approximate signed distance to a mandible: a U-shaped bar (body) and two rami."""
+    q = (p[..., :2] - np.array([0.0, 22.0], np.float32)) / np.array([40.0, 46.0], np.float32)
+    r = np.sqrt((q**2).sum(-1)).clip(1e-6)
+    ring = np.abs(np.linalg.norm(p[..., :2] - np.array([0.0, 22.0], np.float32), axis=-1)
+                  * (1.0 - 1.0 / r)) - 4.0  # fmt: skip
+    body = np.maximum.reduce([ring, np.abs(p[..., 2] + 96.0) - 8.0, 18.0 - p[..., 1]])
+    rami = np.minimum.reduce(
+        [_np_ellipsoid_sd(p, (sx * 40.0, 14.0, -76.0), (4.0, 9.0, 24.0)) for sx in (-1, 1)]
+    )
+    return np.minimum(body, rami)
+
+
 # Analytic extra-cerebral structures in template (MNI) mm: (centre, semi-axes). Positions were
 # placed against the template's brain and checked on rendered slices.
-_EYES = [((-32.0, 60.0, -38.0), (12.0, 12.0, 12.0)), ((32.0, 60.0, -38.0), (12.0, 12.0, 12.0))]
-_ORBITS = [((-30.0, 46.0, -38.0), (15.0, 26.0, 14.0)), ((30.0, 46.0, -38.0), (15.0, 26.0, 14.0))]
+_EYES = [((-32.0, 68.0, -38.0), (12.0, 12.0, 12.0)), ((32.0, 68.0, -38.0), (12.0, 12.0, 12.0))]
+_ORBITS = [((-30.0, 52.0, -38.0), (15.0, 26.0, 14.0)), ((30.0, 52.0, -38.0), (15.0, 26.0, 14.0))]
 _WALLED_AIR = [  # sinuses with a bony wall
     ((-26.0, 50.0, -58.0), (12.0, 17.0, 16.0)),  # maxillary sinuses
     ((26.0, 50.0, -58.0), (12.0, 17.0, 16.0)),
@@ -255,6 +268,7 @@ def _template() -> _Template:
     sd_orbit = np.minimum.reduce([_np_ellipsoid_sd(p, c, s) for c, s in _ORBITS])
     walled = [_np_ellipsoid_sd(p, c, s) for c, s in _WALLED_AIR]
     sd_wall = np.minimum.reduce(walled) - _WALL_MM  # wall plus the air it encloses
+    sd_wall = np.minimum(sd_wall, _np_mandible_sd(p))
     # Nasal septum: a 2 mm slab at the midline cut out of the nasal cavity.
     walled[2] = np.maximum(walled[2], 1.0 - np.abs(p[..., 0]))
     sd_air = np.minimum.reduce(walled + [_np_ellipsoid_sd(p, c, s) for c, s in _OTHER_AIR])
@@ -270,9 +284,17 @@ def _template() -> _Template:
     return _Template(maps=np.stack(stack).astype(np.float32), affine=affine, lesion_sites=sites)
 
 
+_N_TISSUE_CHANNELS = 4  # gm, wm, sd_icv, sd_head; the others describe extra-cranial structures
+
+
 @functools.lru_cache(maxsize=4)
-def _template_tensor(device: str) -> torch.Tensor:
-    return torch.from_numpy(_template().maps).unsqueeze(0).to(device)
+def _template_tensors(device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The canvas as (1, C, I, J, K) tensors: tissue channels and structure channels."""
+    maps = torch.from_numpy(_template().maps).unsqueeze(0)
+    return (
+        maps[:, :_N_TISSUE_CHANNELS].contiguous().to(device),
+        maps[:, _N_TISSUE_CHANNELS:].contiguous().to(device),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -427,12 +449,23 @@ def _anatomy(
     inv = np.linalg.inv(tpl.affine)
     q = p @ p.new_tensor(inv[:3, :3].T) + p.new_tensor(inv[:3, 3])
     size = p.new_tensor(tpl.maps.shape[1:]) - 1.0
-    grid = (2.0 * q / size - 1.0).flip(-1).view(1, *shape, 3)
-    samp = F.grid_sample(
-        _template_tensor(str(device)), grid, mode="bilinear", padding_mode="border",
+    grid = (2.0 * q / size - 1.0).flip(-1)
+    tissue_maps, structure_maps = _template_tensors(str(device))
+    gm_p, wm_p, sd_icv, sd_head = F.grid_sample(
+        tissue_maps, grid.view(1, *shape, 3), mode="bilinear", padding_mode="border",
         align_corners=True,
-    )[0].reshape(tpl.maps.shape[0], -1)  # fmt: skip
-    gm_p, wm_p, sd_icv, sd_head, sd_eye, sd_orbit, sd_wall, sd_air, sd_vert, disc = samp
+    ).view(_N_TISSUE_CHANNELS, -1)  # fmt: skip
+    # Extra-cranial structures only matter outside the brain and inside the head: sample them
+    # there only (about a third of the voxels), elsewhere they are "far away" (+1000 mm, no disc).
+    need = ((sd_icv > -4.0) & (sd_head < 20.0)).nonzero().squeeze(1)
+    struct = torch.full((structure_maps.shape[1], p.shape[0]), 1000.0, device=p.device)
+    struct[-1] = 0.0
+    if need.numel():
+        struct[:, need] = F.grid_sample(
+            structure_maps, grid[need].view(1, 1, 1, -1, 3), mode="bilinear",
+            padding_mode="border", align_corners=True,
+        ).view(structure_maps.shape[1], -1)  # fmt: skip
+    sd_eye, sd_orbit, sd_wall, sd_air, sd_vert, disc = struct
 
     vox = float(spacing_mm)
     t_csf = rng.uniform(1.0, 3.0) + coarse.field(rng, 6, (60, 160), 0.4)[:, 0]
@@ -495,13 +528,15 @@ def _anatomy(
         semi = rng.uniform(3.0, 12.0, size=3)
         rot = _rotation(rng.uniform(-np.pi, np.pi, size=3))
         kind = str(rng.choice(list(LESION_INTENSITIES)))
-        q_l = (p - p.new_tensor(centre_mm)) @ p.new_tensor(rot)
-        m = _step(_ellipsoid_sd(q_l, (0.0, 0.0, 0.0), semi), 1.5 * vox)
-        frac = torch.zeros_like(m)
+        # Evaluate only near the lesion: points within its bounding sphere plus the soft edge.
+        d = p - p.new_tensor(centre_mm)
+        near = (d.abs() < float(semi.max()) + 2.0 * vox).all(dim=1).nonzero().squeeze(1)
+        m = _step(_ellipsoid_sd(d[near] @ p.new_tensor(rot), (0.0, 0.0, 0.0), semi), 1.5 * vox)
+        frac = torch.zeros_like(head)
         for t in ("gm", "wm"):
-            moved = fr[t] * m
-            fr[t] = fr[t] - moved
-            frac = frac + moved
+            moved = fr[t][near] * m
+            fr[t][near] -= moved
+            frac[near] += moved
         lesion_list.append((frac, kind))
         lesion_meta.append(
             {"centre_mni_mm": [float(v) for v in centre_mm],
@@ -790,3 +825,57 @@ class SyntheticHeadDataset(torch.utils.data.Dataset):
             "modality": torch.tensor(MODALITY_IDS[modality], dtype=torch.int64),
             "seed": torch.tensor(seed, dtype=torch.int64),
         }
+
+
+# --------------------------------------------------------------------------------------------
+# Preview figure
+# --------------------------------------------------------------------------------------------
+
+
+def preview_figure(
+    path: str,
+    seeds: Sequence[int] = (SPLITS["test"].start, SPLITS["test"].start + 1),
+    shape: Sequence[int] = (96, 96, 96),
+    spacing_mm: float = 2.0,
+    dpi: int = 60,
+) -> None:
+    """Write a PNG of central orthogonal slices (sagittal, coronal, axial) of T1, T2, PD and CT
+    renderings of each seed (CT in a brain window, W 120 / L 40, and a bone window, W 2500 /
+    L 250)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medrecon.io.atomic import atomic_file
+
+    panels: list[tuple[str, np.ndarray, tuple[float, float]]] = []
+    for seed in seeds:
+        for modality, contrast in (("MR", "T1"), ("MR", "T2"), ("MR", "PD"), ("CT", "T1")):
+            vol = generate_head(shape, spacing_mm, modality, contrast, seed)
+            if modality == "MR":
+                panels.append((f"seed {seed} MR {contrast}", vol.data, (0.0, 1.0)))
+            else:
+                panels.append((f"seed {seed} CT brain", vol.data, (-20.0, 100.0)))
+                panels.append((f"seed {seed} CT bone", vol.data, (-1000.0, 1500.0)))
+    fig, axes = plt.subplots(3, len(panels), figsize=(1.25 * len(panels), 4.0))
+    for col, (title, data, (lo, hi)) in enumerate(panels):
+        ci, cj, ck = (s // 2 for s in data.shape)
+        views = (data[ci].T, data[:, cj].T, data[:, :, ck].T)  # sagittal, coronal, axial
+        for row, view in enumerate(views):
+            ax = axes[row, col]
+            ax.imshow(view, cmap="gray", vmin=lo, vmax=hi, origin="lower", interpolation="none")
+            ax.set_axis_off()
+        axes[0, col].set_title(title, fontsize=6)
+    fig.subplots_adjust(left=0.0, right=1.0, bottom=0.0, top=0.93, wspace=0.02, hspace=0.02)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+
+
+if __name__ == "__main__":  # python -m medrecon.priors.synthetic OUT.png [SEED ...]
+    import sys
+
+    if len(sys.argv) < 2:
+        raise SystemExit("usage: python -m medrecon.priors.synthetic OUT.png [SEED ...]")
+    preview_figure(sys.argv[1], [int(a) for a in sys.argv[2:]] or SPLITS["test"][:2])
