@@ -1,0 +1,118 @@
+"""Tiling: an exactly local denoiser is reproduced, weights sum to one, positions are right."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medrecon.sampling.tiling import TiledDenoiser, _pad, blend_weights, patches_for_memory
+
+
+def _pointwise(x: torch.Tensor, sigma: torch.Tensor, position: torch.Tensor | None) -> torch.Tensor:
+    """An exactly local denoiser: the Gaussian shrinkage x / (1 + sigma^2) + a nonlinearity."""
+    s = sigma.reshape(-1, 1, 1, 1, 1)
+    return torch.tanh(x) / (1.0 + s**2) + 0.1 * x**2
+
+
+def _reference(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    return _pointwise(x[:, None], sigma, None)[:, 0]
+
+
+@pytest.mark.parametrize("mode", ["shift", "blend"])
+@pytest.mark.parametrize("shape", [(20, 13, 9), (8, 8, 8), (5, 17, 3)])
+def test_pointwise_denoiser_tiled_equals_untiled(mode: str, shape: tuple[int, int, int]) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, *shape, generator=g, dtype=torch.float64)
+    sigma = torch.tensor([0.5, 3.0], dtype=torch.float64)
+    tiled = TiledDenoiser(_pointwise, (8, 8, 8), mode=mode, overlap=0.5, max_batch=3,
+                          generator=torch.Generator().manual_seed(1))
+    for _ in range(3):  # several calls: different random shifts each time
+        torch.testing.assert_close(tiled(x, sigma), _reference(x, sigma), rtol=1e-12,
+                                   atol=1e-12)
+    assert tiled.patches > 0 and tiled.calls >= tiled.patches / 3
+
+
+@pytest.mark.parametrize("shape,overlap", [((20, 13, 9), 0.25), ((30, 8, 17), 0.5),
+                                           ((8, 8, 8), 0.25)])
+def test_blend_weights_sum_to_one(shape: tuple[int, int, int], overlap: float) -> None:
+    patch = (8, 8, 8)
+    origins, window, total = blend_weights(shape, patch, overlap)
+    acc = torch.zeros(shape, dtype=torch.float64)
+    for a, b, c in origins:
+        w = window[: shape[0] - a, : shape[1] - b, : shape[2] - c]
+        pa, pb, pc = w.shape
+        acc[a:a + pa, b:b + pb, c:c + pc] += w / total[a:a + pa, b:b + pb, c:c + pc]
+    torch.testing.assert_close(acc, torch.ones(shape, dtype=torch.float64), rtol=1e-12,
+                               atol=1e-12)
+    assert float(window.min()) > 0  # every covered voxel has positive weight
+
+
+def test_shift_tiles_cover_each_voxel_once_and_shift_between_calls() -> None:
+    seen: list[torch.Tensor] = []
+
+    def count(x: torch.Tensor, sigma: torch.Tensor, position: torch.Tensor | None) -> torch.Tensor:
+        seen.append(x.detach().clone())
+        return torch.ones_like(x)
+
+    tiled = TiledDenoiser(count, (8, 8, 8), mode="shift", max_batch=100,
+                          generator=torch.Generator().manual_seed(3))
+    x = torch.arange(20 * 13 * 9, dtype=torch.float64).reshape(1, 20, 13, 9)
+    out = tiled(x, torch.tensor([1.0]))
+    assert torch.equal(out, torch.ones_like(x))
+    first = seen[0]
+    tiled(x, torch.tensor([1.0]))
+    second = seen[1]
+    # A different grid at the second call (random shifts): the first patch holds other voxels.
+    assert not torch.equal(first[0], second[0])
+
+
+def test_position_is_the_normalised_patch_centre() -> None:
+    shape = (24, 16, 8)
+    patch = (8, 8, 8)
+
+    def centre_map(x: torch.Tensor, sigma: torch.Tensor,
+                   position: torch.Tensor | None) -> torch.Tensor:
+        assert position is not None and position.shape == (x.shape[0], 3)
+        # Voxel value = first position coordinate, so the output reveals which patch it was in.
+        return position[:, 0].reshape(-1, 1, 1, 1, 1).expand_as(x).to(x.dtype)
+
+    tiled = TiledDenoiser(centre_map, patch, mode="blend", overlap=0.0, uses_position=True)
+    out = tiled(torch.zeros(1, *shape, dtype=torch.float64), torch.tensor([1.0]))
+    # Patches start at 0, 8, 16 along axis 0: centres 4, 12, 20 -> 2 c / 23 - 1.
+    for start in (0, 8, 16):
+        expect = 2.0 * (start + 4) / 23.0 - 1.0
+        assert float(out[0, start + 3, 5, 5]) == pytest.approx(expect, abs=1e-6)
+
+    tiled_shift = TiledDenoiser(centre_map, patch, mode="shift", uses_position=True,
+                                generator=torch.Generator().manual_seed(0))
+    out = tiled_shift(torch.zeros(1, *shape, dtype=torch.float64), torch.tensor([1.0]))
+    assert float(out.min()) >= -1.0 and float(out.max()) <= 1.0
+    # The value at voxel i is its patch centre: within half a patch of i in normalised units.
+    i = torch.arange(shape[0], dtype=torch.float64)
+    assert float((out[0, :, 0, 0] - (2 * i / 23 - 1)).abs().max()) <= 2 * 4 / 23 + 1e-6
+
+
+def test_gradients_flow_through_checkpointed_tiles() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 12, 10, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    sigma = torch.tensor([0.7], dtype=torch.float64)
+    tiled = TiledDenoiser(_pointwise, (8, 8, 8), mode="shift", max_batch=2, checkpoint=True)
+    (grad,) = torch.autograd.grad(tiled(x, sigma).sum(), x)
+    xr = x.detach().clone().requires_grad_(True)
+    (ref,) = torch.autograd.grad(_reference(xr, sigma).sum(), xr)
+    torch.testing.assert_close(grad, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_reflect_pad_beyond_size_and_length_one() -> None:
+    x = torch.arange(3, dtype=torch.float64).reshape(1, 3, 1, 1)
+    out = _pad(x, [(4, 5), (0, 2), (0, 0)])
+    assert out.shape == (1, 12, 3, 1)
+    # reflection without edge repetition: ... 2 1 0 1 2 1 0 ...
+    torch.testing.assert_close(out[0, :, 0, 0], torch.tensor(
+        [0, 1, 2, 1, 0, 1, 2, 1, 0, 1, 2, 1], dtype=torch.float64))
+
+
+def test_patches_for_memory() -> None:
+    assert patches_for_memory(8 * 2**30, (64, 64, 64), bytes_per_voxel=4096) == 8
+    assert patches_for_memory(1.0, (64, 64, 64)) == 1
+    assert patches_for_memory(8 * 2**30, (64, 64, 64), 4096, grad=True) == 2
