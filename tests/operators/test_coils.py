@@ -227,16 +227,24 @@ def test_nan_kspace_is_rejected(scene: dict[str, torch.Tensor]) -> None:
 # -- peer check: BART ecalib -----------------------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("bart") is None, reason="BART is not installed")
+@pytest.fixture(scope="module")
+def bart_maps(scene: dict[str, torch.Tensor], tmp_path_factory: pytest.TempPathFactory
+              ) -> torch.Tensor:
+    """BART ``ecalib`` maps of the scene (one map set, kernel 5, calibration 14, no crop)."""
+    if shutil.which("bart") is None:
+        pytest.skip("BART is not installed")
+    tmp = tmp_path_factory.mktemp("bart")
+    # BART dims are (x, y, z, coil); its ecalib calibrates with a 3D kernel on the 3D centre.
+    write_cfl(tmp / "kspace", np.moveaxis(scene["kspace"].numpy(), 0, -1))
+    subprocess.run(["bart", "ecalib", "-m1", "-k5", "-r14", "-c0", str(tmp / "kspace"),
+                    str(tmp / "maps")], check=True, capture_output=True)
+    return torch.from_numpy(np.moveaxis(read_cfl(tmp / "maps", 4), -1, 0))
+
+
 @pytest.mark.parametrize("fft_dims", [(0, 1, 2), (0, 1)])
-def test_espirit_agrees_with_bart_ecalib(scene: dict[str, torch.Tensor], tmp_path: Path,
+def test_espirit_agrees_with_bart_ecalib(scene: dict[str, torch.Tensor], bart_maps: torch.Tensor,
                                          fft_dims: tuple[int, ...]) -> None:
     kspace = scene["kspace"]
-    # BART dims are (x, y, z, coil); its ecalib calibrates with a 3D kernel on the 3D centre.
-    write_cfl(tmp_path / "kspace", np.moveaxis(kspace.numpy(), 0, -1))
-    subprocess.run(["bart", "ecalib", "-m1", "-k5", "-r14", "-c0", str(tmp_path / "kspace"),
-                    str(tmp_path / "maps")], check=True, capture_output=True)
-    bart_maps = torch.from_numpy(np.moveaxis(read_cfl(tmp_path / "maps", 4), -1, 0))
     ours = espirit_maps(kspace if fft_dims == (0, 1, 2) else ifftc(kspace, (3,)),
                         calibration=14, kernel=5, crop=0.0, fft_dims=fft_dims)
     obj = scene["object"]
