@@ -21,8 +21,10 @@ MRI model (k-space of shape (C, I, J, K), operator of :mod:`medrecon.operators.m
   (default pi). Real MR images carry such slowly varying phase (B0 inhomogeneity, receive
   phase); a real-valued object would let methods exploit a constraint real data do not offer.
   ``phase: none`` simulates a real-valued object.
-* Coil maps: :func:`medrecon.operators.coils.simulate_coil_maps` (loops around image axis 2,
-  ``sum_c |S_c|^2 = 1``), stored in the file.
+* Coil maps: :func:`medrecon.operators.coils.simulate_coil_maps` (``sum_c |S_c|^2 = 1``),
+  stored in the file. The loops ring around the axis that is not phase encoded: the readout
+  axis 0 for 3D (as a head coil around the S-I readout of a sagittal 3D scan, so both
+  phase-encode axes J, K see coil variation) and the slice axis 2 for 2D multi-slice.
 * Mask: :func:`medrecon.operators.masks.make_mask` ("poisson" / "gaussian" for the 3D
   phase-encode plane (J, K), "random" / "equispaced" lines for 2D multi-slice), with a fully
   sampled calibration region; the achieved acceleration is stored.
@@ -229,8 +231,19 @@ def _simulate_mri(volume: Volume, config: SimulationConfig, reference: Reference
         image = magnitude.astype(np.complex128)
     x = torch.from_numpy(image.astype(np.complex64)).to(device)
 
-    maps = simulate_coil_maps(shape, s.coils, model=s.coil_model.value, spacing=volume.spacing,
-                              device=device)
+    if s.dims == Dims.THREE_D:
+        # Ring the coils around the readout axis 0 so that both phase-encode axes (J, K) see
+        # coil variation (a head coil around the S-I readout of a sagittal 3D scan);
+        # simulate_coil_maps rings around its axis 2, hence the axis permutation.
+        perm_shape = (shape[1], shape[2], shape[0])
+        sp = volume.spacing
+        maps = simulate_coil_maps(perm_shape, s.coils, model=s.coil_model.value,
+                                  spacing=(sp[1], sp[2], sp[0]), device=device)
+        maps = maps.permute(0, 3, 1, 2).contiguous()
+    else:
+        # 2D multi-slice: ring around the slice axis 2, coil variation in the (I, J) plane.
+        maps = simulate_coil_maps(shape, s.coils, model=s.coil_model.value,
+                                  spacing=volume.spacing, device=device)
     sm = make_mask(s.mask.value, shape, s.acceleration, calibration=s.calibration,
                    dims=s.dims.value, seed=config.seed)
     fft_dims = (0, 1, 2) if s.dims == Dims.THREE_D else (0, 1)
