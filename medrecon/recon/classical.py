@@ -106,7 +106,8 @@ ReconMethod = Callable[["Measurement", ReconOptions, "torch.device"], ReconOutpu
 _REGISTRY: dict[tuple[str, str], ReconMethod] = {}
 
 # Modules whose import registers methods; optional ones are skipped when absent.
-_METHOD_MODULES: tuple[str, ...] = ("medrecon.recon.mri", "medrecon.recon.ct")
+_METHOD_MODULES: tuple[str, ...] = ("medrecon.recon.mri", "medrecon.recon.ct",
+                                   "medrecon.sampling.recon")
 _loaded = False
 
 
