@@ -455,16 +455,17 @@ def _anatomy(
         tissue_maps, grid.view(1, *shape, 3), mode="bilinear", padding_mode="border",
         align_corners=True,
     ).view(_N_TISSUE_CHANNELS, -1)  # fmt: skip
-    # Extra-cranial structures only matter outside the brain and inside the head: sample them
-    # there only (about a third of the voxels), elsewhere they are "far away" (+1000 mm, no disc).
+    # Extra-cranial structures only replace skull and soft tissue, which exist only outside the
+    # brain and inside the head: sample and apply them on those voxels only (about a third).
     need = ((sd_icv > -4.0) & (sd_head < 20.0)).nonzero().squeeze(1)
-    struct = torch.full((structure_maps.shape[1], p.shape[0]), 1000.0, device=p.device)
-    struct[-1] = 0.0
+    n_struct = structure_maps.shape[1]
     if need.numel():
-        struct[:, need] = F.grid_sample(
+        struct = F.grid_sample(
             structure_maps, grid[need].view(1, 1, 1, -1, 3), mode="bilinear",
             padding_mode="border", align_corners=True,
-        ).view(structure_maps.shape[1], -1)  # fmt: skip
+        ).view(n_struct, -1)  # fmt: skip
+    else:
+        struct = p.new_zeros((n_struct, 0))
     sd_eye, sd_orbit, sd_wall, sd_air, sd_vert, disc = struct
 
     vox = float(spacing_mm)
@@ -501,13 +502,15 @@ def _anatomy(
     fr["muscle"] = rest * (1.0 - mix)
     fr["vitreous"] = torch.zeros_like(head)
 
+    sub = {t: f[need] for t, f in fr.items()}  # fractions on the structure voxels
+
     def override(name: str, mask: torch.Tensor, targets: Sequence[str]) -> None:
         """Move the fraction ``mask`` of each target tissue to ``name`` ("air" removes it)."""
         for t in targets:
-            moved = fr[t] * mask
-            fr[t] = fr[t] - moved
+            moved = sub[t] * mask
+            sub[t] = sub[t] - moved
             if name != "air":
-                fr[name] = fr[name] + moved
+                sub[name] = sub[name] + moved
 
     # Cervical vertebral bodies: marrow inside a cortex, intervertebral discs between them.
     override("cortical_bone", _step(sd_vert, vox) * (1 - disc), ("fat", "muscle"))
@@ -519,6 +522,8 @@ def _anatomy(
     # Bony walls of the maxillary sinuses and nasal cavity, then all air spaces.
     override("cortical_bone", _step(sd_wall, vox), ("fat", "muscle", "diploe"))
     override("air", _step(sd_air, vox), ("fat", "muscle", "cortical_bone", "diploe"))
+    for t, f in sub.items():
+        fr[t][need] = f
 
     lesion_list: list[tuple[torch.Tensor, str]] = []
     lesion_meta: list[dict[str, Any]] = []
