@@ -485,7 +485,7 @@ def read_fastmri(path: str | Path, estimate_maps: bool = False,
 
     Coil maps are not in fastMRI files. With ``estimate_maps`` they are estimated now by
     ESPIRiT from the calibration region (``calibration`` lines, default: the fully sampled
-    centre); otherwise reconstruction estimates them when it needs them.
+    centre found in the mask); otherwise reconstruction estimates them when it needs them.
     """
     import h5py
 
@@ -546,28 +546,12 @@ def read_fastmri(path: str | Path, estimate_maps: bool = False,
 
         from medrecon.operators.coils import estimate_coil_maps
 
-        calib = calibration if calibration is not None else _centre_run(sampled)
         maps = estimate_coil_maps(torch.from_numpy(data), torch.from_numpy(mask),
-                                  method="espirit", calibration=calib)
+                                  method="espirit", calibration=calibration, fft_dims=(0, 1))
         m.coil_maps = np.asarray(maps.cpu().numpy(), dtype=np.complex64)
         m.acquisition["coil_maps"] = "espirit"
         m.validate()
     return m
-
-
-def _centre_run(sampled: np.ndarray) -> int:
-    """Length of the contiguous run of sampled lines around the k-space centre."""
-    n = sampled.shape[0]
-    c = n // 2
-    if not sampled[c]:
-        return 0
-    lo = c
-    while lo > 0 and sampled[lo - 1]:
-        lo -= 1
-    hi = c
-    while hi < n - 1 and sampled[hi + 1]:
-        hi += 1
-    return hi - lo + 1
 
 
 def mri_operator_description(image_shape: tuple[int, int, int], n_coils: int,

@@ -94,7 +94,7 @@ def measurement_operator(m: Measurement, device: torch.device | str = "cpu",
         from medrecon.operators.coils import estimate_coil_maps
 
         calib = m.acquisition.get("calibration")
-        kwargs: dict[str, Any] = {"method": maps_method}
+        kwargs: dict[str, Any] = {"method": maps_method, "fft_dims": m.fft_dims}
         if calib is not None:
             kwargs["calibration"] = int(calib)
         est = estimate_coil_maps(kspace_tensor(m, device), torch.as_tensor(m.mask).to(device),

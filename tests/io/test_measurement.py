@@ -1,0 +1,303 @@
+"""The HDF5 measurement container: round trips, every error path, and fastMRI import."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pydicom
+import pytest
+
+from medrecon.errors import MeasurementError
+from medrecon.io.measurement import (
+    FORMAT_NAME,
+    Measurement,
+    ReferenceGeometry,
+    is_fastmri_file,
+    mri_operator_description,
+    read_fastmri,
+    read_measurement,
+    write_measurement,
+)
+
+SHAPE = (6, 5, 4)
+AFFINE = np.array([[-1.5, 0, 0, 20.0], [0, -1.2, 0, 30.0], [0, 0, 3.0, -10.0], [0, 0, 0, 1]])
+
+
+def _header() -> pydicom.Dataset:
+    ds = pydicom.Dataset()
+    ds.PatientName = "Test^Patient"
+    ds.PatientID = "P1"
+    ds.StudyInstanceUID = "1.2.3.4"
+    ds.SeriesInstanceUID = "1.2.3.4.5"
+    ds.Modality = "MR"
+    ds.SeriesDescription = "T1 sag"
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    return ds
+
+
+def _mr(rng: np.random.Generator, **changes: object) -> Measurement:
+    c = 3
+    data = (rng.standard_normal((c, *SHAPE)) + 1j * rng.standard_normal((c, *SHAPE)))
+    mask = (rng.random((1, *SHAPE[1:])) < 0.5).astype(np.uint8)
+    mask[0, 2, 2] = 1
+    maps = rng.standard_normal((c, *SHAPE)) + 1j * rng.standard_normal((c, *SHAPE))
+    fields: dict[str, object] = dict(
+        modality="MR", data=(data * mask).astype(np.complex64), mask=mask,
+        reference=ReferenceGeometry(AFFINE, SHAPE, "MR", "a.u.", "T1 sag", _header(),
+                                    {"source": Path("/data/t1.nii.gz"), "uid": "1.2"}),
+        coil_maps=maps.astype(np.complex64),
+        noise={"model": "complex-gaussian", "sigma": 0.01, "snr": 30.0},
+        noise_covariance=np.eye(c, dtype=np.complex64),
+        operator=mri_operator_description(SHAPE, c, "3d"),
+        acquisition={"acceleration": np.float64(2.1), "seed": 3, "mask": "poisson"},
+        arrays={"extra": np.arange(5.0)},
+    )
+    fields.update(changes)
+    return Measurement(**fields)  # type: ignore[arg-type]
+
+
+def test_round_trip_keeps_everything(tmp_path: Path, rng: np.random.Generator) -> None:
+    m = _mr(rng)
+    path = write_measurement(m, tmp_path / "m.h5")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.h5"]  # no temporary left behind
+    r = read_measurement(path)
+    assert r.modality == "MR" and r.data.dtype == np.complex64
+    assert np.array_equal(r.data, m.data) and np.array_equal(r.mask, m.mask)
+    assert np.array_equal(r.coil_maps, m.coil_maps)
+    assert np.array_equal(r.noise_covariance, m.noise_covariance)
+    assert np.array_equal(r.reference.affine, AFFINE) and r.reference.shape == SHAPE
+    assert r.reference.series_description == "T1 sag" and r.reference.units == "a.u."
+    assert r.reference.meta == {"source": "/data/t1.nii.gz", "uid": "1.2"}
+    assert r.noise == m.noise and r.noise_sigma == 0.01
+    assert r.operator["fft_dims"] == [0, 1, 2] and r.fft_dims == (0, 1, 2)
+    assert r.operator["fft"] == "centred-orthonormal"
+    assert r.acquisition == {"acceleration": 2.1, "seed": 3, "mask": "poisson"}
+    assert np.array_equal(r.arrays["extra"], np.arange(5.0))
+    hdr = r.reference.dicom_header
+    assert hdr.PatientName == "Test^Patient" and hdr.SeriesInstanceUID == "1.2.3.4.5"
+    assert hdr.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    vol = r.reference.volume(np.ones(SHAPE), series_description="recon")
+    assert vol.same_geometry(r.reference.volume(np.zeros(SHAPE)))
+    assert vol.modality == "MR" and vol.series_description == "recon"
+
+
+def test_file_layout_is_the_documented_one(tmp_path: Path, rng: np.random.Generator) -> None:
+    path = write_measurement(_mr(rng), tmp_path / "m.h5")
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format"] == FORMAT_NAME and f.attrs["format_version"] == 1
+        assert f.attrs["modality"] == "MR"
+        assert f["data"].shape == (3, *SHAPE) and f["data"].dtype == np.complex64
+        assert f["mask"].dtype == np.uint8
+        assert f["reference/affine"].shape == (4, 4)
+        assert tuple(f["reference"].attrs["shape"]) == SHAPE
+        assert "dicom_json" in f["reference"]
+        for key in ("operator", "noise", "acquisition"):
+            assert isinstance(f.attrs[key], str)
+
+
+def test_ct_round_trip(tmp_path: Path, rng: np.random.Generator) -> None:
+    ref = ReferenceGeometry(AFFINE, SHAPE, "CT", "HU")
+    sino = rng.random((7, 4, 9)).astype(np.float32)
+    m = Measurement("CT", sino, None, ref, noise={"model": "poisson", "i0": 1e5},
+                    operator={"kind": "ct", "geometry": {"kind": "parallel"}})
+    r = read_measurement(write_measurement(m, tmp_path / "ct.h5"))
+    assert r.modality == "CT" and r.mask is None and r.coil_maps is None
+    assert np.array_equal(r.data, sino) and r.reference.dicom_header is None
+    assert r.operator["geometry"] == {"kind": "parallel"}
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"data": np.zeros((3, 6, 5), np.complex64)}, "must have shape"),
+    ({"mask": np.ones((1, 4, 4), np.uint8)}, "does not fit"),
+    ({"mask": np.zeros((1, 5, 4), np.uint8)}, "selects no"),
+    ({"mask": None}, "needs a sampling mask"),
+    ({"coil_maps": np.ones((2, *SHAPE), np.complex64)}, "Coil maps"),
+    ({"noise_covariance": np.eye(2)}, "noise covariance"),
+    ({"operator": {"fft_dims": [1, 2]}}, "fft_dims"),
+    ({"modality": "PET"}, "modality"),
+])
+def test_invalid_measurements_are_refused(rng: np.random.Generator, changes: dict[str, object],
+                                          message: str) -> None:
+    with pytest.raises(MeasurementError, match=message):
+        _mr(rng, **changes)
+
+
+def test_nan_in_data_is_refused(rng: np.random.Generator) -> None:
+    m = _mr(rng)
+    bad = m.data.copy()
+    bad[0, 1, 1, 1] = np.nan
+    with pytest.raises(MeasurementError, match="NaN or infinite"):
+        _mr(rng, data=bad)
+
+
+def _tamper(path: Path, edit: str) -> None:
+    with h5py.File(path, "r+") as f:
+        if edit == "drop-data":
+            del f["data"]
+        elif edit == "drop-affine":
+            del f["reference/affine"]
+        elif edit == "drop-reference":
+            del f["reference"]
+        elif edit == "nan":
+            d = f["data"][()]
+            d[0, 0, 0, 0] = np.inf
+            del f["data"]
+            f["data"] = d
+        elif edit == "mask":
+            del f["mask"]
+            f["mask"] = np.ones((1, 3, 3), np.uint8)
+        elif edit == "format":
+            f.attrs["format"] = "something-else"
+        elif edit == "version":
+            f.attrs["format_version"] = 99
+        elif edit == "json":
+            f.attrs["operator"] = "{not json"
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ("drop-data", "no 'data' dataset"),
+    ("drop-affine", "reference/affine"),
+    ("drop-reference", "no 'reference' dataset"),
+    ("nan", "NaN or infinite"),
+    ("mask", "does not fit"),
+    ("format", "not 'medrecon-measurement'"),
+    ("version", "upgrade medrecon"),
+    ("json", "not valid JSON"),
+])
+def test_read_errors(tmp_path: Path, rng: np.random.Generator, edit: str, message: str) -> None:
+    path = write_measurement(_mr(rng), tmp_path / "m.h5")
+    _tamper(path, edit)
+    with pytest.raises(MeasurementError, match=message):
+        read_measurement(path)
+
+
+def test_unsupported_files(tmp_path: Path) -> None:
+    (tmp_path / "x.h5").write_text("not hdf5")
+    with pytest.raises(MeasurementError, match="not an HDF5"):
+        read_measurement(tmp_path / "x.h5")
+    with pytest.raises(MeasurementError, match="does not exist"):
+        read_measurement(tmp_path / "missing.h5")
+    with pytest.raises(MeasurementError, match="is a folder"):
+        read_measurement(tmp_path)
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["images"] = np.zeros(3)
+    with pytest.raises(MeasurementError, match="neither a medrecon measurement nor a fastMRI"):
+        read_measurement(tmp_path / "other.h5")
+
+
+def test_write_is_atomic_on_invalid_measurement(tmp_path: Path, rng: np.random.Generator) -> None:
+    m = _mr(rng)
+    m.data = m.data[:, :2]  # broken after construction
+    with pytest.raises(MeasurementError):
+        write_measurement(m, tmp_path / "m.h5")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- fastMRI ----------------------------------------------------------------------------------
+ISMRMRD = """<?xml version="1.0" encoding="utf-8"?>
+<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD">
+  <encoding>
+    <encodedSpace>
+      <matrixSize><x>{nx}</x><y>{ny}</y><z>1</z></matrixSize>
+      <fieldOfView_mm><x>{fx}</x><y>{fy}</y><z>3.0</z></fieldOfView_mm>
+    </encodedSpace>
+  </encoding>
+</ismrmrdHeader>"""
+
+
+def _fastmri(path: Path, rng: np.random.Generator, coils: int | None = 4, mask: bool = True,
+             header: bool = True) -> np.ndarray:
+    slices, nx, ny = 3, 12, 10
+    shape = (slices, coils, nx, ny) if coils else (slices, nx, ny)
+    k = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+    lines = np.zeros(ny, bool)
+    lines[[0, 3, 4, 5, 6, 8]] = True
+    if not mask:
+        k[..., ~lines] = 0  # fully sampled training files: unacquired lines are zeros
+    with h5py.File(path, "w") as f:
+        f["kspace"] = k
+        if mask:
+            f["mask"] = lines.astype(np.float32)
+        if header:
+            f["ismrmrd_header"] = ISMRMRD.format(nx=nx, ny=ny, fx=240.0, fy=200.0).encode()
+        f.attrs["acquisition"] = "CORPD_FBK"
+        f.attrs["acceleration"] = 4
+    return k
+
+
+@pytest.mark.parametrize("coils", [4, None])
+def test_fastmri_axes_mask_and_geometry(tmp_path: Path, rng: np.random.Generator,
+                                        coils: int | None) -> None:
+    k = _fastmri(tmp_path / "file1000.h5", rng, coils=coils)
+    assert is_fastmri_file(tmp_path / "file1000.h5")
+    m = read_measurement(tmp_path / "file1000.h5")
+    c = coils or 1
+    assert m.data.shape == (c, 12, 10, 3) and m.modality == "MR"
+    k4 = k if coils else k[:, None]
+    # data[c, i, j, k] = kspace[k, c, i, j], zero off the mask
+    assert m.data[1 % c, 5, 3, 2] == k4[2, 1 % c, 5, 3]
+    assert m.data[0, 5, 1, 0] == 0
+    assert m.mask.shape == (1, 10, 1) and m.mask[0, :, 0].sum() == 6
+    assert m.fft_dims == (0, 1) and m.operator["dims"] == "2d"
+    assert m.acquisition["acceleration"] == pytest.approx(10 / 6)
+    assert m.acquisition["nominal_acceleration"] == 4
+    assert np.allclose(m.reference.spacing if hasattr(m.reference, "spacing") else
+                       np.linalg.norm(m.reference.affine[:3, :3], axis=0), [20.0, 20.0, 3.0])
+    centre = m.reference.affine @ np.array([5.5, 4.5, 1.0, 1.0])
+    assert np.allclose(centre[:3], 0.0)
+    assert m.coil_maps is None
+
+
+def test_fastmri_without_mask_or_header(tmp_path: Path, rng: np.random.Generator) -> None:
+    _fastmri(tmp_path / "f.h5", rng, mask=False, header=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = read_fastmri(tmp_path / "f.h5")
+    assert any("using 1 mm" in str(w.message) for w in caught)
+    assert np.allclose(np.abs(np.diag(m.reference.affine)[:3]), 1.0)
+    assert m.mask[0, :, 0].tolist() == [1, 0, 0, 1, 1, 1, 1, 0, 1, 0]
+
+
+def test_fastmri_estimates_maps_on_request(tmp_path: Path) -> None:
+    from medrecon.operators.coils import simulate_coil_maps
+
+    # A smooth object seen by 4 simulated coils, fully sampled centre of 12 lines.
+    nx, ny, ns = 24, 20, 2
+    x = np.zeros((nx, ny, ns), np.complex64)
+    x[4:20, 4:16] = 1.0
+    maps = simulate_coil_maps((nx, ny, ns), 4).numpy()
+    img = maps * x
+    k = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(img, axes=(1, 2)), axes=(1, 2),
+                                    norm="ortho"), axes=(1, 2))
+    lines = np.zeros(ny, bool)
+    lines[4:16] = True
+    lines[::2] = True
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["kspace"] = np.transpose(k, (3, 0, 1, 2)).astype(np.complex64)
+        f["mask"] = lines
+    m = read_fastmri(tmp_path / "f.h5", estimate_maps=True)
+    assert m.coil_maps is not None and m.coil_maps.shape == (4, nx, ny, ns)
+    inside = np.abs(x) > 0
+    corr = np.abs(np.sum(np.conj(m.coil_maps) * maps, axis=0))
+    assert np.median(corr[inside]) > 0.9
+
+
+def test_fastmri_errors(tmp_path: Path) -> None:
+    with h5py.File(tmp_path / "real.h5", "w") as f:
+        f["kspace"] = np.zeros((2, 3, 4), np.float32)
+    with pytest.raises(MeasurementError, match="must be complex"):
+        read_measurement(tmp_path / "real.h5")
+    with h5py.File(tmp_path / "mask.h5", "w") as f:
+        f["kspace"] = np.ones((2, 3, 4), np.complex64)
+        f["mask"] = np.ones(7)
+    with pytest.raises(MeasurementError, match="ky lines"):
+        read_measurement(tmp_path / "mask.h5")
+    with h5py.File(tmp_path / "nan.h5", "w") as f:
+        f["kspace"] = np.full((2, 3, 4), np.nan, np.complex64)
+    with pytest.raises(MeasurementError, match="NaN"):
+        read_measurement(tmp_path / "nan.h5")
