@@ -77,13 +77,37 @@ def batched_cg(apply: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor,
         rhs: (B, ...) right-hand sides.
         x0: (B, ...) starting points.
         max_iter: number of CG iterations (0 returns ``x0``).
-        tol: stop early once every item has ||r|| <= tol * ||rhs||.
+        tol: an item stops once ||r|| <= tol * ||rhs|| (or reaches rounding level, 16 eps).
     Returns:
         (B, ...) approximate solutions.
     """
     x = x0.clone()
     if max_iter <= 0:
         return x
+    r = rhs - apply(x)
+    p = r.clone()
+    rs = _bdot(r, r)
+    rhs_norm = torch.sqrt(_bdot(rhs, rhs))
+    tiny = torch.finfo(rs.dtype).tiny
+    # Items whose residual reached the tolerance (never below rounding level) are frozen:
+    # iterating on a rounding-level residual can divide by p^H A p ~ 0 and blow up.
+    floor = 16 * torch.finfo(rs.dtype).eps
+    stop = max(tol, floor) * rhs_norm
+    for _ in range(max_iter):
+        active = torch.sqrt(rs) > stop
+        if not bool(torch.any(active)):
+            break
+        ap = apply(p)
+        pap = _bdot(p, ap)
+        ok = active & (pap > tiny)
+        alpha = torch.where(ok, rs / pap.clamp_min(tiny), torch.zeros_like(rs))
+        x = x + _bview(alpha, x) * p
+        r = r - _bview(alpha, r) * ap
+        rs_new = torch.where(ok, _bdot(r, r), rs)
+        beta = torch.where(ok, rs_new / rs.clamp_min(tiny), torch.zeros_like(rs))
+        p = torch.where(_bview(ok, p), r + _bview(beta, p) * p, p)
+        rs = torch.where(ok, rs_new, torch.zeros_like(rs))
+    return x
     r = rhs - apply(x)
     p = r.clone()
     rs = _bdot(r, r)
@@ -209,8 +233,8 @@ class LinearProblem:
         if self.phase is None:
             self.init_phase(z.shape[0])
         assert self.phase is not None
-        if self.phase.shape[0] != z.shape[0]:
-            self.phase = self.phase[:1].expand(z.shape[0], *self.ishape).clone()
+        if self.phase.shape[0] not in (1, z.shape[0]):
+            raise ValueError(f"phase state has batch {self.phase.shape[0]}, state {z.shape[0]}")
         return self.phase
 
     def to_physical(self, z: torch.Tensor) -> torch.Tensor:
@@ -221,9 +245,12 @@ class LinearProblem:
         return x
 
     def to_model(self, x: torch.Tensor) -> torch.Tensor:
-        """Physical image -> model space: ``(Re x - offset) / scale``, or ``(|x| - offset) / scale``."""
+        """Physical image -> model space: ``(Re x - offset) / scale`` for a real image, and
+        ``(Re(x conj(phase)) - offset) / scale`` for a complex one, i.e. the signed component
+        along the current phase (equal to ``|x|`` right after the phase was taken from ``x``;
+        signed so that the noise of a noisy state is not rectified)."""
         if self.complex_image:
-            return (x.abs() - self.offset) / self.scale
+            return ((x * torch.conj(self._phase_for(x))).real - self.offset) / self.scale
         return ((x.real if x.is_complex() else x) - self.offset) / self.scale
 
     # -- the data term ------------------------------------------------------------------------
@@ -262,8 +289,8 @@ class LinearProblem:
 
         return batched_cg(apply, rhs, x0, iters, tol)
 
-    def _finish(self, x: torch.Tensor) -> torch.Tensor:
-        if self.complex_image:
+    def _finish(self, x: torch.Tensor, update_phase: bool = True) -> torch.Tensor:
+        if self.complex_image and update_phase:
             self.phase = self._unit(x, self.phase)
         return self.to_model(x)
 
@@ -333,7 +360,8 @@ class LinearProblem:
         gamma = (torch.zeros_like(sigma) if self.noise_std == 0
                  else self.noise_std**2 / (self.scale**2 * sigma**2))
         x = self._solve(self.to_physical(z), gamma, y_t, iters, 1e-8)
-        z_new = self._finish(x)
+        # The phase of a noisy state is mostly noise: update it only from clean (sigma = 0) ones.
+        z_new = self._finish(x, update_phase=bool(torch.all(sigma == 0)))
         return z + lam * (z_new - z) if lam != 1.0 else z_new
 
 
