@@ -48,6 +48,8 @@ class ReconstructionResult:
         modality: "MR" or "CT".
         options: the options used.
         seconds: wall-clock time of the method.
+        std_volume: per-voxel standard deviation in the same geometry, for methods that
+            return one (``output.info["std_image"]``, e.g. posterior sampling), else None.
     """
 
     volume: Volume
@@ -56,6 +58,7 @@ class ReconstructionResult:
     modality: str
     options: ReconOptions
     seconds: float
+    std_volume: Volume | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -105,6 +108,10 @@ def reconstruct(measurement: Measurement, method: str,
     info = {"residual": output.residual, "iterations": output.iterations,
             **{k: output.info[k] for k in ("lam", "converged") if k in output.info}}
     volume = reconstruction_volume(measurement, output.image, method, info)
+    std = output.info.get("std_image")
+    std_volume = None
+    if isinstance(std, np.ndarray) and std.shape == volume.shape:
+        std_volume = reconstruction_volume(measurement, std, f"{method} std", info)
     return ReconstructionResult(volume=volume, output=output, method=method.lower(),
                                 modality=measurement.modality, options=options,
-                                seconds=seconds)
+                                seconds=seconds, std_volume=std_volume)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -11,6 +12,33 @@ from medrecon.cli.common import user_errors
 
 def register(app: typer.Typer) -> None:
     app.command("reconstruct")(reconstruct)
+
+
+def _parse_settings(settings: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> dict, values parsed as YAML scalars / lists (``3``, ``db4``)."""
+    import yaml
+
+    from medrecon.errors import InputError
+
+    out: dict[str, Any] = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set expects KEY=VALUE, got {item!r}.")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise InputError(f"--set {key.strip()}: cannot parse the value {value!r}.") from None
+    return out
+
+
+def _std_path(out: Path) -> Path:
+    """``recon.nii.gz`` -> ``recon_std.nii.gz``; a DICOM folder ``recon`` -> ``recon_std``."""
+    name = out.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return out.with_name(name[: -len(suffix)] + "_std" + suffix)
+    return out.with_name(name + "_std")
 
 
 @user_errors
@@ -27,6 +55,9 @@ def reconstruct(
     format: str = typer.Option(
         "auto", "--format", help="auto (NIfTI for .nii/.nii.gz, else DICOM), nifti or dicom."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    settings: list[str] = typer.Option(
+        [], "--set", help="Method option KEY=VALUE, repeatable (e.g. wavelet=db2, tv_axes=[0,1], "
+                          "sampler=dps for --method diffusion)."),
 ) -> None:
     """Reconstruct MEASUREMENT with a classical METHOD and write it in the reference geometry."""
     from medrecon.errors import InputError
@@ -38,11 +69,15 @@ def reconstruct(
     fmt = format.lower()
     if fmt not in ("auto", "nifti", "dicom"):
         raise InputError(f"Unknown output format {format!r}; use auto, nifti or dicom.")
+    extra = _parse_settings(settings)
     m = read_measurement(measurement)
     options = ReconOptions(lam=lam, iterations=iterations, tol=tol, device=device,
-                           progress=progress)
+                           progress=progress, extra=extra)
     result = run_reconstruction(m, method, options)
     path = save_volume(result.volume, out, format=fmt)
+    if result.std_volume is not None:
+        std_path = save_volume(result.std_volume, _std_path(out), format=fmt)
+        typer.echo(f"Wrote the per-voxel standard deviation to {std_path}")
     info = result.output.info
     details = [f"{result.output.iterations} iterations"] if result.output.iterations else []
     if "lam" in info:

@@ -263,6 +263,7 @@ def test_fastmri_without_mask_or_header(tmp_path: Path, rng: np.random.Generator
     assert m.mask[0, :, 0].tolist() == [1, 0, 0, 1, 1, 1, 1, 0, 1, 0]
 
 
+@pytest.mark.filterwarnings("ignore:.*using 1 mm")
 def test_fastmri_estimates_maps_on_request(tmp_path: Path) -> None:
     from medrecon.operators.coils import simulate_coil_maps
 
