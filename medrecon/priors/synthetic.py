@@ -9,22 +9,25 @@ random T1-, T2- or PD-like MR contrast or as CT in Hounsfield units.
 Generation of one head (``generate_head``), all in torch (CPU or CUDA):
 
 1. **Geometry.** Each output voxel centre ``x`` (RAS+ mm, ``Volume.affine @ (i, j, k, 1)``) is
-   mapped into template (MNI) space by ``p = c + s0 * A (x - c) + t + u(p0)`` where ``c`` is the
-   head centre, ``s0 = 1/0.93`` shrinks MNI space to an average adult head, ``A`` a random
-   rotation (each Euler angle uniform in +-10 deg) times a scale (isotropic 0.9..1.1 with +-3 %
-   per axis), ``t`` a random shift (+-4 mm) and ``u`` a smooth elastic displacement (a sum of 12
-   random sinusoids of wavelength 50..140 mm, RMS 1..3 mm per axis).
-2. **Anatomy in template space.** Trilinear sampling of six template channels: GM, WM,
-   intracerebral CSF, brain fraction, the signed distance ``sd_icv`` (mm) to the intracranial
-   envelope (the smoothed brain mask; spinal cord continued below the atlas) and ``sd_head`` to
-   the outer head (cranium, face and neck shapes). Thresholds with random, spatially varying
-   thicknesses give extra-cerebral CSF (1..3 mm), the skull (5..8 mm, inner and outer tables
-   around diploe) and scalp (3.5..7 mm: skin, subcutaneous fat, muscle). Analytic shapes add
-   eyes and orbital fat, air sinuses (frontal, ethmoid/nasal cavity with septum, maxillary,
-   sphenoid, mastoid), pharynx and cervical vertebrae. Optional lesions: 0..3 ellipsoids in the
-   brain (semi-axes 3..12 mm, soft edges) of an oedema-like or a haemorrhage-like kind.
-   Partial volume: every boundary is a linear ramp one voxel wide, so tissue *fractions* are
-   rendered, not labels.
+   mapped into template (MNI) space by ``p = c + R diag(1 / (s0 s)) (x - c) + t + u(x)`` where
+   ``c`` is the head centre, ``s0 = 0.9`` shrinks MNI space (larger than native heads) to an
+   average adult head, ``R`` a random rotation (each Euler angle uniform in +-10 deg), ``s`` a
+   scale (isotropic 0.92..1.08 times +-3 % per axis), ``t`` a shift (+-4 mm) and ``u`` a smooth
+   elastic displacement (12 random sinusoids of wavelength 50..140 mm, RMS 1..3 mm per axis).
+2. **Anatomy in template space.** Trilinear sampling of template channels on a 2 mm canvas:
+   GM and WM probabilities, the signed distance ``sd_icv`` (mm) to the intracranial envelope
+   (the brain mask smoothed with sigma 4 mm; spinal cord continued below the atlas), ``sd_head``
+   to the outer head (cranium, face, jaw, nose and neck shapes), and signed distances to
+   analytic structures. The WM share of brain tissue is sharpened (factor 1..2) and tissue
+   fractions below a random threshold (0..0.3) become CSF, since the averaged template has blurred
+   boundaries and sulci. Thresholds with random, spatially varying thicknesses give
+   extra-cerebral CSF (1..3 mm), the skull (5..8 mm, inner and outer tables around diploe) and
+   scalp (3.5..7 mm: skin, subcutaneous fat, muscle). Analytic shapes add eyes and orbital fat,
+   air spaces (frontal, maxillary, sphenoid and mastoid sinuses, nasal cavity with septum,
+   pharynx), bony sinus walls, a mandible and cervical vertebral bodies with discs. Optional
+   lesions: 0..3 ellipsoids in white matter (semi-axes 3..12 mm, soft edges) of an oedema-like
+   or a haemorrhage-like kind. Partial volume: every boundary is a linear ramp one voxel wide,
+   so tissue *fractions* are rendered, not labels.
 3. **Appearance.** ``image = sum_t f_t(x) I_t (1 + a_t n(x))`` with tissue fractions ``f_t``,
    per-volume intensities ``I_t`` drawn uniformly from the ranges in :data:`MR_INTENSITIES` and
    :data:`CT_HU` and a smooth texture field ``n``. MR: times a smooth bias field ``exp(b(x))``
@@ -60,13 +63,17 @@ from medrecon.io.volume import Volume
 __all__ = [
     "CONTRASTS",
     "CT_HU",
+    "LESION_INTENSITIES",
     "MODALITY_IDS",
     "MR_INTENSITIES",
     "SPLITS",
+    "TISSUES",
     "SyntheticHeadDataset",
     "generate_head",
     "generate_head_tensor",
+    "head_affine",
     "load_atlas",
+    "preview_figure",
     "split_seeds",
 ]
 
@@ -477,6 +484,11 @@ def _anatomy(
     t_fat = rng.uniform(1.5, 5.0) + coarse.field(rng, 6, (40, 120), 1.0)[:, 0].clamp_min(0)
     deep_fat = rng.uniform(0.1, 0.35)
     fat_field = coarse.field(rng, 10, (15, 50), 1.0)[:, 0]
+    # The template averages 152 brains, so its GM/WM boundary and sulci are blurred: sharpen the
+    # WM share of brain tissue and open sulci and ventricles by random amounts (individual
+    # variation, mild atrophy).
+    wm_sharpen = rng.uniform(1.0, 2.0)
+    atrophy = rng.uniform(0.0, 0.3)
 
     head = _step(sd_head - t_off, vox)
     icv = _step(sd_icv - t_csf, vox) * head
@@ -486,9 +498,11 @@ def _anatomy(
     u = (sd_icv - t_csf) / t_skull  # relative depth in the skull, 0 inner .. 1 outer surface
     dip = _step((u - 0.5).abs() * t_skull - 0.2 * t_skull, vox)
     fr: dict[str, torch.Tensor] = {}
-    norm = torch.clamp(gm_p + wm_p, min=1.0)  # interpolation may push gm + wm above 1
-    fr["gm"] = icv * gm_p / norm
-    fr["wm"] = icv * wm_p / norm
+    tissue = gm_p + wm_p
+    share = (((wm_p / tissue.clamp_min(1e-6)) - 0.5) * wm_sharpen + 0.5).clamp_(0.0, 1.0)
+    tissue = ((tissue - atrophy) / (1.0 - atrophy)).clamp_(0.0, 1.0)
+    fr["gm"] = icv * tissue * (1.0 - share)
+    fr["wm"] = icv * tissue * share
     fr["csf"] = (icv - fr["gm"] - fr["wm"]).clamp_min(0.0)
     fr["diploe"] = skull * dip
     fr["cortical_bone"] = skull - fr["diploe"]
@@ -553,6 +567,8 @@ def _anatomy(
         "scale": [float(v) for v in scale],
         "shift_mm": [float(v) for v in shift],
         "elastic_rms_mm": float(elastic_rms),
+        "wm_sharpen": float(wm_sharpen),
+        "atrophy": float(atrophy),
         "lesions": lesion_meta,
     }
     return fr, lesion_list, meta
