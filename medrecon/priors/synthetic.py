@@ -739,7 +739,9 @@ class SyntheticHeadDataset(torch.utils.data.Dataset):
     number ``idx % patches_per_volume``; its modality cycles with the seed over ``modalities``
     (balanced), its MR contrast is ``contrast`` ("random": chosen by the seed). Recently used
     volumes are kept in a small in-memory cache, so iterate in order (``shuffle=False``; the seeds
-    themselves are random heads) or with a sampler that keeps a volume's patches together.
+    themselves are random heads) or with a sampler that keeps a volume's patches together. With
+    ``DataLoader(num_workers > 0)`` each worker has its own cache and receives whole batches, so
+    use a ``batch_size`` that is a multiple of ``patches_per_volume`` to generate each volume once.
 
     Each item is a dict:
         ``image``: float32 tensor (1, P, P, P) in the volume's units (MR a.u., CT HU), passed
