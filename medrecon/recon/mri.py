@@ -12,7 +12,8 @@ method         problem                                                      solv
 =============  ===========================================================  ===================
 zero-filled    x = A^H y (with maps); RSS_c |F^H y_c| without maps          direct
 cg-sense       min ||A x - y||^2 + lam ||x||^2                               CG on A^H A + lam I
-l1-wavelet     min 1/2 ||A x - y||^2 + lam ||W x||_1  (W: orthonormal db4)   FISTA, step 1/||A||^2
+l1-wavelet     min 1/2 ||A x - y||^2 + lam ||W x||_1  (W: orthonormal db2,   FISTA, step 1/||A||^2
+               approximation band unpenalised)
 tv             min 1/2 ||A x - y||^2 + lam ||grad x||_{2,1} (isotropic TV)   PDHG (Chambolle-Pock)
 =============  ===========================================================  ===================
 
@@ -213,17 +214,21 @@ def l1_wavelet(m: Measurement, options: ReconOptions, device: torch.device) -> R
 
     FISTA with step 1/L, L = ||A^H A|| by power iteration; the prox of the analysis term is
     ``W^H soft(W v, lam * step)``, exact for the orthonormal W of
-    :class:`~medrecon.recon.solvers.WaveletTransform` (db4 by default; options
-    ``extra={"wavelet": "db4", "levels": None, "wavelet_axes": (0, 1, 2)}``). Starts from
-    A^H y; default 100 iterations.
+    :class:`~medrecon.recon.solvers.WaveletTransform`. As in BART's ``pics -l1``, the default
+    wavelet is Daubechies-2 (BART's "dau2", 4 taps; options ``extra={"wavelet": "db2",
+    "levels": None, "wavelet_axes": (0, 1, 2)}``) and the coarsest approximation band is not
+    penalised (it holds the image's
+    low-resolution content, not sparsity); ``extra={"penalise_approximation": True}`` penalises
+    every coefficient. Starts from A^H y; default 100 iterations.
     """
     t0 = time.perf_counter()
     op, y, info = _setup(m, options, device)
     x0 = op.adjoint(y)
     lam = default_lam("l1-wavelet", x0) if options.lam is None else float(options.lam)
-    wav = WaveletTransform(m.image_shape, wavelet=str(options.extra.get("wavelet", "db4")),
+    wav = WaveletTransform(m.image_shape, wavelet=str(options.extra.get("wavelet", "db2")),
                            levels=options.extra.get("levels"),
                            axes=tuple(options.extra.get("wavelet_axes", (0, 1, 2))))
+    penalise_approx = bool(options.extra.get("penalise_approximation", False))
     gen = torch.Generator(device=device).manual_seed(0)
     lipschitz = power_iteration(op.normal, x0, iters=20, generator=gen)
     step = 1.0 / max(lipschitz * 1.01, 1e-12)  # 1 % margin for the power-iteration estimate
@@ -231,8 +236,14 @@ def l1_wavelet(m: Measurement, options: ReconOptions, device: torch.device) -> R
     def grad_f(x: torch.Tensor) -> torch.Tensor:
         return op.normal(x) - x0  # A^H (A x - y), with x0 = A^H y
 
+    approx = (..., *wav.approximation_slices())
+
     def prox_g(v: torch.Tensor, s: float) -> torch.Tensor:
-        return wav.adjoint(soft_threshold(wav.forward(v), lam * s))
+        c = wav.forward(v)
+        shrunk = soft_threshold(c, lam * s)
+        if not penalise_approx:
+            shrunk[approx] = c[approx]
+        return wav.adjoint(shrunk)
 
     res = fista(grad_f, prox_g, x0, step=step, max_iter=_iterations(options, "l1-wavelet"),
                 tol=options.tol, progress=options.progress)

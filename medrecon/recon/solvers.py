@@ -412,8 +412,8 @@ class WaveletTransform(LinearOperator):
     Pure torch (gathers and index-adds with real filter taps), so it runs on CPU and CUDA, on
     real and complex tensors, and stays on the GPU inside iterative reconstructions; PyWavelets
     is used only for the filter coefficients. Filters are the orthogonal Daubechies family
-    (``haar``, ``db2`` ... ``db8``, ``symN``, ``coifN``); default ``db4`` as in SigPy/BART-style
-    L1-wavelet MRI reconstruction.
+    (``haar``, ``db2`` ... ``db8``, ``symN``, ``coifN``); default ``db4`` (SigPy's choice; the
+    MRI ``l1-wavelet`` method uses ``db2``, BART's default).
 
     Shapes: input (I, J, K); output (I', J', K') where every transformed axis is zero-padded up
     to a multiple of ``2**levels``. Coefficients are stored in the Mallat layout: after each
@@ -446,6 +446,16 @@ class WaveletTransform(LinearOperator):
             (math.ceil(s / m) * m if a in self.axes else s) for a, s in enumerate(shape)
         )
         super().__init__(shape, padded)
+
+    def approximation_slices(self) -> tuple[slice, ...]:
+        """Index of the coarsest low-pass (approximation) block in the coefficient array.
+
+        L1-wavelet reconstructions usually leave these coefficients unpenalised (BART, SigPy's
+        examples): they carry the image's low-resolution content, not sparsity.
+        """
+        m = 2**self.levels
+        return tuple(slice(0, s // m) if a in self.axes else slice(None)
+                     for a, s in enumerate(self.oshape))
 
     # -- 1D single-level analysis / synthesis along one axis -------------------------------
     def _index(self, n: int, device: torch.device) -> Tensor:
