@@ -490,3 +490,42 @@ def write_preview(denoiser: torch.nn.Module, config: TrainConfig, path: Path,
                    torch.zeros(len(mods), 3, device=device), config.log.preview_steps, g,
                    device=device)
     save_preview_png(x, mods, path)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """``python -m medrecon.priors.train``: the same as ``medrecon train`` with only the
+    standard library's argparse, for ``torchrun -m medrecon.priors.train`` on lean machines."""
+    import argparse
+    import sys
+
+    from medrecon.errors import MedreconError
+    from medrecon.priors.config import load_train_config
+
+    ap = argparse.ArgumentParser(prog="python -m medrecon.priors.train")
+    ap.add_argument("--data", action="append", default=[])
+    ap.add_argument("--config")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--synthetic", action="store_true")
+    ap.add_argument("--set", action="append", default=[], dest="overrides")
+    ap.add_argument("--max-minutes", type=float)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--workers", type=int, default=0)
+    a = ap.parse_args(argv)
+    try:
+        overrides = list(a.overrides) + (["data.source=synthetic"] if a.synthetic else [])
+        config = a.config
+        if a.resume and config is None and (Path(a.out) / "config.yaml").is_file():
+            config = Path(a.out) / "config.yaml"
+        cfg = load_train_config(config, overrides)
+        r = train(cfg, a.out, a.data, a.resume, a.device, a.max_minutes, a.workers)
+    except MedreconError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"Trained {cfg.name} to step {r.step}; prior written to {r.prior_json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
