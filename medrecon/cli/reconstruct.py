@@ -46,7 +46,8 @@ def reconstruct(
     measurement: Path = typer.Argument(..., help="Measurement file (.h5, medrecon or fastMRI)."),
     out: Path = typer.Argument(..., help="Output: .nii/.nii.gz file or a DICOM folder."),
     method: str = typer.Option(
-        ..., help="MR: zero-filled, cg-sense, l1-wavelet, tv; CT: fbp, fdk, sirt, cgls, tv."),
+        ..., help="MR: zero-filled, cg-sense, l1-wavelet, tv; CT: fbp, fdk, sirt, cgls, tv; "
+                  "both: diffusion (learned prior + posterior sampling)."),
     lam: float | None = typer.Option(
         None, help="Regularisation weight (default: the method's rule, scaled to the data)."),
     iterations: int | None = typer.Option(None, min=1, help="Maximum solver iterations."),
@@ -58,6 +59,15 @@ def reconstruct(
     settings: list[str] = typer.Option(
         [], "--set", help="Method option KEY=VALUE, repeatable (e.g. wavelet=db2, tv_axes=[0,1], "
                           "sampler=dps for --method diffusion)."),
+    prior: str | None = typer.Option(
+        None, help="diffusion: prior name (see `medrecon priors`) or path; default: default."),
+    sampler: str | None = typer.Option(None, help="diffusion: dds (default), dps, pc or diffpir."),
+    steps: int | None = typer.Option(None, min=1, help="diffusion: sampling steps (default 50)."),
+    samples: int | None = typer.Option(
+        None, min=1, help="diffusion: posterior samples; 2 or more also write a std volume."),
+    seed: int | None = typer.Option(None, min=0, help="diffusion: random seed (default 0)."),
+    std_out: Path | None = typer.Option(
+        None, "--std-out", help="diffusion: where to write the std volume (default: OUT_std)."),
 ) -> None:
     """Reconstruct MEASUREMENT with a classical METHOD and write it in the reference geometry."""
     from medrecon.errors import InputError
@@ -70,13 +80,21 @@ def reconstruct(
     if fmt not in ("auto", "nifti", "dicom"):
         raise InputError(f"Unknown output format {format!r}; use auto, nifti or dicom.")
     extra = _parse_settings(settings)
+    flags = {"prior": prior, "sampler": sampler, "steps": steps, "samples": samples,
+             "seed": seed}
+    given = [k for k, v in flags.items() if v is not None] + (["std-out"] if std_out else [])
+    if given and method.strip().lower() != "diffusion":
+        raise InputError(f"--{given[0]} applies to --method diffusion only.")
+    extra.update({k: v for k, v in flags.items() if v is not None})
+    if std_out is not None and int(extra.get("samples", 1)) < 2:
+        raise InputError("--std-out needs --samples 2 or more (one sample has no spread).")
     m = read_measurement(measurement)
     options = ReconOptions(lam=lam, iterations=iterations, tol=tol, device=device,
                            progress=progress, extra=extra)
     result = run_reconstruction(m, method, options)
     path = save_volume(result.volume, out, format=fmt)
     if result.std_volume is not None:
-        std_path = save_volume(result.std_volume, _std_path(out), format=fmt)
+        std_path = save_volume(result.std_volume, std_out or _std_path(out), format=fmt)
         typer.echo(f"Wrote the per-voxel standard deviation to {std_path}")
     info = result.output.info
     details = [f"{result.output.iterations} iterations"] if result.output.iterations else []
