@@ -302,3 +302,22 @@ def test_fastmri_errors(tmp_path: Path) -> None:
         f["kspace"] = np.full((2, 3, 4), np.nan, np.complex64)
     with pytest.raises(MeasurementError, match="NaN"):
         read_measurement(tmp_path / "nan.h5")
+
+
+def test_minimal_file_written_by_another_tool(tmp_path: Path) -> None:
+    # The example of docs/formats.md: only the required datasets and attributes.
+    import json
+
+    kspace = np.ones((2, 4, 5, 6), np.complex64)
+    with h5py.File(tmp_path / "scan.h5", "w") as f:
+        f.attrs.update(format="medrecon-measurement", format_version=1, modality="MR",
+                       operator=json.dumps({"kind": "sense", "fft": "centred-orthonormal",
+                                            "fft_dims": [0, 1, 2]}),
+                       noise=json.dumps({"model": "unknown"}), acquisition=json.dumps({}))
+        f["data"] = kspace
+        f["mask"] = np.ones((1, 5, 6), np.uint8)
+        f["reference/affine"] = np.eye(4)
+        f["reference"].attrs["shape"] = kspace.shape[1:]
+    m = read_measurement(tmp_path / "scan.h5")
+    assert m.image_shape == (4, 5, 6) and m.fft_dims == (0, 1, 2) and m.coil_maps is None
+    assert m.reference.modality == "OT" and m.noise_sigma is None
