@@ -68,6 +68,7 @@ __all__ = [
     "lowres_maps",
     "rss",
     "simulate_coil_maps",
+    "unpack_hermitian",
 ]
 
 #: Largest calibration box used when it is detected from the mask (bounds the SVD cost).
@@ -257,20 +258,43 @@ def _centre_pad(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out
 
 
-def _dominant_eigen_np(a: np.ndarray, squarings: int,
-                       chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-    """numpy version of :func:`_dominant_eigen` (batched small matmul is fastest in numpy).
+def _hermitian_index(c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Upper-triangle indices (rows, cols) of a C x C matrix, and for each of the C^2 entries
+    its position in the packed upper triangle (entries below the diagonal are conjugates)."""
+    rows, cols = np.triu_indices(c)
+    pos = np.empty((c, c), dtype=np.int64)
+    pos[rows, cols] = np.arange(rows.size)
+    pos[cols, rows] = np.arange(rows.size)
+    return rows, cols, pos.reshape(-1)
 
-    Works through the voxels in cache-sized chunks.
+
+def unpack_hermitian(packed: torch.Tensor, c: int) -> torch.Tensor:
+    """Full Hermitian matrices ``(..., C, C)`` from packed upper triangles ``(..., C(C+1)/2)``."""
+    _, _, pos = _hermitian_index(c)
+    full = torch.index_select(packed, -1, torch.from_numpy(pos).to(packed.device))
+    lower = torch.tril(torch.ones((c, c), dtype=torch.bool, device=packed.device), -1)
+    return torch.where(lower.reshape(-1), full.conj(), full).reshape(*packed.shape[:-1], c, c)
+
+
+def _dominant_eigen_np(packed: np.ndarray, c: int, squarings: int,
+                       chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Dominant eigenpairs from packed Hermitian matrices ``(..., C(C+1)/2)`` (numpy, CPU).
+
+    Works through the voxels in cache-sized chunks, unpacking each chunk on the fly (batched
+    small matmul is several times faster in numpy than in torch on CPU).
     """
-    shape = a.shape[:-2]
-    flat = a.reshape(-1, *a.shape[-2:])
-    vecs = np.empty(flat.shape[:-1], dtype=a.dtype)
-    vals = np.empty(flat.shape[:-2], dtype=a.real.dtype)
+    shape = packed.shape[:-1]
+    flat = packed.reshape(-1, packed.shape[-1])
+    _, _, pos = _hermitian_index(c)
+    lower = np.tril(np.ones((c, c), dtype=bool), -1).reshape(-1)
+    vecs = np.empty((flat.shape[0], c), dtype=packed.dtype)
+    vals = np.empty(flat.shape[0], dtype=packed.real.dtype)
     for s0 in range(0, flat.shape[0], chunk):
-        vecs[s0:s0 + chunk], vals[s0:s0 + chunk] = _dominant_eigen_chunk(flat[s0:s0 + chunk],
-                                                                         squarings)
-    return vecs.reshape(*shape, -1), vals.reshape(shape)
+        full = flat[s0:s0 + chunk][:, pos]
+        np.conjugate(full, out=full, where=lower)
+        vecs[s0:s0 + chunk], vals[s0:s0 + chunk] = _dominant_eigen_chunk(
+            full.reshape(-1, c, c), squarings)
+    return vecs.reshape(*shape, c), vals.reshape(shape)
 
 
 def _dominant_eigen_chunk(a: np.ndarray, squarings: int) -> tuple[np.ndarray, np.ndarray]:
@@ -296,7 +320,7 @@ def _dominant_eigen(a: torch.Tensor, squarings: int = 6) -> tuple[torch.Tensor, 
     trace-normalised matrix converges like 2^squarings power iterations.
     """
     if a.device.type == "cpu":
-        v, lam = _dominant_eigen_np(a.numpy(), squarings)
+        v, lam = _dominant_eigen_chunk(a.numpy(), squarings)
         return torch.from_numpy(v), torch.from_numpy(lam)
     tr = torch.diagonal(a, dim1=-2, dim2=-1).real.sum(-1).clamp_min(1e-30)
     b = a / tr[..., None, None]
@@ -312,12 +336,21 @@ def _dominant_eigen(a: torch.Tensor, squarings: int = 6) -> tuple[torch.Tensor, 
     return v[..., 0], lam
 
 
-def _espirit_stack(ks: torch.Tensor, cal: tuple[int, int], kernel: tuple[int, int],
-                   threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """2D ESPIRiT on a stack of slices ``ks`` ``(S, C, N1, N2)`` (k-space on the last two axes).
+def _dominant_eigen_packed(packed: torch.Tensor, c: int,
+                           squarings: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_dominant_eigen` of packed Hermitian matrices ``(..., C(C+1)/2)``."""
+    if packed.device.type == "cpu":
+        v, lam = _dominant_eigen_np(packed.numpy(), c, squarings)
+        return torch.from_numpy(v), torch.from_numpy(lam)
+    return _dominant_eigen(unpack_hermitian(packed, c), squarings)
 
-    Returns maps ``(S, C, N1, N2)`` (before phase referencing and cropping) and eigenvalues
-    ``(S, N1, N2)``.
+
+def _espirit_gram(ks: torch.Tensor, cal: tuple[int, int], kernel: tuple[int, int],
+                  threshold: float) -> torch.Tensor:
+    """ESPIRiT image-domain matrices of a stack of slices ``ks`` ``(S, C, N1, N2)``.
+
+    Returns ``sum_n g_n(r) g_n(r)^H * N1 N2 / (k1 k2)`` per voxel as packed upper triangles
+    ``(S, N1, N2, C(C+1)/2)`` (see :func:`unpack_hermitian`).
     """
     s, c, n1, n2 = ks.shape
     k1, k2 = kernel
@@ -335,19 +368,49 @@ def _espirit_stack(ks: torch.Tensor, cal: tuple[int, int], kernel: tuple[int, in
     gl = g.permute(0, 3, 4, 2, 1)  # (S, l1, l2, C, n)
     q = gl @ gl.conj().transpose(-2, -1)  # (S, l1, l2, C, C)
     # Hermitian: interpolate only the upper triangle (C (C + 1) / 2 of the C^2 entries).
-    iu = torch.triu_indices(c, c, device=ks.device)
-    q = q[..., iu[0], iu[1]].permute(0, 3, 1, 2)  # (S, P, l1, l2)
+    rows, cols, _ = _hermitian_index(c)
+    q = q[..., torch.from_numpy(rows).to(ks.device), torch.from_numpy(cols).to(ks.device)]
+    q = q.permute(0, 3, 1, 2)  # (S, P, l1, l2)
     if (l1, l2) != (n1, n2):
-        q = ifftc(_centre_pad(fftc(q, (-2, -1)), (n1, n2)), (-2, -1))
-        q = q * math.sqrt(l1 * l2 / (n1 * n2))
+        q = _fourier_interpolate(q, (n1, n2)) * math.sqrt(l1 * l2 / (n1 * n2))
     # sum_n g_n g_n^H at full size has the factor 1 / (N1 N2) of the orthonormal FFT; scaling by
     # N1 N2 / (k1 k2) makes a consistent signal's eigenvalue 1 (Uecker 2014, SigPy).
-    q = q.permute(0, 2, 3, 1) * (n1 * n2 / (k1 * k2))  # (S, N1, N2, P)
-    aha = q.new_empty((s, n1, n2, c, c))
-    aha[..., iu[1], iu[0]] = q.conj()
-    aha[..., iu[0], iu[1]] = q
-    vec, lam = _dominant_eigen(aha)
+    return (q * (n1 * n2 / (k1 * k2))).permute(0, 2, 3, 1).contiguous()
+
+
+def _espirit_stack(ks: torch.Tensor, cal: tuple[int, int], kernel: tuple[int, int],
+                   threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """2D ESPIRiT on a stack of slices ``ks`` ``(S, C, N1, N2)`` (k-space on the last two axes).
+
+    Returns maps ``(S, C, N1, N2)`` (before phase referencing and cropping) and eigenvalues
+    ``(S, N1, N2)``.
+    """
+    packed = _espirit_gram(ks, cal, kernel, threshold)
+    vec, lam = _dominant_eigen_packed(packed, ks.shape[1])
     return vec.permute(0, 3, 1, 2), lam
+
+
+def _fourier_interpolate(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``ifftc(centre_pad(fftc(x)), size)`` over the last two axes, without shift copies.
+
+    The small centred spectrum is placed at its wrapped frequencies and pre-modulated so that a
+    plain inverse FFT lands directly in the centred output grid (a shift by ``N // 2`` of the
+    output is a phase ramp on the input).
+    """
+    spec = fftc(x, (-2, -1))
+    out = spec.new_zeros((*spec.shape[:-2], *size))
+    index = []
+    for axis, n in zip((-2, -1), size, strict=True):
+        m = spec.shape[axis]
+        k = torch.arange(m, device=x.device) - m // 2
+        angle = (-2 * math.pi * (n // 2) / n) * k.to(torch.float64)
+        ramp = torch.polar(torch.ones_like(angle), angle).to(spec.dtype)
+        shape = [1, 1]
+        shape[axis] = m
+        spec = spec * ramp.reshape(shape)
+        index.append(k % n)
+    out[..., index[0][:, None], index[1][None, :]] = spec
+    return torch.fft.ifftn(out, dim=(-2, -1), norm="ortho")
 
 
 def _principal_component(calib: torch.Tensor) -> torch.Tensor:
