@@ -114,4 +114,5 @@ def reconstruct(measurement: Measurement, method: str,
         std_volume = reconstruction_volume(measurement, std, f"{method} std", info)
     return ReconstructionResult(volume=volume, output=output, method=method.lower(),
                                 modality=measurement.modality, options=options,
-                                seconds=seconds, std_volume=std_volume)
+                                seconds=seconds, std_volume=std_volume,
+                                meta={"device": str(device)})

@@ -100,7 +100,7 @@ def reconstruct(
     details = [f"{result.output.iterations} iterations"] if result.output.iterations else []
     if "lam" in info:
         details.append(f"lam {info['lam']:.3g}")
-    details.append(f"{result.seconds:.1f} s on {info.get('device', options.device)}")
+    details.append(f"{result.seconds:.1f} s on {result.meta.get('device', options.device)}")
     typer.echo(f"Wrote {result.modality} {result.method} reconstruction {result.volume.shape} "
                f"({result.volume.units}) to {path} ({', '.join(details)})")
     typer.echo(f"Data-consistency residual ||M(Ax) - y|| / ||y|| = {result.residual:.4g}")
