@@ -20,9 +20,9 @@ from medrecon.priors.synthetic import (
     split_seeds,
 )
 
-# Small grids: 40^3 voxels of 5 mm hold the whole head (200 mm) and render in ~0.1 s.
-SHAPE = (40, 40, 40)
-SP = 5.0
+# Small grids: 32^3 voxels of 6 mm hold the head (192 mm) and render in well under 0.1 s.
+SHAPE = (32, 32, 32)
+SP = 6.0
 
 
 def test_atlas_loads_from_package_data_without_nilearn() -> None:
@@ -70,11 +70,11 @@ def _central(vol: np.ndarray, half: int) -> np.ndarray:
 
 def test_ct_values_in_hounsfield_units() -> None:
     for seed in (0, 1, 2):
-        v = generate_head(SHAPE, SP, "CT", seed=seed, lesions=False, noise=False)
-        d = v.data
+        v = generate_head((40, 40, 40), SP, "CT", seed=seed, lesions=False, noise=False)
+        d = v.data  # a 240 mm field of view holds the whole head
         assert d[0, 0, 0] == pytest.approx(-1000.0)  # air in the corner
         assert d[:, :, -1].max() < -900  # nothing above the vertex
-        brain = _central(d, 3)  # 30 mm cube around the head centre: brain and ventricles
+        brain = _central(d, 3)  # 36 mm cube around the head centre: brain and ventricles
         assert 20.0 <= np.median(brain) <= 45.0
         assert brain.min() > -5.0 and brain.max() < 50.0
         # The skull: bone voxels above 300 HU, up to cortical bone (1300-1900 HU plus texture).
