@@ -217,3 +217,24 @@ def test_simulate_user_errors(study: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, ["simulate", ref, str(out), "--config", str(bad)])
     assert_user_error(r, "colis")
     assert not out.exists()
+
+
+def test_ct_pipeline_modality_from_reference(tmp_path: Path) -> None:
+    hu = np.full((24, 24, 4), -1000.0, np.float32)
+    hu[6:18, 6:18] = 0.0  # a water block in air
+    save_volume(Volume(hu, np.diag([1.0, 1.0, 2.0, 1.0]), modality="CT", units="HU"),
+                tmp_path / "ct.nii.gz")
+    r = runner.invoke(app, ["simulate", str(tmp_path / "ct.nii.gz"), str(tmp_path / "ct.h5"),
+                            "--views", "90", "--geometry", "parallel"])
+    assert r.exit_code == 0, r.output
+    m = read_measurement(tmp_path / "ct.h5")
+    assert m.modality == "CT" and m.data.shape[0] == 90
+    r = runner.invoke(app, ["reconstruct", str(tmp_path / "ct.h5"), str(tmp_path / "fbp.nii.gz"),
+                            "--method", "fbp", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    rec = load_volume(tmp_path / "fbp.nii.gz")
+    assert rec.units == "HU" and rec.shape == hu.shape
+    assert abs(float(np.median(rec.data[9:15, 9:15]))) < 60  # water ~ 0 HU
+    r = runner.invoke(app, ["reconstruct", str(tmp_path / "ct.h5"), str(tmp_path / "x.nii.gz"),
+                            "--method", "cg-sense"])
+    assert_user_error(r, "for CT measurements")
