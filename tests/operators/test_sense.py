@@ -156,3 +156,32 @@ def test_cuda_matches_cpu(generator: torch.Generator) -> None:
     assert torch.allclose(y.cpu(), cpu(x), atol=1e-5)
     # maps left on the CPU follow a CUDA input too
     assert torch.allclose(cpu.normal(x.cuda()).cpu(), cpu.normal(x), atol=1e-4)
+
+
+def test_gradient_through_operator_is_adjoint_residual(generator: torch.Generator) -> None:
+    # Samplers use autograd through A (DPS guidance): d|Ax - y|^2 / dx* must be 2 A^H (Ax - y).
+    op = SenseOperator(_maps(5, generator), torch.rand((1, 10, 7), generator=generator) < 0.5,
+                       (0, 1, 2), coil_batch=2)
+    x = _image(generator).requires_grad_(True)
+    y = torch.randn((5, *SHAPE), generator=generator, dtype=torch.complex128)
+    (op(x) - y).abs().pow(2).sum().backward()
+    assert x.grad is not None
+    expected = 2 * op.adjoint(op(x.detach()) - y)
+    assert torch.allclose(x.grad, expected, atol=1e-12)
+
+
+def test_fully_sampled_sense_with_normalised_maps_is_an_isometry(
+        generator: torch.Generator) -> None:
+    # sum_c |S_c|^2 = 1 and a unitary FFT make A^H A = I when nothing is undersampled.
+    from medrecon.operators.coils import simulate_coil_maps
+    from medrecon.operators.masks import make_mask
+
+    maps = simulate_coil_maps(SHAPE, 4, dtype=torch.complex128)
+    full = SenseOperator(maps, np.ones((1, 1, 1), dtype=bool), (0, 1, 2))
+    x = _image(generator)
+    assert torch.allclose(full.normal(x), x, atol=1e-12)
+    assert abs(float(full(x).norm() / x.norm()) - 1) < 1e-12
+    # an undersampled operator built from a SamplingMask contracts: |Ax| < |x|
+    sm = make_mask("poisson", SHAPE, 2.0, calibration=4, seed=0)
+    under = SenseOperator(maps, sm.mask, (0, 1, 2))
+    assert float(under(x).norm()) < float(x.norm())
