@@ -222,8 +222,6 @@ def _simulate_mri(volume: Volume, config: SimulationConfig, reference: Reference
 
     s = config.mri
     shape = volume.shape
-    if s.dims == Dims.TWO_D and shape[2] < 1:
-        raise InputError("2D multi-slice simulation needs at least one slice along axis 2.")
     magnitude = np.abs(volume.data.astype(np.float64))
     if s.phase == PhaseModel.SMOOTH:
         image = magnitude * np.exp(1j * smooth_phase(shape, s.phase_range, config.seed))

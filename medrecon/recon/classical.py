@@ -87,7 +87,8 @@ class ReconOutput:
             (MR: over the sampled k-space points of all coils; CT: over the sinogram).
         iterations: solver iterations actually run (0 for direct methods).
         info: method details worth recording (lam used, per-iteration history, maps source,
-            timing, ...); JSON-serialisable values only.
+            timing, ...); JSON-serialisable values, except the optional ``"std_image"``
+            (float32 (I, J, K) per-voxel standard deviation of sampling methods).
     """
 
     image: np.ndarray
