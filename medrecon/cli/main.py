@@ -22,7 +22,8 @@ app = typer.Typer(
 
 # Order here is the order in `medrecon --help`.
 COMMAND_MODULES: tuple[str, ...] = (
-    "info", "convert", "evaluate", "phantom", "simulate", "reconstruct", "train", "priors"
+    "info", "convert", "evaluate", "phantom", "simulate", "reconstruct", "train", "priors",
+    "demo",
 )
 
 

@@ -1,0 +1,166 @@
+"""``medrecon demo`` end to end on a tiny grid with a tiny random-weight prior (CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from medrecon.cli.main import app
+
+
+def _export_tiny_prior(directory: Path) -> Path:
+    """A one-level MONAI U-Net prior with random weights, exported like a trained prior."""
+    from medrecon.priors.checkpoint import export_prior
+    from medrecon.priors.config import DenoiserConfig
+    from medrecon.priors.denoiser import EDMDenoiser
+    from medrecon.priors.network import NetworkConfig, build_network
+    from medrecon.priors.normalisation import Normalisation
+
+    torch.manual_seed(0)
+    net_cfg = NetworkConfig(channels=(8,), num_res_blocks=(1,), attention_levels=(False,),
+                            num_head_channels=8, norm_num_groups=4, num_modalities=2,
+                            position_channels=3)
+    den_cfg = DenoiserConfig()
+    den = EDMDenoiser(build_network(net_cfg), sigma_data=den_cfg.sigma_data,
+                      sigma_min=den_cfg.sigma_min, sigma_max=den_cfg.sigma_max,
+                      uses_position=True, num_modalities=2)
+    info = {
+        "network": net_cfg.to_dict(),
+        "denoiser": {k: getattr(den_cfg, k) for k in ("sigma_data", "sigma_min", "sigma_max",
+                                                      "p_mean", "p_std", "noise_embed_scale")},
+        "normalisation": Normalisation().to_dict(),
+        "modalities": ["MR", "CT"],
+        "patch_size": [16, 16, 16],
+        "spacing_mm": [8.0, 8.0, 8.0],
+        "uses_position": True,
+        "parameters": sum(p.numel() for p in den.parameters()),
+        "training": {"steps": 0, "source": "random weights (test fixture)", "seed": 0},
+    }
+    return export_prior(directory, "tiny-demo", den.state_dict(), info)
+
+
+@pytest.fixture(scope="module")
+def tiny_prior_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _export_tiny_prior(tmp_path_factory.mktemp("prior"))
+
+
+FILES = ("reference.nii.gz", "measurement.h5", "diffusion_mean.nii.gz",
+         "diffusion_std.nii.gz", "figure.png")
+
+
+def test_demo_api_both_modalities(tmp_path: Path, tiny_prior_path: Path) -> None:
+    from medrecon.demo import run_demo
+    from medrecon.io import load_volume
+    from medrecon.io.measurement import read_measurement
+
+    lines: list[str] = []
+    out = tmp_path / "demo"
+    res = run_demo(out, modality="both", device="cpu", samples=2, steps=3, seed=1,
+                   prior=tiny_prior_path, size=16, baseline_iterations=10, progress=False,
+                   echo=lines.append)
+    for folder, baseline in (("mri", "baseline_l1-wavelet.nii.gz"), ("ct", "baseline_tv.nii.gz")):
+        for name in (*FILES, baseline):
+            assert (out / folder / name).is_file(), f"{folder}/{name} missing"
+        ref = load_volume(out / folder / "reference.nii.gz")
+        mean = load_volume(out / folder / "diffusion_mean.nii.gz")
+        std = load_volume(out / folder / "diffusion_std.nii.gz")
+        assert ref.shape == mean.shape == std.shape == (16, 16, 16)
+        assert np.allclose(mean.affine, ref.affine)
+        assert np.isfinite(std.data).all() and (std.data >= 0).all() and std.data.max() > 0
+        assert read_measurement(out / folder / "measurement.h5").modality == ref.modality
+        assert (out / folder / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # No staging folder is left behind.
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+    doc = json.loads((out / "metrics.json").read_text())
+    assert set(doc["modalities"]) == {"MRI", "CT"}
+    for key, baseline in (("MRI", "l1-wavelet"), ("CT", "tv")):
+        methods = doc["modalities"][key]["methods"]
+        assert set(methods) == {baseline, "diffusion"}
+        for m in methods.values():
+            for metric in ("psnr", "ssim", "nmse", "hfen"):
+                assert math.isfinite(m["metrics"][metric])
+            assert math.isfinite(m["residual"])
+        settings = doc["modalities"][key]["settings"]
+        assert settings["shape"] == [16, 16, 16] and settings["steps"] == 3
+        assert methods[baseline]["info"]["iterations"] == 10
+        assert settings["samples"] == 2
+        # The head comes from the held-out test split.
+        assert settings["head_seed"] == 2_000_001
+        cal = doc["modalities"][key]["diffusion_std"]["calibration_2std"]
+        assert 0.0 <= cal <= 1.0
+    # The numbers in the JSON are those of the returned result and the printed table.
+    mri = res.results[0]
+    assert doc["modalities"]["MRI"]["methods"]["diffusion"]["metrics"]["psnr"] == pytest.approx(
+        mri.diffusion.metrics.volume["psnr"])
+    assert any("diffusion - baseline" in line for line in lines)
+    assert any("[MRI 4/5]" in line for line in lines)
+
+
+def test_demo_cli_rerun_replaces_only_its_own_files(tmp_path: Path,
+                                                    tiny_prior_path: Path) -> None:
+    out = tmp_path / "cli"
+    (out / "mri").mkdir(parents=True)
+    mine = out / "mri" / "my_notes.txt"
+    mine.write_text("keep me")
+    stale = out / "mri" / "figure.png"
+    stale.write_bytes(b"old")
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--modality", "mri",
+                                      "--device", "cpu", "--samples", "2", "--steps", "2",
+                                      "--size", "16", "--prior", str(tiny_prior_path),
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "Region:" in result.output and "L1-wavelet" in result.output
+    assert "16x16x16 voxels" in result.output  # the chosen size is said
+    doc = json.loads((out / "metrics.json").read_text())
+    assert set(doc["modalities"]) == {"MRI"}
+    assert mine.read_text() == "keep me"
+    assert stale.read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "ct").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--modality", "pet"], "--modality must be mri, ct or both"),
+    (["--samples", "1"], "at least 2 posterior samples"),
+    (["--sampler", "ddpm"], "Unknown sampler"),
+])
+def test_demo_cli_user_errors(tmp_path: Path, tiny_prior_path: Path, args: list[str],
+                              message: str) -> None:
+    out = tmp_path / "bad"
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--device", "cpu",
+                                      "--prior", str(tiny_prior_path), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_demo_out_must_be_a_folder(tmp_path: Path, tiny_prior_path: Path) -> None:
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    result = CliRunner().invoke(app, ["demo", "--out", str(target), "--device", "cpu",
+                                      "--prior", str(tiny_prior_path)])
+    assert result.exit_code == 2
+    assert "is a file" in result.output
+    assert target.read_text() == "x"
+
+
+def test_plan_defaults_per_device() -> None:
+    from medrecon.demo import CPU_SHAPE, CPU_STEPS, GPU_SHAPE, GPU_STEPS, plan_demo
+
+    cpu = plan_demo("both", device="cpu")
+    assert [p.modality for p in cpu] == ["MR", "CT"]
+    assert cpu[0].shape == CPU_SHAPE and cpu[0].steps == CPU_STEPS and cpu[0].samples == 3
+    gpu = plan_demo("ct", device="cuda", steps=20)
+    assert gpu[0].shape == GPU_SHAPE and gpu[0].steps == 20
+    assert GPU_STEPS > CPU_STEPS
+    # The calibration box fits inside the sampling budget of R = 8.
+    from medrecon.demo import calibration_size
+
+    assert calibration_size(64) ** 2 < 64 * 64 / 8
