@@ -280,9 +280,10 @@ def _template() -> _Template:
     walled[2] = np.maximum(walled[2], 1.0 - np.abs(p[..., 0]))
     sd_air = np.minimum.reduce(walled + [_np_ellipsoid_sd(p, c, s) for c, s in _OTHER_AIR])
     sd_air = np.minimum(sd_air, _np_cylinder_sd(p, (0.0, 2.0), (13.0, 8.0), -62.0))  # pharynx
-    # Cervical vertebral bodies below the skull base, discs every 16 mm.
+    # Cervical vertebral bodies below the skull base; a disc (~4 mm, 1 where sin < -0.75, with
+    # a soft edge) every 16 mm.
     sd_vert = _np_cylinder_sd(p, (0.0, -24.0), (10.0, 9.0), -72.0)
-    disc = np.clip((0.75 + np.sin(2 * np.pi * p[..., 2] / 16.0)) / 0.6 + 0.5, 0.0, 1.0)
+    disc = np.clip(0.5 - (np.sin(2 * np.pi * p[..., 2] / 16.0) + 0.75) / 0.3, 0.0, 1.0)
 
     stack = [maps["gm"], maps["wm"], sd_icv, sd_head, sd_eye, sd_orbit, sd_wall, sd_air, sd_vert,
              disc]  # fmt: skip
