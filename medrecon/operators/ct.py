@@ -554,22 +554,31 @@ COUNT_FLOOR = 0.5
 
 
 def add_ct_noise(line_integrals: Tensor, dose_i0: float | None, electronic_sigma: float,
-                 generator: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
+                 generator: torch.Generator, line_integral_sigma: float = 0.0
+                 ) -> tuple[Tensor, dict[str, Any]]:
     """Noisy line integrals and a description of the noise model.
 
-    * ``dose_i0`` given: transmission ``N ~ Poisson(I0 exp(-p))`` plus electronic noise
+    * ``dose_i0`` given: transmitted counts ``N ~ Poisson(I0 exp(-p))`` plus electronic noise
       ``Normal(0, electronic_sigma^2)`` in photon counts, clipped at :data:`COUNT_FLOOR`
-      photons, then ``p_noisy = -log(N / I0)``.
-    * ``dose_i0`` None and ``electronic_sigma`` > 0: Gaussian noise of standard deviation
-      ``electronic_sigma`` added to the line integrals directly (dimensionless).
-    * both off: noiseless.
+      photons (as scanners do before the log), then ``p_noisy = -log(N / I0)``.
+    * ``line_integral_sigma`` > 0 (without a dose): Gaussian noise of that standard deviation
+      added to the line integrals directly (dimensionless) -- the usual weighted-least-squares
+      approximation of the above.
+    * neither: noiseless (a copy).
+
+    Raises:
+        InputError: for non-positive doses, negative sigmas, electronic noise without a dose,
+            or both noise models at once.
     """
     meta: dict[str, Any]
+    if electronic_sigma < 0 or line_integral_sigma < 0:
+        raise InputError("Noise standard deviations must be >= 0.")
     if dose_i0 is not None:
         if not (math.isfinite(dose_i0) and dose_i0 > 0):
             raise InputError(f"The dose I0 must be a positive number of photons, got {dose_i0}.")
-        if electronic_sigma < 0:
-            raise InputError("The electronic noise sigma must be >= 0.")
+        if line_integral_sigma > 0:
+            raise InputError("Choose either Poisson noise (a dose I0) or Gaussian noise on the "
+                             "line integrals, not both.")
         expected = float(dose_i0) * torch.exp(-line_integrals.double())
         counts = torch.poisson(expected, generator=generator)
         if electronic_sigma > 0:
@@ -579,29 +588,41 @@ def add_ct_noise(line_integrals: Tensor, dose_i0: float | None, electronic_sigma
         counts = counts.clamp(min=COUNT_FLOOR)
         noisy = (-torch.log(counts / float(dose_i0))).to(line_integrals.dtype)
         meta = {"model": "poisson", "i0": float(dose_i0),
-                "electronic_sigma_counts": float(electronic_sigma),
-                "count_floor": COUNT_FLOOR, "clipped_counts": clipped}
+                "electronic_sigma": float(electronic_sigma), "count_floor": COUNT_FLOOR,
+                "clipped_counts": clipped}
         return noisy, meta
-    if electronic_sigma < 0:
-        raise InputError("The noise sigma must be >= 0.")
     if electronic_sigma > 0:
+        raise InputError("Electronic noise is given in photon counts and needs a dose I0; "
+                         "for Gaussian noise on the line integrals use line_integral_sigma.")
+    if line_integral_sigma > 0:
         noise = torch.randn(line_integrals.shape, generator=generator,
                             dtype=line_integrals.dtype, device=line_integrals.device)
-        return line_integrals + electronic_sigma * noise, {
-            "model": "gaussian", "sigma_line_integral": float(electronic_sigma)}
+        return line_integrals + line_integral_sigma * noise, {
+            "model": "gaussian", "sigma": float(line_integral_sigma)}
     return line_integrals.clone(), {"model": "none"}
 
 
 def simulate_sinogram(volume: Volume, geometry_kind: str, views: int,
                       angular_range_deg: float | None = None, dose_i0: float | None = None,
                       electronic_sigma: float = 0.0, seed: int = 0,
-                      device: torch.device | str = "cpu"
+                      device: torch.device | str = "cpu", line_integral_sigma: float = 0.0
                       ) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
     """Simulate a CT acquisition of an HU volume.
 
     HU -> mu (:func:`medrecon.intensity.hu_to_mu`, air clipped at 0) -> line integrals with the
     :func:`default_geometry` projector (float32, on ``device``) -> noise (:func:`add_ct_noise`,
-    seeded by ``seed`` on the CPU, so the result does not depend on the device).
+    seeded by ``seed`` on the CPU, so the noise does not depend on the device).
+
+    Args:
+        volume: the reference in HU (modality CT).
+        geometry_kind: "parallel", "fan" or "cone".
+        views: number of projections, equispaced over ``angular_range_deg`` (default 180 for
+            parallel, 360 for fan and cone).
+        dose_i0: incident photons per detector pixel (Poisson noise); None: no Poisson noise.
+        electronic_sigma: electronic noise std in photon counts (needs ``dose_i0``).
+        seed: noise seed.
+        device: where to project.
+        line_integral_sigma: Gaussian noise std on the line integrals (without ``dose_i0``).
 
     Returns:
         (sinogram float32 (views, rows, cols) of line integrals, geometry dict
@@ -624,7 +645,8 @@ def simulate_sinogram(volume: Volume, geometry_kind: str, views: int,
     with torch.no_grad():
         p = op.forward(mu).cpu()
     gen = torch.Generator().manual_seed(int(seed))
-    noisy, noise = add_ct_noise(p, dose_i0, float(electronic_sigma), gen)
+    noisy, noise = add_ct_noise(p, dose_i0, float(electronic_sigma), gen,
+                                float(line_integral_sigma))
     noise["seed"] = int(seed)
     gdict = geometry.to_dict()
     gdict["mu_water_per_mm"] = MU_WATER_PER_MM
