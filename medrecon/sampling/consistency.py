@@ -136,8 +136,9 @@ def operator_norm(op: LinearOperator, like: torch.Tensor, iters: int = 20,
     Args:
         like: a tensor of shape ``op.ishape`` whose dtype and device the iterate takes.
     """
+    gen_device = generator.device if generator is not None else like.device
     v = torch.randn(like.shape, generator=generator, dtype=like.real.dtype,
-                    device="cpu").to(like.device, like.dtype)
+                    device=gen_device).to(like.device, like.dtype)
     v = v / torch.linalg.vector_norm(v)
     s = 0.0
     for _ in range(iters):

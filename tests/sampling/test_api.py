@@ -150,3 +150,16 @@ def test_calibration_of_a_calibrated_gaussian() -> None:
     frac = calibration(np.zeros_like(truth), np.ones_like(truth), truth, k=2.0)
     assert frac == pytest.approx(0.9545, abs=0.005)
     assert calibration(np.zeros_like(truth), 0.5 * np.ones_like(truth), truth) < 0.8
+
+
+@pytest.mark.gpu
+def test_posterior_sample_on_cuda_is_reproducible(mr_measurement, tiny_prior_path) -> None:
+    from medrecon.priors import load_prior
+
+    prior = load_prior(tiny_prior_path, device="cuda")
+    m, vol = mr_measurement
+    one = posterior_sample(m, prior, sampler="dds", steps=4, samples=2, seed=5, device="cuda")
+    two = posterior_sample(m, prior, sampler="dds", steps=4, samples=2, seed=5, device="cuda")
+    assert one.mean.shape == vol.shape and np.isfinite(one.mean).all()
+    assert np.array_equal(one.mean, two.mean)
+    assert one.info["device"].startswith("cuda")

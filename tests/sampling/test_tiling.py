@@ -18,7 +18,7 @@ def _reference(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return _pointwise(x[:, None], sigma, None)[:, 0]
 
 
-@pytest.mark.parametrize("mode", ["shift", "blend"])
+@pytest.mark.parametrize("mode", ["shift", "roll", "blend"])
 @pytest.mark.parametrize("shape", [(20, 13, 9), (8, 8, 8), (5, 17, 3)])
 def test_pointwise_denoiser_tiled_equals_untiled(mode: str, shape: tuple[int, int, int]) -> None:
     g = torch.Generator().manual_seed(0)
@@ -92,11 +92,12 @@ def test_position_is_the_normalised_patch_centre() -> None:
     assert float((out[0, :, 0, 0] - (2 * i / 23 - 1)).abs().max()) <= 2 * 4 / 23 + 1e-6
 
 
-def test_gradients_flow_through_checkpointed_tiles() -> None:
+@pytest.mark.parametrize("mode", ["shift", "roll", "blend"])
+def test_gradients_flow_through_checkpointed_tiles(mode: str) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 12, 10, 9, generator=g, dtype=torch.float64, requires_grad=True)
     sigma = torch.tensor([0.7], dtype=torch.float64)
-    tiled = TiledDenoiser(_pointwise, (8, 8, 8), mode="shift", max_batch=2, checkpoint=True)
+    tiled = TiledDenoiser(_pointwise, (8, 8, 8), mode=mode, max_batch=2, checkpoint=True)
     (grad,) = torch.autograd.grad(tiled(x, sigma).sum(), x)
     xr = x.detach().clone().requires_grad_(True)
     (ref,) = torch.autograd.grad(_reference(xr, sigma).sum(), xr)
@@ -116,3 +117,18 @@ def test_patches_for_memory() -> None:
     assert patches_for_memory(8 * 2**30, (64, 64, 64), bytes_per_voxel=4096) == 8
     assert patches_for_memory(1.0, (64, 64, 64)) == 1
     assert patches_for_memory(8 * 2**30, (64, 64, 64), 4096, grad=True) == 2
+
+
+def test_roll_uses_the_minimal_number_of_patches() -> None:
+    calls: list[int] = []
+
+    def count(x: torch.Tensor, sigma: torch.Tensor, position: torch.Tensor | None) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return x
+
+    x = torch.randn(1, 16, 16, 12, generator=torch.Generator().manual_seed(0))
+    roll = TiledDenoiser(count, (8, 8, 8), mode="roll", max_batch=100,
+                         generator=torch.Generator().manual_seed(1))
+    for _ in range(4):
+        torch.testing.assert_close(roll(x, torch.tensor([1.0])), x)
+    assert calls == [2 * 2 * 2] * 4  # ceil(16/8) * ceil(16/8) * ceil(12/8), whatever the shift
