@@ -257,3 +257,20 @@ def test_preview_figure_writes_png(tmp_path) -> None:
     syn.preview_figure(str(out), seeds=[3], shape=(16, 16, 16), spacing_mm=12.0, dpi=20)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp_path.iterdir() if p.name != "preview.png"]  # no temp files left
+
+
+def test_template_structures_have_plausible_proportions() -> None:
+    tpl = syn._template()
+    gm, wm, sd_icv, sd_head, sd_eye, sd_orbit, sd_wall, sd_air, sd_vert, disc = tpl.maps
+    vox_ml = 8e-3  # 2 mm voxels
+    # Vertebral bodies: discs take about a quarter of the column's height.
+    assert 0.15 < disc[sd_vert < 0].mean() < 0.35
+    # Intracranial volume (MNI space, before the 0.9 shrink) of 1.7-2.4 litres.
+    assert 1700 < (sd_icv < 0).sum() * vox_ml < 2400
+    # Eyes (two globes of radius 12 mm, ~7 ml each) lie outside the cranial cavity.
+    assert 12 < (sd_eye < 0).sum() * vox_ml < 17
+    assert sd_icv[sd_eye < 0].min() > 0.0
+    # The head outline (skin at sd_head ~ 8.5 mm for average thicknesses) holds the brain deep
+    # inside, the globes under a few mm of lid and the air spaces (nostrils reach the surface).
+    assert sd_head[(gm + wm) > 0.5].max() < 0
+    assert sd_head[sd_eye < 0].max() < 4.0 and sd_head[sd_air < 0].max() < 8.0
