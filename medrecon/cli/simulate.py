@@ -33,28 +33,28 @@ def simulate(
     out: Path = typer.Argument(..., help="Output measurement file (.h5)."),
     modality: str | None = typer.Option(
         None, help="mri or ct (default: from --config, else from the reference's modality)."),
-    coils: int | None = typer.Option(None, help="MRI: number of receive coils [8]."),
+    coils: int | None = typer.Option(None, help="MRI: number of receive coils (default: 8)."),
     acceleration: float | None = typer.Option(
-        None, help="MRI: target acceleration, total / acquired phase encodes [8]."),
+        None, help="MRI: target acceleration, total / acquired phase encodes (default: 8)."),
     mask: str | None = typer.Option(
-        None, help="MRI: poisson|gaussian (3d) or random|equispaced (2d) [poisson / random]."),
+        None, help="MRI: poisson|gaussian (3d) or random|equispaced (2d) (default: poisson / random)."),
     calibration: int | None = typer.Option(
-        None, help="MRI: fully sampled centre, lines (2d) or box side (3d) [24]."),
-    snr: float | None = typer.Option(None, help="MRI: target SNR [30]."),
+        None, help="MRI: fully sampled centre, lines (2d) or box side (3d) (default: 24)."),
+    snr: float | None = typer.Option(None, help="MRI: target SNR (default: 30)."),
     noise_sigma: float | None = typer.Option(
         None, "--noise-sigma", help="MRI: complex noise std per k-space sample (instead of --snr)."),
-    dims: str | None = typer.Option(None, help="MRI: 3d or 2d (multi-slice along axis 2) [3d]."),
+    dims: str | None = typer.Option(None, help="MRI: 3d or 2d (multi-slice along axis 2) (default: 3d)."),
     phase: str | None = typer.Option(
-        None, help="MRI: smooth (synthetic phase, pi peak to peak) or none [smooth]."),
-    geometry: str | None = typer.Option(None, help="CT: parallel, fan or cone [parallel]."),
-    views: int | None = typer.Option(None, help="CT: number of projection angles [60]."),
+        None, help="MRI: smooth (synthetic phase, pi peak to peak) or none (default: smooth)."),
+    geometry: str | None = typer.Option(None, help="CT: parallel, fan or cone (default: parallel)."),
+    views: int | None = typer.Option(None, help="CT: number of projection angles (default: 60)."),
     angular_range: float | None = typer.Option(
-        None, "--angular-range", help="CT: angular range in degrees, 180 or 360 [by geometry]."),
+        None, "--angular-range", help="CT: angular range in degrees, 180 or 360 (default: by geometry)."),
     dose: float | None = typer.Option(
-        None, "--dose", help="CT: incident photons per ray I0 (Poisson noise) [noise-free]."),
+        None, "--dose", help="CT: incident photons per ray I0 (Poisson noise) (default: noise-free)."),
     electronic_sigma: float | None = typer.Option(
-        None, "--electronic-sigma", help="CT: electronic noise std in photon counts [0]."),
-    seed: int | None = typer.Option(None, help="Seed of mask, phase, coils and noise [0]."),
+        None, "--electronic-sigma", help="CT: electronic noise std in photon counts (default: 0)."),
+    seed: int | None = typer.Option(None, help="Seed of mask, phase, coils and noise (default: 0)."),
     config: Path | None = typer.Option(
         None, "--config", help="YAML settings (configs/simulate/*.yaml); flags override it."),
     series: str | None = typer.Option(
