@@ -274,3 +274,14 @@ def test_template_structures_have_plausible_proportions() -> None:
     # inside, the globes under a few mm of lid and the air spaces (nostrils reach the surface).
     assert sd_head[(gm + wm) > 0.5].max() < 0
     assert sd_head[sd_eye < 0].max() < 4.0 and sd_head[sd_air < 0].max() < 8.0
+
+
+def test_nifti_round_trip_keeps_geometry(tmp_path) -> None:
+    from medrecon.io import load_volume, save_volume
+
+    vol = generate_head((24, 28, 32), 8.0, "CT", seed=9)
+    path = tmp_path / "head.nii.gz"
+    save_volume(vol, path)
+    back = load_volume(path)
+    assert back.same_geometry(vol) and back.orientation == "RAS"
+    np.testing.assert_allclose(back.data, vol.data, atol=1e-3)
