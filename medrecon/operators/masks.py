@@ -12,9 +12,11 @@ fully sampled.
   like the 2D lines along each axis). A box larger than the plane is an error, not clipped.
 
 Acceleration is ``(number of phase-encode positions) / (number acquired)``, counting the
-calibration region, so it is the factor by which the scan is shorter. The target is met within
-5 % (random and Gaussian patterns hit the rounded target count exactly; equispaced and Poisson-disc
-patterns adjust their spacing until they do) and the achieved value is returned.
+calibration region, so it is the factor by which the scan is shorter. The acquired count is the
+integer closest (relatively) to ``total / acceleration``; random, Gaussian and Poisson-disc
+patterns hit it exactly, equispaced lattices adjust their (fractional) spacing to come as close as
+they can. A request that cannot be met within 5 % raises :class:`~medrecon.errors.InputError`;
+the achieved value is returned with the mask.
 
 Kinds:
 
