@@ -81,12 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--sampler", default="dds")
     ap.add_argument("--cases", default="mr4,mr8,mr12,ct30,ct60")
+    ap.add_argument("--tiling", default="shift")
+    ap.add_argument("--configs", default="",
+                    help="';'-separated sampler settings to compare, each 'key=value,...' of "
+                         "SamplerOptions plus sampler=..., e.g. 'lam=1;lam=4,cg_iters=20'")
+    ap.add_argument("--skip-classical", action="store_true")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
 
     from medrecon.priors import load_prior
     from medrecon.priors.synthetic import generate_head, split_seeds
-    from medrecon.sampling import calibration, posterior_sample
+    from medrecon.sampling import SamplerOptions, posterior_sample
     from medrecon.simulate import CTSettings, MRISettings, SimulationConfig, simulate
 
     dev = torch.device(args.device)
@@ -119,36 +124,70 @@ def main(argv: list[str] | None = None) -> int:
                 swept, plain = ("tv",), ("fbp", "sirt", "cgls")
             try:
                 m = simulate(vol, cfg, device=args.device)
-                t0 = time.perf_counter()
-                res = posterior_sample(m, prior, sampler=args.sampler, steps=args.steps,
-                                       samples=args.samples, seed=0, device=dev)
-                t_diff = time.perf_counter() - t0
-                classical = _classical(m, swept, plain, ref, mask, data_range, args.device,
-                                       args.quick)
+                classical = {} if args.skip_classical else _classical(
+                    m, swept, plain, ref, mask, data_range, args.device, args.quick)
             except Exception as exc:  # record the failure, go on with the other cases
-                row = {"case": case, "error": f"{type(exc).__name__}: {exc}"}
-                with args.out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                print(json.dumps(row), flush=True)
+                _write(args.out, {"case": case, "error": f"{type(exc).__name__}: {exc}"})
                 continue
-            diff = {**_metrics(res.mean, ref, mask, data_range),
-                    "seconds": t_diff, "nfe": res.nfe,
-                    "residual": res.residual}
-            if res.std is not None:
-                diff["calibration_2std"] = calibration(res.mean, res.std, ref, 2.0, mask)
-                diff["mean_std_in_head"] = float(res.std[mask].mean())
-            best_name = max(classical, key=lambda k: classical[k]["psnr"])
-            row = {"case": case, "head_seed": seed, "shape": list(shape), "modality": mod,
-                   "diffusion": diff, "classical": classical, "best_classical": best_name,
-                   "gain_db": diff["psnr"] - classical[best_name]["psnr"],
-                   "sampler": args.sampler, "steps": args.steps, "samples": args.samples,
-                   "prior": prior.name, "device": card,
-                   "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                   "command": " ".join(sys.argv)}
-            with args.out.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(json.dumps(row), flush=True)
+            for conf in (args.configs.split(";") if args.configs else [""]):
+                settings = _parse(conf)
+                sampler = str(settings.pop("sampler", args.sampler))
+                steps = int(settings.pop("steps", args.steps))
+                try:
+                    t0 = time.perf_counter()
+                    res = posterior_sample(m, prior, sampler=sampler, steps=steps,
+                                           samples=args.samples, seed=0, device=dev,
+                                           options=SamplerOptions(**settings),
+                                           tiling=args.tiling)
+                    t_diff = time.perf_counter() - t0
+                except Exception as exc:
+                    _write(args.out, {"case": case, "config": conf,
+                                      "error": f"{type(exc).__name__}: {exc}"})
+                    continue
+                _report(args, case, seed, shape, mod, res, t_diff, ref, mask, data_range,
+                        classical, conf, sampler, steps, prior.name, card)
     return 0
+
+
+def _parse(conf: str) -> dict:
+    out: dict = {}
+    for item in filter(None, (c.strip() for c in conf.split(","))):
+        key, _, value = item.partition("=")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _write(path: Path, row: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+
+
+def _report(args, case, seed, shape, mod, res, t_diff, ref, mask, data_range, classical,
+            conf, sampler, steps, prior_name, card) -> None:
+    """One JSON row: diffusion metrics against the classical ones of the same case."""
+    from medrecon.sampling import calibration
+
+    diff = {**_metrics(res.mean, ref, mask, data_range),
+            "seconds": t_diff, "nfe": res.nfe,
+            "residual": res.residual}
+    if res.std is not None:
+        diff["calibration_2std"] = calibration(res.mean, res.std, ref, 2.0, mask)
+        diff["mean_std_in_head"] = float(res.std[mask].mean())
+    best_name = max(classical, key=lambda k: classical[k]["psnr"]) if classical else None
+    row = {"case": case, "head_seed": seed, "shape": list(shape), "modality": mod,
+           "config": conf, "diffusion": diff, "classical": classical,
+           "best_classical": best_name,
+           "gain_db": (diff["psnr"] - classical[best_name]["psnr"]) if best_name
+           else None,
+           "sampler": sampler, "steps": steps, "samples": args.samples,
+           "tiling": args.tiling, "prior": prior_name, "device": card,
+           "date": datetime.now(UTC).isoformat(timespec="seconds"),
+           "command": " ".join(sys.argv)}
+    _write(args.out, row)
 
 
 if __name__ == "__main__":

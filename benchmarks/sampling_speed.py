@@ -5,7 +5,7 @@ Cases (issue 6): 8-coil 128^3 MRI with 50 steps, 8-coil 256^3 MRI, 256^3 CT (par
 ``posterior_sample`` once to warm up kernels on a tiny problem, then times the real run.
 
     python benchmarks/sampling_speed.py --out results_speed.jsonl [--prior default]
-        [--device cuda] [--steps 50] [--cases mr128,mr256,ct256] [--quick]
+        [--device cuda] [--steps 50] [--cases mr128,mr256,ct256] [--tiling shift] [--quick]
 
 One JSON line per case is appended as soon as it finishes (a run cut short keeps what it
 measured). ``--quick`` shrinks every case to 24^3 for a CPU smoke test.
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--sampler", default="dds")
     ap.add_argument("--cases", default="mr128,mr256,ct256")
+    ap.add_argument("--tiling", default="shift", help="shift, roll or blend")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
 
@@ -65,12 +66,13 @@ def main(argv: list[str] | None = None) -> int:
             m, vol = _case_measurement(case, args.quick, args.device)
             t_sim = time.perf_counter() - t0
             # Warm-up on the same problem with 2 steps (kernels, cuDNN autotuning, allocator).
-            posterior_sample(m, prior, sampler=args.sampler, steps=2, device=dev)
+            posterior_sample(m, prior, sampler=args.sampler, steps=2, device=dev,
+                             tiling=args.tiling)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
                 torch.cuda.reset_peak_memory_stats(dev)
             res = posterior_sample(m, prior, sampler=args.sampler, steps=args.steps,
-                                   samples=1, seed=0, device=dev)
+                                   samples=1, seed=0, device=dev, tiling=args.tiling)
         except Exception as exc:  # record the failure, go on with the other cases
             row = {"case": case, "error": f"{type(exc).__name__}: {exc}"}
             with args.out.open("a") as f:
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
         row = {
             "case": case, "shape": list(vol.shape), "modality": m.modality,
+            "tiling": args.tiling,
             "sampler": args.sampler, "steps": args.steps, "seconds": res.timings["total"],
             "network_seconds": res.timings["network"],
             "network_fraction": res.timings["network_fraction"], "nfe": res.nfe,
