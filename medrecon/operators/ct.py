@@ -596,7 +596,7 @@ def add_ct_noise(line_integrals: Tensor, dose_i0: float | None, electronic_sigma
         counts = counts.clamp(min=COUNT_FLOOR)
         noisy = (-torch.log(counts / float(dose_i0))).to(line_integrals.dtype)
         meta = {"model": "poisson", "i0": float(dose_i0),
-                "electronic_sigma": float(electronic_sigma), "count_floor": COUNT_FLOOR,
+                "electronic_sigma_counts": float(electronic_sigma), "count_floor": COUNT_FLOOR,
                 "clipped_counts": clipped}
         return noisy, meta
     if electronic_sigma > 0:
@@ -606,7 +606,7 @@ def add_ct_noise(line_integrals: Tensor, dose_i0: float | None, electronic_sigma
         noise = torch.randn(line_integrals.shape, generator=generator,
                             dtype=line_integrals.dtype, device=line_integrals.device)
         return line_integrals + line_integral_sigma * noise, {
-            "model": "gaussian", "sigma": float(line_integral_sigma)}
+            "model": "gaussian", "sigma_line_integral": float(line_integral_sigma)}
     return line_integrals.clone(), {"model": "none"}
 
 

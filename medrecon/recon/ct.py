@@ -693,7 +693,7 @@ def cgls_method(measurement: Measurement, options: ReconOptions,
 
 
 #: Default TV weight (image in water units, data term normalised by ||A||^2).
-DEFAULT_TV_LAM = 3e-3
+DEFAULT_TV_LAM = 1e-3
 
 
 @register_method("CT", "tv")

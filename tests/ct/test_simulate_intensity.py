@@ -64,6 +64,7 @@ def test_poisson_noise_statistics_and_seed() -> None:
     i0 = 1e4
     noisy, meta = add_ct_noise(p, i0, 0.0, torch.Generator().manual_seed(3))
     assert meta["model"] == "poisson" and meta["i0"] == i0
+    assert meta["electronic_sigma_counts"] == 0.0
     # -log(N / I0) has mean ~p and variance ~ 1 / (I0 exp(-p)) (delta method).
     assert float(noisy.mean()) == pytest.approx(2.0, abs=0.005)
     assert float(noisy.var()) == pytest.approx(math.exp(2.0) / i0, rel=0.1)
@@ -83,7 +84,7 @@ def test_gaussian_line_integral_noise_and_errors() -> None:
     p = torch.zeros(100, 100)
     noisy, meta = add_ct_noise(p, None, 0.0, torch.Generator().manual_seed(0),
                                line_integral_sigma=0.05)
-    assert meta == {"model": "gaussian", "sigma": 0.05}
+    assert meta == {"model": "gaussian", "sigma_line_integral": 0.05}
     assert float(noisy.std()) == pytest.approx(0.05, rel=0.05)
     gen = torch.Generator().manual_seed(0)
     with pytest.raises(InputError, match="needs a dose"):
