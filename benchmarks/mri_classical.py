@@ -1,7 +1,7 @@
 """Classical MRI reconstructions on simulated 3D multi-coil acquisitions, with BART as a peer.
 
-For each phantom and acceleration: simulate (``medrecon.simulate``, 8 coils, Poisson-disc mask,
-SNR 30, smooth synthetic phase), reconstruct with zero-filled, CG-SENSE, L1-wavelet and TV at
+For each phantom and acceleration: simulate (``medrecon.simulate``, 8 coils, Poisson-disc mask
+with a fully sampled calibration box of side max(8, size // 6), SNR 30, smooth synthetic phase), reconstruct with zero-filled, CG-SENSE, L1-wavelet and TV at
 their default weights and at the best weight of a small grid (oracle tuning, as papers report),
 run BART ``pics -l2`` / ``-l1`` on the same k-space and coil maps over the same grid, and report
 PSNR / SSIM of the magnitude against the reference (data range = reference max - min, whole
@@ -81,7 +81,7 @@ def run_case(name: str, size: int, acceleration: float, use_bart: bool,
     ref_vol = phantom(name, size)
     ref = ref_vol.data
     cfg = SimulationConfig(mri=MRISettings(coils=8, acceleration=acceleration, mask="poisson",
-                                           calibration=min(24, size // 3), snr=30.0))
+                                           calibration=max(8, size // 6), snr=30.0))
     m = simulate(ref_vol, cfg)
     cpu = torch.device("cpu")
     scale = default_lam("tv", measurement_operator(m, cpu).adjoint(
