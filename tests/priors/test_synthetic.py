@@ -285,3 +285,10 @@ def test_nifti_round_trip_keeps_geometry(tmp_path) -> None:
     back = load_volume(path)
     assert back.same_geometry(vol) and back.orientation == "RAS"
     np.testing.assert_allclose(back.data, vol.data, atol=1e-3)
+
+
+def test_slab_rendering_has_no_seams(monkeypatch: pytest.MonkeyPatch) -> None:
+    whole, _ = syn.generate_head_tensor((20, 24, 28), 8.0, "MR", "T2", seed=13, noise=False)
+    monkeypatch.setattr(syn, "_SLAB_VOXELS", 1)  # one plane per slab
+    planes, _ = syn.generate_head_tensor((20, 24, 28), 8.0, "MR", "T2", seed=13, noise=False)
+    torch.testing.assert_close(planes, whole, atol=1e-5, rtol=0)
