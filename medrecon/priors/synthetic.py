@@ -785,7 +785,7 @@ def generate_head(
         recording every random draw (seed, contrast, tissue intensities, SNR, lesions, ...).
 
     Cost: the volume is rendered in slabs of ~260k voxels, so working memory is about 50 bytes
-    per voxel (0.35 GB for 192^3); on one CPU thread roughly 0.5-1.5 s for 96^3-128^3 voxels,
+    per voxel (0.35 GB for 192^3); on one CPU thread roughly 0.5-2.5 s for 96^3-128^3 voxels,
     plus a one-off 3-6 s per process to build the template canvas.
     """
     img, meta = generate_head_tensor(
