@@ -227,3 +227,12 @@ def test_haar_matches_pywavelets() -> None:
 
     db4 = WaveletTransform(x.shape, "db4").forward(torch.from_numpy(x)).numpy()
     assert top5(db4) > top5(x) + 0.05
+
+
+@pytest.mark.gpu
+def test_wavelet_and_gradient_on_cuda_match_cpu() -> None:
+    x = torch.randn((12, 10, 9), dtype=torch.complex64)
+    w = WaveletTransform(x.shape, "db4")
+    assert torch.allclose(w.forward(x.cuda()).cpu(), w.forward(x), atol=1e-5)
+    assert torch.allclose(w.adjoint(w.forward(x.cuda())).cpu(), x, atol=1e-5)
+    assert torch.allclose(finite_difference(x.cuda()).cpu(), finite_difference(x))
