@@ -169,12 +169,6 @@ def load_atlas() -> dict[str, np.ndarray]:
     return out
 
 
-def _grid_mm(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
-    """World coordinates (I, J, K, 3) in mm of every voxel of a diagonal-affine grid."""
-    axes = [affine[a, a] * np.arange(n) + affine[a, 3] for a, n in enumerate(shape)]
-    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).astype(np.float32)
-
-
 def _signed_distance(inside: np.ndarray, spacing: float) -> np.ndarray:
     """Signed Euclidean distance in mm to the boundary of a binary mask (negative inside)."""
     from scipy import ndimage
@@ -193,28 +187,31 @@ class _Template:
     lesion_sites: np.ndarray  # (M, 3) MNI mm coordinates of white-matter-rich voxels
 
 
-def _np_ellipsoid_sd(p: np.ndarray, c: Sequence[float], s: Sequence[float]) -> np.ndarray:
+_Axes = tuple[np.ndarray, np.ndarray, np.ndarray]  # x (I,1,1), y (1,J,1), z (1,1,K) in mm
+
+
+def _np_ellipsoid_sd(p: _Axes, c: Sequence[float], s: Sequence[float]) -> np.ndarray:
     """Approximate signed distance (mm) to an axis-aligned ellipsoid, measured along the ray
-    from its centre: ``|q| (1 - 1/r)`` with ``q = p - c`` and ``r`` the ellipsoidal radius."""
-    q = p - np.asarray(c, np.float32)
-    r = np.sqrt(((q / np.asarray(s, np.float32)) ** 2).sum(-1)).clip(1e-6)
-    return np.linalg.norm(q, axis=-1) * (1.0 - 1.0 / r)
+    from its centre: ``|q| (1 - 1/r)`` with ``q = p - c`` and ``r`` the ellipsoidal radius.
+    ``p`` holds broadcastable coordinate axes; returns (I, J, K)."""
+    qx, qy, qz = p[0] - c[0], p[1] - c[1], p[2] - c[2]
+    r = np.sqrt((qx / s[0]) ** 2 + (qy / s[1]) ** 2 + (qz / s[2]) ** 2).clip(1e-6)
+    return np.sqrt(qx**2 + qy**2 + qz**2) * (1.0 - 1.0 / r)
 
 
-def _np_cylinder_sd(p: np.ndarray, c: Sequence[float], s: Sequence[float], z_top: float) -> np.ndarray:
+def _np_cylinder_sd(p: _Axes, c: Sequence[float], s: Sequence[float], z_top: float) -> np.ndarray:
     """Approximate signed distance to a vertical elliptical cylinder below ``z_top``."""
-    q = p[..., :2] - np.asarray(c, np.float32)
-    r = np.sqrt(((q / np.asarray(s, np.float32)) ** 2).sum(-1)).clip(1e-6)
-    return np.maximum(np.linalg.norm(q, axis=-1) * (1.0 - 1.0 / r), p[..., 2] - z_top)
+    qx, qy = p[0] - c[0], p[1] - c[1]
+    r = np.sqrt((qx / s[0]) ** 2 + (qy / s[1]) ** 2).clip(1e-6)
+    return np.maximum(np.sqrt(qx**2 + qy**2) * (1.0 - 1.0 / r), p[2] - z_top)
 
 
-def _np_mandible_sd(p: np.ndarray) -> np.ndarray:
+def _np_mandible_sd(p: _Axes) -> np.ndarray:
     """Approximate signed distance to a mandible: a U-shaped bar (body) and two rami."""
-    q = (p[..., :2] - np.array([0.0, 22.0], np.float32)) / np.array([40.0, 46.0], np.float32)
-    r = np.sqrt((q**2).sum(-1)).clip(1e-6)
-    ring = np.abs(np.linalg.norm(p[..., :2] - np.array([0.0, 22.0], np.float32), axis=-1)
-                  * (1.0 - 1.0 / r)) - 4.0  # fmt: skip
-    body = np.maximum.reduce([ring, np.abs(p[..., 2] + 96.0) - 8.0, 18.0 - p[..., 1]])
+    qx, qy = p[0], p[1] - 22.0
+    r = np.sqrt((qx / 40.0) ** 2 + (qy / 46.0) ** 2).clip(1e-6)
+    ring = np.abs(np.sqrt(qx**2 + qy**2) * (1.0 - 1.0 / r)) - 4.0
+    body = np.maximum(np.maximum(ring, np.abs(p[2] + 96.0) - 8.0), 18.0 - p[1])
     rami = np.minimum.reduce(
         [_np_ellipsoid_sd(p, (sx * 40.0, 14.0, -76.0), (4.0, 9.0, 24.0)) for sx in (-1, 1)]
     )
@@ -242,7 +239,7 @@ _WALL_MM = 1.5
 
 @functools.lru_cache(maxsize=1)
 def _template() -> _Template:
-    """Pad the atlas into a canvas holding the whole head; precompute distance maps (~1-3 s)."""
+    """Pad the atlas into a canvas holding the whole head; precompute distance maps (~1-2 s)."""
     from scipy import ndimage
 
     atlas = load_atlas()
@@ -262,7 +259,13 @@ def _template() -> _Template:
     sd_icv = _signed_distance(icv, spacing)
 
     # Outer head: cranium envelope, face and neck.
-    p = _grid_mm(maps["brain"].shape, affine)
+    shape = maps["brain"].shape
+    p = tuple(
+        (affine[a, a] * np.arange(n) + affine[a, 3]).astype(np.float32).reshape(
+            [n if b == a else 1 for b in range(3)]
+        )
+        for a, n in enumerate(shape)
+    )
     head = sd_icv < _BASE_ENVELOPE_MM
     head |= _np_ellipsoid_sd(p, (0, 42, -48), (58, 50, 40)) < 0  # mid-face, orbits, maxilla
     head |= _np_ellipsoid_sd(p, (0, 28, -82), (46, 48, 26)) < 0  # mouth, mandible, chin
@@ -277,13 +280,14 @@ def _template() -> _Template:
     sd_wall = np.minimum.reduce(walled) - _WALL_MM  # wall plus the air it encloses
     sd_wall = np.minimum(sd_wall, _np_mandible_sd(p))
     # Nasal septum: a 2 mm slab at the midline cut out of the nasal cavity.
-    walled[2] = np.maximum(walled[2], 1.0 - np.abs(p[..., 0]))
+    walled[2] = np.maximum(walled[2], 1.0 - np.abs(p[0]))
     sd_air = np.minimum.reduce(walled + [_np_ellipsoid_sd(p, c, s) for c, s in _OTHER_AIR])
     sd_air = np.minimum(sd_air, _np_cylinder_sd(p, (0.0, 2.0), (13.0, 8.0), -62.0))  # pharynx
     # Cervical vertebral bodies below the skull base; a disc (~4 mm, 1 where sin < -0.75, with
     # a soft edge) every 16 mm.
     sd_vert = _np_cylinder_sd(p, (0.0, -24.0), (10.0, 9.0), -72.0)
-    disc = np.clip(0.5 - (np.sin(2 * np.pi * p[..., 2] / 16.0) + 0.75) / 0.3, 0.0, 1.0)
+    disc = np.clip(0.5 - (np.sin(2 * np.pi * p[2] / 16.0) + 0.75) / 0.3, 0.0, 1.0)
+    disc = np.broadcast_to(disc, shape)
 
     stack = [maps["gm"], maps["wm"], sd_icv, sd_head, sd_eye, sd_orbit, sd_wall, sd_air, sd_vert,
              disc]  # fmt: skip
