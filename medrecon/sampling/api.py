@@ -92,6 +92,10 @@ class SamplerOptions:
         zeta_diffpir: DiffPIR's share of fresh noise in [0, 1].
         zeta_dps: DPS guidance step size.
         snr, corrector_steps, pc_cg_iters: predictor-corrector settings.
+        pc_mode: "projection" (Song et al. 2022: unconditional score, then a CG projection
+            onto the measurement noised to the current level) or "score" (the score of the
+            proximal conditional denoiser, as DDS uses; exact for Gaussian priors, see
+            benchmarks/RESULTS_sampling.md), with a final projection for noiseless data.
         sigma_max, sigma_min, rho: EDM schedule (None: the prior's range).
         normalise_operator: divide A and y by ||A|| first.
     """
@@ -104,6 +108,7 @@ class SamplerOptions:
     snr: float = 0.16
     corrector_steps: int = 1
     pc_cg_iters: int = 10
+    pc_mode: str = "projection"
     sigma_max: float | None = None
     sigma_min: float | None = None
     rho: float = 7.0
@@ -257,11 +262,20 @@ def sample_problem(denoiser: Denoiser, problem: LinearProblem, shape: tuple[int,
                                    cg_iters=4 * opt.cg_iters, tol=1e-6)
             out = S.diffpir(d_y, x, sig, gen, zeta=opt.zeta_diffpir, callback=cb)
         elif name == "pc":
+            if opt.pc_mode not in ("projection", "score"):
+                raise InputError(f"pc_mode must be projection or score, got {opt.pc_mode!r}.")
+            score_model: Denoiser = timed
+            if opt.pc_mode == "score":
+                score_model = ProximalDenoiser(timed, problem,
+                                               calibrated_variance(sigma_data, opt.lam),
+                                               cg_iters=opt.cg_iters, tol=1e-6)
 
             def dc(z: torch.Tensor, sigma: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+                if opt.pc_mode == "score" and not bool(torch.all(sigma == 0)):
+                    return z  # consistency is in the score; only the clean end is projected
                 return problem.noised_projection(z, sigma, g, iters=opt.pc_cg_iters)
 
-            out = S.predictor_corrector(timed, x, sig, gen, dc=dc,
+            out = S.predictor_corrector(score_model, x, sig, gen, dc=dc,
                                         corrector_steps=opt.corrector_steps, snr=opt.snr,
                                         callback=cb)
         else:

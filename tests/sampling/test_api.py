@@ -61,10 +61,12 @@ def test_noiseless_cartesian_hard_consistency_magnitude_prior() -> None:
     r = prob.op(x) - prob.y
     assert float(r.abs().max()) < 1e-5 * float(prob.y.abs().max())
     # The same with PC + projection and with DiffPIR.
-    for sampler in ("pc", "diffpir"):
+    for sampler, opts in (("pc", SamplerOptions()), ("pc", SamplerOptions(pc_mode="score")),
+                          ("diffpir", SamplerOptions())):
         prob = LinearProblem(op, y, noise_std=0.0, scale=2.0, complex_image=True)
-        res = sample_problem(_shrink(), prob, shape, sampler=sampler, steps=6, samples=2)
-        assert res.residual < 1e-5, sampler
+        res = sample_problem(_shrink(), prob, shape, sampler=sampler, steps=6, samples=2,
+                             options=opts)
+        assert res.residual < 1e-5, (sampler, opts)
 
 
 def test_ct_units_model_space_round_trip(ct_measurement, tiny_prior) -> None:
