@@ -790,7 +790,7 @@ def generate_head(
 
     Cost: the volume is rendered in slabs of ~260k voxels, so working memory is about 50 bytes
     per voxel (0.35 GB for 192^3); on one CPU thread roughly 0.5-2.5 s for 96^3-128^3 voxels,
-    plus a one-off 3-6 s per process to build the template canvas.
+    plus a one-off 1.5-3 s per process to build the template canvas.
     """
     img, meta = generate_head_tensor(
         shape, spacing_mm, modality, contrast, seed, lesions, noise, device
