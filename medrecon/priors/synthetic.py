@@ -686,6 +686,8 @@ def generate_head_tensor(
     shape3 = (int(shape[0]), int(shape[1]), int(shape[2]))
     dev = torch.device(device)
     seed = int(seed)
+    if seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed}.")
     anat = _draw_anatomy(shape3, float(spacing_mm), seed, lesions, dev)
 
     # Appearance stream: depends on (seed, modality, contrast) but not on the anatomy's draws.

@@ -181,6 +181,8 @@ def test_invalid_arguments_raise_config_error() -> None:
     with pytest.raises(ConfigError):
         generate_head(SHAPE, 0.0)
     with pytest.raises(ConfigError):
+        generate_head(SHAPE, SP, seed=-1)
+    with pytest.raises(ConfigError):
         split_seeds("holdout")
 
 
