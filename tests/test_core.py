@@ -154,3 +154,17 @@ def test_cli_version_help_and_phantom(tmp_path: Path) -> None:
     assert res.exit_code == 2
     assert "Error: --modality must be MR or CT" in res.output
     assert "Traceback" not in res.output
+
+
+def test_cli_phantom_head(tmp_path: Path) -> None:
+    from medrecon.cli.main import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["phantom", str(tmp_path / "h.nii.gz"), "--kind", "head",
+                              "--size", "24", "--spacing", "8", "--modality", "CT"])
+    assert res.exit_code == 0, res.output
+    vol = load_volume(tmp_path / "h.nii.gz")
+    assert vol.shape == (24, 24, 24) and vol.units == "HU"
+    assert vol.data.min() < -900.0 and vol.data.max() > 300.0  # air and bone
+    res = runner.invoke(app, ["phantom", str(tmp_path / "x.nii.gz"), "--kind", "cube"])
+    assert res.exit_code == 2 and "--kind must be" in res.output
