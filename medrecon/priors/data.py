@@ -371,15 +371,18 @@ class PatchSampler:
             crops.append(self._crop(vol, centre, size))
             mods.append(vol.modality)
             pos.append(2.0 * centre / np.maximum(shape - 1, 1) - 1.0)
-            flip = [bool(self.augment and a in self.cfg.flip_axes and rng.random() < 0.5)
+            u = rng.random(3)  # always drawn, so the flip setting does not shift the stream
+            flip = [bool(self.augment and a in self.cfg.flip_axes and u[a] < 0.5)
                     for a in range(3)]
             flips.append(flip)
         x = torch.from_numpy(np.stack(crops)[:, None]).to(device)
         position = torch.tensor(np.asarray(pos), dtype=torch.float32)
         for b, flip in enumerate(flips):
-            dims = [d + 2 for d in range(3) if flip[d]]
+            dims = [d + 1 for d in range(3) if flip[d]]  # spatial dims of x[b] (1, X, Y, Z)
             if dims:
-                x[b] = torch.flip(x[b], dims=[d - 1 for d in dims])
+                # mirroring the patch = cutting it from the mirrored volume, whose patch centre
+                # sits at the mirrored (negated) normalised position
+                x[b] = torch.flip(x[b], dims=dims)
                 for d in range(3):
                     if flip[d]:
                         position[b, d] = -position[b, d]

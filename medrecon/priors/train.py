@@ -51,6 +51,7 @@ class TrainResult:
     val_psnr: dict[str, float] = field(default_factory=dict)
     prior_json: Path | None = None
     samples_per_s: float = 0.0
+    model: torch.nn.Module | None = None  # the trained (non-EMA) denoiser of this rank
 
 
 @dataclass
@@ -334,9 +335,9 @@ def train(
 
     bar = None
     if main and progress:
-        from tqdm.auto import tqdm
-
         import sys
+
+        from tqdm.auto import tqdm
 
         bar = tqdm(total=opt_cfg.steps, initial=start_step, desc=f"train {config.name}",
                    unit="step", dynamic_ncols=True,
@@ -442,7 +443,7 @@ def train(
             result.val_psnr = last_val
             if val_csv is not None:
                 val_csv.write({"step": step, **last_val})
-        if main and (step % config.log.preview_every == 0 or step == opt_cfg.steps):
+        if main and step % config.log.preview_every == 0:
             write_preview(load_ema(), config, run_dir / "previews" / f"step_{step:07d}.png", dev)
 
         stop = False
@@ -461,6 +462,7 @@ def train(
 
     if bar is not None:
         bar.close()
+    result.model = model
     if main and result.prior_json is None and step > start_step:
         checkpoint(step)
     if main:
