@@ -520,3 +520,109 @@ class WaveletTransform(LinearOperator):
                 block = self._synthesis_1d(block, lead + a)
             out[(..., *[slice(0, s) for s in size])] = block
         return out[(..., *[slice(0, s) for s in self.ishape])]
+
+
+# -------------------------------------------------------------------------------------------
+# Least-squares solvers for tomography (added with the CT reconstructions)
+# -------------------------------------------------------------------------------------------
+__all__ += ["sirt", "cgls"]
+
+
+def sirt(
+    forward: Callable[[Tensor], Tensor],
+    adjoint: Callable[[Tensor], Tensor],
+    y: Tensor,
+    x0: Tensor,
+    max_iter: int = 100,
+    tol: float = 0.0,
+    relaxation: float = 1.0,
+    nonnegative: bool = True,
+    callback: Callback | None = None,
+    progress: bool = False,
+) -> SolverResult:
+    """SIRT (Gilbert 1972; ASTRA's form): ``x <- x + lambda C A^T R (y - A x)``.
+
+    ``R = 1 / (A 1)`` and ``C = 1 / (A^T 1)`` (zero where the sums vanish) make it a weighted
+    Landweber iteration converging for ``0 < lambda < 2`` to the minimiser of
+    ``||A x - y||_R^2``; ``nonnegative`` projects onto x >= 0 after each step.
+
+    Args:
+        forward, adjoint: x -> A x and y -> A^T y.
+        y: measured data; x0: initial estimate (fixes shape, dtype, device).
+        tol: stop when the relative change of x falls below it (0: run ``max_iter``).
+    """
+    ones_x = torch.ones_like(x0)
+    row = forward(ones_x)
+    col = adjoint(torch.ones_like(y))
+    r = torch.where(row > 0, 1.0 / row.clamp(min=1e-30), torch.zeros_like(row))
+    c = torch.where(col > 0, 1.0 / col.clamp(min=1e-30), torch.zeros_like(col))
+    x = x0.clone()
+    history: list[float] = []
+    converged = False
+    k = 0
+    with _progress(max_iter, "SIRT", progress) as bar:
+        for k in range(1, max_iter + 1):
+            x_new = x + relaxation * c * adjoint(r * (y - forward(x)))
+            if nonnegative:
+                x_new = x_new.clamp(min=0.0)
+            change = relative_change(x_new, x)
+            x = x_new
+            history.append(change)
+            bar.update(1)
+            if callback is not None:
+                callback(k, x)
+            if change < tol:
+                converged = True
+                break
+    return SolverResult(x, k, converged, history)
+
+
+def cgls(
+    forward: Callable[[Tensor], Tensor],
+    adjoint: Callable[[Tensor], Tensor],
+    y: Tensor,
+    x0: Tensor,
+    max_iter: int = 30,
+    tol: float = 1e-6,
+    callback: Callback | None = None,
+    progress: bool = False,
+) -> SolverResult:
+    """CGLS (Hestenes & Stiefel; Bjoerck): conjugate gradients for ``min ||A x - y||^2``.
+
+    Numerically preferable to CG on ``A^T A`` (it never forms the normal equations' residual
+    from scratch). The history is ``||A^T (y - A x_k)|| / ||A^T (y - A x_0)||``; stops below
+    ``tol``. Early stopping is the regulariser for noisy data.
+    """
+    x = x0.clone()
+    r = y - forward(x)
+    s = adjoint(r)
+    p = s.clone()
+    gamma = float(torch.sum(s * s))
+    s0 = math.sqrt(max(gamma, 1e-300))
+    history: list[float] = []
+    converged = False
+    k = 0
+    with _progress(max_iter, "CGLS", progress) as bar:
+        for k in range(1, max_iter + 1):
+            q = forward(p)
+            qq = float(torch.sum(q * q))
+            if qq <= 0 or gamma == 0:
+                k -= 1
+                converged = True
+                break
+            alpha = gamma / qq
+            x = x + alpha * p
+            r = r - alpha * q
+            s = adjoint(r)
+            gamma_new = float(torch.sum(s * s))
+            res = math.sqrt(gamma_new) / s0
+            history.append(res)
+            bar.update(1)
+            if callback is not None:
+                callback(k, x)
+            if res < tol:
+                converged = True
+                break
+            p = s + (gamma_new / gamma) * p
+            gamma = gamma_new
+    return SolverResult(x, k, converged, history)
