@@ -48,8 +48,8 @@ from medrecon.simulate import MRISettings, SimulationConfig, simulate
 # weights are absolute (A^H A is scale-free).
 GRID = {
     "cg-sense": (1e-4, 1e-3, 1e-2),
-    "l1-wavelet": (3e-5, 1e-4, 3e-4, 1e-3),
-    "tv": (1e-4, 3e-4, 1e-3),
+    "l1-wavelet": (3e-4, 1e-3, 3e-3),
+    "tv": (2e-4, 5e-4, 1e-3),
 }
 
 

@@ -21,7 +21,7 @@ Default regularisation weights. The Tikhonov weight of CG-SENSE multiplies ``||x
 ``A^H A``, whose eigenvalues lie in [0, 1] for normalised maps and a binary mask, so it is
 scale-free: ``lam = 1e-3``. The L1 and TV weights have the units of the image, so their
 defaults scale with the data: ``lam = alpha * s`` with ``s`` the 99th percentile of |A^H y| (a
-robust maximum of the zero-filled image) and ``alpha = 2e-4`` (L1-wavelet) or ``5e-4`` (TV),
+robust maximum of the zero-filled image) and ``alpha = 1e-3`` (L1-wavelet) or ``5e-4`` (TV),
 chosen on simulated Shepp-Logan and brain-like phantoms at R = 4..12 with 8 coils and SNR 30
 (see benchmarks/RESULTS_mri.md). ``--lam`` always overrides them, in absolute units.
 """
@@ -67,7 +67,7 @@ __all__ = [
 #: Default iteration counts (``--iterations`` overrides them).
 DEFAULT_ITERATIONS = {"cg-sense": 30, "l1-wavelet": 100, "tv": 300}
 #: Default relative weights: lam = alpha * robust max |A^H y| (cg-sense: absolute, scale-free).
-DEFAULT_ALPHA = {"cg-sense": 1e-3, "l1-wavelet": 2e-4, "tv": 5e-4}
+DEFAULT_ALPHA = {"cg-sense": 1e-3, "l1-wavelet": 1e-3, "tv": 5e-4}
 
 
 def _check_mr(m: Measurement) -> None:
