@@ -261,3 +261,15 @@ def test_angular_range_from_angles_for_arbitrary_order() -> None:
     p = make_projector(g, shape, spacing, dtype=torch.float64)(x)
     torch.testing.assert_close(fbp(p[perm], gp, shape, spacing), fbp(p, g, shape, spacing))
     assert math.isclose(sum(g.angles[1:2]), math.pi / 24)
+
+
+@pytest.mark.gpu
+def test_cuda_analytic_and_iterative_match_cpu() -> None:
+    vol = _phantom_volume(32, 6)
+    for kind in ("fan", "cone"):
+        m = _measurement(vol, kind, 24)
+        for name in ("fbp", "cgls"):
+            opts = ReconOptions(iterations=5)
+            cpu = get_method("CT", name)(m, opts, CPU).image
+            gpu = get_method("CT", name)(m, opts, torch.device("cuda")).image
+            np.testing.assert_allclose(gpu, cpu, atol=2.0)  # HU, float32 on both
