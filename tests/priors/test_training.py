@@ -29,7 +29,7 @@ def test_loss_is_finite_and_decreases_when_fitting_one_batch(tiny_config) -> Non
     sigma = torch.tensor([0.3, 0.6])
     noise = torch.randn(batch.x.shape, generator=torch.Generator().manual_seed(0))
     losses = []
-    for _ in range(25):
+    for _ in range(40):
         loss, per, _ = den.training_loss(batch.x, modality=batch.modality,
                                          position=batch.position, sigma=sigma, noise=noise)
         opt.zero_grad()
@@ -37,7 +37,7 @@ def test_loss_is_finite_and_decreases_when_fitting_one_batch(tiny_config) -> Non
         opt.step()
         losses.append(float(loss.detach()))
     assert all(torch.isfinite(torch.tensor(losses)))
-    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3
+    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3
 
 
 def test_resume_reproduces_the_uninterrupted_loss_curve(tiny_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
