@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from medrecon.cli.main import app
@@ -67,3 +68,15 @@ def test_train_user_errors_are_one_sentence(tmp_path: Path) -> None:
                             "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "either --data or --synthetic" in r.output
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_train_synthetic_heads_through_the_cli(tmp_path: Path) -> None:
+    run = tmp_path / "syn"
+    r = runner.invoke(app, ["train", "--synthetic", "--config", str(TINY_CONFIG), "--out",
+                            str(run), "--steps", "1", "--set", "data.train_volumes=1",
+                            "--set", "data.val_volumes=1", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["config"]["data"]["source"] == "synthetic" and state["step"] == 1
+    assert "synthetic" in (run / "config.yaml").read_text()

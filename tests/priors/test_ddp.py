@@ -43,7 +43,9 @@ def test_ddp_two_gloo_processes(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     run_dir = tmp_path / "run"
-    mp.spawn(_worker, args=(2, _free_port(), str(run_dir), str(tmp_path)), nprocs=2, join=True)
+    # fork: the children inherit the imported torch/monai instead of importing them again
+    mp.start_processes(_worker, args=(2, _free_port(), str(run_dir), str(tmp_path)), nprocs=2,
+                       join=True, start_method="fork")
     w0 = load_file(str(tmp_path / "rank0.safetensors"))
     w1 = load_file(str(tmp_path / "rank1.safetensors"))
     # DDP averages gradients, so both replicas hold identical weights after every step ...
