@@ -153,3 +153,20 @@ def test_flips_mirror_the_patch_and_its_position() -> None:
             assert flip.position[i, 0] == -noflip.position[i, 0]
         else:
             assert torch.equal(flip.x[i], noflip.x[i])
+
+
+def test_dicom_series_folders_are_training_studies(tmp_path: Path) -> None:
+    from tests.dicom_factory import write_series
+
+    rng = np.random.default_rng(0)
+    ct = np.rint(rng.uniform(-1000, 1000, (12, 10, 6)))
+    write_series(tmp_path / "tree" / "pat1" / "ct", ct, np.diag([2.0, 2.0, 2.0, 1.0]),
+                 modality="CT", intercept=-1024.0)
+    _write(tmp_path / "tree" / "pat2", "mr.nii.gz", "MR", shape=(8, 8, 8), spacing=(2, 2, 2))
+    found = discover_studies([tmp_path / "tree"])
+    assert sorted(p.name for p, _ in found) == ["ct", "mr.nii.gz"]
+    ct_dir = next(p for p, _ in found if p.name == "ct")
+    tv = load_training_volume(ct_dir, None, DataConfig(), Normalisation(), None)
+    assert tv.modality == 1 and tv.data.shape == (12, 10, 6)
+    assert np.allclose(np.sort(tv.data.ravel()), np.sort(((ct + 1000) / 3000).ravel()),
+                       atol=1e-5)
