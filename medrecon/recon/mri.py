@@ -14,7 +14,7 @@ zero-filled    x = A^H y (with maps); RSS_c |F^H y_c| without maps          dire
 cg-sense       min ||A x - y||^2 + lam ||x||^2                               CG on A^H A + lam I
 l1-wavelet     min 1/2 ||A x - y||^2 + lam ||W x||_1  (W: orthonormal db2,   FISTA, step 1/||A||^2
                approximation band unpenalised)
-tv             min 1/2 ||A x - y||^2 + lam ||grad x||_{2,1} (isotropic TV)   PDHG (Chambolle-Pock)
+tv             min 1/2 ||A x - y||^2 + lam ||grad x||_{2,1} (isotropic TV)   PDHG (Condat-Vu)
 =============  ===========================================================  ===================
 
 Default regularisation weights. The Tikhonov weight of CG-SENSE multiplies ``||x||^2`` next to
