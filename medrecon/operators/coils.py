@@ -49,6 +49,7 @@ Low resolution (:func:`lowres_maps`)
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -604,7 +605,23 @@ def estimate_coil_maps(
         calibration = 24
     method = str(method).lower()
     if method == "espirit":
-        return espirit(kspace, calibration=calibration, fft_dims=fft_dims, **kwargs).maps  # type: ignore[arg-type]
+        maps = espirit(kspace, calibration=calibration, fft_dims=fft_dims, **kwargs).maps  # type: ignore[arg-type]
+        # ESPIRiT crops voxels whose eigenvalue is below ``crop``. With a calibration region
+        # barely larger than the kernel the eigenvalues stay below it almost everywhere and the
+        # maps vanish inside the object; SENSE with such maps returns zeros. Fall back to the
+        # low-resolution estimate, which needs no eigenvalue gap, and say so.
+        lowres = lowres_maps(kspace, calibration=calibration, fft_dims=fft_dims)
+        covered = float(((maps.abs() ** 2).sum(0) > 0.5).float().mean())
+        wanted = float(((lowres.abs() ** 2).sum(0) > 0.5).float().mean())
+        if covered < 0.5 * wanted:
+            warnings.warn(
+                f"ESPIRiT maps cover only {covered:.0%} of the voxels with signal (calibration "
+                f"region {calibration} is too small for a clear eigenvalue gap); using the "
+                f"low-resolution coil-map estimate instead.",
+                stacklevel=2,
+            )
+            return lowres
+        return maps
     if method == "lowres":
         return lowres_maps(kspace, calibration=calibration, fft_dims=fft_dims, **kwargs)  # type: ignore[arg-type]
     raise InputError(f"Unknown coil-map method {method!r}; choose 'espirit' or 'lowres'.")

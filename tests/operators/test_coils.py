@@ -268,3 +268,28 @@ def test_espirit_on_cuda_matches_cpu(scene: dict[str, torch.Tensor]) -> None:
     maps = simulate_coil_maps(SHAPE, 4, device="cuda")
     assert maps.device.type == "cuda"
     assert lowres_maps(k.cuda(), calibration=14).device.type == "cuda"
+
+
+def test_espirit_with_a_tiny_calibration_falls_back_to_lowres() -> None:
+    """Calibration barely larger than the kernel: ESPIRiT's maps vanish; the estimate must not."""
+    import warnings as _w
+
+    from medrecon.operators.coils import estimate_coil_maps, simulate_coil_maps
+    from medrecon.operators.functional.fft import fftc
+    from medrecon.phantoms import shepp_logan_3d
+
+    shape = (24, 24, 8)
+    maps = simulate_coil_maps(shape, 4)
+    x = torch.as_tensor(shepp_logan_3d(shape)).to(torch.complex64) + 0.01
+    k = fftc(maps * x, (0, 1))
+    with _w.catch_warnings(record=True) as caught:
+        _w.simplefilter("always")
+        est = estimate_coil_maps(k, None, method="espirit", calibration=8, fft_dims=(0, 1))
+    assert any("low-resolution" in str(w.message) for w in caught)
+    from medrecon.operators.coils import espirit, lowres_maps
+
+    inside = torch.as_tensor(shepp_logan_3d(shape)) > 0
+    raw = espirit(k, calibration=8, fft_dims=(0, 1)).maps
+    assert float(((raw.abs() ** 2).sum(0) > 0.5)[inside].float().mean()) < 0.1
+    assert float(((est.abs() ** 2).sum(0) > 0.5)[inside].float().mean()) > 0.5
+    torch.testing.assert_close(est, lowres_maps(k, calibration=8, fft_dims=(0, 1)))
