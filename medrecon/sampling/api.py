@@ -285,6 +285,10 @@ def sample_problem(denoiser: Denoiser, problem: LinearProblem, shape: tuple[int,
     if bar is not None:
         bar.close()
     out = out.detach()
+    if problem.noise_std == 0 and name != "pc":
+        # Noiseless data: end exactly on A x = y (pc's last consistency step already does).
+        with torch.no_grad():
+            out = problem.project(out, iters=max(opt.pc_cg_iters, 20), tol=1e-7)
     with torch.no_grad():
         ynorm = torch.linalg.vector_norm(problem.y).clamp_min(1e-30)
         residual = float((problem.residual_norm(out) / ynorm).mean())
