@@ -67,3 +67,22 @@ def test_cli_unknown_sampler(ct_measurement, tiny_prior_path, tmp_path) -> None:
     assert result.exit_code == 2
     assert "Unknown sampler 'ddpm'" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["mr", "ct"])
+def test_cli_diffusion_with_the_shipped_default_prior(which: str, mr_measurement, ct_measurement,
+                                                      tmp_path) -> None:
+    """The shipped prior loads offline and reconstructs a tiny file (one 64^3 patch, 1 step)."""
+    from medrecon.io import load_volume
+    from medrecon.io.measurement import write_measurement
+
+    m, vol = mr_measurement if which == "mr" else ct_measurement
+    meas = write_measurement(m, tmp_path / f"{which}.h5")
+    out = tmp_path / "recon.nii.gz"
+    result = CliRunner().invoke(app, [
+        "reconstruct", str(meas), str(out), "--method", "diffusion", "--steps", "1",
+        "--device", "cpu", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    rec = load_volume(out)
+    assert rec.shape == vol.shape and np.isfinite(rec.data).all()
