@@ -36,7 +36,8 @@ For each modality the demo runs the data flow of the package end to end:
 Sizes and steps (:func:`plan_demo`): the default prior is a 64^3-patch U-Net, so on a CPU the demo
 uses one 64^3 volume (a 128 mm cube through the centre of the head at 2 mm: one patch per
 chain per step) and :data:`CPU_STEPS` steps, which keeps ``--modality both`` under five minutes
-on two cores; on a GPU it uses a 96 x 112 x 112 volume (the whole head; tiled into patches)
+on two cores (measured: 2 min 50 s wall, 283 s of CPU time, on a 2-core AMD EPYC with
+torch 2.13 CPU, 2026-11-26; the diffusion sampling is ~75 % of it); on a GPU it uses a 96 x 112 x 112 volume (the whole head; tiled into patches)
 and :data:`GPU_STEPS` steps.
 """
 
@@ -85,7 +86,7 @@ CPU_SHAPE: tuple[int, int, int] = (64, 64, 64)
 #: Grid of the demo volume on a GPU: the whole synthetic head at 2 mm (192 x 224 x 224 mm).
 GPU_SHAPE: tuple[int, int, int] = (96, 112, 112)
 #: Diffusion steps on a CPU (``--modality both`` in under 5 minutes on 2 cores).
-CPU_STEPS = 10
+CPU_STEPS = 8
 #: Diffusion steps on a GPU.
 GPU_STEPS = 50
 #: Default number of posterior samples.
@@ -122,16 +123,22 @@ class BaselineChoice:
     sweep: str = ""
 
 
-# Chosen with sweep_baseline() on validation heads (seeds 1,000,000-1,000,001, 64^3 at 2 mm,
-# the demo's acquisition settings); the numbers are in the sweep strings below.
+# Chosen with sweep_baseline() on the first validation head (seed 1,000,000; 64^3 at 2 mm; the
+# demo's acquisition and iteration counts), foreground PSNR in dB (2026-11-26, CPU):
+#   MR l1-wavelet alpha 2.5e-4: 31.66, 5e-4: 31.58, 1e-3: 31.13, 2e-3: 30.12, 4e-3: 28.58,
+#      8e-3: 26.67 (100 iterations); cg-sense lam 1e-3: 30.46, 1e-2: 29.03, 1e-1: 22.35 (30 it.)
+#   CT tv lam 1.25e-4: 29.60, 2.5e-4: 29.94, 5e-4: 29.89, 1e-3: 29.24 (100 iterations)
+# Reproduce: python -c "from medrecon.demo import sweep_baseline as s;
+#                       print(s('mri', 'l1-wavelet', [2.5e-4, 5e-4, 1e-3, 2e-3], seeds=(0,)))"
 BASELINES: dict[str, BaselineChoice] = {
     "MR": BaselineChoice(
-        method="l1-wavelet", weight=2e-3, iterations=100,
-        sweep="l1-wavelet alpha in {5e-4, 1e-3, 2e-3, 4e-3, 8e-3} and cg-sense; see module "
-              "docstring of medrecon.demo"),
+        method="l1-wavelet", weight=2.5e-4, iterations=100,
+        sweep="validation head 1000000: l1-wavelet alpha 2.5e-4 31.66 dB, 5e-4 31.58, 1e-3 "
+              "31.13, 2e-3 30.12, 4e-3 28.58, 8e-3 26.67; cg-sense best 30.46 (lam 1e-3)"),
     "CT": BaselineChoice(
-        method="tv", weight=2e-3, iterations=200,
-        sweep="tv lam in {5e-4, 1e-3, 2e-3, 4e-3, 8e-3}; see module docstring of medrecon.demo"),
+        method="tv", weight=2.5e-4, iterations=100,
+        sweep="validation head 1000000: tv lam 1.25e-4 29.60 dB, 2.5e-4 29.94, 5e-4 "
+              "29.89, 1e-3 29.24"),
 }
 
 #: Held-out acquisition settings of the demo.
@@ -142,6 +149,8 @@ CT_VIEWS = 30
 CT_DOSE_I0 = 1e5
 #: Display window of CT figures (HU): W 300 / L 50, soft tissue and brain.
 CT_WINDOW = (-100.0, 200.0)
+#: Upper end of the CT error-map window (HU); larger errors saturate.
+CT_ERROR_MAX = 100.0
 
 
 def calibration_size(n_phase: int) -> int:
@@ -512,8 +521,11 @@ def run_modality(plan: DemoPlan, prior: Prior, staging: Path, echo: Echo,
     _figure(plan, ref, baseline, diffusion, std, mask, folder / FIGURE_FILE)
     files["figure"] = f"{plan.folder}/{FIGURE_FILE}"
     done("figure")
+    n_in = int(mask.sum())
+    region = (f"automatic foreground mask of the reference ({n_in} of {mask.size} voxels, "
+              f"{100.0 * n_in / mask.size:.1f}%)")
     return ModalityResult(plan=plan, reference=ref, baseline=baseline, diffusion=diffusion,
-                          std=std, calibration_2std=calib, region=baseline.metrics.region,
+                          std=std, calibration_2std=calib, region=region,
                           data_range=float(baseline.metrics.data_range), files=files,
                           timings=timings, cpu_timings=cpu)
 
@@ -556,7 +568,8 @@ def _figure(plan: DemoPlan, ref: Volume, baseline: MethodResult, diffusion: Meth
     else:
         title = f"CT demo: head (held-out seed {plan.head_seed}), {plan.acquisition_text()}"
         window = CT_WINDOW
-        error_max = None
+        # Skull edges err by hundreds of HU; cap the error window so brain errors show.
+        error_max = CT_ERROR_MAX
     orthogonal_slices_figure(
         volumes, path, affine=ref.affine, std={"Posterior std": std},
         annotations={baseline.label: note(baseline), diffusion.label: note(diffusion)},
@@ -682,7 +695,9 @@ def run_demo(out: str | os.PathLike[str] = "medrecon-demo", modality: str = "bot
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     echo("")
-    echo(f"Region: {results[0].region}; data range: reference max - min")
+    for r in results:
+        echo(f"Region ({'MRI' if r.plan.modality == 'MR' else 'CT'}): {r.region}; "
+             f"data range: reference max - min ({r.data_range:.4g} {r.reference.units})")
     echo(print_table(results))
     echo("")
     for r in results:

@@ -116,7 +116,7 @@ def test_demo_cli_rerun_replaces_only_its_own_files(tmp_path: Path,
                                       "--size", "16", "--prior", str(tiny_prior_path),
                                       "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert "Region:" in result.output and "L1-wavelet" in result.output
+    assert "Region (MRI):" in result.output and "L1-wavelet" in result.output
     assert "16x16x16 voxels" in result.output  # the chosen size is said
     doc = json.loads((out / "metrics.json").read_text())
     assert set(doc["modalities"]) == {"MRI"}

@@ -28,7 +28,7 @@ def demo(
                              "standard deviation the uncertainty map (at least 2)."),
     steps: int = typer.Option(
         None, "--steps", show_default=False,
-        help="Diffusion steps. Default: 10 on a CPU (the demo then takes under 5 minutes on "
+        help="Diffusion steps. Default: 8 on a CPU (the demo then takes under 5 minutes on "
              "2 cores), 50 on a GPU."),
     seed: int = typer.Option(
         0, "--seed", help="Which held-out test head, and the seed of mask, noise and sampler."),
