@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from click.testing import Result
 from dicom_factory import oblique_affine, write_series
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from medrecon.cli.main import app
 from medrecon.io import Volume, load_volume, save_volume

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import Result
 from dicom_factory import write_series
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from medrecon.cli.main import app
 from medrecon.io import Volume, save_volume

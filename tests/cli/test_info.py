@@ -8,10 +8,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from click.testing import Result
 from dicom_factory import write_series
 from pydicom.data import get_testdata_file
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from medrecon.cli.main import app
 from medrecon.io import Volume, save_volume

@@ -9,8 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from click.testing import Result
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from medrecon.cli.main import app
 from medrecon.io import Volume, load_volume, save_volume
