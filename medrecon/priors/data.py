@@ -134,7 +134,9 @@ def split_train_val(items: Sequence[tuple[Path, str | None]], val_fraction: floa
                     ) -> tuple[list[tuple[Path, str | None]], list[tuple[Path, str | None]]]:
     """Deterministic split by a hash of each path, so adding studies does not reshuffle old ones.
 
-    With two or more studies and ``val_fraction > 0`` at least one study is held out.
+    With two or more studies and ``val_fraction > 0`` at least one study is held out and at
+    least one is kept for training (the hash may otherwise put every study of a small set on
+    one side).
     """
     def h(p: Path) -> float:
         return int(hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:12], 16) / 16**12
@@ -143,6 +145,8 @@ def split_train_val(items: Sequence[tuple[Path, str | None]], val_fraction: floa
     val = [it for it in scored if h(it[0]) < val_fraction]
     if not val and val_fraction > 0 and len(items) >= 2:
         val = [scored[0]]
+    if len(val) == len(scored) and len(scored) >= 2:
+        val = val[:-1]
     train = [it for it in scored if it not in val]
     return train, val
 

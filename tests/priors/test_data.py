@@ -170,3 +170,11 @@ def test_dicom_series_folders_are_training_studies(tmp_path: Path) -> None:
     assert tv.modality == 1 and tv.data.shape == (12, 10, 6)
     assert np.allclose(np.sort(tv.data.ravel()), np.sort(((ct + 1000) / 3000).ravel()),
                        atol=1e-5)
+
+
+def test_split_keeps_a_training_study_for_any_paths(tmp_path: Path) -> None:
+    """Whatever the hashes of the paths, two or more studies give non-empty train and val."""
+    for trial in range(40):
+        items = [(tmp_path / f"t{trial}" / f"s{i}.nii.gz", None) for i in range(3)]
+        tr, va = split_train_val(items, 0.9)
+        assert tr and va and len(tr) + len(va) == 3
