@@ -69,7 +69,12 @@ def reconstruct(
     std_out: Path | None = typer.Option(
         None, "--std-out", help="diffusion: where to write the std volume (default: OUT_std)."),
 ) -> None:
-    """Reconstruct MEASUREMENT with a classical METHOD and write it in the reference geometry."""
+    """Reconstruct MEASUREMENT with a classical method or diffusion posterior sampling, and write
+    it in the reference geometry (NIfTI, or a DICOM series derived from the reference).
+
+    Prints the data-consistency residual ||M(Ax) - y|| / ||y||. With --method diffusion and
+    --samples K >= 2 the mean is the reconstruction and the per-voxel std is written beside it.
+    """
     from medrecon.errors import InputError
     from medrecon.io import save_volume
     from medrecon.io.measurement import read_measurement

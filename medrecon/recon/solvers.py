@@ -80,9 +80,13 @@ def relative_change(x_new: Tensor, x_old: Tensor) -> float:
 
 
 def _progress(total: int, desc: str, enabled: bool):  # type: ignore[no-untyped-def]
+    import sys
+
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+    # In logs and pipelines (stderr not a terminal) redraw rarely instead of every iteration.
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True,
+                mininterval=0.5 if sys.stderr.isatty() else 30.0)
 
 
 # -------------------------------------------------------------------------------------------

@@ -237,9 +237,12 @@ def sample_problem(denoiser: Denoiser, problem: LinearProblem, shape: tuple[int,
 
     bar = None
     if progress:
+        import sys
+
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, desc=f"diffusion ({name})", unit="step", leave=False)
+        bar = tqdm(total=steps, desc=f"diffusion ({name})", unit="step", leave=False,
+                   mininterval=0.5 if sys.stderr.isatty() else 30.0)
 
     def cb(i: int, sigma: float, xi: torch.Tensor, x0: torch.Tensor) -> None:
         if bar is not None:
