@@ -8,46 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from prior_factory import export_tiny_prior
 from typer.testing import CliRunner
 
 from medrecon.cli.main import app
 
 
-def _export_tiny_prior(directory: Path) -> Path:
-    """A one-level MONAI U-Net prior with random weights, exported like a trained prior."""
-    from medrecon.priors.checkpoint import export_prior
-    from medrecon.priors.config import DenoiserConfig
-    from medrecon.priors.denoiser import EDMDenoiser
-    from medrecon.priors.network import NetworkConfig, build_network
-    from medrecon.priors.normalisation import Normalisation
-
-    torch.manual_seed(0)
-    net_cfg = NetworkConfig(channels=(8,), num_res_blocks=(1,), attention_levels=(False,),
-                            num_head_channels=8, norm_num_groups=4, num_modalities=2,
-                            position_channels=3)
-    den_cfg = DenoiserConfig()
-    den = EDMDenoiser(build_network(net_cfg), sigma_data=den_cfg.sigma_data,
-                      sigma_min=den_cfg.sigma_min, sigma_max=den_cfg.sigma_max,
-                      uses_position=True, num_modalities=2)
-    info = {
-        "network": net_cfg.to_dict(),
-        "denoiser": {k: getattr(den_cfg, k) for k in ("sigma_data", "sigma_min", "sigma_max",
-                                                      "p_mean", "p_std", "noise_embed_scale")},
-        "normalisation": Normalisation().to_dict(),
-        "modalities": ["MR", "CT"],
-        "patch_size": [16, 16, 16],
-        "spacing_mm": [8.0, 8.0, 8.0],
-        "uses_position": True,
-        "parameters": sum(p.numel() for p in den.parameters()),
-        "training": {"steps": 0, "source": "random weights (test fixture)", "seed": 0},
-    }
-    return export_prior(directory, "tiny-demo", den.state_dict(), info)
-
-
 @pytest.fixture(scope="module")
 def tiny_prior_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _export_tiny_prior(tmp_path_factory.mktemp("prior"))
+    return export_tiny_prior(tmp_path_factory.mktemp("prior"), "tiny-demo", patch=16, spacing_mm=8.0)
 
 
 FILES = ("reference.nii.gz", "measurement.h5", "diffusion_mean.nii.gz",

@@ -1,0 +1,39 @@
+"""A tiny randomly initialised prior, exported exactly like a trained one, for fast tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def export_tiny_prior(directory: Path, name: str = "tiny", patch: int = 8,
+                      spacing_mm: float = 2.0) -> Path:
+    """Write a one-level MONAI U-Net prior (random weights) as a real prior checkpoint."""
+    from medrecon.priors.checkpoint import export_prior
+    from medrecon.priors.config import DenoiserConfig
+    from medrecon.priors.denoiser import EDMDenoiser
+    from medrecon.priors.network import NetworkConfig, build_network
+    from medrecon.priors.normalisation import Normalisation
+
+    torch.manual_seed(0)
+    net_cfg = NetworkConfig(channels=(8,), num_res_blocks=(1,), attention_levels=(False,),
+                            num_head_channels=8, norm_num_groups=4, num_modalities=2,
+                            position_channels=3)
+    den_cfg = DenoiserConfig()
+    den = EDMDenoiser(build_network(net_cfg), sigma_data=den_cfg.sigma_data,
+                      sigma_min=den_cfg.sigma_min, sigma_max=den_cfg.sigma_max,
+                      uses_position=True, num_modalities=2)
+    info = {
+        "network": net_cfg.to_dict(),
+        "denoiser": {k: getattr(den_cfg, k) for k in ("sigma_data", "sigma_min", "sigma_max",
+                                                      "p_mean", "p_std", "noise_embed_scale")},
+        "normalisation": Normalisation().to_dict(),
+        "modalities": ["MR", "CT"],
+        "patch_size": [patch] * 3,
+        "spacing_mm": [spacing_mm] * 3,
+        "uses_position": True,
+        "parameters": sum(p.numel() for p in den.parameters()),
+        "training": {"steps": 0, "source": "random weights (test fixture)", "seed": 0},
+    }
+    return export_prior(directory, name, den.state_dict(), info)
