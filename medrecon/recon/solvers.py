@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import torch
 
@@ -72,6 +73,18 @@ def _vdot(a: Tensor, b: Tensor) -> Tensor:
 
 def _norm(x: Tensor) -> float:
     return float(torch.linalg.vector_norm(x))
+
+
+def _record(bar: Any, history: list[float], change: float,
+            callback: Callable[[int, Tensor], None] | None, k: int, x: Tensor,
+            tol: float) -> bool:
+    """Book-keeping of one iteration of FISTA/PDHG; True when ``change`` is below ``tol``."""
+    history.append(change)
+    bar.update(1)
+    bar.set_postfix(change=f"{change:.2e}")
+    if callback is not None:
+        callback(k, x)
+    return change < tol
 
 
 def relative_change(x_new: Tensor, x_old: Tensor) -> float:
@@ -226,12 +239,7 @@ def fista(
             z = x_new + ((t - 1.0) / t_new) * (x_new - x)
             change = relative_change(x_new, x)
             x, t = x_new, t_new
-            history.append(change)
-            bar.update(1)
-            bar.set_postfix(change=f"{change:.2e}")
-            if callback is not None:
-                callback(k, x)
-            if change < tol:
+            if _record(bar, history, change, callback, k, x, tol):
                 converged = True
                 break
     return SolverResult(x, k, converged, history)
@@ -289,12 +297,7 @@ def pdhg(
             xbar = x_new + theta * (x_new - x)
             change = relative_change(x_new, x)
             x = x_new
-            history.append(change)
-            bar.update(1)
-            bar.set_postfix(change=f"{change:.2e}")
-            if callback is not None:
-                callback(k, x)
-            if change < tol:
+            if _record(bar, history, change, callback, k, x, tol):
                 converged = True
                 break
     return SolverResult(x, k, converged, history)
