@@ -75,16 +75,17 @@ def _norm(x: Tensor) -> float:
     return float(torch.linalg.vector_norm(x))
 
 
-def _record(bar: Any, history: list[float], change: float,
+def _record(bar: Any, history: list[float], value: float,
             callback: Callable[[int, Tensor], None] | None, k: int, x: Tensor,
-            tol: float) -> bool:
-    """Book-keeping of one iteration of FISTA/PDHG; True when ``change`` is below ``tol``."""
-    history.append(change)
+            tol: float, label: str = "change") -> bool:
+    """Book-keeping of one solver iteration: log ``value`` (the stopping quantity, shown as
+    ``label``), call ``callback``; True when ``value`` is below ``tol``."""
+    history.append(value)
     bar.update(1)
-    bar.set_postfix(change=f"{change:.2e}")
+    bar.set_postfix({label: f"{value:.2e}"})
     if callback is not None:
         callback(k, x)
-    return change < tol
+    return value < tol
 
 
 def relative_change(x_new: Tensor, x_old: Tensor) -> float:
@@ -157,12 +158,7 @@ def conjugate_gradient(
             r = r - alpha * ap
             rr_new = _vdot(r, r)
             res = math.sqrt(float(rr_new)) / b_norm
-            history.append(res)
-            bar.update(1)
-            bar.set_postfix(residual=f"{res:.2e}")
-            if callback is not None:
-                callback(k, x)
-            if res < tol:
+            if _record(bar, history, res, callback, k, x, tol, "residual"):
                 converged = True
                 break
             p = r + (rr_new / rr) * p
@@ -574,11 +570,7 @@ def sirt(
                 x_new = x_new.clamp(min=0.0)
             change = relative_change(x_new, x)
             x = x_new
-            history.append(change)
-            bar.update(1)
-            if callback is not None:
-                callback(k, x)
-            if change < tol:
+            if _record(bar, history, change, callback, k, x, tol):
                 converged = True
                 break
     return SolverResult(x, k, converged, history)
@@ -623,11 +615,7 @@ def cgls(
             s = adjoint(r)
             gamma_new = float(torch.sum(s * s))
             res = math.sqrt(gamma_new) / s0
-            history.append(res)
-            bar.update(1)
-            if callback is not None:
-                callback(k, x)
-            if res < tol:
+            if _record(bar, history, res, callback, k, x, tol, "residual"):
                 converged = True
                 break
             p = s + (gamma_new / gamma) * p
