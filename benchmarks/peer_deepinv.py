@@ -42,7 +42,6 @@ import argparse
 import json
 import math
 import platform
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -50,17 +49,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
-
-def _cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
+from mri_classical import cpu_model  # benchmarks/ is on sys.path when run as a script
 
 
 def _physics(forward: Any, adjoint: Any, sigma: float) -> Any:
@@ -306,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python", *sys.argv]),
-        "cpu": _cpu_model(), "threads": torch.get_num_threads(),
+        "cpu": cpu_model(), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "deepinv": deepinv.__version__,
         "python": platform.python_version(),
     }
