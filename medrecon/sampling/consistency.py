@@ -114,25 +114,6 @@ def batched_cg(apply: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor,
         p = torch.where(_bview(ok, p), r + _bview(beta, p) * p, p)
         rs = torch.where(ok, rs_new, torch.zeros_like(rs))
     return x
-    r = rhs - apply(x)
-    p = r.clone()
-    rs = _bdot(r, r)
-    rhs_norm = torch.sqrt(_bdot(rhs, rhs))
-    tiny = torch.finfo(rs.dtype).tiny
-    for _ in range(max_iter):
-        if tol > 0 and bool(torch.all(torch.sqrt(rs) <= tol * rhs_norm)):
-            break
-        ap = apply(p)
-        pap = _bdot(p, ap)
-        # An item whose residual already vanished (rs == 0) takes no step instead of 0/0.
-        alpha = torch.where(pap > tiny, rs / pap.clamp_min(tiny), torch.zeros_like(rs))
-        x = x + _bview(alpha, x) * p
-        r = r - _bview(alpha, r) * ap
-        rs_new = _bdot(r, r)
-        beta = torch.where(rs > tiny, rs_new / rs.clamp_min(tiny), torch.zeros_like(rs))
-        p = r + _bview(beta, p) * p
-        rs = rs_new
-    return x
 
 
 def operator_norm(op: LinearOperator, like: torch.Tensor, iters: int = 20,
