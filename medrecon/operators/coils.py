@@ -610,8 +610,10 @@ def estimate_coil_maps(
         # barely larger than the kernel the eigenvalues stay below it almost everywhere and the
         # maps vanish inside the object; SENSE with such maps returns zeros. Fall back to the
         # low-resolution estimate, which needs no eigenvalue gap, and say so.
-        lowres = lowres_maps(kspace, calibration=calibration, fft_dims=fft_dims)
         covered = float(((maps.abs() ** 2).sum(0) > 0.5).float().mean())
+        if covered >= 0.5:  # at least half the grid: cannot be under half of the signal support
+            return maps
+        lowres = lowres_maps(kspace, calibration=calibration, fft_dims=fft_dims)
         wanted = float(((lowres.abs() ** 2).sum(0) > 0.5).float().mean())
         if covered < 0.5 * wanted:
             warnings.warn(
