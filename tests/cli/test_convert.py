@@ -7,25 +7,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from cli_assert import assert_user_error
 from dicom_factory import oblique_affine, write_series
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
 from medrecon.cli.main import app
 from medrecon.io import Volume, load_volume, save_volume
 
 runner = CliRunner()
-
-
-def assert_user_error(result: Result, *fragments: str) -> str:
-    """Exit code 2, ``Error: <one sentence>`` on stderr, no traceback; returns the message."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    first = result.stderr.splitlines()[0]
-    assert first.startswith("Error: ") and first.endswith((".", ":")), result.stderr
-    assert first.count(". ") == 0, first  # one sentence
-    for text in fragments:
-        assert text in result.stderr, (text, result.stderr)
-    return result.stderr
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_assert import assert_user_error as _assert_user_error
 from dicom_factory import write_series
 from typer.testing import CliRunner, Result
 
@@ -17,20 +18,12 @@ from medrecon.metrics import evaluate_volumes, foreground_mask
 from medrecon.phantoms import shepp_logan_3d
 
 runner = CliRunner()
-SHAPE = (32, 28, 12)
-AFFINE = np.array([[-1.5, 0, 0, 20.0], [0, -1.5, 0, 30.0], [0, 0, 3.0, -10.0], [0, 0, 0, 1]])
 
 
 def assert_user_error(result: Result, *fragments: str) -> str:
-    """Exit code 2, ``Error: <one sentence>`` on stderr, no traceback; returns the message."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    first = result.stderr.splitlines()[0]
-    assert first.startswith("Error: ") and first.endswith("."), result.stderr
-    assert first.count(". ") == 0, first  # one sentence
-    for text in fragments:
-        assert text in result.stderr, (text, result.stderr)
-    return result.stderr
+    return _assert_user_error(result, *fragments, endings=(".",))
+SHAPE = (32, 28, 12)
+AFFINE = np.array([[-1.5, 0, 0, 20.0], [0, -1.5, 0, 30.0], [0, 0, 3.0, -10.0], [0, 0, 0, 1]])
 
 
 @pytest.fixture

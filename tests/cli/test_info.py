@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from cli_assert import assert_user_error as _assert_user_error
 from dicom_factory import write_series
 from pydicom.data import get_testdata_file
 from typer.testing import CliRunner, Result
@@ -19,16 +20,7 @@ runner = CliRunner()
 
 
 def assert_user_error(result: Result, *fragments: str) -> str:
-    """Exit code 2, ``Error: <one sentence>`` on stderr, no traceback; returns the message."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    assert result.stdout == ""
-    first = result.stderr.splitlines()[0]
-    assert first.startswith("Error: ") and first.endswith((".", ":")), result.stderr
-    assert first.count(". ") == 0, first  # one sentence
-    for text in fragments:
-        assert text in result.stderr, (text, result.stderr)
-    return result.stderr
+    return _assert_user_error(result, *fragments, quiet_stdout=True)
 
 
 @pytest.fixture
