@@ -18,12 +18,12 @@ from medrecon.metrics import evaluate_volumes, foreground_mask
 from medrecon.phantoms import shepp_logan_3d
 
 runner = CliRunner()
+SHAPE = (32, 28, 12)
+AFFINE = np.array([[-1.5, 0, 0, 20.0], [0, -1.5, 0, 30.0], [0, 0, 3.0, -10.0], [0, 0, 0, 1]])
 
 
 def assert_user_error(result: Result, *fragments: str) -> str:
     return _assert_user_error(result, *fragments, endings=(".",))
-SHAPE = (32, 28, 12)
-AFFINE = np.array([[-1.5, 0, 0, 20.0], [0, -1.5, 0, 30.0], [0, 0, 3.0, -10.0], [0, 0, 0, 1]])
 
 
 @pytest.fixture
