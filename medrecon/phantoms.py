@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medrecon.io.volume import Volume
+
 
 @dataclass(frozen=True)
 class Ellipsoid:
@@ -73,3 +75,18 @@ def ellipsoid_phantom(shape: tuple[int, int, int],
 def shepp_logan_3d(shape: tuple[int, int, int] = (64, 64, 64)) -> np.ndarray:
     """The modified 3D Shepp-Logan phantom on a grid of ``shape``, values in [0, 1]."""
     return ellipsoid_phantom(shape, SHEPP_LOGAN_3D)
+
+
+def shepp_logan_volume(size: int = 64, spacing_mm: float = 2.0, modality: str = "MR") -> Volume:
+    """The phantom as a :class:`Volume`: ``size``^3 voxels of ``spacing_mm``, centred at the
+    origin, voxel axes in DICOM's LPS order. MR values lie in [0, 1]; CT maps phantom values
+    0 (air) .. 1 (skull) linearly onto -1000 .. +1000 HU, so soft tissue sits near 0 HU."""
+    data = shepp_logan_3d((size, size, size))
+    units = "a.u."
+    if modality == "CT":
+        data = np.clip(data * 2000.0 - 1000.0, -1000.0, 3000.0)
+        units = "HU"
+    affine = np.diag([-spacing_mm, -spacing_mm, spacing_mm, 1.0])
+    affine[:3, 3] = -affine[:3, :3] @ np.full(3, (size - 1) / 2.0)
+    return Volume(data, affine, modality=modality, units=units,
+                  series_description="Shepp-Logan phantom")

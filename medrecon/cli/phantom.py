@@ -27,10 +27,8 @@ def phantom(
                              "(the default is the first held-out test seed)."),
 ) -> None:
     """Write a test volume: the 3D Shepp-Logan phantom or a synthetic head, as NIfTI or DICOM."""
-    import numpy as np
-
     from medrecon.errors import InputError
-    from medrecon.io import Volume, save_volume
+    from medrecon.io import save_volume
 
     mod = modality.upper()
     if mod not in ("MR", "CT"):
@@ -43,18 +41,9 @@ def phantom(
         vol = generate_head((size, size, size), spacing_mm=spacing, modality=mod,
                             contrast=contrast.upper(), seed=seed)
     elif kind == "shepp-logan":
-        from medrecon.phantoms import shepp_logan_3d
+        from medrecon.phantoms import shepp_logan_volume
 
-        data = shepp_logan_3d((size, size, size))
-        units = "a.u."
-        if mod == "CT":
-            # Phantom values 0 (air) .. 1 (skull) onto -1000 .. +1000 HU; soft tissue ~ 0 HU.
-            data = np.clip(data * 2000.0 - 1000.0, -1000.0, 3000.0)
-            units = "HU"
-        affine = np.diag([-spacing, -spacing, spacing, 1.0])  # LPS voxel order, as DICOM reads
-        affine[:3, 3] = -affine[:3, :3] @ np.full(3, (size - 1) / 2.0)  # centred at the origin
-        vol = Volume(data, affine, modality=mod, units=units,
-                     series_description="Shepp-Logan phantom")
+        vol = shepp_logan_volume(size, spacing, mod)
     else:
         raise InputError(f"--kind must be shepp-logan or head, got {kind!r}.")
     path = save_volume(vol, out)
