@@ -39,13 +39,15 @@ def _worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a wedged collective must fail the test, not stall CI
 def test_ddp_two_gloo_processes(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     run_dir = tmp_path / "run"
-    # fork: the children inherit the imported torch/monai instead of importing them again
+    # spawn, not fork: a child forked from a pytest process whose OpenMP pool has already run
+    # can deadlock inside native code (seen here: one rank hung in train() for 20 minutes).
     mp.start_processes(_worker, args=(2, _free_port(), str(run_dir), str(tmp_path)), nprocs=2,
-                       join=True, start_method="fork")
+                       join=True, start_method="spawn")
     w0 = load_file(str(tmp_path / "rank0.safetensors"))
     w1 = load_file(str(tmp_path / "rank1.safetensors"))
     # DDP averages gradients, so both replicas hold identical weights after every step ...
