@@ -17,6 +17,13 @@ index normalisation, which also works for axes of length 1).
 Rays are produced chunk by chunk by a callback, so memory stays bounded by ``max_points`` sampled
 points per chunk whatever the number of views or detector pixels.
 
+For 2D geometries the same operator is also available as an explicit sparse matrix
+(:func:`ray_matrix_2d`): rows are rays, columns are the I*J pixels, and each entry is ``step_mm``
+times the sum of the bilinear weights that the ray's samples give that pixel (computed exactly as
+``grid_sample`` does, dropping neighbours outside the grid). Applying it to every slice at once
+is one CSR sparse x dense product, which reads contiguous rows and needs no atomics; the adjoint
+is the product with the transposed matrix, stored as its own CSR.
+
 Also here: :func:`sample_detector_2d` / :func:`sample_detector_3d`, the voxel-driven detector
 interpolation used by filtered backprojection (FBP/FDK), which is a different (non-adjoint)
 backprojector by design.
@@ -24,6 +31,7 @@ backprojector by design.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -38,6 +46,7 @@ __all__ = [
     "RayFn",
     "ray_project_2d",
     "ray_backproject_2d",
+    "ray_matrix_2d",
     "ray_project_3d",
     "ray_backproject_3d",
     "sample_detector_2d",
@@ -115,6 +124,114 @@ def ray_backproject_2d(sino: Tensor, shape: tuple[int, int], ray_fn: RayFn, n_sa
             g.contiguous(), zeros, grid, _BILINEAR, _ZEROS, False, [True, False])
         out += grad_in[0]
     return out
+
+
+#: Rough bytes of build temporaries per sampled point in :func:`ray_matrix_2d`, in units of the
+#: ``max_points`` budget's points (coordinates, four corners' keys and weights, sort buffers).
+_MATRIX_POINT_COST = 16
+
+
+def _sum_duplicates(keys: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Sorted unique keys and the sum of the weights of each key.
+
+    Deterministic on every device (no atomics): a stable sort, then the few duplicates of each
+    key (consecutive samples of one ray touching the same pixel) are added in sample order.
+    """
+    keys, order = torch.sort(keys, stable=True)
+    weights = weights[order]
+    unique, counts = torch.unique_consecutive(keys, return_counts=True)
+    if unique.numel() == keys.numel():
+        return unique, weights
+    first = torch.cumsum(counts, 0) - counts
+    sums = weights[first]
+    last = weights.numel() - 1
+    for o in range(1, int(counts.max())):
+        # Dense (no boolean indexing): adding an exact 0 leaves the shorter runs unchanged.
+        more = weights[torch.clamp(first + o, max=last)]
+        sums += torch.where(counts > o, more, 0.0)
+    return unique, sums
+
+
+def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
+
+
+def ray_matrix_2d(ray_fn: RayFn, n_rays: int, n_samples: int, step_mm: float,
+                  shape: tuple[int, int], dtype: torch.dtype, max_nnz: int,
+                  max_points: int = 2**22) -> tuple[Tensor, Tensor] | None:
+    """The sparse matrix of :func:`ray_project_2d` and its transpose, as CSR tensors.
+
+    ``A[n, i * J + j] = step_mm * sum_s w_s(i, j)`` with ``w_s`` the bilinear weight of pixel
+    (i, j) at sample s of ray n, as ``grid_sample`` computes it (``align_corners=False``, zero
+    padding: neighbours outside the grid are dropped). Exact zeros are not stored. Then
+    ``ray_project_2d(image) = (A @ image.reshape(C, I * J).T).T`` and
+    ``ray_backproject_2d(sino) = (A^T @ sino.T).T`` up to rounding.
+
+    Built chunk by chunk over rays in the precision and on the device of ``ray_fn``'s output
+    (use float64 rays for a matrix exact to float64 rounding); values are stored in ``dtype``.
+    Indices are int32 when every index fits, else int64.
+
+    Args:
+        ray_fn, n_rays, n_samples, step_mm: as in :func:`ray_project_2d`.
+        shape: image shape (I, J).
+        dtype: dtype of the stored values.
+        max_nnz: give up (return None) as soon as the matrix would hold more nonzeros.
+        max_points: bound on sampled points per build chunk (x a fixed cost per point).
+
+    Returns:
+        (A of shape (n_rays, I*J), A^T of shape (I*J, n_rays)), or None when over ``max_nnz``.
+    """
+    ni, nj = shape
+    npix = ni * nj
+    cols: list[Tensor] = []
+    vals: list[Tensor] = []
+    counts: list[Tensor] = []
+    nnz = 0
+    device = None
+    for a, b in _chunks(n_rays, n_samples, _MATRIX_POINT_COST, max_points):
+        starts, steps = ray_fn(a, b)
+        device = starts.device
+        grid = _grid(starts, steps, n_samples)  # (N, S, 2) as (j, i)
+        # grid_sample's unnormalisation for align_corners=False, then bilinear corner weights.
+        ix = ((grid[..., 0] + 1.0) * nj - 1.0) / 2.0
+        iy = ((grid[..., 1] + 1.0) * ni - 1.0) / 2.0
+        x0, y0 = torch.floor(ix), torch.floor(iy)
+        x1, y1 = x0 + 1.0, y0 + 1.0
+        corner_x = torch.stack([x0, x1, x0, x1], dim=-1)
+        corner_y = torch.stack([y0, y0, y1, y1], dim=-1)
+        w = torch.stack([(x1 - ix) * (y1 - iy), (ix - x0) * (y1 - iy),
+                         (x1 - ix) * (iy - y0), (ix - x0) * (iy - y0)], dim=-1)  # (N, S, 4)
+        keep = ((corner_x >= 0) & (corner_x < nj) & (corner_y >= 0) & (corner_y < ni)
+                & (w != 0)).reshape(-1)
+        ray = torch.arange(b - a, device=device)[:, None, None] * npix
+        keys = (ray + corner_y.long() * nj + corner_x.long()).reshape(-1)
+        idx = torch.nonzero(keep).squeeze(1)
+        keys, sums = _sum_duplicates(keys[idx], w.reshape(-1)[idx])
+        nnz += keys.numel()
+        if nnz > max_nnz:
+            return None
+        counts.append(torch.bincount(keys // npix, minlength=b - a))
+        cols.append(keys % npix)
+        vals.append((sums * step_mm).to(dtype))
+    index = torch.int32 if max(nnz, n_rays, npix) < 2**31 - 1 else torch.int64
+    col = torch.cat(cols).to(index)
+    values = torch.cat(vals)
+    row_counts = torch.cat(counts)
+    del cols, vals, counts
+    zero = torch.zeros(1, dtype=index, device=device)
+    crow = torch.cat([zero, torch.cumsum(row_counts, 0).to(index)])
+    matrix = _csr(crow, col, values, (n_rays, npix))
+    # A^T as its own CSR: a stable sort by pixel keeps the rays of each pixel in order.
+    col_sorted, order = torch.sort(col, stable=True)
+    del col_sorted
+    rows = torch.repeat_interleave(torch.arange(n_rays, device=device, dtype=index),
+                                   row_counts)[order]
+    pix_counts = torch.bincount(col.long(), minlength=npix)
+    crow_t = torch.cat([zero, torch.cumsum(pix_counts, 0).to(index)])
+    transpose = _csr(crow_t, rows, values[order], (npix, n_rays))
+    return matrix, transpose
 
 
 def ray_project_3d(volume: Tensor, ray_fn: RayFn, n_rays: int, n_samples: int, step_mm: float,
