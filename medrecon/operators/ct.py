@@ -36,12 +36,23 @@ Discretisation: ray-driven, trilinear (cone) or bilinear (2D) interpolation samp
 :mod:`medrecon.operators.functional.projectors`. The adjoint is the exact transpose of that
 sampling, so ``<A x, y> = <x, A^T y>`` to rounding error; gradients through the projector use the
 adjoint directly (custom autograd functions), which keeps memory bounded in guided sampling.
+
+Implementation: for the 2D kinds every slice sees the same in-plane rays, so the operator is one
+sparse matrix A (rays x in-plane pixels) applied to all K slices at once. By default
+(``method="auto"``) the projector builds that matrix exactly (the same bilinear samples, see
+:func:`~medrecon.operators.functional.projectors.ray_matrix_2d`) once per device and dtype, and
+applies ``A`` and a stored ``A^T`` as CSR sparse x dense products: far faster than resampling
+every slice along every ray, deterministic (no atomics), and the same numbers up to rounding.
+Matrices over a memory budget, cone beam (whose 3D matrix would be far too large) and
+``method="rays"`` use the ray-driven kernels.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -54,6 +65,7 @@ from medrecon.operators.base import LinearOperator
 from medrecon.operators.functional.projectors import (
     ray_backproject_2d,
     ray_backproject_3d,
+    ray_matrix_2d,
     ray_project_2d,
     ray_project_3d,
 )
@@ -65,8 +77,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GEOMETRY_KINDS",
+    "PROJECTOR_METHODS",
     "CTGeometry",
     "CTProjector",
+    "SparseSystem",
     "default_geometry",
     "make_projector",
     "simulate_sinogram",
@@ -83,6 +97,12 @@ DEFAULT_MAGNIFICATION = 2.0
 #: Source-isocentre distance of the default geometries in units of the field-of-view radius
 #: (fan half-angle asin(1/2.5) = 23.6 deg, close to a clinical scanner's ~25 deg).
 DEFAULT_SOURCE_DISTANCE_FOV = 2.5
+#: How a projector applies A: "auto" (sparse matrix for 2D kinds, else rays), "sparse", "rays".
+PROJECTOR_METHODS: tuple[str, ...] = ("auto", "sparse", "rays")
+#: Default bound on the nonzeros of a 2D system matrix (A and A^T are each stored).
+SPARSE_MAX_NNZ = 200_000_000
+#: Default share of the device's free memory that A and A^T (and their build) may use.
+SPARSE_MEMORY_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
@@ -346,6 +366,52 @@ def ray_lines(geometry: CTGeometry, volume_shape: Sequence[int], spacing_mm: Seq
     return s.clone(), d
 
 
+@dataclass(frozen=True)
+class SparseSystem:
+    """The explicit matrix of a 2D-geometry projector on one device, in one dtype.
+
+    Attributes:
+        matrix: CSR A of shape (views * detector cols, I * J); row ``v * C + c`` is the ray of
+            view v and column c, column ``i * J + j`` the in-plane pixel (i, j).
+        transpose: CSR A^T of shape (I * J, views * detector cols), stored separately so that
+            the adjoint is a gather (no atomics).
+        build_s: wall time of the build in seconds.
+    """
+
+    matrix: Tensor
+    transpose: Tensor
+    build_s: float
+
+    @property
+    def nnz(self) -> int:
+        """Stored nonzeros of A (A^T holds as many)."""
+        return int(self.matrix.values().numel())
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by A and A^T (values and indices) in bytes."""
+        total = 0
+        for m in (self.matrix, self.transpose):
+            for t in (m.values(), m.col_indices(), m.crow_indices()):
+                total += t.numel() * t.element_size()
+        return total
+
+
+def _available_memory(device: torch.device) -> int | None:
+    """Free memory (bytes) where a sparse matrix would live, or None when unknown."""
+    try:
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            # Blocks PyTorch's caching allocator holds but does not use are free to us too.
+            unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+            return int(free + unused)
+        if device.type == "cpu":
+            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        return None
+    return None
+
+
 class _Project(torch.autograd.Function):
     """y = A x whose gradient is A^T g (no sampling grids kept for the backward pass)."""
 
@@ -378,24 +444,56 @@ class CTProjector(LinearOperator):
     Leading batch dimensions are allowed on both sides. Real float32/float64 tensors on any
     device; the computation follows the input's device and dtype.
 
+    How A is applied (``method``; the operator is the same to rounding error either way):
+
+    * ``"auto"`` (default): ``"sparse"`` for parallel and fan geometries, ``"rays"`` for cone
+      beam, and ``"rays"`` whenever the matrix would exceed its budget.
+    * ``"sparse"`` (2D kinds only): on first use on a device and dtype, build the exact sparse
+      system matrix A (rays x in-plane pixels) and A^T once and cache them on the projector;
+      then ``A x`` and ``A^T y`` are CSR sparse x dense products over all slices (and batch
+      items) at once. Raises :class:`~medrecon.errors.InputError` when the matrix does not fit.
+    * ``"rays"``: resample the image along every ray on every call (``grid_sample`` and its
+      backward); no precomputation, memory bounded by ``max_points``.
+
+    The matrix budget is ``min(sparse_max_nnz, sparse_memory_fraction x free memory of the
+    device / bytes per nonzero)``; the build is abandoned as soon as it is exceeded. Only float32
+    and float64 use the matrix (other dtypes use rays).
+
     Args:
         geometry: the acquisition geometry.
         volume_shape: (I, J, K).
         spacing_mm: voxel size in mm along (i, j, k).
         step_mm: sampling step along rays (default: half the smallest voxel size in the plane
             of integration, i.e. in-plane for 2D kinds and all three axes for cone).
-        max_points: bound on sampled points held in memory at once (chunks over rays);
-            default 2**22 on the CPU and 2**25 on CUDA (about 20 bytes each in float32).
+        max_points: bound on sampled points held in memory at once (chunks over rays, also
+            those of the matrix build); default 2**22 on the CPU and 2**25 on CUDA (about 20
+            bytes each in float32).
+        method: "auto", "sparse" or "rays" (above).
+        sparse_max_nnz: most nonzeros the sparse matrix may hold (default
+            :data:`SPARSE_MAX_NNZ`).
+        sparse_memory_fraction: largest share of the device's free memory the matrices (A, A^T
+            and their build) may take (default :data:`SPARSE_MEMORY_FRACTION`).
     """
 
     def __init__(self, geometry: CTGeometry, volume_shape: Sequence[int],
                  spacing_mm: Sequence[float], step_mm: float | None = None,
-                 max_points: int | None = None) -> None:
+                 max_points: int | None = None, method: str = "auto",
+                 sparse_max_nnz: int | None = None,
+                 sparse_memory_fraction: float = SPARSE_MEMORY_FRACTION) -> None:
         shape = tuple(int(n) for n in volume_shape)
         spacing = tuple(float(s) for s in spacing_mm)
         if len(shape) != 3 or len(spacing) != 3 or min(shape) < 1 or min(spacing) <= 0:
             raise GeometryError(f"A CT projector needs a 3D volume shape and positive spacing, "
                                 f"got {shape} and {spacing}.")
+        if method not in PROJECTOR_METHODS:
+            raise InputError(f"The CT projector method must be one of "
+                             f"{', '.join(PROJECTOR_METHODS)}, got {method!r}.")
+        if method == "sparse" and not geometry.is_2d:
+            raise InputError("The sparse CT projector is available for parallel and fan "
+                             "geometries only; use method 'rays' or 'auto' for cone beam.")
+        if not 0.0 < float(sparse_memory_fraction) <= 1.0:
+            raise InputError(f"The sparse memory fraction must be in (0, 1], got "
+                             f"{sparse_memory_fraction}.")
         if geometry.is_2d:
             if geometry.detector_rows != shape[2]:
                 raise GeometryError(f"A {geometry.kind}-beam geometry has one detector row per "
@@ -417,7 +515,12 @@ class CTProjector(LinearOperator):
                                     f"{self.radius_mm:.1f} mm).")
         self.n_samples = int(math.ceil(2 * self.radius_mm / self.step_mm))
         self.max_points = None if max_points is None else int(max_points)
+        self.method = method
+        self.sparse_max_nnz = SPARSE_MAX_NNZ if sparse_max_nnz is None else int(sparse_max_nnz)
+        self.sparse_memory_fraction = float(sparse_memory_fraction)
         self._cache: dict[tuple[str, torch.dtype], tuple[Tensor, ...]] = {}
+        # None records "does not fit: use rays" so that the build is not retried.
+        self._systems: dict[tuple[str, torch.dtype], SparseSystem | None] = {}
 
     # -- rays -----------------------------------------------------------------------------------
     def _frames(self, like: Tensor) -> tuple[Tensor, ...]:
@@ -476,6 +579,68 @@ class CTProjector(LinearOperator):
 
         return fn
 
+    # -- sparse system matrix (2D kinds) ---------------------------------------------------
+    def _sparse_budget(self, device: torch.device, dtype: torch.dtype) -> int:
+        """Most nonzeros A may hold on ``device``: the nnz cap and the memory share."""
+        index_bytes = 4 if max(self.sparse_max_nnz, self.geometry.views
+                               * self.geometry.detector_cols) < 2**31 - 1 else 8
+        value_bytes = torch.empty(0, dtype=dtype).element_size()
+        # A and A^T, plus the transpose's sort buffers while building.
+        per_nnz = 2 * (value_bytes + index_bytes) + 24
+        budget = self.sparse_max_nnz
+        free = _available_memory(device)
+        if free is not None:
+            budget = min(budget, int(self.sparse_memory_fraction * free / per_nnz))
+        return budget
+
+    def sparse_system(self, device: torch.device | str = "cpu",
+                      dtype: torch.dtype = torch.float32) -> SparseSystem | None:
+        """The cached sparse A and A^T for ``device`` and ``dtype`` (built on first call).
+
+        None when this projector applies A by rays there: cone beam, ``method="rays"``, a dtype
+        other than float32/float64, or (with ``method="auto"``) a matrix over the budget.
+
+        The matrix is computed in float64 (exact to float64 rounding), stored in ``dtype``.
+        """
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        if (self.method == "rays" or not self.geometry.is_2d
+                or dtype not in (torch.float32, torch.float64)):
+            return None
+        key = (str(dev), dtype)
+        if key in self._systems:
+            return self._systems[key]
+        g = self.geometry
+        ni, nj, _ = self.volume_shape
+        budget = self._sparse_budget(dev, dtype)
+        build_dev = dev if dev.type in ("cpu", "cuda") else torch.device("cpu")
+        like = torch.empty(0, dtype=torch.float64, device=build_dev)
+        t0 = time.perf_counter()
+        pair = ray_matrix_2d(self._ray_fn(like), g.views * g.detector_cols, self.n_samples,
+                             self.step_mm, (ni, nj), dtype, budget, self._chunk_points(like))
+        if pair is None:
+            if self.method == "sparse":
+                raise InputError(f"The sparse CT system matrix needs more than {budget} "
+                                 f"nonzeros (the memory budget on {dev}); use method 'rays' "
+                                 f"or 'auto'.")
+            system = None
+        else:
+            a, at = (m.to(dev) for m in pair)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            system = SparseSystem(a, at, time.perf_counter() - t0)
+        self._systems[key] = system
+        return system
+
+    def method_for(self, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> str:
+        """"sparse" or "rays": how inputs on ``device`` in ``dtype`` are projected.
+
+        Builds the sparse matrix if it is due and not yet built.
+        """
+        return "rays" if self.sparse_system(device, dtype) is None else "sparse"
+
     # -- kernels --------------------------------------------------------------------------------
     def _chunk_points(self, t: Tensor) -> int:
         if self.max_points is not None:
@@ -488,6 +653,13 @@ class CTProjector(LinearOperator):
         xb = x.reshape(-1, ni, nj, nk)
         b = xb.shape[0]
         g = self.geometry
+        system = self.sparse_system(x.device, x.dtype)
+        if system is not None:
+            # Pixels as rows, (batch, slice) as contiguous columns: every nonzero of A reads
+            # one contiguous row. For an unbatched contiguous volume this is a view.
+            cols = xb.permute(1, 2, 0, 3).reshape(ni * nj, b * nk).contiguous()
+            p = (system.matrix @ cols).reshape(g.views, g.detector_cols, b, nk)
+            return p.permute(2, 0, 3, 1).reshape(*lead, *g.sinogram_shape).contiguous()
         fn = self._ray_fn(x)
         if g.is_2d:
             img = xb.permute(0, 3, 1, 2).reshape(b * nk, ni, nj)  # slices as channels
@@ -508,6 +680,12 @@ class CTProjector(LinearOperator):
         g = self.geometry
         yb = y.reshape(-1, *g.sinogram_shape)
         b = yb.shape[0]
+        system = self.sparse_system(y.device, y.dtype)
+        if system is not None:
+            # (b, V, K, C) -> rays as rows, (batch, slice) as columns.
+            sino = yb.permute(1, 3, 0, 2).reshape(g.views * g.detector_cols, b * nk)
+            x = (system.transpose @ sino.contiguous()).reshape(ni, nj, b, nk)
+            return x.permute(2, 0, 1, 3).reshape(*lead, ni, nj, nk).contiguous()
         fn = self._ray_fn(y)
         if g.is_2d:
             sino = yb.permute(0, 2, 1, 3).reshape(b * nk, g.views * g.detector_cols)
@@ -535,7 +713,8 @@ class CTProjector(LinearOperator):
     def __repr__(self) -> str:
         g = self.geometry
         return (f"CTProjector({g.kind}, views={g.views}, volume={self.volume_shape}, "
-                f"sinogram={g.sinogram_shape}, step={self.step_mm:g} mm)")
+                f"sinogram={g.sinogram_shape}, step={self.step_mm:g} mm, "
+                f"method={self.method})")
 
 
 def make_projector(geometry: CTGeometry | dict[str, Any], volume_shape: Sequence[int],
@@ -544,8 +723,9 @@ def make_projector(geometry: CTGeometry | dict[str, Any], volume_shape: Sequence
     """The projector of ``geometry`` for a volume of ``volume_shape`` and ``spacing_mm``.
 
     ``device`` and ``dtype`` pre-build the ray tables for the expected inputs; the operator
-    itself follows whatever device and dtype it is given. ``kwargs`` go to
-    :class:`CTProjector` (``step_mm``, ``max_points``).
+    itself follows whatever device and dtype it is given (a 2D geometry's sparse matrix is built
+    lazily, on first use). ``kwargs`` go to :class:`CTProjector` (``step_mm``, ``max_points``,
+    ``method``, ``sparse_max_nnz``, ``sparse_memory_fraction``).
     """
     if isinstance(geometry, dict):
         geometry = CTGeometry.from_dict(geometry)
@@ -725,16 +905,30 @@ _CASE_SHAPE = (13, 11, 5)
 _CASE_SPACING = (1.0, 1.3, 2.1)
 
 
+# The 2D cases use the sparse system matrix (the default); their "-rays" twins the ray-driven
+# kernels. Small max_points split both the matrix build and the ray kernels into many chunks.
 @register_operator_case("ct-parallel")
 def _case_parallel() -> tuple[LinearOperator, bool]:
     g = default_geometry(_CASE_SHAPE, _CASE_SPACING, "parallel", 7, 180.0)
-    return CTProjector(g, _CASE_SHAPE, _CASE_SPACING, max_points=5000), False
+    return CTProjector(g, _CASE_SHAPE, _CASE_SPACING, max_points=5000, method="sparse"), False
+
+
+@register_operator_case("ct-parallel-rays")
+def _case_parallel_rays() -> tuple[LinearOperator, bool]:
+    g = default_geometry(_CASE_SHAPE, _CASE_SPACING, "parallel", 7, 180.0)
+    return CTProjector(g, _CASE_SHAPE, _CASE_SPACING, max_points=5000, method="rays"), False
 
 
 @register_operator_case("ct-fan")
 def _case_fan() -> tuple[LinearOperator, bool]:
     g = default_geometry(_CASE_SHAPE, _CASE_SPACING, "fan", 7, 360.0)
-    return CTProjector(g, _CASE_SHAPE, _CASE_SPACING, max_points=5000), False
+    return CTProjector(g, _CASE_SHAPE, _CASE_SPACING, max_points=5000, method="sparse"), False
+
+
+@register_operator_case("ct-fan-rays")
+def _case_fan_rays() -> tuple[LinearOperator, bool]:
+    g = default_geometry(_CASE_SHAPE, _CASE_SPACING, "fan", 7, 360.0)
+    return CTProjector(g, _CASE_SHAPE, _CASE_SPACING, max_points=5000, method="rays"), False
 
 
 @register_operator_case("ct-cone")

@@ -46,23 +46,111 @@ def test_registered_ct_cases_adjoint(name: str) -> None:
 
 def test_all_kinds_registered() -> None:
     names = set(operator_cases())
-    assert {"ct-parallel", "ct-fan", "ct-cone", "ct-cone-vectors"} <= names
+    assert {"ct-parallel", "ct-fan", "ct-cone", "ct-cone-vectors", "ct-parallel-rays",
+            "ct-fan-rays"} <= names
 
 
-@pytest.mark.parametrize("kind", ["parallel", "fan", "cone"])
-def test_adjoint_default_geometry_small_chunks(kind: str) -> None:
-    # Tiny chunks force many ray chunks, exercising the chunk bookkeeping in both directions.
+@pytest.mark.parametrize(("kind", "method"), [
+    ("parallel", "rays"), ("parallel", "sparse"), ("fan", "rays"), ("fan", "sparse"),
+    ("cone", "rays")])
+def test_adjoint_default_geometry_small_chunks(kind: str, method: str) -> None:
+    # Tiny chunks force many ray chunks (of the kernels or of the matrix build), exercising the
+    # chunk bookkeeping in both directions.
     g = default_geometry(SHAPE, SPACING, kind, 6 if kind == "cone" else 11)
-    op = CTProjector(g, SHAPE, SPACING, max_points=150_000)
+    op = CTProjector(g, SHAPE, SPACING, max_points=150_000, method=method)
     assert adjoint_mismatch(op, complex_input=False, seed=1) <= 1e-10
-    big = CTProjector(g, SHAPE, SPACING)
+    big = CTProjector(g, SHAPE, SPACING, method="rays")
     x = torch.randn(SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(op(x), big(x), rtol=1e-12, atol=1e-12)
 
 
-def test_batch_and_autograd_use_the_adjoint() -> None:
+# -- the sparse system matrix of the 2D kinds ---------------------------------------------------
+@pytest.mark.parametrize("kind", ["parallel", "fan"])
+@pytest.mark.parametrize(("shape", "views"), [((13, 11, 5), 7), ((16, 20, 4), 12),
+                                              ((9, 9, 1), 1), ((24, 17, 3), 30)])
+def test_sparse_equals_rays(kind: str, shape: tuple[int, int, int], views: int) -> None:
+    spacing = (1.1, 0.7, 2.0)
+    g = default_geometry(shape, spacing, kind, views)
+    sparse = CTProjector(g, shape, spacing)
+    rays = CTProjector(g, shape, spacing, method="rays")
+    assert sparse.method_for("cpu", torch.float64) == "sparse"
+    assert rays.method_for("cpu", torch.float64) == "rays"
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn((3, *shape), dtype=torch.float64, generator=gen)  # a batch
+    y = torch.randn((3, *g.sinogram_shape), dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(sparse(x), rays(x), rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(sparse.H(y), rays.H(y), rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(sparse(x[1]), rays(x[1]), rtol=1e-13, atol=1e-13)
+    assert adjoint_mismatch(sparse, complex_input=False, seed=2) <= 1e-14
+
+
+def test_sparse_matrix_is_exact_and_its_transpose_is_stored() -> None:
+    # Columns of A are the projections of single pixels; A^T is A transposed.
+    shape, spacing = (7, 6, 1), (1.0, 1.2, 1.0)
+    g = default_geometry(shape, spacing, "fan", 5)
+    op = CTProjector(g, shape, spacing)
+    system = op.sparse_system("cpu", torch.float64)
+    assert system is not None and system.nnz > 0 and system.build_s >= 0
+    a = system.matrix.to_dense()
+    eye = torch.eye(shape[0] * shape[1], dtype=torch.float64).reshape(-1, *shape)
+    rays = CTProjector(g, shape, spacing, method="rays")
+    columns = rays(eye).reshape(-1, g.views * g.detector_cols).T
+    torch.testing.assert_close(a, columns, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(system.transpose.to_dense(), a.T, rtol=0, atol=0)
+    assert int((a != 0).sum()) == system.nnz  # no stored zeros, duplicates merged
+    assert op.sparse_system("cpu", torch.float64) is system  # cached
+    again = CTProjector(g, shape, spacing).sparse_system("cpu", torch.float64)
+    assert again is not None and torch.equal(again.matrix.values(), system.matrix.values())
+
+
+def test_sparse_float32_and_autograd() -> None:
+    g = default_geometry(SHAPE, SPACING, "parallel", 9)
+    sparse, rays = CTProjector(g, SHAPE, SPACING), CTProjector(g, SHAPE, SPACING, method="rays")
+    gen = torch.Generator().manual_seed(8)
+    x = torch.rand(SHAPE, generator=gen)
+    w = torch.rand(g.sinogram_shape, generator=gen)
+    assert sparse(x).dtype == torch.float32 and sparse.method_for() == "sparse"
+    torch.testing.assert_close(sparse(x), rays(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sparse.H(w), rays.H(w), rtol=1e-5, atol=1e-5)
+    xr = x.clone().requires_grad_(True)
+    (sparse(xr) * w).sum().backward()
+    torch.testing.assert_close(xr.grad, sparse.H(w))
+
+
+def test_sparse_budget_falls_back_to_rays() -> None:
+    g = default_geometry(SHAPE, SPACING, "fan", 6)
+    tiny = CTProjector(g, SHAPE, SPACING, sparse_max_nnz=100)
+    assert tiny.sparse_system("cpu", torch.float64) is None
+    assert tiny.method_for("cpu", torch.float64) == "rays"
+    x = torch.randn(SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    rays = CTProjector(g, SHAPE, SPACING, method="rays")
+    torch.testing.assert_close(tiny(x), rays(x), rtol=0, atol=0)  # the very same kernels
+    # A tiny share of memory also means rays; "sparse" insists and says why it cannot.
+    frac = CTProjector(g, SHAPE, SPACING, sparse_memory_fraction=1e-12)
+    assert frac.method_for("cpu", torch.float64) == "rays"
+    with pytest.raises(InputError, match="nonzeros"):
+        CTProjector(g, SHAPE, SPACING, method="sparse", sparse_max_nnz=100)(x)
+    # Cone beam and half precision never build a matrix.
+    cone = default_geometry(SHAPE, SPACING, "cone", 3)
+    assert CTProjector(cone, SHAPE, SPACING).method_for("cpu", torch.float64) == "rays"
+    assert CTProjector(g, SHAPE, SPACING).method_for("cpu", torch.bfloat16) == "rays"
+
+
+def test_method_errors() -> None:
+    g = default_geometry(SHAPE, SPACING, "parallel", 4)
+    with pytest.raises(InputError):
+        CTProjector(g, SHAPE, SPACING, method="dense")
+    with pytest.raises(InputError):
+        CTProjector(default_geometry(SHAPE, SPACING, "cone", 4), SHAPE, SPACING,
+                    method="sparse")
+    with pytest.raises(InputError):
+        CTProjector(g, SHAPE, SPACING, sparse_memory_fraction=0.0)
+
+
+@pytest.mark.parametrize("method", ["sparse", "rays"])
+def test_batch_and_autograd_use_the_adjoint(method: str) -> None:
     g = default_geometry(SHAPE, SPACING, "fan", 9)
-    op = make_projector(g, SHAPE, SPACING, dtype=torch.float64)
+    op = make_projector(g, SHAPE, SPACING, dtype=torch.float64, method=method)
     gen = torch.Generator().manual_seed(5)
     x = torch.randn((2, *SHAPE), dtype=torch.float64, generator=gen)
     y = op(x)
@@ -206,9 +294,18 @@ def test_geometry_errors() -> None:
 
 
 @pytest.mark.gpu
-def test_cuda_matches_cpu() -> None:
-    g = default_geometry(SHAPE, SPACING, "cone", 6)
-    op = make_projector(g, SHAPE, SPACING, device="cuda", dtype=torch.float64)
-    x = torch.rand(SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+@pytest.mark.parametrize(("kind", "method"), [("cone", "auto"), ("parallel", "sparse"),
+                                              ("fan", "sparse"), ("fan", "rays")])
+def test_cuda_matches_cpu(kind: str, method: str) -> None:
+    g = default_geometry(SHAPE, SPACING, kind, 6)
+    op = make_projector(g, SHAPE, SPACING, device="cuda", dtype=torch.float64, method=method)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand((2, *SHAPE), dtype=torch.float64, generator=gen)
+    y = torch.rand((2, *g.sinogram_shape), dtype=torch.float64, generator=gen)
     torch.testing.assert_close(op(x.cuda()).cpu(), op(x), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(op.H(y.cuda()).cpu(), op.H(y), rtol=1e-10, atol=1e-10)
     assert adjoint_mismatch(op, complex_input=False, device="cuda") <= 1e-10
+    if method == "sparse":
+        assert op.method_for("cuda", torch.float64) == "sparse"
+        torch.testing.assert_close(op(x.cuda().float()).cpu(), op(x.float()), rtol=1e-5,
+                                   atol=1e-5)

@@ -31,6 +31,15 @@ def test_registry_holds_the_mri_cases() -> None:
         assert expected in names
 
 
+def test_registry_holds_the_ct_cases_with_both_2d_methods() -> None:
+    # The 2D CT cases run the sparse system matrix; their "-rays" twins the ray kernels.
+    for name, expected in (("ct-parallel", "sparse"), ("ct-fan", "sparse"),
+                           ("ct-parallel-rays", "rays"), ("ct-fan-rays", "rays"),
+                           ("ct-cone", "rays"), ("ct-cone-vectors", "rays")):
+        op, _ = CASES[name]()
+        assert op.method_for("cpu", torch.float64) == expected  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_adjoint(name: str) -> None:
     op, complex_input = CASES[name]()
