@@ -406,10 +406,38 @@ def _available_memory(device: torch.device) -> int | None:
             unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
             return int(free + unused)
         if device.type == "cpu":
-            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+            return _available_host_memory()
     except (AttributeError, ValueError, OSError, RuntimeError):
         return None
     return None
+
+
+def _available_host_memory() -> int | None:
+    """Linux MemAvailable (free + reclaimable cache), capped by a cgroup v2 memory limit."""
+    avail: int | None = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if avail is None:
+        try:
+            avail = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, ValueError, OSError):
+            return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit != "max":
+            with open("/sys/fs/cgroup/memory.current") as f:
+                used = int(f.read().strip())
+            avail = min(avail, max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return avail
 
 
 class _Project(torch.autograd.Function):
@@ -617,8 +645,12 @@ class CTProjector(LinearOperator):
         build_dev = dev if dev.type in ("cpu", "cuda") else torch.device("cpu")
         like = torch.empty(0, dtype=torch.float64, device=build_dev)
         t0 = time.perf_counter()
-        pair = ray_matrix_2d(self._ray_fn(like), g.views * g.detector_cols, self.n_samples,
-                             self.step_mm, (ni, nj), dtype, budget, self._chunk_points(like))
+        # Ordinary tensors even when first called under torch.inference_mode(), so the cached
+        # matrix also serves later calls outside it.
+        with torch.inference_mode(False), torch.no_grad():
+            pair = ray_matrix_2d(self._ray_fn(like), g.views * g.detector_cols, self.n_samples,
+                                 self.step_mm, (ni, nj), dtype, budget,
+                                 self._chunk_points(like))
         if pair is None:
             if self.method == "sparse":
                 raise InputError(f"The sparse CT system matrix needs more than {budget} "
