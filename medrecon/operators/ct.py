@@ -63,6 +63,7 @@ import torch
 from medrecon.errors import GeometryError, InputError
 from medrecon.operators.base import LinearOperator
 from medrecon.operators.functional.projectors import (
+    csr_matmul,
     ray_backproject_2d,
     ray_backproject_3d,
     ray_matrix_2d,
@@ -689,8 +690,8 @@ class CTProjector(LinearOperator):
         if system is not None:
             # Pixels as rows, (batch, slice) as contiguous columns: every nonzero of A reads
             # one contiguous row. For an unbatched contiguous volume this is a view.
-            cols = xb.permute(1, 2, 0, 3).reshape(ni * nj, b * nk).contiguous()
-            p = (system.matrix @ cols).reshape(g.views, g.detector_cols, b, nk)
+            cols = xb.permute(1, 2, 0, 3).reshape(ni * nj, b * nk)
+            p = csr_matmul(system.matrix, cols).reshape(g.views, g.detector_cols, b, nk)
             return p.permute(2, 0, 3, 1).reshape(*lead, *g.sinogram_shape).contiguous()
         fn = self._ray_fn(x)
         if g.is_2d:
@@ -716,7 +717,7 @@ class CTProjector(LinearOperator):
         if system is not None:
             # (b, V, K, C) -> rays as rows, (batch, slice) as columns.
             sino = yb.permute(1, 3, 0, 2).reshape(g.views * g.detector_cols, b * nk)
-            x = (system.transpose @ sino.contiguous()).reshape(ni, nj, b, nk)
+            x = csr_matmul(system.transpose, sino).reshape(ni, nj, b, nk)
             return x.permute(2, 0, 1, 3).reshape(*lead, ni, nj, nk).contiguous()
         fn = self._ray_fn(y)
         if g.is_2d:

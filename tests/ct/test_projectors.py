@@ -20,6 +20,7 @@ from medrecon.operators.ct import (
     make_projector,
     ray_lines,
 )
+from medrecon.operators.functional.projectors import csr_matmul
 from medrecon.operators.registry import operator_cases
 from medrecon.phantoms import Ellipsoid, ellipsoid_phantom
 
@@ -67,7 +68,8 @@ def test_adjoint_default_geometry_small_chunks(kind: str, method: str) -> None:
 # -- the sparse system matrix of the 2D kinds ---------------------------------------------------
 @pytest.mark.parametrize("kind", ["parallel", "fan"])
 @pytest.mark.parametrize(("shape", "views"), [((13, 11, 5), 7), ((16, 20, 4), 12),
-                                              ((9, 9, 1), 1), ((24, 17, 3), 30)])
+                                              ((9, 9, 1), 1), ((24, 17, 3), 30),
+                                              ((10, 9, 12), 5)])  # 36 columns: CPU blocks
 def test_sparse_equals_rays(kind: str, shape: tuple[int, int, int], views: int) -> None:
     spacing = (1.1, 0.7, 2.0)
     g = default_geometry(shape, spacing, kind, views)
@@ -101,6 +103,16 @@ def test_sparse_matrix_is_exact_and_its_transpose_is_stored() -> None:
     assert op.sparse_system("cpu", torch.float64) is system  # cached
     again = CTProjector(g, shape, spacing).sparse_system("cpu", torch.float64)
     assert again is not None and torch.equal(again.matrix.values(), system.matrix.values())
+
+
+def test_csr_matmul_column_blocks() -> None:
+    gen = torch.Generator().manual_seed(12)
+    dense_a = torch.randn(7, 9, dtype=torch.float64, generator=gen)
+    dense_a[dense_a.abs() < 0.8] = 0.0
+    a = dense_a.to_sparse_csr()
+    x = torch.randn(9, 10, dtype=torch.float64, generator=gen)
+    for block in (1, 3, 10, None):
+        torch.testing.assert_close(csr_matmul(a, x, block), dense_a @ x, rtol=1e-14, atol=1e-14)
 
 
 def test_sparse_float32_and_autograd() -> None:

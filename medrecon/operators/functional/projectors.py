@@ -47,6 +47,7 @@ __all__ = [
     "ray_project_2d",
     "ray_backproject_2d",
     "ray_matrix_2d",
+    "csr_matmul",
     "ray_project_3d",
     "ray_backproject_3d",
     "sample_detector_2d",
@@ -232,6 +233,27 @@ def ray_matrix_2d(ray_fn: RayFn, n_rays: int, n_samples: int, step_mm: float,
     crow_t = torch.cat([zero, torch.cumsum(pix_counts, 0).to(index)])
     transpose = _csr(crow_t, rows, values[order], (npix, n_rays))
     return matrix, transpose
+
+
+#: Dense columns per CSR product on the CPU: the rows of a 32-column block that a matrix row
+#: gathers stay in cache (measured 1.5-2x faster than one product at 256 columns).
+CPU_COLUMN_BLOCK = 32
+
+
+def csr_matmul(matrix: Tensor, dense: Tensor, column_block: int | None = None) -> Tensor:
+    """``matrix @ dense`` for a CSR ``matrix`` (M, N) and a dense (N, C) tensor -> (M, C).
+
+    On the CPU, C > ``column_block`` (default :data:`CPU_COLUMN_BLOCK`) is done in blocks of
+    columns for cache locality; elsewhere in one product (cuSPARSE SpMM).
+    """
+    n_cols = dense.shape[1]
+    block = CPU_COLUMN_BLOCK if column_block is None else int(column_block)
+    if dense.device.type != "cpu" or n_cols <= block:
+        return matrix @ dense.contiguous()
+    out = dense.new_empty((matrix.shape[0], n_cols))
+    for a in range(0, n_cols, block):
+        out[:, a:a + block] = matrix @ dense[:, a:a + block].contiguous()
+    return out
 
 
 def ray_project_3d(volume: Tensor, ray_fn: RayFn, n_rays: int, n_samples: int, step_mm: float,
