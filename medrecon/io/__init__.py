@@ -31,11 +31,45 @@ def load_volume(path: str | Path, series: str | None = None, frame: int | None =
         if series is not None:
             raise InputError("--series applies to DICOM input, not to NIfTI files.")
         return read_nifti(path, frame=frame)
+    refuse_misnamed_file(path)
     if frame is not None:
         raise InputError("--frame applies to 4D NIfTI files, not to DICOM input.")
     from medrecon.io.dicom import read_dicom
 
     return read_dicom(path, series=series)
+
+
+def refuse_misnamed_file(path: Path) -> None:
+    """Raise a clear :class:`InputError` for a file that is HDF5, or NIfTI without a NIfTI
+    name, before it is mistaken for a DICOM file."""
+    if not path.is_file() or is_nifti_path(path):
+        return
+    kind = _sniff(path)
+    if kind == "hdf5":
+        raise InputError(f"{path} is an HDF5 file (a measurement?), not a volume; give a "
+                         f"NIfTI file or DICOM series, or reconstruct it first.")
+    if kind == "nifti":
+        raise InputError(f"{path} holds NIfTI data but its name does not end in .nii or "
+                         f".nii.gz; rename it.")
+
+
+def _sniff(path: Path) -> str:
+    """"hdf5", "nifti" or "" from a file's first bytes (for messages about misnamed inputs)."""
+    import gzip
+
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(352)
+        if head.startswith(b"\x1f\x8b"):
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(352)
+    except (OSError, EOFError):
+        return ""
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "hdf5"
+    if head[344:348] in (b"n+1\0", b"ni1\0") or head[4:8] in (b"n+2\0", b"ni2\0"):
+        return "nifti"
+    return ""
 
 
 def save_volume(

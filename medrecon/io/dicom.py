@@ -177,7 +177,7 @@ def _read_header(path: Path, explicit: bool) -> Any | None:
             ok = False
         if not ok:
             if explicit:
-                raise DicomError(f"{path} is not a DICOM file.")
+                raise DicomError(f"{path} is neither DICOM nor NIfTI (.nii, .nii.gz).")
             return None
         for kw in _PIXEL_KEYWORDS:
             if kw in ds:

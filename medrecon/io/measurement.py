@@ -384,6 +384,21 @@ def read_measurement(path: str | Path, estimate_maps: bool = False) -> Measureme
         raise MeasurementError(f"{path} is a folder, not a measurement file (.h5).")
     if not h5py.is_hdf5(path):
         raise MeasurementError(f"{path} is not an HDF5 measurement file.")
+    try:
+        return _read_hdf5_measurement(path, estimate_maps)
+    except OSError as exc:
+        if exc.errno is not None:
+            raise  # permission and the like: the CLI words these itself
+        # h5py reports a cut-short or damaged file as an OSError without errno.
+        reason = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else "unreadable"
+        raise MeasurementError(f"{path} is truncated or corrupt ({reason}); copy or export "
+                               f"it again.") from None
+
+
+def _read_hdf5_measurement(path: Path, estimate_maps: bool) -> Measurement:
+    """The body of :func:`read_measurement` for a file that is HDF5."""
+    import h5py
+
     with h5py.File(path, "r") as f:
         fmt = f.attrs.get("format")
         if fmt is None:

@@ -18,6 +18,15 @@ def is_nifti_path(path: str | Path) -> bool:
     return name.endswith(".nii") or name.endswith(".nii.gz")
 
 
+def _reason(exc: BaseException) -> str:
+    """nibabel's complaint as one clause: its first line, without the file name or full stop."""
+    import re
+
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    text = (lines[0] if lines else type(exc).__name__).rstrip(".")
+    return re.sub(r"\.\s+(?=[A-Z])", "; ", text)
+
+
 def read_nifti(path: str | Path, frame: int | None = None) -> Volume:
     """Read a 3D NIfTI file, or one frame of a 4D file when ``frame`` is given.
 
@@ -30,7 +39,8 @@ def read_nifti(path: str | Path, frame: int | None = None) -> Volume:
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for corrupt files
-        raise InputError(f"Cannot read NIfTI file {path}: {exc}") from None
+        raise InputError(f"Cannot read NIfTI file {path} ({_reason(exc)}); check that it is "
+                         f"complete, or export it again.") from None
     if data.ndim == 4:
         if frame is None:
             raise InputError(

@@ -204,7 +204,7 @@ def test_non_dicom_files_are_ignored(tmp_path: Path, data: np.ndarray) -> None:
     np.testing.assert_array_equal(vol.data, data.astype(np.float32))
     with pytest.raises(DicomError, match="DICOMDIR"):
         read_dicom(tmp_path / "DICOMDIR")
-    with pytest.raises(DicomError, match="not a DICOM file"):
+    with pytest.raises(DicomError, match="neither DICOM nor NIfTI"):
         read_dicom(tmp_path / "README")
 
 
