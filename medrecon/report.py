@@ -201,6 +201,7 @@ def orthogonal_slices_figure(
     annotations: Mapping[str, str] | None = None,
     units: str = "",
     title: str | None = None,
+    footnote: str | None = None,
     dpi: int = 150,
 ) -> Path:
     """Draw three orthogonal central slices of several volumes, their errors and std maps.
@@ -230,8 +231,10 @@ def orthogonal_slices_figure(
         error_max, std_max: upper ends of the error and std windows (default: 99th percentile
             of the shown slices, so that a few outliers do not wash out the map).
         annotations: name -> extra line under a row's label, e.g. "PSNR 31.2 dB".
-        units: intensity units for the colour-bar labels (e.g. "HU").
+        units: intensity units for the colour-bar labels (e.g. "HU", "a.u.").
         title: figure title.
+        footnote: extra text at the bottom (e.g. the metrics' region and data range), after
+            the line stating the display convention and the region outline.
         dpi: minimum resolution of the PNG; raised (up to 300) so that a panel has at least
             one pixel per voxel where possible.
 
@@ -300,7 +303,7 @@ def orthogonal_slices_figure(
         col_titles.append(f"{col_names[v]}  ({'ijk'[old_axis]} = {old_idx})")
 
     # Row groups: (kind, [names], cmap, vmin, vmax, label)
-    unit = f" [{units}]" if units and units != "a.u." else ""
+    unit = f" [{units}]" if units else ""
     groups: list[tuple[str, list[str], str, float, float, str]] = []
     if window is None:
         ref_arr = arrays[f"img:{ref_name}"]
@@ -319,17 +322,39 @@ def orthogonal_slices_figure(
     if std:
         smax = std_max if std_max is not None else _robust_max(
             [s for n in std for s in slices[f"std:{n}"]], 99.0)
-        groups.append(("std", list(std), "viridis", 0.0, float(smax), f"Std{unit}"))
+        groups.append(("std", list(std), "viridis", 0.0, float(smax), f"Standard deviation{unit}"))
 
+    notes: list[str] = []
+    if oriented:
+        notes.append("Radiological convention: patient's right on the image's left (letters "
+                     "give the patient directions).")
+    else:
+        notes.append("No affine given: panels show voxel axes, without patient orientation.")
+    has_outline = "mask" in slices and any(0 < m.sum() < m.size for m in slices["mask"])
+    if has_outline:
+        notes.append("Cyan outline on the reference: the evaluation region.")
+    if footnote:
+        notes.append(footnote)
     n_rows = sum(len(g[1]) for g in groups)
     row_h_mm = max(ext_y, ext_z)
     widths_mm = [e[0] for e in extents]
     panel_in = 2.3 / row_h_mm  # inches per mm, so that a row is about 2.3 in tall
     label_in, cbar_in, gap_in = 0.55, 0.9, 0.08
     fig_w = label_in + sum(w * panel_in for w in widths_mm) + 3 * gap_in + cbar_in
-    title_in = 0.55 if title else 0.3
+    # Wrap the title and notes to the figure width (about 0.55 em per character), so that
+    # long file names are neither cut off nor drawn over the column titles.
+    import textwrap
+
+    def wrap(text: str, fontsize: float) -> list[str]:
+        width = max(20, int(0.97 * fig_w * 72 / (0.55 * fontsize)))
+        return textwrap.wrap(text, width, break_long_words=True, break_on_hyphens=False)
+
+    title_lines = wrap(title, 11) if title else []
+    note_lines = [ln for note in notes for ln in wrap(note, 7)]
+    title_in = 0.3 + 0.2 * len(title_lines) if title_lines else 0.3
     row_in, gap_row_in = row_h_mm * panel_in, 0.12
-    fig_h = title_in + n_rows * row_in + (n_rows - 1) * gap_row_in + 0.1
+    note_in = 0.12 + 0.14 * len(note_lines)
+    fig_h = title_in + n_rows * row_in + (n_rows - 1) * gap_row_in + note_in
     # Enough pixels per panel to show every voxel (capped to keep files reasonable).
     voxels_per_inch = max(rshape[0] / (ext_x * panel_in), rshape[1] / (ext_y * panel_in),
                           rshape[2] / (ext_z * panel_in))
@@ -339,12 +364,18 @@ def orthogonal_slices_figure(
     gs = fig.add_gridspec(
         n_rows, 5,
         width_ratios=[label_in / panel_in, *widths_mm, (cbar_in / panel_in)],
-        left=0.01, right=0.99, top=1.0 - title_in / fig_h, bottom=0.1 / fig_h,
+        left=0.01, right=0.99, top=1.0 - title_in / fig_h, bottom=note_in / fig_h,
         wspace=0.06, hspace=gap_row_in / row_in,
     )
-    if title:
-        fig.suptitle(title, fontsize=11, y=1.0 - 0.12 / fig_h, va="top")
+    if title_lines:
+        fig.suptitle("\n".join(title_lines), fontsize=11, y=1.0 - 0.08 / fig_h, va="top")
+    for n, line in enumerate(note_lines):
+        fig.text(0.01, (0.06 + 0.14 * (len(note_lines) - 1 - n)) / fig_h, line, fontsize=7,
+                 ha="left", va="bottom", color="#333333")
 
+    from matplotlib import patheffects
+
+    outline = [patheffects.withStroke(linewidth=1.5, foreground="black")]
     annotations = dict(annotations or {})
     row = 0
     kind_title = {"img": "", "err": "|error|", "std": ""}
@@ -388,7 +419,7 @@ def orthogonal_slices_figure(
                 lt = letters[v]
                 if lt is not None and row == 0:
                     style = dict(color="#ffd54f", fontsize=7, fontweight="bold",
-                                 transform=ax.transAxes)
+                                 transform=ax.transAxes, path_effects=outline)
                     ax.text(0.02, 0.5, lt[0], ha="left", va="center", **style)
                     ax.text(0.98, 0.5, lt[1], ha="right", va="center", **style)
                     ax.text(0.5, 0.98, lt[2], ha="center", va="top", **style)
@@ -397,7 +428,14 @@ def orthogonal_slices_figure(
         cax_spec = gs[first_row:row, 4].subgridspec(1, 3, width_ratios=[0.15, 0.22, 0.63])
         cax = fig.add_subplot(cax_spec[0, 1])
         assert im is not None
-        extend = "max" if kind != "img" else "neither"
+        if kind != "img":
+            extend = "max"
+        else:  # show arrows where the grey window clips the data
+            shown = [s for n in members for s in slices[f"img:{n}"]]
+            below = any(float(np.nanmin(x)) < vmin for x in shown)
+            above = any(float(np.nanmax(x)) > vmax for x in shown)
+            extend = {(False, False): "neither", (True, False): "min",
+                      (False, True): "max", (True, True): "both"}[(below, above)]
         cb = fig.colorbar(im, cax=cax, extend=extend)
         cb.ax.tick_params(labelsize=7)
         cb.set_label(cbar_label, fontsize=8)

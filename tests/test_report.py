@@ -140,3 +140,57 @@ def test_metric_writers(tmp_path: Path, rng: np.random.Generator) -> None:
         rows = list(csv.DictReader(fh))
     assert [r["slice"] for r in rows] == ["0", "1", "2", "3", "4", "volume"]
     assert rows[0]["psnr"] == "nan" and rows[2]["psnr"] == "inf" and rows[5]["voxels"] == "60"
+
+
+def _figure_texts(monkeypatch: pytest.MonkeyPatch, **kwargs: object) -> tuple[list[str], list]:
+    """Draw a small figure and return every text drawn on it and its colour bars' extends."""
+    from matplotlib.figure import Figure
+
+    captured: list[Figure] = []
+    original = Figure.savefig
+
+    def keep(self: Figure, *args: object, **kw: object) -> None:
+        captured.append(self)
+        original(self, *args, **kw)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    orthogonal_slices_figure(**kwargs)  # type: ignore[arg-type]
+    fig = captured[0]
+    from matplotlib.text import Text
+
+    texts = [t.get_text() for t in fig.findobj(Text)]
+    texts += [ax.get_ylabel() for ax in fig.axes]
+    return texts, fig.axes
+
+
+def test_figure_states_units_convention_region_and_std(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = np.zeros((12, 10, 8), np.float32)
+    ref[3:9, 3:7, 2:6] = 1.0
+    rec = ref + 0.1
+    mask = ref > 0.5
+    long_title = "recon_" + "x" * 150 + ".nii.gz vs reference.nii.gz"
+    texts, _ = _figure_texts(
+        monkeypatch, volumes={"Reference": ref, "Recon": rec}, path=tmp_path / "f.png",
+        affine=np.diag([2.0, 2.0, 2.0, 1.0]), std={"Posterior std": np.abs(rec - ref)},
+        mask=mask, units="a.u.", title=long_title, footnote="Metrics over: the mask.")
+    joined = "\n".join(texts)
+    assert "Intensity [a.u.]" in texts and "|Error| [a.u.]" in texts
+    assert "Standard deviation [a.u.]" in texts
+    assert "Radiological convention: patient's right on the image's left" in joined
+    assert "Cyan outline on the reference: the evaluation region." in joined
+    assert "Metrics over: the mask." in joined
+    title = next(t for t in texts if t.startswith("recon_"))
+    assert "\n" in title and max(len(line) for line in title.splitlines()) < 120  # wrapped
+
+
+def test_figure_without_affine_says_so_and_marks_clipped_window(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = np.linspace(-1000, 1000, 8 * 8 * 8, dtype=np.float32).reshape(8, 8, 8)
+    texts, axes = _figure_texts(monkeypatch, volumes={"Reference": ref}, path=tmp_path / "f.png",
+                                window=(-160.0, 240.0), units="HU")
+    assert any("No affine given: panels show voxel axes" in t for t in texts)
+    cbar = axes[-1]
+    assert cbar.get_ylabel() == "Intensity [HU]"
+    # Values beyond the window on both sides: the colour bar shows both arrows.
+    assert cbar._colorbar.extend == "both"  # type: ignore[attr-defined]
