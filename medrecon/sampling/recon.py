@@ -37,6 +37,11 @@ __all__ = ["diffusion_reconstruction"]
 
 _PRIOR_CACHE: dict[tuple[str, str], Any] = {}
 
+#: Every key of ``options.extra`` that ``--method diffusion`` understands.
+OPTION_KEYS: tuple[str, ...] = ("prior", "sampler", "steps", "samples", "seed", "tiling",
+                                "memory_budget_gb", "noise_std")
+_TILINGS = ("shift", "roll", "blend")
+
 
 def _int(extra: dict[str, Any], key: str, default: int) -> int:
     value = extra.get(key, default)
@@ -46,14 +51,38 @@ def _int(extra: dict[str, Any], key: str, default: int) -> int:
         raise InputError(f"The diffusion option {key} must be an integer, got {value!r}.") from None
 
 
+def _positive_float(extra: dict[str, Any], key: str, allow_zero: bool = False) -> float | None:
+    value = extra.get(key)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (number >= 0 if allow_zero else number > 0) or number == float("inf"):
+        what = "a number >= 0" if allow_zero else "a positive number"
+        raise InputError(f"The diffusion option {key} must be {what}, got {value!r}.")
+    return number
+
+
 def diffusion_reconstruction(measurement: Measurement, options: ReconOptions,
                              device: torch.device) -> ReconOutput:
     """Posterior-mean reconstruction (and std map) of an MR or CT measurement."""
     from medrecon.priors import load_prior, resolve_prior_path
     from medrecon.sampling.api import posterior_sample
 
-    extra = dict(options.extra)
+    extra = options.extra  # read with .get only, so callers can see which keys were used
+    unknown = [k for k in extra if k not in OPTION_KEYS]
+    if unknown:
+        raise InputError(f"Unknown diffusion option {unknown[0]!r}; the options are "
+                         f"{', '.join(OPTION_KEYS)}.")
     prior_name = str(extra.get("prior", "default"))
+    if prior_name.lower().endswith((".safetensors", ".pt", ".pth", ".ckpt")):
+        raise InputError(f"--prior {prior_name} is a weights file; give the prior's NAME.json "
+                         f"or its folder.")
+    tiling = str(extra.get("tiling", "shift")).strip().lower()
+    if tiling not in _TILINGS:
+        raise InputError(f"Unknown diffusion tiling {tiling!r}; use {', '.join(_TILINGS)}.")
     key = (str(resolve_prior_path(prior_name)), str(device))
     if key not in _PRIOR_CACHE:  # reuse a loaded prior across calls in one process
         _PRIOR_CACHE.clear()
@@ -62,13 +91,12 @@ def diffusion_reconstruction(measurement: Measurement, options: ReconOptions,
     steps = _int(extra, "steps", options.iterations or 50)
     samples = _int(extra, "samples", 1)
     seed = _int(extra, "seed", 0)
-    budget = extra.get("memory_budget_gb")
-    noise = extra.get("noise_std")
+    budget = _positive_float(extra, "memory_budget_gb")
+    noise = _positive_float(extra, "noise_std", allow_zero=True)
     res = posterior_sample(
         measurement, prior, sampler=str(extra.get("sampler", "dds")), steps=steps,
-        samples=samples, seed=seed, device=device, tiling=str(extra.get("tiling", "shift")),
-        memory_budget_gb=None if budget is None else float(budget),
-        noise_std=None if noise is None else float(noise), progress=options.progress)
+        samples=samples, seed=seed, device=device, tiling=tiling,
+        memory_budget_gb=budget, noise_std=noise, progress=options.progress)
     info: dict[str, Any] = {
         k: v for k, v in res.info.items()
         if isinstance(v, int | float | str | bool | list) or v is None}
