@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from medrecon.cli.common import user_errors
+from medrecon.cli.common import check_output, user_errors
 
 
 class OutputFormat(StrEnum):
@@ -22,7 +22,7 @@ class OutputFormat(StrEnum):
 
 
 def register(app: typer.Typer) -> None:
-    app.command("convert")(convert)
+    app.command("convert", short_help="Convert between NIfTI and DICOM with exact geometry.")(convert)
 
 
 @user_errors
@@ -72,6 +72,7 @@ def convert(
             raise InputError(f"DICOM output must be a folder, not {out.name}.")
         if out.exists() and not out.is_dir():
             raise InputError(f"{out} is a file; DICOM output must be a folder.")
+    check_output(out, target)
 
     ref_volume = None
     if reference is not None:

@@ -13,7 +13,7 @@ from medrecon.cli.common import user_errors
 
 
 def register(app: typer.Typer) -> None:
-    app.command("demo")(demo)
+    app.command("demo", short_help="Run the whole pipeline on a held-out synthetic head.")(demo)
 
 
 @user_errors
@@ -28,13 +28,14 @@ def demo(
                              "standard deviation the uncertainty map (at least 2)."),
     steps: int = typer.Option(
         None, "--steps", show_default=False,
-        help="Diffusion steps. Default: 8 on a CPU (the demo then takes under 5 minutes on "
+        help="Diffusion steps (at least 2). Default: 8 on a CPU (the demo then takes under 5 minutes on "
              "2 cores), 50 on a GPU."),
     seed: int = typer.Option(
-        0, "--seed", help="Which held-out test head, and the seed of mask, noise and sampler."),
+        0, "--seed", help="Which held-out test head (0 or more), and the seed of mask, noise "
+                          "and sampler."),
     size: int = typer.Option(
         None, "--size", show_default=False,
-        help="Voxels along each axis of the test volume. Default: 64 on a CPU (a 128 mm cube "
+        help="Voxels along each axis of the test volume (8 to 512). Default: 64 on a CPU (a 128 mm cube "
              "through the head), 96 x 112 x 112 on a GPU (the whole head)."),
     prior: str = typer.Option(
         "default", "--prior", help="Prior name (see `medrecon priors`) or path."),

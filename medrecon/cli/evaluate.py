@@ -12,24 +12,30 @@ from pathlib import Path
 
 import typer
 
-from medrecon.cli.common import user_errors
+from medrecon.cli.common import check_output, user_errors
+
+#: The figure's default CT grey window (HU): the soft-tissue window W400 / L40.
+CT_WINDOW = (-160.0, 240.0)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("evaluate")(evaluate)
+    app.command("evaluate", short_help="PSNR, SSIM, NMSE, HFEN of a reconstruction vs a reference.")(evaluate)
 
 
 @user_errors
 def evaluate(
-    recon: Path = typer.Argument(..., help="Reconstruction: NIfTI file or DICOM file/folder."),
-    reference: Path = typer.Argument(..., help="Reference: NIfTI file or DICOM file/folder."),
+    recon: Path = typer.Argument(..., metavar="RECON",
+                                 help="Reconstruction: NIfTI file or DICOM file/folder."),
+    reference: Path = typer.Argument(..., metavar="REFERENCE",
+                                     help="Reference: NIfTI file or DICOM file/folder."),
     mask: str = typer.Option(
         None, "--mask",
         help="Region to evaluate: a mask volume (nonzero voxels count) on the reference grid, "
              "or 'auto' for a foreground mask of the reference. Default: the whole volume."),
     data_range: float = typer.Option(
         None, "--data-range",
-        help="Data range L for PSNR and SSIM. Default: reference max - min."),
+        help="Data range L for PSNR and SSIM, in the reference's units (HU for CT). "
+             "Default: reference max - min."),
     slice_axis: int = typer.Option(
         2, "--slice-axis", min=0, max=2,
         help="Voxel axis (0=i, 1=j, 2=k) along which per-slice metrics are reported."),
@@ -38,6 +44,10 @@ def evaluate(
         None, "--csv", help="Write one row per slice plus a 'volume' row to this CSV file."),
     figure: Path = typer.Option(
         None, "--figure", help="Write a PNG of orthogonal slices with the error map."),
+    window: tuple[float, float] | None = typer.Option(
+        None, "--window", metavar="LOW HIGH", show_default=False,
+        help="Grey window of the figure, in the reference's units. Default: CT -160 to 240 HU "
+             "(soft tissue, W400 L40); otherwise the reference's min to max."),
     series: str = typer.Option(
         None, "--series",
         help="SeriesInstanceUID to pick in DICOM inputs holding several series."),
@@ -59,14 +69,30 @@ def evaluate(
         # --series only concerns DICOM input; a NIfTI file next to a DICOM folder is fine.
         return load_volume(path, series=None if is_nifti_path(path) else uid)
 
-    for p in (json_out, csv_out, figure):
-        if p is not None and p.exists() and p.is_dir():
-            raise InputError(f"Output {p} is a folder; give a file name.")
     if figure is not None and figure.suffix.lower() != ".png":
         raise InputError(f"--figure must end in .png, got {figure.name}.")
+    if window is not None and not window[0] < window[1]:
+        raise InputError(f"--window needs LOW < HIGH, got {window[0]:g} {window[1]:g}.")
+    if window is not None and figure is None:
+        raise InputError("--window sets the figure's grey window; add --figure FILE.png.")
+    inputs = [recon, reference] + ([Path(mask)] if mask and mask.lower() != "auto" else [])
+    outputs = [(flag, p) for flag, p in (("--json", json_out), ("--csv", csv_out),
+                                         ("--figure", figure)) if p is not None]
+    for flag, p in outputs:
+        check_output(p, "file", flag, inputs=inputs)
+    for i, (flag, p) in enumerate(outputs):
+        for flag2, p2 in outputs[i + 1:]:
+            if p.resolve() == p2.resolve():
+                raise InputError(f"{flag} and {flag2} name the same file {p}; give two names.")
 
     rec_vol = load(recon, recon_series or series)
     ref_vol = load(reference, series)
+    known = ("MR", "CT")
+    if rec_vol.modality in known and ref_vol.modality in known \
+            and rec_vol.modality != ref_vol.modality:
+        raise InputError(f"The reconstruction is {rec_vol.modality} ({rec_vol.units}) but the "
+                         f"reference is {ref_vol.modality} ({ref_vol.units}); compare volumes "
+                         f"of the same modality.")
     mask_arg: object = None
     if mask is not None:
         if mask.strip().lower() == "auto":
@@ -99,13 +125,23 @@ def evaluate(
 
         v = result.volume
         note = f"PSNR {v['psnr']:.2f} dB\nSSIM {v['ssim']:.4f}"
+        unit = f" {ref_vol.units}" if ref_vol.units else ""
+        grey = window
+        if grey is None and ref_vol.units == "HU":
+            grey = CT_WINDOW
+        footnote = (f"Metrics over: {result.region}; data range L = "
+                    f"{result.data_range:.4g}{unit} ({result.data_range_source}).")
+        if grey is not None:
+            footnote += f" Grey window {grey[0]:g} to {grey[1]:g}{unit}."
         orthogonal_slices_figure(
             {"Reference": ref_vol.data, "Reconstruction": rec_vol.data},
             figure,
             affine=ref_vol.affine,
             mask=mask_arr,
+            window=grey,
             annotations={"Reconstruction": note},
             units=ref_vol.units,
             title=f"{Path(str(recon)).name} vs {Path(str(reference)).name}",
+            footnote=footnote,
         )
         typer.echo(f"Wrote {figure}")

@@ -17,7 +17,7 @@ from medrecon.cli.common import user_errors
 
 
 def register(app: typer.Typer) -> None:
-    app.command("info")(info)
+    app.command("info", short_help="Show the series, shape, spacing and orientation of a study.")(info)
 
 
 def volume_summary(volume: Any) -> dict[str, Any]:
@@ -60,6 +60,9 @@ def collect_info(path: Path, series: str | None = None, frame: int | None = None
         result["series"] = []
         result["volume"] = volume_summary(load_volume(path, series=series, frame=frame))
         return result
+    from medrecon.io import refuse_misnamed_file
+
+    refuse_misnamed_file(path)
     if frame is not None:
         raise InputError("--frame applies to 4D NIfTI files, not to DICOM input.")
     from medrecon.io.dicom import list_series, read_dicom
@@ -117,7 +120,7 @@ def format_info(info: dict[str, Any]) -> str:
 
 @user_errors
 def info(
-    path: Path = typer.Argument(..., help="NIfTI file, DICOM file, or folder (tree) of DICOM."),
+    path: Path = typer.Argument(..., metavar="PATH", help="NIfTI file, DICOM file, or folder (tree) of DICOM."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
     series: str | None = typer.Option(None, "--series",
                                       help="SeriesInstanceUID to describe when a folder holds several."),

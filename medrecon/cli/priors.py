@@ -10,12 +10,34 @@ from medrecon.cli.common import user_errors
 
 
 def register(app: typer.Typer) -> None:
-    app.command("priors")(priors)
+    app.command("priors", short_help="List the available diffusion priors.")(priors)
+
+
+def _check_prior_path(path: Path) -> None:
+    """Refuse a path that is not a readable medrecon prior description, in one sentence."""
+    import json
+
+    from medrecon.errors import InputError
+    from medrecon.priors import resolve_prior_path
+
+    js = resolve_prior_path(path)
+    try:
+        doc = json.loads(js.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InputError(f"{js} is not a medrecon prior description (a NAME.json file); "
+                         f"give a prior's .json, its folder or a training run folder.") from None
+    if not isinstance(doc, dict) or doc.get("format") != "medrecon-prior":
+        raise InputError(f"{js} is not a medrecon prior description (a NAME.json file); "
+                         f"give a prior's .json, its folder or a training run folder.")
+    missing = [k for k in ("name", "weights", "modalities", "patch_size", "spacing_mm",
+                           "uses_position") if k not in doc]
+    if missing:
+        raise InputError(f"{js} lacks the prior field {missing[0]!r}; export the prior again.")
 
 
 @user_errors
 def priors(
-    paths: list[Path] = typer.Argument(None, help="Extra priors: NAME.json files, prior "
+    paths: list[Path] = typer.Argument(None, metavar="PATH", help="Extra priors: NAME.json files, prior "
                                        "folders or training run folders."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
@@ -24,6 +46,8 @@ def priors(
 
     from medrecon.priors import list_priors
 
+    for path in paths or []:
+        _check_prior_path(path)
     infos = list_priors(list(paths or []))
     if as_json:
         typer.echo(json.dumps([{

@@ -7,11 +7,45 @@ from typing import Any
 
 import typer
 
-from medrecon.cli.common import user_errors
+from medrecon.cli.common import check_volume_output, user_errors, warn
+
+#: Methods without a regularisation weight, and direct (non-iterative) methods.
+_NO_LAM = frozenset({"zero-filled", "fbp", "fdk", "sirt", "cgls", "diffusion"})
+_DIRECT = frozenset({"zero-filled", "fbp", "fdk"})
 
 
 def register(app: typer.Typer) -> None:
-    app.command("reconstruct")(reconstruct)
+    app.command("reconstruct", short_help="Reconstruct a measurement: classical methods or diffusion.")(reconstruct)
+
+
+class _UsedKeys(dict[str, Any]):
+    """The ``--set`` options; remembers which keys the method looked up (to flag typos)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.used: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self.used.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        self.used.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str):
+            self.used.add(key)
+        return super().__contains__(key)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's text, as a clause (no full stop, no sentence break)."""
+    import re
+
+    lines = str(exc).strip().splitlines()
+    text = (lines[0] if lines else type(exc).__name__).rstrip(".").replace("e.g. ", "for example ")
+    return re.sub(r"\.\s+(?=[A-Z])", "; ", text)
 
 
 def _parse_settings(settings: list[str]) -> dict[str, Any]:
@@ -43,24 +77,33 @@ def _std_path(out: Path) -> Path:
 
 @user_errors
 def reconstruct(
-    measurement: Path = typer.Argument(..., help="Measurement file (.h5, medrecon or fastMRI)."),
-    out: Path = typer.Argument(..., help="Output: .nii/.nii.gz file or a DICOM folder."),
+    measurement: Path = typer.Argument(..., metavar="MEASUREMENT",
+                                       help="Measurement file (.h5, medrecon or fastMRI)."),
+    out: Path = typer.Argument(..., metavar="OUT",
+                               help="Output: .nii/.nii.gz file or a DICOM folder."),
     method: str = typer.Option(
         ..., help="MR: zero-filled, cg-sense, l1-wavelet, tv; CT: fbp, fdk, sirt, cgls, tv; "
                   "both: diffusion (learned prior + posterior sampling)."),
     lam: float | None = typer.Option(
-        None, help="Regularisation weight (default: the method's rule, scaled to the data)."),
-    iterations: int | None = typer.Option(None, min=1, help="Maximum solver iterations."),
-    tol: float = typer.Option(1e-4, min=0.0, help="Stopping tolerance (relative change)."),
+        None, help="cg-sense, l1-wavelet, tv: regularisation weight (default: the method's "
+                   "rule, scaled to the data)."),
+    iterations: int | None = typer.Option(
+        None, min=1, help="Iterative methods: maximum solver iterations (default: the "
+                          "method's own; diffusion: same as --steps)."),
+    tol: float = typer.Option(
+        1e-4, min=0.0, help="Iterative methods: stop when the relative change (CG: relative "
+                            "residual) falls below this; 0 runs every iteration."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     format: str = typer.Option(
         "auto", "--format", help="auto (NIfTI for .nii/.nii.gz, else DICOM), nifti or dicom."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     settings: list[str] = typer.Option(
-        [], "--set", help="Method option KEY=VALUE, repeatable (e.g. wavelet=db2, tv_axes=[0,1], "
-                          "sampler=dps for --method diffusion)."),
+        [], "--set", metavar="KEY=VALUE",
+        help="Method option, repeatable (e.g. wavelet=db2, tv_axes=[0,1], filter=hann for fbp, "
+             "tiling=blend for diffusion)."),
     prior: str | None = typer.Option(
-        None, help="diffusion: prior name (see `medrecon priors`) or path; default: default."),
+        None, help="diffusion: prior name (see `medrecon priors`), its .json file or its "
+                   "folder (default: default, the shipped prior)."),
     sampler: str | None = typer.Option(None, help="diffusion: dds (default), dps, pc or diffpir."),
     steps: int | None = typer.Option(None, min=1, help="diffusion: sampling steps (default 50)."),
     samples: int | None = typer.Option(
@@ -81,28 +124,60 @@ def reconstruct(
     from medrecon.recon.classical import ReconOptions
     from medrecon.reconstruct import reconstruct as run_reconstruction
 
-    fmt = format.lower()
-    if fmt not in ("auto", "nifti", "dicom"):
-        raise InputError(f"Unknown output format {format!r}; use auto, nifti or dicom.")
+    name = method.strip().lower()
+    fmt = check_volume_output(out, format, inputs=[measurement])
     extra = _parse_settings(settings)
     flags = {"prior": prior, "sampler": sampler, "steps": steps, "samples": samples,
              "seed": seed}
     given = [k for k, v in flags.items() if v is not None] + (["std-out"] if std_out else [])
-    if given and method.strip().lower() != "diffusion":
+    if given and name != "diffusion":
         raise InputError(f"--{given[0]} applies to --method diffusion only.")
+    if lam is not None and name in _NO_LAM:
+        raise InputError(f"--lam does not apply to --method {name}; it has no regularisation "
+                         f"weight (cg-sense, l1-wavelet and tv have one).")
+    if iterations is not None and name in _DIRECT:
+        raise InputError(f"--iterations does not apply to --method {name}, which is direct "
+                         f"(not iterative).")
     extra.update({k: v for k, v in flags.items() if v is not None})
-    if std_out is not None and int(extra.get("samples", 1)) < 2:
+    try:
+        n_samples = int(extra.get("samples", 1))
+    except (TypeError, ValueError):
+        raise InputError(f"samples must be an integer, got {extra['samples']!r}.") from None
+    if std_out is not None and n_samples < 2:
         raise InputError("--std-out needs --samples 2 or more (one sample has no spread).")
+    if name == "diffusion" and n_samples >= 2:
+        check_volume_output(std_out or _std_path(out), fmt, inputs=[measurement, out])
     m = read_measurement(measurement)
+    ref_path = (m.acquisition or {}).get("reference_path")
+    for target in [out] + ([std_out] if std_out is not None else []):
+        if ref_path and target.exists() and Path(str(ref_path)).exists() \
+                and Path(str(ref_path)).resolve() == target.resolve():
+            raise InputError(f"{target} is the reference study this measurement was simulated "
+                             f"from; write the reconstruction elsewhere.")
+    keys = _UsedKeys(extra)
     options = ReconOptions(lam=lam, iterations=iterations, tol=tol, device=device,
-                           progress=progress, extra=extra)
-    result = run_reconstruction(m, method, options)
+                           progress=progress, extra=keys)
+    try:
+        result = run_reconstruction(m, method, options)
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        if not settings:
+            raise  # not caused by a --set option: a bug, keep the traceback
+        raise InputError(f"The --set options ({', '.join(settings)}) were rejected: "
+                         f"{_first_line(exc)}.") from None
+    unused = [k for k in extra if k not in keys.used and k not in flags]
+    if unused:
+        warn(f"--set {', '.join(unused)} is not an option of --method {name} and was ignored.")
+    info = result.output.info
+    if info.get("warning"):
+        warn(f"{info['warning']}; the prior may not suit this resolution (resample the study "
+             f"or train a prior at its voxel size).")
     path = save_volume(result.volume, out, format=fmt)
     if result.std_volume is not None:
         std_path = save_volume(result.std_volume, std_out or _std_path(out), format=fmt)
         typer.echo(f"Wrote the per-voxel standard deviation to {std_path}")
-    info = result.output.info
-    details = [f"{result.output.iterations} iterations"] if result.output.iterations else []
+    n_iter = result.output.iterations
+    unit = "step" if name == "diffusion" else "iteration"
+    details = [f"{n_iter} {unit}{'s' if n_iter != 1 else ''}"] if n_iter else []
     if "lam" in info:
         details.append(f"lam {info['lam']:.3g}")
     details.append(f"{result.seconds:.1f} s on {result.meta.get('device', options.device)}")

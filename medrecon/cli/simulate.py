@@ -7,11 +7,41 @@ from typing import Any
 
 import typer
 
-from medrecon.cli.common import user_errors
+from medrecon.cli.common import check_output, user_errors
+
+#: Config keys set by flags, and the flag names (for error sentences about flag values).
+_FLAG_OF_KEY: dict[str, str] = {
+    "modality": "--modality", "seed": "--seed", "mri.coils": "--coils",
+    "mri.acceleration": "--acceleration", "mri.mask": "--mask",
+    "mri.calibration": "--calibration", "mri.snr": "--snr", "mri.noise_sigma": "--noise-sigma",
+    "mri.dims": "--dims", "mri.phase": "--phase", "ct.geometry": "--geometry",
+    "ct.views": "--views", "ct.angular_range_deg": "--angular-range", "ct.dose_i0": "--dose",
+    "ct.electronic_sigma": "--electronic-sigma",
+}
 
 
 def register(app: typer.Typer) -> None:
-    app.command("simulate")(simulate)
+    app.command("simulate", short_help="Simulate an undersampled MRI or CT measurement (.h5).")(simulate)
+
+
+def _flag_sentence(text: str, given: set[str]) -> str:
+    """A config-validation sentence about a flag's value, worded with the flag.
+
+    ``<defaults> (with overrides): key 'mri.coils' must be >= 1, got 0.`` becomes
+    ``--coils must be >= 1, got 0.``; other sentences lose the ``<defaults>`` prefix.
+    """
+    import re
+
+    m = re.match(r"^(?P<src>.*?) \(with overrides\): key '(?P<key>[\w.]+)' (?P<rest>.*)$", text,
+                 re.S)
+    if m and m["key"] in given:
+        return f"{_FLAG_OF_KEY[m['key']]} {m['rest']}"
+    prefix = "<defaults> (with overrides): "
+    if text.startswith(prefix):
+        text = text[len(prefix):]
+        text = re.sub(r"^in '(mri|ct)': ", "", text)
+        return text[:1].upper() + text[1:]
+    return text
 
 
 def _config_sets(path: Path | None, key: str) -> bool:
@@ -29,8 +59,9 @@ def _config_sets(path: Path | None, key: str) -> bool:
 
 @user_errors
 def simulate(
-    reference: Path = typer.Argument(..., help="Reference volume: NIfTI file or DICOM folder."),
-    out: Path = typer.Argument(..., help="Output measurement file (.h5)."),
+    reference: Path = typer.Argument(..., metavar="REFERENCE",
+                                     help="Reference volume: NIfTI file or DICOM folder."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Output measurement file (.h5)."),
     modality: str | None = typer.Option(
         None, help="mri or ct (default: from --config, else from the reference's modality)."),
     coils: int | None = typer.Option(None, help="MRI: number of receive coils (default: 8)."),
@@ -40,16 +71,20 @@ def simulate(
         None, help="MRI: poisson|gaussian (3d) or random|equispaced (2d) (default: poisson / random)."),
     calibration: int | None = typer.Option(
         None, help="MRI: fully sampled centre, lines (2d) or box side (3d) (default: 24)."),
-    snr: float | None = typer.Option(None, help="MRI: target SNR (default: 30)."),
+    snr: float | None = typer.Option(
+        None, help="MRI: target SNR, RMS of the fully sampled noise-free k-space / noise std "
+                   "(default: 30)."),
     noise_sigma: float | None = typer.Option(
-        None, "--noise-sigma", help="MRI: complex noise std per k-space sample (instead of --snr)."),
+        None, "--noise-sigma", help="MRI: complex noise std per k-space sample, in the "
+                                    "reference's intensity units (instead of --snr)."),
     dims: str | None = typer.Option(None, help="MRI: 3d or 2d (multi-slice along axis 2) (default: 3d)."),
     phase: str | None = typer.Option(
         None, help="MRI: smooth (synthetic phase, pi peak to peak) or none (default: smooth)."),
     geometry: str | None = typer.Option(None, help="CT: parallel, fan or cone (default: parallel)."),
     views: int | None = typer.Option(None, help="CT: number of projection angles (default: 60)."),
     angular_range: float | None = typer.Option(
-        None, "--angular-range", help="CT: angular range in degrees, 180 or 360 (default: by geometry)."),
+        None, "--angular-range", help="CT: angular range in degrees, up to 360 (default: 180 for "
+                                      "parallel, 360 for fan and cone; less is limited-angle)."),
     dose: float | None = typer.Option(
         None, "--dose", help="CT: incident photons per ray I0 (Poisson noise) (default: noise-free)."),
     electronic_sigma: float | None = typer.Option(
@@ -66,7 +101,7 @@ def simulate(
     The resolved settings are written next to OUT as <OUT stem>.simulate.yaml.
     """
     from medrecon.config import dump_config, load_config, to_dict
-    from medrecon.errors import InputError
+    from medrecon.errors import ConfigError, InputError
     from medrecon.io import load_volume
     from medrecon.io.measurement import write_measurement
     from medrecon.simulate import SimulationConfig
@@ -76,6 +111,11 @@ def simulate(
         raise InputError(f"The output must be an HDF5 file ending in .h5, got {out.name}.")
     if snr is not None and noise_sigma is not None:
         raise InputError("Give either --snr or --noise-sigma, not both.")
+    if config is not None and config.is_dir():
+        raise InputError(f"--config {config} is a folder; give a YAML file.")
+    cfg_out = out.with_name(out.name.rsplit(".", 1)[0] + ".simulate.yaml")
+    check_output(out, "file", inputs=[reference, config])
+    check_output(cfg_out, "file", inputs=[reference, config])
     volume = load_volume(reference, series=series)
 
     overrides: dict[str, Any] = {}
@@ -95,13 +135,29 @@ def simulate(
     if dims is not None and mask is None and not _config_sets(config, "mri"):
         # The default mask follows the acquisition type.
         overrides["mri.mask"] = "poisson" if dims.lower() == "3d" else "random"
-    cfg = load_config(config, SimulationConfig, overrides=overrides)
+    given = {k for k, v in flags.items() if v is not None}
+    given |= {k for k in ("mri.snr", "mri.noise_sigma") if overrides.get(k) is not None}
+    if modality is not None:
+        given.add("modality")
+    try:
+        cfg = load_config(config, SimulationConfig, overrides=overrides)
+    except ConfigError as exc:
+        raise ConfigError(_flag_sentence(str(exc), given)) from None
+    chosen = cfg.modality.value
+    other = "ct" if chosen == "mri" else "mri"
+    stray = [_FLAG_OF_KEY[k] for k in sorted(given) if k.startswith(f"{other}.")]
+    if stray:
+        source = ("--modality" if modality is not None else "the config file"
+                  if _config_sets(config, "modality") else "the reference's modality")
+        article = "an" if chosen == "mri" else "a"
+        raise InputError(f"{stray[0]} applies to {other.upper()} simulation, but this is "
+                         f"{article} {chosen.upper()} simulation (from {source}).")
 
     m = run_simulation(volume, cfg, device=device)
     m.acquisition["config"] = to_dict(cfg)
     m.acquisition["reference_path"] = str(reference)
     path = write_measurement(m, out)
-    cfg_path = dump_config(cfg, out.with_name(out.name.rsplit(".", 1)[0] + ".simulate.yaml"))
+    cfg_path = dump_config(cfg, cfg_out)
     if m.modality == "MR":
         a = m.acquisition
         typer.echo(

@@ -1,0 +1,253 @@
+"""Regressions from the new-user pass over every command (issue 7 item 4): each bad input ends
+in one sentence and exit code 2, with nothing written, and each warning is one stderr line."""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from medrecon.cli.common import user_errors
+from medrecon.cli.main import app
+from medrecon.io import Volume, save_volume
+from medrecon.phantoms import shepp_logan_3d
+from tests.cli_assert import assert_user_error
+from tests.prior_factory import export_tiny_prior
+
+runner = CliRunner()
+SIM = ["--coils", "2", "--acceleration", "2", "--calibration", "4", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ref.nii.gz (MR, 12 x 12 x 8 at 2 mm), ct.nii.gz (CT), m.h5 (its MR measurement)."""
+    d = tmp_path_factory.mktemp("ux")
+    data = shepp_logan_3d((12, 12, 8)).astype(np.float32)
+    save_volume(Volume(data, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR"), d / "ref.nii.gz")
+    save_volume(Volume(1000 * data - 1000, np.diag([2.0, 2.0, 2.0, 1.0]), modality="CT",
+                       units="HU"), d / "ct.nii.gz")
+    r = runner.invoke(app, ["simulate", str(d / "ref.nii.gz"), str(d / "m.h5"), *SIM])
+    assert r.exit_code == 0, r.output
+    (d / "notes.txt").write_text("not a folder")
+    return d
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+# ---- file-system errors: one sentence, never a traceback ----------------------------------
+@pytest.mark.parametrize("args", [
+    ["phantom", "{d}/notes.txt/p.nii.gz", "--size", "8"],
+    ["convert", "{d}/ref.nii.gz", "{d}/notes.txt/o.nii.gz"],
+    ["reconstruct", "{d}/m.h5", "{d}/notes.txt/r.nii.gz", "--method", "zero-filled"],
+    ["simulate", "{d}/ref.nii.gz", "{d}/notes.txt/m.h5", *SIM],
+    ["evaluate", "{d}/ref.nii.gz", "{d}/ref.nii.gz", "--json", "{d}/notes.txt/e.json"],
+])
+def test_output_under_a_file_is_refused_before_any_work(study: Path, args: list[str]) -> None:
+    before = _files(study)
+    r = runner.invoke(app, [a.format(d=study) for a in args])
+    assert_user_error(r, "notes.txt is a file, not a folder")
+    assert r.stdout == ""  # refused before anything was computed or printed
+    assert _files(study) == before
+
+
+@pytest.mark.parametrize(("code", "fragment"), [
+    (errno.EACCES, "Permission denied for /x/out.nii.gz"),
+    (errno.EROFS, "read-only"),
+    (errno.ENOSPC, "No space left"),
+])
+def test_os_errors_become_one_sentence(code: int, fragment: str) -> None:
+    demo = typer.Typer()
+
+    @demo.command()
+    @user_errors
+    def fail() -> None:
+        raise OSError(code, "system text", "/x/out.nii.gz")
+
+    assert_user_error(runner.invoke(demo, []), fragment)
+
+
+# ---- inputs that are not what they seem ---------------------------------------------------
+def test_corrupt_and_misnamed_volumes(study: Path, tmp_path: Path) -> None:
+    (tmp_path / "cut.nii.gz").write_bytes((study / "ref.nii.gz").read_bytes()[:300])
+    r = runner.invoke(app, ["info", str(tmp_path / "cut.nii.gz")])
+    assert_user_error(r, "Cannot read NIfTI file", "export it again")
+    assert len(r.stderr.strip().splitlines()) == 1
+    (tmp_path / "vol.dat").write_bytes(gzip.decompress((study / "ref.nii.gz").read_bytes()))
+    assert_user_error(runner.invoke(app, ["info", str(tmp_path / "vol.dat")]),
+                      "holds NIfTI data", "rename it")
+    for cmd in (["info", str(study / "m.h5")],
+                ["evaluate", str(study / "m.h5"), str(study / "ref.nii.gz")]):
+        assert_user_error(runner.invoke(app, cmd), "is an HDF5 file (a measurement?)")
+    assert_user_error(runner.invoke(app, ["info", str(study / "notes.txt")]),
+                      "neither DICOM nor NIfTI")
+
+
+def test_truncated_measurement(study: Path, tmp_path: Path) -> None:
+    (tmp_path / "cut.h5").write_bytes((study / "m.h5").read_bytes()[:3000])
+    r = runner.invoke(app, ["reconstruct", str(tmp_path / "cut.h5"), str(tmp_path / "r.nii.gz"),
+                            "--method", "zero-filled"])
+    assert_user_error(r, "is truncated or corrupt")
+    assert not (tmp_path / "r.nii.gz").exists()
+
+
+# ---- phantom -------------------------------------------------------------------------------
+def test_phantom_options(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["phantom", str(tmp_path / "a.nii.gz"), "--size", "8",
+                            "--modality", "mri", "--kind", "Shepp-Logan"])
+    assert r.exit_code == 0, r.output
+    for args, fragment in ((["--contrast", "T2"], "--contrast applies to --kind head"),
+                           (["--seed", "3"], "--seed applies to --kind head only"),
+                           (["--kind", "head", "--modality", "CT", "--contrast", "T2"],
+                            "--contrast applies")):
+        r = runner.invoke(app, ["phantom", str(tmp_path / "b.nii.gz"), "--size", "8", *args])
+        assert_user_error(r, fragment)
+    r = runner.invoke(app, ["phantom", str(tmp_path / "c.txt"), "--size", "8"])
+    assert_user_error(r, "give a .nii or .nii.gz file")
+    assert _files(tmp_path) == {"a.nii.gz"}
+
+
+# ---- simulate ------------------------------------------------------------------------------
+@pytest.mark.parametrize(("ref", "args", "fragment"), [
+    ("ref.nii.gz", ["--acceleration", "0.5"], "Error: --acceleration must be >= 1.0, got 0.5."),
+    ("ref.nii.gz", ["--coils", "0"], "Error: --coils must be >= 1, got 0."),
+    ("ref.nii.gz", ["--snr", "0"], "Error: --snr must be > 0"),
+    ("ct.nii.gz", ["--views", "0"], "Error: --views must be >= 1, got 0."),
+    ("ct.nii.gz", ["--acceleration", "4"], "--acceleration applies to MRI simulation, but this "
+                                           "is a CT simulation (from the reference's modality)"),
+    ("ref.nii.gz", ["--views", "30"], "--views applies to CT simulation"),
+    ("ref.nii.gz", ["--config", "{d}"], "is a folder; give a YAML file"),
+])
+def test_simulate_flag_errors_name_the_flag(study: Path, tmp_path: Path, ref: str,
+                                            args: list[str], fragment: str) -> None:
+    args = [a.format(d=study) for a in args]
+    r = runner.invoke(app, ["simulate", str(study / ref), str(tmp_path / "m.h5"), *args])
+    assert_user_error(r, fragment)
+    assert "<defaults>" not in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- reconstruct ---------------------------------------------------------------------------
+def test_reconstruct_option_errors(study: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.nii.gz"
+    m = str(study / "m.h5")
+    cases = [
+        (["--method", "l1-wavelet", "--set", "wavelet=xyz"],
+         "The --set options (wavelet=xyz) were rejected: unknown wavelet 'xyz'"),
+        (["--method", "tv", "--set", "tv_axes=[7]"], "were rejected"),
+        (["--method", "zero-filled", "--lam", "1"], "--lam does not apply to --method zero-filled"),
+        (["--method", "zero-filled", "--iterations", "3"], "--iterations does not apply"),
+        (["--method", "diffusion", "--set", "tilling=blend"], "Unknown diffusion option 'tilling'"),
+        (["--method", "diffusion", "--set", "tiling=foo"], "Unknown diffusion tiling 'foo'"),
+        (["--method", "diffusion", "--set", "noise_std=abc"], "noise_std must be a number >= 0"),
+        (["--method", "diffusion", "--prior", "w.safetensors"], "is a weights file"),
+    ]
+    for args, fragment in cases:
+        r = runner.invoke(app, ["reconstruct", m, str(out), "--no-progress", "--device", "cpu",
+                                *args])
+        assert_user_error(r, fragment)
+    r = runner.invoke(app, ["reconstruct", m, m, "--method", "zero-filled", "--format", "nifti"])
+    assert_user_error(r, "is also an input")
+    r = runner.invoke(app, ["reconstruct", m, str(study / "ref.nii.gz"), "--method",
+                            "zero-filled"])
+    assert_user_error(r, "is the reference study this measurement was simulated from")
+    r = runner.invoke(app, ["reconstruct", m, str(tmp_path / "r.h5"), "--method", "zero-filled"])
+    assert_user_error(r, "Cannot write a volume to r.h5")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reconstruct_warns_about_unused_set_options(study: Path, tmp_path: Path) -> None:
+    r = runner.invoke(app, ["reconstruct", str(study / "m.h5"), str(tmp_path / "r.nii.gz"),
+                            "--method", "tv", "--iterations", "2", "--set", "wavelt=db4",
+                            "--no-progress", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert r.stderr.strip() == ("Warning: --set wavelt is not an option of --method tv and was "
+                                "ignored.")
+
+
+def test_diffusion_warns_when_the_voxel_size_differs_from_the_prior(study: Path,
+                                                                   tmp_path: Path) -> None:
+    prior = export_tiny_prior(tmp_path / "prior", spacing_mm=4.0)  # the study is at 2 mm
+    r = runner.invoke(app, ["reconstruct", str(study / "m.h5"), str(tmp_path / "r.nii.gz"),
+                            "--method", "diffusion", "--prior", str(prior), "--steps", "1",
+                            "--no-progress", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Warning: voxel size"), r.stderr
+    assert "prior's (4.0, 4.0, 4.0) mm" in lines[0]
+    assert "(1 step," in r.stdout
+
+
+# ---- evaluate ------------------------------------------------------------------------------
+def test_evaluate_errors(study: Path, tmp_path: Path) -> None:
+    ref = str(study / "ref.nii.gz")
+    r = runner.invoke(app, ["evaluate", str(study / "ct.nii.gz"), ref])
+    assert_user_error(r, "The reconstruction is CT (HU) but the reference is MR (a.u.)")
+    r = runner.invoke(app, ["evaluate", ref, ref, "--csv", ref])
+    assert_user_error(r, "--csv", "is also an input")
+    r = runner.invoke(app, ["evaluate", ref, ref, "--json", str(tmp_path / "x"), "--csv",
+                            str(tmp_path / "x")])
+    assert_user_error(r, "--json and --csv name the same file")
+    r = runner.invoke(app, ["evaluate", ref, ref, "--window", "0", "1"])
+    assert_user_error(r, "add --figure")
+    r = runner.invoke(app, ["evaluate", ref, ref, "--window", "1", "0", "--figure",
+                            str(tmp_path / "f.png")])
+    assert_user_error(r, "LOW < HIGH")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_ct_figure_uses_the_soft_tissue_window(study: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import medrecon.report
+
+    seen: dict[str, object] = {}
+
+    def fake(volumes: object, path: Path, **kwargs: object) -> Path:
+        seen.update(kwargs)
+        return Path(path)
+
+    monkeypatch.setattr(medrecon.report, "orthogonal_slices_figure", fake)
+    ct = str(study / "ct.nii.gz")
+    r = runner.invoke(app, ["evaluate", ct, ct, "--figure", str(tmp_path / "f.png")])
+    assert r.exit_code == 0, r.output
+    assert seen["window"] == (-160.0, 240.0)
+    assert "Grey window -160 to 240 HU" in str(seen["footnote"])
+    assert "data range L = " in str(seen["footnote"])
+
+
+# ---- train and priors ----------------------------------------------------------------------
+TINY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "prior" / "tiny.yaml"
+
+
+def test_train_refuses_data_the_config_would_ignore(study: Path, tmp_path: Path) -> None:
+    r = runner.invoke(app, ["train", "--config", str(TINY_CONFIG), "--data",
+                            str(study / "ref.nii.gz"), "--out", str(tmp_path / "run")])
+    assert_user_error(r, "--data would be ignored", "data.source 'phantom'")
+    r = runner.invoke(app, ["train", "--synthetic", "--out", str(study / "notes.txt")])
+    assert_user_error(r, "--out", "is a file; give a folder name")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_training_leaves_no_run_folder(study: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"garbage")
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--config", str(TINY_CONFIG), "--set", "data.source=files",
+                            "--data", str(bad), "--out", str(run), "--device", "cpu"])
+    assert_user_error(r)
+    assert not run.exists()
+
+
+def test_priors_refuses_files_that_are_not_priors(study: Path, tmp_path: Path) -> None:
+    assert_user_error(runner.invoke(app, ["priors", str(study / "notes.txt")]),
+                      "is not a medrecon prior description")
+    (tmp_path / "p.json").write_text(json.dumps({"format": "medrecon-prior"}))
+    assert_user_error(runner.invoke(app, ["priors", str(tmp_path / "p.json")]),
+                      "lacks the prior field 'name'")
