@@ -283,7 +283,14 @@ def sample_problem(denoiser: Denoiser, problem: LinearProblem, shape: tuple[int,
                                         callback=cb)
         else:
             tiled = isinstance(denoiser, TiledDenoiser)
-            out = S.dps(timed, x, sig, gen, problem.residual_norm, zeta=opt.zeta_dps,
+            unit = abs(float(problem.scale)) or 1.0
+
+            def model_residual(z: torch.Tensor) -> torch.Tensor:
+                # In model units (||A|| = 1 after normalisation): the guidance step zeta then
+                # means the same for MR and CT, as for the [-1, 1] images of Chung et al.
+                return problem.residual_norm(z) / unit
+
+            out = S.dps(timed, x, sig, gen, model_residual, zeta=opt.zeta_dps,
                         checkpoint=not tiled, callback=cb)
     if bar is not None:
         bar.close()
