@@ -1,6 +1,9 @@
 """Atomic output: write into a temporary sibling, then rename over the target.
 
 A crash or a user error half-way through never leaves a half-written file or folder behind.
+The result gets the permissions an ordinary ``open``/``mkdir`` would give (``0o666`` / ``0o777``
+less the umask; an overwritten file keeps its mode), not the private ``0o600`` / ``0o700`` of :mod:`tempfile`, so that colleagues
+in a research group can read each other's outputs.
 """
 
 from __future__ import annotations
@@ -8,9 +11,34 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (``/proc/self/status`` where available)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no read-only query exists elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def _default_mode(path: Path, target: Path) -> None:
+    """Give the temporary ``path`` the mode ``open``/``mkdir`` would have given ``target``:
+    an existing file's own mode when it is overwritten, else ``0o666`` (files) or ``0o777``
+    (folders) less the umask."""
+    if path.is_file() and target.is_file():
+        os.chmod(path, stat.S_IMODE(target.stat().st_mode))
+        return
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~current_umask())
 
 
 @contextlib.contextmanager
@@ -30,6 +58,8 @@ def atomic_file(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            _default_mode(tmp, target)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -48,6 +78,7 @@ def atomic_dir(path: str | os.PathLike[str], overwrite: bool = True) -> Iterator
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        _default_mode(tmp, target)
         if target.exists():
             if not overwrite:
                 raise FileExistsError(target)
