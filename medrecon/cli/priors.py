@@ -54,7 +54,8 @@ def priors(
             "name": i.name, "path": str(i.path), "modalities": list(i.modalities),
             "patch_size": list(i.patch_size), "spacing_mm": list(i.spacing_mm),
             "steps": i.steps, "parameters": i.parameters, "size_bytes": i.size_bytes,
-            "shipped": i.shipped, "uses_position": i.uses_position} for i in infos], indent=1))
+            "shipped": i.shipped, "uses_position": i.uses_position,
+            "problem": i.problem or None} for i in infos], indent=1))
         return
     if not infos:
         typer.echo("No priors found.")
@@ -63,9 +64,10 @@ def priors(
              f"{'params':>7} {'size':>8}  source"
     typer.echo(header)
     for i in infos:
-        patch = "x".join(str(p) for p in i.patch_size)
-        mm = f"{i.spacing_mm[0]:g}"
+        patch = "x".join(str(p) for p in i.patch_size) if any(i.patch_size) else "?"
+        mm = f"{i.spacing_mm[0]:g}" if any(i.spacing_mm) else "?"
         size = f"{i.size_bytes / 1e6:.1f} MB"
         src = "shipped" if i.shipped else str(i.path)
-        typer.echo(f"{i.name:<16} {'+'.join(i.modalities):<10} {patch:<10} {mm:<5} "
-                   f"{i.steps:>8} {i.parameters / 1e6:>6.1f}M {size:>8}  {src}")
+        mark = f"  [{i.problem}: not usable]" if i.problem else ""
+        typer.echo(f"{i.name:<16} {'+'.join(i.modalities) or '?':<10} {patch:<10} {mm:<5} "
+                   f"{i.steps:>8} {i.parameters / 1e6:>6.1f}M {size:>8}  {src}{mark}")

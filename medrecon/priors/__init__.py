@@ -73,7 +73,13 @@ class Prior:
 
 @dataclass(frozen=True)
 class PriorInfo:
-    """What ``medrecon priors`` shows about one available prior."""
+    """What ``medrecon priors`` shows about one available prior.
+
+    ``problem`` is empty for a usable prior, else what is wrong with it: ``"weights missing"``,
+    ``"weights unreadable"`` (a truncated or corrupt shard), ``"description corrupt"`` (its
+    NAME.json is not valid JSON) or ``"description invalid"`` (a field is missing or the format
+    is newer); for the last two only ``name``, ``path`` and ``size_bytes`` are known.
+    """
 
     name: str
     path: Path
@@ -85,6 +91,7 @@ class PriorInfo:
     size_bytes: int
     shipped: bool
     uses_position: bool
+    problem: str = ""
 
 
 def _shipped_dir() -> Path:
@@ -101,36 +108,77 @@ def _search_dirs() -> list[tuple[Path, bool]]:
     return dirs
 
 
-def _prior_jsons(directory: Path) -> list[Path]:
-    out = []
+def _weights_beside(js: Path) -> list[Path]:
+    """Safetensors files named like the prior ``js`` (``NAME.safetensors`` or its shards)."""
+    return sorted(p for p in js.parent.glob(f"{js.stem}*.safetensors")
+                  if p.name == f"{js.stem}.safetensors" or p.name.startswith(f"{js.stem}-"))
+
+
+def _scan(directory: Path) -> tuple[list[Path], list[tuple[Path, InputError]]]:
+    """The prior JSONs of ``directory``, and its unreadable JSONs with the reason.
+
+    A JSON that parses but is not a medrecon prior (a run's other files) is neither.
+    """
+    from medrecon.priors.checkpoint import PRIOR_FORMAT, read_prior_description
+
+    found: list[Path] = []
+    broken: list[tuple[Path, InputError]] = []
     for js in sorted(directory.glob("*.json")):
         try:
-            if json.loads(js.read_text()).get("format") == "medrecon-prior":
-                out.append(js)
-        except (OSError, json.JSONDecodeError, AttributeError):
+            doc = json.loads(js.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            try:
+                read_prior_description(js)
+            except InputError as exc:
+                broken.append((js, exc))
+            except OSError:
+                continue
             continue
-    return out
+        if isinstance(doc, dict) and doc.get("format") == PRIOR_FORMAT:
+            found.append(js)
+    return found, broken
+
+
+def _prior_jsons(directory: Path) -> list[Path]:
+    return _scan(directory)[0]
+
+
+def _checked(js: Path) -> Path:
+    from medrecon.priors.checkpoint import read_prior_description
+
+    read_prior_description(js)
+    return js
 
 
 def resolve_prior_path(name_or_path: str | os.PathLike[str]) -> Path:
-    """The ``NAME.json`` of a prior given by name, JSON path, prior folder or training run folder."""
+    """The ``NAME.json`` of a prior given by name, JSON path, prior folder or training run folder.
+
+    The JSON is checked (:func:`~medrecon.priors.checkpoint.read_prior_description`): a binary
+    file, corrupt JSON or a JSON that is not a prior raise :class:`InputError` in one sentence.
+    """
     s = str(name_or_path)
     p = Path(s).expanduser()
     if p.is_file():
-        return p
+        return _checked(p)
     if p.is_dir():
+        broken: list[tuple[Path, InputError]] = []
         for cand in (p, p / "prior"):
             if cand.is_dir():
-                found = _prior_jsons(cand)
+                found, bad = _scan(cand)
                 if len(found) == 1:
-                    return found[0]
+                    return _checked(found[0])
                 if len(found) > 1:
                     raise InputError(f"{cand} holds several priors; name the .json file.")
+                broken.extend(bad)
+        if broken:
+            # Prefer a JSON with weights beside it: that one was meant to be the prior.
+            broken.sort(key=lambda b: not _weights_beside(b[0]))
+            raise broken[0][1]
         raise InputError(f"{p} holds no medrecon prior (NAME.json + safetensors).")
     for d, _ in _search_dirs():
         cand = d / f"{s}.json"
         if cand.is_file():
-            return cand
+            return _checked(cand)
     names = ", ".join(i.name for i in list_priors()) or "none"
     raise InputError(f"No prior named {s!r} and no such path; available priors: {names}.")
 
@@ -148,7 +196,11 @@ def load_prior(name_or_path: str | os.PathLike[str] = "default",
     js = resolve_prior_path(name_or_path)
     doc, tensors = read_prior_files(js)
     device = torch.device(device)
-    denoiser = build_denoiser_from_info(doc, device="cpu")
+    try:
+        denoiser = build_denoiser_from_info(doc, device="cpu")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{js} describes a network this medrecon cannot build "
+                         f"({type(exc).__name__}: {exc}); export the prior again.") from None
     missing, unexpected = denoiser.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise InputError(f"Prior {js.name} does not match its network description "
@@ -188,11 +240,22 @@ def build_denoiser_from_info(doc: dict[str, Any], device: torch.device | str = "
 
 def list_priors(extra_paths: list[str | os.PathLike[str]] | None = None) -> list[PriorInfo]:
     """Shipped priors, priors in ``$MEDRECON_PRIORS`` folders and in ``extra_paths``
-    (prior JSON files, prior folders or training run folders)."""
+    (prior JSON files, prior folders or training run folders).
+
+    A prior whose weights are missing or truncated is listed with ``problem`` set, and so is a
+    search-folder ``NAME.json`` that is corrupt but has ``NAME.safetensors`` beside it. An
+    ``extra_paths`` entry that is not a readable prior raises :class:`InputError`.
+    """
+    from medrecon.priors.checkpoint import check_prior_weights, read_prior_description
+
     entries: list[tuple[Path, bool]] = []
+    broken: list[tuple[Path, bool, str]] = []
     for d, shipped in _search_dirs():
         if d.is_dir():
-            entries.extend((js, shipped) for js in _prior_jsons(d))
+            found, bad = _scan(d)
+            entries.extend((js, shipped) for js in found)
+            broken.extend((js, shipped, "description corrupt") for js, _ in bad
+                          if _weights_beside(js))
     for p in extra_paths or []:
         entries.append((resolve_prior_path(p), False))
     out: list[PriorInfo] = []
@@ -201,7 +264,11 @@ def list_priors(extra_paths: list[str | os.PathLike[str]] | None = None) -> list
         if js.resolve() in seen:
             continue
         seen.add(js.resolve())
-        doc = json.loads(js.read_text())
+        try:
+            doc = read_prior_description(js)
+        except InputError:
+            broken.append((js, shipped, "description invalid"))
+            continue
         size = sum((js.parent / w).stat().st_size for w in doc["weights"]
                    if (js.parent / w).is_file())
         out.append(PriorInfo(
@@ -210,6 +277,15 @@ def list_priors(extra_paths: list[str | os.PathLike[str]] | None = None) -> list
             spacing_mm=tuple(doc["spacing_mm"]),  # type: ignore[arg-type]
             steps=int(doc.get("training", {}).get("steps", 0)),
             parameters=int(doc.get("parameters", 0)), size_bytes=size, shipped=shipped,
-            uses_position=bool(doc["uses_position"]),
+            uses_position=bool(doc["uses_position"]), problem=check_prior_weights(js, doc),
         ))
+    for js, shipped, problem in broken:
+        if js.resolve() in seen and problem == "description corrupt":
+            continue
+        seen.add(js.resolve())
+        out.append(PriorInfo(
+            name=js.stem, path=js, modalities=(), patch_size=(0, 0, 0),
+            spacing_mm=(0.0, 0.0, 0.0), steps=0, parameters=0,
+            size_bytes=sum(w.stat().st_size for w in _weights_beside(js)), shipped=shipped,
+            uses_position=False, problem=problem))
     return out

@@ -155,22 +155,121 @@ def export_prior(
     return js
 
 
+#: Fields every exported prior's JSON must hold (``load_prior`` and ``medrecon priors`` read them).
+PRIOR_FIELDS = ("name", "weights", "network", "denoiser", "normalisation", "modalities",
+                "patch_size", "spacing_mm", "uses_position")
+WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
+_NOT_A_PRIOR = "give a prior's .json, its folder or a training run folder"
+
+
+def read_prior_description(json_path: Path) -> dict[str, Any]:
+    """Read and check an exported prior's ``NAME.json``; every problem is one sentence.
+
+    Raises:
+        InputError: a weights or other binary file, corrupt JSON (named as such), JSON that is
+            not a medrecon prior, a newer format, or a missing field.
+    """
+    json_path = Path(json_path)
+    if json_path.suffix.lower() in WEIGHTS_SUFFIXES:
+        raise InputError(f"{json_path} is a weights file, not a prior description; give the "
+                         f"prior's NAME.json or its folder.")
+    try:
+        raw = json_path.read_bytes()
+    except IsADirectoryError:
+        raise InputError(f"{json_path} is a folder; give the prior's NAME.json.") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{json_path} is a binary file, not a medrecon prior description "
+                         f"(NAME.json); {_NOT_A_PRIOR}.") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if json_path.suffix.lower() == ".json":
+            raise InputError(f"{json_path} is corrupt (invalid JSON at line {exc.lineno}, "
+                             f"column {exc.colno}); restore it or export the prior "
+                             f"again.") from None
+        raise InputError(f"{json_path} is not a medrecon prior description (NAME.json); "
+                         f"{_NOT_A_PRIOR}.") from None
+    if not isinstance(doc, dict) or doc.get("format") != PRIOR_FORMAT:
+        raise InputError(f"{json_path} is not a medrecon prior description (NAME.json); "
+                         f"{_NOT_A_PRIOR}.")
+    try:
+        version = int(doc.get("version", 0))
+    except (TypeError, ValueError):
+        version = PRIOR_VERSION + 1
+    if version > PRIOR_VERSION:
+        raise InputError(f"{json_path} needs a newer medrecon (prior format "
+                         f"{doc.get('version')!r}).")
+    missing = [k for k in PRIOR_FIELDS if k not in doc]
+    if missing:
+        raise InputError(f"{json_path} lacks the prior field {missing[0]!r}; export the prior "
+                         f"again.")
+    weights = doc["weights"]
+    if not (isinstance(weights, list) and weights and all(isinstance(w, str) for w in weights)):
+        raise InputError(f"{json_path} has an invalid 'weights' list; export the prior again.")
+    return doc
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete safetensors file (None when it looks complete).
+
+    Reads only the header: 8 bytes of little-endian header length, the JSON header, and the
+    data size it declares, which must match the file size exactly.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"truncated: {size} bytes"
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                return f"truncated or not a safetensors file, {size} bytes"
+            header = json.loads(f.read(n).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return "not a safetensors file"
+    if not isinstance(header, dict):
+        return "not a safetensors file"
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                  default=0)
+    except (TypeError, KeyError, IndexError, ValueError):
+        return "not a safetensors file"
+    expected = 8 + n + end
+    if size < expected:
+        return f"truncated: {size} of {expected} bytes"
+    if size > expected:
+        return f"{size - expected} bytes more than its header describes"
+    return None
+
+
+def check_prior_weights(json_path: Path, doc: dict[str, Any]) -> str:
+    """``""`` when every weights shard of the prior exists and is complete, else
+    ``"weights missing"`` or ``"weights unreadable"`` (from the file headers only: fast)."""
+    problem = ""
+    for fname in doc["weights"]:
+        p = Path(json_path).parent / fname
+        if not p.is_file():
+            return "weights missing"
+        if _safetensors_problem(p) is not None:
+            problem = "weights unreadable"
+    return problem
+
+
 def read_prior_files(json_path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read an exported prior's JSON and all its shards (floating tensors cast to float32)."""
-    try:
-        doc = json.loads(json_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        raise InputError(f"{json_path} is not a readable prior description.") from None
-    if doc.get("format") != PRIOR_FORMAT:
-        raise InputError(f"{json_path} is not a medrecon prior.")
-    if int(doc.get("version", 0)) > PRIOR_VERSION:
-        raise InputError(f"{json_path} needs a newer medrecon (prior format "
-                         f"{doc.get('version')}).")
+    doc = read_prior_description(json_path)
     tensors: dict[str, torch.Tensor] = {}
     for fname in doc["weights"]:
         p = json_path.parent / fname
         if not p.is_file():
-            raise InputError(f"Prior weights {p} are missing.")
+            raise InputError(f"The weights file {p} of prior {json_path.name} is missing; copy "
+                             f"it next to {json_path.name} or export the prior again.")
+        problem = _safetensors_problem(p)
+        if problem is not None:
+            raise InputError(f"The weights file {p} of prior {json_path.name} is unreadable "
+                             f"({problem}); copy it again or export the prior again.")
         tensors.update(_load_tensors(p))
     tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
     return doc, tensors

@@ -251,3 +251,58 @@ def test_priors_refuses_files_that_are_not_priors(study: Path, tmp_path: Path) -
     (tmp_path / "p.json").write_text(json.dumps({"format": "medrecon-prior"}))
     assert_user_error(runner.invoke(app, ["priors", str(tmp_path / "p.json")]),
                       "lacks the prior field 'name'")
+
+
+@pytest.fixture(scope="module")
+def broken_priors(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """good/ and three broken priors (corrupt NAME.json, weights missing, weights truncated),
+    and model.bin (random bytes)."""
+    d = tmp_path_factory.mktemp("broken_priors")
+    for name in ("good", "corrupt", "missing", "trunc"):
+        export_tiny_prior(d / name, name=name)
+    (d / "corrupt" / "corrupt.json").write_text("{\"format\": \"medrecon-prior\",")
+    (d / "missing" / "missing.safetensors").unlink()
+    w = d / "trunc" / "trunc.safetensors"
+    w.write_bytes(w.read_bytes()[:500])
+    (d / "model.bin").write_bytes(np.random.default_rng(0).bytes(2048))
+    return d
+
+
+@pytest.mark.parametrize(("prior", "fragment"), [
+    ("corrupt", "corrupt.json is corrupt (invalid JSON"),
+    ("model.bin", "model.bin is a weights file, not a prior description"),
+    ("missing", "missing.safetensors of prior missing.json is missing"),
+    ("trunc", "trunc.safetensors of prior trunc.json is unreadable (truncated"),
+])
+def test_broken_priors_are_one_sentence_everywhere(study: Path, tmp_path: Path,
+                                                   broken_priors: Path, prior: str,
+                                                   fragment: str) -> None:
+    p = str(broken_priors / prior)
+    r = runner.invoke(app, ["reconstruct", str(study / "m.h5"), str(tmp_path / "r.nii.gz"),
+                            "--method", "diffusion", "--prior", p, "--steps", "1",
+                            "--device", "cpu", "--no-progress"])
+    assert_user_error(r, fragment)
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--prior", p, "--size", "8",
+                            "--device", "cpu", "--no-progress"])
+    assert_user_error(r, fragment)
+    if prior in ("corrupt", "model.bin"):  # listing an unusable path is an error too
+        assert_user_error(runner.invoke(app, ["priors", p]), fragment)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_priors_marks_missing_and_truncated_weights(broken_priors: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.setenv("MEDRECON_PRIORS", os.pathsep.join(
+        str(broken_priors / n) for n in ("good", "corrupt", "missing", "trunc")))
+    r = runner.invoke(app, ["priors"])
+    assert r.exit_code == 0, r.output
+    rows = {line.split()[0]: line for line in r.stdout.splitlines()[1:]}
+    assert "[" not in rows["good"]
+    assert rows["missing"].endswith("[weights missing: not usable]")
+    assert rows["trunc"].endswith("[weights unreadable: not usable]")
+    assert rows["corrupt"].endswith("[description corrupt: not usable]")
+    r = runner.invoke(app, ["priors", "--json", str(broken_priors / "trunc")])
+    doc = {d["name"]: d["problem"] for d in json.loads(r.stdout)}
+    assert doc["trunc"] == "weights unreadable" and doc["good"] is None
