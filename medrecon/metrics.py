@@ -333,7 +333,21 @@ def relative_residual(ax: Any, y: Any, mask: Any | None = None) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def foreground_mask(ref: Any, closing_radius: int = 2, median_size: int = 3) -> np.ndarray:
+#: CT voxels above this level are never background ("not air": half-way between air at
+#: -1000 HU and water at 0 HU, the usual body-outline level).
+CT_AIR_HU = -500.0
+
+#: A volume whose darkest voxels (0.5th percentile) exceed this fraction of its bright end
+#: (99.5th percentile) has no dark background: every voxel is foreground.
+NO_BACKGROUND_RATIO = 0.1
+
+
+def _is_ct(modality: str | None) -> bool:
+    return modality is not None and modality.strip().upper() in ("CT", "HU")
+
+
+def foreground_mask(ref: Any, closing_radius: int = 2, median_size: int = 3,
+                    modality: str | None = None) -> np.ndarray:
     """A boolean foreground (object) mask of a reference volume, for ``--mask auto``.
 
     Steps: (0) a ``median_size``-voxel cubic median filter, which removes background noise
@@ -342,12 +356,28 @@ def foreground_mask(ref: Any, closing_radius: int = 2, median_size: int = 3) -> 
     range, like FSL BET's initial threshold) when that is lower; voxels above it are kept. Otsu
     alone can split a small bright class (skull, bone) from everything else, e.g. in the
     Shepp-Logan phantom whose soft tissue lies below Otsu's threshold, while the robust-range
-    threshold still separates air or background (near p0.5) from tissue. (2) morphological
-    closing with a ball of ``closing_radius`` voxels, on an edge-padded volume so that objects
-    touching the border are not eroded, to bridge thin dark gaps; (3) hole filling in 3D and then slice by slice along each axis, so that dark interior
+    threshold still separates air or background (near p0.5) from tissue. Two rules keep a
+    crop that holds no air or background (a cube inside the head) from losing its tissue:
+
+    * CT (``modality`` "CT", or "HU" for the units): the threshold is at most
+      :data:`CT_AIR_HU` (-500 HU), so every voxel that is not air is foreground, and a crop
+      without air is foreground everywhere. Heads with air keep the threshold above, which
+      lies near -700 HU there.
+    * Any other modality (MR magnitude, unknown): when ``p0.5 > 0.1 p99.5`` with ``p0.5 > 0``
+      (the darkest voxels are tissue, not the near-zero noise floor of a magnitude image),
+      there is no background and every voxel is foreground.
+
+    (2) morphological closing with a ball of ``closing_radius`` voxels, on an edge-padded
+    volume so that objects touching the border are not eroded, to bridge thin dark gaps;
+    (3) hole filling in 3D and then slice by slice along each axis, so that dark interior
     regions (ventricles, lungs, air in the bowel) that open onto the volume's border count as
     foreground; (4) keeping the largest 26-connected component, which drops noise specks and
     the patient table.
+
+    Args:
+        ref: the reference (I, J, K), numpy array or CPU tensor, or a
+            :class:`~medrecon.io.Volume` (whose modality and units are then used).
+        modality: "CT" (values in HU), "MR" or None (unknown); overrides a Volume's.
 
     Returns:
         bool array of the input shape.
@@ -359,6 +389,11 @@ def foreground_mask(ref: Any, closing_radius: int = 2, median_size: int = 3) -> 
     from skimage.filters import threshold_otsu
     from skimage.morphology import ball
 
+    if hasattr(ref, "affine") and hasattr(ref, "data"):  # a Volume
+        if modality is None:
+            units = str(getattr(ref, "units", ""))
+            modality = "CT" if units.upper() == "HU" else getattr(ref, "modality", None)
+        ref = ref.data
     r = _as_array(ref, "reference")
     finite = np.isfinite(r)
     if r.ndim != 3:
@@ -374,6 +409,10 @@ def foreground_mask(ref: Any, closing_radius: int = 2, median_size: int = 3) -> 
         values = r[finite]
     lo, hi = np.percentile(values, [0.5, 99.5])
     t = min(float(threshold_otsu(values)), float(lo + 0.1 * (hi - lo)))
+    if _is_ct(modality):
+        t = min(t, CT_AIR_HU)
+    elif 0 < lo and lo > NO_BACKGROUND_RATIO * hi:
+        t = -np.inf  # no background: the darkest voxels are tissue
     fg = finite & (r > t)
     if closing_radius > 0:
         p = closing_radius
@@ -609,7 +648,7 @@ def compare_volumes(
     if isinstance(mask, str):
         if mask != "auto":
             raise InputError(f"mask must be 'auto', an array or a volume, got {mask!r}.")
-        mask_arr = foreground_mask(reference.data)
+        mask_arr = foreground_mask(reference)
         n = int(mask_arr.sum())
         region = (f"auto foreground mask ({n} of {mask_arr.size} voxels, "
                   f"{100.0 * n / mask_arr.size:.1f}%)")

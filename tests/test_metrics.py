@@ -261,6 +261,46 @@ def test_foreground_mask_drops_specks_and_keeps_border_objects() -> None:
         foreground_mask(np.ones((8, 8, 8)))
 
 
+def _ct_crop_without_air(rng: np.random.Generator) -> np.ndarray:
+    """A 32^3 cube inside a CT head: brain (~35 HU), CSF (~8 HU) and bone along one edge."""
+    vol = 35.0 + 5.0 * rng.standard_normal((32, 32, 32))
+    vol[:, :, :4] = 8.0 + 5.0 * rng.standard_normal((32, 32, 4))
+    vol[:6, :6, :] = 1200.0  # bone touching the border: the only class the old rule kept
+    return vol
+
+
+def test_foreground_mask_of_a_ct_crop_without_air_keeps_every_voxel(
+        rng: np.random.Generator) -> None:
+    crop = _ct_crop_without_air(rng)
+    assert foreground_mask(crop).mean() < 0.1  # unknown modality: only the bone (the old flaw)
+    assert foreground_mask(crop, modality="CT").all()
+    # A Volume carries its modality (and units), so compare_volumes and --mask auto get it.
+    ct = _vol(crop)
+    ct.modality, ct.units = "CT", "HU"
+    assert foreground_mask(ct).all()
+    _, mask = compare_volumes(ct, ct, mask="auto")
+    assert mask is not None and mask.all()
+
+
+def test_foreground_mask_of_ct_with_air_excludes_only_air(rng: np.random.Generator) -> None:
+    g = np.indices((32, 32, 32)).astype(float)
+    inside = ((g - 15.5) ** 2).sum(axis=0) < 12.0**2
+    vol = np.where(inside, 35.0, -1000.0) + 5.0 * rng.standard_normal(inside.shape)
+    vol[inside & (g[0] < 8)] = 1500.0  # bone: Otsu alone would keep only this
+    mask = foreground_mask(vol, modality="CT")
+    assert mask[inside].mean() > 0.99 and (mask & ~inside).sum() < 0.05 * inside.sum()
+    assert np.array_equal(mask, foreground_mask(vol))  # with air the generic rule already works
+
+
+def test_foreground_mask_of_an_mr_crop_without_background(rng: np.random.Generator) -> None:
+    # T2-like: dark white matter (0.25) beside bright CSF (1.0), no near-zero background.
+    vol = 0.35 + 0.02 * rng.standard_normal((24, 24, 24))
+    vol[:, :8, :] = 0.25 + 0.02 * rng.standard_normal((24, 8, 24))
+    vol[10:14, 10:14, :] = 1.0
+    assert foreground_mask(vol).all()
+    assert foreground_mask(vol, modality="MR").all()
+
+
 def _vol(data: np.ndarray, affine: np.ndarray | None = None) -> Volume:
     return Volume(data, np.diag([1.0, 1.0, 2.0, 1.0]) if affine is None else affine)
 
