@@ -38,6 +38,7 @@ Poisson / electronic noise) with the geometry settings of :class:`CTSettings`.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -119,10 +120,10 @@ class MRISettings:
             raise ValueError("give either snr or noise_sigma, not both")
         if self.dims == Dims.THREE_D and self.mask in (MaskKind.RANDOM, MaskKind.EQUISPACED):
             raise ValueError(f"mask {self.mask.value!r} samples lines of a 2D acquisition; "
-                             f"use dims 2d, or mask poisson / gaussian for 3d")
+                             f"use --dims 2d, or --mask poisson / gaussian for 3d")
         if self.dims == Dims.TWO_D and self.mask in (MaskKind.POISSON, MaskKind.GAUSSIAN):
             raise ValueError(f"mask {self.mask.value!r} samples the 3D phase-encode plane; "
-                             f"use dims 3d, or mask random / equispaced for 2d")
+                             f"use --dims 3d, or --mask random / equispaced for 2d")
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,10 @@ def simulate(volume: Volume, config: SimulationConfig | None = None,
 
     Returns:
         The measurement, with the reference geometry of ``volume``.
+
+    Warns:
+        UserWarning: an MRI simulation of a CT volume (modality CT, units HU, or values down to
+            -500 or below in a volume not marked MR): its magnitude |HU| makes air bright.
     """
     from medrecon.recon.classical import resolve_device
 
@@ -205,10 +210,37 @@ def simulate(volume: Volume, config: SimulationConfig | None = None,
     dev = resolve_device(device) if isinstance(device, str) else device
     if not np.all(np.isfinite(volume.data)):
         raise InputError("The reference volume contains NaN or infinite values.")
+    if config.modality == Modality.MRI:
+        why = _ct_like(volume)
+        if why:
+            warnings.warn(f"The reference is {why}, but MRI simulation uses the magnitude of its "
+                          f"values, so air (-1000 HU) becomes the brightest signal; use "
+                          f"--modality ct, or give an MR volume.", UserWarning, stacklevel=2)
     reference = ReferenceGeometry.from_volume(volume)
     if config.modality == Modality.CT:
         return _simulate_ct(volume, config, reference, dev)
     return _simulate_mri(volume, config, reference, dev)
+
+
+def _ct_like(volume: Volume) -> str:
+    """Why ``volume`` looks like CT in HU ("" when it does not)."""
+    if volume.modality.upper() == "CT":
+        return "a CT volume (HU)"
+    if volume.units.upper() == "HU":
+        return "in HU (CT)"
+    if volume.modality.upper() != "MR" and float(np.min(volume.data)) <= -500.0:
+        return f"likely CT in HU (values down to {float(np.min(volume.data)):.0f})"
+    return ""
+
+
+def _check_calibration(shape: tuple[int, ...], calibration: int, dims: Dims) -> None:
+    """Refuse a calibration region larger than the phase-encode plane, naming the fix."""
+    plane = (shape[1],) if dims == Dims.TWO_D else (shape[1], shape[2])
+    if calibration > min(plane):
+        what = (f"the {plane[0]} phase-encode lines" if dims == Dims.TWO_D
+                else f"the phase-encode plane {plane}")
+        raise InputError(f"The calibration region ({calibration}) is larger than {what}; "
+                         f"use --calibration {min(plane)} or less.")
 
 
 def _simulate_mri(volume: Volume, config: SimulationConfig, reference: ReferenceGeometry,
@@ -222,6 +254,7 @@ def _simulate_mri(volume: Volume, config: SimulationConfig, reference: Reference
 
     s = config.mri
     shape = volume.shape
+    _check_calibration(shape, s.calibration, s.dims)
     magnitude = np.abs(volume.data.astype(np.float64))
     if s.phase == PhaseModel.SMOOTH:
         image = magnitude * np.exp(1j * smooth_phase(shape, s.phase_range, config.seed))

@@ -107,9 +107,9 @@ def test_two_d_multislice(volume: Volume) -> None:
 def test_settings_validation() -> None:
     with pytest.raises(ValueError, match="either snr or noise_sigma"):
         MRISettings(snr=10.0, noise_sigma=0.1)
-    with pytest.raises(ValueError, match="use dims 2d"):
+    with pytest.raises(ValueError, match="use --dims 2d, or --mask poisson"):
         MRISettings(mask="random")
-    with pytest.raises(ValueError, match="use dims 3d"):
+    with pytest.raises(ValueError, match="use --dims 3d, or --mask random"):
         MRISettings(dims="2d", mask="poisson")
     with pytest.raises(ValueError, match="mask must be one of"):
         MRISettings(mask="spiral")
@@ -136,3 +136,27 @@ def test_ct_branch_delegates_to_the_projector() -> None:
     # Line integrals through 8 mm of water (mu = 0.0193 / mm) reach about 0.15.
     assert 0.1 < float(m.data.max()) < 0.25
     assert float(m.data.min()) >= -1e-6
+
+
+def test_calibration_larger_than_the_plane_names_the_fix() -> None:
+    vol = Volume(np.ones((8, 16, 12), dtype=np.float32), np.eye(4))
+    with pytest.raises(InputError, match=r"phase-encode plane \(16, 12\); use --calibration 12 "
+                                         r"or less\.$"):
+        simulate(vol, _cfg(calibration=24))
+    with pytest.raises(InputError, match=r"than the 16 phase-encode lines; use --calibration 16"):
+        simulate(vol, _cfg(calibration=20, dims="2d", mask="random"))
+
+
+def test_mri_simulation_of_a_ct_volume_warns(volume: Volume) -> None:
+    ct = Volume(1000.0 * volume.data - 1000.0, volume.affine, modality="CT", units="HU")
+    with pytest.warns(UserWarning, match=r"^The reference is a CT volume \(HU\), but MRI "
+                                         r"simulation uses the magnitude"):
+        simulate(ct, _cfg(calibration=4, acceleration=2))
+    unlabelled = Volume(ct.data, ct.affine)  # a NIfTI from elsewhere: modality unknown
+    with pytest.warns(UserWarning, match=r"likely CT in HU \(values down to -1000\)"):
+        simulate(unlabelled, _cfg(calibration=4, acceleration=2))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an MR volume, or CT simulated as CT: no warning
+        simulate(volume, _cfg(calibration=4, acceleration=2))

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from medrecon.cli.common import check_output, user_errors
+from medrecon.cli.common import check_output, user_errors, warn
 
 #: Config keys set by flags, and the flag names (for error sentences about flag values).
 _FLAG_OF_KEY: dict[str, str] = {
@@ -153,7 +153,13 @@ def simulate(
         raise InputError(f"{stray[0]} applies to {other.upper()} simulation, but this is "
                          f"{article} {chosen.upper()} simulation (from {source}).")
 
-    m = run_simulation(volume, cfg, device=device)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = run_simulation(volume, cfg, device=device)
+    for w in caught:  # one line each on stderr, e.g. an MRI simulation of a CT volume
+        warn(str(w.message))
     m.acquisition["config"] = to_dict(cfg)
     m.acquisition["reference_path"] = str(reference)
     path = write_measurement(m, out)

@@ -204,7 +204,7 @@ def test_simulate_user_errors(study: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, ["simulate", ref, str(tmp_path / "s.nii"), *SIM])
     assert_user_error(r, "must be an HDF5 file")
     r = runner.invoke(app, ["simulate", ref, str(out), "--mask", "random"])
-    assert_user_error(r, "use dims 2d")
+    assert_user_error(r, "use --dims 2d")
     r = runner.invoke(app, ["simulate", ref, str(out), "--mask", "spiral"])
     assert_user_error(r, "spiral")
     r = runner.invoke(app, ["simulate", str(tmp_path / "missing.nii.gz"), str(out)])

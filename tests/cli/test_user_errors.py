@@ -124,6 +124,11 @@ def test_phantom_options(tmp_path: Path) -> None:
                                            "is a CT simulation (from the reference's modality)"),
     ("ref.nii.gz", ["--views", "30"], "--views applies to CT simulation"),
     ("ref.nii.gz", ["--config", "{d}"], "is a folder; give a YAML file"),
+    ("ref.nii.gz", ["--calibration", "24", "--device", "cpu"],
+     "The calibration region (24) is larger than the phase-encode plane (12, 8); use "
+     "--calibration 8 or less."),
+    ("ref.nii.gz", ["--mask", "random"], "use --dims 2d, or --mask poisson / gaussian for 3d"),
+    ("ref.nii.gz", ["--dims", "2d", "--mask", "poisson"], "use --dims 3d, or --mask random"),
 ])
 def test_simulate_flag_errors_name_the_flag(study: Path, tmp_path: Path, ref: str,
                                             args: list[str], fragment: str) -> None:
@@ -132,6 +137,18 @@ def test_simulate_flag_errors_name_the_flag(study: Path, tmp_path: Path, ref: st
     assert_user_error(r, fragment)
     assert "<defaults>" not in r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_mri_simulation_of_a_ct_volume_warns_in_one_line(study: Path, tmp_path: Path) -> None:
+    r = runner.invoke(app, ["simulate", str(study / "ct.nii.gz"), str(tmp_path / "m.h5"),
+                            "--modality", "mri", *SIM])
+    assert r.exit_code == 0, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Warning: The reference is a CT volume (HU), "
+                                                   "but MRI simulation uses the magnitude"), r.stderr
+    assert "use --modality ct" in lines[0] and (tmp_path / "m.h5").is_file()
+    r = runner.invoke(app, ["simulate", str(study / "ref.nii.gz"), str(tmp_path / "n.h5"), *SIM])
+    assert r.exit_code == 0 and r.stderr == ""  # MR from MR: silent
 
 
 # ---- reconstruct ---------------------------------------------------------------------------
