@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import math
 import os
 import time
@@ -30,12 +31,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from medrecon.errors import InputError
-from medrecon.priors.config import TrainConfig, dump_train_config
-from medrecon.priors.data import PatchSampler, TrainingVolume, _seed_int, build_pools
+from medrecon.errors import InputError, MedreconError
+from medrecon.priors.config import DataConfig, TrainConfig, dump_train_config
+from medrecon.priors.data import (
+    PatchSampler,
+    TrainingVolume,
+    _map,
+    _seed_int,
+    build_pools,
+    discover_studies,
+    load_training_volume,
+    split_train_val,
+)
 from medrecon.priors.denoiser import EDMDenoiser
 from medrecon.priors.network import build_network, count_parameters
-from medrecon.priors.normalisation import MODALITY_IDS
+from medrecon.priors.normalisation import MODALITY_IDS, Normalisation
 from medrecon.priors.schedules import edm_sigmas, sample_training_sigmas, sigma_bands
 
 LOG_FIELDS_BASE = ["step", "loss", "lr", "grad_norm", "samples_per_s"]
@@ -108,6 +118,59 @@ def prior_info(config: TrainConfig, step: int, extra: dict[str, Any] | None = No
                      **(extra or {})},
         "config": cfg,
     }
+
+
+# --------------------------------------------------------------------------- training files
+def _load_or_reason(item: tuple[Path, str | None], cfg: DataConfig, norm: Normalisation,
+                    cache_dir: Path | None) -> TrainingVolume | str:
+    """One study in model space, or the sentence saying why it cannot be used."""
+    try:
+        return load_training_volume(item[0], item[1], cfg, norm, cache_dir)
+    except MedreconError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"Cannot read {item[0]} ({exc.strerror or exc})."
+
+
+def _unusable_sentence(bad: list[tuple[Path, str]], total: int) -> str:
+    """One sentence naming every unusable study (the first one's reason in full)."""
+    if len(bad) == 1:
+        return bad[0][1]
+    names = ", ".join(str(p) for p, _ in bad[:5]) + (f" and {len(bad) - 5} more"
+                                                      if len(bad) > 5 else "")
+    first = bad[0][1].rstrip(".")
+    return (f"{len(bad)} of {total} training studies cannot be used ({names}); the first: "
+            f"{first[:1].lower() + first[1:]}.")
+
+
+def file_pools(cfg: DataConfig, norm: Normalisation, data_paths: Sequence[str | Path],
+               cache_dir: Path | None, rank: int = 0, world_size: int = 1, workers: int = 0
+               ) -> tuple[list[TrainingVolume], list[TrainingVolume]]:
+    """Training volumes of this rank and (rank 0) the validation volumes, from ``--data``.
+
+    As :func:`~medrecon.priors.data.build_pools` for ``data.source: files``, except that a
+    single study is trained on (not held out for validation), every study this rank reads is
+    tried before any error is raised, and the error names each unreadable study.
+    """
+    if not data_paths:
+        raise InputError("data.source is files: give training data with --data PATH.")
+    items = discover_studies(data_paths)
+    train_items, val_items = split_train_val(items, cfg.val_fraction)
+    if not train_items:  # one study, hashed into validation: train on it instead
+        train_items, val_items = list(items), []
+    shard = train_items[rank::world_size]
+    if not shard:
+        raise InputError(f"{len(items)} studies ({len(val_items)} held out for validation) leave "
+                         f"process {rank} of {world_size} without a training volume; give at "
+                         f"least {world_size + len(val_items)} studies or use fewer processes.")
+    mine = shard + (val_items if rank == 0 else [])
+    load = functools.partial(_load_or_reason, cfg=cfg, norm=norm, cache_dir=cache_dir)
+    loaded = _map(load, mine, workers)
+    bad = [(it[0], r) for it, r in zip(mine, loaded, strict=True) if isinstance(r, str)]
+    if bad:
+        raise InputError(_unusable_sentence(bad, len(mine)))
+    vols = [v for v in loaded if isinstance(v, TrainingVolume)]
+    return vols[:len(shard)], vols[len(shard):]
 
 
 # --------------------------------------------------------------------------- sampling preview
@@ -245,7 +308,8 @@ def train(
         max_minutes: stop (and checkpoint) after this much wall-clock training time.
         workers: processes for loading / generating the training volumes.
         progress: show a tqdm progress bar on rank 0.
-        pools: pre-built (train, val) volumes (tests); skips :func:`build_pools`.
+        pools: pre-built (train, val) volumes (tests); skips :func:`file_pools` /
+            :func:`build_pools`.
         on_step: called as on_step(step, loss) after every step (tests, monitoring).
     """
     from medrecon.priors.checkpoint import (
@@ -291,8 +355,12 @@ def train(
     t0 = time.perf_counter()
     if pools is None:
         cache = Path(config.data.cache_dir) if config.data.cache_dir else run_dir / "cache"
-        pools = build_pools(config.data, config.normalisation, data_paths, cache,
-                            dist_info.rank, dist_info.world, workers, dev)
+        if config.data.source == "files":
+            pools = file_pools(config.data, config.normalisation, data_paths, cache,
+                               dist_info.rank, dist_info.world, workers)
+        else:
+            pools = build_pools(config.data, config.normalisation, data_paths, cache,
+                                dist_info.rank, dist_info.world, workers, dev)
     train_vols, val_vols = pools
     data_seconds = time.perf_counter() - t0
     sampler = PatchSampler(train_vols, config.data, config.seed, dist_info.rank)

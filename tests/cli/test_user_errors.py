@@ -202,6 +202,25 @@ def test_diffusion_warns_when_the_voxel_size_differs_from_the_prior(study: Path,
     assert "(1 step," in r.stdout
 
 
+def test_diffusion_sampler_settings(study: Path, tmp_path: Path) -> None:
+    prior = export_tiny_prior(tmp_path / "prior")
+    base = ["reconstruct", str(study / "m.h5"), str(tmp_path / "r.nii.gz"), "--method",
+            "diffusion", "--prior", str(prior), "--steps", "2", "--no-progress", "--device", "cpu"]
+    r = runner.invoke(app, [*base, "--lam", "0.5", "--set", "eta=0.5", "--set", "cg_iters=2"])
+    assert r.exit_code == 0, r.output
+    assert "(2 steps, lam 0.5," in r.stdout
+    r = runner.invoke(app, base)  # the MR default
+    assert r.exit_code == 0 and "lam 0.05," in r.stdout, r.output
+    r = runner.invoke(app, [*base, "--set", "eta=2"])
+    assert_user_error(r, "eta must lie in [0, 1], got 2.")
+    r = runner.invoke(app, [*base, "--set", "cg_iters=0"])
+    assert_user_error(r, "cg_iters must be at least 1, got 0.")
+    r = runner.invoke(app, [*base, "--lam", "0"])
+    assert_user_error(r, "--lam must be a positive number, got 0.")
+    r = runner.invoke(app, [*base, "--sampler", "diffpir", "--set", "zeta=3"])
+    assert_user_error(r, "DiffPIR's zeta must lie in [0, 1], got 3.")
+
+
 # ---- evaluate ------------------------------------------------------------------------------
 def test_evaluate_errors(study: Path, tmp_path: Path) -> None:
     ref = str(study / "ref.nii.gz")
@@ -259,6 +278,22 @@ def test_failed_training_leaves_no_run_folder(study: Path, tmp_path: Path) -> No
     r = runner.invoke(app, ["train", "--config", str(TINY_CONFIG), "--set", "data.source=files",
                             "--data", str(bad), "--out", str(run), "--device", "cpu"])
     assert_user_error(r)
+    assert not run.exists()
+
+
+def test_training_on_one_corrupt_study_names_it(study: Path, tmp_path: Path) -> None:
+    import hashlib
+
+    def held_out(i: int) -> bool:  # the hash split puts this path into validation
+        p = (tmp_path / f"s{i}.nii.gz").resolve()
+        return int(hashlib.sha1(str(p).encode()).hexdigest()[:12], 16) / 16**12 < 0.1
+
+    bad = tmp_path / f"s{next(i for i in range(10_000) if held_out(i))}.nii.gz"
+    bad.write_bytes((study / "ref.nii.gz").read_bytes()[:300])  # a truncated NIfTI
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--config", str(TINY_CONFIG), "--set", "data.source=files",
+                            "--data", str(bad), "--out", str(run), "--device", "cpu"])
+    assert_user_error(r, f"Cannot read NIfTI file {bad}")
     assert not run.exists()
 
 
