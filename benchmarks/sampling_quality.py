@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                     t0 = time.perf_counter()
                     res = posterior_sample(m, prior, sampler=sampler, steps=steps,
                                            samples=args.samples, seed=0, device=dev,
-                                           options=SamplerOptions(**settings),
+                                           options=SamplerOptions.defaults(mod, sampler, **settings),
                                            tiling=args.tiling)
                     t_diff = time.perf_counter() - t0
                 except Exception as exc:

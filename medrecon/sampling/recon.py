@@ -11,10 +11,16 @@ sampler            dds, dps, pc or diffpir                      "dds"
 steps              diffusion steps (``options.iterations`` too)  50
 samples            posterior samples K (K >= 2: std map)         1
 seed               random seed                                  0
-tiling             shift or blend                               "shift"
+tiling             shift, roll or blend                         "shift"
 memory_budget_gb   bound on network activation memory           automatic
 noise_std          measurement noise std override               from file
+lam                prior weight vs data (< 1 trusts the data)   per modality
+eta                DDS re-noising stochasticity in [0, 1]       0.85
+cg_iters           CG iterations per data-consistency step      per modality
+zeta               DPS step / DiffPIR fresh-noise share         1.0 / 0.3
 =================  ===========================================  ==========
+
+Sampler defaults per modality: :data:`medrecon.sampling.api.MODALITY_DEFAULTS`.
 
 ``ReconOutput.image`` is the posterior mean (MR magnitude / CT HU) and
 ``ReconOutput.info["std_image"]`` the per-voxel standard deviation (float32 array, absent for
@@ -39,7 +45,7 @@ _PRIOR_CACHE: dict[tuple[str, str], Any] = {}
 
 #: Every key of ``options.extra`` that ``--method diffusion`` understands.
 OPTION_KEYS: tuple[str, ...] = ("prior", "sampler", "steps", "samples", "seed", "tiling",
-                                "memory_budget_gb", "noise_std")
+                                "memory_budget_gb", "noise_std", "lam", "eta", "cg_iters", "zeta")
 _TILINGS = ("shift", "roll", "blend")
 
 
@@ -69,7 +75,7 @@ def diffusion_reconstruction(measurement: Measurement, options: ReconOptions,
                              device: torch.device) -> ReconOutput:
     """Posterior-mean reconstruction (and std map) of an MR or CT measurement."""
     from medrecon.priors import load_prior, resolve_prior_path
-    from medrecon.sampling.api import posterior_sample
+    from medrecon.sampling.api import SamplerOptions, posterior_sample
 
     extra = options.extra  # read with .get only, so callers can see which keys were used
     unknown = [k for k in extra if k not in OPTION_KEYS]
@@ -93,9 +99,33 @@ def diffusion_reconstruction(measurement: Measurement, options: ReconOptions,
     seed = _int(extra, "seed", 0)
     budget = _positive_float(extra, "memory_budget_gb")
     noise = _positive_float(extra, "noise_std", allow_zero=True)
+    sampler = str(extra.get("sampler", "dds")).strip().lower()
+    settings: dict[str, Any] = {}
+    lam = _positive_float(extra, "lam")
+    lam = options.lam if lam is None else lam  # --lam or --set lam=
+    if lam is not None:
+        if lam <= 0:
+            raise InputError(f"--lam must be a positive number, got {lam:g}.")
+        settings["lam"] = lam
+    eta = _positive_float(extra, "eta", allow_zero=True)
+    if eta is not None:
+        if eta > 1:
+            raise InputError(f"The diffusion option eta must lie in [0, 1], got {eta:g}.")
+        settings["eta"] = eta
+    if extra.get("cg_iters") is not None:
+        cg = _int(extra, "cg_iters", 0)
+        if cg < 1:
+            raise InputError(f"The diffusion option cg_iters must be at least 1, got {cg}.")
+        settings["cg_iters"] = cg
+    zeta = _positive_float(extra, "zeta", allow_zero=True)
+    if zeta is not None:
+        if sampler == "diffpir" and zeta > 1:
+            raise InputError(f"DiffPIR's zeta must lie in [0, 1], got {zeta:g}.")
+        settings["zeta_diffpir" if sampler == "diffpir" else "zeta_dps"] = zeta
     res = posterior_sample(
-        measurement, prior, sampler=str(extra.get("sampler", "dds")), steps=steps,
+        measurement, prior, sampler=sampler, steps=steps,
         samples=samples, seed=seed, device=device, tiling=tiling,
+        options=SamplerOptions.defaults(measurement.modality, sampler, **settings),
         memory_budget_gb=budget, noise_std=noise, progress=options.progress)
     info: dict[str, Any] = {
         k: v for k, v in res.info.items()

@@ -122,6 +122,7 @@ def test_posterior_sample_mr(mr_measurement, tiny_prior) -> None:
     # DDS's proximal step keeps the estimate close to the data even with a random prior.
     assert res.residual < 0.2
     assert res.info["modality"] == "MR" and res.info["patches"] > 0
+    assert (res.info["lam"], res.info["cg_iters"]) == (0.05, 10)  # the MR defaults
 
 
 def test_diffusion_registered_in_reconstruct(ct_measurement, tiny_prior_path) -> None:
@@ -144,6 +145,25 @@ def test_unknown_sampler_is_a_user_error(ct_measurement, tiny_prior) -> None:
 
     with pytest.raises(InputError, match="sampler"):
         posterior_sample(ct_measurement[0], tiny_prior, sampler="ddpm", steps=2)
+
+
+def test_sampler_defaults_per_modality() -> None:
+    from medrecon.sampling.api import SamplerOptions
+
+    mr = SamplerOptions.defaults("MR", "dds")
+    assert (mr.lam, mr.cg_iters) == (0.05, 10)
+    assert SamplerOptions.defaults("CT", "dds").lam == 0.3
+    assert SamplerOptions.defaults("MR", "pc") == SamplerOptions()
+    assert SamplerOptions.defaults(None) == SamplerOptions()
+    assert SamplerOptions.defaults("mr", "dds", lam=2.0).lam == 2.0
+
+
+def test_dps_step_keeps_the_papers_per_value_guidance() -> None:
+    from medrecon.sampling.api import dps_step
+
+    assert dps_step(1.0, 256 * 256 * 3, 1000) == pytest.approx(1.0)
+    assert dps_step(1.0, 4 * 256 * 256 * 3, 1000) == pytest.approx(2.0)  # sqrt of the size
+    assert dps_step(0.5, 256 * 256 * 3, 100) == pytest.approx(5.0)  # inverse of the steps
 
 
 def test_calibration_of_a_calibrated_gaussian() -> None:
