@@ -87,7 +87,7 @@ def reconstruct(
     lam: float | None = typer.Option(
         None, help="cg-sense, l1-wavelet, tv: regularisation weight (default: the method's "
                    "rule, scaled to the data); diffusion: prior weight against the data, "
-                   "< 1 trusts the data more (default per modality: MR 0.05, CT 0.3)."),
+                   "< 1 trusts the data more (default per modality: MR 0.05, CT 1)."),
     iterations: int | None = typer.Option(
         None, min=1, help="Iterative methods: maximum solver iterations (default: the "
                           "method's own; diffusion: same as --steps)."),

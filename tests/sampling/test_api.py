@@ -152,7 +152,7 @@ def test_sampler_defaults_per_modality() -> None:
 
     mr = SamplerOptions.defaults("MR", "dds")
     assert (mr.lam, mr.cg_iters) == (0.05, 10)
-    assert SamplerOptions.defaults("CT", "dds").lam == 0.3
+    assert SamplerOptions.defaults("CT", "dds") == SamplerOptions()
     assert SamplerOptions.defaults("MR", "pc") == SamplerOptions()
     assert SamplerOptions.defaults(None) == SamplerOptions()
     assert SamplerOptions.defaults("mr", "dds", lam=2.0).lam == 2.0
