@@ -44,6 +44,7 @@ explicitly as ``rng``); the same seed gives the same mask on every platform.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -242,9 +243,14 @@ def make_mask(
     calib[tuple(calibration_slice(n, calibration) for n in plane)] = calibration > 0
     n_calib = int(calib.sum())
     if target < n_calib:
+        # the largest calibration whose region fits the target count, and the highest
+        # acceleration (rounded down) that this calibration allows
+        max_calibration = target if dims == "2d" else math.isqrt(target)
+        max_acceleration = math.floor(total / n_calib * 100) / 100
         raise InputError(
             f"Acceleration {acceleration:g} cannot be reached: the calibration region alone "
-            f"gives {total / n_calib:.2f}; lower the calibration size or the acceleration."
+            f"gives {total / n_calib:.2f}; use --calibration {max_calibration} or less, or "
+            f"--acceleration {max_acceleration:g} or less."
         )
 
     if target >= total:

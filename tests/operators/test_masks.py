@@ -112,3 +112,25 @@ def test_acceleration_one_is_fully_sampled() -> None:
 def test_impossible_requests(args: tuple, kwargs: dict, match: str) -> None:
     with pytest.raises(InputError, match=match):
         make_mask(*args, **kwargs)
+
+
+@pytest.mark.parametrize(("shape", "acceleration", "calibration", "dims"),
+                         [(SHAPE3, 40.0, 24, "3d"), ((20, 200, 9), 20.0, 16, "2d"),
+                          ((4, 30, 30), 10.0, 12, "3d")])
+def test_unreachable_acceleration_names_flags_that_work(
+        shape: tuple[int, int, int], acceleration: float, calibration: int, dims: str) -> None:
+    """The message names --calibration / --acceleration with values that do succeed."""
+    with pytest.raises(InputError, match=r"use --calibration (\d+) or less, or --acceleration "
+                                         r"([\d.]+) or less\.$") as info:
+        make_mask("random", shape, acceleration, calibration=calibration, dims=dims)
+    import re
+
+    found = re.search(r"--calibration (\d+) .* --acceleration ([\d.]+) ", str(info.value))
+    assert found is not None
+    max_calibration, max_acceleration = int(found[1]), float(found[2])
+    assert max_calibration < calibration
+    make_mask("random", shape, acceleration, calibration=max_calibration, dims=dims)
+    with pytest.raises(InputError, match="cannot be reached"):
+        make_mask("random", shape, acceleration, calibration=max_calibration + 1, dims=dims)
+    m = make_mask("random", shape, max_acceleration, calibration=calibration, dims=dims)
+    assert m.acceleration == pytest.approx(max_acceleration, rel=0.02)
