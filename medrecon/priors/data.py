@@ -18,9 +18,10 @@ import csv
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ from medrecon.priors.normalisation import Normalisation, modality_id
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MANIFEST_SUFFIXES = (".txt", ".csv")
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 @dataclass
@@ -134,21 +138,20 @@ def split_train_val(items: Sequence[tuple[Path, str | None]], val_fraction: floa
                     ) -> tuple[list[tuple[Path, str | None]], list[tuple[Path, str | None]]]:
     """Deterministic split by a hash of each path, so adding studies does not reshuffle old ones.
 
-    With two or more studies and ``val_fraction > 0`` at least one study is held out and at
-    least one is kept for training (the hash may otherwise put every study of a small set on
-    one side).
+    At least one study is always kept for training: a single study is trained on (no
+    validation), and with two or more studies and ``val_fraction > 0`` at least one is held out
+    (the hash may otherwise put every study of a small set on one side). Returns (train, val),
+    each in hash order.
     """
     def h(p: Path) -> float:
         return int(hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:12], 16) / 16**12
 
-    scored = sorted(items, key=lambda it: h(it[0]))
-    val = [it for it in scored if h(it[0]) < val_fraction]
-    if not val and val_fraction > 0 and len(items) >= 2:
-        val = [scored[0]]
-    if len(val) == len(scored) and len(scored) >= 2:
-        val = val[:-1]
-    train = [it for it in scored if it not in val]
-    return train, val
+    scored = sorted(((h(it[0]), it) for it in items), key=lambda t: t[0])
+    n_val = sum(1 for s, _ in scored if s < val_fraction)  # a prefix of the hash order
+    if n_val == 0 and val_fraction > 0 and len(scored) >= 2:
+        n_val = 1
+    n_val = min(n_val, max(len(scored) - 1, 0))
+    return [it for _, it in scored[n_val:]], [it for _, it in scored[:n_val]]
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -255,6 +258,41 @@ def phantom_volume(seed: int, modality: str, cfg: DataConfig) -> TrainingVolume:
                           f"phantom:{modality}:{seed}")
 
 
+@dataclass(frozen=True)
+class StudyLoader:
+    """``(path, modality override) -> TrainingVolume`` through the cache; a picklable callable
+    (unlike a closure) for worker processes."""
+
+    cfg: DataConfig
+    norm: Normalisation
+    cache_dir: Path | None = None
+
+    def __call__(self, item: tuple[Path, str | None]) -> TrainingVolume:
+        return load_training_volume(item[0], item[1], self.cfg, self.norm, self.cache_dir)
+
+
+@dataclass(frozen=True)
+class SyntheticMaker:
+    """``(seed, modality) -> TrainingVolume`` by :func:`synthetic_volume`; picklable."""
+
+    cfg: DataConfig
+    norm: Normalisation
+    device: str = "cpu"
+
+    def __call__(self, job: tuple[int, str]) -> TrainingVolume:
+        return synthetic_volume(job[0], job[1], self.cfg, self.norm, self.device)
+
+
+@dataclass(frozen=True)
+class PhantomMaker:
+    """``(seed, modality) -> TrainingVolume`` by :func:`phantom_volume`; picklable."""
+
+    cfg: DataConfig
+
+    def __call__(self, job: tuple[int, str]) -> TrainingVolume:
+        return phantom_volume(job[0], job[1], self.cfg)
+
+
 def build_pools(cfg: DataConfig, norm: Normalisation, data_paths: Sequence[str | Path] = (),
                 cache_dir: Path | None = None, rank: int = 0, world_size: int = 1,
                 workers: int = 0, device: torch.device | str = "cpu"
@@ -264,7 +302,8 @@ def build_pools(cfg: DataConfig, norm: Normalisation, data_paths: Sequence[str |
 
     Generated sources use seeds ``SYNTHETIC_TRAIN_SEED0 + i`` for training and
     ``SYNTHETIC_VAL_SEED0 + i`` for validation, disjoint from each other and from the test
-    seeds of the synthetic generator.
+    seeds of the synthetic generator. ``workers`` > 1 loads / generates in that many
+    processes, with the same result as one.
     """
     if cfg.source == "files":
         if not data_paths:
@@ -274,36 +313,46 @@ def build_pools(cfg: DataConfig, norm: Normalisation, data_paths: Sequence[str |
         train_items = train_items[rank::world_size]
         if not train_items:
             raise InputError(f"Rank {rank} got no training volume; give at least {world_size}.")
-
-        def load(it: tuple[Path, str | None]) -> TrainingVolume:
-            return load_training_volume(it[0], it[1], cfg, norm, cache_dir)
-
-        train = _map(load, train_items, workers)
-        val = _map(load, val_items, workers) if rank == 0 else []
-        return train, val
+        mine = train_items + (val_items if rank == 0 else [])
+        vols = _map(StudyLoader(cfg, norm, cache_dir), mine, workers)
+        return vols[:len(train_items)], vols[len(train_items):]
 
     jobs_train = [(SYNTHETIC_TRAIN_SEED0 + i, m) for m in cfg.modalities
                   for i in range(cfg.train_volumes)][rank::world_size]
     jobs_val = ([(SYNTHETIC_VAL_SEED0 + i, m) for m in cfg.modalities
                  for i in range(cfg.val_volumes)] if rank == 0 else [])
+    make: Callable[[tuple[int, str]], TrainingVolume]
     if cfg.source == "synthetic":
-        def make(job: tuple[int, str]) -> TrainingVolume:
-            return synthetic_volume(job[0], job[1], cfg, norm, device)
-
+        make = SyntheticMaker(cfg, norm, str(device))
         if torch.device(device).type == "cuda":
             workers = 0  # rendering on the GPU: one process, no CPU pool
     else:
-        def make(job: tuple[int, str]) -> TrainingVolume:
-            return phantom_volume(job[0], job[1], cfg)
-    return _map(make, jobs_train, workers), _map(make, jobs_val, workers)
+        make = PhantomMaker(cfg)
+    vols = _map(make, jobs_train + jobs_val, workers)  # one process pool for both
+    return vols[:len(jobs_train)], vols[len(jobs_train):]
 
 
-def _map(fn, items, workers: int):  # type: ignore[no-untyped-def]
+def _init_worker(threads: int) -> None:
+    """Worker set-up: share the parent's torch threads among the workers (no oversubscription)."""
+    torch.set_num_threads(threads)
+
+
+def _map(fn: Callable[[_T], _R], items: Sequence[_T], workers: int) -> list[_R]:
+    """``[fn(it) for it in items]``, in ``workers`` processes when more than one.
+
+    ``fn`` must be picklable (a module-level function, a :class:`functools.partial` of one, or
+    an instance such as :class:`StudyLoader`). Workers are spawned, not forked: a child forked
+    from a process whose OpenMP pool has run can deadlock in native code.
+    """
     if workers <= 1 or len(items) <= 1:
         return [fn(it) for it in items]
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=workers) as ex:
+    n = min(workers, len(items))
+    threads = max(1, torch.get_num_threads() // n)
+    with ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(threads,)) as ex:
         return list(ex.map(fn, items))
 
 

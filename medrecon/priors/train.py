@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ import torch
 from medrecon.errors import InputError, MedreconError
 from medrecon.priors.config import DataConfig, TrainConfig, dump_train_config
 from medrecon.priors.data import (
+    PatchBatch,
     PatchSampler,
     TrainingVolume,
     _map,
@@ -148,16 +149,15 @@ def file_pools(cfg: DataConfig, norm: Normalisation, data_paths: Sequence[str | 
                ) -> tuple[list[TrainingVolume], list[TrainingVolume]]:
     """Training volumes of this rank and (rank 0) the validation volumes, from ``--data``.
 
-    As :func:`~medrecon.priors.data.build_pools` for ``data.source: files``, except that a
-    single study is trained on (not held out for validation), every study this rank reads is
-    tried before any error is raised, and the error names each unreadable study.
+    As :func:`~medrecon.priors.data.build_pools` for ``data.source: files`` (a single study
+    is trained on, see :func:`~medrecon.priors.data.split_train_val`), except that every
+    study this rank reads is tried before any error is raised, and the error names each
+    unreadable study.
     """
     if not data_paths:
         raise InputError("data.source is files: give training data with --data PATH.")
     items = discover_studies(data_paths)
     train_items, val_items = split_train_val(items, cfg.val_fraction)
-    if not train_items:  # one study, hashed into validation: train on it instead
-        train_items, val_items = list(items), []
     shard = train_items[rank::world_size]
     if not shard:
         raise InputError(f"{len(items)} studies ({len(val_items)} held out for validation) leave "
@@ -166,7 +166,8 @@ def file_pools(cfg: DataConfig, norm: Normalisation, data_paths: Sequence[str | 
     mine = shard + (val_items if rank == 0 else [])
     load = functools.partial(_load_or_reason, cfg=cfg, norm=norm, cache_dir=cache_dir)
     loaded = _map(load, mine, workers)
-    bad = [(it[0], r) for it, r in zip(mine, loaded, strict=True) if isinstance(r, str)]
+    bad = sorted((it[0], r) for it, r in zip(mine, loaded, strict=True)
+                 if isinstance(r, str))  # named in path order, not hash order
     if bad:
         raise InputError(_unusable_sentence(bad, len(mine)))
     vols = [v for v in loaded if isinstance(v, TrainingVolume)]
@@ -275,6 +276,104 @@ def _band_name(lo: float, hi: float) -> str:
     return f"loss_sigma_{lo:g}_{hi:g}"
 
 
+# --------------------------------------------------------------------------- set-up
+@dataclass
+class _Setup:
+    """What :func:`_prepare` gives the training loop."""
+
+    start_step: int
+    ckpt: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]] | None
+    sampler: PatchSampler
+    val_batch: PatchBatch | None
+    data_seconds: float
+
+
+def _prepare(config: TrainConfig, run_dir: Path, data_paths: Sequence[str | Path], resume: bool,
+             dist_info: _Dist, dev: torch.device, workers: int,
+             pools: tuple[list[TrainingVolume], list[TrainingVolume]] | None) -> _Setup:
+    """This rank's resume state, run folder (rank 0), training volumes and validation batch."""
+    from medrecon.priors.checkpoint import load_training_checkpoint
+
+    main = dist_info.main
+    start_step, ckpt = 0, None
+    if resume:
+        meta, msd, esd, osd = load_training_checkpoint(run_dir / "checkpoint")
+        saved = TrainConfig.from_dict(meta["config"])
+        if _resume_key(saved) != _resume_key(config):
+            raise InputError("The config differs from the checkpoint's in more than optim.steps "
+                             "and log settings; resume with RUN_DIR/config.yaml.")
+        if int(meta["world_size"]) != dist_info.world:
+            raise InputError(f"The checkpoint was written by {meta['world_size']} process(es); "
+                             f"resume with the same number, not {dist_info.world}.")
+        start_step, ckpt = int(meta["step"]), (msd, esd, osd)
+    elif main and (run_dir / "checkpoint").exists():
+        raise InputError(f"{run_dir} already holds a training run; pass --resume or choose "
+                         "another --out.")
+
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_train_config(config))
+
+    t0 = time.perf_counter()
+    if pools is None:
+        cache = Path(config.data.cache_dir) if config.data.cache_dir else run_dir / "cache"
+        if config.data.source == "files":
+            pools = file_pools(config.data, config.normalisation, data_paths, cache,
+                               dist_info.rank, dist_info.world, workers)
+        else:
+            pools = build_pools(config.data, config.normalisation, data_paths, cache,
+                                dist_info.rank, dist_info.world, workers, dev)
+    train_vols, val_vols = pools
+    data_seconds = time.perf_counter() - t0
+    sampler = PatchSampler(train_vols, config.data, config.seed, dist_info.rank)
+    val_batch = None
+    if main and val_vols:
+        vs = PatchSampler(val_vols, config.data, config.seed + 1, 0, augment=False)
+        val_batch = vs.batch(0, config.log.val_patches, dev, stream=1)
+    return _Setup(start_step, ckpt, sampler, val_batch, data_seconds)
+
+
+_S = TypeVar("_S")
+
+
+def _on_every_rank(fn: Callable[[], _S], dist_info: _Dist) -> _S:
+    """``fn()`` on this rank; if it raises on any rank, every rank raises.
+
+    The ranks compare notes in one collective (``all_gather_object``), so none is left
+    waiting in a later collective for a rank that has failed. The first failing rank re-raises
+    its own exception; the others raise the same :class:`MedreconError` subclass with the same
+    sentence, or, when the failure is not a user error (a bug, which keeps its traceback on its
+    own rank), a :class:`MedreconError` naming the process and the error.
+    """
+    try:
+        out: _S | None = fn()
+        err: Exception | None = None
+    except Exception as exc:
+        out, err = None, exc
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        import medrecon.errors
+
+        mine = None if err is None else (type(err).__name__, isinstance(err, MedreconError),
+                                         str(err))
+        notes: list[tuple[str, bool, str] | None] = [None] * dist_info.world
+        dist.all_gather_object(notes, mine)
+        failed = [(r, n) for r, n in enumerate(notes) if n is not None]
+        if failed and failed[0][0] != dist_info.rank:
+            rank, (kind, user_error, message) = failed[0]
+            if user_error:
+                cls = getattr(medrecon.errors, kind, None)
+                if not (isinstance(cls, type) and issubclass(cls, MedreconError)):
+                    cls = InputError
+                raise cls(message) from err
+            raise MedreconError(f"Process {rank} of {dist_info.world} failed while preparing "
+                                f"the training data ({kind}: {message}).") from err
+    if err is not None:
+        raise err
+    return out  # type: ignore[return-value]
+
+
 # --------------------------------------------------------------------------- main loop
 def _resume_key(config: TrainConfig) -> dict[str, Any]:
     """The parts of a config that must not change on resume (steps and logging may)."""
@@ -312,11 +411,7 @@ def train(
             :func:`build_pools`.
         on_step: called as on_step(step, loss) after every step (tests, monitoring).
     """
-    from medrecon.priors.checkpoint import (
-        export_prior,
-        load_training_checkpoint,
-        save_training_checkpoint,
-    )
+    from medrecon.priors.checkpoint import export_prior, save_training_checkpoint
 
     run_dir = Path(run_dir)
     if device == "auto":
@@ -332,42 +427,21 @@ def train(
         torch.backends.cudnn.benchmark = True
     main = dist_info.main
 
-    start_step, ckpt = 0, None
-    if resume:
-        meta, msd, esd, osd = load_training_checkpoint(run_dir / "checkpoint")
-        saved = TrainConfig.from_dict(meta["config"])
-        if _resume_key(saved) != _resume_key(config):
-            raise InputError("The config differs from the checkpoint's in more than optim.steps "
-                             "and log settings; resume with RUN_DIR/config.yaml.")
-        if int(meta["world_size"]) != dist_info.world:
-            raise InputError(f"The checkpoint was written by {meta['world_size']} process(es); "
-                             f"resume with the same number, not {dist_info.world}.")
-        start_step, ckpt = int(meta["step"]), (msd, esd, osd)
-    elif main and (run_dir / "checkpoint").exists():
-        raise InputError(f"{run_dir} already holds a training run; pass --resume or choose "
-                         "another --out.")
+    # Resume state and data, per rank. An error on any rank is raised on every rank, so that
+    # no rank is left waiting forever in the first collective for one that has given up.
+    try:
+        setup = _on_every_rank(functools.partial(
+            _prepare, config, run_dir, data_paths, resume, dist_info, dev, workers, pools),
+            dist_info)
+    except Exception:
+        if dist_info.initialised_here:  # every rank is raising: leave the group cleanly
+            import torch.distributed as dist
 
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_train_config(config))
-
-    # ---- data
-    t0 = time.perf_counter()
-    if pools is None:
-        cache = Path(config.data.cache_dir) if config.data.cache_dir else run_dir / "cache"
-        if config.data.source == "files":
-            pools = file_pools(config.data, config.normalisation, data_paths, cache,
-                               dist_info.rank, dist_info.world, workers)
-        else:
-            pools = build_pools(config.data, config.normalisation, data_paths, cache,
-                                dist_info.rank, dist_info.world, workers, dev)
-    train_vols, val_vols = pools
-    data_seconds = time.perf_counter() - t0
-    sampler = PatchSampler(train_vols, config.data, config.seed, dist_info.rank)
-    val_batch = None
-    if main and val_vols:
-        vs = PatchSampler(val_vols, config.data, config.seed + 1, 0, augment=False)
-        val_batch = vs.batch(0, config.log.val_patches, dev, stream=1)
+            dist.destroy_process_group()
+        raise
+    start_step, ckpt, sampler, val_batch = (setup.start_step, setup.ckpt, setup.sampler,
+                                            setup.val_batch)
+    data_seconds = setup.data_seconds
 
     # ---- model, EMA, optimiser
     model = make_denoiser(config, dev)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -98,9 +99,19 @@ def test_resample_keeps_constant_fields_and_field_of_view() -> None:
     assert y.shape == (5, 5, 20) and np.allclose(y, 3.0)
 
 
+def _path_hash(p: Path) -> float:
+    """The split's hash of a path (as in :func:`split_train_val`)."""
+    return int(hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:12], 16) / 16**12
+
+
 def test_file_pools_are_sharded_by_rank(tmp_path: Path) -> None:
-    for i in range(4):
-        _write(tmp_path / "d", f"v{i}.nii", "MR", seed=i)
+    # names chosen so that the hash split holds out exactly one of the four studies (a random
+    # tmp_path could otherwise hold out three and leave rank 1 without a training study)
+    names = [f"v{i}.nii" for i in range(200)]
+    held = [n for n in names if _path_hash(tmp_path / "d" / n) < 0.25][:1]
+    kept = [n for n in names if _path_hash(tmp_path / "d" / n) >= 0.25][:3]
+    for i, name in enumerate(held + kept):
+        _write(tmp_path / "d", name, "MR", seed=i)
     cfg = DataConfig(val_fraction=0.25, modalities=("MR",))
     tr0, va0 = build_pools(cfg, Normalisation(), [tmp_path / "d"], None, 0, 2)
     tr1, va1 = build_pools(cfg, Normalisation(), [tmp_path / "d"], None, 1, 2)
@@ -178,3 +189,12 @@ def test_split_keeps_a_training_study_for_any_paths(tmp_path: Path) -> None:
         items = [(tmp_path / f"t{trial}" / f"s{i}.nii.gz", None) for i in range(3)]
         tr, va = split_train_val(items, 0.9)
         assert tr and va and len(tr) + len(va) == 3
+
+
+def test_split_trains_on_a_single_study_even_when_hashed_into_validation(
+        tmp_path: Path) -> None:
+    """One study is never held out: all to training, no validation (for any hash)."""
+    items = [(tmp_path / f"only{i}.nii.gz", None) for i in range(20)]
+    for it in items:
+        assert split_train_val([it], 0.9) == ([it], [])  # most of these hash below 0.9
+    assert split_train_val([], 0.5) == ([], [])

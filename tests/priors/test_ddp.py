@@ -75,3 +75,57 @@ def test_ddp_two_gloo_processes(tmp_path: Path) -> None:
     # the checkpoint holds rank 0's weights
     ck = load_file(str(run_dir / "checkpoint" / "state.safetensors"))
     assert torch.equal(ck["model/network.conv_in.conv.weight"], w0["network.conv_in.conv.weight"])
+
+
+def _setup_error_worker(rank: int, world: int, port: int, data_dir: str, run_dir: str,
+                        out_dir: str) -> None:
+    """One DDP rank training on ``data_dir``; writes the error it ended with (or "ok")."""
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from medrecon.priors.config import load_train_config
+    from medrecon.priors.train import train
+
+    cfg = load_train_config(TINY_CONFIG, ["data.source=files", "data.val_fraction=0",
+                                          "optim.steps=1", "log.preview_every=100"])
+    try:
+        train(cfg, run_dir, [data_dir], device="cpu", progress=False)
+        outcome = "ok"
+    except Exception as exc:  # the test compares what each rank raised
+        outcome = f"{type(exc).__name__}: {exc}"
+    (Path(out_dir) / f"outcome{rank}.txt").write_text(outcome)
+
+
+@pytest.mark.timeout(120)  # backstop; the join below fails sooner
+def test_an_unreadable_study_on_one_rank_ends_every_rank(tmp_path: Path) -> None:
+    """The rank whose shard holds a corrupt study fails while reading it; the other rank must
+    not wait forever in the first collective: both raise the same one-sentence InputError."""
+    import time
+
+    import numpy as np
+
+    from medrecon.io import Volume, save_volume
+
+    data = tmp_path / "data"
+    data.mkdir()
+    vol = np.random.default_rng(0).uniform(0, 100, (20, 20, 20)).astype(np.float32)
+    good = save_volume(Volume(vol, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR"),
+                       data / "good.nii.gz")
+    (data / "bad.nii.gz").write_bytes(good.read_bytes()[:200])  # one study per rank
+    ctx = mp.start_processes(_setup_error_worker, nprocs=2, join=False, start_method="spawn",
+                             args=(2, _free_port(), str(data), str(tmp_path / "run"),
+                                   str(tmp_path)))
+    deadline = time.monotonic() + 60
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            pytest.fail("a DDP rank hung after another rank failed to read its study")
+    outcomes = [(tmp_path / f"outcome{r}.txt").read_text() for r in range(2)]
+    assert outcomes[0] == outcomes[1], outcomes
+    assert outcomes[0].startswith("InputError: Cannot read NIfTI file")
+    assert "bad.nii.gz" in outcomes[0] and outcomes[0].count(". ") == 0  # one sentence
+    assert not (tmp_path / "run" / "checkpoint").exists()
