@@ -211,13 +211,21 @@ class LinearProblem:
         rhs = self.op.adjoint(self.y).unsqueeze(0)
         x = batched_cg(self.op.normal, rhs, torch.zeros_like(rhs), iters)[0]
         if lowpass > 0:
+            # Gaussian blur of spatial std 1 / (2 pi lowpass) voxels, done by FFT on a copy
+            # zero-padded by 3 std per side: without the padding the blur wraps around, and
+            # an object that reaches the field of view's faces (a crop through a head) gets
+            # the phase of the opposite face there (measured: a 64^3 crop's phase-constrained
+            # residual floor 0.060 with wrap-around against the 0.017 noise level).
+            pad = int(math.ceil(3.0 / (2.0 * math.pi * lowpass)))
             dims = tuple(range(x.ndim))
-            k = torch.fft.fftn(x, dim=dims)
-            for d, n in enumerate(x.shape):
+            xp = torch.nn.functional.pad(x[None, None], [pad, pad] * x.ndim)[0, 0]
+            k = torch.fft.fftn(xp, dim=dims)
+            for d, n in enumerate(xp.shape):
                 f = torch.fft.fftfreq(n, device=x.device, dtype=x.real.dtype)
                 w = torch.exp(-0.5 * (f / lowpass) ** 2)
                 k = k * w.reshape([-1 if i == d else 1 for i in range(x.ndim)])
-            x = torch.fft.ifftn(k, dim=dims)
+            xp = torch.fft.ifftn(k, dim=dims)
+            x = xp[tuple(slice(pad, pad + n) for n in x.shape)]
         self.phase = self._unit(x[None], None).expand(batch, *self.ishape).clone()
 
     @staticmethod
