@@ -554,37 +554,35 @@ def _scaled(problem: CTProblem) -> tuple[Callable[[Tensor], Tensor], Callable[[T
     return forward, adjoint, y, x0
 
 
-@register_method("CT", "sirt")
-def sirt_method(measurement: Measurement, options: ReconOptions,
-                device: torch.device) -> ReconOutput:
-    """SIRT with non-negativity; ``iterations`` default 100; ``extra["relaxation"]`` (1.0)."""
+def _iterative(measurement: Measurement, options: ReconOptions, device: torch.device,
+               algorithm: str, solver: Callable[..., SolverResult], default_iterations: int,
+               **solver_options: Any) -> ReconOutput:
+    """Run ``solver`` (sirt, cgls) in water units; ``tol`` applies only without ``iterations``."""
     t0 = time.perf_counter()
     problem = ct_problem(measurement, device)
     forward, adjoint, y, x0 = _scaled(problem)
     with torch.no_grad():
-        res = sirt(forward, adjoint, y, x0, max_iter=options.iterations or 100,
-                   tol=options.tol if options.iterations is None else 0.0,
-                   relaxation=float(options.extra.get("relaxation", 1.0)),
-                   progress=options.progress)
+        res = solver(forward, adjoint, y, x0, max_iter=options.iterations or default_iterations,
+                     tol=options.tol if options.iterations is None else 0.0,
+                     progress=options.progress, **solver_options)
     return _output(problem, res.x * problem.mu_water, res.iterations,
-                   {"algorithm": "sirt", "history": res.history[-5:],
+                   {"algorithm": algorithm, "history": res.history[-5:],
                     "seconds": time.perf_counter() - t0})
+
+
+@register_method("CT", "sirt")
+def sirt_method(measurement: Measurement, options: ReconOptions,
+                device: torch.device) -> ReconOutput:
+    """SIRT with non-negativity; ``iterations`` default 100; ``extra["relaxation"]`` (1.0)."""
+    return _iterative(measurement, options, device, "sirt", sirt, 100,
+                      relaxation=float(options.extra.get("relaxation", 1.0)))
 
 
 @register_method("CT", "cgls")
 def cgls_method(measurement: Measurement, options: ReconOptions,
                 device: torch.device) -> ReconOutput:
     """CGLS; ``iterations`` default 30 (early stopping regularises noisy data)."""
-    t0 = time.perf_counter()
-    problem = ct_problem(measurement, device)
-    forward, adjoint, y, x0 = _scaled(problem)
-    with torch.no_grad():
-        res = cgls(forward, adjoint, y, x0, max_iter=options.iterations or 30,
-                   tol=options.tol if options.iterations is None else 0.0,
-                   progress=options.progress)
-    return _output(problem, res.x * problem.mu_water, res.iterations,
-                   {"algorithm": "cgls", "history": res.history[-5:],
-                    "seconds": time.perf_counter() - t0})
+    return _iterative(measurement, options, device, "cgls", cgls, 30)
 
 
 #: Default TV weight (image in water units, data term normalised by ||A||^2).
