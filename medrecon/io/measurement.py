@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,9 +49,21 @@ MRI_FFT_CONVENTION = "centred-orthonormal"
 # -------------------------------------------------------------------------------------------
 # Data classes
 # -------------------------------------------------------------------------------------------
+#: The Volume fields a ReferenceGeometry holds as they are (all but the data and the affine).
+_SHARED_FIELDS = tuple(f.name for f in fields(Volume) if f.name not in ("data", "affine"))
+
+
+def _shared(source: Volume | ReferenceGeometry, **changes: Any) -> dict[str, Any]:
+    """``source``'s :data:`_SHARED_FIELDS` as keyword arguments, updated with ``changes``."""
+    return {**{name: getattr(source, name) for name in _SHARED_FIELDS}, **changes}
+
+
 @dataclass
 class ReferenceGeometry:
     """Where and how the reconstruction is written: the reference study's grid and metadata.
+
+    A :class:`Volume`'s fields with ``shape`` in place of ``data`` (a test checks), copied
+    to and from a Volume by :meth:`from_volume` and :meth:`volume`.
 
     Attributes:
         affine: 4x4 float64, voxel index (i, j, k) -> RAS+ mm (as :class:`Volume`).
@@ -83,9 +95,8 @@ class ReferenceGeometry:
     @classmethod
     def from_volume(cls, volume: Volume) -> ReferenceGeometry:
         """The geometry and metadata of ``volume`` (its voxel values are not kept)."""
-        return cls(affine=volume.affine.copy(), shape=volume.shape, modality=volume.modality,
-                   units=volume.units, series_description=volume.series_description,
-                   dicom_header=volume.dicom_header, meta=_jsonable(volume.meta))
+        return cls(volume.affine.copy(), volume.shape,
+                   **_shared(volume, meta=_jsonable(volume.meta)))
 
     def volume(self, data: np.ndarray, series_description: str | None = None,
                **meta: Any) -> Volume:
@@ -93,10 +104,10 @@ class ReferenceGeometry:
         data = np.asarray(data, dtype=np.float32)
         if data.shape != self.shape:
             raise ValueError(f"image shape {data.shape} != reference shape {self.shape}")
-        return Volume(data, self.affine.copy(), modality=self.modality, units=self.units,
-                      series_description=(self.series_description if series_description is None
-                                          else series_description),
-                      dicom_header=self.dicom_header, meta={**self.meta, **meta})
+        shared = _shared(self, meta={**self.meta, **meta})
+        if series_description is not None:
+            shared["series_description"] = series_description
+        return Volume(data, self.affine.copy(), **shared)
 
 
 @dataclass

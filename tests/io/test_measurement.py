@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import fields
 from pathlib import Path
 
 import h5py
@@ -21,6 +22,7 @@ from medrecon.io.measurement import (
     read_measurement,
     write_measurement,
 )
+from medrecon.io.volume import Volume
 
 SHAPE = (6, 5, 4)
 AFFINE = np.array([[-1.5, 0, 0, 20.0], [0, -1.2, 0, 30.0], [0, 0, 3.0, -10.0], [0, 0, 0, 1]])
@@ -84,6 +86,27 @@ def test_round_trip_keeps_everything(tmp_path: Path, rng: np.random.Generator) -
     vol = r.reference.volume(np.ones(SHAPE), series_description="recon")
     assert vol.same_geometry(r.reference.volume(np.zeros(SHAPE)))
     assert vol.modality == "MR" and vol.series_description == "recon"
+
+
+def test_reference_geometry_has_every_volume_field_but_the_data() -> None:
+    names = {f.name for f in fields(ReferenceGeometry)}
+    assert names - {"shape"} == {f.name for f in fields(Volume)} - {"data"}
+
+
+def test_volume_round_trips_through_its_reference_geometry() -> None:
+    vol = Volume(np.arange(120.0).reshape(SHAPE), AFFINE, "MR", "a.u.", "T1 sag", _header(),
+                 {"source": Path("/data/t1.nii.gz")})
+    ref = ReferenceGeometry.from_volume(vol)
+    assert ref.shape == SHAPE and ref.meta == {"source": "/data/t1.nii.gz"}  # JSON-able
+    back = ref.volume(vol.data, run=1)
+    assert np.array_equal(back.data, vol.data) and np.array_equal(back.affine, AFFINE)
+    assert back.affine is not ref.affine
+    for name in ("modality", "units", "series_description", "dicom_header"):
+        assert getattr(back, name) == getattr(vol, name)
+    assert back.meta == {"source": "/data/t1.nii.gz", "run": 1}
+    assert ref.volume(vol.data, series_description="recon").series_description == "recon"
+    with pytest.raises(ValueError, match="reference shape"):
+        ref.volume(np.zeros((2, 2, 2)))
 
 
 def test_file_layout_is_the_documented_one(tmp_path: Path, rng: np.random.Generator) -> None:
