@@ -25,6 +25,7 @@ Exported prior (EMA weights only; what :func:`medrecon.priors.load_prior` reads)
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,19 @@ CHECKPOINT_FORMAT = "medrecon-train-checkpoint"
 
 
 def _save_tensors(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Write ``tensors`` to ``path``; an I/O failure (a full disk, no permission) is raised as
+    :class:`OSError`, as for any other file, not as safetensors' own error type."""
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+    except OSError:
+        raise
+    except Exception as exc:  # safetensors' SafetensorError: "... I/O error: TEXT (os error N)"
+        found = re.search(r"I/O error: (.*?) \(os error (\d+)\)", str(exc))
+        if found is None:
+            raise
+        raise OSError(int(found[2]), found[1], str(path)) from exc
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:

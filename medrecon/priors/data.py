@@ -15,6 +15,7 @@ scaling about the patch centre, MR gain/gamma jitter) runs on the training devic
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import math
@@ -26,7 +27,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from medrecon.errors import InputError
+from medrecon.errors import InputError, MedreconError
 from medrecon.priors.config import DataConfig
 from medrecon.priors.normalisation import Normalisation, modality_id
 
@@ -293,6 +294,57 @@ class PhantomMaker:
         return phantom_volume(job[0], job[1], self.cfg)
 
 
+def _load_or_reason(item: tuple[Path, str | None], cfg: DataConfig, norm: Normalisation,
+                    cache_dir: Path | None) -> TrainingVolume | str:
+    """One study in model space, or the sentence saying why it cannot be used."""
+    try:
+        return load_training_volume(item[0], item[1], cfg, norm, cache_dir)
+    except MedreconError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"Cannot read {item[0]} ({exc.strerror or exc})."
+
+
+def _unusable_sentence(bad: list[tuple[Path, str]], total: int) -> str:
+    """One sentence naming every unusable study (the first one's reason in full)."""
+    if len(bad) == 1:
+        return bad[0][1]
+    names = ", ".join(str(p) for p, _ in bad[:5]) + (f" and {len(bad) - 5} more"
+                                                      if len(bad) > 5 else "")
+    first = bad[0][1].rstrip(".")
+    return (f"{len(bad)} of {total} training studies cannot be used ({names}); the first: "
+            f"{first[:1].lower() + first[1:]}.")
+
+
+def file_pools(cfg: DataConfig, norm: Normalisation, data_paths: Sequence[str | Path],
+               cache_dir: Path | None, rank: int = 0, world_size: int = 1, workers: int = 0
+               ) -> tuple[list[TrainingVolume], list[TrainingVolume]]:
+    """Training volumes of this rank and (rank 0) the validation volumes, from ``--data``.
+
+    The studies are split by :func:`split_train_val` (a single study is trained on) and the
+    training studies sharded by rank. Every study this rank reads is tried before any error is
+    raised, and the error names each unreadable study (in path order).
+    """
+    if not data_paths:
+        raise InputError("data.source is files: give training data with --data PATH.")
+    items = discover_studies(data_paths)
+    train_items, val_items = split_train_val(items, cfg.val_fraction)
+    shard = train_items[rank::world_size]
+    if not shard:
+        raise InputError(f"{len(items)} studies ({len(val_items)} held out for validation) leave "
+                         f"process {rank} of {world_size} without a training volume; give at "
+                         f"least {world_size + len(val_items)} studies or use fewer processes.")
+    mine = shard + (val_items if rank == 0 else [])
+    load = functools.partial(_load_or_reason, cfg=cfg, norm=norm, cache_dir=cache_dir)
+    loaded = _map(load, mine, workers)
+    bad = sorted((it[0], r) for it, r in zip(mine, loaded, strict=True)
+                 if isinstance(r, str))  # named in path order, not hash order
+    if bad:
+        raise InputError(_unusable_sentence(bad, len(mine)))
+    vols = [v for v in loaded if isinstance(v, TrainingVolume)]
+    return vols[:len(shard)], vols[len(shard):]
+
+
 def build_pools(cfg: DataConfig, norm: Normalisation, data_paths: Sequence[str | Path] = (),
                 cache_dir: Path | None = None, rank: int = 0, world_size: int = 1,
                 workers: int = 0, device: torch.device | str = "cpu"
@@ -300,23 +352,13 @@ def build_pools(cfg: DataConfig, norm: Normalisation, data_paths: Sequence[str |
     """Training volumes of this rank (its shard, as a DistributedSampler would give) and all
     validation volumes (validation runs on rank 0 only; other ranks get an empty list).
 
-    Generated sources use seeds ``SYNTHETIC_TRAIN_SEED0 + i`` for training and
-    ``SYNTHETIC_VAL_SEED0 + i`` for validation, disjoint from each other and from the test
-    seeds of the synthetic generator. ``workers`` > 1 loads / generates in that many
-    processes, with the same result as one.
+    ``data.source: files`` is :func:`file_pools`. Generated sources use seeds
+    ``SYNTHETIC_TRAIN_SEED0 + i`` for training and ``SYNTHETIC_VAL_SEED0 + i`` for validation,
+    disjoint from each other and from the test seeds of the synthetic generator. ``workers`` > 1
+    loads / generates in that many processes, with the same result as one.
     """
     if cfg.source == "files":
-        if not data_paths:
-            raise InputError("data.source is files: give training data with --data PATH.")
-        items = discover_studies(data_paths)
-        train_items, val_items = split_train_val(items, cfg.val_fraction)
-        train_items = train_items[rank::world_size]
-        if not train_items:
-            raise InputError(f"Rank {rank} got no training volume; give at least {world_size}.")
-        mine = train_items + (val_items if rank == 0 else [])
-        vols = _map(StudyLoader(cfg, norm, cache_dir), mine, workers)
-        return vols[:len(train_items)], vols[len(train_items):]
-
+        return file_pools(cfg, norm, data_paths, cache_dir, rank, world_size, workers)
     jobs_train = [(SYNTHETIC_TRAIN_SEED0 + i, m) for m in cfg.modalities
                   for i in range(cfg.train_volumes)][rank::world_size]
     jobs_val = ([(SYNTHETIC_VAL_SEED0 + i, m) for m in cfg.modalities

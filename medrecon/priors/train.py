@@ -13,6 +13,18 @@ loss per sigma band, samples/s), ``val.csv`` (EMA validation denoising PSNR per 
 with data range 1 in model space), ``previews/step_N.png`` (unconditional EMA samples, one
 patch per modality, orthogonal slices), ``checkpoint/`` (exact resume) and ``prior/NAME.json``
 (+ safetensors: the EMA prior, loadable with :func:`medrecon.priors.load_prior`).
+
+Failures under DDP: an error on any rank ends every rank with the same error, promptly. The data
+set-up and each of rank 0's output steps (log row, validation, preview, checkpoint: only at
+their intervals, and at the end) are followed by one all-reduce of a failure flag; when it is
+set, the ranks exchange the error and all raise it (a user error, such as a full disk while
+writing a checkpoint, as the same one-sentence :class:`~medrecon.errors.InputError`), leave
+the process group and exit. Checkpoints and the exported prior are written atomically, so a
+failed write leaves the previous ones intact. Anything else that could leave ranks waiting for
+each other (a rank killed, a failure inside the DDP step) is ended by the process-group timeout:
+``dist_timeout`` minutes, else ``$MEDRECON_DIST_TIMEOUT_MIN``, else 10 (PyTorch's default is 30).
+Raise it when ranks may legitimately wait longer for one another, e.g. when rank 0 reads many
+more validation studies than the others on a first, uncached run.
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ import functools
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,24 +44,24 @@ import numpy as np
 import torch
 
 from medrecon.errors import InputError, MedreconError
-from medrecon.priors.config import DataConfig, TrainConfig, dump_train_config
+from medrecon.priors.config import TrainConfig, dump_train_config
 from medrecon.priors.data import (
     PatchBatch,
     PatchSampler,
     TrainingVolume,
-    _map,
     _seed_int,
     build_pools,
-    discover_studies,
-    load_training_volume,
-    split_train_val,
 )
+from medrecon.priors.data import file_pools as file_pools  # re-exported (moved to data.py)
 from medrecon.priors.denoiser import EDMDenoiser
 from medrecon.priors.network import build_network, count_parameters
-from medrecon.priors.normalisation import MODALITY_IDS, Normalisation
+from medrecon.priors.normalisation import MODALITY_IDS
 from medrecon.priors.schedules import edm_sigmas, sample_training_sigmas, sigma_bands
 
 LOG_FIELDS_BASE = ["step", "loss", "lr", "grad_norm", "samples_per_s"]
+#: Default DDP process-group timeout (minutes) and the environment variable that overrides it.
+DIST_TIMEOUT_MIN = 10.0
+DIST_TIMEOUT_ENV = "MEDRECON_DIST_TIMEOUT_MIN"
 
 
 @dataclass
@@ -77,10 +89,32 @@ class _Dist:
         return self.rank == 0
 
 
-def _init_distributed(device: str) -> _Dist:
+def dist_timeout_minutes(minutes: float | None = None) -> float:
+    """How long a DDP collective may wait for the other processes before it fails, in minutes:
+    ``minutes``, else ``$MEDRECON_DIST_TIMEOUT_MIN``, else :data:`DIST_TIMEOUT_MIN`."""
+    if minutes is None:
+        text = os.environ.get(DIST_TIMEOUT_ENV, "").strip()
+        if not text:
+            return DIST_TIMEOUT_MIN
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise InputError(f"{DIST_TIMEOUT_ENV} must be a positive number of minutes, "
+                             f"not {text!r}.")
+        return value
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise InputError(f"The DDP timeout must be a positive number of minutes, not {minutes}.")
+    return float(minutes)
+
+
+def _init_distributed(device: str, timeout_minutes: float | None = None) -> _Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return _Dist()
+    import datetime
+
     import torch.distributed as dist
 
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
@@ -89,7 +123,8 @@ def _init_distributed(device: str) -> _Dist:
         use_cuda = device != "cpu" and torch.cuda.is_available()
         if use_cuda:
             torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(
+            minutes=dist_timeout_minutes(timeout_minutes)))
         here = True
     return _Dist(rank, world, local, here)
 
@@ -119,59 +154,6 @@ def prior_info(config: TrainConfig, step: int, extra: dict[str, Any] | None = No
                      **(extra or {})},
         "config": cfg,
     }
-
-
-# --------------------------------------------------------------------------- training files
-def _load_or_reason(item: tuple[Path, str | None], cfg: DataConfig, norm: Normalisation,
-                    cache_dir: Path | None) -> TrainingVolume | str:
-    """One study in model space, or the sentence saying why it cannot be used."""
-    try:
-        return load_training_volume(item[0], item[1], cfg, norm, cache_dir)
-    except MedreconError as exc:
-        return str(exc)
-    except OSError as exc:
-        return f"Cannot read {item[0]} ({exc.strerror or exc})."
-
-
-def _unusable_sentence(bad: list[tuple[Path, str]], total: int) -> str:
-    """One sentence naming every unusable study (the first one's reason in full)."""
-    if len(bad) == 1:
-        return bad[0][1]
-    names = ", ".join(str(p) for p, _ in bad[:5]) + (f" and {len(bad) - 5} more"
-                                                      if len(bad) > 5 else "")
-    first = bad[0][1].rstrip(".")
-    return (f"{len(bad)} of {total} training studies cannot be used ({names}); the first: "
-            f"{first[:1].lower() + first[1:]}.")
-
-
-def file_pools(cfg: DataConfig, norm: Normalisation, data_paths: Sequence[str | Path],
-               cache_dir: Path | None, rank: int = 0, world_size: int = 1, workers: int = 0
-               ) -> tuple[list[TrainingVolume], list[TrainingVolume]]:
-    """Training volumes of this rank and (rank 0) the validation volumes, from ``--data``.
-
-    As :func:`~medrecon.priors.data.build_pools` for ``data.source: files`` (a single study
-    is trained on, see :func:`~medrecon.priors.data.split_train_val`), except that every
-    study this rank reads is tried before any error is raised, and the error names each
-    unreadable study.
-    """
-    if not data_paths:
-        raise InputError("data.source is files: give training data with --data PATH.")
-    items = discover_studies(data_paths)
-    train_items, val_items = split_train_val(items, cfg.val_fraction)
-    shard = train_items[rank::world_size]
-    if not shard:
-        raise InputError(f"{len(items)} studies ({len(val_items)} held out for validation) leave "
-                         f"process {rank} of {world_size} without a training volume; give at "
-                         f"least {world_size + len(val_items)} studies or use fewer processes.")
-    mine = shard + (val_items if rank == 0 else [])
-    load = functools.partial(_load_or_reason, cfg=cfg, norm=norm, cache_dir=cache_dir)
-    loaded = _map(load, mine, workers)
-    bad = sorted((it[0], r) for it, r in zip(mine, loaded, strict=True)
-                 if isinstance(r, str))  # named in path order, not hash order
-    if bad:
-        raise InputError(_unusable_sentence(bad, len(mine)))
-    vols = [v for v in loaded if isinstance(v, TrainingVolume)]
-    return vols[:len(shard)], vols[len(shard):]
 
 
 # --------------------------------------------------------------------------- sampling preview
@@ -252,22 +234,36 @@ def validation_psnr(denoiser: torch.nn.Module, batch_x: torch.Tensor, modality: 
 
 
 # --------------------------------------------------------------------------- logging helpers
+@contextlib.contextmanager
+def _writing(what: str, path: Path) -> Iterator[None]:
+    """Turn an :class:`OSError` (a full disk, no permission) while writing ``what`` at
+    ``path`` into one :class:`InputError` sentence."""
+    try:
+        yield
+    except OSError as exc:
+        raise InputError(f"Cannot write {what} {path} ({exc.strerror or exc}); free disk space "
+                         f"or fix the permissions, then run again (--resume continues from "
+                         f"the last checkpoint, if any).") from exc
+
+
 class _Csv:
     """Append-only CSV that, on resume, first drops rows past the checkpoint step."""
 
-    def __init__(self, path: Path, fields: list[str], resume_step: int | None) -> None:
-        self.path, self.fields = path, fields
+    def __init__(self, path: Path, fields: list[str], resume_step: int | None,
+                 what: str) -> None:
+        self.path, self.fields, self.what = path, fields, what
         rows: list[dict[str, str]] = []
-        if resume_step is not None and path.exists():
-            with path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        with path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
+        with _writing(what, path):
+            if resume_step is not None and path.exists():
+                with path.open(newline="") as f:
+                    rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+            with path.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(rows)
 
     def write(self, row: dict[str, Any]) -> None:
-        with self.path.open("a", newline="") as f:
+        with _writing(self.what, self.path), self.path.open("a", newline="") as f:
             csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(
                 {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
@@ -279,19 +275,23 @@ def _band_name(lo: float, hi: float) -> str:
 # --------------------------------------------------------------------------- set-up
 @dataclass
 class _Setup:
-    """What :func:`_prepare` gives the training loop."""
+    """What :func:`_prepare` gives the training loop (the CSV logs on rank 0 only)."""
 
     start_step: int
     ckpt: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]] | None
     sampler: PatchSampler
     val_batch: PatchBatch | None
     data_seconds: float
+    log_csv: _Csv | None = None
+    val_csv: _Csv | None = None
 
 
 def _prepare(config: TrainConfig, run_dir: Path, data_paths: Sequence[str | Path], resume: bool,
              dist_info: _Dist, dev: torch.device, workers: int,
              pools: tuple[list[TrainingVolume], list[TrainingVolume]] | None) -> _Setup:
-    """This rank's resume state, run folder (rank 0), training volumes and validation batch."""
+    """This rank's resume state, run folder and logs (rank 0), training volumes and validation
+    batch."""
+    from medrecon.io.atomic import atomic_file
     from medrecon.priors.checkpoint import load_training_checkpoint
 
     main = dist_info.main
@@ -311,18 +311,16 @@ def _prepare(config: TrainConfig, run_dir: Path, data_paths: Sequence[str | Path
                          "another --out.")
 
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump_train_config(config))
+        with _writing("the run's config", run_dir / "config.yaml"):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_file(run_dir / "config.yaml") as tmp:
+                tmp.write_text(dump_train_config(config))
 
     t0 = time.perf_counter()
     if pools is None:
         cache = Path(config.data.cache_dir) if config.data.cache_dir else run_dir / "cache"
-        if config.data.source == "files":
-            pools = file_pools(config.data, config.normalisation, data_paths, cache,
-                               dist_info.rank, dist_info.world, workers)
-        else:
-            pools = build_pools(config.data, config.normalisation, data_paths, cache,
-                                dist_info.rank, dist_info.world, workers, dev)
+        pools = build_pools(config.data, config.normalisation, data_paths, cache,
+                            dist_info.rank, dist_info.world, workers, dev)
     train_vols, val_vols = pools
     data_seconds = time.perf_counter() - t0
     sampler = PatchSampler(train_vols, config.data, config.seed, dist_info.rank)
@@ -330,20 +328,31 @@ def _prepare(config: TrainConfig, run_dir: Path, data_paths: Sequence[str | Path
     if main and val_vols:
         vs = PatchSampler(val_vols, config.data, config.seed + 1, 0, augment=False)
         val_batch = vs.batch(0, config.log.val_patches, dev, stream=1)
-    return _Setup(start_step, ckpt, sampler, val_batch, data_seconds)
+    log_csv = val_csv = None
+    if main:
+        log_fields = LOG_FIELDS_BASE + [_band_name(lo, hi) for lo, hi in sigma_bands()]
+        val_fields = ["step"] + [f"psnr_{s:g}" for s in config.log.val_sigmas] + [
+            f"psnr_{s:g}_{m}" for s in config.log.val_sigmas for m in config.data.modalities]
+        resume_at = start_step if resume else None
+        log_csv = _Csv(run_dir / "log.csv", log_fields, resume_at, "the training log")
+        val_csv = _Csv(run_dir / "val.csv", val_fields, resume_at, "the validation log")
+    return _Setup(start_step, ckpt, sampler, val_batch, data_seconds, log_csv, val_csv)
 
 
 _S = TypeVar("_S")
 
 
-def _on_every_rank(fn: Callable[[], _S], dist_info: _Dist) -> _S:
+def _on_every_rank(fn: Callable[[], _S], dist_info: _Dist, doing: str,
+                   device: torch.device | str = "cpu") -> _S:
     """``fn()`` on this rank; if it raises on any rank, every rank raises.
 
-    The ranks compare notes in one collective (``all_gather_object``), so none is left
-    waiting in a later collective for a rank that has failed. The first failing rank re-raises
-    its own exception; the others raise the same :class:`MedreconError` subclass with the same
-    sentence, or, when the failure is not a user error (a bug, which keeps its traceback on its
-    own rank), a :class:`MedreconError` naming the process and the error.
+    The ranks all-reduce a failure flag (one number on ``device``: cheap enough for every
+    log, validation, preview and checkpoint interval) and, only when it is set, exchange the
+    errors with ``all_gather_object``, so none is left waiting in a later collective for a
+    rank that has failed. The first failing rank re-raises its own exception; the others raise
+    the same :class:`MedreconError` subclass with the same sentence, or, when the failure is
+    not a user error (a bug, which keeps its traceback on its own rank), a
+    :class:`MedreconError` "Process R of N failed while ``doing`` (Error: message)."
     """
     try:
         out: _S | None = fn()
@@ -355,20 +364,23 @@ def _on_every_rank(fn: Callable[[], _S], dist_info: _Dist) -> _S:
 
         import medrecon.errors
 
-        mine = None if err is None else (type(err).__name__, isinstance(err, MedreconError),
-                                         str(err))
-        notes: list[tuple[str, bool, str] | None] = [None] * dist_info.world
-        dist.all_gather_object(notes, mine)
-        failed = [(r, n) for r, n in enumerate(notes) if n is not None]
-        if failed and failed[0][0] != dist_info.rank:
-            rank, (kind, user_error, message) = failed[0]
-            if user_error:
-                cls = getattr(medrecon.errors, kind, None)
-                if not (isinstance(cls, type) and issubclass(cls, MedreconError)):
-                    cls = InputError
-                raise cls(message) from err
-            raise MedreconError(f"Process {rank} of {dist_info.world} failed while preparing "
-                                f"the training data ({kind}: {message}).") from err
+        flag = torch.tensor([0.0 if err is None else 1.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() > 0:
+            mine = None if err is None else (type(err).__name__,
+                                             isinstance(err, MedreconError), str(err))
+            notes: list[tuple[str, bool, str] | None] = [None] * dist_info.world
+            dist.all_gather_object(notes, mine)
+            rank, note = next((r, n) for r, n in enumerate(notes) if n is not None)
+            if rank != dist_info.rank:
+                kind, user_error, message = note
+                if user_error:
+                    cls = getattr(medrecon.errors, kind, None)
+                    if not (isinstance(cls, type) and issubclass(cls, MedreconError)):
+                        cls = InputError
+                    raise cls(message) from err
+                raise MedreconError(f"Process {rank} of {dist_info.world} failed while {doing} "
+                                    f"({kind}: {message}).") from err
     if err is not None:
         raise err
     return out  # type: ignore[return-value]
@@ -394,6 +406,7 @@ def train(
     progress: bool = True,
     pools: tuple[list[TrainingVolume], list[TrainingVolume]] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    dist_timeout: float | None = None,
 ) -> TrainResult:
     """Train (or resume training) a prior; see the module docstring for what is written.
 
@@ -407,18 +420,41 @@ def train(
         max_minutes: stop (and checkpoint) after this much wall-clock training time.
         workers: processes for loading / generating the training volumes.
         progress: show a tqdm progress bar on rank 0.
-        pools: pre-built (train, val) volumes (tests); skips :func:`file_pools` /
-            :func:`build_pools`.
+        pools: pre-built (train, val) volumes (tests); skips :func:`build_pools`.
         on_step: called as on_step(step, loss) after every step (tests, monitoring).
+        dist_timeout: minutes a DDP collective waits for the other processes before it fails
+            (None: ``$MEDRECON_DIST_TIMEOUT_MIN``, else :data:`DIST_TIMEOUT_MIN`); only used
+            when this call starts the process group.
     """
-    from medrecon.priors.checkpoint import export_prior, save_training_checkpoint
-
     run_dir = Path(run_dir)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was requested but no CUDA GPU is available.")
-    dist_info = _init_distributed(device)
+    dist_info = _init_distributed(device, dist_timeout)
+    try:
+        return _fit(config, run_dir, data_paths, resume, device, dist_info, max_minutes,
+                    workers, progress, pools, on_step)
+    finally:
+        # on success every rank has passed the last collective; on an error shared by
+        # _on_every_rank every rank is raising; on any other error this rank leaves at once
+        if dist_info.initialised_here:
+            import gc
+
+            import torch.distributed as dist
+
+            gc.collect()  # the DDP wrapper (see _fit) before the group it holds
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _fit(config: TrainConfig, run_dir: Path, data_paths: Sequence[str | Path], resume: bool,
+         device: str, dist_info: _Dist, max_minutes: float | None, workers: int,
+         progress: bool, pools: tuple[list[TrainingVolume], list[TrainingVolume]] | None,
+         on_step: Callable[[int, float], None] | None) -> TrainResult:
+    """:func:`train` once the process group (if any) is up."""
+    from medrecon.priors.checkpoint import export_prior, save_training_checkpoint
+
     dev = torch.device(f"cuda:{dist_info.local_rank}" if device == "cuda" else device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
@@ -428,20 +464,14 @@ def train(
     main = dist_info.main
 
     # Resume state and data, per rank. An error on any rank is raised on every rank, so that
-    # no rank is left waiting forever in the first collective for one that has given up.
-    try:
-        setup = _on_every_rank(functools.partial(
-            _prepare, config, run_dir, data_paths, resume, dist_info, dev, workers, pools),
-            dist_info)
-    except Exception:
-        if dist_info.initialised_here:  # every rank is raising: leave the group cleanly
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-        raise
+    # no rank is left waiting in the first collective for one that has given up.
+    setup = _on_every_rank(functools.partial(
+        _prepare, config, run_dir, data_paths, resume, dist_info, dev, workers, pools),
+        dist_info, "preparing the training data", dev)
     start_step, ckpt, sampler, val_batch = (setup.start_step, setup.ckpt, setup.sampler,
                                             setup.val_batch)
     data_seconds = setup.data_seconds
+    log_csv, val_csv = setup.log_csv, setup.val_csv
 
     # ---- model, EMA, optimiser
     model = make_denoiser(config, dev)
@@ -466,15 +496,7 @@ def train(
         ema_model.load_state_dict(ema)
         return ema_model
 
-    # ---- logs (rank 0)
     bands = sigma_bands()
-    log_fields = LOG_FIELDS_BASE + [_band_name(lo, hi) for lo, hi in bands]
-    val_fields = ["step"] + [f"{p}_{s:g}" for s in config.log.val_sigmas for p in ("psnr",)] + [
-        f"psnr_{s:g}_{m}" for s in config.log.val_sigmas for m in config.data.modalities]
-    resume_at = start_step if resume else None
-    log_csv = _Csv(run_dir / "log.csv", log_fields, resume_at) if main else None
-    val_csv = _Csv(run_dir / "val.csv", val_fields, resume_at) if main else None
-
     bar = None
     if main and progress:
         import sys
@@ -498,127 +520,154 @@ def train(
     model.train()
 
     def checkpoint(step_done: int) -> None:
-        nonlocal result
-        if not main:
-            return
+        """Write the exact-resume checkpoint and export the EMA prior (rank 0)."""
         meta = {"config": config.to_dict(), "step": step_done, "world_size": dist_info.world,
                 "last_loss": result.losses[-1] if result.losses else None,
                 "val": last_val}
-        save_training_checkpoint(run_dir, model, ema, optimizer, meta)
-        result.prior_json = export_prior(
-            run_dir / "prior", config.name, load_ema().state_dict(),
-            prior_info(config, step_done, {"last_loss": meta["last_loss"], "val_psnr": last_val}))
+        with _writing("the training checkpoint", run_dir / "checkpoint"):
+            save_training_checkpoint(run_dir, model, ema, optimizer, meta)
+        with _writing("the exported prior", run_dir / "prior" / f"{config.name}.json"):
+            result.prior_json = export_prior(
+                run_dir / "prior", config.name, load_ema().state_dict(),
+                prior_info(config, step_done, {"last_loss": meta["last_loss"],
+                                               "val_psnr": last_val}))
 
-    while step < opt_cfg.steps:
-        # -- one optimisation step, a pure function of (weights, seed, rank, step)
-        batch = sampler.batch(step, opt_cfg.batch_size, dev)
-        gen = torch.Generator(device=dev).manual_seed(_seed_int(config.seed, dist_info.rank,
-                                                                step, 3))
-        sigma = sample_training_sigmas(opt_cfg.batch_size, model.p_mean, model.p_std,
-                                       torch.Generator().manual_seed(
-                                           _seed_int(config.seed, dist_info.rank, step, 4)),
-                                       dev)
-        noise = torch.randn(batch.x.shape, generator=gen, device=dev)
-        lr = opt_cfg.lr * min(1.0, (step + 1) / max(opt_cfg.warmup_steps, 1))
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        with autocast:
-            d = fwd(batch.x + sigma.view(-1, 1, 1, 1, 1) * noise, sigma,
-                    modality=batch.modality, position=batch.position)
-        per = model.loss_weight(sigma) * ((d.float() - batch.x) ** 2).flatten(1).mean(1)
-        loss = per.mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), opt_cfg.grad_clip)
-        optimizer.step()
-        beta = min(opt_cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for k, v in model.state_dict().items():
-                if v.is_floating_point():
-                    ema[k].mul_(beta).add_(v.float(), alpha=1 - beta)
-                else:
-                    ema[k].copy_(v)
-        step += 1
-
-        # -- bookkeeping
-        loss_v = float(loss.detach())
-        if dist_info.world > 1:
-            import torch.distributed as dist
-
-            t = torch.tensor([loss_v], device=dev)
-            dist.all_reduce(t)
-            loss_v = float(t) / dist_info.world
-        if not math.isfinite(loss_v):
-            raise FloatingPointError(f"training loss became {loss_v} at step {step}")
-        result.losses.append(loss_v)
-        result.step = step
-        if on_step is not None:
-            on_step(step, loss_v)
-        acc_loss, acc_n = acc_loss + loss_v, acc_n + 1
-        samples_window += opt_cfg.batch_size * dist_info.world
-        for s_, l_ in zip(sigma.tolist(), per.detach().tolist(), strict=True):
-            for lo, hi in bands:
-                if lo <= s_ < hi:
-                    band_acc.setdefault(_band_name(lo, hi), []).append(l_)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_v:.4f}", refresh=False)
-
-        if step % config.log.log_every == 0 or step == opt_cfg.steps:
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            now = time.perf_counter()
-            sps = samples_window / max(now - t_window, 1e-9)
-            result.samples_per_s = sps
-            if log_csv is not None:
-                row = {"step": step, "loss": acc_loss / acc_n, "lr": lr,
-                       "grad_norm": float(gnorm), "samples_per_s": sps}
-                row.update({k: float(np.mean(v)) for k, v in band_acc.items()})
-                log_csv.write(row)
-            acc_loss, acc_n, band_acc = 0.0, 0, {}
-            t_window, samples_window = now, 0
-
-        if main and val_batch is not None and (step % config.log.val_every == 0
-                                               or step == opt_cfg.steps):
+    def outputs(step_done: int, row: dict[str, Any] | None, val: bool, preview: bool,
+                ckpt_due: bool) -> None:
+        """Rank 0's log row, validation, preview and checkpoint of this step (if due)."""
+        nonlocal last_val
+        if not main:
+            return
+        if row is not None and log_csv is not None:
+            log_csv.write(row)
+        if val and val_batch is not None and val_csv is not None:
             last_val = validation_psnr(load_ema(), val_batch.x, val_batch.modality,
                                        val_batch.position, config.log.val_sigmas, config.seed)
             result.val_psnr = last_val
-            if val_csv is not None:
-                val_csv.write({"step": step, **last_val})
-        if main and step % config.log.preview_every == 0:
-            write_preview(load_ema(), config, run_dir / "previews" / f"step_{step:07d}.png", dev)
+            val_csv.write({"step": step_done, **last_val})
+        if preview:
+            path = run_dir / "previews" / f"step_{step_done:07d}.png"
+            with _writing("the preview", path):
+                write_preview(load_ema(), config, path, dev)
+        if ckpt_due:
+            checkpoint(step_done)
 
-        stop = False
-        if max_minutes is not None:
-            stop = (time.perf_counter() - t_start) / 60.0 >= max_minutes
+    try:
+        while step < opt_cfg.steps:
+            # -- one optimisation step, a pure function of (weights, seed, rank, step)
+            batch = sampler.batch(step, opt_cfg.batch_size, dev)
+            gen = torch.Generator(device=dev).manual_seed(_seed_int(config.seed, dist_info.rank,
+                                                                    step, 3))
+            sigma = sample_training_sigmas(opt_cfg.batch_size, model.p_mean, model.p_std,
+                                           torch.Generator().manual_seed(
+                                               _seed_int(config.seed, dist_info.rank, step, 4)),
+                                           dev)
+            noise = torch.randn(batch.x.shape, generator=gen, device=dev)
+            lr = opt_cfg.lr * min(1.0, (step + 1) / max(opt_cfg.warmup_steps, 1))
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            with autocast:
+                d = fwd(batch.x + sigma.view(-1, 1, 1, 1, 1) * noise, sigma,
+                        modality=batch.modality, position=batch.position)
+            per = model.loss_weight(sigma) * ((d.float() - batch.x) ** 2).flatten(1).mean(1)
+            loss = per.mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), opt_cfg.grad_clip)
+            optimizer.step()
+            beta = min(opt_cfg.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for k, v in model.state_dict().items():
+                    if v.is_floating_point():
+                        ema[k].mul_(beta).add_(v.float(), alpha=1 - beta)
+                    else:
+                        ema[k].copy_(v)
+            step += 1
+
+            # -- bookkeeping
+            loss_v = float(loss.detach())
             if dist_info.world > 1:
                 import torch.distributed as dist
 
-                flag = torch.tensor([1.0 if stop else 0.0], device=dev)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                stop = bool(flag.item() > 0)
-        if step % config.log.ckpt_every == 0 or step == opt_cfg.steps or stop:
-            checkpoint(step)
-        if stop:
-            break
+                t = torch.tensor([loss_v], device=dev)
+                dist.all_reduce(t)
+                loss_v = float(t) / dist_info.world
+            if not math.isfinite(loss_v):
+                raise FloatingPointError(f"training loss became {loss_v} at step {step}")
+            result.losses.append(loss_v)
+            result.step = step
+            if on_step is not None:
+                on_step(step, loss_v)
+            acc_loss, acc_n = acc_loss + loss_v, acc_n + 1
+            samples_window += opt_cfg.batch_size * dist_info.world
+            for s_, l_ in zip(sigma.tolist(), per.detach().tolist(), strict=True):
+                for lo, hi in bands:
+                    if lo <= s_ < hi:
+                        band_acc.setdefault(_band_name(lo, hi), []).append(l_)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_v:.4f}", refresh=False)
 
-    if bar is not None:
-        bar.close()
+            last = step == opt_cfg.steps
+            row: dict[str, Any] | None = None
+            if step % config.log.log_every == 0 or last:
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                now = time.perf_counter()
+                sps = samples_window / max(now - t_window, 1e-9)
+                result.samples_per_s = sps
+                row = {"step": step, "loss": acc_loss / acc_n, "lr": lr,
+                       "grad_norm": float(gnorm), "samples_per_s": sps}
+                row.update({k: float(np.mean(v)) for k, v in band_acc.items()})
+                acc_loss, acc_n, band_acc = 0.0, 0, {}
+                t_window, samples_window = now, 0
+
+            stop = False
+            if max_minutes is not None:
+                stop = (time.perf_counter() - t_start) / 60.0 >= max_minutes
+                if dist_info.world > 1:
+                    import torch.distributed as dist
+
+                    flag = torch.tensor([1.0 if stop else 0.0], device=dev)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    stop = bool(flag.item() > 0)
+
+            # Rank 0 writes; whether it succeeded is shared at once (only at these intervals,
+            # the same steps on every rank), so a full disk or a failed validation on rank 0
+            # ends every rank with its error instead of leaving them in the next all-reduce.
+            val = step % config.log.val_every == 0 or last
+            preview = step % config.log.preview_every == 0
+            ckpt_due = step % config.log.ckpt_every == 0 or last or stop
+            if row is not None or val or preview or ckpt_due:
+                _on_every_rank(functools.partial(outputs, step, row, val, preview, ckpt_due),
+                               dist_info, f"validating or writing the outputs of step {step}", dev)
+            if stop:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+        # The DDP wrapper holds the process group and is freed only by the cyclic garbage
+        # collector; unbound here, train() collects it before destroying the group (left to
+        # interpreter exit, gloo's threads can abort the process).
+        del fwd
     result.model = model
-    if main and result.prior_json is None and step > start_step:
-        checkpoint(step)
-    if main:
+
+    def finish() -> None:
+        """The last checkpoint (if the loop wrote none) and ``timing.txt`` (rank 0)."""
+        if not main:
+            return
+        if result.prior_json is None and step > start_step:
+            checkpoint(step)
         result.prior_json = result.prior_json or next(iter((run_dir / "prior").glob("*.json")),
                                                       None)
-        (run_dir / "timing.txt").write_text(
-            f"data_seconds {data_seconds:.2f}\ntrain_seconds {time.perf_counter() - t_start:.2f}\n"
-            f"steps {step - start_step}\nsamples_per_s {result.samples_per_s:.2f}\n")
-    if dist_info.world > 1:
-        import torch.distributed as dist
+        with _writing("the timing summary", run_dir / "timing.txt"):
+            (run_dir / "timing.txt").write_text(
+                f"data_seconds {data_seconds:.2f}\n"
+                f"train_seconds {time.perf_counter() - t_start:.2f}\n"
+                f"steps {step - start_step}\nsamples_per_s {result.samples_per_s:.2f}\n")
 
-        dist.barrier()
-        if dist_info.initialised_here:
-            dist.destroy_process_group()
+    # also the last barrier: no rank leaves the process group before rank 0 has written
+    _on_every_rank(finish, dist_info, "writing the final checkpoint", dev)
     return result
 
 
@@ -655,6 +704,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-minutes", type=float)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--dist-timeout", type=float, metavar="MINUTES",
+                    help=f"DDP process-group timeout (default ${DIST_TIMEOUT_ENV} or "
+                         f"{DIST_TIMEOUT_MIN:g}).")
     a = ap.parse_args(argv)
     try:
         overrides = list(a.overrides) + (["data.source=synthetic"] if a.synthetic else [])
@@ -662,7 +714,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if a.resume and config is None and (Path(a.out) / "config.yaml").is_file():
             config = Path(a.out) / "config.yaml"
         cfg = load_train_config(config, overrides)
-        r = train(cfg, a.out, a.data, a.resume, a.device, a.max_minutes, a.workers)
+        r = train(cfg, a.out, a.data, a.resume, a.device, a.max_minutes, a.workers,
+                  dist_timeout=a.dist_timeout)
     except MedreconError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2

@@ -129,3 +129,64 @@ def test_an_unreadable_study_on_one_rank_ends_every_rank(tmp_path: Path) -> None
     assert outcomes[0].startswith("InputError: Cannot read NIfTI file")
     assert "bad.nii.gz" in outcomes[0] and outcomes[0].count(". ") == 0  # one sentence
     assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def _io_error_worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> None:
+    """One DDP rank of a run whose rank 0 cannot write files larger than 256 KiB (as on a full
+    disk): its first checkpoint fails. Writes the error the rank ended with (or "ok")."""
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from medrecon.priors.config import load_train_config
+    from medrecon.priors.train import train
+
+    if rank == 0:  # config.yaml and log.csv fit; the ~1.8 MB checkpoint does not
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, resource.RLIM_INFINITY))
+    cfg = load_train_config(TINY_CONFIG, ["optim.steps=4", "log.ckpt_every=2", "log.log_every=1",
+                                          "log.val_every=100", "log.preview_every=100"])
+    try:
+        train(cfg, run_dir, device="cpu", progress=False)
+        outcome = "ok"
+    except Exception as exc:  # the test compares what each rank raised
+        outcome = f"{type(exc).__name__}: {exc}"
+    import torch.distributed as dist
+
+    outcome += f"\ngroup left: {not dist.is_initialized()}"
+    (Path(out_dir) / f"outcome{rank}.txt").write_text(outcome)
+
+
+@pytest.mark.timeout(120)  # backstop; the join below fails sooner
+def test_a_checkpoint_rank_0_cannot_write_ends_every_rank(tmp_path: Path) -> None:
+    """Rank 0 alone writes checkpoints; when that fails (a full disk), rank 1 must not wait in
+    the next step's gradient all-reduce until the process-group timeout: both processes end
+    promptly with the same one-sentence InputError, leave the process group, and no partial
+    checkpoint is left behind."""
+    import time
+
+    run_dir = tmp_path / "run"
+    t0 = time.monotonic()
+    ctx = mp.start_processes(_io_error_worker, nprocs=2, join=False, start_method="spawn",
+                             args=(2, _free_port(), str(run_dir), str(tmp_path)))
+    while not ctx.join(timeout=1):
+        if time.monotonic() - t0 > 45:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            pytest.fail("a DDP rank hung after rank 0 failed to write a checkpoint")
+    outcomes = [(tmp_path / f"outcome{r}.txt").read_text() for r in range(2)]
+    assert outcomes[0] == outcomes[1], outcomes
+    error, left = outcomes[0].split("\n")
+    assert error.startswith(f"InputError: Cannot write the training checkpoint "
+                            f"{run_dir / 'checkpoint'} (File too large)"), error
+    assert error.count(". ") == 0 and error.endswith(".")  # one sentence
+    assert left == "group left: True"
+    # the steps before the failure were logged; nothing half-written is left
+    assert (run_dir / "log.csv").read_text().count("\n") == 1 + 2
+    assert not (run_dir / "checkpoint").exists() and not (run_dir / "prior").exists()
+    assert not [p.name for p in run_dir.iterdir() if p.name.startswith(".")]

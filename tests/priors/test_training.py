@@ -117,3 +117,49 @@ def test_export_prior_sharded_bf16_round_trip(tiny_config, tmp_path: Path) -> No
     assert resolve_prior_path(tmp_path) == js
     with pytest.raises(InputError, match="No prior named"):
         load_prior("no-such-prior")
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_sentence_and_leaves_the_last_one(
+        tiny_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import errno
+
+    import medrecon.priors.checkpoint as checkpoint
+
+    cfg = tiny_config.replace(optim={"steps": 4}, log={"ckpt_every": 2, "val_every": 100,
+                                                       "preview_every": 100})
+    pools = build_pools(cfg.data, cfg.normalisation)
+    real, calls = checkpoint._save_tensors, []
+
+    def full_disk_after_the_first_checkpoint(tensors, path: Path) -> None:  # type: ignore[no-untyped-def]
+        calls.append(path)
+        if len(calls) > 2:  # the first checkpoint and its prior are written
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(tensors, path)
+
+    monkeypatch.setattr(checkpoint, "_save_tensors", full_disk_after_the_first_checkpoint)
+    with pytest.raises(InputError) as info:
+        train(cfg, tmp_path / "run", pools=pools, progress=False)
+    msg = str(info.value)
+    assert msg.startswith(f"Cannot write the training checkpoint {tmp_path / 'run' / 'checkpoint'}"
+                          f" (No space left on device); ") and msg.count(". ") == 0
+    # the step-2 checkpoint is intact, and nothing half-written is left
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 2
+    assert not [p.name for p in (tmp_path / "run").rglob(".*")]
+
+
+def test_the_ddp_timeout_comes_from_the_argument_then_the_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from medrecon.priors.train import DIST_TIMEOUT_ENV, DIST_TIMEOUT_MIN, dist_timeout_minutes
+
+    monkeypatch.delenv(DIST_TIMEOUT_ENV, raising=False)
+    assert dist_timeout_minutes() == DIST_TIMEOUT_MIN == 10.0
+    monkeypatch.setenv(DIST_TIMEOUT_ENV, "2.5")
+    assert dist_timeout_minutes() == 2.5
+    assert dist_timeout_minutes(45) == 45.0
+    for bad in ("ten", "0", "-1", "nan"):
+        monkeypatch.setenv(DIST_TIMEOUT_ENV, bad)
+        with pytest.raises(InputError, match=f"{DIST_TIMEOUT_ENV} must be a positive number"):
+            dist_timeout_minutes()
+    with pytest.raises(InputError, match="positive number of minutes"):
+        dist_timeout_minutes(0)

@@ -11,8 +11,8 @@ import pytest
 from medrecon.errors import InputError
 from medrecon.io import Volume, save_volume
 from medrecon.priors.config import DataConfig
+from medrecon.priors.data import build_pools, file_pools
 from medrecon.priors.normalisation import Normalisation
-from medrecon.priors.train import file_pools
 
 CFG = DataConfig(source="files", modalities=("MR",), spacing_mm=(2.0, 2.0, 2.0),
                  patch_size=(8, 8, 8), val_fraction=0.1)
@@ -69,3 +69,15 @@ def test_too_few_studies_for_the_processes(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="leave process 1 of 2 without a training volume; give "
                                          "at least 2 studies"):
         file_pools(CFG, Normalisation(), [study], None, rank=1, world_size=2)
+
+
+def test_build_pools_for_files_is_file_pools(tmp_path: Path) -> None:
+    """``build_pools`` (the Python API for every source) names unreadable studies too, and
+    says which process is left without a study, not 'Rank N got no training volume'."""
+    d = tmp_path / "data"
+    d.mkdir()
+    _truncated(d / "c.nii.gz", _study(d / "a.nii.gz"))
+    with pytest.raises(InputError, match=r"^Cannot read NIfTI file .*c\.nii\.gz"):
+        build_pools(CFG, Normalisation(), [d], None)
+    with pytest.raises(InputError, match="leave process 1 of 2 without a training volume"):
+        build_pools(CFG, Normalisation(), [d / "a.nii.gz"], None, rank=1, world_size=2)
