@@ -37,6 +37,10 @@ def train(
                                            "of wall-clock time."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     workers: int = typer.Option(0, min=0, help="Processes for loading training volumes."),
+    dist_timeout: float = typer.Option(
+        None, "--dist-timeout", min=0.1,
+        help="Several processes (torchrun): minutes a collective waits for the others before "
+             "the run fails (default: $MEDRECON_DIST_TIMEOUT_MIN, else 10)."),
 ) -> None:
     """Train a prior; `medrecon priors OUT` then lists it and `--prior OUT` uses it."""
     from medrecon.errors import InputError
@@ -73,7 +77,8 @@ def train(
     fresh = not out.exists() and not resume and int(os.environ.get("RANK", "0")) == 0
     try:
         result = run_training(cfg, out, data_paths=list(data or []), resume=resume,
-                              device=device, max_minutes=max_minutes, workers=workers)
+                              device=device, max_minutes=max_minutes, workers=workers,
+                              dist_timeout=dist_timeout)
     except BaseException:
         if fresh and out.is_dir() and not (out / "checkpoint").exists():
             shutil.rmtree(out, ignore_errors=True)

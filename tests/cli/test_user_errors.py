@@ -271,6 +271,22 @@ def test_train_refuses_data_the_config_would_ignore(study: Path, tmp_path: Path)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_train_passes_the_dist_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import medrecon.priors.train as train_module
+
+    seen: dict = {}
+
+    def fake_train(*args: object, **kwargs: object) -> None:
+        seen.update(kwargs)
+        raise train_module.InputError("stop here.")
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    r = runner.invoke(app, ["train", "--config", str(TINY_CONFIG), "--out",
+                            str(tmp_path / "run"), "--dist-timeout", "2.5"])
+    assert_user_error(r, "stop here.")
+    assert seen["dist_timeout"] == 2.5
+
+
 def test_failed_training_leaves_no_run_folder(study: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(b"garbage")
