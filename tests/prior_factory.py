@@ -37,3 +37,16 @@ def export_tiny_prior(directory: Path, name: str = "tiny", patch: int = 8,
         "training": {"steps": 0, "source": "random weights (test fixture)", "seed": 0},
     }
     return export_prior(directory, name, den.state_dict(), info)
+
+
+def export_broken_priors(directory: Path) -> Path:
+    """``directory`` with good/ and three broken priors — corrupt/ (NAME.json not JSON),
+    missing/ (no weights file), trunc/ (weights cut short) — and model.bin (binary bytes)."""
+    for name in ("good", "corrupt", "missing", "trunc"):
+        export_tiny_prior(directory / name, name=name)
+    (directory / "corrupt" / "corrupt.json").write_text('{"format": "medrecon-prior", "name": ')
+    (directory / "missing" / "missing.safetensors").unlink()
+    weights = directory / "trunc" / "trunc.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    (directory / "model.bin").write_bytes(bytes(range(256)) * 8)
+    return directory

@@ -18,7 +18,7 @@ from medrecon.cli.main import app
 from medrecon.io import Volume, save_volume
 from medrecon.phantoms import shepp_logan_3d
 from tests.cli_assert import assert_user_error
-from tests.prior_factory import export_tiny_prior
+from tests.prior_factory import export_broken_priors, export_tiny_prior
 
 runner = CliRunner()
 SIM = ["--coils", "2", "--acceleration", "2", "--calibration", "4", "--device", "cpu"]
@@ -325,15 +325,7 @@ def test_priors_refuses_files_that_are_not_priors(study: Path, tmp_path: Path) -
 def broken_priors(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """good/ and three broken priors (corrupt NAME.json, weights missing, weights truncated),
     and model.bin (random bytes)."""
-    d = tmp_path_factory.mktemp("broken_priors")
-    for name in ("good", "corrupt", "missing", "trunc"):
-        export_tiny_prior(d / name, name=name)
-    (d / "corrupt" / "corrupt.json").write_text("{\"format\": \"medrecon-prior\",")
-    (d / "missing" / "missing.safetensors").unlink()
-    w = d / "trunc" / "trunc.safetensors"
-    w.write_bytes(w.read_bytes()[:500])
-    (d / "model.bin").write_bytes(np.random.default_rng(0).bytes(2048))
-    return d
+    return export_broken_priors(tmp_path_factory.mktemp("broken_priors"))
 
 
 @pytest.mark.parametrize(("prior", "fragment"), [

@@ -10,22 +10,14 @@ import pytest
 from medrecon.errors import InputError
 from medrecon.priors import list_priors, load_prior, resolve_prior_path
 from medrecon.priors.checkpoint import check_prior_weights, read_prior_description
-from tests.prior_factory import export_tiny_prior
+from tests.prior_factory import export_broken_priors
 
 
 @pytest.fixture(scope="module")
 def priors(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """good/, corrupt/ (NAME.json not JSON), missing/ (no weights), trunc/ (cut weights),
     model.bin (random bytes)."""
-    d = tmp_path_factory.mktemp("priors")
-    for name in ("good", "corrupt", "missing", "trunc"):
-        export_tiny_prior(d / name, name=name)
-    (d / "corrupt" / "corrupt.json").write_text('{"format": "medrecon-prior", "name": ')
-    (d / "missing" / "missing.safetensors").unlink()
-    w = d / "trunc" / "trunc.safetensors"
-    w.write_bytes(w.read_bytes()[:-1000])
-    (d / "model.bin").write_bytes(bytes(range(256)) * 4)
-    return d
+    return export_broken_priors(tmp_path_factory.mktemp("priors"))
 
 
 def test_corrupt_json_is_named_as_corrupt(priors: Path) -> None:
