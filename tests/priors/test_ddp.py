@@ -102,7 +102,6 @@ def _setup_error_worker(rank: int, world: int, port: int, data_dir: str, run_dir
 def test_an_unreadable_study_on_one_rank_ends_every_rank(tmp_path: Path) -> None:
     """The rank whose shard holds a corrupt study fails while reading it; the other rank must
     not wait forever in the first collective: both raise the same one-sentence InputError."""
-    import time
 
     import numpy as np
 
@@ -117,19 +116,26 @@ def test_an_unreadable_study_on_one_rank_ends_every_rank(tmp_path: Path) -> None
     ctx = mp.start_processes(_setup_error_worker, nprocs=2, join=False, start_method="spawn",
                              args=(2, _free_port(), str(data), str(tmp_path / "run"),
                                    str(tmp_path)))
-    deadline = time.monotonic() + 60
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail("a DDP rank hung after another rank failed to read its study")
+    _join_or_fail(ctx, 60, "a DDP rank hung after another rank failed to read its study")
     outcomes = [(tmp_path / f"outcome{r}.txt").read_text() for r in range(2)]
     assert outcomes[0] == outcomes[1], outcomes
     assert outcomes[0].startswith("InputError: Cannot read NIfTI file")
     assert "bad.nii.gz" in outcomes[0] and outcomes[0].count(". ") == 0  # one sentence
     assert not (tmp_path / "run" / "checkpoint").exists()
 
+
+
+def _join_or_fail(ctx: mp.ProcessContext, seconds: float, message: str) -> None:
+    """Wait for spawned ranks; kill them and fail the test if they outlive ``seconds``."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            pytest.fail(message)
 
 def _io_error_worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> None:
     """One DDP rank of a run whose rank 0 cannot write files larger than 256 KiB (as on a full
@@ -167,18 +173,11 @@ def test_a_checkpoint_rank_0_cannot_write_ends_every_rank(tmp_path: Path) -> Non
     the next step's gradient all-reduce until the process-group timeout: both processes end
     promptly with the same one-sentence InputError, leave the process group, and no partial
     checkpoint is left behind."""
-    import time
 
     run_dir = tmp_path / "run"
-    t0 = time.monotonic()
     ctx = mp.start_processes(_io_error_worker, nprocs=2, join=False, start_method="spawn",
                              args=(2, _free_port(), str(run_dir), str(tmp_path)))
-    while not ctx.join(timeout=1):
-        if time.monotonic() - t0 > 45:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail("a DDP rank hung after rank 0 failed to write a checkpoint")
+    _join_or_fail(ctx, 45, "a DDP rank hung after rank 0 failed to write a checkpoint")
     outcomes = [(tmp_path / f"outcome{r}.txt").read_text() for r in range(2)]
     assert outcomes[0] == outcomes[1], outcomes
     error, left = outcomes[0].split("\n")
