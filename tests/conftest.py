@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -29,3 +31,13 @@ def generator() -> torch.Generator:
 @pytest.fixture
 def device() -> torch.device:
     return torch.device("cpu")
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Torch on one CPU thread for the test: tiny convolutions and the thousands of tiny ops of
+    the sampler loops get slower, not faster, with thread hand-offs on a busy 2-core runner."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -3,21 +3,16 @@ with more threads on a busy 2-core runner) and share the tiny config."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 TINY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "prior" / "tiny.yaml"
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread: None) -> None:
+    """Every prior test runs torch on one thread (``one_thread`` in tests/conftest.py)."""
 
 
 @pytest.fixture

@@ -11,6 +11,11 @@ from prior_factory import export_tiny_prior
 from medrecon.io.volume import Volume
 
 
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread: None) -> None:
+    """Every sampling test runs torch on one thread (``one_thread`` in tests/conftest.py)."""
+
+
 @pytest.fixture(scope="session")
 def tiny_prior_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_tiny_prior(tmp_path_factory.mktemp("prior"))

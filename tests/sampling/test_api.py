@@ -16,14 +16,6 @@ from medrecon.sampling import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny_prior(tiny_prior_path):
     from medrecon.priors import load_prior

@@ -9,16 +9,6 @@ from typer.testing import CliRunner
 from medrecon.cli.main import app
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("which", ["mr", "ct"])
 def test_cli_diffusion_writes_mean_and_std(which: str, mr_measurement, ct_measurement,
                                            tiny_prior_path, tmp_path) -> None:

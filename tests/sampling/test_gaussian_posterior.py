@@ -55,14 +55,6 @@ STEPS = 200
 SD = 0.5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These loops issue thousands of tiny ops; thread hand-offs would dominate on a busy CPU.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _problem(iso: bool = True, noise: float = 0.1, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
