@@ -14,7 +14,7 @@ correct: the DC sample of a centred array at index ``n // 2`` moves to index 0 a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -35,6 +35,16 @@ def _as_complex(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.complex128 if x.dtype == torch.float64 else torch.complex64)
 
 
+def _centred(transform: Callable[..., torch.Tensor], x: torch.Tensor,
+             dims: Sequence[int]) -> torch.Tensor:
+    """``fftshift(transform(ifftshift(x), norm="ortho"))`` over ``dims``, complex output."""
+    d = _normalise_dims(x, dims)
+    x = _as_complex(x)
+    if not d:
+        return x
+    return torch.fft.fftshift(transform(torch.fft.ifftshift(x, dim=d), dim=d, norm="ortho"), dim=d)
+
+
 def fftc(x: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
     """Centred orthonormal forward FFT of ``x`` over the axes ``dims`` (negative allowed).
 
@@ -42,21 +52,9 @@ def fftc(x: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
     device. Equal to ``numpy.fft.fftshift(numpy.fft.fftn(numpy.fft.ifftshift(x, axes),
     axes=axes, norm="ortho"), axes)``.
     """
-    d = _normalise_dims(x, dims)
-    if not d:
-        return _as_complex(x)
-    x = _as_complex(x)
-    return torch.fft.fftshift(
-        torch.fft.fftn(torch.fft.ifftshift(x, dim=d), dim=d, norm="ortho"), dim=d
-    )
+    return _centred(torch.fft.fftn, x, dims)
 
 
 def ifftc(k: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
     """Centred orthonormal inverse FFT over ``dims``; the inverse and the adjoint of :func:`fftc`."""
-    d = _normalise_dims(k, dims)
-    if not d:
-        return _as_complex(k)
-    k = _as_complex(k)
-    return torch.fft.fftshift(
-        torch.fft.ifftn(torch.fft.ifftshift(k, dim=d), dim=d, norm="ortho"), dim=d
-    )
+    return _centred(torch.fft.ifftn, k, dims)
