@@ -259,7 +259,7 @@ def sample_problem(denoiser: Denoiser, problem: LinearProblem, shape: tuple[int,
         caller maps them to its units) and the physical residual.
     """
     name = _check_common(sampler, steps, samples)
-    opt = options or SamplerOptions.defaults(None, name)
+    opt = options or SamplerOptions()
     device = torch.device(device)
     t_start = time.perf_counter()
     if opt.normalise_operator:
