@@ -24,6 +24,7 @@ import numpy as np
 from medrecon import __version__
 from medrecon.errors import MeasurementError
 from medrecon.io.atomic import atomic_file
+from medrecon.io.operator_schema import mri_operator_description
 from medrecon.io.volume import Volume
 
 __all__ = [
@@ -35,15 +36,10 @@ __all__ = [
     "read_measurement",
     "read_fastmri",
     "is_fastmri_file",
-    "mri_operator_description",
 ]
 
 FORMAT_NAME = "medrecon-measurement"
 FORMAT_VERSION = 1
-
-#: Value of ``operator["fft"]`` for MRI: the centred orthonormal FFT of
-#: :mod:`medrecon.operators.functional.fft`.
-MRI_FFT_CONVENTION = "centred-orthonormal"
 
 
 # -------------------------------------------------------------------------------------------
@@ -131,7 +127,7 @@ class Measurement:
         operator: forward-operator description. MR: ``{"kind": "sense", "fft": "centred-orthonormal",
             "fft_dims": [0, 1, 2], "dims": "3d", "image_shape": [I, J, K],
             "kspace_shape": [C, I, J, K], "axes": [...]}``; CT: ``{"kind": "ct", ...}`` with the
-            geometry keys written by :mod:`medrecon.operators.ct`.
+            geometry keys (both written by :mod:`medrecon.io.operator_schema`).
         acquisition: how it was made: acceleration (achieved), mask kind, calibration, seed, snr,
             phase model, medrecon version, source ("simulated" / "fastmri" / ...).
         arrays: further named arrays (e.g. CT per-view source positions), stored under ``aux/``.
@@ -579,18 +575,3 @@ def read_fastmri(path: str | Path, estimate_maps: bool = False,
         m.validate()
     return m
 
-
-def mri_operator_description(image_shape: tuple[int, int, int], n_coils: int,
-                             dims: str) -> dict[str, Any]:
-    """The ``operator`` dict of an MR measurement (see docs/formats.md)."""
-    three_d = dims == "3d"
-    return {
-        "kind": "sense",
-        "fft": MRI_FFT_CONVENTION,
-        "fft_dims": [0, 1, 2] if three_d else [0, 1],
-        "dims": "3d" if three_d else "2d",
-        "image_shape": list(image_shape),
-        "kspace_shape": [n_coils, *image_shape],
-        "axes": (["coil", "readout (I)", "phase encode 1 (J)", "phase encode 2 (K)"]
-                 if three_d else ["coil", "readout (I)", "phase encode (J)", "slice (K)"]),
-    }

@@ -17,11 +17,11 @@ from medrecon.io.measurement import (
     Measurement,
     ReferenceGeometry,
     is_fastmri_file,
-    mri_operator_description,
     read_fastmri,
     read_measurement,
     write_measurement,
 )
+from medrecon.io.operator_schema import mri_operator_description
 from medrecon.io.volume import Volume
 
 SHAPE = (6, 5, 4)
