@@ -8,6 +8,10 @@ study was. The on-disk layout is specified in ``docs/formats.md`` so other tools
 
 Also here: :func:`read_fastmri`, which reads raw fastMRI HDF5 files as 2D multi-slice
 measurements. :func:`read_measurement` dispatches to it when it sees a fastMRI file.
+
+This module is a file format, no physics: it reads and writes what a file holds (coil maps
+only when the file has them) and imports nothing from :mod:`medrecon.operators`. The
+``operator`` descriptions it stores are written by :mod:`medrecon.io.operator_schema`.
 """
 
 from __future__ import annotations
@@ -375,12 +379,11 @@ def is_fastmri_file(path: str | Path) -> bool:
         return False
 
 
-def read_measurement(path: str | Path, estimate_maps: bool = False) -> Measurement:
+def read_measurement(path: str | Path) -> Measurement:
     """Read a measurement file written by :func:`write_measurement`, or a raw fastMRI file.
 
     Raises :class:`MeasurementError` (one sentence) for files that are not HDF5, lack a dataset,
-    hold NaN/Inf or whose mask does not fit the data. ``estimate_maps`` applies to fastMRI files
-    (see :func:`read_fastmri`).
+    hold NaN/Inf or whose mask does not fit the data.
     """
     import h5py
 
@@ -392,7 +395,7 @@ def read_measurement(path: str | Path, estimate_maps: bool = False) -> Measureme
     if not h5py.is_hdf5(path):
         raise MeasurementError(f"{path} is not an HDF5 measurement file.")
     try:
-        return _read_hdf5_measurement(path, estimate_maps)
+        return _read_hdf5_measurement(path)
     except OSError as exc:
         if exc.errno is not None:
             raise  # permission and the like: the CLI words these itself
@@ -402,7 +405,7 @@ def read_measurement(path: str | Path, estimate_maps: bool = False) -> Measureme
                                f"it again.") from None
 
 
-def _read_hdf5_measurement(path: Path, estimate_maps: bool) -> Measurement:
+def _read_hdf5_measurement(path: Path) -> Measurement:
     """The body of :func:`read_measurement` for a file that is HDF5."""
     import h5py
 
@@ -410,7 +413,7 @@ def _read_hdf5_measurement(path: Path, estimate_maps: bool) -> Measurement:
         fmt = f.attrs.get("format")
         if fmt is None:
             if "kspace" in f:
-                return read_fastmri(path, estimate_maps=estimate_maps)
+                return read_fastmri(path)
             raise MeasurementError(
                 f"{path} is an HDF5 file but neither a medrecon measurement nor a fastMRI file.")
         if _str(fmt) != FORMAT_NAME:
@@ -490,8 +493,7 @@ def _ismrmrd_geometry(header: str | None) -> tuple[tuple[float, float, float] | 
     return (fov[0] / mat[0], fov[1] / mat[1], fov[2] / mat[2]), ""
 
 
-def read_fastmri(path: str | Path, estimate_maps: bool = False,
-                 calibration: int | None = None) -> Measurement:
+def read_fastmri(path: str | Path) -> Measurement:
     """Read a raw fastMRI HDF5 file as a 2D multi-slice MR measurement.
 
     fastMRI stores ``kspace`` as [slices, coils, kx, ky] (multi-coil) or [slices, kx, ky]
@@ -505,9 +507,8 @@ def read_fastmri(path: str | Path, estimate_maps: bool = False,
     the image grid is the encoded one); without them 1 mm is used and a warning says so. The
     image is centred on the scanner origin: fastMRI files carry no patient position.
 
-    Coil maps are not in fastMRI files. With ``estimate_maps`` they are estimated now by
-    ESPIRiT from the calibration region (``calibration`` lines, default: the fully sampled
-    centre found in the mask); otherwise reconstruction estimates them when it needs them.
+    Coil maps are not in fastMRI files, so ``coil_maps`` is None; building the reconstruction
+    problem estimates them (ESPIRiT from the fully sampled centre) when it needs them.
     """
     import h5py
 
@@ -561,17 +562,6 @@ def read_fastmri(path: str | Path, estimate_maps: bool = False,
     if "acceleration" in attrs:
         acquisition["nominal_acceleration"] = attrs["acceleration"]
     operator = mri_operator_description((nx, ny, n_slices), n_coils, "2d")
-    m = Measurement("MR", data, mask, reference, noise={"model": "unknown"},
-                    operator=operator, acquisition=acquisition)
-    if estimate_maps:
-        import torch
-
-        from medrecon.operators.coils import estimate_coil_maps
-
-        maps = estimate_coil_maps(torch.from_numpy(data), torch.from_numpy(mask),
-                                  method="espirit", calibration=calibration, fft_dims=(0, 1))
-        m.coil_maps = np.asarray(maps.cpu().numpy(), dtype=np.complex64)
-        m.acquisition["coil_maps"] = "espirit"
-        m.validate()
-    return m
+    return Measurement("MR", data, mask, reference, noise={"model": "unknown"},
+                       operator=operator, acquisition=acquisition)
 
