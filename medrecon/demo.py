@@ -631,8 +631,8 @@ def run_demo(out: str | os.PathLike[str] = "medrecon-demo", modality: str = "bot
     import torch
 
     from medrecon import __version__
+    from medrecon.device import resolve_device
     from medrecon.io.atomic import atomic_file
-    from medrecon.recon.classical import resolve_device
     from medrecon.report import METRIC_DEFINITIONS
     from medrecon.sampling import SAMPLERS
 
@@ -745,9 +745,10 @@ def sweep_baseline(modality: str, method: str, weights: Sequence[float],
     """
     import torch
 
+    from medrecon.device import resolve_device
     from medrecon.metrics import foreground_mask
     from medrecon.priors.synthetic import generate_head, split_seeds
-    from medrecon.recon.classical import ReconOptions, resolve_device
+    from medrecon.recon.classical import ReconOptions
     from medrecon.reconstruct import reconstruct
     from medrecon.simulate import simulate
 

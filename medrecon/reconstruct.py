@@ -25,14 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from medrecon.device import resolve_device
 from medrecon.io.measurement import Measurement
 from medrecon.io.volume import Volume
-from medrecon.recon.classical import (
-    ReconOptions,
-    ReconOutput,
-    get_method,
-    resolve_device,
-)
+from medrecon.recon.classical import ReconOptions, ReconOutput, get_method
 
 __all__ = ["ReconstructionResult", "reconstruct", "reconstruction_volume"]
 

@@ -38,7 +38,6 @@ __all__ = [
     "get_method",
     "available_methods",
     "normalise_modality",
-    "resolve_device",
 ]
 
 
@@ -120,24 +119,6 @@ def normalise_modality(modality: str) -> str:
     if m == "CT":
         return "CT"
     raise InputError(f"Unknown modality {modality!r}; use MR or CT.")
-
-
-def resolve_device(device: str | None = "auto") -> torch.device:
-    """Turn "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N" into a device."""
-    import torch
-
-    name = "auto" if device is None else str(device).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"Unknown device {device!r}; use auto, cpu, cuda or cuda:N.") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("CUDA was requested but no CUDA GPU is available; use --device cpu.")
-    if dev.type not in ("cpu", "cuda"):
-        raise InputError(f"Unsupported device {device!r}; use auto, cpu, cuda or cuda:N.")
-    return dev
 
 
 def register_method(modality: str, name: str) -> Callable[[ReconMethod], ReconMethod]:

@@ -532,7 +532,7 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
         :class:`PosteriorResult` with float32 numpy ``mean``/``std`` in reference units (MR:
         magnitude, CT: HU), on the reference grid.
     """
-    from medrecon.recon.classical import resolve_device
+    from medrecon.device import resolve_device
 
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     _check_common(sampler, steps, samples)

@@ -16,7 +16,6 @@ from medrecon.recon.classical import (
     available_methods,
     get_method,
     register_method,
-    resolve_device,
 )
 from medrecon.recon.mri import data_residual, kspace_tensor, measurement_operator
 from medrecon.simulate import MRISettings, SimulationConfig, simulate
@@ -61,20 +60,13 @@ def test_register_method_refuses_a_second_function_under_a_taken_name() -> None:
         register_method("MR", "tv")(other)
 
 
-def test_recon_options_validation_and_devices() -> None:
+def test_recon_options_validation() -> None:
     with pytest.raises(InputError, match="iterations"):
         ReconOptions(iterations=0)
     with pytest.raises(InputError, match="regularisation"):
         ReconOptions(lam=-1.0)
     with pytest.raises(InputError, match="tolerance"):
         ReconOptions(tol=float("nan"))
-    assert resolve_device("cpu") == CPU
-    with pytest.raises(InputError, match="Unknown device"):
-        resolve_device("tpu:what")
-    if not torch.cuda.is_available():
-        with pytest.raises(InputError, match="no CUDA GPU"):
-            resolve_device("cuda")
-        assert resolve_device("auto") == CPU
 
 
 def test_fully_sampled_noiseless_recovers_complex_image(reference: Volume) -> None:
