@@ -219,8 +219,8 @@ def prior_part(steps: int, size: int, seed: int, prior_name: str) -> dict[str, A
         prior_denoiser,
         sample_problem,
     )
-    from medrecon.sampling.consistency import operator_norm
     from medrecon.simulate import simulate
+    from medrecon.solvers import power_iteration
 
     dev = torch.device("cpu")
     prior = load_prior(prior_name, device=dev)
@@ -255,8 +255,8 @@ def prior_part(steps: int, size: int, seed: int, prior_name: str) -> dict[str, A
     shape = tuple(problem.op.ishape)
     ones = torch.ones(shape)
     y0 = problem.y - problem.op.forward(problem.offset * ones)
-    norm = operator_norm(problem.op, torch.zeros(shape), iters=15,
-                         generator=torch.Generator().manual_seed(seed)) * problem.scale
+    start = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    norm = math.sqrt(power_iteration(problem.op.normal, start, iters=15).gain) * problem.scale
     y = (y0 / norm).unsqueeze(0).unsqueeze(0)
     physics = _physics(lambda x: (problem.op.forward(problem.scale * x[:, 0]) / norm).unsqueeze(1),
                        lambda r: (problem.scale * problem.op.adjoint(r[:, 0]) / norm).unsqueeze(1),

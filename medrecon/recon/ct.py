@@ -44,13 +44,12 @@ from medrecon.errors import InputError, MeasurementError
 from medrecon.intensity import MU_WATER_PER_MM, mu_to_hu
 from medrecon.operators.base import LinearOperator
 from medrecon.operators.ct import CTGeometry, CTProjector, make_projector
+from medrecon.operators.finite_difference import divergence, finite_difference
 from medrecon.operators.functional.projectors import sample_detector_2d, sample_detector_3d
 from medrecon.recon.classical import ReconOptions, ReconOutput, register_method
-from medrecon.recon.solvers import (
+from medrecon.solvers import (
     SolverResult,
     cgls,
-    divergence,
-    finite_difference,
     pdhg,
     power_iteration,
     project_l2_ball,
@@ -339,7 +338,7 @@ def analytic_reconstruction(sino: Tensor, geometry: CTGeometry,
 
 
 # -------------------------------------------------------------------------------------------
-# TV by PDHG (SIRT and CGLS live in medrecon.recon.solvers)
+# TV by PDHG (SIRT and CGLS live in medrecon.solvers)
 # -------------------------------------------------------------------------------------------
 def tv_reconstruction(
     forward: Callable[[Tensor], Tensor],
@@ -358,15 +357,16 @@ def tv_reconstruction(
 
     K = [A / sqrt(L); D] with D the forward-difference gradient over the three axes (isotropic
     TV), ``||K||^2 <= 1 + 12``; the dual variable packs the scaled sinogram and the gradient
-    field into one flat tensor so that the generic :func:`~medrecon.recon.solvers.pdhg` runs
+    field into one flat tensor so that the generic :func:`~medrecon.solvers.pdhg` runs
     unchanged. ``tau = s / step_ratio``, ``sigma = s step_ratio`` with ``s = 0.99 / sqrt(13)``;
     the default ratio 0.1 (larger primal steps) converges several times faster than 1 on
     sparse-view problems with x in water units. Returns (result, L).
     """
     if lipschitz is None:
         gen = torch.Generator(device=x0.device).manual_seed(0)
-        lipschitz = power_iteration(lambda v: adjoint(forward(v)), x0, iters=15,
-                                    generator=gen) * 1.05
+        start = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device, generator=gen)
+        lipschitz = power_iteration(lambda v: adjoint(forward(v)), start,
+                                    iters=15).rayleigh * 1.05
     sq = math.sqrt(max(lipschitz, 1e-30))
     ny = y.numel()
     shape = x0.shape

@@ -35,12 +35,12 @@ import numpy as np
 import torch
 
 from medrecon.errors import MeasurementError
+from medrecon.operators.finite_difference import FiniteDifference
 from medrecon.operators.functional.fft import ifftc
 from medrecon.operators.mri import SenseOperator
+from medrecon.operators.wavelets import WaveletTransform
 from medrecon.recon.classical import ReconOptions, ReconOutput, register_method
-from medrecon.recon.solvers import (
-    FiniteDifference,
-    WaveletTransform,
+from medrecon.solvers import (
     conjugate_gradient,
     fista,
     pdhg,
@@ -131,6 +131,13 @@ def default_lam(method: str, adjoint_image: torch.Tensor) -> float:
     return DEFAULT_ALPHA[method] * max(scale, 1e-30)
 
 
+def _lipschitz(op: SenseOperator, like: torch.Tensor, device: torch.device) -> float:
+    """||A^H A|| by 20 power iterations from a seeded random start shaped like ``like``."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    start = torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=gen)
+    return power_iteration(op.normal, start, iters=20).rayleigh
+
+
 def _iterations(options: ReconOptions, method: str) -> int:
     return int(options.iterations or DEFAULT_ITERATIONS[method])
 
@@ -201,8 +208,13 @@ def cg_sense(m: Measurement, options: ReconOptions, device: torch.device) -> Rec
     op, y, info = _setup(m, options, device)
     rhs = op.adjoint(y)
     lam = DEFAULT_ALPHA["cg-sense"] if options.lam is None else float(options.lam)
-    res = conjugate_gradient(op.normal, rhs, max_iter=_iterations(options, "cg-sense"),
-                             tol=options.tol, lam=lam, progress=options.progress)
+
+    def normal(v: torch.Tensor) -> torch.Tensor:
+        out = op.normal(v)
+        return out + lam * v if lam else out
+
+    res = conjugate_gradient(normal, rhs, max_iter=_iterations(options, "cg-sense"),
+                             tol=options.tol, progress=options.progress)
     info.update(lam=lam, lam_default=options.lam is None, converged=res.converged,
                 history=res.history, seconds=time.perf_counter() - t0)
     return _output(res.x, data_residual(op, res.x, y), res.iterations, info)
@@ -214,7 +226,7 @@ def l1_wavelet(m: Measurement, options: ReconOptions, device: torch.device) -> R
 
     FISTA with step 1/L, L = ||A^H A|| by power iteration; the prox of the analysis term is
     ``W^H soft(W v, lam * step)``, exact for the orthonormal W of
-    :class:`~medrecon.recon.solvers.WaveletTransform`. As in BART's ``pics -l1``, the default
+    :class:`~medrecon.operators.wavelets.WaveletTransform`. As in BART's ``pics -l1``, the default
     wavelet is Daubechies-2 (BART's "dau2", 4 taps; options ``extra={"wavelet": "db2",
     "levels": None, "wavelet_axes": (0, 1, 2)}``) and the coarsest approximation band is not
     penalised (it holds the image's
@@ -229,8 +241,7 @@ def l1_wavelet(m: Measurement, options: ReconOptions, device: torch.device) -> R
                            levels=options.extra.get("levels"),
                            axes=tuple(options.extra.get("wavelet_axes", (0, 1, 2))))
     penalise_approx = bool(options.extra.get("penalise_approximation", False))
-    gen = torch.Generator(device=device).manual_seed(0)
-    lipschitz = power_iteration(op.normal, x0, iters=20, generator=gen)
+    lipschitz = _lipschitz(op, x0, device)
     step = 1.0 / max(lipschitz * 1.01, 1e-12)  # 1 % margin for the power-iteration estimate
 
     def grad_f(x: torch.Tensor) -> torch.Tensor:
@@ -259,7 +270,7 @@ def total_variation(m: Measurement, options: ReconOptions, device: torch.device)
 
     Primal-dual (PDHG) with ``K = D`` (forward differences, Neumann boundary), ``f = lam
     ||.||_{2,1}`` dualised (its prox is a pointwise projection onto the lam-ball) and the data
-    term as the smooth part h (Condat-Vu form of :func:`~medrecon.recon.solvers.pdhg`), so each
+    term as the smooth part h (Condat-Vu form of :func:`~medrecon.solvers.pdhg`), so each
     iteration costs one ``A^H A`` (whose readout FFT cancels) instead of a forward and an
     adjoint. Steps: ``tau = 1 / L`` (the gradient step of the data term, L = ||A^H A||) and
     ``sigma = 0.95 (1 / tau - L / 2) / ||D||^2`` with ``||D||^2 = 4 * (number of TV axes)``. For 2D multi-slice data the
@@ -272,8 +283,7 @@ def total_variation(m: Measurement, options: ReconOptions, device: torch.device)
     lam = default_lam("tv", x0) if options.lam is None else float(options.lam)
     default_axes = (0, 1, 2) if len(m.fft_dims) == 3 else (0, 1)
     diff = FiniteDifference(m.image_shape, dims=tuple(options.extra.get("tv_axes", default_axes)))
-    gen = torch.Generator(device=device).manual_seed(0)
-    lipschitz = power_iteration(op.normal, x0, iters=20, generator=gen) * 1.01
+    lipschitz = _lipschitz(op, x0, device) * 1.01
     d_norm2 = 4.0 * len(diff.dims)  # ||D||^2 <= 4 per axis (tight for large grids)
     # The primal step is what moves the image, so take the gradient step 1/L and give the dual
     # what is left of Condat-Vu's bound 1/tau - sigma ||D||^2 >= L/2 (with a 5 % margin).

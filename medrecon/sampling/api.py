@@ -60,9 +60,9 @@ from medrecon.sampling.consistency import (
     ProximalDenoiser,
     calibrated_variance,
     diffpir_variance,
-    operator_norm,
 )
 from medrecon.sampling.tiling import TiledDenoiser, patches_for_memory
+from medrecon.solvers import conjugate_gradient, power_iteration
 
 if TYPE_CHECKING:
     from medrecon.io.measurement import Measurement
@@ -263,10 +263,13 @@ def sample_problem(denoiser: Denoiser, problem: LinearProblem, shape: tuple[int,
     device = torch.device(device)
     t_start = time.perf_counter()
     if opt.normalise_operator:
-        norm = operator_norm(problem.op, torch.zeros(problem.op.ishape, dtype=problem.y.dtype
-                                                      if problem.complex_image else dtype,
-                                                      device=device),
-                             iters=15, generator=torch.Generator(device).manual_seed(seed))
+        # A real start (cast to complex for MR): the seeded norm estimate of earlier releases.
+        start = torch.randn(problem.op.ishape, device=device,
+                            dtype=problem.y.real.dtype if problem.complex_image else dtype,
+                            generator=torch.Generator(device).manual_seed(seed))
+        if problem.complex_image:
+            start = start.to(problem.y.dtype)
+        norm = math.sqrt(power_iteration(problem.op.normal, start, iters=15).gain)
         if norm > 0:
             problem.op = (1.0 / norm) * problem.op
             problem.y = problem.y / norm
@@ -420,12 +423,10 @@ def measurement_problem(measurement: Measurement, normalisation: Any, device: to
     if measurement.modality == "MR":
         from medrecon.recon.mri import kspace_tensor
         from medrecon.recon.mri import measurement_operator as mr_op
-        from medrecon.sampling.consistency import batched_cg
-
         op = mr_op(measurement, device)
         y = kspace_tensor(measurement, device)
         rhs = op.adjoint(y)[None]
-        ls = batched_cg(op.normal, rhs, torch.zeros_like(rhs), 10)[0]
+        ls = conjugate_gradient(op.normal, rhs, max_iter=10, tol=0.0, batched=True).x[0]
         scale = float(normalisation.mr_scale(ls.abs()))
         if noise_std is None:
             noise_std = measurement.noise_sigma

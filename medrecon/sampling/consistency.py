@@ -45,96 +45,21 @@ from dataclasses import dataclass, field
 import torch
 
 from medrecon.operators.base import LinearOperator
+from medrecon.solvers import conjugate_gradient, inner
 
 __all__ = [
     "LinearProblem",
     "ProximalDenoiser",
-    "batched_cg",
     "calibrated_variance",
     "diffpir_variance",
-    "operator_norm",
 ]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _bdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-batch-item real inner product Re <a, b> over all but the first dimension -> (B,)."""
-    prod = torch.conj(a) * b if a.is_complex() else a * b
-    if prod.is_complex():
-        prod = prod.real
-    return prod.reshape(prod.shape[0], -1).sum(dim=1)
-
-
 def _bview(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Reshape a (B,) tensor to broadcast against ``like`` (B, ...)."""
     return v.reshape(-1, *([1] * (like.ndim - 1)))
-
-
-def batched_cg(apply: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor,
-               x0: torch.Tensor, max_iter: int, tol: float = 0.0) -> torch.Tensor:
-    """Conjugate gradients on ``apply(x) = rhs`` for a batch of independent problems.
-
-    ``apply`` must be Hermitian positive semi-definite and act on each batch item separately;
-    every batch item gets its own step sizes (the problems share nothing but the operator).
-
-    Args:
-        apply: x (B, ...) -> (B, ...).
-        rhs: (B, ...) right-hand sides.
-        x0: (B, ...) starting points.
-        max_iter: number of CG iterations (0 returns ``x0``).
-        tol: an item stops once ||r|| <= tol * ||rhs|| (or reaches rounding level, 16 eps).
-    Returns:
-        (B, ...) approximate solutions.
-    """
-    x = x0.clone()
-    if max_iter <= 0:
-        return x
-    r = rhs - apply(x)
-    p = r.clone()
-    rs = _bdot(r, r)
-    rhs_norm = torch.sqrt(_bdot(rhs, rhs))
-    tiny = torch.finfo(rs.dtype).tiny
-    # Items whose residual reached the tolerance (never below rounding level) are frozen:
-    # iterating on a rounding-level residual can divide by p^H A p ~ 0 and blow up.
-    floor = 16 * torch.finfo(rs.dtype).eps
-    stop = max(tol, floor) * rhs_norm
-    for _ in range(max_iter):
-        active = torch.sqrt(rs) > stop
-        if not bool(torch.any(active)):
-            break
-        ap = apply(p)
-        pap = _bdot(p, ap)
-        ok = active & (pap > tiny)
-        alpha = torch.where(ok, rs / pap.clamp_min(tiny), torch.zeros_like(rs))
-        x = x + _bview(alpha, x) * p
-        r = r - _bview(alpha, r) * ap
-        rs_new = torch.where(ok, _bdot(r, r), rs)
-        beta = torch.where(ok, rs_new / rs.clamp_min(tiny), torch.zeros_like(rs))
-        p = torch.where(_bview(ok, p), r + _bview(beta, p) * p, p)
-        rs = torch.where(ok, rs_new, torch.zeros_like(rs))
-    return x
-
-
-def operator_norm(op: LinearOperator, like: torch.Tensor, iters: int = 20,
-                  generator: torch.Generator | None = None) -> float:
-    """Largest singular value of ``op`` by power iteration on A^H A.
-
-    Args:
-        like: a tensor of shape ``op.ishape`` whose dtype and device the iterate takes.
-    """
-    gen_device = generator.device if generator is not None else like.device
-    v = torch.randn(like.shape, generator=generator, dtype=like.real.dtype,
-                    device=gen_device).to(like.device, like.dtype)
-    v = v / torch.linalg.vector_norm(v)
-    s = 0.0
-    for _ in range(iters):
-        w = op.normal(v)
-        s = float(torch.linalg.vector_norm(w))
-        if s == 0.0:
-            return 0.0
-        v = w / s
-    return math.sqrt(s)
 
 
 def calibrated_variance(sigma_data: float, lam: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -209,7 +134,7 @@ class LinearProblem:
         if not self.complex_image:
             return
         rhs = self.op.adjoint(self.y).unsqueeze(0)
-        x = batched_cg(self.op.normal, rhs, torch.zeros_like(rhs), iters)[0]
+        x = conjugate_gradient(self.op.normal, rhs, max_iter=iters, tol=0.0, batched=True).x[0]
         if lowpass > 0:
             # Gaussian blur of spatial std 1 / (2 pi lowpass) voxels, done by FFT on a copy
             # zero-padded by 3 std per side: without the padding the blur wraps around, and
@@ -285,7 +210,7 @@ class LinearProblem:
     def residual_norm(self, z: torch.Tensor) -> torch.Tensor:
         """(B,) data-consistency residual ``||A x(z) - y||_2`` (differentiable in ``z``)."""
         r = self.residual(z)
-        return torch.sqrt(_bdot(r, r))
+        return torch.sqrt(inner(r, r, batched=True))
 
     def _solve(self, x0: torch.Tensor, gamma: torch.Tensor, y: torch.Tensor,
                iters: int, tol: float) -> torch.Tensor:
@@ -295,7 +220,7 @@ class LinearProblem:
         def apply(v: torch.Tensor) -> torch.Tensor:
             return self._normal(v) + g * v
 
-        return batched_cg(apply, rhs, x0, iters, tol)
+        return conjugate_gradient(apply, rhs, x0, max_iter=iters, tol=tol, batched=True).x
 
     def _finish(self, x: torch.Tensor, update_phase: bool = False) -> torch.Tensor:
         if self.complex_image and update_phase:
