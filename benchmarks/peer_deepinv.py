@@ -213,9 +213,10 @@ def prior_part(steps: int, size: int, seed: int, prior_name: str) -> dict[str, A
     from medrecon.metrics import compare_volumes
     from medrecon.priors import load_prior
     from medrecon.priors.synthetic import generate_head
+    from medrecon.problem import measurement_problem
     from medrecon.sampling import (
+        LinearProblem,
         PosteriorResult,
-        measurement_problem,
         prior_denoiser,
         sample_problem,
     )
@@ -241,7 +242,8 @@ def prior_part(steps: int, size: int, seed: int, prior_name: str) -> dict[str, A
 
     # medrecon DDS and DiffPIR (single chain each).
     for name in ("dds", "diffpir"):
-        problem, _ = measurement_problem(meas, prior.normalisation, dev)
+        problem = LinearProblem.from_problem(
+            measurement_problem(meas, dev, model=prior.normalisation))
         den = prior_denoiser(prior, "CT", seed=seed, device=dev)
         t0 = time.perf_counter()
         res: PosteriorResult = sample_problem(
@@ -251,7 +253,7 @@ def prior_part(steps: int, size: int, seed: int, prior_name: str) -> dict[str, A
         evaluate(f"medrecon {name}", res.samples[0], time.perf_counter() - t0, res.nfe)
 
     # deepinv DiffPIR with the same tiled denoiser and the same (affine-folded) operator.
-    problem, _ = measurement_problem(meas, prior.normalisation, dev)
+    problem = LinearProblem.from_problem(measurement_problem(meas, dev, model=prior.normalisation))
     shape = tuple(problem.op.ishape)
     ones = torch.ones(shape)
     y0 = problem.y - problem.op.forward(problem.offset * ones)

@@ -542,11 +542,11 @@ def _baseline_lam(meas: Measurement, choice: BaselineChoice, device: torch.devic
         return float(choice.weight)
     import torch
 
-    from medrecon.recon.mri import kspace_tensor, measurement_operator
+    from medrecon.problem import measurement_problem
 
-    op = measurement_operator(meas, device)
+    problem = measurement_problem(meas, device)
     with torch.no_grad():
-        zf = op.adjoint(kspace_tensor(meas, device)).abs().flatten()
+        zf = problem.op.adjoint(problem.y).abs().flatten()
     k = max(1, int(0.99 * zf.numel()))
     return float(choice.weight * float(zf.kthvalue(k).values))
 

@@ -31,7 +31,6 @@ the solvers, which keeps the regularisation weight dimensionless):
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -41,11 +40,10 @@ import numpy as np
 import torch
 
 from medrecon.errors import InputError, MeasurementError
-from medrecon.intensity import MU_WATER_PER_MM, mu_to_hu
-from medrecon.operators.base import LinearOperator
-from medrecon.operators.ct import CTGeometry, CTProjector, make_projector
+from medrecon.operators.ct import CTGeometry
 from medrecon.operators.finite_difference import divergence, finite_difference
 from medrecon.operators.functional.projectors import sample_detector_2d, sample_detector_3d
+from medrecon.problem import Problem, measurement_problem
 from medrecon.recon.classical import ReconOptions, ReconOutput, register_method
 from medrecon.solvers import (
     SolverResult,
@@ -71,9 +69,6 @@ __all__ = [
     "sirt",
     "cgls",
     "tv_reconstruction",
-    "ct_operator",
-    "ct_problem",
-    "CTProblem",
 ]
 
 #: Apodisation windows of the ramp filter, as functions of f in cycles/sample (|f| <= 1/2).
@@ -395,129 +390,32 @@ def tv_reconstruction(
 
 
 # -------------------------------------------------------------------------------------------
-# Measurements -> operators
+# Registered methods
 # -------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class CTProblem:
-    """What a CT measurement gives a solver.
-
-    Attributes:
-        op: the projector on mu in 1/mm (only the measured views when a view mask is given).
-        y: measured line integrals, (views, rows, cols) tensor on the solver's device.
-        weights: per-pixel data weights (same shape as y) or None.
-        geometry: the (view-selected) geometry.
-        volume_shape, spacing_mm: the reconstruction grid.
-        mu_water: water attenuation (1/mm) of the HU mapping used when simulating.
-    """
-
-    op: CTProjector
-    y: Tensor
-    weights: Tensor | None
-    geometry: CTGeometry
-    volume_shape: tuple[int, int, int]
-    spacing_mm: tuple[float, float, float]
-    mu_water: float
-
-
-def _operator_geometry(operator: dict[str, Any]) -> dict[str, Any]:
-    g = operator.get("geometry")
-    if isinstance(g, dict):
-        return g
-    return operator  # flat layout: the geometry keys sit in the operator description itself
-
-
-def ct_problem(measurement: Measurement, device: torch.device | str = "cpu",
-               dtype: torch.dtype = torch.float32) -> CTProblem:
-    """Projector, data and grid of a CT measurement (see docs/formats.md for the keys)."""
+def _problem(measurement: Measurement, device: torch.device) -> Problem:
     if measurement.modality != "CT":
         raise MeasurementError(f"Expected a CT measurement, got modality "
                                f"{measurement.modality!r}.")
-    op_desc = dict(measurement.operator or {})
-    geometry = CTGeometry.from_dict(_operator_geometry(op_desc))
-    shape = tuple(int(n) for n in op_desc.get("image_shape", measurement.reference.shape))
-    if shape != tuple(measurement.reference.shape):
-        raise MeasurementError(f"The CT operator's image shape {shape} does not match the "
-                               f"reference shape {measurement.reference.shape}.")
-    if "spacing_mm" in op_desc:
-        spacing = tuple(float(s) for s in op_desc["spacing_mm"])
-    else:
-        spacing = tuple(float(s) for s in
-                        np.linalg.norm(np.asarray(measurement.reference.affine)[:3, :3], axis=0))
-    data = np.asarray(measurement.data, dtype=np.float32)
-    if data.shape != geometry.sinogram_shape:
-        raise MeasurementError(f"The sinogram of shape {data.shape} does not match its "
-                               f"geometry {geometry.sinogram_shape}.")
-    mu_water = float(op_desc.get("mu_water_per_mm",
-                                 _operator_geometry(op_desc).get("mu_water_per_mm",
-                                                                 MU_WATER_PER_MM)))
-    weights = None
-    if measurement.mask is not None:
-        mask = np.asarray(measurement.mask, dtype=np.float32)
-        if mask.shape == (geometry.views,):
-            keep = np.flatnonzero(mask > 0)
-            if keep.size == 0:
-                raise MeasurementError("The CT view mask selects no views.")
-            geometry = dataclasses.replace(
-                geometry, angles=tuple(geometry.angles[i] for i in keep),
-                vectors=(None if geometry.vectors is None
-                         else tuple(geometry.vectors[i] for i in keep)))
-            data = data[keep]
-        else:
-            weights = torch.as_tensor(mask, dtype=dtype, device=device)
-    op = make_projector(geometry, shape, spacing, device=device, dtype=dtype)
-    y = torch.as_tensor(data, dtype=dtype, device=device)
-    return CTProblem(op, y, weights, geometry, shape, spacing, mu_water)  # type: ignore[arg-type]
+    return measurement_problem(measurement, device)
 
 
-def ct_operator(measurement: Measurement, device: torch.device | str = "cpu") -> LinearOperator:
-    """The projector A of a CT measurement: mu (I, J, K) in 1/mm -> line integrals.
-
-    Built from the stored geometry; with a per-view mask only the measured views are kept, so
-    ``A x`` compares with ``ct_problem(measurement).y``.
-    """
-    return ct_problem(measurement, device).op
-
-
-# -------------------------------------------------------------------------------------------
-# Registered methods
-# -------------------------------------------------------------------------------------------
-def _residual(problem: CTProblem, mu: Tensor) -> float:
-    with torch.no_grad():
-        r = problem.op(mu) - problem.y
-        if problem.weights is not None:
-            r = r * problem.weights
-            yn = torch.linalg.vector_norm(problem.y * problem.weights)
-        else:
-            yn = torch.linalg.vector_norm(problem.y)
-    return float(torch.linalg.vector_norm(r) / torch.clamp(yn, min=1e-30))
-
-
-def _output(problem: CTProblem, mu: Tensor, iterations: int, info: dict[str, Any]) -> ReconOutput:
-    hu = mu_to_hu(mu.detach().float().cpu().numpy(), problem.mu_water)
-    info = {"mu_water_per_mm": problem.mu_water, "geometry": problem.geometry.kind,
-            "views": problem.geometry.views, **info}
-    return ReconOutput(image=hu, residual=_residual(problem, mu), iterations=iterations,
-                       info=info)
-
-
-def _weighted(problem: CTProblem) -> tuple[Callable[[Tensor], Tensor], Tensor]:
-    """Forward map and data including pixel weights (W A, W y)."""
-    if problem.weights is None:
-        return problem.op.forward, problem.y
-    w = problem.weights
-    return (lambda x: w * problem.op.forward(x)), w * problem.y
+def _output(problem: Problem, mu: Tensor, iterations: int, info: dict[str, Any]) -> ReconOutput:
+    hu = problem.units.to_reference(mu.detach().float().cpu().numpy())
+    return ReconOutput(image=hu, residual=problem.residual(mu), iterations=iterations,
+                       info={**problem.info, **info})
 
 
 def _analytic(measurement: Measurement, options: ReconOptions,
               device: torch.device) -> ReconOutput:
     t0 = time.perf_counter()
-    problem = ct_problem(measurement, device)
+    problem = _problem(measurement, device)
+    geometry = problem.geometry
+    assert geometry is not None
     window = str(options.extra.get("filter", "ram-lak"))
-    y = problem.y if problem.weights is None else problem.y * problem.weights
-    with torch.no_grad():
-        mu = analytic_reconstruction(y, problem.geometry, problem.volume_shape,
+    with torch.no_grad():  # weighted data enter FBP weighted (problem.y = W y)
+        mu = analytic_reconstruction(problem.y, geometry, problem.image_shape,  # type: ignore[arg-type]
                                      problem.spacing_mm, window)
-    algorithm = "fdk" if problem.geometry.kind == "cone" else "fbp"
+    algorithm = "fdk" if geometry.kind == "cone" else "fbp"
     return _output(problem, mu, 0, {"algorithm": algorithm, "filter": _filter_name(window),
                                     "seconds": time.perf_counter() - t0})
 
@@ -537,20 +435,19 @@ def fdk_method(measurement: Measurement, options: ReconOptions,
     return _analytic(measurement, options, device)
 
 
-def _scaled(problem: CTProblem) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor],
-                                         Tensor, Tensor]:
+def _scaled(problem: Problem) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor],
+                                      Tensor, Tensor]:
     """Operators on x = mu / mu_water (water = 1), the data, and a zero start."""
-    fwd, y = _weighted(problem)
-    mw = problem.mu_water
-    w = problem.weights
+    op, y, mw = problem.op, problem.y, problem.units.mu_water
+    assert mw is not None
 
     def forward(x: Tensor) -> Tensor:
-        return fwd(x * mw)
+        return op.forward(x * mw)
 
     def adjoint(r: Tensor) -> Tensor:
-        return problem.op.adjoint(r * w if w is not None else r) * mw
+        return op.adjoint(r) * mw
 
-    x0 = torch.zeros(problem.volume_shape, dtype=y.dtype, device=y.device)
+    x0 = torch.zeros(problem.image_shape, dtype=y.dtype, device=y.device)
     return forward, adjoint, y, x0
 
 
@@ -559,13 +456,13 @@ def _iterative(measurement: Measurement, options: ReconOptions, device: torch.de
                **solver_options: Any) -> ReconOutput:
     """Run ``solver`` (sirt, cgls) in water units; ``tol`` applies only without ``iterations``."""
     t0 = time.perf_counter()
-    problem = ct_problem(measurement, device)
+    problem = _problem(measurement, device)
     forward, adjoint, y, x0 = _scaled(problem)
     with torch.no_grad():
         res = solver(forward, adjoint, y, x0, max_iter=options.iterations or default_iterations,
                      tol=options.tol if options.iterations is None else 0.0,
                      progress=options.progress, **solver_options)
-    return _output(problem, res.x * problem.mu_water, res.iterations,
+    return _output(problem, res.x * problem.units.mu_water, res.iterations,
                    {"algorithm": algorithm, "history": res.history[-5:],
                     "seconds": time.perf_counter() - t0})
 
@@ -599,15 +496,18 @@ def tv_method(measurement: Measurement, options: ReconOptions,
     (0.1) balances PDHG's primal and dual steps.
     """
     t0 = time.perf_counter()
-    problem = ct_problem(measurement, device)
+    problem = _problem(measurement, device)
     forward, adjoint, y, x0 = _scaled(problem)
+    mw = problem.units.mu_water
+    assert mw is not None and problem.geometry is not None
     lam = DEFAULT_TV_LAM if options.lam is None else float(options.lam)
     warm = "zeros"
     if problem.weights is None and options.extra.get("warm_start", True):
         try:
             with torch.no_grad():
-                x0 = analytic_reconstruction(problem.y, problem.geometry, problem.volume_shape,
-                                             problem.spacing_mm).clamp(min=0) / problem.mu_water
+                x0 = analytic_reconstruction(problem.y, problem.geometry,
+                                             problem.image_shape,  # type: ignore[arg-type]
+                                             problem.spacing_mm).clamp(min=0) / mw
             warm = "fbp"
         except InputError:
             pass  # e.g. a short fan scan: start from zeros
@@ -616,6 +516,6 @@ def tv_method(measurement: Measurement, options: ReconOptions,
                                      max_iter=options.iterations or 200, tol=options.tol,
                                      step_ratio=float(options.extra.get("step_ratio", 0.1)),
                                      progress=options.progress)
-    return _output(problem, res.x * problem.mu_water, res.iterations,
+    return _output(problem, res.x * mw, res.iterations,
                    {"algorithm": "tv-pdhg", "lam": lam, "lipschitz": lip, "warm_start": warm,
                     "history": res.history[-5:], "seconds": time.perf_counter() - t0})

@@ -35,10 +35,11 @@ import numpy as np
 import torch
 
 from medrecon.errors import MeasurementError
+from medrecon.operators.base import LinearOperator
 from medrecon.operators.finite_difference import FiniteDifference
 from medrecon.operators.functional.fft import ifftc
-from medrecon.operators.mri import SenseOperator
 from medrecon.operators.wavelets import WaveletTransform
+from medrecon.problem import Problem, kspace_tensor, measurement_problem
 from medrecon.recon.classical import ReconOptions, ReconOutput, register_method
 from medrecon.solvers import (
     conjugate_gradient,
@@ -53,9 +54,6 @@ if TYPE_CHECKING:
     from medrecon.io.measurement import Measurement
 
 __all__ = [
-    "measurement_operator",
-    "kspace_tensor",
-    "data_residual",
     "default_lam",
     "zero_filled",
     "cg_sense",
@@ -75,51 +73,6 @@ def _check_mr(m: Measurement) -> None:
         raise MeasurementError(f"This is a {m.modality} measurement; MRI methods need MR k-space.")
 
 
-def measurement_operator(m: Measurement, device: torch.device | str = "cpu",
-                         coil_batch: int | None = None,
-                         maps_method: str = "espirit") -> SenseOperator:
-    """The SENSE operator of an MR measurement on ``device`` (complex64).
-
-    Uses the file's coil maps; when it has none, estimates them from the calibration region
-    (``maps_method``: "espirit" or "lowres", with the stored calibration size) and keeps them in
-    ``m.coil_maps`` so that later calls reuse them. Single-coil data without maps use a unit map.
-    """
-    _check_mr(m)
-    device = torch.device(device)
-    maps: torch.Tensor | None
-    if m.coil_maps is not None:
-        maps = torch.from_numpy(np.asarray(m.coil_maps, np.complex64)).to(device)
-    elif m.n_coils == 1:
-        maps = None
-    else:
-        from medrecon.operators.coils import estimate_coil_maps
-
-        calib = m.acquisition.get("calibration")
-        kwargs: dict[str, Any] = {"method": maps_method, "fft_dims": m.fft_dims}
-        if calib is not None:
-            kwargs["calibration"] = int(calib)
-        est = estimate_coil_maps(kspace_tensor(m, device), torch.as_tensor(m.mask).to(device),
-                                 **kwargs)
-        m.coil_maps = est.detach().cpu().numpy().astype(np.complex64)
-        m.acquisition["coil_maps"] = f"estimated ({maps_method})"
-        maps = est.to(device=device, dtype=torch.complex64)
-    return SenseOperator(maps, torch.as_tensor(np.asarray(m.mask)).to(device),
-                         fft_dims=m.fft_dims, coil_batch=coil_batch,
-                         image_shape=m.image_shape)
-
-
-def kspace_tensor(m: Measurement, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Measured k-space (C, I, J, K) as complex64 on ``device``, masked (zeros off the mask)."""
-    y = torch.from_numpy(np.asarray(m.data, np.complex64)).to(device)
-    mask = torch.as_tensor(np.asarray(m.mask)).to(device=device, dtype=torch.float32)
-    return y * (mask > 0)
-
-
-def data_residual(op: SenseOperator, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Data-consistency residual ``||M (A x) - y|| / ||y||`` (A already includes M)."""
-    return float(torch.linalg.vector_norm(op(x) - y) / torch.linalg.vector_norm(y).clamp_min(1e-30))
-
-
 def default_lam(method: str, adjoint_image: torch.Tensor) -> float:
     """The default weight of ``method`` for data whose zero-filled image is ``adjoint_image``."""
     if method == "cg-sense":
@@ -131,7 +84,7 @@ def default_lam(method: str, adjoint_image: torch.Tensor) -> float:
     return DEFAULT_ALPHA[method] * max(scale, 1e-30)
 
 
-def _lipschitz(op: SenseOperator, like: torch.Tensor, device: torch.device) -> float:
+def _lipschitz(op: LinearOperator, like: torch.Tensor, device: torch.device) -> float:
     """||A^H A|| by 20 power iterations from a seeded random start shaped like ``like``."""
     gen = torch.Generator(device=device).manual_seed(0)
     start = torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=gen)
@@ -142,21 +95,19 @@ def _iterations(options: ReconOptions, method: str) -> int:
     return int(options.iterations or DEFAULT_ITERATIONS[method])
 
 
-def _output(x: torch.Tensor, residual: float, iterations: int,
+def _output(problem: Problem, x: torch.Tensor, iterations: int,
             info: dict[str, Any]) -> ReconOutput:
-    img = torch.abs(x).to(torch.float32).cpu().numpy()
-    return ReconOutput(image=img, residual=residual, iterations=iterations, info=info)
+    img = problem.units.to_reference(x).cpu().numpy()
+    return ReconOutput(image=img, residual=problem.residual(x), iterations=iterations, info=info)
 
 
 def _setup(m: Measurement, options: ReconOptions,
-           device: torch.device) -> tuple[SenseOperator, torch.Tensor, dict[str, Any]]:
+           device: torch.device) -> tuple[Problem, dict[str, Any]]:
     _check_mr(m)
-    had_maps = m.coil_maps is not None
-    op = measurement_operator(m, device, coil_batch=options.extra.get("coil_batch"),
-                              maps_method=str(options.extra.get("maps_method", "espirit")))
-    info: dict[str, Any] = {"coil_maps": "file" if had_maps else m.acquisition.get(
-        "coil_maps", "none (single coil)"), "device": str(device)}
-    return op, kspace_tensor(m, device), info
+    problem = measurement_problem(
+        m, device, coil_batch=options.extra.get("coil_batch"),
+        maps_method=str(options.extra.get("maps_method", "espirit")))
+    return problem, {"coil_maps": problem.info["coil_maps"], "device": str(device)}
 
 
 # -------------------------------------------------------------------------------------------
@@ -176,7 +127,7 @@ def zero_filled(m: Measurement, options: ReconOptions, device: torch.device) -> 
     combine = str(options.extra.get("combine", "sense" if m.coil_maps is not None or
                                     m.n_coils == 1 else "rss")).lower()
     if combine == "rss":
-        y = kspace_tensor(m, device)
+        y = kspace_tensor(m, device)  # no maps needed: not the SENSE problem
         dims = tuple(d - 3 for d in m.fft_dims)
         coil_images = ifftc(y, dims)
         img = torch.sqrt(torch.sum(torch.abs(coil_images) ** 2, dim=0))
@@ -191,10 +142,10 @@ def zero_filled(m: Measurement, options: ReconOptions, device: torch.device) -> 
         return ReconOutput(image=img.cpu().numpy(), residual=res, iterations=0, info=info)
     if combine != "sense":
         raise MeasurementError(f"Unknown coil combination {combine!r}; use rss or sense.")
-    op, y, info = _setup(m, options, device)
-    x = op.adjoint(y)
+    problem, info = _setup(m, options, device)
+    x = problem.op.adjoint(problem.y)
     info.update(combine="sense", seconds=time.perf_counter() - t0)
-    return _output(x, data_residual(op, x, y), 0, info)
+    return _output(problem, x, 0, info)
 
 
 @register_method("MR", "cg-sense")
@@ -205,8 +156,9 @@ def cg_sense(m: Measurement, options: ReconOptions, device: torch.device) -> Rec
     (default 30) or when the relative residual of the normal equations is below ``tol``.
     """
     t0 = time.perf_counter()
-    op, y, info = _setup(m, options, device)
-    rhs = op.adjoint(y)
+    problem, info = _setup(m, options, device)
+    op = problem.op
+    rhs = op.adjoint(problem.y)
     lam = DEFAULT_ALPHA["cg-sense"] if options.lam is None else float(options.lam)
 
     def normal(v: torch.Tensor) -> torch.Tensor:
@@ -217,7 +169,7 @@ def cg_sense(m: Measurement, options: ReconOptions, device: torch.device) -> Rec
                              tol=options.tol, progress=options.progress)
     info.update(lam=lam, lam_default=options.lam is None, converged=res.converged,
                 history=res.history, seconds=time.perf_counter() - t0)
-    return _output(res.x, data_residual(op, res.x, y), res.iterations, info)
+    return _output(problem, res.x, res.iterations, info)
 
 
 @register_method("MR", "l1-wavelet")
@@ -234,8 +186,9 @@ def l1_wavelet(m: Measurement, options: ReconOptions, device: torch.device) -> R
     every coefficient. Starts from A^H y; default 100 iterations.
     """
     t0 = time.perf_counter()
-    op, y, info = _setup(m, options, device)
-    x0 = op.adjoint(y)
+    problem, info = _setup(m, options, device)
+    op = problem.op
+    x0 = op.adjoint(problem.y)
     lam = default_lam("l1-wavelet", x0) if options.lam is None else float(options.lam)
     wav = WaveletTransform(m.image_shape, wavelet=str(options.extra.get("wavelet", "db2")),
                            levels=options.extra.get("levels"),
@@ -261,7 +214,7 @@ def l1_wavelet(m: Measurement, options: ReconOptions, device: torch.device) -> R
     info.update(lam=lam, lam_default=options.lam is None, wavelet=wav.wavelet,
                 levels=wav.levels, lipschitz=lipschitz, converged=res.converged,
                 history=res.history, seconds=time.perf_counter() - t0)
-    return _output(res.x, data_residual(op, res.x, y), res.iterations, info)
+    return _output(problem, res.x, res.iterations, info)
 
 
 @register_method("MR", "tv")
@@ -278,8 +231,9 @@ def total_variation(m: Measurement, options: ReconOptions, device: torch.device)
     default 300 iterations.
     """
     t0 = time.perf_counter()
-    op, y, info = _setup(m, options, device)
-    x0 = op.adjoint(y)
+    problem, info = _setup(m, options, device)
+    op = problem.op
+    x0 = op.adjoint(problem.y)
     lam = default_lam("tv", x0) if options.lam is None else float(options.lam)
     default_axes = (0, 1, 2) if len(m.fft_dims) == 3 else (0, 1)
     diff = FiniteDifference(m.image_shape, dims=tuple(options.extra.get("tv_axes", default_axes)))
@@ -305,4 +259,4 @@ def total_variation(m: Measurement, options: ReconOptions, device: torch.device)
     info.update(lam=lam, lam_default=options.lam is None, tv_axes=list(diff.dims),
                 lipschitz=lipschitz, tau=tau, sigma=sigma, converged=res.converged,
                 history=res.history, seconds=time.perf_counter() - t0)
-    return _output(res.x, data_residual(op, res.x, y), res.iterations, info)
+    return _output(problem, res.x, res.iterations, info)

@@ -118,7 +118,7 @@ def test_pc_noised_projection_exact_for_orthonormal_rows_noiseless() -> None:
     prob = LinearProblem(MatrixOperator(a), y, noise_std=0.0)
 
     def dc(x: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        return prob.noised_projection(x, sigma, gen, iters=4)
+        return prob.noised_projection(x, sigma, gen, iters=4)[0]
 
     out = _run(lambda x, gen: S.predictor_corrector(prior.denoiser, x, _sigmas(), gen, dc=dc),
                n=n)
