@@ -30,10 +30,11 @@ from scipy.ndimage import binary_erosion
 
 from medrecon.io.measurement import Measurement, ReferenceGeometry
 from medrecon.io.volume import Volume
+from medrecon.methods import get_method
 from medrecon.metrics import psnr, ssim
 from medrecon.operators.ct import ct_operator_description, simulate_sinogram
 from medrecon.phantoms import SHEPP_LOGAN_3D, Ellipsoid, ellipsoid_phantom
-from medrecon.recon.classical import ReconOptions, get_method
+from medrecon.recon.base import ReconOptions
 
 # Additive values per Shepp-Logan ellipsoid so that air is -1000 HU after the offset.
 CT_VALUES = (2000.0, -960.0, -30.0, -30.0, 30.0, 30.0, 30.0, 30.0, 30.0, 30.0)

@@ -38,10 +38,11 @@ import torch
 
 from medrecon.io import Volume
 from medrecon.io.cfl import read_cfl, write_cfl
+from medrecon.methods import get_method
 from medrecon.metrics import psnr, ssim
 from medrecon.phantoms import shepp_logan_3d
 from medrecon.problem import measurement_problem
-from medrecon.recon.classical import ReconOptions, get_method
+from medrecon.recon.base import ReconOptions
 from medrecon.recon.mri import DEFAULT_ALPHA, default_lam
 from medrecon.simulate import MRISettings, SimulationConfig, simulate
 

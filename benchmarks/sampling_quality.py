@@ -44,7 +44,7 @@ def _metrics(x: np.ndarray, ref: np.ndarray, mask: np.ndarray, data_range: float
 
 def _classical(m, methods_swept: tuple[str, ...], methods_plain: tuple[str, ...], ref, mask,
                data_range: float, device: str, quick: bool) -> dict:
-    from medrecon.recon.classical import ReconOptions
+    from medrecon.recon.base import ReconOptions
     from medrecon.reconstruct import reconstruct
 
     out: dict[str, dict] = {}

@@ -416,7 +416,7 @@ def run_modality(plan: DemoPlan, prior: Prior, staging: Path, echo: Echo,
     from medrecon.io.measurement import write_measurement
     from medrecon.metrics import foreground_mask
     from medrecon.priors.synthetic import generate_head
-    from medrecon.recon.classical import ReconOptions
+    from medrecon.recon.base import ReconOptions
     from medrecon.reconstruct import reconstruct, reconstruction_volume
     from medrecon.sampling import calibration, posterior_sample
     from medrecon.simulate import simulate
@@ -748,7 +748,7 @@ def sweep_baseline(modality: str, method: str, weights: Sequence[float],
     from medrecon.device import resolve_device
     from medrecon.metrics import foreground_mask
     from medrecon.priors.synthetic import generate_head, split_seeds
-    from medrecon.recon.classical import ReconOptions
+    from medrecon.recon.base import ReconOptions
     from medrecon.reconstruct import reconstruct
     from medrecon.simulate import simulate
 

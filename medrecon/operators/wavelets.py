@@ -16,18 +16,18 @@ from medrecon.operators.base import LinearOperator
 
 Tensor = torch.Tensor
 
-__all__ = ["WaveletTransform"]
+__all__ = ["WaveletTransform", "wavelet_filters"]
 
 
 @lru_cache(maxsize=16)
-def _wavelet_filters(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def wavelet_filters(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(low-pass, high-pass) analysis filters of an orthogonal wavelet, from PyWavelets."""
     import pywt
 
     try:
         w = pywt.Wavelet(name)
     except ValueError:
-        raise ValueError(f"unknown wavelet {name!r}; use e.g. haar, db2, db4, sym4") from None
+        raise ValueError(f"unknown wavelet {name!r}; use haar, dbN, symN or coifN") from None
     if not w.orthogonal:
         raise ValueError(f"wavelet {name!r} is not orthogonal; use haar, dbN, symN or coifN")
     # Rows of the analysis matrix: a[n] = sum_k lo[k] x[2n + k], d[n] = sum_k hi[k] x[2n + k],
@@ -65,7 +65,7 @@ class WaveletTransform(LinearOperator):
             raise ValueError(f"WaveletTransform works on 3D shapes, got {shape}")
         self.axes = tuple(sorted(int(a) % 3 for a in axes))
         self.wavelet = wavelet
-        lo, hi = _wavelet_filters(wavelet)
+        lo, hi = wavelet_filters(wavelet)
         self._lo, self._hi = lo, hi
         if levels is None:
             # As many levels as keep the coarsest band at least as long as the filter.

@@ -34,17 +34,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from medrecon.config import option
 from medrecon.errors import InputError, MeasurementError
 from medrecon.operators.ct import CTGeometry
 from medrecon.operators.finite_difference import divergence, finite_difference
 from medrecon.operators.functional.projectors import sample_detector_2d, sample_detector_3d
 from medrecon.problem import Problem, measurement_problem
-from medrecon.recon.classical import ReconOptions, ReconOutput, register_method
+from medrecon.recon.base import ReconOptions, ReconOutput, method_settings
 from medrecon.solvers import (
     SolverResult,
     cgls,
@@ -69,6 +71,17 @@ __all__ = [
     "sirt",
     "cgls",
     "tv_reconstruction",
+    "fbp_method",
+    "fdk_method",
+    "sirt_method",
+    "cgls_method",
+    "tv_method",
+    "DEFAULT_ITERATIONS",
+    "DEFAULT_TV_LAM",
+    "CGLSSettings",
+    "FBPSettings",
+    "SIRTSettings",
+    "TVSettings",
 ]
 
 #: Apodisation windows of the ramp filter, as functions of f in cycles/sample (|f| <= 1/2).
@@ -405,13 +418,49 @@ def _output(problem: Problem, mu: Tensor, iterations: int, info: dict[str, Any])
                        info={**problem.info, **info})
 
 
-def _analytic(measurement: Measurement, options: ReconOptions,
-              device: torch.device) -> ReconOutput:
+#: Default iteration counts (``--iterations`` overrides them).
+DEFAULT_ITERATIONS = {"sirt": 100, "cgls": 30, "tv": 200}
+#: Default TV weight (image in water units, data term normalised by ||A||^2).
+DEFAULT_TV_LAM = 1e-3
+
+
+@dataclass(frozen=True)
+class FBPSettings:
+    """fbp and fdk (``--set``): the ramp filter's apodisation window."""
+
+    filter: str = option("ram-lak", help="ram-lak, shepp-logan, cosine, hamming or hann.")
+
+    def __post_init__(self) -> None:
+        _filter_name(self.filter)  # an unknown window is an InputError naming the choices
+
+
+@dataclass(frozen=True)
+class SIRTSettings:
+    """sirt: the relaxation factor (SIRT converges for 0 < relaxation < 2)."""
+
+    relaxation: float = option(1.0, gt=0.0, lt=2.0)
+
+
+@dataclass(frozen=True)
+class CGLSSettings:
+    """cgls has no options of its own (``--iterations`` is its regulariser)."""
+
+
+@dataclass(frozen=True)
+class TVSettings:
+    """tv: the FBP/FDK warm start and the ratio of PDHG's primal and dual steps."""
+
+    warm_start: bool = True
+    step_ratio: float = option(0.1, gt=0.0)
+
+
+def _analytic(measurement: Measurement, options: ReconOptions, device: torch.device,
+              method: str) -> ReconOutput:
+    window = method_settings(FBPSettings, options.extra, method).filter
     t0 = time.perf_counter()
     problem = _problem(measurement, device)
     geometry = problem.geometry
     assert geometry is not None
-    window = str(options.extra.get("filter", "ram-lak"))
     with torch.no_grad():  # weighted data enter FBP weighted (problem.y = W y)
         mu = analytic_reconstruction(problem.y, geometry, problem.image_shape,  # type: ignore[arg-type]
                                      problem.spacing_mm, window)
@@ -420,19 +469,17 @@ def _analytic(measurement: Measurement, options: ReconOptions,
                                     "seconds": time.perf_counter() - t0})
 
 
-@register_method("CT", "fbp")
 def fbp_method(measurement: Measurement, options: ReconOptions,
                device: torch.device) -> ReconOutput:
     """Filtered backprojection (parallel, fan; cone data get FDK). ``extra["filter"]``:
-    ram-lak (default), shepp-logan, cosine, hamming or hann."""
-    return _analytic(measurement, options, device)
+    ram-lak (default), shepp-logan, cosine, hamming or hann (:class:`FBPSettings`)."""
+    return _analytic(measurement, options, device, "fbp")
 
 
-@register_method("CT", "fdk")
 def fdk_method(measurement: Measurement, options: ReconOptions,
                device: torch.device) -> ReconOutput:
     """FDK for cone-beam data (parallel/fan data get the matching FBP)."""
-    return _analytic(measurement, options, device)
+    return _analytic(measurement, options, device, "fdk")
 
 
 def _scaled(problem: Problem) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor],
@@ -467,34 +514,30 @@ def _iterative(measurement: Measurement, options: ReconOptions, device: torch.de
                     "seconds": time.perf_counter() - t0})
 
 
-@register_method("CT", "sirt")
 def sirt_method(measurement: Measurement, options: ReconOptions,
                 device: torch.device) -> ReconOutput:
     """SIRT with non-negativity; ``iterations`` default 100; ``extra["relaxation"]`` (1.0)."""
-    return _iterative(measurement, options, device, "sirt", sirt, 100,
-                      relaxation=float(options.extra.get("relaxation", 1.0)))
+    settings = method_settings(SIRTSettings, options.extra, "sirt")
+    return _iterative(measurement, options, device, "sirt", sirt, DEFAULT_ITERATIONS["sirt"],
+                      relaxation=settings.relaxation)
 
 
-@register_method("CT", "cgls")
 def cgls_method(measurement: Measurement, options: ReconOptions,
                 device: torch.device) -> ReconOutput:
     """CGLS; ``iterations`` default 30 (early stopping regularises noisy data)."""
-    return _iterative(measurement, options, device, "cgls", cgls, 30)
+    method_settings(CGLSSettings, options.extra, "cgls")
+    return _iterative(measurement, options, device, "cgls", cgls, DEFAULT_ITERATIONS["cgls"])
 
 
-#: Default TV weight (image in water units, data term normalised by ||A||^2).
-DEFAULT_TV_LAM = 1e-3
-
-
-@register_method("CT", "tv")
 def tv_method(measurement: Measurement, options: ReconOptions,
               device: torch.device) -> ReconOutput:
     """Isotropic 3D TV with non-negativity by PDHG, warm-started from FBP/FDK when possible.
 
     ``lam`` (default :data:`DEFAULT_TV_LAM`) weighs TV of the image in units of water against
     ``1/2 ||A x - y||^2 / ||A||^2``; ``iterations`` default 200; ``extra["step_ratio"]``
-    (0.1) balances PDHG's primal and dual steps.
+    (0.1) balances PDHG's primal and dual steps (:class:`TVSettings`).
     """
+    settings = method_settings(TVSettings, options.extra, "tv")
     t0 = time.perf_counter()
     problem = _problem(measurement, device)
     forward, adjoint, y, x0 = _scaled(problem)
@@ -502,7 +545,7 @@ def tv_method(measurement: Measurement, options: ReconOptions,
     assert mw is not None and problem.geometry is not None
     lam = DEFAULT_TV_LAM if options.lam is None else float(options.lam)
     warm = "zeros"
-    if problem.weights is None and options.extra.get("warm_start", True):
+    if problem.weights is None and settings.warm_start:
         try:
             with torch.no_grad():
                 x0 = analytic_reconstruction(problem.y, problem.geometry,
@@ -513,8 +556,8 @@ def tv_method(measurement: Measurement, options: ReconOptions,
             pass  # e.g. a short fan scan: start from zeros
     with torch.no_grad():
         res, lip = tv_reconstruction(forward, adjoint, y, x0, lam,
-                                     max_iter=options.iterations or 200, tol=options.tol,
-                                     step_ratio=float(options.extra.get("step_ratio", 0.1)),
+                                     max_iter=options.iterations or DEFAULT_ITERATIONS["tv"],
+                                     tol=options.tol, step_ratio=settings.step_ratio,
                                      progress=options.progress)
     return _output(problem, res.x * mw, res.iterations,
                    {"algorithm": "tv-pdhg", "lam": lam, "lipschitz": lip, "warm_start": warm,

@@ -29,18 +29,20 @@ chosen on simulated Shepp-Logan and brain-like phantoms at R = 4..12 with 8 coil
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
+from medrecon.config import option
 from medrecon.errors import MeasurementError
 from medrecon.operators.base import LinearOperator
 from medrecon.operators.finite_difference import FiniteDifference
 from medrecon.operators.functional.fft import ifftc
-from medrecon.operators.wavelets import WaveletTransform
+from medrecon.operators.wavelets import WaveletTransform, wavelet_filters
 from medrecon.problem import Problem, kspace_tensor, measurement_problem
-from medrecon.recon.classical import ReconOptions, ReconOutput, register_method
+from medrecon.recon.base import ReconOptions, ReconOutput, method_settings
 from medrecon.solvers import (
     conjugate_gradient,
     fista,
@@ -59,13 +61,71 @@ __all__ = [
     "cg_sense",
     "l1_wavelet",
     "total_variation",
+    "DEFAULT_ALPHA",
     "DEFAULT_ITERATIONS",
+    "L1WaveletSettings",
+    "SenseSettings",
+    "TVSettings",
+    "ZeroFilledSettings",
 ]
 
 #: Default iteration counts (``--iterations`` overrides them).
 DEFAULT_ITERATIONS = {"cg-sense": 30, "l1-wavelet": 100, "tv": 300}
 #: Default relative weights: lam = alpha * robust max |A^H y| (cg-sense: absolute, scale-free).
 DEFAULT_ALPHA = {"cg-sense": 1e-3, "l1-wavelet": 1e-3, "tv": 5e-4}
+
+
+@dataclass(frozen=True)
+class SenseSettings:
+    """Options (``--set``) of every MRI method: how the SENSE operator is built."""
+
+    maps_method: Literal["espirit", "lowres"] = option(
+        "espirit", help="Coil-map estimation for files without maps (fastMRI).")
+    coil_batch: int | None = option(None, ge=1, help="Coils transformed at once (memory).")
+
+
+@dataclass(frozen=True)
+class ZeroFilledSettings(SenseSettings):
+    """zero-filled: the coil combination (default: SENSE with the file's maps or one coil,
+    else root-sum-of-squares, which needs no maps)."""
+
+    combine: Literal["rss", "sense"] | None = None
+
+
+def _check_axes(axes: tuple[int, ...], key: str) -> None:
+    if not axes or any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
+        raise ValueError(f"{key} must list distinct image axes among 0, 1 and 2, got "
+                         f"{list(axes)}")
+
+
+@dataclass(frozen=True)
+class L1WaveletSettings(SenseSettings):
+    """l1-wavelet: the transform (orthogonal PyWavelets name, levels, axes) and whether the
+    coarsest approximation band is penalised."""
+
+    wavelet: str = option("db2", help="Orthogonal wavelet: haar, dbN, symN or coifN.")
+    levels: int | None = option(None, ge=1, help="Decomposition levels (default: as many as "
+                                                 "keep the coarsest band longer than the filter).")
+    wavelet_axes: tuple[int, ...] = (0, 1, 2)
+    penalise_approximation: bool = False
+
+    def __post_init__(self) -> None:
+        _check_axes(self.wavelet_axes, "wavelet_axes")
+        wavelet_filters(self.wavelet)  # ValueError naming the unknown wavelet
+
+
+@dataclass(frozen=True)
+class TVSettings(SenseSettings):
+    """tv: the gradient axes (default: all three for 3D data, in-plane for 2D multi-slice)
+    and PDHG's steps (default: tau = 1 / L, sigma from Condat-Vu's bound)."""
+
+    tv_axes: tuple[int, ...] | None = None
+    tau: float | None = option(None, gt=0)
+    sigma: float | None = option(None, gt=0)
+
+    def __post_init__(self) -> None:
+        if self.tv_axes is not None:
+            _check_axes(self.tv_axes, "tv_axes")
 
 
 def _check_mr(m: Measurement) -> None:
@@ -101,31 +161,30 @@ def _output(problem: Problem, x: torch.Tensor, iterations: int,
     return ReconOutput(image=img, residual=problem.residual(x), iterations=iterations, info=info)
 
 
-def _setup(m: Measurement, options: ReconOptions,
+def _setup(m: Measurement, settings: SenseSettings,
            device: torch.device) -> tuple[Problem, dict[str, Any]]:
     _check_mr(m)
-    problem = measurement_problem(
-        m, device, coil_batch=options.extra.get("coil_batch"),
-        maps_method=str(options.extra.get("maps_method", "espirit")))
+    problem = measurement_problem(m, device, coil_batch=settings.coil_batch,
+                                  maps_method=settings.maps_method)
     return problem, {"coil_maps": problem.info["coil_maps"], "device": str(device)}
 
 
 # -------------------------------------------------------------------------------------------
 # Methods
 # -------------------------------------------------------------------------------------------
-@register_method("MR", "zero-filled")
 def zero_filled(m: Measurement, options: ReconOptions, device: torch.device) -> ReconOutput:
     """Adjoint reconstruction: |A^H y| with coil maps, root-sum-of-squares without.
 
     Without maps in the file (and more than one coil) the coil images ``F^H y_c`` are combined
     by RSS, which needs no maps; the residual is then that of the coil images (the zero-filled
     coil images reproduce the samples exactly, so it is ~0). ``extra={"combine": "sense"}``
-    forces the SENSE combination with estimated maps.
+    forces the SENSE combination with estimated maps (:class:`ZeroFilledSettings`).
     """
+    settings = method_settings(ZeroFilledSettings, options.extra, "zero-filled")
     _check_mr(m)
     t0 = time.perf_counter()
-    combine = str(options.extra.get("combine", "sense" if m.coil_maps is not None or
-                                    m.n_coils == 1 else "rss")).lower()
+    combine = settings.combine or ("sense" if m.coil_maps is not None or m.n_coils == 1
+                                   else "rss")
     if combine == "rss":
         y = kspace_tensor(m, device)  # no maps needed: not the SENSE problem
         dims = tuple(d - 3 for d in m.fft_dims)
@@ -140,23 +199,22 @@ def zero_filled(m: Measurement, options: ReconOptions, device: torch.device) -> 
         info = {"combine": "rss", "device": str(device),
                 "seconds": time.perf_counter() - t0}
         return ReconOutput(image=img.cpu().numpy(), residual=res, iterations=0, info=info)
-    if combine != "sense":
-        raise MeasurementError(f"Unknown coil combination {combine!r}; use rss or sense.")
-    problem, info = _setup(m, options, device)
+    problem, info = _setup(m, settings, device)
     x = problem.op.adjoint(problem.y)
     info.update(combine="sense", seconds=time.perf_counter() - t0)
     return _output(problem, x, 0, info)
 
 
-@register_method("MR", "cg-sense")
 def cg_sense(m: Measurement, options: ReconOptions, device: torch.device) -> ReconOutput:
     """CG-SENSE with Tikhonov regularisation: argmin ||A x - y||^2 + lam ||x||^2.
 
     Conjugate gradients on ``(A^H A + lam I) x = A^H y`` from x = 0; stops after ``iterations``
     (default 30) or when the relative residual of the normal equations is below ``tol``.
+    Options: :class:`SenseSettings`.
     """
+    settings = method_settings(SenseSettings, options.extra, "cg-sense")
     t0 = time.perf_counter()
-    problem, info = _setup(m, options, device)
+    problem, info = _setup(m, settings, device)
     op = problem.op
     rhs = op.adjoint(problem.y)
     lam = DEFAULT_ALPHA["cg-sense"] if options.lam is None else float(options.lam)
@@ -172,28 +230,25 @@ def cg_sense(m: Measurement, options: ReconOptions, device: torch.device) -> Rec
     return _output(problem, res.x, res.iterations, info)
 
 
-@register_method("MR", "l1-wavelet")
 def l1_wavelet(m: Measurement, options: ReconOptions, device: torch.device) -> ReconOutput:
     """L1-wavelet compressed sensing: argmin 1/2 ||A x - y||^2 + lam ||W x||_1.
 
     FISTA with step 1/L, L = ||A^H A|| by power iteration; the prox of the analysis term is
     ``W^H soft(W v, lam * step)``, exact for the orthonormal W of
-    :class:`~medrecon.operators.wavelets.WaveletTransform`. As in BART's ``pics -l1``, the default
-    wavelet is Daubechies-2 (BART's "dau2", 4 taps; options ``extra={"wavelet": "db2",
-    "levels": None, "wavelet_axes": (0, 1, 2)}``) and the coarsest approximation band is not
-    penalised (it holds the image's
-    low-resolution content, not sparsity); ``extra={"penalise_approximation": True}`` penalises
-    every coefficient. Starts from A^H y; default 100 iterations.
+    :class:`~medrecon.operators.wavelets.WaveletTransform`. As in BART's ``pics -l1``, the
+    default wavelet is Daubechies-2 (BART's "dau2", 4 taps) and the coarsest approximation band
+    is not penalised (it holds the image's low-resolution content, not sparsity); options
+    (:class:`L1WaveletSettings`) change both. Starts from A^H y; default 100 iterations.
     """
+    settings = method_settings(L1WaveletSettings, options.extra, "l1-wavelet")
     t0 = time.perf_counter()
-    problem, info = _setup(m, options, device)
+    problem, info = _setup(m, settings, device)
     op = problem.op
     x0 = op.adjoint(problem.y)
     lam = default_lam("l1-wavelet", x0) if options.lam is None else float(options.lam)
-    wav = WaveletTransform(m.image_shape, wavelet=str(options.extra.get("wavelet", "db2")),
-                           levels=options.extra.get("levels"),
-                           axes=tuple(options.extra.get("wavelet_axes", (0, 1, 2))))
-    penalise_approx = bool(options.extra.get("penalise_approximation", False))
+    wav = WaveletTransform(m.image_shape, wavelet=settings.wavelet, levels=settings.levels,
+                           axes=settings.wavelet_axes)
+    penalise_approx = settings.penalise_approximation
     lipschitz = _lipschitz(op, x0, device)
     step = 1.0 / max(lipschitz * 1.01, 1e-12)  # 1 % margin for the power-iteration estimate
 
@@ -217,7 +272,6 @@ def l1_wavelet(m: Measurement, options: ReconOptions, device: torch.device) -> R
     return _output(problem, res.x, res.iterations, info)
 
 
-@register_method("MR", "tv")
 def total_variation(m: Measurement, options: ReconOptions, device: torch.device) -> ReconOutput:
     """Isotropic total variation: argmin 1/2 ||A x - y||^2 + lam sum_voxels |grad x|_2.
 
@@ -226,23 +280,25 @@ def total_variation(m: Measurement, options: ReconOptions, device: torch.device)
     term as the smooth part h (Condat-Vu form of :func:`~medrecon.solvers.pdhg`), so each
     iteration costs one ``A^H A`` (whose readout FFT cancels) instead of a forward and an
     adjoint. Steps: ``tau = 1 / L`` (the gradient step of the data term, L = ||A^H A||) and
-    ``sigma = 0.95 (1 / tau - L / 2) / ||D||^2`` with ``||D||^2 = 4 * (number of TV axes)``. For 2D multi-slice data the
-    gradient is in-plane only unless ``extra={"tv_axes": (0, 1, 2)}``. Starts from A^H y;
-    default 300 iterations.
+    ``sigma = 0.95 (1 / tau - L / 2) / ||D||^2`` with ``||D||^2 = 4 * (number of TV axes)``.
+    For 2D multi-slice data the gradient is in-plane only unless ``extra={"tv_axes": (0, 1,
+    2)}`` (:class:`TVSettings`). Starts from A^H y; default 300 iterations.
     """
+    settings = method_settings(TVSettings, options.extra, "tv")
     t0 = time.perf_counter()
-    problem, info = _setup(m, options, device)
+    problem, info = _setup(m, settings, device)
     op = problem.op
     x0 = op.adjoint(problem.y)
     lam = default_lam("tv", x0) if options.lam is None else float(options.lam)
     default_axes = (0, 1, 2) if len(m.fft_dims) == 3 else (0, 1)
-    diff = FiniteDifference(m.image_shape, dims=tuple(options.extra.get("tv_axes", default_axes)))
+    diff = FiniteDifference(m.image_shape, dims=settings.tv_axes or default_axes)
     lipschitz = _lipschitz(op, x0, device) * 1.01
     d_norm2 = 4.0 * len(diff.dims)  # ||D||^2 <= 4 per axis (tight for large grids)
     # The primal step is what moves the image, so take the gradient step 1/L and give the dual
     # what is left of Condat-Vu's bound 1/tau - sigma ||D||^2 >= L/2 (with a 5 % margin).
-    tau = float(options.extra.get("tau", 1.0 / lipschitz))
-    sigma = float(options.extra.get("sigma", 0.95 * (1.0 / tau - lipschitz / 2.0) / d_norm2))
+    tau = settings.tau if settings.tau is not None else 1.0 / lipschitz
+    sigma = (settings.sigma if settings.sigma is not None
+             else 0.95 * (1.0 / tau - lipschitz / 2.0) / d_norm2)
 
     def grad_h(x: torch.Tensor) -> torch.Tensor:
         return op.normal(x) - x0  # A^H (A x - y)

@@ -5,10 +5,15 @@ Public API (see :mod:`medrecon.sampling.api`)::
     from medrecon.sampling import posterior_sample, SamplerOptions, calibration
     res = posterior_sample(measurement, prior, sampler="dds", steps=50, samples=4, seed=0)
 
+``medrecon reconstruct --method diffusion`` and :func:`medrecon.reconstruct.reconstruct` run
+the same with a typed :class:`~medrecon.sampling.config.DiffusionConfig`.
+
 Building blocks: :mod:`~medrecon.sampling.samplers` (DDIM/DDS, DiffPIR, predictor-corrector,
-DPS loops), :mod:`~medrecon.sampling.consistency` (proximal CG step, projections, the
-model-space <-> physical-unit map), :mod:`~medrecon.sampling.tiling` (volumes larger than the
-prior's patch) and :mod:`~medrecon.sampling.gaussian` (exact Gaussian prior for tests).
+DPS loops), :mod:`~medrecon.sampling.consistency` (the immutable :class:`LinearProblem` with
+its proximal CG step and projections), :mod:`~medrecon.sampling.tiling` (volumes larger than
+the prior's patch) and :mod:`~medrecon.sampling.gaussian` (exact Gaussian prior for tests). The
+physics comes from :func:`medrecon.problem.measurement_problem`; sampling never imports the
+classical methods of :mod:`medrecon.recon`.
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ from medrecon.sampling.api import (
     calibration,
     posterior_sample,
     prior_denoiser,
+    prior_on_device,
     sample_problem,
 )
+from medrecon.sampling.config import DiffusionConfig
 from medrecon.sampling.consistency import LinearProblem, ProximalDenoiser
 from medrecon.sampling.tiling import TiledDenoiser
 
 __all__ = [
     "SAMPLERS",
+    "DiffusionConfig",
     "LinearProblem",
     "PosteriorResult",
     "ProximalDenoiser",
@@ -35,5 +43,6 @@ __all__ = [
     "calibration",
     "posterior_sample",
     "prior_denoiser",
+    "prior_on_device",
     "sample_problem",
 ]

@@ -17,6 +17,7 @@ from medrecon.io.measurement import (
     write_measurement,
 )
 from medrecon.io.volume import Volume
+from medrecon.methods import available_methods, get_method
 from medrecon.operators.base import adjoint_mismatch
 from medrecon.operators.ct import (
     CTGeometry,
@@ -27,7 +28,7 @@ from medrecon.operators.ct import (
 )
 from medrecon.phantoms import SHEPP_LOGAN_3D, Ellipsoid, ellipsoid_phantom
 from medrecon.problem import measurement_problem
-from medrecon.recon.classical import ReconOptions, available_methods, get_method
+from medrecon.recon.base import ReconOptions
 from medrecon.recon.ct import (
     FILTERS,
     analytic_reconstruction,

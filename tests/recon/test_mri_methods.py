@@ -6,18 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from medrecon.errors import InputError, MeasurementError
+from medrecon.errors import ConfigError, InputError, MeasurementError
 from medrecon.io import Volume
 from medrecon.io.measurement import Measurement, ReferenceGeometry, mri_operator_description
+from medrecon.methods import available_methods, get_method
 from medrecon.phantoms import shepp_logan_3d
 from medrecon.problem import measurement_problem
-from medrecon.recon.classical import (
-    ReconOptions,
-    ReconOutput,
-    available_methods,
-    get_method,
-    register_method,
-)
+from medrecon.recon.base import ReconOptions
 from medrecon.simulate import MRISettings, SimulationConfig, simulate
 
 SHAPE = (20, 18, 16)  # odd, non-cubic: exposes axis and fftshift mistakes
@@ -52,12 +47,22 @@ def test_registry_lists_mri_methods_and_rejects_unknown() -> None:
         get_method("PET", "tv")
 
 
-def test_register_method_refuses_a_second_function_under_a_taken_name() -> None:
-    def other(m: Measurement, o: ReconOptions, d: torch.device) -> ReconOutput:
-        raise AssertionError
-
-    with pytest.raises(ValueError, match="already registered"):
-        register_method("MR", "tv")(other)
+def test_method_options_are_typed_and_checked_before_any_work(meas3d: Measurement) -> None:
+    cases = [
+        ("l1-wavelet", {"wavelet": "xyz"}, "l1-wavelet options: unknown wavelet 'xyz'"),
+        ("l1-wavelet", {"levels": 0}, "key 'levels' must be >= 1"),
+        ("tv", {"tv_axes": [7]}, "tv_axes must list distinct image axes"),
+        ("tv", {"wavelt": "db4"}, "unknown key 'wavelt'"),
+        ("zero-filled", {"combine": "max"}, "key 'combine' must be one of 'rss', 'sense'"),
+        ("cg-sense", {"maps_method": "magic"}, "key 'maps_method' must be one of"),
+    ]
+    for method, extra, fragment in cases:
+        with pytest.raises(ConfigError) as exc:
+            get_method("MR", method)(meas3d, ReconOptions(extra=extra), CPU)
+        assert fragment in str(exc.value), (method, str(exc.value))
+    out = get_method("MR", "l1-wavelet")(
+        meas3d, ReconOptions(iterations=2, extra={"wavelet": "haar", "levels": 1}), CPU)
+    assert (out.info["wavelet"], out.info["levels"]) == ("haar", 1)
 
 
 def test_recon_options_validation() -> None:

@@ -168,7 +168,8 @@ def test_sample_problem_leaves_the_problem_alone() -> None:
 
 
 def test_diffusion_registered_in_reconstruct(ct_measurement, tiny_prior_path) -> None:
-    from medrecon.recon.classical import ReconOptions, available_methods
+    from medrecon.methods import available_methods
+    from medrecon.recon.base import ReconOptions
     from medrecon.reconstruct import reconstruct
 
     assert "diffusion" in available_methods("MR") and "diffusion" in available_methods("CT")
