@@ -1,9 +1,11 @@
 """Classical CT reconstructions: FBP (parallel, fan), FDK (cone), SIRT, CGLS and TV (PDHG).
 
 All methods take a CT :class:`~medrecon.io.measurement.Measurement` (sinogram of line integrals,
-geometry in ``operator``) and return HU on the reference grid. Internally images are the linear
-attenuation mu in 1/mm; the HU <-> mu mapping is :mod:`medrecon.intensity` with the water value
-stored in the measurement (``operator["mu_water_per_mm"]``).
+geometry in ``operator``) and return HU on the reference grid. They start from its physics
+problem (:func:`medrecon.problem.measurement_problem`: the projector of the measured views, the
+data, the pixel weights applied once, the HU <-> mu map with the file's water value); images
+are the linear attenuation mu in 1/mm. Each method's own options are a frozen dataclass
+(:class:`FBPSettings`, :class:`SIRTSettings`, :class:`CGLSSettings`, :class:`TVSettings`).
 
 Analytic methods (Kak & Slaney, *Principles of Computerized Tomographic Imaging*, ch. 3)::
 

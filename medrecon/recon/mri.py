@@ -3,6 +3,9 @@
 All methods solve for a complex image x of shape (I, J, K) from multi-coil k-space y of shape
 (C, I, J, K) through the SENSE operator ``A = M F S`` of :mod:`medrecon.operators.mri`
 (orthonormal centred FFT, maps normalised so that sum_c |S_c|^2 = 1), and return its magnitude.
+Operator and data come from :func:`medrecon.problem.measurement_problem` (which estimates coil
+maps for files without them); each method's own options are a frozen dataclass
+(:class:`SenseSettings` and its subclasses), read from ``ReconOptions.extra``.
 Because A is built from unitary pieces, the magnitude is in the reference's intensity scale:
 simulating from a reference and reconstructing gives back values comparable to the reference,
 with no rescaling.

@@ -12,10 +12,14 @@
     res.mean, res.std      # (I, J, K) numpy, reference units (MR magnitude, CT HU)
     res.residual, res.nfe, res.timings
 
-Lower level, for any operator and any denoiser (the analytic tests use this)::
+The measurement's physics (operator, data, noise, unit maps into the prior's model range) comes
+from :func:`medrecon.problem.measurement_problem`; the prior is used where it is, or copied to
+``device``, never moved. Lower level, for any operator and any denoiser (the analytic tests use
+this)::
 
     problem = LinearProblem(op, y, noise_std=..., scale=..., offset=...)
     out = sample_problem(denoiser, problem, (I, J, K), sampler="dds", steps=50, samples=8)
+    x = problem.to_physical(out.samples, out.phase)     # keep_samples=True
 
 Default hyper-parameters (``SamplerOptions``): the operator and data are divided by ||A|| (a
 power iteration) so that ``A^H A`` has unit norm and step sizes transfer between MRI, CT and
