@@ -21,6 +21,7 @@ method needs one function and one entry in :data:`_SPECS`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -83,8 +84,6 @@ class MethodSpec:
     @property
     def option_names(self) -> tuple[str, ...]:
         """The keys ``ReconOptions.extra`` (``--set``) accepts for this method."""
-        import dataclasses
-
         return tuple(f.name for f in dataclasses.fields(self.settings))
 
     def resolve_settings(self, extra: Mapping[str, Any]) -> Any:

@@ -28,8 +28,8 @@ still holds exactly. The phase is sampler state: :meth:`LinearProblem.init_phase
 the methods take it, and the hard projections return the updated one; the problem itself
 never changes.
 
-The conjugate gradients are the package's one batched CG (:func:`medrecon.solvers
-.conjugate_gradient`): every chain gets its own step sizes.
+The conjugate gradients are the package's one batched CG
+(:func:`medrecon.solvers.conjugate_gradient`): every chain gets its own step sizes.
 
 The maths of the proximal step (for a per-sample prior variance ``v`` of x0 in model space):
 
