@@ -31,9 +31,10 @@ from scipy.ndimage import binary_erosion
 from medrecon.io.measurement import Measurement, ReferenceGeometry
 from medrecon.io.operator_schema import ct_operator_description
 from medrecon.io.volume import Volume
+from medrecon.methods import get_method
 from medrecon.metrics import psnr, ssim
 from medrecon.phantoms import SHEPP_LOGAN_3D, Ellipsoid, ellipsoid_phantom
-from medrecon.recon.classical import ReconOptions, get_method
+from medrecon.recon.base import ReconOptions
 from medrecon.simulate import simulate_sinogram
 
 # Additive values per Shepp-Logan ellipsoid so that air is -1000 HU after the offset.

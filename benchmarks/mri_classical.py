@@ -38,10 +38,12 @@ import torch
 
 from medrecon.io import Volume
 from medrecon.io.cfl import read_cfl, write_cfl
+from medrecon.methods import get_method
 from medrecon.metrics import psnr, ssim
 from medrecon.phantoms import shepp_logan_3d
-from medrecon.recon.classical import ReconOptions, get_method
-from medrecon.recon.mri import DEFAULT_ALPHA, default_lam, measurement_operator
+from medrecon.problem import measurement_problem
+from medrecon.recon.base import ReconOptions
+from medrecon.recon.mri import DEFAULT_ALPHA, default_lam
 from medrecon.simulate import MRISettings, SimulationConfig, simulate
 
 # Relative weights (lam = alpha * robust max |A^H y|) tried for the oracle-tuned rows; CG-SENSE
@@ -84,7 +86,7 @@ def run_case(name: str, size: int, acceleration: float, use_bart: bool,
                                            calibration=max(8, size // 6), snr=30.0))
     m = simulate(ref_vol, cfg)
     cpu = torch.device("cpu")
-    scale = default_lam("tv", measurement_operator(m, cpu).adjoint(
+    scale = default_lam("tv", measurement_problem(m, cpu).op.adjoint(
         torch.from_numpy(m.data))) / DEFAULT_ALPHA["tv"]
     rows: list[dict] = []
     base = {"phantom": name, "size": size, "acceleration": round(m.acquisition["acceleration"], 2)}

@@ -219,14 +219,15 @@ def prior_part(steps: int, size: int, seed: int, prior_name: str) -> dict[str, A
     from medrecon.metrics import compare_volumes
     from medrecon.priors import load_prior
     from medrecon.priors.synthetic import generate_head
+    from medrecon.problem import measurement_problem
     from medrecon.sampling import (
+        LinearProblem,
         PosteriorResult,
-        measurement_problem,
         prior_denoiser,
         sample_problem,
     )
-    from medrecon.sampling.consistency import operator_norm
     from medrecon.simulate import simulate
+    from medrecon.solvers import power_iteration
 
     dev = torch.device("cpu")
     prior = load_prior(prior_name, device=dev)
@@ -247,7 +248,8 @@ def prior_part(steps: int, size: int, seed: int, prior_name: str) -> dict[str, A
 
     # medrecon DDS and DiffPIR (single chain each).
     for name in ("dds", "diffpir"):
-        problem, _ = measurement_problem(meas, prior.normalisation, dev)
+        problem = LinearProblem.from_problem(
+            measurement_problem(meas, dev, model=prior.normalisation))
         den = prior_denoiser(prior, "CT", seed=seed, device=dev)
         t0 = time.perf_counter()
         res: PosteriorResult = sample_problem(
@@ -257,12 +259,12 @@ def prior_part(steps: int, size: int, seed: int, prior_name: str) -> dict[str, A
         evaluate(f"medrecon {name}", res.samples[0], time.perf_counter() - t0, res.nfe)
 
     # deepinv DiffPIR with the same tiled denoiser and the same (affine-folded) operator.
-    problem, _ = measurement_problem(meas, prior.normalisation, dev)
+    problem = LinearProblem.from_problem(measurement_problem(meas, dev, model=prior.normalisation))
     shape = tuple(problem.op.ishape)
     ones = torch.ones(shape)
     y0 = problem.y - problem.op.forward(problem.offset * ones)
-    norm = operator_norm(problem.op, torch.zeros(shape), iters=15,
-                         generator=torch.Generator().manual_seed(seed)) * problem.scale
+    start = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    norm = math.sqrt(power_iteration(problem.op.normal, start, iters=15).gain) * problem.scale
     y = (y0 / norm).unsqueeze(0).unsqueeze(0)
     physics = _physics(lambda x: (problem.op.forward(problem.scale * x[:, 0]) / norm).unsqueeze(1),
                        lambda r: (problem.scale * problem.op.adjoint(r[:, 0]) / norm).unsqueeze(1),

@@ -58,7 +58,7 @@ def main() -> None:
     dpir = ProximalDenoiser(prior.denoiser, prob, diffpir_variance(1.0), cg_iters=n + 1, tol=0)
 
     def proj(z: torch.Tensor, s: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        return prob.noised_projection(z, s, gen)
+        return prob.noised_projection(z, s, gen)[0]
 
     runs = {
         "dds eta=0": lambda x, s, gen: S.ddim(dds, x, s, gen, eta=0.0),

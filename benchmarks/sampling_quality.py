@@ -44,24 +44,26 @@ def _metrics(x: np.ndarray, ref: np.ndarray, mask: np.ndarray, data_range: float
 
 def _classical(m, methods_swept: tuple[str, ...], methods_plain: tuple[str, ...], ref, mask,
                data_range: float, device: str, quick: bool) -> dict:
-    from medrecon.recon.classical import ReconOptions
-    from medrecon.reconstruct import reconstruct
+    from medrecon.methods import get_method
+    from medrecon.reconstruct import ReconOptions, reconstruct
+
+    def iterations(name: str) -> int | None:  # --quick shortens iterative methods only
+        return 5 if quick and get_method(m.modality, name).iterative else None
 
     out: dict[str, dict] = {}
     for name in methods_plain:
         t0 = time.perf_counter()
-        r = reconstruct(m, name, ReconOptions(device=device,
-                                              iterations=5 if quick else None))
+        r = reconstruct(m, name, ReconOptions(device=device, iterations=iterations(name)))
         out[name] = {**_metrics(r.volume.data, ref, mask, data_range),
                      "seconds": time.perf_counter() - t0}
     for name in methods_swept:
-        base = reconstruct(m, name, ReconOptions(device=device, iterations=5 if quick else None))
+        base = reconstruct(m, name, ReconOptions(device=device, iterations=iterations(name)))
         lam0 = float(base.output.info.get("lam", 0.0))
         best = None
         for f in (LAM_FACTORS[1:4] if quick else LAM_FACTORS):
             t0 = time.perf_counter()
             r = reconstruct(m, name, ReconOptions(lam=lam0 * f, device=device,
-                                                  iterations=5 if quick else None))
+                                                  iterations=iterations(name)))
             met = {**_metrics(r.volume.data, ref, mask, data_range), "lam": lam0 * f,
                    "lam_factor": f, "seconds": time.perf_counter() - t0}
             if best is None or met["psnr"] > best["psnr"]:

@@ -416,7 +416,7 @@ def run_modality(plan: DemoPlan, prior: Prior, staging: Path, echo: Echo,
     from medrecon.io.measurement import write_measurement
     from medrecon.metrics import foreground_mask
     from medrecon.priors.synthetic import generate_head
-    from medrecon.recon.classical import ReconOptions
+    from medrecon.recon.base import ReconOptions
     from medrecon.reconstruct import reconstruct, reconstruction_volume
     from medrecon.sampling import calibration, posterior_sample
     from medrecon.simulate import simulate
@@ -542,11 +542,11 @@ def _baseline_lam(meas: Measurement, choice: BaselineChoice, device: torch.devic
         return float(choice.weight)
     import torch
 
-    from medrecon.recon.mri import kspace_tensor, measurement_operator
+    from medrecon.problem import measurement_problem
 
-    op = measurement_operator(meas, device)
+    problem = measurement_problem(meas, device)
     with torch.no_grad():
-        zf = op.adjoint(kspace_tensor(meas, device)).abs().flatten()
+        zf = problem.op.adjoint(problem.y).abs().flatten()
     k = max(1, int(0.99 * zf.numel()))
     return float(choice.weight * float(zf.kthvalue(k).values))
 
@@ -631,8 +631,8 @@ def run_demo(out: str | os.PathLike[str] = "medrecon-demo", modality: str = "bot
     import torch
 
     from medrecon import __version__
+    from medrecon.device import resolve_device
     from medrecon.io.atomic import atomic_file
-    from medrecon.recon.classical import resolve_device
     from medrecon.report import METRIC_DEFINITIONS
     from medrecon.sampling import SAMPLERS
 
@@ -745,9 +745,10 @@ def sweep_baseline(modality: str, method: str, weights: Sequence[float],
     """
     import torch
 
+    from medrecon.device import resolve_device
     from medrecon.metrics import foreground_mask
     from medrecon.priors.synthetic import generate_head, split_seeds
-    from medrecon.recon.classical import ReconOptions, resolve_device
+    from medrecon.recon.base import ReconOptions
     from medrecon.reconstruct import reconstruct
     from medrecon.simulate import simulate
 

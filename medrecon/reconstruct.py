@@ -1,40 +1,80 @@
 """The one path from a :class:`Measurement` and a method to a reconstructed :class:`Volume`.
 
-``medrecon reconstruct`` and the Python API both call :func:`reconstruct`::
+``medrecon reconstruct``, the demo and the Python API all call :func:`reconstruct`, for the
+classical methods and for diffusion posterior sampling alike::
 
-    from medrecon.io.measurement import read_measurement
     from medrecon.io import save_volume
-    from medrecon.reconstruct import reconstruct
-    from medrecon.recon.classical import ReconOptions
+    from medrecon.io.measurement import read_measurement
+    from medrecon.reconstruct import ReconOptions, reconstruct
 
-    result = reconstruct(read_measurement("t1_R8.h5"), "l1-wavelet", ReconOptions(iterations=50))
-    print(result.residual)
+    m = read_measurement("t1_R8.h5")
+    result = reconstruct(m, "l1-wavelet", ReconOptions(iterations=50))
+    dm = reconstruct(m, "diffusion", ReconOptions(extra={"samples": 4}))  # shipped prior
+    print(result.residual, dm.std_volume.shape)
     save_volume(result.volume, "t1_l1.nii.gz")
 
-Classical methods are looked up in the registry of :mod:`medrecon.recon.classical` ("MR":
-zero-filled, cg-sense, l1-wavelet, tv; "CT": fbp, fdk, sirt, cgls, tv). The result is a Volume in
-the reference geometry of the measurement (same affine, shape, modality, units and DICOM header),
-so writing it as NIfTI or as a derived DICOM series puts it where the reference study was.
+Methods and their metadata are in the registry of :mod:`medrecon.methods` ("MR": zero-filled,
+cg-sense, l1-wavelet, tv, diffusion; "CT": fbp, fdk, sirt, cgls, tv, diffusion). ``lam`` and
+``iterations`` are refused for methods without a weight or iterations, and the method's own
+options (``ReconOptions.extra``) are validated before any work. The result is a Volume in the
+reference geometry of the measurement (same affine, shape, modality, units and DICOM header),
+so writing it as NIfTI or as a derived DICOM series puts it where the reference study was;
+``result.settings`` is what the run used (``medrecon reconstruct`` writes it next to the
+output).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from medrecon.config import to_dict
+from medrecon.device import resolve_device
+from medrecon.errors import InputError
 from medrecon.io.measurement import Measurement
 from medrecon.io.volume import Volume
-from medrecon.recon.classical import (
-    ReconOptions,
-    ReconOutput,
-    get_method,
-    resolve_device,
-)
+from medrecon.methods import available_methods, diffusion_config, diffusion_method, get_method
+from medrecon.recon.base import ReconOptions, ReconOutput
 
-__all__ = ["ReconstructionResult", "reconstruct", "reconstruction_volume"]
+if TYPE_CHECKING:
+    from medrecon.priors import Prior
+
+__all__ = ["ReconOptions", "ReconstructionResult", "ReconstructionSettings", "reconstruct",
+           "reconstruction_volume"]
+
+
+@dataclass(frozen=True)
+class ReconstructionSettings:
+    """What a reconstruction ran with (YAML-ready; :func:`medrecon.config.load_config` reads it
+    back, :meth:`recon_options` turns it into options that repeat the run).
+
+    Attributes:
+        method, modality: the method and the measurement's modality.
+        lam, iterations, tol: as given (None: the method's default rule).
+        device: the device the run used ("cpu", "cuda:0", ...).
+        options: the method's options with every default filled in (diffusion: the resolved
+            :class:`~medrecon.sampling.config.DiffusionConfig`, per-modality defaults included).
+        resolved: what the defaults came to on this measurement: ``lam`` (the weight used),
+            ``iterations`` (run).
+    """
+
+    method: str
+    modality: Literal["MR", "CT"]
+    lam: float | None = None
+    iterations: int | None = None
+    tol: float = 1e-4
+    device: str = "auto"
+    options: dict[str, Any] = field(default_factory=dict)
+    resolved: dict[str, Any] = field(default_factory=dict)
+
+    def recon_options(self, progress: bool = False) -> ReconOptions:
+        """Options that repeat this reconstruction."""
+        return ReconOptions(lam=self.lam, iterations=self.iterations, tol=self.tol,
+                            device=self.device, progress=progress, extra=dict(self.options))
 
 
 @dataclass
@@ -46,8 +86,9 @@ class ReconstructionResult:
         output: the method's :class:`ReconOutput` (image, residual, iterations, info).
         method: the method name.
         modality: "MR" or "CT".
-        options: the options used.
+        options: the options given.
         seconds: wall-clock time of the method.
+        settings: the resolved settings of the run.
         std_volume: per-voxel standard deviation in the same geometry, for methods that
             return one (``output.info["std_image"]``, e.g. posterior sampling), else None.
     """
@@ -58,12 +99,13 @@ class ReconstructionResult:
     modality: str
     options: ReconOptions
     seconds: float
+    settings: ReconstructionSettings
     std_volume: Volume | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def residual(self) -> float:
-        """Data-consistency residual ``||M(A x) - y|| / ||y||``."""
+        """Data-consistency residual ``||M(Ax) - y|| / ||y||``."""
         return self.output.residual
 
 
@@ -83,36 +125,74 @@ def reconstruction_volume(measurement: Measurement, image: np.ndarray, method: s
                       reconstruction={"method": method, **scalars})
 
 
-def reconstruct(measurement: Measurement, method: str,
-                options: ReconOptions | None = None) -> ReconstructionResult:
-    """Reconstruct ``measurement`` with the classical ``method``.
+def _check_options(method: str, options: ReconOptions, weighted: bool, iterative: bool,
+                   modality: str) -> None:
+    def having(flag: str) -> str:
+        names = [n for n in available_methods(modality)  # type: ignore[union-attr]
+                 if getattr(get_method(modality, n), flag)]
+        return ", ".join(names)
+
+    if options.lam is not None and not weighted:
+        raise InputError(f"lam does not apply to the method {method}: it has no "
+                         f"regularisation weight ({having('weighted')} have one).")
+    if options.iterations is not None and not iterative:
+        raise InputError(f"iterations does not apply to the method {method}, which is direct "
+                         f"(not iterative).")
+
+
+def reconstruct(measurement: Measurement, method: str, options: ReconOptions | None = None,
+                *, prior: Prior | None = None) -> ReconstructionResult:
+    """Reconstruct ``measurement`` with ``method`` (classical or "diffusion").
 
     Args:
         measurement: an MR or CT measurement (from :func:`~medrecon.io.measurement.read_measurement`
-            or :func:`~medrecon.simulate.simulate`).
+            or :func:`~medrecon.simulate.simulate`); it is not modified.
         method: a method registered for the measurement's modality, e.g. "cg-sense".
-        options: lam, iterations, tol, device, progress and method-specific extras.
+        options: lam, iterations, tol, device, progress and the method's own options.
+        prior: diffusion only: a loaded prior to use instead of loading
+            ``options.extra["prior"]`` (any device; the caller's object is not changed).
 
     Raises:
-        InputError: the method is unknown for the modality, or the device is unavailable.
+        InputError: the method is unknown for the modality, lam or iterations do not apply to
+            it, a prior is given to a classical method, or the device is unavailable.
+        ConfigError: a method option is unknown or invalid.
     """
     import torch
 
     options = options or ReconOptions()
-    fn = get_method(measurement.modality, method)
+    spec = get_method(measurement.modality, method)
+    _check_options(spec.name, options, spec.weighted, spec.iterative, spec.modality)
+    diffusion = spec.run is diffusion_method
+    if prior is not None and not diffusion:
+        raise InputError(f"A prior applies to the method diffusion, not {spec.name}.")
+    # Validate the method's options before any work; keep them with their defaults.
+    settings_obj = (diffusion_config(options) if diffusion
+                    else spec.resolve_settings(options.extra))
     device = resolve_device(options.device)
     t0 = time.perf_counter()
     with torch.no_grad():
-        output = fn(measurement, options, device)
+        if diffusion:
+            output = diffusion_method(measurement, options, device, prior=prior)
+        else:
+            output = spec(measurement, options, device)
     seconds = time.perf_counter() - t0
     info = {"residual": output.residual, "iterations": output.iterations,
             **{k: output.info[k] for k in ("lam", "converged") if k in output.info}}
-    volume = reconstruction_volume(measurement, output.image, method, info)
+    volume = reconstruction_volume(measurement, output.image, spec.name, info)
     std = output.info.get("std_image")
     std_volume = None
     if isinstance(std, np.ndarray) and std.shape == volume.shape:
-        std_volume = reconstruction_volume(measurement, std, f"{method} std", info)
-    return ReconstructionResult(volume=volume, output=output, method=method.lower(),
+        std_volume = reconstruction_volume(measurement, std, f"{spec.name} std", info)
+    if diffusion:
+        settings_obj = settings_obj.resolved(measurement.modality)
+        if prior is not None:
+            settings_obj = dataclasses.replace(settings_obj, prior=prior.name)
+    settings = ReconstructionSettings(
+        method=spec.name, modality=spec.modality,  # type: ignore[arg-type]
+        lam=options.lam, iterations=options.iterations, tol=options.tol, device=str(device),
+        options=to_dict(settings_obj),
+        resolved={"lam": output.info.get("lam"), "iterations": output.iterations})
+    return ReconstructionResult(volume=volume, output=output, method=spec.name,
                                 modality=measurement.modality, options=options,
-                                seconds=seconds, std_volume=std_volume,
+                                seconds=seconds, settings=settings, std_volume=std_volume,
                                 meta={"device": str(device)})

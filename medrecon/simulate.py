@@ -214,7 +214,7 @@ def simulate(volume: Volume, config: SimulationConfig | None = None,
         UserWarning: an MRI simulation of a CT volume (modality CT, units HU, or values down to
             -500 or below in a volume not marked MR): its magnitude |HU| makes air bright.
     """
-    from medrecon.recon.classical import resolve_device
+    from medrecon.device import resolve_device
 
     config = config or SimulationConfig()
     dev = resolve_device(device) if isinstance(device, str) else device

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from medrecon.errors import InputError
+from medrecon.errors import ConfigError, InputError
 from medrecon.io import Volume
 from medrecon.io.measurement import Measurement, ReferenceGeometry
 from medrecon.phantoms import shepp_logan_3d
-from medrecon.recon.classical import ReconOptions
+from medrecon.recon.base import ReconOptions
 from medrecon.reconstruct import reconstruct, reconstruction_volume
 from medrecon.simulate import MRISettings, SimulationConfig, simulate
 
@@ -56,3 +58,46 @@ def test_reconstruction_volume_truncates_description(measurement: Measurement) -
         measurement.reference.series_description = "T1 ref"
     assert len(v.series_description) == 64
     assert v.meta["reconstruction"] == {"method": "tv", "lam": 0.1}
+
+
+def test_lam_iterations_and_prior_follow_the_method_metadata(measurement: Measurement) -> None:
+    with pytest.raises(InputError, match="lam does not apply to the method zero-filled"):
+        reconstruct(measurement, "zero-filled", ReconOptions(lam=0.1))
+    with pytest.raises(InputError, match="iterations does not apply to the method zero-filled"):
+        reconstruct(measurement, "zero-filled", ReconOptions(iterations=3))
+    with pytest.raises(InputError, match="A prior applies to the method diffusion"):
+        reconstruct(measurement, "cg-sense", prior=object())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="cg-sense options: has an unknown key 'wavelet'"):
+        reconstruct(measurement, "cg-sense", ReconOptions(extra={"wavelet": "db4"}))
+
+
+def test_settings_record_the_run_and_repeat_it(measurement: Measurement) -> None:
+    res = reconstruct(measurement, "l1-wavelet",
+                      ReconOptions(iterations=3, device="cpu", extra={"wavelet": "haar"}))
+    s = res.settings
+    assert (s.method, s.modality, s.device, s.lam, s.iterations) == (
+        "l1-wavelet", "MR", "cpu", None, 3)
+    assert s.options["wavelet"] == "haar" and s.options["penalise_approximation"] is False
+    assert s.resolved == {"lam": res.output.info["lam"], "iterations": 3}
+    again = reconstruct(measurement, s.method, s.recon_options())
+    assert np.array_equal(again.volume.data, res.volume.data)
+
+
+def test_diffusion_through_reconstruct_with_a_loaded_prior(measurement: Measurement,
+                                                          tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from prior_factory import export_tiny_prior
+
+    from medrecon.priors import load_prior
+
+    prior = load_prior(export_tiny_prior(tmp_path))
+    net = prior.denoiser
+    opts = ReconOptions(iterations=2, device="cpu", extra={"samples": 2, "seed": 1})
+    res = reconstruct(measurement, "diffusion", opts, prior=prior)
+    assert prior.denoiser is net
+    assert res.volume.shape == (16, 14, 12) and res.std_volume is not None
+    assert res.output.iterations == 2 and res.settings.options["steps"] == 2
+    assert res.settings.options["prior"] == prior.name == "tiny"
+    assert res.settings.options["lam"] == 0.05  # the MR default, resolved
+    by_name = reconstruct(measurement, "diffusion", dataclasses.replace(
+        opts, extra={**opts.extra, "prior": str(tmp_path / "tiny.json")}))
+    assert np.array_equal(by_name.volume.data, res.volume.data)

@@ -7,45 +7,11 @@ from typing import Any
 
 import typer
 
-from medrecon.cli.common import check_volume_output, user_errors, warn
-
-#: Methods without a regularisation weight, and direct (non-iterative) methods.
-_NO_LAM = frozenset({"zero-filled", "fbp", "fdk", "sirt", "cgls"})
-_DIRECT = frozenset({"zero-filled", "fbp", "fdk"})
+from medrecon.cli.common import check_output, check_volume_output, user_errors, warn
 
 
 def register(app: typer.Typer) -> None:
     app.command("reconstruct", short_help="Reconstruct a measurement: classical methods or diffusion.")(reconstruct)
-
-
-class _UsedKeys(dict[str, Any]):
-    """The ``--set`` options; remembers which keys the method looked up (to flag typos)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.used: set[str] = set()
-
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        self.used.add(key)
-        return super().get(key, default)
-
-    def __getitem__(self, key: str) -> Any:
-        self.used.add(key)
-        return super().__getitem__(key)
-
-    def __contains__(self, key: object) -> bool:
-        if isinstance(key, str):
-            self.used.add(key)
-        return super().__contains__(key)
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first line of an exception's text, as a clause (no full stop, no sentence break)."""
-    import re
-
-    lines = str(exc).strip().splitlines()
-    text = (lines[0] if lines else type(exc).__name__).rstrip(".").replace("e.g. ", "for example ")
-    return re.sub(r"\.\s+(?=[A-Z])", "; ", text)
 
 
 def _parse_settings(settings: list[str]) -> dict[str, Any]:
@@ -66,13 +32,26 @@ def _parse_settings(settings: list[str]) -> dict[str, Any]:
     return out
 
 
-def _std_path(out: Path) -> Path:
-    """``recon.nii.gz`` -> ``recon_std.nii.gz``; a DICOM folder ``recon`` -> ``recon_std``."""
+def _split(out: Path) -> tuple[str, str]:
+    """``recon.nii.gz`` -> ("recon", ".nii.gz"); a DICOM folder ``recon`` -> ("recon", "")."""
     name = out.name
     for suffix in (".nii.gz", ".nii"):
         if name.lower().endswith(suffix):
-            return out.with_name(name[: -len(suffix)] + "_std" + suffix)
-    return out.with_name(name + "_std")
+            return name[: -len(suffix)], name[-len(suffix):]
+    return name, ""
+
+
+def _std_path(out: Path) -> Path:
+    """``recon.nii.gz`` -> ``recon_std.nii.gz``; a DICOM folder ``recon`` -> ``recon_std``."""
+    stem, suffix = _split(out)
+    return out.with_name(f"{stem}_std{suffix}")
+
+
+def settings_path(out: Path) -> Path:
+    """Where the resolved settings go: ``recon.nii.gz`` -> ``recon.reconstruct.yaml``, a DICOM
+    folder ``recon`` -> ``recon.reconstruct.yaml`` beside it (as ``simulate`` writes
+    ``<OUT stem>.simulate.yaml``)."""
+    return out.with_name(f"{_split(out)[0]}.reconstruct.yaml")
 
 
 @user_errors
@@ -118,35 +97,31 @@ def reconstruct(
 
     Prints the data-consistency residual ||M(Ax) - y|| / ||y||. With --method diffusion and
     --samples K >= 2 the mean is the reconstruction and the per-voxel std is written beside it.
+    The resolved settings are written next to OUT as <OUT stem>.reconstruct.yaml.
     """
+    from medrecon.config import dump_config
     from medrecon.errors import InputError
     from medrecon.io import save_volume
     from medrecon.io.measurement import read_measurement
-    from medrecon.recon.classical import ReconOptions
+    from medrecon.reconstruct import ReconOptions
     from medrecon.reconstruct import reconstruct as run_reconstruction
 
     name = method.strip().lower()
     fmt = check_volume_output(out, format, inputs=[measurement])
+    cfg_out = settings_path(out)
+    check_output(cfg_out, "file", inputs=[measurement])
     extra = _parse_settings(settings)
     flags = {"prior": prior, "sampler": sampler, "steps": steps, "samples": samples,
              "seed": seed}
     given = [k for k, v in flags.items() if v is not None] + (["std-out"] if std_out else [])
     if given and name != "diffusion":
         raise InputError(f"--{given[0]} applies to --method diffusion only.")
-    if lam is not None and name in _NO_LAM:
-        raise InputError(f"--lam does not apply to --method {name}; it has no regularisation "
-                         f"weight (cg-sense, l1-wavelet and tv have one).")
-    if iterations is not None and name in _DIRECT:
-        raise InputError(f"--iterations does not apply to --method {name}, which is direct "
-                         f"(not iterative).")
     extra.update({k: v for k, v in flags.items() if v is not None})
-    try:
-        n_samples = int(extra.get("samples", 1))
-    except (TypeError, ValueError):
-        raise InputError(f"samples must be an integer, got {extra['samples']!r}.") from None
-    if std_out is not None and n_samples < 2:
+    n_samples = extra.get("samples", 1)  # a non-integer is the library's error to report
+    several = isinstance(n_samples, int) and n_samples >= 2
+    if std_out is not None and not several:
         raise InputError("--std-out needs --samples 2 or more (one sample has no spread).")
-    if name == "diffusion" and n_samples >= 2:
+    if name == "diffusion" and several:
         check_volume_output(std_out or _std_path(out), fmt, inputs=[measurement, out])
     m = read_measurement(measurement)
     ref_path = (m.acquisition or {}).get("reference_path")
@@ -155,19 +130,9 @@ def reconstruct(
                 and Path(str(ref_path)).resolve() == target.resolve():
             raise InputError(f"{target} is the reference study this measurement was simulated "
                              f"from; write the reconstruction elsewhere.")
-    keys = _UsedKeys(extra)
     options = ReconOptions(lam=lam, iterations=iterations, tol=tol, device=device,
-                           progress=progress, extra=keys)
-    try:
-        result = run_reconstruction(m, method, options)
-    except (ValueError, TypeError, IndexError, KeyError) as exc:
-        if not settings:
-            raise  # not caused by a --set option: a bug, keep the traceback
-        raise InputError(f"The --set options ({', '.join(settings)}) were rejected: "
-                         f"{_first_line(exc)}.") from None
-    unused = [k for k in extra if k not in keys.used and k not in flags]
-    if unused:
-        warn(f"--set {', '.join(unused)} is not an option of --method {name} and was ignored.")
+                           progress=progress, extra=extra)
+    result = run_reconstruction(m, method, options)
     info = result.output.info
     if info.get("warning"):
         warn(f"{info['warning']}; the prior may not suit this resolution (resample the study "
@@ -176,6 +141,7 @@ def reconstruct(
     if result.std_volume is not None:
         std_path = save_volume(result.std_volume, std_out or _std_path(out), format=fmt)
         typer.echo(f"Wrote the per-voxel standard deviation to {std_path}")
+    cfg_path = dump_config(result.settings, cfg_out)
     n_iter = result.output.iterations
     unit = "step" if name == "diffusion" else "iteration"
     details = [f"{n_iter} {unit}{'s' if n_iter != 1 else ''}"] if n_iter else []
@@ -183,5 +149,6 @@ def reconstruct(
         details.append(f"lam {info['lam']:.3g}")
     details.append(f"{result.seconds:.1f} s on {result.meta.get('device', options.device)}")
     typer.echo(f"Wrote {result.modality} {result.method} reconstruction {result.volume.shape} "
-               f"({result.volume.units}) to {path} ({', '.join(details)})")
+               f"({result.volume.units}) to {path} ({', '.join(details)}); settings in "
+               f"{cfg_path}")
     typer.echo(f"Data-consistency residual ||M(Ax) - y|| / ||y|| = {result.residual:.4g}")

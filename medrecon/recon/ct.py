@@ -1,9 +1,11 @@
 """Classical CT reconstructions: FBP (parallel, fan), FDK (cone), SIRT, CGLS and TV (PDHG).
 
 All methods take a CT :class:`~medrecon.io.measurement.Measurement` (sinogram of line integrals,
-geometry in ``operator``) and return HU on the reference grid. Internally images are the linear
-attenuation mu in 1/mm; the HU <-> mu mapping is :mod:`medrecon.intensity` with the water value
-stored in the measurement (``operator["mu_water_per_mm"]``).
+geometry in ``operator``) and return HU on the reference grid. They start from its physics
+problem (:func:`medrecon.problem.measurement_problem`: the projector of the measured views, the
+data, the pixel weights applied once, the HU <-> mu map with the file's water value); images
+are the linear attenuation mu in 1/mm. Each method's own options are a frozen dataclass
+(:class:`FBPSettings`, :class:`SIRTSettings`, :class:`CGLSSettings`, :class:`TVSettings`).
 
 Analytic methods (Kak & Slaney, *Principles of Computerized Tomographic Imaging*, ch. 3)::
 
@@ -31,27 +33,28 @@ the solvers, which keeps the regularisation weight dimensionless):
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from medrecon.config import option
 from medrecon.errors import InputError, MeasurementError
 from medrecon.intensity import MU_WATER_PER_MM, mu_to_hu
 from medrecon.operators.base import LinearOperator
 from medrecon.operators.ct_geometry import CTGeometry
 from medrecon.operators.ct_projector import CTProjector, make_projector
+from medrecon.operators.finite_difference import divergence, finite_difference
 from medrecon.operators.functional.projectors import sample_detector_2d, sample_detector_3d
-from medrecon.recon.classical import ReconOptions, ReconOutput, register_method
-from medrecon.recon.solvers import (
+from medrecon.problem import Problem, measurement_problem
+from medrecon.recon.base import ReconOptions, ReconOutput, method_settings
+from medrecon.solvers import (
     SolverResult,
     cgls,
-    divergence,
-    finite_difference,
     pdhg,
     power_iteration,
     project_l2_ball,
@@ -73,9 +76,17 @@ __all__ = [
     "sirt",
     "cgls",
     "tv_reconstruction",
-    "ct_operator",
-    "ct_problem",
-    "CTProblem",
+    "fbp_method",
+    "fdk_method",
+    "sirt_method",
+    "cgls_method",
+    "tv_method",
+    "DEFAULT_ITERATIONS",
+    "DEFAULT_TV_LAM",
+    "CGLSSettings",
+    "FBPSettings",
+    "SIRTSettings",
+    "TVSettings",
 ]
 
 #: Apodisation windows of the ramp filter, as functions of f in cycles/sample (|f| <= 1/2).
@@ -340,7 +351,7 @@ def analytic_reconstruction(sino: Tensor, geometry: CTGeometry,
 
 
 # -------------------------------------------------------------------------------------------
-# TV by PDHG (SIRT and CGLS live in medrecon.recon.solvers)
+# TV by PDHG (SIRT and CGLS live in medrecon.solvers)
 # -------------------------------------------------------------------------------------------
 def tv_reconstruction(
     forward: Callable[[Tensor], Tensor],
@@ -359,15 +370,16 @@ def tv_reconstruction(
 
     K = [A / sqrt(L); D] with D the forward-difference gradient over the three axes (isotropic
     TV), ``||K||^2 <= 1 + 12``; the dual variable packs the scaled sinogram and the gradient
-    field into one flat tensor so that the generic :func:`~medrecon.recon.solvers.pdhg` runs
+    field into one flat tensor so that the generic :func:`~medrecon.solvers.pdhg` runs
     unchanged. ``tau = s / step_ratio``, ``sigma = s step_ratio`` with ``s = 0.99 / sqrt(13)``;
     the default ratio 0.1 (larger primal steps) converges several times faster than 1 on
     sparse-view problems with x in water units. Returns (result, L).
     """
     if lipschitz is None:
         gen = torch.Generator(device=x0.device).manual_seed(0)
-        lipschitz = power_iteration(lambda v: adjoint(forward(v)), x0, iters=15,
-                                    generator=gen) * 1.05
+        start = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device, generator=gen)
+        lipschitz = power_iteration(lambda v: adjoint(forward(v)), start,
+                                    iters=15).rayleigh * 1.05
     sq = math.sqrt(max(lipschitz, 1e-30))
     ny = y.numel()
     shape = x0.shape
@@ -396,162 +408,98 @@ def tv_reconstruction(
 
 
 # -------------------------------------------------------------------------------------------
-# Measurements -> operators
+# Registered methods
 # -------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class CTProblem:
-    """What a CT measurement gives a solver.
-
-    Attributes:
-        op: the projector on mu in 1/mm (only the measured views when a view mask is given).
-        y: measured line integrals, (views, rows, cols) tensor on the solver's device.
-        weights: per-pixel data weights (same shape as y) or None.
-        geometry: the (view-selected) geometry.
-        volume_shape, spacing_mm: the reconstruction grid.
-        mu_water: water attenuation (1/mm) of the HU mapping used when simulating.
-    """
-
-    op: CTProjector
-    y: Tensor
-    weights: Tensor | None
-    geometry: CTGeometry
-    volume_shape: tuple[int, int, int]
-    spacing_mm: tuple[float, float, float]
-    mu_water: float
-
-
-def _operator_geometry(operator: dict[str, Any]) -> dict[str, Any]:
-    g = operator.get("geometry")
-    if isinstance(g, dict):
-        return g
-    return operator  # flat layout: the geometry keys sit in the operator description itself
-
-
-def ct_problem(measurement: Measurement, device: torch.device | str = "cpu",
-               dtype: torch.dtype = torch.float32) -> CTProblem:
-    """Projector, data and grid of a CT measurement (see docs/formats.md for the keys)."""
+def _problem(measurement: Measurement, device: torch.device) -> Problem:
     if measurement.modality != "CT":
         raise MeasurementError(f"Expected a CT measurement, got modality "
                                f"{measurement.modality!r}.")
-    op_desc = dict(measurement.operator or {})
-    geometry = CTGeometry.from_dict(_operator_geometry(op_desc))
-    shape = tuple(int(n) for n in op_desc.get("image_shape", measurement.reference.shape))
-    if shape != tuple(measurement.reference.shape):
-        raise MeasurementError(f"The CT operator's image shape {shape} does not match the "
-                               f"reference shape {measurement.reference.shape}.")
-    if "spacing_mm" in op_desc:
-        spacing = tuple(float(s) for s in op_desc["spacing_mm"])
-    else:
-        spacing = tuple(float(s) for s in
-                        np.linalg.norm(np.asarray(measurement.reference.affine)[:3, :3], axis=0))
-    data = np.asarray(measurement.data, dtype=np.float32)
-    if data.shape != geometry.sinogram_shape:
-        raise MeasurementError(f"The sinogram of shape {data.shape} does not match its "
-                               f"geometry {geometry.sinogram_shape}.")
-    mu_water = float(op_desc.get("mu_water_per_mm",
-                                 _operator_geometry(op_desc).get("mu_water_per_mm",
-                                                                 MU_WATER_PER_MM)))
-    weights = None
-    if measurement.mask is not None:
-        mask = np.asarray(measurement.mask, dtype=np.float32)
-        if mask.shape == (geometry.views,):
-            keep = np.flatnonzero(mask > 0)
-            if keep.size == 0:
-                raise MeasurementError("The CT view mask selects no views.")
-            geometry = dataclasses.replace(
-                geometry, angles=tuple(geometry.angles[i] for i in keep),
-                vectors=(None if geometry.vectors is None
-                         else tuple(geometry.vectors[i] for i in keep)))
-            data = data[keep]
-        else:
-            weights = torch.as_tensor(mask, dtype=dtype, device=device)
-    op = make_projector(geometry, shape, spacing, device=device, dtype=dtype)
-    y = torch.as_tensor(data, dtype=dtype, device=device)
-    return CTProblem(op, y, weights, geometry, shape, spacing, mu_water)  # type: ignore[arg-type]
+    return measurement_problem(measurement, device)
 
 
-def ct_operator(measurement: Measurement, device: torch.device | str = "cpu") -> LinearOperator:
-    """The projector A of a CT measurement: mu (I, J, K) in 1/mm -> line integrals.
-
-    Built from the stored geometry; with a per-view mask only the measured views are kept, so
-    ``A x`` compares with ``ct_problem(measurement).y``.
-    """
-    return ct_problem(measurement, device).op
+def _output(problem: Problem, mu: Tensor, iterations: int, info: dict[str, Any]) -> ReconOutput:
+    hu = problem.units.to_reference(mu.detach().float().cpu().numpy())
+    return ReconOutput(image=hu, residual=problem.residual(mu), iterations=iterations,
+                       info={**problem.info, **info})
 
 
-# -------------------------------------------------------------------------------------------
-# Registered methods
-# -------------------------------------------------------------------------------------------
-def _residual(problem: CTProblem, mu: Tensor) -> float:
-    with torch.no_grad():
-        r = problem.op(mu) - problem.y
-        if problem.weights is not None:
-            r = r * problem.weights
-            yn = torch.linalg.vector_norm(problem.y * problem.weights)
-        else:
-            yn = torch.linalg.vector_norm(problem.y)
-    return float(torch.linalg.vector_norm(r) / torch.clamp(yn, min=1e-30))
+#: Default iteration counts (``--iterations`` overrides them).
+DEFAULT_ITERATIONS = {"sirt": 100, "cgls": 30, "tv": 200}
+#: Default TV weight (image in water units, data term normalised by ||A||^2).
+DEFAULT_TV_LAM = 1e-3
 
 
-def _output(problem: CTProblem, mu: Tensor, iterations: int, info: dict[str, Any]) -> ReconOutput:
-    hu = mu_to_hu(mu.detach().float().cpu().numpy(), problem.mu_water)
-    info = {"mu_water_per_mm": problem.mu_water, "geometry": problem.geometry.kind,
-            "views": problem.geometry.views, **info}
-    return ReconOutput(image=hu, residual=_residual(problem, mu), iterations=iterations,
-                       info=info)
+@dataclass(frozen=True)
+class FBPSettings:
+    """fbp and fdk (``--set``): the ramp filter's apodisation window."""
+
+    filter: str = option("ram-lak", help="ram-lak, shepp-logan, cosine, hamming or hann.")
+
+    def __post_init__(self) -> None:
+        _filter_name(self.filter)  # an unknown window is an InputError naming the choices
 
 
-def _weighted(problem: CTProblem) -> tuple[Callable[[Tensor], Tensor], Tensor]:
-    """Forward map and data including pixel weights (W A, W y)."""
-    if problem.weights is None:
-        return problem.op.forward, problem.y
-    w = problem.weights
-    return (lambda x: w * problem.op.forward(x)), w * problem.y
+@dataclass(frozen=True)
+class SIRTSettings:
+    """sirt: the relaxation factor (SIRT converges for 0 < relaxation < 2)."""
+
+    relaxation: float = option(1.0, gt=0.0, lt=2.0)
 
 
-def _analytic(measurement: Measurement, options: ReconOptions,
-              device: torch.device) -> ReconOutput:
+@dataclass(frozen=True)
+class CGLSSettings:
+    """cgls has no options of its own (``--iterations`` is its regulariser)."""
+
+
+@dataclass(frozen=True)
+class TVSettings:
+    """tv: the FBP/FDK warm start and the ratio of PDHG's primal and dual steps."""
+
+    warm_start: bool = True
+    step_ratio: float = option(0.1, gt=0.0)
+
+
+def _analytic(measurement: Measurement, options: ReconOptions, device: torch.device,
+              method: str) -> ReconOutput:
+    window = method_settings(FBPSettings, options.extra, method).filter
     t0 = time.perf_counter()
-    problem = ct_problem(measurement, device)
-    window = str(options.extra.get("filter", "ram-lak"))
-    y = problem.y if problem.weights is None else problem.y * problem.weights
-    with torch.no_grad():
-        mu = analytic_reconstruction(y, problem.geometry, problem.volume_shape,
+    problem = _problem(measurement, device)
+    geometry = problem.geometry
+    assert geometry is not None
+    with torch.no_grad():  # weighted data enter FBP weighted (problem.y = W y)
+        mu = analytic_reconstruction(problem.y, geometry, problem.image_shape,  # type: ignore[arg-type]
                                      problem.spacing_mm, window)
-    algorithm = "fdk" if problem.geometry.kind == "cone" else "fbp"
+    algorithm = "fdk" if geometry.kind == "cone" else "fbp"
     return _output(problem, mu, 0, {"algorithm": algorithm, "filter": _filter_name(window),
                                     "seconds": time.perf_counter() - t0})
 
 
-@register_method("CT", "fbp")
 def fbp_method(measurement: Measurement, options: ReconOptions,
                device: torch.device) -> ReconOutput:
     """Filtered backprojection (parallel, fan; cone data get FDK). ``extra["filter"]``:
-    ram-lak (default), shepp-logan, cosine, hamming or hann."""
-    return _analytic(measurement, options, device)
+    ram-lak (default), shepp-logan, cosine, hamming or hann (:class:`FBPSettings`)."""
+    return _analytic(measurement, options, device, "fbp")
 
 
-@register_method("CT", "fdk")
 def fdk_method(measurement: Measurement, options: ReconOptions,
                device: torch.device) -> ReconOutput:
     """FDK for cone-beam data (parallel/fan data get the matching FBP)."""
-    return _analytic(measurement, options, device)
+    return _analytic(measurement, options, device, "fdk")
 
 
-def _scaled(problem: CTProblem) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor],
-                                         Tensor, Tensor]:
+def _scaled(problem: Problem) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor],
+                                      Tensor, Tensor]:
     """Operators on x = mu / mu_water (water = 1), the data, and a zero start."""
-    fwd, y = _weighted(problem)
-    mw = problem.mu_water
-    w = problem.weights
+    op, y, mw = problem.op, problem.y, problem.units.mu_water
+    assert mw is not None
 
     def forward(x: Tensor) -> Tensor:
-        return fwd(x * mw)
+        return op.forward(x * mw)
 
     def adjoint(r: Tensor) -> Tensor:
-        return problem.op.adjoint(r * w if w is not None else r) * mw
+        return op.adjoint(r) * mw
 
-    x0 = torch.zeros(problem.volume_shape, dtype=y.dtype, device=y.device)
+    x0 = torch.zeros(problem.image_shape, dtype=y.dtype, device=y.device)
     return forward, adjoint, y, x0
 
 
@@ -560,63 +508,62 @@ def _iterative(measurement: Measurement, options: ReconOptions, device: torch.de
                **solver_options: Any) -> ReconOutput:
     """Run ``solver`` (sirt, cgls) in water units; ``tol`` applies only without ``iterations``."""
     t0 = time.perf_counter()
-    problem = ct_problem(measurement, device)
+    problem = _problem(measurement, device)
     forward, adjoint, y, x0 = _scaled(problem)
     with torch.no_grad():
         res = solver(forward, adjoint, y, x0, max_iter=options.iterations or default_iterations,
                      tol=options.tol if options.iterations is None else 0.0,
                      progress=options.progress, **solver_options)
-    return _output(problem, res.x * problem.mu_water, res.iterations,
+    return _output(problem, res.x * problem.units.mu_water, res.iterations,
                    {"algorithm": algorithm, "history": res.history[-5:],
                     "seconds": time.perf_counter() - t0})
 
 
-@register_method("CT", "sirt")
 def sirt_method(measurement: Measurement, options: ReconOptions,
                 device: torch.device) -> ReconOutput:
     """SIRT with non-negativity; ``iterations`` default 100; ``extra["relaxation"]`` (1.0)."""
-    return _iterative(measurement, options, device, "sirt", sirt, 100,
-                      relaxation=float(options.extra.get("relaxation", 1.0)))
+    settings = method_settings(SIRTSettings, options.extra, "sirt")
+    return _iterative(measurement, options, device, "sirt", sirt, DEFAULT_ITERATIONS["sirt"],
+                      relaxation=settings.relaxation)
 
 
-@register_method("CT", "cgls")
 def cgls_method(measurement: Measurement, options: ReconOptions,
                 device: torch.device) -> ReconOutput:
     """CGLS; ``iterations`` default 30 (early stopping regularises noisy data)."""
-    return _iterative(measurement, options, device, "cgls", cgls, 30)
+    method_settings(CGLSSettings, options.extra, "cgls")
+    return _iterative(measurement, options, device, "cgls", cgls, DEFAULT_ITERATIONS["cgls"])
 
 
-#: Default TV weight (image in water units, data term normalised by ||A||^2).
-DEFAULT_TV_LAM = 1e-3
-
-
-@register_method("CT", "tv")
 def tv_method(measurement: Measurement, options: ReconOptions,
               device: torch.device) -> ReconOutput:
     """Isotropic 3D TV with non-negativity by PDHG, warm-started from FBP/FDK when possible.
 
     ``lam`` (default :data:`DEFAULT_TV_LAM`) weighs TV of the image in units of water against
     ``1/2 ||A x - y||^2 / ||A||^2``; ``iterations`` default 200; ``extra["step_ratio"]``
-    (0.1) balances PDHG's primal and dual steps.
+    (0.1) balances PDHG's primal and dual steps (:class:`TVSettings`).
     """
+    settings = method_settings(TVSettings, options.extra, "tv")
     t0 = time.perf_counter()
-    problem = ct_problem(measurement, device)
+    problem = _problem(measurement, device)
     forward, adjoint, y, x0 = _scaled(problem)
+    mw = problem.units.mu_water
+    assert mw is not None and problem.geometry is not None
     lam = DEFAULT_TV_LAM if options.lam is None else float(options.lam)
     warm = "zeros"
-    if problem.weights is None and options.extra.get("warm_start", True):
+    if problem.weights is None and settings.warm_start:
         try:
             with torch.no_grad():
-                x0 = analytic_reconstruction(problem.y, problem.geometry, problem.volume_shape,
-                                             problem.spacing_mm).clamp(min=0) / problem.mu_water
+                x0 = analytic_reconstruction(problem.y, problem.geometry,
+                                             problem.image_shape,  # type: ignore[arg-type]
+                                             problem.spacing_mm).clamp(min=0) / mw
             warm = "fbp"
         except InputError:
             pass  # e.g. a short fan scan: start from zeros
     with torch.no_grad():
         res, lip = tv_reconstruction(forward, adjoint, y, x0, lam,
-                                     max_iter=options.iterations or 200, tol=options.tol,
-                                     step_ratio=float(options.extra.get("step_ratio", 0.1)),
+                                     max_iter=options.iterations or DEFAULT_ITERATIONS["tv"],
+                                     tol=options.tol, step_ratio=settings.step_ratio,
                                      progress=options.progress)
-    return _output(problem, res.x * problem.mu_water, res.iterations,
+    return _output(problem, res.x * mw, res.iterations,
                    {"algorithm": "tv-pdhg", "lam": lam, "lipschitz": lip, "warm_start": warm,
                     "history": res.history[-5:], "seconds": time.perf_counter() - t0})

@@ -3,6 +3,9 @@
 All methods solve for a complex image x of shape (I, J, K) from multi-coil k-space y of shape
 (C, I, J, K) through the SENSE operator ``A = M F S`` of :mod:`medrecon.operators.mri`
 (orthonormal centred FFT, maps normalised so that sum_c |S_c|^2 = 1), and return its magnitude.
+Operator and data come from :func:`medrecon.problem.measurement_problem` (which estimates coil
+maps for files without them); each method's own options are a frozen dataclass
+(:class:`SenseSettings` and its subclasses), read from ``ReconOptions.extra``.
 Because A is built from unitary pieces, the magnitude is in the reference's intensity scale:
 simulating from a reference and reconstructing gives back values comparable to the reference,
 with no rescaling.
@@ -29,18 +32,21 @@ chosen on simulated Shepp-Logan and brain-like phantoms at R = 4..12 with 8 coil
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
+from medrecon.config import option
 from medrecon.errors import MeasurementError
+from medrecon.operators.base import LinearOperator
+from medrecon.operators.finite_difference import FiniteDifference
 from medrecon.operators.functional.fft import ifftc
-from medrecon.operators.mri import SenseOperator
-from medrecon.recon.classical import ReconOptions, ReconOutput, register_method
-from medrecon.recon.solvers import (
-    FiniteDifference,
-    WaveletTransform,
+from medrecon.operators.wavelets import WaveletTransform, wavelet_filters
+from medrecon.problem import Problem, kspace_tensor, measurement_problem
+from medrecon.recon.base import ReconOptions, ReconOutput, method_settings
+from medrecon.solvers import (
     conjugate_gradient,
     fista,
     pdhg,
@@ -53,15 +59,17 @@ if TYPE_CHECKING:
     from medrecon.io.measurement import Measurement
 
 __all__ = [
-    "measurement_operator",
-    "kspace_tensor",
-    "data_residual",
     "default_lam",
     "zero_filled",
     "cg_sense",
     "l1_wavelet",
     "total_variation",
+    "DEFAULT_ALPHA",
     "DEFAULT_ITERATIONS",
+    "L1WaveletSettings",
+    "SenseSettings",
+    "TVSettings",
+    "ZeroFilledSettings",
 ]
 
 #: Default iteration counts (``--iterations`` overrides them).
@@ -70,54 +78,62 @@ DEFAULT_ITERATIONS = {"cg-sense": 30, "l1-wavelet": 100, "tv": 300}
 DEFAULT_ALPHA = {"cg-sense": 1e-3, "l1-wavelet": 1e-3, "tv": 5e-4}
 
 
+@dataclass(frozen=True)
+class SenseSettings:
+    """Options (``--set``) of every MRI method: how the SENSE operator is built."""
+
+    maps_method: Literal["espirit", "lowres"] = option(
+        "espirit", help="Coil-map estimation for files without maps (fastMRI).")
+    coil_batch: int | None = option(None, ge=1, help="Coils transformed at once (memory).")
+
+
+@dataclass(frozen=True)
+class ZeroFilledSettings(SenseSettings):
+    """zero-filled: the coil combination (default: SENSE with the file's maps or one coil,
+    else root-sum-of-squares, which needs no maps)."""
+
+    combine: Literal["rss", "sense"] | None = None
+
+
+def _check_axes(axes: tuple[int, ...], key: str) -> None:
+    if not axes or any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
+        raise ValueError(f"{key} must list distinct image axes among 0, 1 and 2, got "
+                         f"{list(axes)}")
+
+
+@dataclass(frozen=True)
+class L1WaveletSettings(SenseSettings):
+    """l1-wavelet: the transform (orthogonal PyWavelets name, levels, axes) and whether the
+    coarsest approximation band is penalised."""
+
+    wavelet: str = option("db2", help="Orthogonal wavelet: haar, dbN, symN or coifN.")
+    levels: int | None = option(None, ge=1, help="Decomposition levels (default: as many as "
+                                                 "keep the coarsest band longer than the filter).")
+    wavelet_axes: tuple[int, ...] = (0, 1, 2)
+    penalise_approximation: bool = False
+
+    def __post_init__(self) -> None:
+        _check_axes(self.wavelet_axes, "wavelet_axes")
+        wavelet_filters(self.wavelet)  # ValueError naming the unknown wavelet
+
+
+@dataclass(frozen=True)
+class TVSettings(SenseSettings):
+    """tv: the gradient axes (default: all three for 3D data, in-plane for 2D multi-slice)
+    and PDHG's steps (default: tau = 1 / L, sigma from Condat-Vu's bound)."""
+
+    tv_axes: tuple[int, ...] | None = None
+    tau: float | None = option(None, gt=0)
+    sigma: float | None = option(None, gt=0)
+
+    def __post_init__(self) -> None:
+        if self.tv_axes is not None:
+            _check_axes(self.tv_axes, "tv_axes")
+
+
 def _check_mr(m: Measurement) -> None:
     if m.modality != "MR":
         raise MeasurementError(f"This is a {m.modality} measurement; MRI methods need MR k-space.")
-
-
-def measurement_operator(m: Measurement, device: torch.device | str = "cpu",
-                         coil_batch: int | None = None,
-                         maps_method: str = "espirit") -> SenseOperator:
-    """The SENSE operator of an MR measurement on ``device`` (complex64).
-
-    Uses the file's coil maps; when it has none, estimates them from the calibration region
-    (``maps_method``: "espirit" or "lowres", with the stored calibration size) and keeps them in
-    ``m.coil_maps`` so that later calls reuse them. Single-coil data without maps use a unit map.
-    """
-    _check_mr(m)
-    device = torch.device(device)
-    maps: torch.Tensor | None
-    if m.coil_maps is not None:
-        maps = torch.from_numpy(np.asarray(m.coil_maps, np.complex64)).to(device)
-    elif m.n_coils == 1:
-        maps = None
-    else:
-        from medrecon.operators.coils import estimate_coil_maps
-
-        calib = m.acquisition.get("calibration")
-        kwargs: dict[str, Any] = {"method": maps_method, "fft_dims": m.fft_dims}
-        if calib is not None:
-            kwargs["calibration"] = int(calib)
-        est = estimate_coil_maps(kspace_tensor(m, device), torch.as_tensor(m.mask).to(device),
-                                 **kwargs)
-        m.coil_maps = est.detach().cpu().numpy().astype(np.complex64)
-        m.acquisition["coil_maps"] = f"estimated ({maps_method})"
-        maps = est.to(device=device, dtype=torch.complex64)
-    return SenseOperator(maps, torch.as_tensor(np.asarray(m.mask)).to(device),
-                         fft_dims=m.fft_dims, coil_batch=coil_batch,
-                         image_shape=m.image_shape)
-
-
-def kspace_tensor(m: Measurement, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Measured k-space (C, I, J, K) as complex64 on ``device``, masked (zeros off the mask)."""
-    y = torch.from_numpy(np.asarray(m.data, np.complex64)).to(device)
-    mask = torch.as_tensor(np.asarray(m.mask)).to(device=device, dtype=torch.float32)
-    return y * (mask > 0)
-
-
-def data_residual(op: SenseOperator, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Data-consistency residual ``||M (A x) - y|| / ||y||`` (A already includes M)."""
-    return float(torch.linalg.vector_norm(op(x) - y) / torch.linalg.vector_norm(y).clamp_min(1e-30))
 
 
 def default_lam(method: str, adjoint_image: torch.Tensor) -> float:
@@ -131,45 +147,49 @@ def default_lam(method: str, adjoint_image: torch.Tensor) -> float:
     return DEFAULT_ALPHA[method] * max(scale, 1e-30)
 
 
+def _lipschitz(op: LinearOperator, like: torch.Tensor, device: torch.device) -> float:
+    """||A^H A|| by 20 power iterations from a seeded random start shaped like ``like``."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    start = torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=gen)
+    return power_iteration(op.normal, start, iters=20).rayleigh
+
+
 def _iterations(options: ReconOptions, method: str) -> int:
     return int(options.iterations or DEFAULT_ITERATIONS[method])
 
 
-def _output(x: torch.Tensor, residual: float, iterations: int,
+def _output(problem: Problem, x: torch.Tensor, iterations: int,
             info: dict[str, Any]) -> ReconOutput:
-    img = torch.abs(x).to(torch.float32).cpu().numpy()
-    return ReconOutput(image=img, residual=residual, iterations=iterations, info=info)
+    img = problem.units.to_reference(x).cpu().numpy()
+    return ReconOutput(image=img, residual=problem.residual(x), iterations=iterations, info=info)
 
 
-def _setup(m: Measurement, options: ReconOptions,
-           device: torch.device) -> tuple[SenseOperator, torch.Tensor, dict[str, Any]]:
+def _setup(m: Measurement, settings: SenseSettings,
+           device: torch.device) -> tuple[Problem, dict[str, Any]]:
     _check_mr(m)
-    had_maps = m.coil_maps is not None
-    op = measurement_operator(m, device, coil_batch=options.extra.get("coil_batch"),
-                              maps_method=str(options.extra.get("maps_method", "espirit")))
-    info: dict[str, Any] = {"coil_maps": "file" if had_maps else m.acquisition.get(
-        "coil_maps", "none (single coil)"), "device": str(device)}
-    return op, kspace_tensor(m, device), info
+    problem = measurement_problem(m, device, coil_batch=settings.coil_batch,
+                                  maps_method=settings.maps_method)
+    return problem, {"coil_maps": problem.info["coil_maps"], "device": str(device)}
 
 
 # -------------------------------------------------------------------------------------------
 # Methods
 # -------------------------------------------------------------------------------------------
-@register_method("MR", "zero-filled")
 def zero_filled(m: Measurement, options: ReconOptions, device: torch.device) -> ReconOutput:
     """Adjoint reconstruction: |A^H y| with coil maps, root-sum-of-squares without.
 
     Without maps in the file (and more than one coil) the coil images ``F^H y_c`` are combined
     by RSS, which needs no maps; the residual is then that of the coil images (the zero-filled
     coil images reproduce the samples exactly, so it is ~0). ``extra={"combine": "sense"}``
-    forces the SENSE combination with estimated maps.
+    forces the SENSE combination with estimated maps (:class:`ZeroFilledSettings`).
     """
+    settings = method_settings(ZeroFilledSettings, options.extra, "zero-filled")
     _check_mr(m)
     t0 = time.perf_counter()
-    combine = str(options.extra.get("combine", "sense" if m.coil_maps is not None or
-                                    m.n_coils == 1 else "rss")).lower()
+    combine = settings.combine or ("sense" if m.coil_maps is not None or m.n_coils == 1
+                                   else "rss")
     if combine == "rss":
-        y = kspace_tensor(m, device)
+        y = kspace_tensor(m, device)  # no maps needed: not the SENSE problem
         dims = tuple(d - 3 for d in m.fft_dims)
         coil_images = ifftc(y, dims)
         img = torch.sqrt(torch.sum(torch.abs(coil_images) ** 2, dim=0))
@@ -182,55 +202,57 @@ def zero_filled(m: Measurement, options: ReconOptions, device: torch.device) -> 
         info = {"combine": "rss", "device": str(device),
                 "seconds": time.perf_counter() - t0}
         return ReconOutput(image=img.cpu().numpy(), residual=res, iterations=0, info=info)
-    if combine != "sense":
-        raise MeasurementError(f"Unknown coil combination {combine!r}; use rss or sense.")
-    op, y, info = _setup(m, options, device)
-    x = op.adjoint(y)
+    problem, info = _setup(m, settings, device)
+    x = problem.op.adjoint(problem.y)
     info.update(combine="sense", seconds=time.perf_counter() - t0)
-    return _output(x, data_residual(op, x, y), 0, info)
+    return _output(problem, x, 0, info)
 
 
-@register_method("MR", "cg-sense")
 def cg_sense(m: Measurement, options: ReconOptions, device: torch.device) -> ReconOutput:
     """CG-SENSE with Tikhonov regularisation: argmin ||A x - y||^2 + lam ||x||^2.
 
     Conjugate gradients on ``(A^H A + lam I) x = A^H y`` from x = 0; stops after ``iterations``
     (default 30) or when the relative residual of the normal equations is below ``tol``.
+    Options: :class:`SenseSettings`.
     """
+    settings = method_settings(SenseSettings, options.extra, "cg-sense")
     t0 = time.perf_counter()
-    op, y, info = _setup(m, options, device)
-    rhs = op.adjoint(y)
+    problem, info = _setup(m, settings, device)
+    op = problem.op
+    rhs = op.adjoint(problem.y)
     lam = DEFAULT_ALPHA["cg-sense"] if options.lam is None else float(options.lam)
-    res = conjugate_gradient(op.normal, rhs, max_iter=_iterations(options, "cg-sense"),
-                             tol=options.tol, lam=lam, progress=options.progress)
+
+    def normal(v: torch.Tensor) -> torch.Tensor:
+        out = op.normal(v)
+        return out + lam * v if lam else out
+
+    res = conjugate_gradient(normal, rhs, max_iter=_iterations(options, "cg-sense"),
+                             tol=options.tol, progress=options.progress)
     info.update(lam=lam, lam_default=options.lam is None, converged=res.converged,
                 history=res.history, seconds=time.perf_counter() - t0)
-    return _output(res.x, data_residual(op, res.x, y), res.iterations, info)
+    return _output(problem, res.x, res.iterations, info)
 
 
-@register_method("MR", "l1-wavelet")
 def l1_wavelet(m: Measurement, options: ReconOptions, device: torch.device) -> ReconOutput:
     """L1-wavelet compressed sensing: argmin 1/2 ||A x - y||^2 + lam ||W x||_1.
 
     FISTA with step 1/L, L = ||A^H A|| by power iteration; the prox of the analysis term is
     ``W^H soft(W v, lam * step)``, exact for the orthonormal W of
-    :class:`~medrecon.recon.solvers.WaveletTransform`. As in BART's ``pics -l1``, the default
-    wavelet is Daubechies-2 (BART's "dau2", 4 taps; options ``extra={"wavelet": "db2",
-    "levels": None, "wavelet_axes": (0, 1, 2)}``) and the coarsest approximation band is not
-    penalised (it holds the image's
-    low-resolution content, not sparsity); ``extra={"penalise_approximation": True}`` penalises
-    every coefficient. Starts from A^H y; default 100 iterations.
+    :class:`~medrecon.operators.wavelets.WaveletTransform`. As in BART's ``pics -l1``, the
+    default wavelet is Daubechies-2 (BART's "dau2", 4 taps) and the coarsest approximation band
+    is not penalised (it holds the image's low-resolution content, not sparsity); options
+    (:class:`L1WaveletSettings`) change both. Starts from A^H y; default 100 iterations.
     """
+    settings = method_settings(L1WaveletSettings, options.extra, "l1-wavelet")
     t0 = time.perf_counter()
-    op, y, info = _setup(m, options, device)
-    x0 = op.adjoint(y)
+    problem, info = _setup(m, settings, device)
+    op = problem.op
+    x0 = op.adjoint(problem.y)
     lam = default_lam("l1-wavelet", x0) if options.lam is None else float(options.lam)
-    wav = WaveletTransform(m.image_shape, wavelet=str(options.extra.get("wavelet", "db2")),
-                           levels=options.extra.get("levels"),
-                           axes=tuple(options.extra.get("wavelet_axes", (0, 1, 2))))
-    penalise_approx = bool(options.extra.get("penalise_approximation", False))
-    gen = torch.Generator(device=device).manual_seed(0)
-    lipschitz = power_iteration(op.normal, x0, iters=20, generator=gen)
+    wav = WaveletTransform(m.image_shape, wavelet=settings.wavelet, levels=settings.levels,
+                           axes=settings.wavelet_axes)
+    penalise_approx = settings.penalise_approximation
+    lipschitz = _lipschitz(op, x0, device)
     step = 1.0 / max(lipschitz * 1.01, 1e-12)  # 1 % margin for the power-iteration estimate
 
     def grad_f(x: torch.Tensor) -> torch.Tensor:
@@ -250,35 +272,36 @@ def l1_wavelet(m: Measurement, options: ReconOptions, device: torch.device) -> R
     info.update(lam=lam, lam_default=options.lam is None, wavelet=wav.wavelet,
                 levels=wav.levels, lipschitz=lipschitz, converged=res.converged,
                 history=res.history, seconds=time.perf_counter() - t0)
-    return _output(res.x, data_residual(op, res.x, y), res.iterations, info)
+    return _output(problem, res.x, res.iterations, info)
 
 
-@register_method("MR", "tv")
 def total_variation(m: Measurement, options: ReconOptions, device: torch.device) -> ReconOutput:
     """Isotropic total variation: argmin 1/2 ||A x - y||^2 + lam sum_voxels |grad x|_2.
 
     Primal-dual (PDHG) with ``K = D`` (forward differences, Neumann boundary), ``f = lam
     ||.||_{2,1}`` dualised (its prox is a pointwise projection onto the lam-ball) and the data
-    term as the smooth part h (Condat-Vu form of :func:`~medrecon.recon.solvers.pdhg`), so each
+    term as the smooth part h (Condat-Vu form of :func:`~medrecon.solvers.pdhg`), so each
     iteration costs one ``A^H A`` (whose readout FFT cancels) instead of a forward and an
     adjoint. Steps: ``tau = 1 / L`` (the gradient step of the data term, L = ||A^H A||) and
-    ``sigma = 0.95 (1 / tau - L / 2) / ||D||^2`` with ``||D||^2 = 4 * (number of TV axes)``. For 2D multi-slice data the
-    gradient is in-plane only unless ``extra={"tv_axes": (0, 1, 2)}``. Starts from A^H y;
-    default 300 iterations.
+    ``sigma = 0.95 (1 / tau - L / 2) / ||D||^2`` with ``||D||^2 = 4 * (number of TV axes)``.
+    For 2D multi-slice data the gradient is in-plane only unless ``extra={"tv_axes": (0, 1,
+    2)}`` (:class:`TVSettings`). Starts from A^H y; default 300 iterations.
     """
+    settings = method_settings(TVSettings, options.extra, "tv")
     t0 = time.perf_counter()
-    op, y, info = _setup(m, options, device)
-    x0 = op.adjoint(y)
+    problem, info = _setup(m, settings, device)
+    op = problem.op
+    x0 = op.adjoint(problem.y)
     lam = default_lam("tv", x0) if options.lam is None else float(options.lam)
     default_axes = (0, 1, 2) if len(m.fft_dims) == 3 else (0, 1)
-    diff = FiniteDifference(m.image_shape, dims=tuple(options.extra.get("tv_axes", default_axes)))
-    gen = torch.Generator(device=device).manual_seed(0)
-    lipschitz = power_iteration(op.normal, x0, iters=20, generator=gen) * 1.01
+    diff = FiniteDifference(m.image_shape, dims=settings.tv_axes or default_axes)
+    lipschitz = _lipschitz(op, x0, device) * 1.01
     d_norm2 = 4.0 * len(diff.dims)  # ||D||^2 <= 4 per axis (tight for large grids)
     # The primal step is what moves the image, so take the gradient step 1/L and give the dual
     # what is left of Condat-Vu's bound 1/tau - sigma ||D||^2 >= L/2 (with a 5 % margin).
-    tau = float(options.extra.get("tau", 1.0 / lipschitz))
-    sigma = float(options.extra.get("sigma", 0.95 * (1.0 / tau - lipschitz / 2.0) / d_norm2))
+    tau = settings.tau if settings.tau is not None else 1.0 / lipschitz
+    sigma = (settings.sigma if settings.sigma is not None
+             else 0.95 * (1.0 / tau - lipschitz / 2.0) / d_norm2)
 
     def grad_h(x: torch.Tensor) -> torch.Tensor:
         return op.normal(x) - x0  # A^H (A x - y)
@@ -295,4 +318,4 @@ def total_variation(m: Measurement, options: ReconOptions, device: torch.device)
     info.update(lam=lam, lam_default=options.lam is None, tv_axes=list(diff.dims),
                 lipschitz=lipschitz, tau=tau, sigma=sigma, converged=res.converged,
                 history=res.history, seconds=time.perf_counter() - t0)
-    return _output(res.x, data_residual(op, res.x, y), res.iterations, info)
+    return _output(problem, res.x, res.iterations, info)

@@ -5,11 +5,15 @@ Public API (see :mod:`medrecon.sampling.api`)::
     from medrecon.sampling import posterior_sample, SamplerOptions, calibration
     res = posterior_sample(measurement, prior, sampler="dds", steps=50, samples=4, seed=0)
 
+``medrecon reconstruct --method diffusion`` and :func:`medrecon.reconstruct.reconstruct` run
+the same with a typed :class:`~medrecon.sampling.config.DiffusionConfig`.
+
 Building blocks: :mod:`~medrecon.sampling.samplers` (DDIM/DDS, DiffPIR, predictor-corrector,
-DPS loops), :mod:`~medrecon.sampling.consistency` (proximal CG step, projections, the
-model-space <-> physical-unit map) and :mod:`~medrecon.sampling.tiling` (volumes larger than
+DPS loops), :mod:`~medrecon.sampling.consistency` (the immutable :class:`LinearProblem` with
+its proximal CG step and projections) and :mod:`~medrecon.sampling.tiling` (volumes larger than
 the prior's patch). The exact Gaussian prior the samplers are tested against is a test helper,
-``tests/sampling/gaussian.py``.
+``tests/sampling/gaussian.py``. The physics comes from :func:`medrecon.problem.measurement_problem`;
+sampling never imports the classical methods of :mod:`medrecon.recon`.
 """
 
 from __future__ import annotations
@@ -19,24 +23,26 @@ from medrecon.sampling.api import (
     PosteriorResult,
     SamplerOptions,
     calibration,
-    measurement_problem,
     posterior_sample,
     prior_denoiser,
+    prior_on_device,
     sample_problem,
 )
+from medrecon.sampling.config import DiffusionConfig
 from medrecon.sampling.consistency import LinearProblem, ProximalDenoiser
 from medrecon.sampling.tiling import TiledDenoiser
 
 __all__ = [
     "SAMPLERS",
+    "DiffusionConfig",
     "LinearProblem",
     "PosteriorResult",
     "ProximalDenoiser",
     "SamplerOptions",
     "TiledDenoiser",
     "calibration",
-    "measurement_problem",
     "posterior_sample",
     "prior_denoiser",
+    "prior_on_device",
     "sample_problem",
 ]

@@ -12,10 +12,14 @@
     res.mean, res.std      # (I, J, K) numpy, reference units (MR magnitude, CT HU)
     res.residual, res.nfe, res.timings
 
-Lower level, for any operator and any denoiser (the analytic tests use this)::
+The measurement's physics (operator, data, noise, unit maps into the prior's model range) comes
+from :func:`medrecon.problem.measurement_problem`; the prior is used where it is, or copied to
+``device``, never moved. Lower level, for any operator and any denoiser (the analytic tests use
+this)::
 
     problem = LinearProblem(op, y, noise_std=..., scale=..., offset=...)
     out = sample_problem(denoiser, problem, (I, J, K), sampler="dds", steps=50, samples=8)
+    x = problem.to_physical(out.samples, out.phase)     # keep_samples=True
 
 Default hyper-parameters (``SamplerOptions``): the operator and data are divided by ||A|| (a
 power iteration) so that ``A^H A`` has unit norm and step sizes transfer between MRI, CT and
@@ -43,6 +47,8 @@ uncertainty map. :func:`calibration` gives the fraction of voxels whose error li
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -53,16 +59,16 @@ import numpy as np
 import torch
 
 from medrecon.errors import InputError
-from medrecon.operators.base import LinearOperator
+from medrecon.problem import measurement_problem
 from medrecon.sampling import samplers as S
 from medrecon.sampling.consistency import (
     LinearProblem,
     ProximalDenoiser,
     calibrated_variance,
     diffpir_variance,
-    operator_norm,
 )
 from medrecon.sampling.tiling import TiledDenoiser, patches_for_memory
+from medrecon.solvers import power_iteration
 
 if TYPE_CHECKING:
     from medrecon.io.measurement import Measurement
@@ -75,9 +81,9 @@ __all__ = [
     "SamplerOptions",
     "calibration",
     "dps_step",
-    "measurement_problem",
     "posterior_sample",
     "prior_denoiser",
+    "prior_on_device",
     "sample_problem",
 ]
 
@@ -171,6 +177,9 @@ class PosteriorResult:
         std: (I, J, K) per-voxel standard deviation over the samples (None for 1 sample).
         samples: (K, I, J, K) the samples themselves when ``keep_samples``.
         residual: mean over samples of ``||A x_k - y|| / ||y||``.
+        phase: :func:`sample_problem` of a complex-image (MR) problem: the (K, *S) phase along
+            which the model-space samples lie at the end (``problem.to_physical(z, phase)``);
+            None otherwise.
         nfe: full-volume denoiser evaluations per chain.
         timings: seconds: ``total``, ``network`` (denoiser calls), ``other`` (data
             consistency, tiling, bookkeeping), and ``network_fraction``.
@@ -184,6 +193,7 @@ class PosteriorResult:
     nfe: int
     timings: dict[str, float]
     info: dict[str, Any] = field(default_factory=dict)
+    phase: Any = None
 
 
 class _Timed:
@@ -249,8 +259,9 @@ def sample_problem(denoiser: Denoiser, problem: LinearProblem, shape: tuple[int,
 
     Args:
         denoiser: D(x (B, *shape), sigma (B,)) -> x0_hat, model space.
-        problem: the measurement, its noise level and the model <-> physical map. When
-            ``options.normalise_operator`` it is rescaled in place (A, y, noise by 1/||A||).
+        problem: the measurement, its noise level and the model <-> physical map. With
+            ``options.normalise_operator`` the sampler works on a copy with A, y and the
+            noise divided by ||A|| (the caller's problem is not changed).
         shape: the image shape S (= ``problem.op.ishape``).
         sampler: "dds", "dps", "pc" or "diffpir".
         seed: seeds the torch generator on ``device``: same seed, same device -> same result.
@@ -263,22 +274,23 @@ def sample_problem(denoiser: Denoiser, problem: LinearProblem, shape: tuple[int,
     device = torch.device(device)
     t_start = time.perf_counter()
     if opt.normalise_operator:
-        norm = operator_norm(problem.op, torch.zeros(problem.op.ishape, dtype=problem.y.dtype
-                                                      if problem.complex_image else dtype,
-                                                      device=device),
-                             iters=15, generator=torch.Generator(device).manual_seed(seed))
+        # A real start (cast to complex for MR): the seeded norm estimate of earlier releases.
+        start = torch.randn(problem.op.ishape, device=device,
+                            dtype=problem.y.real.dtype if problem.complex_image else dtype,
+                            generator=torch.Generator(device).manual_seed(seed))
+        if problem.complex_image:
+            start = start.to(problem.y.dtype)
+        norm = math.sqrt(power_iteration(problem.op.normal, start, iters=15).gain)
         if norm > 0:
-            problem.op = (1.0 / norm) * problem.op
-            problem.y = problem.y / norm
-            problem.noise_std = problem.noise_std / norm
+            problem = problem.normalised(norm)  # a new problem: the caller's stays as it was
     gen = torch.Generator(device).manual_seed(int(seed))
     s_max = opt.sigma_max if opt.sigma_max is not None else sigma_max
     s_min = opt.sigma_min if opt.sigma_min is not None else sigma_min
     sig = S.edm_sigmas(steps, s_min, s_max, opt.rho, device=device).to(dtype)
     timed = _Timed(denoiser)
     x = S.initial_state((samples, *shape), s_max, gen, dtype=dtype, device=device)
-    problem.phase = None
-    problem.init_phase(samples)
+    # The MR phase estimate: sampler state, changed only by the hard projections at the end.
+    phase = problem.init_phase(samples)
 
     bar = None
     if progress:
@@ -294,7 +306,7 @@ def sample_problem(denoiser: Denoiser, problem: LinearProblem, shape: tuple[int,
             bar.update(1)
             if i % 10 == 0 or i == steps - 1:
                 with torch.no_grad():
-                    r = problem.residual_norm(x0) / torch.linalg.vector_norm(problem.y)
+                    r = problem.residual_norm(x0, phase) / torch.linalg.vector_norm(problem.y)
                 bar.set_postfix(sigma=f"{sigma:.3g}", residual=f"{float(r.mean()):.3g}")
         if callback is not None:
             callback(i, sigma, xi, x0)
@@ -303,11 +315,11 @@ def sample_problem(denoiser: Denoiser, problem: LinearProblem, shape: tuple[int,
     with ctx:
         if name == "dds":
             d_y = ProximalDenoiser(timed, problem, calibrated_variance(sigma_data, opt.lam),
-                                   cg_iters=opt.cg_iters, tol=1e-6)
+                                   cg_iters=opt.cg_iters, tol=1e-6, phase=phase)
             out = S.ddim(d_y, x, sig, gen, eta=opt.eta, callback=cb)
         elif name == "diffpir":
             d_y = ProximalDenoiser(timed, problem, diffpir_variance(opt.lam),
-                                   cg_iters=4 * opt.cg_iters, tol=1e-6)
+                                   cg_iters=4 * opt.cg_iters, tol=1e-6, phase=phase)
             out = S.diffpir(d_y, x, sig, gen, zeta=opt.zeta_diffpir, callback=cb)
         elif name == "pc":
             if opt.pc_mode not in ("projection", "score"):
@@ -316,12 +328,14 @@ def sample_problem(denoiser: Denoiser, problem: LinearProblem, shape: tuple[int,
             if opt.pc_mode == "score":
                 score_model = ProximalDenoiser(timed, problem,
                                                calibrated_variance(sigma_data, opt.lam),
-                                               cg_iters=opt.cg_iters, tol=1e-6)
+                                               cg_iters=opt.cg_iters, tol=1e-6, phase=phase)
 
             def dc(z: torch.Tensor, sigma: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+                nonlocal phase
                 if opt.pc_mode == "score" and not bool(torch.all(sigma == 0)):
                     return z  # consistency is in the score; only the clean end is projected
-                return problem.noised_projection(z, sigma, g, iters=opt.pc_cg_iters)
+                z, phase = problem.noised_projection(z, sigma, g, phase, iters=opt.pc_cg_iters)
+                return z
 
             out = S.predictor_corrector(score_model, x, sig, gen, dc=dc,
                                         corrector_steps=opt.corrector_steps, snr=opt.snr,
@@ -333,7 +347,7 @@ def sample_problem(denoiser: Denoiser, problem: LinearProblem, shape: tuple[int,
             def model_residual(z: torch.Tensor) -> torch.Tensor:
                 # In model units (||A|| = 1 after normalisation): the guidance step zeta then
                 # means the same for MR and CT, as for the [-1, 1] images of Chung et al.
-                return problem.residual_norm(z) / unit
+                return problem.residual_norm(z, phase) / unit
 
             zeta = dps_step(opt.zeta_dps, math.prod(shape), steps)
             out = S.dps(timed, x, sig, gen, model_residual, zeta=zeta,
@@ -344,16 +358,16 @@ def sample_problem(denoiser: Denoiser, problem: LinearProblem, shape: tuple[int,
     if problem.noise_std == 0 and name != "pc":
         # Noiseless data: end exactly on A x = y (pc's last consistency step already does).
         with torch.no_grad():
-            out = problem.project(out, iters=max(opt.pc_cg_iters, 20), tol=1e-7)
+            out, phase = problem.project(out, phase, iters=max(opt.pc_cg_iters, 20), tol=1e-7)
     with torch.no_grad():
         ynorm = torch.linalg.vector_norm(problem.y).clamp_min(1e-30)
-        residual = float((problem.residual_norm(out) / ynorm).mean())
+        residual = float((problem.residual_norm(out, phase) / ynorm).mean())
     total = time.perf_counter() - t_start
     mean = out.mean(dim=0)
     std = out.std(dim=0) if samples > 1 else None
     return PosteriorResult(
         mean=mean, std=std, samples=out if keep_samples else None, residual=residual,
-        nfe=timed.calls, timings={"total": total, "network": timed.seconds,
+        phase=phase, nfe=timed.calls, timings={"total": total, "network": timed.seconds,
                                   "other": total - timed.seconds,
                                   "network_fraction": timed.seconds / max(total, 1e-12)},
         info={"sampler": name, "steps": steps, "samples": samples, "seed": seed,
@@ -365,106 +379,27 @@ def sample_problem(denoiser: Denoiser, problem: LinearProblem, shape: tuple[int,
 # ---------------------------------------------------------------------------------------------
 # Measurements + a learned prior
 # ---------------------------------------------------------------------------------------------
-class _Weighted(LinearOperator):
-    """W A for per-sample data weights W (CT pixel weights)."""
-
-    def __init__(self, op: LinearOperator, w: torch.Tensor) -> None:
-        super().__init__(op.ishape, op.oshape)
-        self.op, self.w = op, w
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w * self.op.forward(x)
-
-    def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        return self.op.adjoint(self.w * y)
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    current = torch.cuda.current_device()
+    return (a.index if a.index is not None else current) == (b.index if b.index is not None
+                                                              else current)
 
 
-def _mr_noise_estimate(y: torch.Tensor, mask: torch.Tensor) -> float:
-    """Robust noise std (per real component) from the outer 20 % of sampled k-space.
+def prior_on_device(prior: Prior, device: torch.device) -> Prior:
+    """``prior`` itself when its network lies on ``device``, else a copy moved there.
 
-    The signal there is small, so the median absolute deviation of the real and imaginary
-    parts of the sampled values estimates the noise (slightly over, which errs on the side of
-    not fitting noise).
+    The caller's prior is never moved or changed (a prior loaded once can serve several
+    devices); the copy costs one transfer of the weights per call.
     """
-    shape = y.shape[-3:]
-    grids = torch.meshgrid(*[torch.linspace(-1, 1, n, device=y.device) for n in shape],
-                           indexing="ij")
-    radius = torch.sqrt(sum(g**2 for g in grids[1:])) if shape[1] > 1 else grids[0].abs()
-    outer = (radius > 0.8 * float(radius.max())) & (mask.expand(shape) > 0)
-    vals = y[..., outer]
-    if vals.numel() < 32:
-        return 0.0
-    parts = torch.cat([vals.real.flatten(), vals.imag.flatten()]).double()
-    return float(1.4826 * (parts - parts.median()).abs().median())
-
-
-def measurement_problem(measurement: Measurement, normalisation: Any, device: torch.device,
-                        noise_std: float | None = None) -> tuple[LinearProblem, dict[str, Any]]:
-    """The :class:`LinearProblem` of an MR or CT measurement in the prior's model space.
-
-    * MR: A = SENSE (``medrecon.recon.mri.measurement_operator``), complex image with a
-      magnitude prior; model space ``|x| / s`` where ``s`` is the prior normalisation's robust
-      scale of a 10-iteration CG least-squares image (the true image's scale is unknown).
-      Noise: the file's ``noise.sigma`` (per real component), else estimated from the outer
-      k-space.
-    * CT: A = the ray-driven projector on mu (1/mm); model space is the prior's HU window,
-      ``HU = hu_min + z (hu_max - hu_min)`` and ``mu = mu_water (1 + HU / 1000)``, so
-      ``mu = scale * z + offset`` with ``scale = mu_water (hu_max - hu_min) / 1000`` and
-      ``offset = mu_water (1 + hu_min / 1000)``. Noise: Gaussian ``sigma_line_integral``, or
-      for Poisson data the ray-averaged variance ``mean(exp(p) / I0)`` of the log transform.
-
-    Returns:
-        (problem, info) with info holding the scale/offset/noise actually used.
-    """
-    info: dict[str, Any] = {}
-    if measurement.modality == "MR":
-        from medrecon.recon.mri import kspace_tensor
-        from medrecon.recon.mri import measurement_operator as mr_op
-        from medrecon.sampling.consistency import batched_cg
-
-        op = mr_op(measurement, device)
-        y = kspace_tensor(measurement, device)
-        rhs = op.adjoint(y)[None]
-        ls = batched_cg(op.normal, rhs, torch.zeros_like(rhs), 10)[0]
-        scale = float(normalisation.mr_scale(ls.abs()))
-        if noise_std is None:
-            noise_std = measurement.noise_sigma
-            if noise_std is None:
-                mask = torch.as_tensor(np.asarray(measurement.mask), device=device)
-                noise_std = _mr_noise_estimate(y, mask.float())
-                info["noise_estimated"] = True
-        problem = LinearProblem(op, y, noise_std=float(noise_std), scale=scale, offset=0.0,
-                                complex_image=True)
-        info.update(scale=scale, offset=0.0)
-        return problem, info
-    if measurement.modality == "CT":
-        from medrecon.recon.ct import ct_problem
-
-        ctp = ct_problem(measurement, device)
-        op: LinearOperator = ctp.op
-        y = ctp.y
-        if ctp.weights is not None:
-            op = _Weighted(op, ctp.weights)
-            y = ctp.weights * y
-        if noise_std is None:
-            nd = measurement.noise or {}
-            if nd.get("model") == "gaussian":
-                noise_std = float(nd.get("sigma_line_integral", 0.0))
-            elif nd.get("model") == "poisson":
-                i0 = float(nd["i0"])
-                e = float(nd.get("electronic_sigma_counts", 0.0))
-                counts = i0 * torch.exp(-ctp.y.double())
-                var = (counts + e**2) / counts.clamp_min(1.0) ** 2
-                noise_std = float(torch.sqrt(var.mean()))
-            else:
-                noise_std = 0.0
-        lo, hi = normalisation.ct_hu_min, normalisation.ct_hu_max
-        scale = ctp.mu_water * (hi - lo) / 1000.0
-        offset = ctp.mu_water * (1.0 + lo / 1000.0)
-        problem = LinearProblem(op, y, noise_std=float(noise_std), scale=scale, offset=offset)
-        info.update(scale=scale, offset=offset, mu_water=ctp.mu_water)
-        return problem, info
-    raise InputError(f"Diffusion reconstruction supports MR and CT, not {measurement.modality}.")
+    net = prior.denoiser
+    tensors = [*net.parameters(), *net.buffers()]
+    if all(_same_device(t.device, device) for t in tensors):
+        return prior
+    return dataclasses.replace(prior, denoiser=copy.deepcopy(net).to(device))
 
 
 def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "shift", overlap: float = 0.25,
@@ -518,7 +453,8 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
 
     Args:
         measurement: from :func:`medrecon.io.measurement.read_measurement` or ``simulate``.
-        prior: from :func:`medrecon.priors.load_prior` (on any device; moved to ``device``).
+        prior: from :func:`medrecon.priors.load_prior`, on any device: used as it is when on
+            ``device``, else a copy is moved there (the caller's prior is never changed).
         sampler: "dds" (default), "dps", "pc" or "diffpir".
         steps: diffusion steps (network evaluations per chain: 1 per step; pc: 2).
         samples: posterior samples K; with K >= 2 ``std`` is the per-voxel uncertainty.
@@ -532,12 +468,18 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
         :class:`PosteriorResult` with float32 numpy ``mean``/``std`` in reference units (MR:
         magnitude, CT: HU), on the reference grid.
     """
-    from medrecon.recon.classical import resolve_device
+    from medrecon.device import resolve_device
 
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     _check_common(sampler, steps, samples)
-    prior.denoiser.to(dev)
-    problem, pinfo = measurement_problem(measurement, prior.normalisation, dev, noise_std)
+    prior = prior_on_device(prior, dev)
+    physics = measurement_problem(measurement, dev, model=prior.normalisation,
+                                  noise_std=noise_std)
+    problem = LinearProblem.from_problem(physics)
+    units = physics.units
+    pinfo: dict[str, Any] = {**physics.info, "scale": units.scale, "offset": units.offset}
+    if units.mu_water is not None:
+        pinfo["mu_water"] = units.mu_water
     spacing = tuple(float(s) for s in
                     np.linalg.norm(np.asarray(measurement.reference.affine)[:3, :3], axis=0))
     ratio = max(max(a / b, b / a) for a, b in zip(spacing, prior.spacing_mm, strict=True))
@@ -549,12 +491,9 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
                          options=options or SamplerOptions.defaults(measurement.modality, sampler),
                          device=dev, keep_samples=True, progress=progress)
     z = res.samples  # (K, I, J, K) model space
-    with torch.no_grad():
-        if measurement.modality == "MR":
-            phys = problem.to_physical(z).abs()  # magnitude in the reference's scale
-        else:
-            phys = prior.normalisation.from_model(z, "CT")  # HU
-    phys = phys.float()
+    with torch.no_grad():  # MR magnitude in the reference's scale, CT HU
+        phys = units.model_to_reference(z, res.phase).float()
+    res.phase = None
     res.mean = phys.mean(dim=0).cpu().numpy()
     res.std = phys.std(dim=0).cpu().numpy() if samples > 1 else None
     res.samples = phys.cpu().numpy() if keep_samples else None

@@ -4,7 +4,8 @@ The samplers never branch on the modality or the operator. They receive either a
 *conditional denoiser* (:class:`ProximalDenoiser`: the prior's ``x0_hat`` followed by a
 proximal step on the data term) or a *step-level correction* (:meth:`LinearProblem.project`,
 :meth:`LinearProblem.noised_projection`, :meth:`LinearProblem.residual_norm` for DPS), all of
-which are built from one :class:`LinearProblem`.
+which are built from one immutable :class:`LinearProblem` (for a measurement:
+:meth:`LinearProblem.from_problem` of :func:`medrecon.problem.measurement_problem`).
 
 Units. The sampler state ``z`` lives in the prior's model space (roughly [-1, 1]); the operator
 acts on the physical image ``x = scale * z + offset`` (attenuation in 1/mm for CT, the
@@ -23,7 +24,12 @@ no signal, is discarded at every step. Letting the phase follow each step's solu
 lets aliasing hide in the phase and the magnitude (measured on synthetic heads: 18 dB at
 R = 8 against 30 dB). The final clean estimate of noiseless data is projected onto
 ``A x = y`` with the phase set free (:meth:`LinearProblem.project`), so hard consistency
-still holds exactly.
+still holds exactly. The phase is sampler state: :meth:`LinearProblem.init_phase` returns it,
+the methods take it, and the hard projections return the updated one; the problem itself
+never changes.
+
+The conjugate gradients are the package's one batched CG
+(:func:`medrecon.solvers.conjugate_gradient`): every chain gets its own step sizes.
 
 The maths of the proximal step (for a per-sample prior variance ``v`` of x0 in model space):
 
@@ -38,103 +44,33 @@ regularisation of DDS (Chung et al., ICLR 2024).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from medrecon.operators.base import LinearOperator
+from medrecon.solvers import conjugate_gradient, inner
+
+if TYPE_CHECKING:
+    from medrecon.problem import Problem
 
 __all__ = [
     "LinearProblem",
     "ProximalDenoiser",
-    "batched_cg",
     "calibrated_variance",
     "diffpir_variance",
-    "operator_norm",
 ]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _bdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-batch-item real inner product Re <a, b> over all but the first dimension -> (B,)."""
-    prod = torch.conj(a) * b if a.is_complex() else a * b
-    if prod.is_complex():
-        prod = prod.real
-    return prod.reshape(prod.shape[0], -1).sum(dim=1)
-
-
 def _bview(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Reshape a (B,) tensor to broadcast against ``like`` (B, ...)."""
     return v.reshape(-1, *([1] * (like.ndim - 1)))
-
-
-def batched_cg(apply: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor,
-               x0: torch.Tensor, max_iter: int, tol: float = 0.0) -> torch.Tensor:
-    """Conjugate gradients on ``apply(x) = rhs`` for a batch of independent problems.
-
-    ``apply`` must be Hermitian positive semi-definite and act on each batch item separately;
-    every batch item gets its own step sizes (the problems share nothing but the operator).
-
-    Args:
-        apply: x (B, ...) -> (B, ...).
-        rhs: (B, ...) right-hand sides.
-        x0: (B, ...) starting points.
-        max_iter: number of CG iterations (0 returns ``x0``).
-        tol: an item stops once ||r|| <= tol * ||rhs|| (or reaches rounding level, 16 eps).
-    Returns:
-        (B, ...) approximate solutions.
-    """
-    x = x0.clone()
-    if max_iter <= 0:
-        return x
-    r = rhs - apply(x)
-    p = r.clone()
-    rs = _bdot(r, r)
-    rhs_norm = torch.sqrt(_bdot(rhs, rhs))
-    tiny = torch.finfo(rs.dtype).tiny
-    # Items whose residual reached the tolerance (never below rounding level) are frozen:
-    # iterating on a rounding-level residual can divide by p^H A p ~ 0 and blow up.
-    floor = 16 * torch.finfo(rs.dtype).eps
-    stop = max(tol, floor) * rhs_norm
-    for _ in range(max_iter):
-        active = torch.sqrt(rs) > stop
-        if not bool(torch.any(active)):
-            break
-        ap = apply(p)
-        pap = _bdot(p, ap)
-        ok = active & (pap > tiny)
-        alpha = torch.where(ok, rs / pap.clamp_min(tiny), torch.zeros_like(rs))
-        x = x + _bview(alpha, x) * p
-        r = r - _bview(alpha, r) * ap
-        rs_new = torch.where(ok, _bdot(r, r), rs)
-        beta = torch.where(ok, rs_new / rs.clamp_min(tiny), torch.zeros_like(rs))
-        p = torch.where(_bview(ok, p), r + _bview(beta, p) * p, p)
-        rs = torch.where(ok, rs_new, torch.zeros_like(rs))
-    return x
-
-
-def operator_norm(op: LinearOperator, like: torch.Tensor, iters: int = 20,
-                  generator: torch.Generator | None = None) -> float:
-    """Largest singular value of ``op`` by power iteration on A^H A.
-
-    Args:
-        like: a tensor of shape ``op.ishape`` whose dtype and device the iterate takes.
-    """
-    gen_device = generator.device if generator is not None else like.device
-    v = torch.randn(like.shape, generator=generator, dtype=like.real.dtype,
-                    device=gen_device).to(like.device, like.dtype)
-    v = v / torch.linalg.vector_norm(v)
-    s = 0.0
-    for _ in range(iters):
-        w = op.normal(v)
-        s = float(torch.linalg.vector_norm(w))
-        if s == 0.0:
-            return 0.0
-        v = w / s
-    return math.sqrt(s)
 
 
 def calibrated_variance(sigma_data: float, lam: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -164,9 +100,12 @@ def diffpir_variance(lam: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]
     return variance
 
 
-@dataclass
+@dataclass(frozen=True)
 class LinearProblem:
     """A measurement ``y = A x + n`` and the map between model space and physical units.
+
+    Immutable: the MR phase estimate is sampler state, passed to the methods that need it and
+    returned by those that update it (the hard projections), never stored here.
 
     Attributes:
         op: the forward operator A; ``op.ishape`` is the image shape S.
@@ -175,10 +114,8 @@ class LinearProblem:
             separately for complex data), in the units of ``y``; 0 for noiseless data.
         scale, offset: physical image = ``scale * z + offset`` for a model-space state ``z``.
         complex_image: the physical image is complex (MRI) and the prior models its magnitude;
-            see the module docstring.
-        phase: (1 or B, *S) unit-modulus phase estimate used when ``complex_image``; set by
-            :meth:`init_phase`, freed only by the hard projections (:meth:`project`,
-            :meth:`replace`, :meth:`noised_projection` at sigma = 0).
+            see the module docstring. Every method that maps between model space and the image
+            then takes the (1 or B, *S) unit-modulus ``phase`` (from :meth:`init_phase`).
     """
 
     op: LinearOperator
@@ -187,29 +124,46 @@ class LinearProblem:
     scale: float = 1.0
     offset: float = 0.0
     complex_image: bool = False
-    phase: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.noise_std < 0:
             raise ValueError("noise_std must be >= 0")
         if self.scale == 0:
             raise ValueError("scale must be non-zero")
-        self._data_complex = self.y.is_complex()
+
+    @classmethod
+    def from_problem(cls, problem: Problem) -> LinearProblem:
+        """The sampler's view of a physics :class:`~medrecon.problem.Problem`: its operator,
+        data, noise and unit map (``x = scale * z + offset``); MR images are complex with a
+        magnitude prior."""
+        return cls(problem.op, problem.y, noise_std=problem.noise_std, scale=problem.units.scale,
+                   offset=problem.units.offset, complex_image=problem.modality == "MR")
 
     # -- model space <-> physical units ---------------------------------------------------
     @property
     def ishape(self) -> tuple[int, ...]:
         return self.op.ishape
 
-    def init_phase(self, batch: int, iters: int = 10, lowpass: float = 0.08) -> None:
-        """Smooth phase estimate: the phase of a least-squares image (``iters`` CG steps on
-        ``A^H A x = A^H y``) low-pass filtered by a Gaussian of standard deviation ``lowpass``
-        times the k-space extent per axis (aliasing and noise average out, a smooth phase
-        survives)."""
+    @property
+    def _data_complex(self) -> bool:
+        return self.y.is_complex()
+
+    def normalised(self, norm: float) -> LinearProblem:
+        """The same problem with A, y and the noise divided by ``norm`` (e.g. ||A||, so that
+        step sizes transfer between operators); the solution set is unchanged."""
+        return dataclasses.replace(self, op=(1.0 / norm) * self.op, y=self.y / norm,
+                                   noise_std=self.noise_std / norm)
+
+    def init_phase(self, batch: int, iters: int = 10,
+                   lowpass: float = 0.08) -> torch.Tensor | None:
+        """Smooth phase estimate (B, *S) for ``batch`` chains, None for real images: the phase
+        of a least-squares image (``iters`` CG steps on ``A^H A x = A^H y``) low-pass filtered
+        by a Gaussian of standard deviation ``lowpass`` times the k-space extent per axis
+        (aliasing and noise average out, a smooth phase survives)."""
         if not self.complex_image:
-            return
+            return None
         rhs = self.op.adjoint(self.y).unsqueeze(0)
-        x = batched_cg(self.op.normal, rhs, torch.zeros_like(rhs), iters)[0]
+        x = conjugate_gradient(self.op.normal, rhs, max_iter=iters, tol=0.0, batched=True).x[0]
         if lowpass > 0:
             # Gaussian blur of spatial std 1 / (2 pi lowpass) voxels, done by FFT on a copy
             # zero-padded by 3 std per side: without the padding the blur wraps around, and
@@ -226,7 +180,7 @@ class LinearProblem:
                 k = k * w.reshape([-1 if i == d else 1 for i in range(x.ndim)])
             xp = torch.fft.ifftn(k, dim=dims)
             x = xp[tuple(slice(pad, pad + n) for n in x.shape)]
-        self.phase = self._unit(x[None], None).expand(batch, *self.ishape).clone()
+        return self._unit(x[None], None).expand(batch, *self.ishape).clone()
 
     @staticmethod
     def _unit(x: torch.Tensor, fallback: torch.Tensor | None) -> torch.Tensor:
@@ -237,28 +191,28 @@ class LinearProblem:
             return torch.where(mag > eps, unit, torch.ones_like(unit))
         return torch.where(mag > eps, unit, fallback)
 
-    def _phase_for(self, z: torch.Tensor) -> torch.Tensor:
-        if self.phase is None:
-            self.init_phase(z.shape[0])
-        assert self.phase is not None
-        if self.phase.shape[0] not in (1, z.shape[0]):
-            raise ValueError(f"phase state has batch {self.phase.shape[0]}, state {z.shape[0]}")
-        return self.phase
+    def _phase(self, phase: torch.Tensor | None, z: torch.Tensor) -> torch.Tensor:
+        if phase is None:
+            raise ValueError("a complex-image problem needs the phase from init_phase()")
+        if phase.shape[0] not in (1, z.shape[0]):
+            raise ValueError(f"phase has batch {phase.shape[0]}, state {z.shape[0]}")
+        return phase
 
-    def to_physical(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, *S) model-space state -> (B, *S) physical image (complex when ``complex_image``)."""
+    def to_physical(self, z: torch.Tensor, phase: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, *S) model-space state -> (B, *S) physical image (complex when ``complex_image``,
+        along ``phase``)."""
         x = self.scale * z + self.offset
         if self.complex_image:
-            return x * self._phase_for(z)
+            return x * self._phase(phase, z)
         return x
 
-    def to_model(self, x: torch.Tensor) -> torch.Tensor:
+    def to_model(self, x: torch.Tensor, phase: torch.Tensor | None = None) -> torch.Tensor:
         """Physical image -> model space: ``(Re x - offset) / scale`` for a real image, and
         ``(Re(x conj(phase)) - offset) / scale`` for a complex one, i.e. the signed component
-        along the current phase (equal to ``|x|`` right after the phase was taken from ``x``;
-        signed so that the noise of a noisy state is not rectified)."""
+        along ``phase`` (equal to ``|x|`` when the phase was taken from ``x``; signed so that
+        the noise of a noisy state is not rectified)."""
         if self.complex_image:
-            return ((x * torch.conj(self._phase_for(x))).real - self.offset) / self.scale
+            return ((x * torch.conj(self._phase(phase, x))).real - self.offset) / self.scale
         return ((x.real if x.is_complex() else x) - self.offset) / self.scale
 
     # -- the data term ------------------------------------------------------------------------
@@ -278,14 +232,14 @@ class LinearProblem:
             return self.op.normal(x.to(self.y.dtype)).real
         return self.op.normal(x)
 
-    def residual(self, z: torch.Tensor) -> torch.Tensor:
+    def residual(self, z: torch.Tensor, phase: torch.Tensor | None = None) -> torch.Tensor:
         """(B, *oshape) residual ``A x(z) - y`` in the units of ``y``."""
-        return self._forward(self.to_physical(z)) - self.y
+        return self._forward(self.to_physical(z, phase)) - self.y
 
-    def residual_norm(self, z: torch.Tensor) -> torch.Tensor:
+    def residual_norm(self, z: torch.Tensor, phase: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) data-consistency residual ``||A x(z) - y||_2`` (differentiable in ``z``)."""
-        r = self.residual(z)
-        return torch.sqrt(_bdot(r, r))
+        r = self.residual(z, phase)
+        return torch.sqrt(inner(r, r, batched=True))
 
     def _solve(self, x0: torch.Tensor, gamma: torch.Tensor, y: torch.Tensor,
                iters: int, tol: float) -> torch.Tensor:
@@ -295,55 +249,65 @@ class LinearProblem:
         def apply(v: torch.Tensor) -> torch.Tensor:
             return self._normal(v) + g * v
 
-        return batched_cg(apply, rhs, x0, iters, tol)
+        return conjugate_gradient(apply, rhs, x0, max_iter=iters, tol=tol, batched=True).x
 
-    def _finish(self, x: torch.Tensor, update_phase: bool = False) -> torch.Tensor:
+    def _finish(self, x: torch.Tensor, phase: torch.Tensor | None,
+                update_phase: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Model-space state of the solution ``x`` and the phase to go on with: the phase of
+        ``x`` itself after a hard projection (``update_phase``), else the given one."""
         if self.complex_image and update_phase:
-            self.phase = self._unit(x, self.phase)
-        return self.to_model(x)
+            phase = self._unit(x, phase)
+        return self.to_model(x, phase), phase
 
-    def prox(self, z0: torch.Tensor, variance: torch.Tensor, iters: int = 10,
-             tol: float = 1e-6) -> torch.Tensor:
+    def prox(self, z0: torch.Tensor, variance: torch.Tensor, phase: torch.Tensor | None = None,
+             iters: int = 10, tol: float = 1e-6) -> torch.Tensor:
         """The proximal data-consistency step around a denoised estimate (module docstring).
 
         Args:
             z0: (B, *S) denoised estimate in model space.
             variance: (B,) variance ``v`` of the prior around ``z0``, in model-space units.
+            phase: the current phase (``complex_image`` only); the step keeps it.
             iters: CG iterations.
         Returns:
             (B, *S) model-space solution (for ``complex_image``, its component along the phase).
         """
         gamma = self.noise_std**2 / (self.scale**2 * variance)
-        x = self._solve(self.to_physical(z0), gamma, self.y, iters, tol)
-        return self._finish(x)
+        x = self._solve(self.to_physical(z0, phase), gamma, self.y, iters, tol)
+        return self._finish(x, phase, update_phase=False)[0]
 
-    def project(self, z: torch.Tensor, iters: int = 50, tol: float = 1e-10,
-                y: torch.Tensor | None = None) -> torch.Tensor:
+    def project(self, z: torch.Tensor, phase: torch.Tensor | None = None, iters: int = 50,
+                tol: float = 1e-10, y: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Hard data consistency: the orthogonal projection of x(z) onto ``{x : A x = y}``.
 
         CG on ``A^H A x = A^H y`` from x(z). For an operator with orthonormal rows
         (``A A^H = I``, e.g. a masked orthonormal FFT) a single step is exact and equals the
         k-space replacement ``F^-1(M y + (1 - M) F x)``; use :meth:`replace` for that.
+
+        Returns:
+            (model-space projection, the phase of the projected image): the phase is set free.
         """
         data = self.y if y is None else y
-        x = self._solve(self.to_physical(z), torch.zeros(z.shape[0], device=z.device),
+        x = self._solve(self.to_physical(z, phase), torch.zeros(z.shape[0], device=z.device),
                         data, iters, tol)
-        return self._finish(x, update_phase=True)
+        return self._finish(x, phase, update_phase=True)
 
-    def replace(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def replace(self, z: torch.Tensor, phase: torch.Tensor | None = None,
+                y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Exact projection ``x + A^H (y - A x)`` for operators with ``A A^H = I`` (one step).
 
         For single-coil Cartesian MRI, ``A = M F`` with an orthonormal FFT, this is the k-space
         replacement ``F^-1(M y + (1 - M) F x)`` of score-MRI (Chung & Ye 2022); the result
-        satisfies ``M (A x - y) = 0`` to rounding error.
+        satisfies ``M (A x - y) = 0`` to rounding error. Returns (state, updated phase).
         """
         data = self.y if y is None else y
-        x = self.to_physical(z)
+        x = self.to_physical(z, phase)
         x = x + self._adjoint(data - self._forward(x))
-        return self._finish(x, update_phase=True)
+        return self._finish(x, phase, update_phase=True)
 
     def noised_projection(self, z: torch.Tensor, sigma: torch.Tensor, generator: torch.Generator,
-                          lam: float = 1.0, iters: int = 20) -> torch.Tensor:
+                          phase: torch.Tensor | None = None, lam: float = 1.0, iters: int = 20
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Song et al. (ICLR 2022) consistency for a *noisy* state ``z_t``.
 
         The measurement is noised to the state's level, ``y_t = y + A(scale sigma eps)``, and
@@ -355,22 +319,25 @@ class LinearProblem:
         Args:
             z: (B, *S) noisy model-space state.
             sigma: (B,) its noise level.
+            phase: the current phase (``complex_image`` only).
+        Returns:
+            (new state, phase): the phase is updated only from clean (sigma = 0) states.
         """
         if self.noise_std > 0 and bool(torch.any(sigma == 0)):
             # A clean sample of noisy data is not pulled onto y: its fit is the posterior's.
-            return z
+            return z, phase
         eps = torch.randn(z.shape, generator=generator, dtype=z.dtype,
                           device=generator.device).to(z.device)
         noise = self.scale * _bview(sigma, z) * eps
         if self.complex_image:
-            noise = noise * self._phase_for(z)
+            noise = noise * self._phase(phase, z)
         y_t = self.y + self._forward(noise)
         gamma = (torch.zeros_like(sigma) if self.noise_std == 0
                  else self.noise_std**2 / (self.scale**2 * sigma**2))
-        x = self._solve(self.to_physical(z), gamma, y_t, iters, 1e-8)
+        x = self._solve(self.to_physical(z, phase), gamma, y_t, iters, 1e-8)
         # The phase of a noisy state is mostly noise: update it only from clean (sigma = 0) ones.
-        z_new = self._finish(x, update_phase=bool(torch.all(sigma == 0)))
-        return z + lam * (z_new - z) if lam != 1.0 else z_new
+        z_new, phase = self._finish(x, phase, update_phase=bool(torch.all(sigma == 0)))
+        return (z + lam * (z_new - z) if lam != 1.0 else z_new), phase
 
 
 class ProximalDenoiser:
@@ -378,15 +345,16 @@ class ProximalDenoiser:
 
     ``D_y(x_t, sigma) = prox(D(x_t, sigma), v(sigma))``; for a Gaussian prior whose covariance
     matches ``v`` this is exactly ``E[x0 | x_t, y]``, so any unconditional sampler run with it
-    samples the posterior. Counts network evaluations in ``nfe``.
+    samples the posterior. ``phase`` is the MR phase estimate the proximal steps keep (None for
+    real images).
     """
 
     def __init__(self, denoiser: Denoiser, problem: LinearProblem,
                  variance: Callable[[torch.Tensor], torch.Tensor], cg_iters: int = 5,
-                 tol: float = 1e-6) -> None:
+                 tol: float = 1e-6, phase: torch.Tensor | None = None) -> None:
         self.denoiser, self.problem, self.variance = denoiser, problem, variance
-        self.cg_iters, self.tol = cg_iters, tol
+        self.cg_iters, self.tol, self.phase = cg_iters, tol, phase
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         x0 = self.denoiser(x, sigma)
-        return self.problem.prox(x0, self.variance(sigma), self.cg_iters, self.tol)
+        return self.problem.prox(x0, self.variance(sigma), self.phase, self.cg_iters, self.tol)

@@ -97,6 +97,36 @@ def test_method_options_via_set(meas: Path, tmp_path: Path) -> None:
     assert_user_error(r, "KEY=VALUE")
 
 
+def test_reconstruct_writes_its_resolved_settings(meas: Path, tmp_path: Path) -> None:
+    from medrecon.config import load_config
+    from medrecon.reconstruct import ReconstructionSettings, reconstruct
+
+    out = tmp_path / "tv.nii.gz"
+    r = runner.invoke(app, ["reconstruct", str(meas), str(out), "--method", "tv",
+                            "--iterations", "4", "--set", "tv_axes=[0,1]", "--no-progress",
+                            "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    path = tmp_path / "tv.reconstruct.yaml"
+    assert f"settings in {path}" in r.stdout
+    settings = load_config(path, ReconstructionSettings)
+    assert (settings.method, settings.modality, settings.device) == ("tv", "MR", "cpu")
+    assert settings.iterations == 4 and settings.lam is None
+    assert settings.options == {"maps_method": "espirit", "coil_batch": None,
+                                "tv_axes": [0, 1], "tau": None, "sigma": None}
+    assert settings.resolved["iterations"] == 4 and settings.resolved["lam"] > 0
+    # The file repeats the run exactly.
+    again = reconstruct(read_measurement(meas), settings.method, settings.recon_options())
+    assert np.array_equal(again.volume.data, load_volume(out).data)
+    # A DICOM folder gets its settings beside it; no temporary files are left.
+    folder = tmp_path / "series"
+    r = runner.invoke(app, ["reconstruct", str(meas), str(folder), "--method", "zero-filled",
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "series.reconstruct.yaml").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "series", "series.reconstruct.yaml", "tv.nii.gz", "tv.reconstruct.yaml"]
+
+
 def test_config_file_and_flag_precedence(study: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "sim.yaml"
     cfg.write_text("seed: 3\nmri:\n  coils: 2\n  dims: 2d\n  mask: equispaced\n"

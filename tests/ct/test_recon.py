@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from medrecon.errors import InputError, MeasurementError
+from medrecon.errors import InputError
 from medrecon.intensity import hu_to_mu, mu_to_hu
 from medrecon.io.measurement import (
     Measurement,
@@ -18,17 +18,17 @@ from medrecon.io.measurement import (
 )
 from medrecon.io.operator_schema import ct_operator_description
 from medrecon.io.volume import Volume
+from medrecon.methods import available_methods, get_method
 from medrecon.operators.base import adjoint_mismatch
 from medrecon.operators.ct_geometry import CTGeometry, default_geometry
 from medrecon.operators.ct_projector import make_projector
 from medrecon.phantoms import SHEPP_LOGAN_3D, Ellipsoid, ellipsoid_phantom
-from medrecon.recon.classical import ReconOptions, available_methods, get_method
+from medrecon.problem import measurement_problem
+from medrecon.recon.base import ReconOptions
 from medrecon.recon.ct import (
     FILTERS,
     analytic_reconstruction,
     cgls,
-    ct_operator,
-    ct_problem,
     fbp,
     fdk,
     ramp_filter,
@@ -209,22 +209,12 @@ def test_fdk_method_on_cone_measurement_and_view_mask() -> None:
     mask[1::2] = 0
     sparse = Measurement("CT", full.data, mask, full.reference, noise=full.noise,
                          operator=full.operator)
-    op = ct_operator(sparse, CPU)
-    assert op.oshape == (12, *full.data.shape[1:])
-    assert adjoint_mismatch(make_projector(ct_problem(sparse).geometry, vol.shape, vol.spacing,
+    problem = measurement_problem(sparse, CPU)
+    assert problem.op.oshape == (12, *full.data.shape[1:])
+    assert adjoint_mismatch(make_projector(problem.geometry, vol.shape, vol.spacing,
                                            dtype=torch.float64), complex_input=False) < 1e-10
     out2 = get_method("CT", "cgls")(sparse, ReconOptions(iterations=5), CPU)
     assert out2.info["views"] == 12
-
-
-def test_ct_problem_errors() -> None:
-    vol = _phantom_volume(24, 1)
-    m = _measurement(vol, "parallel", 10)
-    bad = Measurement("CT", m.data[:, :, :-1], None, m.reference, operator=m.operator)
-    with pytest.raises(MeasurementError, match="does not match its geometry"):
-        ct_problem(bad)
-    with pytest.raises(MeasurementError, match="selects no views"):
-        ct_problem(Measurement("CT", m.data, np.zeros(10), m.reference, operator=m.operator))
 
 
 def test_sirt_and_cgls_converge_on_consistent_data() -> None:

@@ -27,8 +27,9 @@ import torch
 
 from medrecon.io import Volume
 from medrecon.io.cfl import read_cfl, write_cfl
+from medrecon.methods import get_method
 from medrecon.phantoms import shepp_logan_3d
-from medrecon.recon.classical import ReconOptions, get_method
+from medrecon.recon.base import ReconOptions
 from medrecon.simulate import MRISettings, SimulationConfig, simulate
 
 pytestmark = [pytest.mark.slow,

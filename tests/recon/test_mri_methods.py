@@ -6,20 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from medrecon.errors import InputError, MeasurementError
+from medrecon.errors import ConfigError, InputError, MeasurementError
 from medrecon.io import Volume
 from medrecon.io.measurement import Measurement, ReferenceGeometry
 from medrecon.io.operator_schema import mri_operator_description
+from medrecon.methods import available_methods, get_method
 from medrecon.phantoms import shepp_logan_3d
-from medrecon.recon.classical import (
-    ReconOptions,
-    ReconOutput,
-    available_methods,
-    get_method,
-    register_method,
-    resolve_device,
-)
-from medrecon.recon.mri import data_residual, kspace_tensor, measurement_operator
+from medrecon.problem import measurement_problem
+from medrecon.recon.base import ReconOptions
 from medrecon.simulate import MRISettings, SimulationConfig, simulate
 
 SHAPE = (20, 18, 16)  # odd, non-cubic: exposes axis and fftshift mistakes
@@ -54,28 +48,31 @@ def test_registry_lists_mri_methods_and_rejects_unknown() -> None:
         get_method("PET", "tv")
 
 
-def test_register_method_refuses_a_second_function_under_a_taken_name() -> None:
-    def other(m: Measurement, o: ReconOptions, d: torch.device) -> ReconOutput:
-        raise AssertionError
+def test_method_options_are_typed_and_checked_before_any_work(meas3d: Measurement) -> None:
+    cases = [
+        ("l1-wavelet", {"wavelet": "xyz"}, "l1-wavelet options: unknown wavelet 'xyz'"),
+        ("l1-wavelet", {"levels": 0}, "key 'levels' must be >= 1"),
+        ("tv", {"tv_axes": [7]}, "tv_axes must list distinct image axes"),
+        ("tv", {"wavelt": "db4"}, "unknown key 'wavelt'"),
+        ("zero-filled", {"combine": "max"}, "key 'combine' must be one of 'rss', 'sense'"),
+        ("cg-sense", {"maps_method": "magic"}, "key 'maps_method' must be one of"),
+    ]
+    for method, extra, fragment in cases:
+        with pytest.raises(ConfigError) as exc:
+            get_method("MR", method)(meas3d, ReconOptions(extra=extra), CPU)
+        assert fragment in str(exc.value), (method, str(exc.value))
+    out = get_method("MR", "l1-wavelet")(
+        meas3d, ReconOptions(iterations=2, extra={"wavelet": "haar", "levels": 1}), CPU)
+    assert (out.info["wavelet"], out.info["levels"]) == ("haar", 1)
 
-    with pytest.raises(ValueError, match="already registered"):
-        register_method("MR", "tv")(other)
 
-
-def test_recon_options_validation_and_devices() -> None:
+def test_recon_options_validation() -> None:
     with pytest.raises(InputError, match="iterations"):
         ReconOptions(iterations=0)
     with pytest.raises(InputError, match="regularisation"):
         ReconOptions(lam=-1.0)
     with pytest.raises(InputError, match="tolerance"):
         ReconOptions(tol=float("nan"))
-    assert resolve_device("cpu") == CPU
-    with pytest.raises(InputError, match="Unknown device"):
-        resolve_device("tpu:what")
-    if not torch.cuda.is_available():
-        with pytest.raises(InputError, match="no CUDA GPU"):
-            resolve_device("cuda")
-        assert resolve_device("auto") == CPU
 
 
 def test_fully_sampled_noiseless_recovers_complex_image(reference: Volume) -> None:
@@ -113,12 +110,11 @@ def test_classical_methods_beat_zero_filled(meas3d: Measurement, reference: Volu
 
 
 def test_residual_definition(meas3d: Measurement) -> None:
-    op = measurement_operator(meas3d, CPU)
-    y = kspace_tensor(meas3d, CPU)
+    problem = measurement_problem(meas3d, CPU)
     out = get_method("MR", "cg-sense")(meas3d, ReconOptions(iterations=5), CPU)
     assert out.iterations == 5
     assert 0.0 < out.residual < 1.0
-    assert data_residual(op, torch.zeros(SHAPE, dtype=torch.complex64), y) == pytest.approx(1.0)
+    assert problem.residual(torch.zeros(SHAPE, dtype=torch.complex64)) == pytest.approx(1.0)
 
 
 def test_lam_trades_data_fit_for_regularity(meas3d: Measurement) -> None:
@@ -148,7 +144,7 @@ def test_missing_maps_are_estimated(reference: Volume) -> None:
                     operator=full.operator, acquisition=dict(full.acquisition))
     out = get_method("MR", "cg-sense")(m, ReconOptions(), CPU)
     assert out.info["coil_maps"].startswith("estimated")
-    assert m.coil_maps is not None and m.coil_maps.shape == full.data.shape
+    assert m.coil_maps is None  # estimated for the problem, not written into the measurement
     zf = get_method("MR", "zero-filled")(full, ReconOptions(), CPU)
     assert psnr(out.image, reference.data) > psnr(zf.image, reference.data) + 2.0
 

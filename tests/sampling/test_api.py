@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+from medrecon.problem import measurement_problem
 from medrecon.sampling import (
     LinearProblem,
     SamplerOptions,
     calibration,
-    measurement_problem,
     posterior_sample,
     sample_problem,
 )
@@ -49,7 +51,7 @@ def test_noiseless_cartesian_hard_consistency_magnitude_prior() -> None:
     res = sample_problem(_shrink(), prob, shape, sampler="dds", steps=8, samples=3, seed=0,
                          options=SamplerOptions(cg_iters=3), keep_samples=True)
     assert res.residual < 1e-5
-    x = prob.to_physical(res.samples)
+    x = prob.to_physical(res.samples, res.phase)
     r = prob.op(x) - prob.y
     assert float(r.abs().max()) < 1e-5 * float(prob.y.abs().max())
     # The same with PC + projection and with DiffPIR.
@@ -65,25 +67,33 @@ def test_ct_units_model_space_round_trip(ct_measurement, tiny_prior) -> None:
     """The reference volume mapped into model space reproduces the noiseless sinogram: the
     HU -> model -> mu scaling of the data term is right."""
     m, vol = ct_measurement
-    prob, info = measurement_problem(m, tiny_prior.normalisation, torch.device("cpu"))
+    prob = LinearProblem.from_problem(measurement_problem(m, "cpu",
+                                                          model=tiny_prior.normalisation))
     z = torch.as_tensor(tiny_prior.normalisation.to_model(vol.data, "CT"))[None]
     rel = float(prob.residual_norm(z)[0] / torch.linalg.vector_norm(prob.y))
-    assert rel < 1e-4
+    assert rel < 1e-4 and not prob.complex_image
     # A wrong scale (e.g. HU treated as mu) is far off.
-    wrong = LinearProblem(prob.op, prob.y, scale=info["scale"] * 1.1, offset=info["offset"])
+    wrong = LinearProblem(prob.op, prob.y, scale=prob.scale * 1.1, offset=prob.offset)
     assert float(wrong.residual_norm(z)[0] / torch.linalg.vector_norm(prob.y)) > 1e-2
-    assert info["offset"] == pytest.approx(0.0, abs=1e-12)  # default window: air -> mu = 0
+    assert prob.offset == pytest.approx(0.0, abs=1e-12)  # default window: air -> mu = 0
 
 
 def test_mr_scale_matches_reference(mr_measurement, tiny_prior) -> None:
     m, vol = mr_measurement
-    prob, info = measurement_problem(m, tiny_prior.normalisation, torch.device("cpu"))
+    prob = LinearProblem.from_problem(measurement_problem(m, "cpu",
+                                                          model=tiny_prior.normalisation))
     ref_scale = tiny_prior.normalisation.mr_scale(vol.data)
-    assert info["scale"] == pytest.approx(ref_scale, rel=0.3)
+    assert prob.scale == pytest.approx(ref_scale, rel=0.3) and prob.complex_image
     assert prob.noise_std == pytest.approx(float(m.noise_sigma))
     z = torch.rand(2, *vol.shape)
-    prob.init_phase(2)
-    torch.testing.assert_close(prob.to_model(prob.to_physical(z)), z, rtol=1e-5, atol=1e-5)
+    phase = prob.init_phase(2)
+    assert phase is not None and phase.shape == (2, *vol.shape)
+    torch.testing.assert_close(prob.to_model(prob.to_physical(z, phase), phase), z, rtol=1e-5,
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="needs the phase"):
+        prob.to_physical(z)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        prob.scale = 2.0  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("sampler,nfe", [("dds", 4), ("pc", 7), ("diffpir", 4), ("dps", 4)])
@@ -117,8 +127,49 @@ def test_posterior_sample_mr(mr_measurement, tiny_prior) -> None:
     assert (res.info["lam"], res.info["cg_iters"]) == (0.05, 10)  # the MR defaults
 
 
+def test_posterior_sample_leaves_the_callers_objects_alone(ct_measurement, tiny_prior) -> None:
+    from medrecon.sampling.api import prior_on_device
+
+    m, _ = ct_measurement
+    weights = {k: v.clone() for k, v in tiny_prior.denoiser.state_dict().items()}
+    data = m.data.copy()
+    net = tiny_prior.denoiser
+    posterior_sample(m, tiny_prior, steps=2, device="cpu")
+    assert tiny_prior.denoiser is net and np.array_equal(m.data, data)
+    after = tiny_prior.denoiser.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in weights.items())
+    # On its own device the prior is used as it is; elsewhere a moved copy is (meta: no data).
+    assert prior_on_device(tiny_prior, torch.device("cpu")) is tiny_prior
+    moved = prior_on_device(tiny_prior, torch.device("meta"))
+    assert moved is not tiny_prior and next(moved.denoiser.parameters()).is_meta
+    assert next(tiny_prior.denoiser.parameters()).device.type == "cpu"
+
+
+def test_sample_problem_leaves_the_problem_alone() -> None:
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 6, generator=g, dtype=torch.float64)
+
+    from medrecon.operators.base import LinearOperator
+
+    class MatrixOp(LinearOperator):
+        def __init__(self) -> None:
+            super().__init__((6,), (4,))
+
+        def _forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x @ a.T
+
+        def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
+            return y @ a
+
+    prob = LinearProblem(MatrixOp(), torch.ones(4, dtype=torch.float64), noise_std=0.1)
+    op, y = prob.op, prob.y
+    sample_problem(_shrink(), prob, (6,), steps=3, samples=2, dtype=torch.float64)
+    assert prob.op is op and prob.y is y and prob.noise_std == 0.1
+
+
 def test_diffusion_registered_in_reconstruct(ct_measurement, tiny_prior_path) -> None:
-    from medrecon.recon.classical import ReconOptions, available_methods
+    from medrecon.methods import available_methods
+    from medrecon.recon.base import ReconOptions
     from medrecon.reconstruct import reconstruct
 
     assert "diffusion" in available_methods("MR") and "diffusion" in available_methods("CT")

@@ -1,0 +1,35 @@
+"""Device resolution: turn the user's ``--device`` text into a :class:`torch.device`.
+
+Every command and API entry point that accepts ``device="auto"`` resolves it here, so "auto",
+"cpu", "cuda" and "cuda:N" mean the same everywhere and an unavailable GPU is one clear
+:class:`~medrecon.errors.InputError` sentence.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from medrecon.errors import InputError
+
+if TYPE_CHECKING:  # torch is imported inside the function: this module stays light
+    import torch
+
+__all__ = ["resolve_device"]
+
+
+def resolve_device(device: str | None = "auto") -> torch.device:
+    """Turn "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N" into a device."""
+    import torch
+
+    name = "auto" if device is None else str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"Unknown device {device!r}; use auto, cpu, cuda or cuda:N.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("CUDA was requested but no CUDA GPU is available; use --device cpu.")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"Unsupported device {device!r}; use auto, cpu, cuda or cuda:N.")
+    return dev

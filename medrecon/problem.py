@@ -1,0 +1,364 @@
+"""Measurement -> physics problem: the one place where a measurement file meets the physics.
+
+:func:`measurement_problem` turns an MR or CT :class:`~medrecon.io.measurement.Measurement`
+into a :class:`Problem`: the forward operator A, the data y as the solvers see them, the data
+weights, the measurement noise (from the file, else estimated from the data) and the unit maps
+between the image A acts on, the reference's units and a prior's model space. Classical
+reconstruction (:mod:`medrecon.recon`) and posterior sampling (:mod:`medrecon.sampling`) both
+start here, so the two never disagree about what a file means::
+
+    from medrecon.problem import measurement_problem
+
+    problem = measurement_problem(measurement, "cpu")
+    x = problem.op.adjoint(problem.y)                 # zero-filled / backprojected image
+    image = problem.units.to_reference(x)             # MR magnitude / CT HU
+    print(problem.residual(x), problem.noise_std, problem.info)
+
+=====  ===================================================  ======================================
+       MR                                                   CT
+=====  ===================================================  ======================================
+A      SENSE ``M F S`` (:mod:`medrecon.operators.mri`);      ray-driven projector on mu in 1/mm,
+       coil maps from the file, else estimated from the      only the measured views; with pixel
+       calibration region (ESPIRiT, ``info["coil_maps"]``)   weights W: ``W A``
+y      k-space (C, I, J, K), zeros off the mask               sinogram (V, R, C) of line integrals
+                                                              (with weights: ``W y``)
+noise  ``noise.sigma`` of the file, else the robust           Gaussian ``sigma_line_integral``, or
+       spread of the outer 20 % of sampled k-space            for Poisson data the ray-averaged
+       (``info["noise_estimated"]``)                          variance ``mean(exp(p) / I0)`` of the
+                                                              log transform; else 0
+units  x complex, reference = |x|                             x = mu (1/mm), reference = HU =
+                                                              1000 (mu - mu_water) / mu_water
+=====  ===================================================  ======================================
+
+Model space. With ``model`` (a prior's intensity normalisation, see :class:`ModelRange`) the
+unit map also places the image in the prior's model range, ``x = scale * z + offset``:
+
+* MR: ``z = |x| / s`` with ``s`` the normalisation's robust scale of a 10-iteration CG
+  least-squares image (the true image's scale is unknown); ``offset = 0``.
+* CT: the prior's HU window ``HU = hu_min + z (hu_max - hu_min)`` and ``mu = mu_water (1 +
+  HU / 1000)``, so ``scale = mu_water (hu_max - hu_min) / 1000`` and ``offset = mu_water (1 +
+  hu_min / 1000)``.
+
+Without a model, z is the classical solvers' unknown: the image itself for MR (scale 1) and
+attenuation in units of water for CT (``scale = mu_water``), which keeps regularisation
+weights dimensionless.
+
+Nothing here changes the measurement: estimated coil maps live in the problem, not in the file
+object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+
+from medrecon.errors import InputError, MeasurementError
+from medrecon.intensity import MU_WATER_PER_MM, mu_to_hu
+from medrecon.operators.base import LinearOperator
+
+if TYPE_CHECKING:
+    from medrecon.io.measurement import Measurement
+    from medrecon.operators.ct_geometry import CTGeometry
+
+Tensor = torch.Tensor
+
+__all__ = ["ModelRange", "Problem", "UnitMap", "kspace_tensor", "measurement_problem"]
+
+
+class ModelRange(Protocol):
+    """What the unit maps need from a prior's intensity normalisation
+    (:class:`medrecon.priors.normalisation.Normalisation` provides it)."""
+
+    ct_hu_min: float
+    ct_hu_max: float
+
+    def mr_scale(self, data: Tensor) -> float:
+        """Robust MR scale of a magnitude image (maps to 1 in model space)."""
+        ...
+
+
+@dataclass(frozen=True)
+class UnitMap:
+    """Maps between model space z, the image x the operator acts on, and the reference's units.
+
+    ``x = scale * z + offset`` (for MR times a unit-modulus phase that the sampler tracks);
+    the reference's units are the MR magnitude ``|x|`` and CT Hounsfield units.
+
+    Attributes:
+        modality: "MR" or "CT".
+        scale, offset: the affine map from model space to the image x.
+        mu_water: CT water attenuation in 1/mm (HU <-> mu); None for MR.
+        hu_window: CT (hu_min, hu_max) that model space [0, 1] spans, when a model was given.
+    """
+
+    modality: str
+    scale: float = 1.0
+    offset: float = 0.0
+    mu_water: float | None = None
+    hu_window: tuple[float, float] | None = None
+
+    def to_physical(self, z: Tensor, phase: Tensor | None = None) -> Tensor:
+        """Model space -> image x: ``scale * z + offset``, times ``phase`` when given (MR)."""
+        x = self.scale * z + self.offset
+        return x if phase is None else x * phase
+
+    def to_reference(self, x: Any) -> Any:
+        """Image x -> reference units: MR magnitude ``|x|`` (float32 tensor), CT HU (numpy array
+        or tensor, as given)."""
+        if self.modality == "MR":
+            return torch.abs(x).to(torch.float32)
+        assert self.mu_water is not None
+        return mu_to_hu(x, self.mu_water)
+
+    def model_to_reference(self, z: Tensor, phase: Tensor | None = None) -> Tensor:
+        """Model space -> reference units (MR: ``|to_physical(z, phase)|``; CT with a model
+        window: ``hu_min + z (hu_max - hu_min)``, the prior's own map)."""
+        if self.modality == "CT" and self.hu_window is not None:
+            lo, hi = self.hu_window
+            return z * (hi - lo) + lo
+        if self.modality == "MR":
+            return self.to_physical(z, phase).abs()
+        return self.to_reference(self.to_physical(z))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A measurement as a linear inverse problem ``y = A x + n`` (see the module docstring).
+
+    Attributes:
+        modality: "MR" or "CT".
+        op: the forward operator A (CT: including the pixel weights, when there are some).
+        y: the data as the solvers see them, shape ``op.oshape``, on the problem's device.
+        noise_std: standard deviation of each real component of n (real and imaginary parts
+            separately for complex data), in the units of y; 0 for noiseless data.
+        units: the unit maps of the image.
+        info: how the problem was built (MR: ``coil_maps`` "file" / "estimated (espirit)" /
+            "none (single coil)", ``noise_estimated``; CT: ``mu_water_per_mm``, ``geometry``,
+            ``views``); JSON-serialisable.
+        weights: CT per-pixel data weights W (already applied to ``op`` and ``y``), or None.
+        geometry: CT geometry of the measured views; None for MR.
+        spacing_mm: voxel size of the image grid (I, J, K) in mm.
+    """
+
+    modality: str
+    op: LinearOperator
+    y: Tensor
+    noise_std: float
+    units: UnitMap
+    info: Mapping[str, Any] = field(default_factory=dict)
+    weights: Tensor | None = None
+    geometry: CTGeometry | None = None
+    spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """The image grid (I, J, K) that ``op`` acts on."""
+        return self.op.ishape
+
+    def residual(self, x: Tensor) -> float:
+        """Data-consistency residual ``||A x - y|| / ||y||`` (weighted for weighted CT data)."""
+        with torch.no_grad():
+            r = self.op(x) - self.y
+            return float(torch.linalg.vector_norm(r)
+                         / torch.linalg.vector_norm(self.y).clamp_min(1e-30))
+
+
+class _Weighted(LinearOperator):
+    """``W A`` for per-sample data weights W (CT pixel weights): the one place they are applied."""
+
+    def __init__(self, op: LinearOperator, w: Tensor) -> None:
+        super().__init__(op.ishape, op.oshape)
+        self.op, self.w = op, w
+
+    def _forward(self, x: Tensor) -> Tensor:
+        return self.w * self.op.forward(x)
+
+    def _adjoint(self, y: Tensor) -> Tensor:
+        return self.op.adjoint(self.w * y)
+
+
+def kspace_tensor(m: Measurement, device: torch.device | str = "cpu") -> Tensor:
+    """Measured k-space (C, I, J, K) as complex64 on ``device``, masked (zeros off the mask)."""
+    y = torch.from_numpy(np.asarray(m.data, np.complex64)).to(device)
+    mask = torch.as_tensor(np.asarray(m.mask)).to(device=device, dtype=torch.float32)
+    return y * (mask > 0)
+
+
+def measurement_problem(measurement: Measurement, device: torch.device | str = "cpu", *,
+                        model: ModelRange | None = None, noise_std: float | None = None,
+                        maps_method: str = "espirit", coil_batch: int | None = None,
+                        dtype: torch.dtype = torch.float32) -> Problem:
+    """The physics :class:`Problem` of an MR or CT measurement, on ``device``.
+
+    Args:
+        measurement: from :func:`~medrecon.io.measurement.read_measurement` or
+            :func:`~medrecon.simulate.simulate`; it is not modified.
+        device: where the operator and data live.
+        model: a prior's intensity normalisation; places the unit map in its model range.
+        noise_std: override the measurement noise (per real component, units of y).
+        maps_method: MR without coil maps in the file: "espirit" or "lowres" estimation.
+        coil_batch: MR: coils transformed at once by the SENSE operator (memory bound).
+        dtype: CT real dtype of the projector and data.
+
+    Raises:
+        MeasurementError: the operator description does not fit the data.
+        InputError: a modality other than MR or CT.
+    """
+    device = torch.device(device)
+    if measurement.modality == "MR":
+        return _mr_problem(measurement, device, model, noise_std, maps_method, coil_batch)
+    if measurement.modality == "CT":
+        return _ct_problem(measurement, device, model, noise_std, dtype)
+    raise InputError(f"Reconstruction supports MR and CT measurements, not "
+                     f"{measurement.modality}.")
+
+
+# -------------------------------------------------------------------------------------------
+# MR
+# -------------------------------------------------------------------------------------------
+def _spacing(m: Measurement) -> tuple[float, float, float]:
+    return tuple(float(s) for s in  # type: ignore[return-value]
+                 np.linalg.norm(np.asarray(m.reference.affine)[:3, :3], axis=0))
+
+
+def _mr_noise_estimate(y: Tensor, mask: Tensor) -> float:
+    """Robust noise std (per real component) from the outer 20 % of sampled k-space.
+
+    The signal there is small, so the median absolute deviation of the real and imaginary
+    parts of the sampled values estimates the noise (slightly over, which errs on the side of
+    not fitting noise).
+    """
+    shape = y.shape[-3:]
+    grids = torch.meshgrid(*[torch.linspace(-1, 1, n, device=y.device) for n in shape],
+                           indexing="ij")
+    radius = torch.sqrt(sum(g**2 for g in grids[1:])) if shape[1] > 1 else grids[0].abs()
+    outer = (radius > 0.8 * float(radius.max())) & (mask.expand(shape) > 0)
+    vals = y[..., outer]
+    if vals.numel() < 32:
+        return 0.0
+    parts = torch.cat([vals.real.flatten(), vals.imag.flatten()]).double()
+    return float(1.4826 * (parts - parts.median()).abs().median())
+
+
+def _mr_problem(m: Measurement, device: torch.device, model: ModelRange | None,
+                noise_std: float | None, maps_method: str,
+                coil_batch: int | None) -> Problem:
+    from medrecon.operators.mri import SenseOperator
+    from medrecon.solvers import conjugate_gradient
+
+    y = kspace_tensor(m, device)
+    maps: Tensor | None
+    if m.coil_maps is not None:
+        maps, source = torch.from_numpy(np.asarray(m.coil_maps, np.complex64)).to(device), "file"
+    elif m.n_coils == 1:
+        maps, source = None, "none (single coil)"
+    else:
+        # fastMRI files carry no maps: estimate them from the calibration region, once, here.
+        from medrecon.operators.coils import estimate_coil_maps
+
+        calib = m.acquisition.get("calibration")
+        kwargs: dict[str, Any] = {"method": maps_method, "fft_dims": m.fft_dims}
+        if calib is not None:
+            kwargs["calibration"] = int(calib)
+        est = estimate_coil_maps(y, torch.as_tensor(m.mask).to(device), **kwargs)
+        maps, source = est.to(device=device, dtype=torch.complex64), f"estimated ({maps_method})"
+    op = SenseOperator(maps, torch.as_tensor(np.asarray(m.mask)).to(device),
+                       fft_dims=m.fft_dims, coil_batch=coil_batch, image_shape=m.image_shape)
+    info: dict[str, Any] = {"coil_maps": source}
+    scale = 1.0
+    if model is not None:
+        rhs = op.adjoint(y)[None]
+        ls = conjugate_gradient(op.normal, rhs, max_iter=10, tol=0.0, batched=True).x[0]
+        scale = float(model.mr_scale(ls.abs()))
+    if noise_std is None:
+        noise_std = m.noise_sigma
+        if noise_std is None:
+            mask = torch.as_tensor(np.asarray(m.mask), device=device)
+            noise_std = _mr_noise_estimate(y, mask.float())
+            info["noise_estimated"] = True
+    return Problem("MR", op, y, float(noise_std), UnitMap("MR", scale=scale, offset=0.0), info,
+                   spacing_mm=_spacing(m))
+
+
+# -------------------------------------------------------------------------------------------
+# CT
+# -------------------------------------------------------------------------------------------
+def _operator_geometry(operator: dict[str, Any]) -> dict[str, Any]:
+    g = operator.get("geometry")
+    if isinstance(g, dict):
+        return g
+    return operator  # flat layout: the geometry keys sit in the operator description itself
+
+
+def _ct_noise(m: Measurement, y: Tensor) -> float:
+    """Noise std of the line integrals ``y`` (unweighted) from the file's noise model."""
+    nd = m.noise or {}
+    if nd.get("model") == "gaussian":
+        return float(nd.get("sigma_line_integral", 0.0))
+    if nd.get("model") == "poisson":
+        i0 = float(nd["i0"])
+        e = float(nd.get("electronic_sigma_counts", 0.0))
+        counts = i0 * torch.exp(-y.double())
+        var = (counts + e**2) / counts.clamp_min(1.0) ** 2
+        return float(torch.sqrt(var.mean()))
+    return 0.0
+
+
+def _ct_problem(m: Measurement, device: torch.device, model: ModelRange | None,
+                noise_std: float | None, dtype: torch.dtype) -> Problem:
+    from medrecon.operators.ct_geometry import CTGeometry
+    from medrecon.operators.ct_projector import make_projector
+
+    op_desc = dict(m.operator or {})
+    geometry = CTGeometry.from_dict(_operator_geometry(op_desc))
+    shape = tuple(int(n) for n in op_desc.get("image_shape", m.reference.shape))
+    if shape != tuple(m.reference.shape):
+        raise MeasurementError(f"The CT operator's image shape {shape} does not match the "
+                               f"reference shape {m.reference.shape}.")
+    if "spacing_mm" in op_desc:
+        spacing = tuple(float(s) for s in op_desc["spacing_mm"])
+    else:
+        spacing = _spacing(m)
+    data = np.asarray(m.data, dtype=np.float32)
+    if data.shape != geometry.sinogram_shape:
+        raise MeasurementError(f"The sinogram of shape {data.shape} does not match its "
+                               f"geometry {geometry.sinogram_shape}.")
+    mu_water = float(op_desc.get("mu_water_per_mm",
+                                 _operator_geometry(op_desc).get("mu_water_per_mm",
+                                                                 MU_WATER_PER_MM)))
+    weights = None
+    if m.mask is not None:
+        mask = np.asarray(m.mask, dtype=np.float32)
+        if mask.shape == (geometry.views,):
+            keep = np.flatnonzero(mask > 0)
+            if keep.size == 0:
+                raise MeasurementError("The CT view mask selects no views.")
+            geometry = dataclasses.replace(
+                geometry, angles=tuple(geometry.angles[i] for i in keep),
+                vectors=(None if geometry.vectors is None
+                         else tuple(geometry.vectors[i] for i in keep)))
+            data = data[keep]
+        else:
+            weights = torch.as_tensor(mask, dtype=dtype, device=device)
+    op: LinearOperator = make_projector(geometry, shape, spacing,  # type: ignore[arg-type]
+                                        device=device, dtype=dtype)
+    y = torch.as_tensor(data, dtype=dtype, device=device)
+    if noise_std is None:
+        noise_std = _ct_noise(m, y)
+    if weights is not None:
+        op, y = _Weighted(op, weights), weights * y
+    if model is not None:
+        lo, hi = float(model.ct_hu_min), float(model.ct_hu_max)
+        units = UnitMap("CT", scale=mu_water * (hi - lo) / 1000.0,
+                        offset=mu_water * (1.0 + lo / 1000.0), mu_water=mu_water,
+                        hu_window=(lo, hi))
+    else:
+        units = UnitMap("CT", scale=mu_water, offset=0.0, mu_water=mu_water)
+    info = {"mu_water_per_mm": mu_water, "geometry": geometry.kind, "views": geometry.views}
+    return Problem("CT", op, y, float(noise_std), units, info, weights=weights,
+                   geometry=geometry, spacing_mm=spacing)  # type: ignore[arg-type]

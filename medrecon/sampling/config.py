@@ -1,0 +1,105 @@
+"""The settings of diffusion reconstruction as a typed, validated config (``--method diffusion``).
+
+:class:`DiffusionConfig` is a frozen dataclass like the simulation settings: it loads from a
+mapping or YAML with :func:`medrecon.config.from_dict` / :func:`~medrecon.config.load_config`
+(unknown keys, wrong types and out-of-range values are one sentence naming the key), and its
+resolved form is written next to every reconstruction::
+
+    from medrecon.config import from_dict
+    from medrecon.sampling.config import DiffusionConfig
+
+    cfg = from_dict(DiffusionConfig, {"samples": 4, "tiling": "roll"})
+    cfg.sampler_options("MR")        # the SamplerOptions posterior_sample runs with
+
+=================  ===========================================  =========================
+key                meaning                                      default
+=================  ===========================================  =========================
+prior              prior name, its NAME.json or its folder      "default" (the shipped one)
+sampler            dds, dps, pc or diffpir                      "dds"
+steps              diffusion steps                              50
+samples            posterior samples K (K >= 2: std map)         1
+seed               random seed                                  0
+tiling             shift, roll or blend                         "shift"
+memory_budget_gb   bound on network activation memory (GB)      automatic
+noise_std          measurement noise std override               from the file
+lam                prior weight vs data (< 1 trusts the data)   per modality (MR 0.05, CT 1)
+eta                DDS re-noising stochasticity in [0, 1]       0.85
+cg_iters           CG iterations per data-consistency step      per modality (MR 10, CT 5)
+zeta               DPS step / DiffPIR fresh-noise share         1.0 / 0.3
+=================  ===========================================  =========================
+
+Per-modality defaults: :data:`medrecon.sampling.api.MODALITY_DEFAULTS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from medrecon.config import option
+from medrecon.sampling.api import SAMPLERS, SamplerOptions
+
+__all__ = ["TILINGS", "DiffusionConfig"]
+
+#: Tiling modes of :class:`~medrecon.sampling.tiling.TiledDenoiser`.
+TILINGS: tuple[str, ...] = ("shift", "roll", "blend")
+_WEIGHT_FILES = (".safetensors", ".pt", ".pth", ".ckpt")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Settings of posterior-sampling reconstruction (see the module table).
+
+    ``None`` for lam, eta, cg_iters and zeta means the sampler's default for the modality
+    (:meth:`resolved` fills them in).
+    """
+
+    prior: str = option("default", help="Prior name (`medrecon priors`), NAME.json or folder.")
+    sampler: str = option("dds", help="dds, dps, pc or diffpir.")
+    steps: int = option(50, ge=1, help="Diffusion steps.")
+    samples: int = option(1, ge=1, help="Posterior samples; 2 or more give a std map.")
+    seed: int = option(0, ge=0, help="Random seed: same seed and device, same result.")
+    tiling: str = option("shift", help="shift, roll or blend.")
+    memory_budget_gb: float | None = option(None, gt=0.0, help="Network activation memory.")
+    noise_std: float | None = option(None, ge=0.0, help="Measurement noise std override.")
+    lam: float | None = option(None, gt=0.0, help="Prior weight against the data.")
+    eta: float | None = option(None, ge=0.0, le=1.0, help="DDS re-noising stochasticity.")
+    cg_iters: int | None = option(None, ge=1, help="CG iterations per consistency step.")
+    zeta: float | None = option(None, ge=0.0, help="DPS step size / DiffPIR noise share.")
+
+    def __post_init__(self) -> None:
+        # Spellings are forgiving (" DDS" works); everything else is validated here.
+        object.__setattr__(self, "sampler", self.sampler.strip().lower())
+        object.__setattr__(self, "tiling", self.tiling.strip().lower())
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"Unknown sampler {self.sampler!r}; choose one of: "
+                             f"{', '.join(SAMPLERS)}")
+        if self.tiling not in TILINGS:
+            raise ValueError(f"Unknown diffusion tiling {self.tiling!r}; use "
+                             f"{', '.join(TILINGS)}")
+        if self.prior.lower().endswith(_WEIGHT_FILES):
+            raise ValueError(f"prior {self.prior} is a weights file; give the prior's "
+                             f"NAME.json or its folder")
+        if self.sampler == "diffpir" and self.zeta is not None and self.zeta > 1:
+            raise ValueError(f"DiffPIR's zeta must lie in [0, 1], got {self.zeta:g}")
+
+    def sampler_options(self, modality: str) -> SamplerOptions:
+        """The sampler hyper-parameters: the per-modality defaults of this sampler with this
+        config's lam, eta, cg_iters and zeta on top."""
+        overrides: dict[str, float | int] = {}
+        if self.lam is not None:
+            overrides["lam"] = self.lam
+        if self.eta is not None:
+            overrides["eta"] = self.eta
+        if self.cg_iters is not None:
+            overrides["cg_iters"] = self.cg_iters
+        if self.zeta is not None:
+            overrides["zeta_diffpir" if self.sampler == "diffpir" else "zeta_dps"] = self.zeta
+        return SamplerOptions.defaults(modality, self.sampler, **overrides)
+
+    def resolved(self, modality: str) -> DiffusionConfig:
+        """This config with the per-modality defaults filled in (what a run used)."""
+        opt = self.sampler_options(modality)
+        return dataclasses.replace(
+            self, lam=opt.lam, eta=opt.eta, cg_iters=opt.cg_iters,
+            zeta=opt.zeta_diffpir if self.sampler == "diffpir" else opt.zeta_dps)
