@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medrecon.errors import GeometryError, InputError
+from medrecon.jsonutil import jsonable
 
 if TYPE_CHECKING:  # only for type hints: metrics sits below io in the import graph
     from medrecon.io.volume import Volume
@@ -438,17 +439,6 @@ def foreground_mask(ref: Any, closing_radius: int = 2, median_size: int = 3,
 # --------------------------------------------------------------------------------------------
 
 
-def _jsonable(v: Any) -> Any:
-    """Strict JSON: non-finite floats become null (e.g. PSNR of identical volumes)."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _jsonable(u) for k, u in v.items()}
-    if isinstance(v, list | tuple):
-        return [_jsonable(u) for u in v]
-    return v
-
-
 @dataclass(frozen=True)
 class EvaluationResult:
     """Metrics of one reconstruction against one reference.
@@ -494,7 +484,7 @@ class EvaluationResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A strict-JSON-ready dict (non-finite values as None)."""
-        return _jsonable(
+        return jsonable(
             {
                 "inputs": dict(self.inputs),
                 "shape": list(self.shape),

@@ -30,6 +30,7 @@ from medrecon.errors import MeasurementError
 from medrecon.io.atomic import atomic_file
 from medrecon.io.operator_schema import mri_operator_description
 from medrecon.io.volume import Volume
+from medrecon.jsonutil import jsonable as _jsonable
 
 __all__ = [
     "FORMAT_NAME",
@@ -242,25 +243,6 @@ class Measurement:
 # -------------------------------------------------------------------------------------------
 # Writing
 # -------------------------------------------------------------------------------------------
-def _jsonable(obj: Any) -> Any:
-    """Recursively convert numpy scalars / arrays / tuples / paths into JSON-friendly values."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float | int | str | bool) or obj is None:
-        return obj
-    if isinstance(obj, complex):
-        return [obj.real, obj.imag]
-    return str(obj)
-
-
 def _dicom_to_json(ds: Any) -> tuple[str | None, str | None]:
     """(dataset JSON, file-meta JSON) in the DICOM JSON model (PS3.18 F), or (None, None)."""
     if ds is None:
