@@ -44,10 +44,7 @@ import torch
 
 from medrecon.config import option
 from medrecon.errors import InputError, MeasurementError
-from medrecon.intensity import MU_WATER_PER_MM, mu_to_hu
-from medrecon.operators.base import LinearOperator
 from medrecon.operators.ct_geometry import CTGeometry
-from medrecon.operators.ct_projector import CTProjector, make_projector
 from medrecon.operators.finite_difference import divergence, finite_difference
 from medrecon.operators.functional.projectors import sample_detector_2d, sample_detector_3d
 from medrecon.problem import Problem, measurement_problem
