@@ -48,6 +48,7 @@ import numpy as np
 from medrecon import __version__
 from medrecon.config import option
 from medrecon.errors import InputError
+from medrecon.intensity import looks_like_hu
 from medrecon.io.measurement import Measurement, ReferenceGeometry, mri_operator_description
 from medrecon.io.volume import Volume
 
@@ -201,8 +202,8 @@ def simulate(volume: Volume, config: SimulationConfig | None = None,
         The measurement, with the reference geometry of ``volume``.
 
     Warns:
-        UserWarning: an MRI simulation of a CT volume (modality CT, units HU, or values down to
-            -500 or below in a volume not marked MR): its magnitude |HU| makes air bright.
+        UserWarning: an MRI simulation of a CT volume (modality CT, units HU, or a band of air
+            values near -1000 in a volume not marked MR): its magnitude |HU| makes air bright.
     """
     from medrecon.recon.classical import resolve_device
 
@@ -228,7 +229,7 @@ def _ct_like(volume: Volume) -> str:
         return "a CT volume (HU)"
     if volume.units.upper() == "HU":
         return "in HU (CT)"
-    if volume.modality.upper() != "MR" and float(np.min(volume.data)) <= -500.0:
+    if volume.modality.upper() != "MR" and looks_like_hu(volume.data, need_bone=False):
         return f"likely CT in HU (values down to {float(np.min(volume.data)):.0f})"
     return ""
 

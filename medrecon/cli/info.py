@@ -44,6 +44,7 @@ def volume_summary(volume: Any) -> dict[str, Any]:
         "series_uid": volume.meta.get("series_uid"),
         "study_uid": volume.meta.get("study_uid"),
         "geometry_note": volume.meta.get("geometry_note"),
+        "modality_note": volume.meta.get("modality_note"),
     }
 
 
@@ -113,8 +114,9 @@ def format_info(info: dict[str, Any]) -> str:
     ]
     if vol["series_description"]:
         lines.append(f"description:  {vol['series_description']}")
-    if vol.get("geometry_note"):
-        lines.append(f"note:         {vol['geometry_note']}")
+    for key in ("modality_note", "geometry_note"):
+        if vol.get(key):
+            lines.append(f"note:         {vol[key]}")
     return "\n".join(lines)
 
 

@@ -22,6 +22,15 @@ from typing import Any
 import numpy as np
 
 
+def clean_text(text: object) -> str:
+    """``text`` as printable one-line text: NUL and other control characters become spaces.
+
+    Descriptions read from files may hold them (an FSL NIfTI description holds NUL bytes),
+    and HDF5 strings and DICOM text cannot.
+    """
+    return "".join(c if c.isprintable() else " " for c in str(text or "")).strip()
+
+
 @dataclass
 class Volume:
     """A 3D image: float32 ``data`` of shape (I, J, K), a 4x4 ``affine`` (voxel -> RAS+ mm).
@@ -31,7 +40,7 @@ class Volume:
         affine: float64 4x4 array mapping voxel indices to RAS+ millimetres.
         modality: DICOM-style modality code: "CT", "MR", or "OT" when unknown.
         units: intensity units, e.g. "HU" for CT, "a.u." for MR magnitude.
-        series_description: free text shown to users.
+        series_description: free text shown to users (control characters become spaces).
         dicom_header: a pydicom Dataset of the source series' first slice (pixel data removed),
             kept so that outputs can be written back as a DICOM series derived from the source.
         meta: any further key-value metadata (source path, series UID, ...).
@@ -52,6 +61,7 @@ class Volume:
             raise ValueError(f"Volume data must be 3D, got shape {self.data.shape}")
         if self.affine.shape != (4, 4):
             raise ValueError(f"Volume affine must be 4x4, got shape {self.affine.shape}")
+        self.series_description = clean_text(self.series_description)
 
     @property
     def shape(self) -> tuple[int, int, int]:
