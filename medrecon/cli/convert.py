@@ -51,8 +51,9 @@ def convert(
     reference: Path | None = typer.Option(
         None, "--reference",
         help="DICOM file or folder whose patient and study the written DICOM series joins."),
-    series: str | None = typer.Option(None, "--series",
-                                      help="SeriesInstanceUID to read when IN holds several."),
+    series: str | None = typer.Option(
+        None, "--series", help="Series to read when IN holds several: its SeriesInstanceUID, a "
+                               "unique prefix of it, or its series number."),
     frame: int | None = typer.Option(None, "--frame", min=0,
                                      help="Frame of a 4D NIfTI input (0-based)."),
     fmt: OutputFormat = typer.Option(OutputFormat.auto, "--format",

@@ -9,10 +9,11 @@ work is done by :func:`medrecon.metrics.compare_volumes` and :mod:`medrecon.repo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from medrecon.cli.common import check_output, user_errors
+from medrecon.cli.common import check_output, note_modality, user_errors
 
 #: The figure's default CT grey window (HU): the soft-tissue window W400 / L40.
 CT_WINDOW = (-160.0, 240.0)
@@ -50,11 +51,15 @@ def evaluate(
              "(soft tissue, W400 L40); otherwise the reference's min to max."),
     series: str = typer.Option(
         None, "--series",
-        help="SeriesInstanceUID to pick in DICOM inputs holding several series."),
+        help="Series to pick in DICOM inputs holding several: its SeriesInstanceUID, a unique "
+             "prefix of it, or its series number."),
     recon_series: str = typer.Option(
         None, "--recon-series",
-        help="SeriesInstanceUID for the reconstruction when it differs from --series "
+        help="Series of the reconstruction when it differs from --series "
              "(e.g. both series in one study folder)."),
+    frame: int | None = typer.Option(
+        None, "--frame", min=0, help="Frame (0-based) of the 4D NIfTI inputs; 3D inputs are "
+                                     "read as they are."),
 ) -> None:
     """Compare a reconstruction with a reference: PSNR, SSIM (3D Gaussian window), NMSE, HFEN.
 
@@ -62,12 +67,21 @@ def evaluate(
     """
     from medrecon.errors import InputError
     from medrecon.io import is_nifti_path, load_volume
+    from medrecon.io.nifti import nifti_frames
     from medrecon.metrics import compare_volumes
     from medrecon.report import format_table, write_metrics_csv, write_metrics_json
 
-    def load(path: Path, uid: str | None) -> object:
+    framed: list[Path] = []
+
+    def load(path: Path, uid: str | None) -> Any:
         # --series only concerns DICOM input; a NIfTI file next to a DICOM folder is fine.
-        return load_volume(path, series=None if is_nifti_path(path) else uid)
+        # --frame only concerns 4D NIfTI input: the reference may be 4D, the recon 3D.
+        if not is_nifti_path(path):
+            return load_volume(path, series=uid)
+        use_frame = frame is not None and path.is_file() and nifti_frames(path) > 1
+        if use_frame:
+            framed.append(path)
+        return load_volume(path, frame=frame if use_frame else None)
 
     if figure is not None and figure.suffix.lower() != ".png":
         raise InputError(f"--figure must end in .png, got {figure.name}.")
@@ -87,6 +101,11 @@ def evaluate(
 
     rec_vol = load(recon, recon_series or series)
     ref_vol = load(reference, series)
+    if frame is not None and not framed:
+        raise InputError("--frame picks a frame of a 4D NIfTI input, but neither input has "
+                         "several frames.")
+    for vol in (rec_vol, ref_vol):
+        note_modality(vol)
     known = ("MR", "CT")
     if rec_vol.modality in known and ref_vol.modality in known \
             and rec_vol.modality != ref_vol.modality:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,8 @@ def simulate(
     mask: str | None = typer.Option(
         None, help="MRI: poisson|gaussian (3d) or random|equispaced (2d) (default: poisson / random)."),
     calibration: int | None = typer.Option(
-        None, help="MRI: fully sampled centre, lines (2d) or box side (3d) (default: 24)."),
+        None, help="MRI: fully sampled centre, lines (2d) or box side (3d) (default: 24, or "
+                   "less where the phase-encode matrix is small)."),
     snr: float | None = typer.Option(
         None, help="MRI: target SNR, RMS of the fully sampled noise-free k-space / noise std "
                    "(default: 30)."),
@@ -126,7 +128,7 @@ def simulate(
     from medrecon.errors import ConfigError, InputError
     from medrecon.io import load_volume
     from medrecon.io.measurement import write_measurement
-    from medrecon.simulate import SimulationConfig
+    from medrecon.simulate import THIN_SLAB, SimulationConfig
     from medrecon.simulate import simulate as run_simulation
 
     if out.suffix.lower() not in (".h5", ".hdf5"):
@@ -185,6 +187,15 @@ def simulate(
         m = run_simulation(volume, cfg, device=device)
     for w in caught:  # one line each on stderr, e.g. an MRI simulation of a CT volume
         warn(str(w.message))
+    if chosen == "mri" and cfg.mri.dims.value == "3d" and 1 < volume.shape[2] < THIN_SLAB \
+            and dims is None and not _config_sets(config, "mri"):
+        note(f"{reference.name} is a thin slab of {volume.shape[2]} slices, simulated as a 3D "
+             f"acquisition (both phase-encode axes undersampled); --dims 2d simulates the "
+             f"multi-slice scan usual for so few slices.")
+    if m.modality == "MR" and cfg.mri.calibration is None:
+        # Record the calibration chosen from the matrix, so that the settings file reproduces it.
+        cfg = dataclasses.replace(cfg, mri=dataclasses.replace(
+            cfg.mri, calibration=int(m.acquisition["calibration"])))
     m.acquisition["config"] = to_dict(cfg)
     m.acquisition["reference_path"] = str(reference)
     path = write_measurement(m, out)

@@ -44,7 +44,6 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,7 @@ import numpy as np
 
 from medrecon.errors import DicomError, GeometryError, InputError
 from medrecon.io.atomic import atomic_dir
+from medrecon.io.series import select_series
 from medrecon.io.volume import Volume
 
 __all__ = ["SeriesInfo", "list_series", "read_dicom", "write_dicom_series"]
@@ -277,15 +277,6 @@ def list_series(path: str | Path) -> list[SeriesInfo]:
     return [_series_info(uid, entries) for uid, entries in groups.items()]
 
 
-def _format_series_list(infos: Iterable[SeriesInfo]) -> str:
-    lines = []
-    for s in infos:
-        desc = s.description or "no description"
-        lines.append(f"  {s.uid or '(no SeriesInstanceUID)'}  {s.modality}  "
-                     f"{desc!r}  {s.n_slices} slice{'s' if s.n_slices != 1 else ''}")
-    return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------------------------
 # Reading
 
@@ -295,7 +286,8 @@ def read_dicom(path: str | Path, series: str | None = None) -> Volume:
 
     Args:
         path: a DICOM file (single- or multi-frame) or a folder searched recursively.
-        series: SeriesInstanceUID to read when the folder holds several series.
+        series: the series to read when the folder holds several: SeriesInstanceUID, series
+            number or unique UID prefix (:func:`medrecon.io.series.select_series`).
 
     Returns:
         A Volume with float32 data (I, J, K) = (columns, rows, slices) after rescale, the RAS
@@ -310,20 +302,7 @@ def read_dicom(path: str | Path, series: str | None = None) -> Volume:
     path = Path(path)
     groups = _scan(path)
     infos = [_series_info(uid, e) for uid, e in groups.items()]
-    if series is None:
-        if len(groups) > 1:
-            raise DicomError(
-                f"{path} holds {len(groups)} DICOM series; choose one with --series UID:\n"
-                + _format_series_list(infos)
-            )
-        uid = next(iter(groups))
-    else:
-        if series not in groups:
-            raise DicomError(
-                f"Series {series} is not in {path}; the series found are:\n"
-                + _format_series_list(infos)
-            )
-        uid = series
+    uid = select_series(path, infos, series)
     entries = groups[uid]
     multi = [e for e in entries if e.multiframe]
     if multi:

@@ -3,6 +3,7 @@ real-looking T1 and CT value ranges, through the README's quick start."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -109,7 +110,7 @@ def test_fsl_description_with_nul_bytes_simulates(tmp_path: Path) -> None:
                        descrip=b"FSL5.0\x00\x00\x01junk")
     assert load_volume(src).series_description == "FSL5.0"
     r = runner.invoke(app, ["simulate", str(src), str(tmp_path / "t1.h5"), "--coils", "2",
-                            "--calibration", "4", "--acceleration", "2"])
+                            "--acceleration", "2"])
     assert r.exit_code == 0, r.output
     assert read_measurement(tmp_path / "t1.h5").reference.series_description == "FSL5.0"
 
@@ -120,7 +121,7 @@ def test_t1_with_slightly_negative_values_is_not_called_ct(tmp_path: Path) -> No
     r = runner.invoke(app, ["info", str(src)])
     assert r.exit_code == 0 and "modality:     OT" in r.stdout, r.output
     r = runner.invoke(app, ["simulate", str(src), str(tmp_path / "t1.h5"), "--coils", "2",
-                            "--calibration", "4", "--acceleration", "2"])
+                            "--acceleration", "2"])
     assert r.exit_code == 0, r.output
     assert "CT" not in r.stderr and "Warning" not in r.stderr, r.stderr
 
@@ -132,3 +133,58 @@ def test_ct_recognised_with_and_without_padding(tmp_path: Path, padding: int) ->
     hu[np.sqrt(x**2 + y**2) > 0.95] = padding
     vol = load_volume(save_foreign(hu, tmp_path / "ct.nii"))
     assert (vol.modality, vol.units) == ("CT", "HU")
+
+
+def test_default_calibration_fits_a_small_phase_encode_plane(tmp_path: Path) -> None:
+    # A 64 x 41 x 25 T1 whose 41 x 25 phase-encode plane the fixed 24 did not fit at R = 8.
+    src = save_foreign(t1_with_ringing((32, 41, 25)), tmp_path / "t1.nii.gz")
+    out = tmp_path / "t1.h5"
+    r = runner.invoke(app, ["simulate", str(src), str(out), "--coils", "2"])
+    assert r.exit_code == 0, r.output
+    m = read_measurement(out)
+    assert m.acquisition["calibration"] == 8
+    assert m.acquisition["acceleration"] == pytest.approx(8.0, rel=0.05)
+    # The settings file records the size chosen, so that it reproduces the run.
+    assert "calibration: 8" in (tmp_path / "t1.simulate.yaml").read_text()
+
+
+def test_single_slice_and_thin_slab_get_dims_2d_advice(tmp_path: Path) -> None:
+    t1 = t1_with_ringing((20, 24, 12))
+    one = save_foreign(t1[:, :, 6:7], tmp_path / "slice.nii.gz")
+    r = runner.invoke(app, ["simulate", str(one), str(tmp_path / "s.h5")])
+    msg = assert_user_error(r, "single slice (20 x 24 x 1)", "use --dims 2d")
+    assert "--calibration" not in msg
+    r = runner.invoke(app, ["simulate", str(one), str(tmp_path / "s.h5"), "--dims", "2d",
+                            "--coils", "2", "--acceleration", "2"])
+    assert r.exit_code == 0, r.output
+    slab = save_foreign(t1[:, :, 4:8], tmp_path / "slab.nii.gz")
+    r = runner.invoke(app, ["simulate", str(slab), str(tmp_path / "t.h5"), "--coils", "2",
+                            "--acceleration", "2"])
+    assert r.exit_code == 0, r.output
+    assert "Note: slab.nii.gz is a thin slab of 4 slices" in r.stderr and "--dims 2d" in r.stderr
+    r = runner.invoke(app, ["simulate", str(slab), str(tmp_path / "u.h5"), "--calibration", "6"])
+    assert_user_error(r, "use --calibration 4 or less, or --dims 2d for this thin slab")
+
+
+def test_frame_option_and_one_frame_4d_files(tmp_path: Path) -> None:
+    t1 = t1_with_ringing()
+    one = save_foreign(t1[..., None], tmp_path / "one.nii.gz")  # 4D, one frame: read as 3D
+    assert load_volume(one).shape == t1.shape
+    two = save_foreign(np.stack([t1, 2 * t1], axis=-1), tmp_path / "two.nii.gz")
+    r = runner.invoke(app, ["simulate", str(two), str(tmp_path / "m.h5")])
+    assert_user_error(r, "4D with 2 frames", "--frame N")
+    r = runner.invoke(app, ["simulate", str(two), str(tmp_path / "m.h5"), "--frame", "1",
+                            "--coils", "2", "--acceleration", "2"])
+    assert r.exit_code == 0, r.output
+    assert read_measurement(tmp_path / "m.h5").noise["sigma"] > 0
+    # evaluate: --frame picks the frame of the 4D input; the 3D input is read as it is.
+    r = runner.invoke(app, ["evaluate", str(one), str(two), "--frame", "0", "--json",
+                            str(tmp_path / "e0.json")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "e0.json").read_text())["volume"]["nmse"] == 0.0
+    r = runner.invoke(app, ["evaluate", str(one), str(two), "--frame", "1", "--json",
+                            str(tmp_path / "e1.json")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "e1.json").read_text())["volume"]["nmse"] > 0.1
+    r = runner.invoke(app, ["evaluate", str(one), str(one), "--frame", "1"])
+    assert_user_error(r, "neither input has several frames")
