@@ -21,7 +21,7 @@ For each modality the demo runs the data flow of the package end to end:
 4. **Diffusion**: posterior sampling with the prior (:func:`medrecon.sampling.posterior_sample`,
    DDS by default), K samples; their mean is the reconstruction and their per-voxel standard
    deviation the uncertainty map.
-5. **Evaluation** (:func:`medrecon.metrics.compare_volumes`): PSNR, SSIM, NMSE and HFEN over the
+5. **Evaluation** (:func:`medrecon.evaluation.compare_volumes`): PSNR, SSIM, NMSE and HFEN over the
    automatic foreground mask of the reference with data range = reference max - min, plus the
    calibration of the std map (fraction of foreground voxels whose error is within 2 std) and
    the data-consistency residual ``||A x - y|| / ||y||``.
@@ -400,7 +400,7 @@ def _resolve_prior(prior: Any, device: torch.device) -> Prior:
 
 
 def _evaluate(image: np.ndarray, reference: Volume, mask: np.ndarray) -> Any:
-    from medrecon.metrics import compare_volumes
+    from medrecon.evaluation import compare_volumes
 
     vol = reference.with_data(image)
     result, _ = compare_volumes(vol, reference, mask=mask)
@@ -412,9 +412,9 @@ def run_modality(plan: DemoPlan, prior: Prior, staging: Path, echo: Echo,
     """Run one modality of the demo, writing its files into ``staging / plan.folder``."""
     import torch
 
+    from medrecon.evaluation import foreground_mask
     from medrecon.io import save_volume
     from medrecon.io.measurement import write_measurement
-    from medrecon.metrics import foreground_mask
     from medrecon.priors.synthetic import generate_head
     from medrecon.recon.classical import ReconOptions
     from medrecon.reconstruct import reconstruct, reconstruction_volume
@@ -745,7 +745,7 @@ def sweep_baseline(modality: str, method: str, weights: Sequence[float],
     """
     import torch
 
-    from medrecon.metrics import foreground_mask
+    from medrecon.evaluation import foreground_mask
     from medrecon.priors.synthetic import generate_head, split_seeds
     from medrecon.recon.classical import ReconOptions, resolve_device
     from medrecon.reconstruct import reconstruct

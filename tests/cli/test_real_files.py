@@ -80,6 +80,13 @@ def test_modality_ct_declares_hu_for_a_reference_without_one(tmp_path: Path) -> 
     assert "Note: --modality ct reads the values of crop.nii.gz (40 to 60) as HU" in r.stderr
     m = read_measurement(tmp_path / "c.h5")
     assert (m.modality, m.reference.units) == ("CT", "HU")
+    r = runner.invoke(app, ["reconstruct", str(tmp_path / "c.h5"), str(tmp_path / "r.nii.gz"),
+                            "--method", "fbp", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["evaluate", str(tmp_path / "r.nii.gz"), str(ref), "--figure",
+                            str(tmp_path / "e.png")])
+    assert r.exit_code == 0, r.output
+    assert "crop.nii.gz does not say its modality; it is evaluated as CT (HU)" in r.stderr
     # An MR volume is not silently turned into HU.
     r = runner.invoke(app, ["convert", str(ref), str(tmp_path / "mr.nii.gz"), "--modality", "mr"])
     assert r.exit_code == 0, r.output
@@ -187,4 +194,40 @@ def test_frame_option_and_one_frame_4d_files(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "e1.json").read_text())["volume"]["nmse"] > 0.1
     r = runner.invoke(app, ["evaluate", str(one), str(one), "--frame", "1"])
-    assert_user_error(r, "neither input has several frames")
+    assert_user_error(r, "no input has several frames")
+
+
+def padded_ct_slice(tmp_path: Path) -> Path:
+    """One axial CT slice with -3024 HU padding outside the scan circle (a real head slice)."""
+    hu = head_ct((48, 48, 1))
+    x, y = np.meshgrid(*[np.linspace(-1, 1, 48)] * 2, indexing="ij")
+    hu[np.sqrt(x**2 + y**2) > 0.95] = -3024
+    return save_foreign(hu, tmp_path / "slice.nii.gz")
+
+
+def test_fbp_of_a_padded_ct_slice_evaluates_without_the_padding(tmp_path: Path) -> None:
+    ref = padded_ct_slice(tmp_path)
+    r = runner.invoke(app, ["simulate", str(ref), str(tmp_path / "s.h5"), "--views", "90"])
+    assert r.exit_code == 0, r.output
+    rec = tmp_path / "fbp.nii.gz"
+    r = runner.invoke(app, ["reconstruct", str(tmp_path / "s.h5"), str(rec), "--method", "fbp",
+                            "--no-progress"])
+    assert r.exit_code == 0, r.output
+    fig = tmp_path / "eval.png"
+    r = runner.invoke(app, ["evaluate", str(rec), str(ref), "--mask", "auto", "--figure",
+                            str(fig), "--json", str(tmp_path / "m.json")])
+    assert r.exit_code == 0, r.output  # the single slice's figure used to crash
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert doc["data_range_source"] == "reference max - min outside padding"
+    assert doc["data_range"] == pytest.approx(1500 + 1024)
+    assert "outside CT padding" in doc["region"]
+    r = runner.invoke(app, ["evaluate", str(rec), str(ref), "--include-padding", "--json",
+                            str(tmp_path / "p.json")])
+    assert r.exit_code == 0, r.output
+    kept = json.loads((tmp_path / "p.json").read_text())
+    assert kept["data_range"] == pytest.approx(1500 + 3024)
+    assert doc["volume"]["psnr"] > kept["volume"]["psnr"] + 5.0
+    from matplotlib.image import imread
+
+    img = imread(str(fig))
+    assert img.shape[0] > 1.5 * img.shape[1]  # one column of panels, not three
