@@ -3,8 +3,11 @@
 :func:`compare_volumes` does what a careful reader of real scans does before computing any
 metric (:mod:`medrecon.metrics`):
 
-* **One grid.** The two volumes must be the same voxels: the same shape and affine; any other
-  difference is refused, never resampled.
+* **One grid.** The two volumes must be the same voxels: the same shape and affine, or the same
+  voxel centres with the axes in another order or direction, which a NIfTI -> DICOM -> NIfTI
+  round trip can produce (slices sorted along the normal turn LAS into LAI). Such a volume is
+  reordered onto the reference's grid (:meth:`~medrecon.io.Volume.reoriented_like`); any
+  other difference is refused, never resampled.
 * **No padding.** CT scanners store the pixels outside the reconstruction circle as padding,
   -2048 or -3024 HU or the series' PixelPaddingValue. They are not anatomy: with them in, an
   FBP of a real head reads about 14 dB, and the data range spans 4000 HU more than the image.
@@ -200,6 +203,10 @@ def on_reference_grid(volume: Volume, reference: Volume, what: str = "reconstruc
     """
     if volume.shape == reference.shape and volume.same_geometry(reference, atol_mm=atol_mm):
         return volume
+    moved = volume.reoriented_like(reference, atol_mm=atol_mm)
+    if moved is not None:
+        moved.meta["reoriented"] = f"{volume.orientation} -> {reference.orientation}"
+        return moved
     if sorted(volume.shape) != sorted(reference.shape):
         raise GeometryError(
             f"The {what} has shape {volume.shape} but the reference has shape "

@@ -175,3 +175,37 @@ def test_auto_mask_of_padded_ct_keeps_air_out(rng: np.random.Generator) -> None:
     air = ~pad & (ref.data < -500)
     assert foreground_mask(ref)[air].mean() < 0.1  # at most the outline's voxel of closing
     assert not foreground_mask(ref)[pad].any()
+
+
+def test_same_voxels_in_another_axis_order_are_reoriented(rng: np.random.Generator) -> None:
+    data = rng.random((6, 5, 4)).astype(np.float32)
+    las = np.array([[-1.0, 0, 0, 10], [0, 1.2, 0, -5], [0, 0, 3.0, 7], [0, 0, 0, 1]])
+    ref = Volume(data, las)
+    # LAI (the slices of a DICOM round trip reversed) and a permuted, flipped copy.
+    lai = las.copy()
+    lai[:3, 2] *= -1
+    lai[:3, 3] = las[:3, 3] + 3 * las[:3, 2]
+    flipped = Volume(data[:, :, ::-1], lai)
+    perm = np.zeros((4, 4))
+    perm[3, 3] = 1
+    perm[:3, 0], perm[:3, 1], perm[:3, 2] = las[:3, 2], -las[:3, 0], las[:3, 1]
+    perm[:3, 3] = las[:3, 3] + 5 * las[:3, 0]
+    permuted = Volume(np.transpose(data, (2, 0, 1))[:, ::-1, :], perm)
+    for other, code in ((flipped, "LAI -> LAS"), (permuted, "SRA -> LAS")):
+        moved = other.reoriented_like(ref)
+        assert moved is not None and np.array_equal(moved.data, data)
+        np.testing.assert_array_equal(moved.affine, las)
+        res, _ = compare_volumes(other, ref)
+        assert res.volume["nmse"] == 0.0 and res.inputs["reoriented"] == code
+    # A mask volume in the other order is reordered too.
+    box = np.zeros(data.shape)
+    box[1:4, 1:3, 1:3] = 1
+    res, m = compare_volumes(ref, ref, mask=Volume(box[:, :, ::-1], lai))
+    assert np.array_equal(m, box > 0)
+    # Shifted by one voxel, or a partial overlap: not the same voxels, refused.
+    shifted = las.copy()
+    shifted[:3, 3] += las[:3, 2]
+    assert Volume(data, shifted).reoriented_like(ref) is None
+    with pytest.raises(GeometryError, match="different grids"):
+        compare_volumes(Volume(data[:, :, ::-1], shifted), ref)
+    assert Volume(data, np.zeros((4, 4))).reoriented_like(ref) is None  # singular affine

@@ -231,3 +231,19 @@ def test_fbp_of_a_padded_ct_slice_evaluates_without_the_padding(tmp_path: Path) 
 
     img = imread(str(fig))
     assert img.shape[0] > 1.5 * img.shape[1]  # one column of panels, not three
+
+
+def test_nifti_dicom_nifti_round_trip_evaluates(tmp_path: Path) -> None:
+    src = save_foreign(t1_with_ringing(), tmp_path / "t1.nii.gz")  # LAS
+    assert runner.invoke(app, ["convert", str(src), str(tmp_path / "dcm")]).exit_code == 0
+    back = tmp_path / "back.nii.gz"
+    assert runner.invoke(app, ["convert", str(tmp_path / "dcm"), str(back)]).exit_code == 0
+    assert (load_volume(src).orientation, load_volume(back).orientation) == ("LAS", "LAI")
+    for rec, ref in ((back, src), (src, tmp_path / "dcm")):
+        r = runner.invoke(app, ["evaluate", str(rec), str(ref), "--json",
+                                str(tmp_path / "m.json"), "--figure", str(tmp_path / "f.png")])
+        assert r.exit_code == 0, r.output
+        assert "reordered onto the reference's grid" in r.stderr
+        doc = json.loads((tmp_path / "m.json").read_text())
+        assert doc["inputs"]["reoriented"] in ("LAI -> LAS", "LAS -> LAI")
+        assert doc["volume"]["nmse"] < 1e-6  # the same voxels, up to DICOM quantisation
