@@ -2,7 +2,7 @@
 
 The phantom is the modified Shepp-Logan (``medrecon.phantoms``) with CT values: air -1000 HU,
 bone rim +1000 HU, brain 40 HU, ventricles 10 HU, small lesions 70 HU. Sinograms are simulated
-by :func:`medrecon.operators.ct.simulate_sinogram` (Poisson noise with ``--dose`` photons per
+by :func:`medrecon.simulate.simulate_sinogram` (Poisson noise with ``--dose`` photons per
 ray, seed 0) and reconstructed by the registered CT methods.
 
 Metrics (:mod:`medrecon.metrics`): PSNR and SSIM over the whole volume with data range
@@ -29,11 +29,12 @@ import torch
 from scipy.ndimage import binary_erosion
 
 from medrecon.io.measurement import Measurement, ReferenceGeometry
+from medrecon.io.operator_schema import ct_operator_description
 from medrecon.io.volume import Volume
 from medrecon.metrics import psnr, ssim
-from medrecon.operators.ct import ct_operator_description, simulate_sinogram
 from medrecon.phantoms import SHEPP_LOGAN_3D, Ellipsoid, ellipsoid_phantom
 from medrecon.recon.classical import ReconOptions, get_method
+from medrecon.simulate import simulate_sinogram
 
 # Additive values per Shepp-Logan ellipsoid so that air is -1000 HU after the offset.
 CT_VALUES = (2000.0, -960.0, -30.0, -30.0, 30.0, 30.0, 30.0, 30.0, 30.0, 30.0)

@@ -29,12 +29,8 @@ from pathlib import Path
 import torch
 
 from medrecon.errors import MedreconError
-from medrecon.operators.ct import (
-    GEOMETRY_KINDS,
-    PROJECTOR_METHODS,
-    default_geometry,
-    make_projector,
-)
+from medrecon.operators.ct_geometry import GEOMETRY_KINDS, default_geometry
+from medrecon.operators.ct_projector import PROJECTOR_METHODS, make_projector
 from medrecon.recon.ct import analytic_reconstruction
 
 

@@ -16,7 +16,7 @@ operator, so that only the sampler implementations differ:
 
 * ``--part gaussian``: an exact analytic check. A Gaussian prior N(mu, Sigma) on a small CT
   volume (10 x 10 x 2 voxels, smooth covariance), its exact MMSE denoiser
-  (:class:`medrecon.sampling.gaussian.GaussianPrior`), medrecon's parallel-beam CT projector
+  (:class:`tests.sampling.gaussian.GaussianPrior`), medrecon's parallel-beam CT projector
   (12 views over 180 deg) wrapped as a deepinv ``LinearPhysics`` with deepinv's own
   ``L2`` data fidelity and ``GaussianNoise`` model, and noisy data. The posterior is Gaussian
   with a closed form, so each sampler's empirical posterior mean and marginal std over many
@@ -45,11 +45,16 @@ import platform
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from mri_classical import cpu_model  # benchmarks/ is on sys.path when run as a script
+
+# The analytic Gaussian prior is a test helper (tests/sampling/gaussian.py): import it from the
+# repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _physics(forward: Any, adjoint: Any, sigma: float) -> Any:
@@ -82,9 +87,10 @@ class _Wrapped(torch.nn.Module):
 def gaussian_part(chains: int, steps: int, dps_steps: int, seed: int) -> dict[str, Any]:
     import deepinv as dinv
 
-    from medrecon.operators.ct import default_geometry, make_projector
+    from medrecon.operators.ct_geometry import default_geometry
+    from medrecon.operators.ct_projector import make_projector
     from medrecon.sampling import LinearProblem, sample_problem
-    from medrecon.sampling.gaussian import GaussianPrior, gaussian_posterior
+    from tests.sampling.gaussian import GaussianPrior, gaussian_posterior
 
     torch.manual_seed(seed)
     dt = torch.float64

@@ -9,6 +9,8 @@ sigma_y = 0.1, 4000 chains), printed as whitened (mean error, covariance error) 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
@@ -19,7 +21,11 @@ from medrecon.sampling.consistency import (
     calibrated_variance,
     diffpir_variance,
 )
-from medrecon.sampling.gaussian import (
+
+# The analytic Gaussian prior is a test helper (tests/sampling/gaussian.py): import it from the
+# repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.sampling.gaussian import (  # noqa: E402
     GaussianPrior,
     MatrixOperator,
     gaussian_posterior,

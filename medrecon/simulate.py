@@ -34,16 +34,19 @@ MRI model (k-space of shape (C, I, J, K), operator of :mod:`medrecon.operators.m
   target ``snr`` (RMS of the fully sampled noise-free k-space over sigma) or an explicit
   ``noise_sigma`` (complex standard deviation per sample), seeded.
 
-CT: :func:`medrecon.operators.ct.simulate_sinogram` (HU -> attenuation -> line integrals ->
-Poisson / electronic noise) with the geometry settings of :class:`CTSettings`.
+CT model (sinogram of shape (views, detector rows, detector columns)): :func:`simulate_sinogram`
+maps HU to attenuation, projects it with the :func:`~medrecon.operators.ct_geometry.default_geometry`
+projector of :mod:`medrecon.operators.ct_projector` and adds Poisson / electronic noise
+(:func:`add_ct_noise`), with the geometry settings of :class:`CTSettings`.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,8 +54,12 @@ from medrecon import __version__
 from medrecon.config import option
 from medrecon.errors import InputError
 from medrecon.intensity import looks_like_hu
-from medrecon.io.measurement import Measurement, ReferenceGeometry, mri_operator_description
+from medrecon.io.measurement import Measurement, ReferenceGeometry
+from medrecon.io.operator_schema import ct_operator_description, mri_operator_description
 from medrecon.io.volume import Volume
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "Modality",
@@ -66,6 +73,9 @@ __all__ = [
     "SimulationConfig",
     "simulate",
     "smooth_phase",
+    "COUNT_FLOOR",
+    "add_ct_noise",
+    "simulate_sinogram",
 ]
 
 
@@ -132,7 +142,7 @@ class MRISettings:
 
 @dataclass(frozen=True)
 class CTSettings:
-    """CT acquisition settings, passed to :func:`medrecon.operators.ct.simulate_sinogram`."""
+    """CT acquisition settings, passed to :func:`simulate_sinogram`."""
 
     geometry: CTGeometryKind = CTGeometryKind.PARALLEL
     views: int = option(60, ge=1, help="Number of projection angles.")
@@ -336,12 +346,6 @@ def _simulate_mri(volume: Volume, config: SimulationConfig, reference: Reference
 
 def _simulate_ct(volume: Volume, config: SimulationConfig, reference: ReferenceGeometry,
                  device: Any) -> Measurement:
-    import importlib.util
-
-    if importlib.util.find_spec("medrecon.operators.ct") is None:
-        raise InputError("CT simulation is not available in this installation.")
-    from medrecon.operators.ct import ct_operator_description, simulate_sinogram
-
     c = config.ct
     sinogram, geometry, noise = simulate_sinogram(
         volume, c.geometry.value, c.views, angular_range_deg=c.angular_range_deg,
@@ -367,3 +371,117 @@ def _simulate_ct(volume: Volume, config: SimulationConfig, reference: ReferenceG
         operator=ct_operator_description(geometry, volume.shape, volume.spacing),
         acquisition=acquisition,
     )
+
+
+# -------------------------------------------------------------------------------------------
+# CT: noise and sinogram simulation
+# -------------------------------------------------------------------------------------------
+#: Counts below this floor (after electronic noise) are clipped before the log, as scanners do.
+COUNT_FLOOR = 0.5
+
+
+def add_ct_noise(line_integrals: torch.Tensor, dose_i0: float | None, electronic_sigma: float,
+                 generator: torch.Generator, line_integral_sigma: float = 0.0
+                 ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Noisy line integrals and a description of the noise model.
+
+    * ``dose_i0`` given: transmitted counts ``N ~ Poisson(I0 exp(-p))`` plus electronic noise
+      ``Normal(0, electronic_sigma^2)`` in photon counts, clipped at :data:`COUNT_FLOOR`
+      photons (as scanners do before the log), then ``p_noisy = -log(N / I0)``.
+    * ``line_integral_sigma`` > 0 (without a dose): Gaussian noise of that standard deviation
+      added to the line integrals directly (dimensionless) -- the usual weighted-least-squares
+      approximation of the above.
+    * neither: noiseless (a copy).
+
+    Raises:
+        InputError: for non-positive doses, negative sigmas, electronic noise without a dose,
+            or both noise models at once.
+    """
+    import torch
+
+    meta: dict[str, Any]
+    if electronic_sigma < 0 or line_integral_sigma < 0:
+        raise InputError("Noise standard deviations must be >= 0.")
+    if dose_i0 is not None:
+        if not (math.isfinite(dose_i0) and dose_i0 > 0):
+            raise InputError(f"The dose I0 must be a positive number of photons, got {dose_i0}.")
+        if line_integral_sigma > 0:
+            raise InputError("Choose either Poisson noise (a dose I0) or Gaussian noise on the "
+                             "line integrals, not both.")
+        expected = float(dose_i0) * torch.exp(-line_integrals.double())
+        counts = torch.poisson(expected, generator=generator)
+        if electronic_sigma > 0:
+            counts = counts + electronic_sigma * torch.randn(
+                counts.shape, generator=generator, dtype=counts.dtype, device=counts.device)
+        clipped = int((counts < COUNT_FLOOR).sum())
+        counts = counts.clamp(min=COUNT_FLOOR)
+        noisy = (-torch.log(counts / float(dose_i0))).to(line_integrals.dtype)
+        meta = {"model": "poisson", "i0": float(dose_i0),
+                "electronic_sigma_counts": float(electronic_sigma), "count_floor": COUNT_FLOOR,
+                "clipped_counts": clipped}
+        return noisy, meta
+    if electronic_sigma > 0:
+        raise InputError("Electronic noise is given in photon counts and needs a dose I0; "
+                         "for Gaussian noise on the line integrals use line_integral_sigma.")
+    if line_integral_sigma > 0:
+        noise = torch.randn(line_integrals.shape, generator=generator,
+                            dtype=line_integrals.dtype, device=line_integrals.device)
+        return line_integrals + line_integral_sigma * noise, {
+            "model": "gaussian", "sigma_line_integral": float(line_integral_sigma)}
+    return line_integrals.clone(), {"model": "none"}
+
+
+def simulate_sinogram(volume: Volume, geometry_kind: str, views: int,
+                      angular_range_deg: float | None = None, dose_i0: float | None = None,
+                      electronic_sigma: float = 0.0, seed: int = 0,
+                      device: torch.device | str = "cpu", line_integral_sigma: float = 0.0
+                      ) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
+    """Simulate a CT acquisition of an HU volume.
+
+    HU -> mu (:func:`medrecon.intensity.hu_to_mu`, air clipped at 0) -> line integrals with the
+    :func:`~medrecon.operators.ct_geometry.default_geometry` projector (float32, on ``device``) -> noise (:func:`add_ct_noise`,
+    seeded by ``seed`` on the CPU, so the noise does not depend on the device).
+
+    Args:
+        volume: the reference in HU (modality CT).
+        geometry_kind: "parallel", "fan" or "cone".
+        views: number of projections, equispaced over ``angular_range_deg`` (default 180 for
+            parallel, 360 for fan and cone).
+        dose_i0: incident photons per detector pixel (Poisson noise); None: no Poisson noise.
+        electronic_sigma: electronic noise std in photon counts (needs ``dose_i0``).
+        seed: noise seed.
+        device: where to project.
+        line_integral_sigma: Gaussian noise std on the line integrals (without ``dose_i0``).
+
+    Returns:
+        (sinogram float32 (views, rows, cols) of line integrals, geometry dict
+        (:meth:`~medrecon.operators.ct_geometry.CTGeometry.to_dict` plus ``mu_water_per_mm`` and ``effective_energy_kev``),
+        noise description dict (model, I0, sigmas, seed)).
+    """
+    import torch
+
+    from medrecon.intensity import EFFECTIVE_ENERGY_KEV, MU_WATER_PER_MM, hu_to_mu
+    from medrecon.operators.ct_geometry import default_geometry
+    from medrecon.operators.ct_projector import make_projector
+
+    data = np.asarray(volume.data, dtype=np.float32)
+    if not np.all(np.isfinite(data)):
+        raise InputError("The reference volume contains NaN or infinite values.")
+    if str(volume.units).upper() != "HU" and str(volume.modality).upper() != "CT":
+        raise InputError(f"CT simulation needs a volume in HU (modality CT), got modality "
+                         f"{volume.modality!r} in {volume.units!r}.")
+    geometry = default_geometry(volume.shape, volume.spacing, geometry_kind, views,
+                                angular_range_deg)
+    dev = torch.device(device)
+    op = make_projector(geometry, volume.shape, volume.spacing, device=dev, dtype=torch.float32)
+    mu = torch.as_tensor(hu_to_mu(data, MU_WATER_PER_MM), device=dev)
+    with torch.no_grad():
+        p = op.forward(mu).cpu()
+    gen = torch.Generator().manual_seed(int(seed))
+    noisy, noise = add_ct_noise(p, dose_i0, float(electronic_sigma), gen,
+                                float(line_integral_sigma))
+    noise["seed"] = int(seed)
+    gdict = geometry.to_dict()
+    gdict["mu_water_per_mm"] = MU_WATER_PER_MM
+    gdict["effective_energy_kev"] = EFFECTIVE_ENERGY_KEV
+    return noisy.numpy().astype(np.float32), gdict, noise

@@ -66,7 +66,8 @@ def collect_info(path: Path, series: str | None = None, frame: int | None = None
     refuse_misnamed_file(path)
     if frame is not None:
         raise InputError("--frame applies to 4D NIfTI files, not to DICOM input.")
-    from medrecon.io.dicom import list_series, read_dicom
+    from medrecon.io.dicom_read import read_dicom
+    from medrecon.io.dicom_scan import list_series
 
     infos = list_series(path)
     result["format"] = "dicom"

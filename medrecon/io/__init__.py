@@ -1,7 +1,12 @@
 """Reading and writing studies: NIfTI files, DICOM series, measurement files.
 
 ``load_volume`` and ``save_volume`` pick the format from the path; everything user-facing goes
-through them so that the CLI and the Python API read and write identically.
+through them so that the CLI and the Python API read and write identically. Modules:
+:mod:`~medrecon.io.volume` (the Volume), :mod:`~medrecon.io.nifti`,
+:mod:`~medrecon.io.dicom_scan` (finding series), :mod:`~medrecon.io.dicom_read`,
+:mod:`~medrecon.io.dicom_write` (derived series), :mod:`~medrecon.io.measurement` (the HDF5
+measurement container and fastMRI import) with :mod:`~medrecon.io.operator_schema`. ``io`` is
+file formats only: it imports nothing from :mod:`medrecon.operators`.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ def load_volume(path: str | Path, series: str | None = None, frame: int | None =
     refuse_misnamed_file(path)
     if frame is not None:
         raise InputError("--frame applies to 4D NIfTI files, not to DICOM input.")
-    from medrecon.io.dicom import read_dicom
+    from medrecon.io.dicom_read import read_dicom
 
     return read_dicom(path, series=series)
 
@@ -86,7 +91,7 @@ def save_volume(
             DICOM folder).
         reference: a volume read from DICOM whose patient/study the new series joins; defaults
             to ``volume`` itself when it carries a DICOM header.
-        dicom_options: passed to :func:`medrecon.io.dicom.write_dicom_series`
+        dicom_options: passed to :func:`medrecon.io.dicom_write.write_dicom_series`
             (patient_name, patient_id, series_description).
     """
     path = Path(path)
@@ -98,7 +103,7 @@ def save_volume(
     if fmt == "dicom":
         if is_nifti_path(path):
             raise InputError(f"DICOM output must be a folder, not {path.name}.")
-        from medrecon.io.dicom import write_dicom_series
+        from medrecon.io.dicom_write import write_dicom_series
 
         return write_dicom_series(volume, path, reference=reference, **dicom_options)
     raise InputError(f"Unknown output format {format!r}; use nifti, dicom or auto.")

@@ -8,6 +8,10 @@ study was. The on-disk layout is specified in ``docs/formats.md`` so other tools
 
 Also here: :func:`read_fastmri`, which reads raw fastMRI HDF5 files as 2D multi-slice
 measurements. :func:`read_measurement` dispatches to it when it sees a fastMRI file.
+
+This module is a file format, no physics: it reads and writes what a file holds (coil maps
+only when the file has them) and imports nothing from :mod:`medrecon.operators`. The
+``operator`` descriptions it stores are written by :mod:`medrecon.io.operator_schema`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 from medrecon import __version__
 from medrecon.errors import MeasurementError
 from medrecon.io.atomic import atomic_file
+from medrecon.io.operator_schema import mri_operator_description
 from medrecon.io.volume import Volume
 
 __all__ = [
@@ -35,15 +40,10 @@ __all__ = [
     "read_measurement",
     "read_fastmri",
     "is_fastmri_file",
-    "mri_operator_description",
 ]
 
 FORMAT_NAME = "medrecon-measurement"
 FORMAT_VERSION = 1
-
-#: Value of ``operator["fft"]`` for MRI: the centred orthonormal FFT of
-#: :mod:`medrecon.operators.functional.fft`.
-MRI_FFT_CONVENTION = "centred-orthonormal"
 
 
 # -------------------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ class Measurement:
         operator: forward-operator description. MR: ``{"kind": "sense", "fft": "centred-orthonormal",
             "fft_dims": [0, 1, 2], "dims": "3d", "image_shape": [I, J, K],
             "kspace_shape": [C, I, J, K], "axes": [...]}``; CT: ``{"kind": "ct", ...}`` with the
-            geometry keys written by :mod:`medrecon.operators.ct`.
+            geometry keys (both written by :mod:`medrecon.io.operator_schema`).
         acquisition: how it was made: acceleration (achieved), mask kind, calibration, seed, snr,
             phase model, medrecon version, source ("simulated" / "fastmri" / ...).
         arrays: further named arrays (e.g. CT per-view source positions), stored under ``aux/``.
@@ -379,12 +379,11 @@ def is_fastmri_file(path: str | Path) -> bool:
         return False
 
 
-def read_measurement(path: str | Path, estimate_maps: bool = False) -> Measurement:
+def read_measurement(path: str | Path) -> Measurement:
     """Read a measurement file written by :func:`write_measurement`, or a raw fastMRI file.
 
     Raises :class:`MeasurementError` (one sentence) for files that are not HDF5, lack a dataset,
-    hold NaN/Inf or whose mask does not fit the data. ``estimate_maps`` applies to fastMRI files
-    (see :func:`read_fastmri`).
+    hold NaN/Inf or whose mask does not fit the data.
     """
     import h5py
 
@@ -396,7 +395,7 @@ def read_measurement(path: str | Path, estimate_maps: bool = False) -> Measureme
     if not h5py.is_hdf5(path):
         raise MeasurementError(f"{path} is not an HDF5 measurement file.")
     try:
-        return _read_hdf5_measurement(path, estimate_maps)
+        return _read_hdf5_measurement(path)
     except OSError as exc:
         if exc.errno is not None:
             raise  # permission and the like: the CLI words these itself
@@ -406,7 +405,7 @@ def read_measurement(path: str | Path, estimate_maps: bool = False) -> Measureme
                                f"it again.") from None
 
 
-def _read_hdf5_measurement(path: Path, estimate_maps: bool) -> Measurement:
+def _read_hdf5_measurement(path: Path) -> Measurement:
     """The body of :func:`read_measurement` for a file that is HDF5."""
     import h5py
 
@@ -414,7 +413,7 @@ def _read_hdf5_measurement(path: Path, estimate_maps: bool) -> Measurement:
         fmt = f.attrs.get("format")
         if fmt is None:
             if "kspace" in f:
-                return read_fastmri(path, estimate_maps=estimate_maps)
+                return read_fastmri(path)
             raise MeasurementError(
                 f"{path} is an HDF5 file but neither a medrecon measurement nor a fastMRI file.")
         if _str(fmt) != FORMAT_NAME:
@@ -494,8 +493,7 @@ def _ismrmrd_geometry(header: str | None) -> tuple[tuple[float, float, float] | 
     return (fov[0] / mat[0], fov[1] / mat[1], fov[2] / mat[2]), ""
 
 
-def read_fastmri(path: str | Path, estimate_maps: bool = False,
-                 calibration: int | None = None) -> Measurement:
+def read_fastmri(path: str | Path) -> Measurement:
     """Read a raw fastMRI HDF5 file as a 2D multi-slice MR measurement.
 
     fastMRI stores ``kspace`` as [slices, coils, kx, ky] (multi-coil) or [slices, kx, ky]
@@ -509,9 +507,8 @@ def read_fastmri(path: str | Path, estimate_maps: bool = False,
     the image grid is the encoded one); without them 1 mm is used and a warning says so. The
     image is centred on the scanner origin: fastMRI files carry no patient position.
 
-    Coil maps are not in fastMRI files. With ``estimate_maps`` they are estimated now by
-    ESPIRiT from the calibration region (``calibration`` lines, default: the fully sampled
-    centre found in the mask); otherwise reconstruction estimates them when it needs them.
+    Coil maps are not in fastMRI files, so ``coil_maps`` is None; building the reconstruction
+    problem estimates them (ESPIRiT from the fully sampled centre) when it needs them.
     """
     import h5py
 
@@ -565,32 +562,6 @@ def read_fastmri(path: str | Path, estimate_maps: bool = False,
     if "acceleration" in attrs:
         acquisition["nominal_acceleration"] = attrs["acceleration"]
     operator = mri_operator_description((nx, ny, n_slices), n_coils, "2d")
-    m = Measurement("MR", data, mask, reference, noise={"model": "unknown"},
-                    operator=operator, acquisition=acquisition)
-    if estimate_maps:
-        import torch
+    return Measurement("MR", data, mask, reference, noise={"model": "unknown"},
+                       operator=operator, acquisition=acquisition)
 
-        from medrecon.operators.coils import estimate_coil_maps
-
-        maps = estimate_coil_maps(torch.from_numpy(data), torch.from_numpy(mask),
-                                  method="espirit", calibration=calibration, fft_dims=(0, 1))
-        m.coil_maps = np.asarray(maps.cpu().numpy(), dtype=np.complex64)
-        m.acquisition["coil_maps"] = "espirit"
-        m.validate()
-    return m
-
-
-def mri_operator_description(image_shape: tuple[int, int, int], n_coils: int,
-                             dims: str) -> dict[str, Any]:
-    """The ``operator`` dict of an MR measurement (see docs/formats.md)."""
-    three_d = dims == "3d"
-    return {
-        "kind": "sense",
-        "fft": MRI_FFT_CONVENTION,
-        "fft_dims": [0, 1, 2] if three_d else [0, 1],
-        "dims": "3d" if three_d else "2d",
-        "image_shape": list(image_shape),
-        "kspace_shape": [n_coils, *image_shape],
-        "axes": (["coil", "readout (I)", "phase encode 1 (J)", "phase encode 2 (K)"]
-                 if three_d else ["coil", "readout (I)", "phase encode (J)", "slice (K)"]),
-    }

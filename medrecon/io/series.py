@@ -2,7 +2,7 @@
 
 ``--series`` accepts what a user sees in a viewer or in ``medrecon info``: the full
 SeriesInstanceUID, a unique prefix of it (UIDs are long), or the SeriesNumber. The choice is
-made on the :class:`~medrecon.io.dicom.SeriesInfo` list of a scan, before any pixel is read.
+made on the :class:`~medrecon.io.dicom_scan.SeriesInfo` list of a scan, before any pixel is read.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from medrecon.errors import DicomError
 
 if TYPE_CHECKING:  # only for type hints: the DICOM reader imports this module
-    from medrecon.io.dicom import SeriesInfo
+    from medrecon.io.dicom_scan import SeriesInfo
 
 __all__ = ["format_series_list", "select_series"]
 

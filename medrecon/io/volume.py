@@ -21,6 +21,9 @@ from typing import Any
 
 import numpy as np
 
+#: DICOM's LPS+ patient frame -> RAS+ (x and y negated); its own inverse, so also RAS+ -> LPS+.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
 
 def clean_text(text: object) -> str:
     """``text`` as printable one-line text: NUL and other control characters become spaces.

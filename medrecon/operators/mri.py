@@ -44,7 +44,6 @@ import torch
 from medrecon.errors import GeometryError, InputError
 from medrecon.operators.base import LinearOperator, Shape
 from medrecon.operators.functional.fft import fftc, ifftc
-from medrecon.operators.registry import register_operator_case
 
 __all__ = ["FFTOperator", "SenseOperator", "complex_dtype_for"]
 
@@ -252,82 +251,3 @@ class SenseOperator(LinearOperator):
         return (f"SenseOperator(ishape={self.ishape}, oshape={self.oshape}, "
                 f"fft_dims={self.fft_dims}, mask={tuple(self.mask.shape)}, "
                 f"coil_batch={self.coil_batch})")
-
-
-# -- adjoint-test cases (tests/operators/test_adjoint.py) ---------------------------------------
-# Odd, non-square shapes expose fftshift bugs; float64 / complex128 so an exact adjoint gives
-# ~1e-15. Each factory is deterministic.
-
-_SHAPE = (9, 10, 7)
-
-
-def _case_maps(n_coils: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    re = torch.randn((n_coils, *_SHAPE), generator=g, dtype=torch.float64)
-    im = torch.randn((n_coils, *_SHAPE), generator=g, dtype=torch.float64)
-    return torch.complex(re, im)
-
-
-def _case_mask(shape: Sequence[int], seed: int, weights: bool = False) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    u = torch.rand(tuple(shape), generator=g, dtype=torch.float64)
-    return u if weights else u < 0.5
-
-
-@register_operator_case("fft-3d")
-def _fft_3d() -> tuple[LinearOperator, bool]:
-    return FFTOperator(_SHAPE, (0, 1, 2)), True
-
-
-@register_operator_case("fft-axes-0-2")
-def _fft_two_axes() -> tuple[LinearOperator, bool]:
-    return FFTOperator(_SHAPE, (0, 2)), True
-
-
-@register_operator_case("sense-single-coil-3d")
-def _sense_single() -> tuple[LinearOperator, bool]:
-    return SenseOperator(None, _case_mask((1, 10, 7), 1), (0, 1, 2), image_shape=_SHAPE), True
-
-
-@register_operator_case("sense-multicoil-3d")
-def _sense_multi_3d() -> tuple[LinearOperator, bool]:
-    return SenseOperator(_case_maps(4, 2), _case_mask((1, 10, 7), 3), (0, 1, 2)), True
-
-
-@register_operator_case("sense-multicoil-2d-multislice")
-def _sense_2d() -> tuple[LinearOperator, bool]:
-    return SenseOperator(_case_maps(4, 4), _case_mask((1, 10, 1), 5), (0, 1)), True
-
-
-@register_operator_case("sense-multicoil-2d-per-slice-mask")
-def _sense_2d_per_slice() -> tuple[LinearOperator, bool]:
-    return SenseOperator(_case_maps(3, 6), _case_mask((1, 10, 7), 7), (0, 1)), True
-
-
-@register_operator_case("sense-coil-batched")
-def _sense_batched() -> tuple[LinearOperator, bool]:
-    # 5 coils in chunks of 2 leaves an uneven last chunk.
-    return SenseOperator(_case_maps(5, 8), _case_mask((1, 10, 7), 9), (0, 1, 2), coil_batch=2), True
-
-
-@register_operator_case("sense-weighted-mask")
-def _sense_weighted() -> tuple[LinearOperator, bool]:
-    return SenseOperator(_case_maps(2, 10), _case_mask((9, 10, 7), 11, weights=True),
-                         (0, 1, 2)), True
-
-
-@register_operator_case("sense-composed-with-fft")
-def _sense_composed() -> tuple[LinearOperator, bool]:
-    # k-space -> image -> multi-coil k-space: exercises ComposedOperator.
-    sense = SenseOperator(_case_maps(3, 12), _case_mask((1, 10, 7), 13), (0, 1, 2))
-    return sense @ FFTOperator(_SHAPE, (0, 1, 2)).H, True
-
-
-@register_operator_case("sense-adjoint-as-operator")
-def _sense_h() -> tuple[LinearOperator, bool]:
-    return SenseOperator(_case_maps(3, 14), _case_mask((1, 10, 1), 15), (0, 1)).H, True
-
-
-@register_operator_case("sense-scaled")
-def _sense_scaled() -> tuple[LinearOperator, bool]:
-    return 2.5 * SenseOperator(_case_maps(2, 16), _case_mask((1, 10, 7), 17), (0, 1, 2)), True

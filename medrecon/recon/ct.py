@@ -43,7 +43,8 @@ import torch
 from medrecon.errors import InputError, MeasurementError
 from medrecon.intensity import MU_WATER_PER_MM, mu_to_hu
 from medrecon.operators.base import LinearOperator
-from medrecon.operators.ct import CTGeometry, CTProjector, make_projector
+from medrecon.operators.ct_geometry import CTGeometry
+from medrecon.operators.ct_projector import CTProjector, make_projector
 from medrecon.operators.functional.projectors import sample_detector_2d, sample_detector_3d
 from medrecon.recon.classical import ReconOptions, ReconOutput, register_method
 from medrecon.recon.solvers import (

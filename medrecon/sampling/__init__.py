@@ -7,8 +7,9 @@ Public API (see :mod:`medrecon.sampling.api`)::
 
 Building blocks: :mod:`~medrecon.sampling.samplers` (DDIM/DDS, DiffPIR, predictor-corrector,
 DPS loops), :mod:`~medrecon.sampling.consistency` (proximal CG step, projections, the
-model-space <-> physical-unit map), :mod:`~medrecon.sampling.tiling` (volumes larger than the
-prior's patch) and :mod:`~medrecon.sampling.gaussian` (exact Gaussian prior for tests).
+model-space <-> physical-unit map) and :mod:`~medrecon.sampling.tiling` (volumes larger than
+the prior's patch). The exact Gaussian prior the samplers are tested against is a test helper,
+``tests/sampling/gaussian.py``.
 """
 
 from __future__ import annotations

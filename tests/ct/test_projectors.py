@@ -12,17 +12,11 @@ import torch
 
 from medrecon.errors import GeometryError, InputError
 from medrecon.operators.base import adjoint_mismatch
-from medrecon.operators.ct import (
-    CTGeometry,
-    CTProjector,
-    analytic_projection,
-    default_geometry,
-    make_projector,
-    ray_lines,
-)
+from medrecon.operators.ct_geometry import CTGeometry, default_geometry, ray_lines
+from medrecon.operators.ct_projector import CTProjector, make_projector
 from medrecon.operators.functional.projectors import csr_matmul
-from medrecon.operators.registry import operator_cases
-from medrecon.phantoms import Ellipsoid, ellipsoid_phantom
+from medrecon.phantoms import Ellipsoid, analytic_projection, ellipsoid_phantom
+from tests.operators.adjoint_cases import operator_cases
 
 SHAPE = (33, 41, 17)
 SPACING = (0.9, 0.8, 1.7)

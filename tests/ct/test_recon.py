@@ -16,15 +16,11 @@ from medrecon.io.measurement import (
     read_measurement,
     write_measurement,
 )
+from medrecon.io.operator_schema import ct_operator_description
 from medrecon.io.volume import Volume
 from medrecon.operators.base import adjoint_mismatch
-from medrecon.operators.ct import (
-    CTGeometry,
-    ct_operator_description,
-    default_geometry,
-    make_projector,
-    simulate_sinogram,
-)
+from medrecon.operators.ct_geometry import CTGeometry, default_geometry
+from medrecon.operators.ct_projector import make_projector
 from medrecon.phantoms import SHEPP_LOGAN_3D, Ellipsoid, ellipsoid_phantom
 from medrecon.recon.classical import ReconOptions, available_methods, get_method
 from medrecon.recon.ct import (
@@ -38,6 +34,7 @@ from medrecon.recon.ct import (
     ramp_filter,
     sirt,
 )
+from medrecon.simulate import simulate_sinogram
 
 CPU = torch.device("cpu")
 

@@ -11,13 +11,9 @@ import torch
 from medrecon.errors import InputError
 from medrecon.intensity import HU_AIR, MU_WATER_PER_MM, hu_to_mu, looks_like_hu, mu_to_hu
 from medrecon.io.volume import Volume
-from medrecon.operators.ct import (
-    CTGeometry,
-    add_ct_noise,
-    default_geometry,
-    make_projector,
-    simulate_sinogram,
-)
+from medrecon.operators.ct_geometry import CTGeometry, default_geometry
+from medrecon.operators.ct_projector import make_projector
+from medrecon.simulate import add_ct_noise, simulate_sinogram
 
 
 def test_hu_mu_round_trip_and_anchors() -> None:

@@ -12,7 +12,8 @@ from pydicom.data import get_testdata_file
 
 from medrecon.errors import DicomError, InputError
 from medrecon.io import load_volume
-from medrecon.io.dicom import list_series, read_dicom
+from medrecon.io.dicom_read import read_dicom
+from medrecon.io.dicom_scan import list_series
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

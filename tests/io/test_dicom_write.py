@@ -13,7 +13,8 @@ from dicom_factory import oblique_affine, write_series
 
 from medrecon.errors import GeometryError, InputError
 from medrecon.io import Volume, load_volume, save_volume
-from medrecon.io.dicom import read_dicom, write_dicom_series
+from medrecon.io.dicom_read import read_dicom
+from medrecon.io.dicom_write import write_dicom_series
 
 DCIODVFY = shutil.which("dciodvfy")
 

@@ -11,7 +11,7 @@ from dicom_factory import write_series
 
 from medrecon.errors import DicomError
 from medrecon.io import load_volume
-from medrecon.io.dicom import SeriesInfo
+from medrecon.io.dicom_scan import SeriesInfo
 from medrecon.io.series import select_series
 
 INFOS = [

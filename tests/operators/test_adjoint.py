@@ -1,7 +1,6 @@
 """The one shared adjoint test: every registered operator case (MRI, CT, ...) must pass it.
 
-Cases register through :func:`medrecon.operators.registry.register_operator_case`; see that
-module. Checks, in float64 / complex128 on odd non-square shapes:
+Cases register in :mod:`tests.operators.adjoint_cases`; see that module. Checks, in float64 / complex128 on odd non-square shapes:
 
 * adjointness ``|<Ax, y> - <x, A^H y>| / (|Ax| |y|) <= 1e-10``,
 * linearity ``A(a x + b z) = a A x + b A z``,
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 from medrecon.operators.base import adjoint_mismatch, random_like_shape
-from medrecon.operators.registry import operator_cases
+from tests.operators.adjoint_cases import operator_cases
 
 CASES = operator_cases()
 

@@ -8,7 +8,8 @@ import torch
 
 from medrecon.errors import InputError, MeasurementError
 from medrecon.io import Volume
-from medrecon.io.measurement import Measurement, ReferenceGeometry, mri_operator_description
+from medrecon.io.measurement import Measurement, ReferenceGeometry
+from medrecon.io.operator_schema import mri_operator_description
 from medrecon.phantoms import shepp_logan_3d
 from medrecon.recon.classical import (
     ReconOptions,

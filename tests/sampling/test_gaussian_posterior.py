@@ -43,7 +43,7 @@ from medrecon.sampling.consistency import (
     diffpir_variance,
     operator_norm,
 )
-from medrecon.sampling.gaussian import (
+from tests.sampling.gaussian import (
     GaussianPrior,
     MatrixOperator,
     gaussian_posterior,
