@@ -54,7 +54,7 @@ def sweep_baseline(modality: str, method: str, weights: Sequence[float],
 
     from medrecon.demo import BASELINES, BaselineChoice, baseline_lam, plan_demo
     from medrecon.device import resolve_device
-    from medrecon.metrics import compare_volumes, foreground_mask
+    from medrecon.evaluation import compare_volumes, foreground_mask
     from medrecon.priors.synthetic import generate_head, split_seeds
     from medrecon.recon.base import ReconOptions
     from medrecon.reconstruct import reconstruct

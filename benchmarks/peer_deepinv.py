@@ -216,7 +216,7 @@ def prior_part(steps: int, size: int, seed: int, prior_name: str) -> dict[str, A
     import deepinv as dinv
 
     from medrecon.demo import plan_demo
-    from medrecon.metrics import compare_volumes
+    from medrecon.evaluation import compare_volumes
     from medrecon.priors import load_prior
     from medrecon.priors.synthetic import generate_head
     from medrecon.problem import measurement_problem

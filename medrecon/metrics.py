@@ -34,30 +34,27 @@ voxel-weighted mean of the slice values for MSE and SSIM. Slices with no voxel i
 NMSE/HFEN of slices whose reference energy is zero, are NaN.
 
 Arrays may be numpy arrays or CPU torch tensors; inputs are converted to float64 numpy. Only
-numpy is imported at module level (scipy and scikit-image load when first needed).
+numpy is imported at module level (scipy loads when first needed). Evaluating two
+:class:`~medrecon.io.Volume` objects (matching their grids, choosing the region, leaving out CT
+padding) is :mod:`medrecon.evaluation`'s job.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from medrecon.errors import GeometryError, InputError
 from medrecon.jsonutil import jsonable
 
-if TYPE_CHECKING:  # only for type hints: metrics sits below io in the import graph
-    from medrecon.io.volume import Volume
-
 __all__ = [
     "METRICS",
     "EvaluationResult",
-    "compare_volumes",
     "data_range_of",
     "evaluate_volumes",
-    "foreground_mask",
     "hfen",
     "log_filter",
     "nmse",
@@ -330,111 +327,6 @@ def relative_residual(ax: Any, y: Any, mask: Any | None = None) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# Foreground mask
-# --------------------------------------------------------------------------------------------
-
-
-#: CT voxels above this level are never background ("not air": half-way between air at
-#: -1000 HU and water at 0 HU, the usual body-outline level).
-CT_AIR_HU = -500.0
-
-#: A volume whose darkest voxels (0.5th percentile) exceed this fraction of its bright end
-#: (99.5th percentile) has no dark background: every voxel is foreground.
-NO_BACKGROUND_RATIO = 0.1
-
-
-def _is_ct(modality: str | None) -> bool:
-    return modality is not None and modality.strip().upper() in ("CT", "HU")
-
-
-def foreground_mask(ref: Any, closing_radius: int = 2, median_size: int = 3,
-                    modality: str | None = None) -> np.ndarray:
-    """A boolean foreground (object) mask of a reference volume, for ``--mask auto``.
-
-    Steps: (0) a ``median_size``-voxel cubic median filter, which removes background noise
-    without moving edges; (1) a threshold on the filtered finite voxels: Otsu's
-    (scikit-image), lowered to ``p0.5 + 0.1 (p99.5 - p0.5)`` (10% of the robust intensity
-    range, like FSL BET's initial threshold) when that is lower; voxels above it are kept. Otsu
-    alone can split a small bright class (skull, bone) from everything else, e.g. in the
-    Shepp-Logan phantom whose soft tissue lies below Otsu's threshold, while the robust-range
-    threshold still separates air or background (near p0.5) from tissue. Two rules keep a
-    crop that holds no air or background (a cube inside the head) from losing its tissue:
-
-    * CT (``modality`` "CT", or "HU" for the units): the threshold is at most
-      :data:`CT_AIR_HU` (-500 HU), so every voxel that is not air is foreground, and a crop
-      without air is foreground everywhere. Heads with air keep the threshold above, which
-      lies near -700 HU there.
-    * Any other modality (MR magnitude, unknown): when ``p0.5 > 0.1 p99.5`` with ``p0.5 > 0``
-      (the darkest voxels are tissue, not the near-zero noise floor of a magnitude image),
-      there is no background and every voxel is foreground.
-
-    (2) morphological closing with a ball of ``closing_radius`` voxels, on an edge-padded
-    volume so that objects touching the border are not eroded, to bridge thin dark gaps;
-    (3) hole filling in 3D and then slice by slice along each axis, so that dark interior
-    regions (ventricles, lungs, air in the bowel) that open onto the volume's border count as
-    foreground; (4) keeping the largest 26-connected component, which drops noise specks and
-    the patient table.
-
-    Args:
-        ref: the reference (I, J, K), numpy array or CPU tensor, or a
-            :class:`~medrecon.io.Volume` (whose modality and units are then used).
-        modality: "CT" (values in HU), "MR" or None (unknown); overrides a Volume's.
-
-    Returns:
-        bool array of the input shape.
-
-    Raises:
-        InputError: the reference is constant (Otsu has nothing to separate).
-    """
-    from scipy import ndimage
-    from skimage.filters import threshold_otsu
-    from skimage.morphology import ball
-
-    if hasattr(ref, "affine") and hasattr(ref, "data"):  # a Volume
-        if modality is None:
-            units = str(getattr(ref, "units", ""))
-            modality = "CT" if units.upper() == "HU" else getattr(ref, "modality", None)
-        ref = ref.data
-    r = _as_array(ref, "reference")
-    finite = np.isfinite(r)
-    if r.ndim != 3:
-        raise InputError(f"foreground_mask needs a 3D volume, got shape {r.shape}.")
-    values = r[finite]
-    if values.size == 0 or values.max() <= values.min():
-        raise InputError("The reference is constant, so --mask auto finds no foreground.")
-    if median_size > 1:
-        # Edge-preserving denoising first: background noise would otherwise cross the threshold
-        # in speckles that the closing then merges into the mask.
-        r = ndimage.median_filter(np.where(finite, r, values.min()), size=median_size,
-                                  mode="nearest")
-        values = r[finite]
-    lo, hi = np.percentile(values, [0.5, 99.5])
-    t = min(float(threshold_otsu(values)), float(lo + 0.1 * (hi - lo)))
-    if _is_ct(modality):
-        t = min(t, CT_AIR_HU)
-    elif 0 < lo and lo > NO_BACKGROUND_RATIO * hi:
-        t = -np.inf  # no background: the darkest voxels are tissue
-    fg = finite & (r > t)
-    if closing_radius > 0:
-        p = closing_radius
-        padded = np.pad(fg, p, mode="edge")
-        padded = ndimage.binary_closing(padded, structure=ball(p).astype(bool))
-        fg = padded[p:-p, p:-p, p:-p]
-    fg = ndimage.binary_fill_holes(fg)
-    for axis in range(3):
-        fg = np.stack(
-            [ndimage.binary_fill_holes(s) for s in np.moveaxis(fg, axis, 0)], axis=0
-        )
-        fg = np.moveaxis(fg, 0, axis)
-    labels, n = ndimage.label(fg, structure=np.ones((3, 3, 3), dtype=bool))
-    if n > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        fg = labels == int(np.argmax(sizes))
-    return np.ascontiguousarray(fg, dtype=bool)
-
-
-# --------------------------------------------------------------------------------------------
 # Whole evaluation: volume + per-slice
 # --------------------------------------------------------------------------------------------
 
@@ -517,6 +409,7 @@ def evaluate_volumes(
     data_range: float | None = None,
     slice_axis: int = 2,
     region: str | None = None,
+    data_range_source: str | None = None,
 ) -> EvaluationResult:
     """PSNR, SSIM, NMSE and HFEN of ``recon`` against ``ref``, per volume and per slice.
 
@@ -527,6 +420,7 @@ def evaluate_volumes(
         data_range: L for PSNR/SSIM; default max - min of the whole reference.
         slice_axis: axis (0, 1 or 2; negative allowed) along which per-slice values are given.
         region: description of the region for reports; default describes the mask or volume.
+        data_range_source: how a given ``data_range`` was chosen, for reports (default "user").
 
     Returns:
         An :class:`EvaluationResult`.
@@ -541,7 +435,7 @@ def evaluate_volumes(
         raise InputError(f"slice_axis must be 0, 1 or 2, got {slice_axis}.")
     axis = slice_axis % 3
     L = data_range_of(r, data_range)
-    source = "user" if data_range is not None else "reference max - min"
+    source = (data_range_source or "user") if data_range is not None else "reference max - min"
     region_mask = np.ones(r.shape, dtype=bool) if m is None else m
     n_region = int(region_mask.sum())
     if region is None:
@@ -598,70 +492,3 @@ def evaluate_volumes(
         shape=tuple(int(s) for s in r.shape),
         slice_axis=axis,
     )
-
-
-def compare_volumes(
-    recon: Volume,
-    reference: Volume,
-    mask: Volume | np.ndarray | str | None = None,
-    data_range: float | None = None,
-    slice_axis: int = 2,
-    atol_mm: float = 1e-3,
-) -> tuple[EvaluationResult, np.ndarray | None]:
-    """Evaluate two :class:`~medrecon.io.Volume` objects after checking that their grids match.
-
-    Args:
-        recon, reference: volumes on the same voxel grid (shape and affine within ``atol_mm``).
-        mask: None (whole volume), ``"auto"`` (:func:`foreground_mask` of the reference), a
-            boolean array, or a Volume whose nonzero voxels form the region (its grid must match).
-        data_range, slice_axis: as in :func:`evaluate_volumes`.
-
-    Returns:
-        The result and the boolean mask used (None for the whole volume).
-
-    Raises:
-        GeometryError: shapes or affines differ. InputError: bad or empty mask, constant reference.
-    """
-    if recon.shape != reference.shape:
-        raise GeometryError(
-            f"The reconstruction has shape {recon.shape} but the reference has shape "
-            f"{reference.shape}; resample one onto the other's grid first."
-        )
-    if not recon.same_geometry(reference, atol_mm=atol_mm):
-        diff = float(np.max(np.abs(recon.affine - reference.affine)))
-        raise GeometryError(
-            f"The reconstruction and the reference lie on different grids (affines differ by up "
-            f"to {diff:.4g} mm); resample one onto the other's grid first."
-        )
-    region: str | None = None
-    mask_arr: np.ndarray | None = None
-    if isinstance(mask, str):
-        if mask != "auto":
-            raise InputError(f"mask must be 'auto', an array or a volume, got {mask!r}.")
-        mask_arr = foreground_mask(reference)
-        n = int(mask_arr.sum())
-        region = (f"auto foreground mask ({n} of {mask_arr.size} voxels, "
-                  f"{100.0 * n / mask_arr.size:.1f}%)")
-    elif mask is not None:
-        if hasattr(mask, "affine") and hasattr(mask, "data"):
-            if mask.shape != reference.shape:
-                raise GeometryError(
-                    f"The mask has shape {mask.shape} but the reference has shape "
-                    f"{reference.shape}."
-                )
-            if not mask.same_geometry(reference, atol_mm=atol_mm):
-                raise GeometryError("The mask lies on a different grid from the reference.")
-            mask_arr = np.asarray(mask.data) != 0
-        else:
-            mask_arr = np.asarray(mask).astype(bool)
-        if mask_arr.shape != reference.shape:
-            raise GeometryError(
-                f"The mask has shape {mask_arr.shape} but the reference has shape "
-                f"{reference.shape}."
-            )
-        if not mask_arr.any():
-            raise InputError("The mask is empty: it selects no voxel to evaluate.")
-    result = evaluate_volumes(recon.data, reference.data, mask=mask_arr, data_range=data_range,
-                              slice_axis=slice_axis, region=region)
-    return result, mask_arr
-

@@ -8,7 +8,13 @@ Display conventions (when an affine is given): volumes are reoriented to RAS+ an
 radiological convention used by clinical viewers: axial and coronal views have the patient's
 right on the image's left, axial views anterior up, coronal and sagittal views superior up,
 sagittal views anterior on the left. Pixels are drawn with their true physical aspect ratio
-from the voxel spacing.
+from the voxel spacing. A view across fewer than :data:`MIN_VIEW_VOXELS` voxels (the coronal
+and sagittal views of a single axial slice) is left out rather than drawn as a strip.
+
+Default windows are robust percentiles over the evaluation region (the ``mask``): the grey
+window spans the reference's 0.5th to 99.5th percentile, the error and std windows run from 0
+to the 99th percentile of all the error (or std) maps together, so that a few outliers, CT
+padding or empty background do not wash out the maps and all rows share one scale.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from medrecon.metrics import METRICS, EvaluationResult
 
 __all__ = [
     "METRIC_DEFINITIONS",
+    "MIN_VIEW_VOXELS",
     "format_table",
     "orthogonal_slices_figure",
     "write_metrics_csv",
@@ -93,17 +100,28 @@ METRIC_DEFINITIONS: dict[str, str] = {
 }
 
 
+def _as_list(result: EvaluationResult | Sequence[EvaluationResult]) -> list[EvaluationResult]:
+    results = [result] if isinstance(result, EvaluationResult) else list(result)
+    if not results:
+        raise InputError("There are no metrics to write.")
+    return results
+
+
 def write_metrics_json(
-    result: EvaluationResult, path: str | Path, extra: Mapping[str, Any] | None = None
+    result: EvaluationResult | Sequence[EvaluationResult], path: str | Path,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``result.to_dict()`` (plus ``extra`` keys and metric definitions) as strict JSON.
 
-    Non-finite values (PSNR of identical volumes, slices outside the region) are ``null``.
-    Written atomically.
+    Several results (reconstructions against one reference) go into a ``"results"`` list, each
+    naming its reconstruction in ``inputs``. Non-finite values (PSNR of identical volumes,
+    slices outside the region) are ``null``. Written atomically.
     """
     import json
 
-    doc = result.to_dict()
+    results = _as_list(result)
+    doc = results[0].to_dict() if len(results) == 1 else {
+        "results": [r.to_dict() for r in results]}
     doc.update(dict(extra or {}))
     doc["metric_definitions"] = dict(METRIC_DEFINITIONS)
     path = Path(path)
@@ -112,19 +130,27 @@ def write_metrics_json(
     return path
 
 
-def write_metrics_csv(result: EvaluationResult, path: str | Path) -> Path:
+def write_metrics_csv(result: EvaluationResult | Sequence[EvaluationResult],
+                      path: str | Path) -> Path:
     """Write one CSV row per slice (``slice, voxels, psnr, ssim, nmse, hfen``) and a final row
-    with ``slice = volume`` for the whole region; undefined values are ``nan``. Atomic.
+    with ``slice = volume`` for the whole region; undefined values are ``nan``. Several results
+    get a first column ``recon`` (their ``inputs["recon"]``). Atomic.
     """
     import csv
 
+    results = _as_list(result)
+    several = len(results) > 1
+    columns = (["recon"] if several else []) + EvaluationResult.csv_columns()
     path = Path(path)
     with atomic_file(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=result.csv_columns())
+        writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
-        for row in result.rows():
-            writer.writerow({k: (f"{v:.10g}" if isinstance(v, float) else v)
-                             for k, v in row.items()})
+        for n, res in enumerate(results):
+            for row in res.rows():
+                if several:
+                    row = {"recon": res.inputs.get("recon", str(n)), **row}
+                writer.writerow({k: (f"{v:.10g}" if isinstance(v, float) else v)
+                                 for k, v in row.items()})
     return path
 
 
@@ -173,15 +199,39 @@ def _views(a: np.ndarray, centre: Sequence[int]) -> list[np.ndarray]:
     ]
 
 
-def _robust_max(values: list[np.ndarray], q: float) -> float:
-    flat = np.concatenate([v.ravel() for v in values]) if values else np.zeros(1)
-    flat = flat[np.isfinite(flat)]
+#: A view needs at least this many voxels along both of its axes to be drawn.
+MIN_VIEW_VOXELS = 4
+#: Percentiles of the default grey window and of the upper end of error and std windows.
+GREY_PERCENTILES = (0.5, 99.5)
+MAP_PERCENTILE = 99.0
+
+
+def _region_values(arrays: list[np.ndarray], region: np.ndarray | None) -> np.ndarray:
+    """Finite values of ``arrays`` inside ``region`` (all voxels without one), flattened."""
+    flat = np.concatenate([(a if region is None else a[region]).ravel() for a in arrays])
+    return flat[np.isfinite(flat)]
+
+
+def _robust_max(arrays: list[np.ndarray], region: np.ndarray | None) -> float:
+    """Upper end of an error or std window: the MAP_PERCENTILE of the values in the region."""
+    flat = _region_values(arrays, region)
     if flat.size == 0:
         return 1.0
-    hi = float(np.percentile(flat, q))
+    hi = float(np.percentile(flat, MAP_PERCENTILE))
     if hi <= 0:
         hi = float(flat.max())
     return hi if hi > 0 else 1.0
+
+
+def _robust_window(reference: np.ndarray, region: np.ndarray | None) -> tuple[float, float]:
+    """Default grey window: GREY_PERCENTILES of the reference in the region."""
+    flat = _region_values([reference], region)
+    if flat.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(flat, GREY_PERCENTILES))
+    if hi <= lo:
+        lo, hi = float(flat.min()), float(flat.max())
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
 def orthogonal_slices_figure(
@@ -194,6 +244,7 @@ def orthogonal_slices_figure(
     error_of: Sequence[str] | None = None,
     std: Mapping[str, Any] | None = None,
     mask: np.ndarray | None = None,
+    blank: np.ndarray | None = None,
     centre: Sequence[int] | None = None,
     window: tuple[float, float] | None = None,
     error_max: float | None = None,
@@ -206,7 +257,8 @@ def orthogonal_slices_figure(
 ) -> Path:
     """Draw three orthogonal central slices of several volumes, their errors and std maps.
 
-    One row per panel, three columns (axial, coronal, sagittal) plus a colour bar per row group:
+    One row per panel, three columns (axial, coronal, sagittal; fewer for a single slice or a thin
+    slab) plus a colour bar per row group:
 
     * images: every entry of ``volumes`` (reference first), sharing one grey window;
     * absolute errors ``|v - reference|`` of the volumes named in ``error_of``, sharing one
@@ -225,11 +277,15 @@ def orthogonal_slices_figure(
         error_of: names whose error maps to show (default: every volume but the reference;
             ``()`` for none).
         std: name -> std map (I, J, K), e.g. ``{"Posterior std": s}``.
-        mask: optional boolean region (I, J, K); its outline is drawn on the reference row.
+        mask: optional boolean region (I, J, K); its outline is drawn on the reference row, and
+            the default windows are taken over it.
+        blank: optional boolean (I, J, K) of voxels that hold no image, e.g. CT padding outside
+            the scan circle: their errors and std are not drawn (black).
         centre: voxel index (i, j, k) the slices pass through (default: the volume centre).
-        window: grey window (low, high) of the images (default: reference min and max).
+        window: grey window (low, high) of the images (default: the reference's 0.5th to 99.5th
+            percentile in the region).
         error_max, std_max: upper ends of the error and std windows (default: 99th percentile
-            of the shown slices, so that a few outliers do not wash out the map).
+            in the region of all error, or std, maps together).
         annotations: name -> extra line under a row's label, e.g. "PSNR 31.2 dB".
         units: intensity units for the colour-bar labels (e.g. "HU", "a.u.").
         title: figure title.
@@ -262,6 +318,8 @@ def orthogonal_slices_figure(
         arrays[f"std:{n}"] = _real3d(v, n)
     if mask is not None:
         arrays["mask"] = np.asarray(mask).astype(np.float32)
+    if blank is not None:
+        arrays["blank"] = np.asarray(blank).astype(np.float32)
     shape = arrays[f"img:{ref_name}"].shape
     for k, a in arrays.items():
         if a.shape != shape:
@@ -270,6 +328,11 @@ def orthogonal_slices_figure(
             )
     for n in err_names:
         arrays[f"err:{n}"] = np.abs(arrays[f"img:{n}"] - arrays[f"img:{ref_name}"])
+    if blank is not None:
+        hidden = arrays.pop("blank") > 0
+        for k in arrays:
+            if k.startswith(("err:", "std:")):
+                arrays[k] = np.where(hidden, np.nan, arrays[k]).astype(np.float32)
 
     ras, sp, origin = _to_ras(arrays, affine, spacing)
     rshape = ras[f"img:{ref_name}"].shape
@@ -287,6 +350,13 @@ def orthogonal_slices_figure(
     # Physical extents (mm) of each view: (width, height).
     ext_x, ext_y, ext_z = (rshape[i] * sp[i] for i in range(3))
     extents = [(ext_x, ext_y), (ext_x, ext_z), (ext_y, ext_z)]
+    # The views drawn: those across at least MIN_VIEW_VOXELS voxels each way (a single axial
+    # slice gets its axial view only); at least the one that is widest in voxels.
+    view_axes = [(0, 1), (0, 2), (1, 2)]  # RAS axes along each view's width and height
+    view_ids = [v for v, (a, b) in enumerate(view_axes)
+                if min(rshape[a], rshape[b]) >= MIN_VIEW_VOXELS]
+    if not view_ids:
+        view_ids = [max(range(3), key=lambda v: min(rshape[i] for i in view_axes[v]))]
     oriented = affine is not None
     if oriented:
         col_names = ["Axial", "Coronal", "Sagittal"]
@@ -305,11 +375,11 @@ def orthogonal_slices_figure(
     # Row groups: (kind, [names], cmap, vmin, vmax, label)
     unit = f" [{units}]" if units else ""
     groups: list[tuple[str, list[str], str, float, float, str]] = []
+    region = None if mask is None else np.asarray(mask).astype(bool)
+    if region is not None and not region.any():
+        region = None
     if window is None:
-        ref_arr = arrays[f"img:{ref_name}"]
-        lo, hi = float(ref_arr.min()), float(ref_arr.max())
-        if hi <= lo:
-            hi = lo + 1.0
+        lo, hi = _robust_window(arrays[f"img:{ref_name}"], region)
     else:
         lo, hi = float(window[0]), float(window[1])
         if not hi > lo:
@@ -317,11 +387,11 @@ def orthogonal_slices_figure(
     groups.append(("img", names, "gray", lo, hi, f"Intensity{unit}"))
     if err_names:
         emax = error_max if error_max is not None else _robust_max(
-            [s for n in err_names for s in slices[f"err:{n}"]], 99.0)
+            [arrays[f"err:{n}"] for n in err_names], region)
         groups.append(("err", err_names, "inferno", 0.0, float(emax), f"|Error|{unit}"))
     if std:
         smax = std_max if std_max is not None else _robust_max(
-            [s for n in std for s in slices[f"std:{n}"]], 99.0)
+            [arrays[f"std:{n}"] for n in std], region)
         groups.append(("std", list(std), "viridis", 0.0, float(smax), f"Standard deviation{unit}"))
 
     notes: list[str] = []
@@ -330,17 +400,18 @@ def orthogonal_slices_figure(
                      "give the patient directions).")
     else:
         notes.append("No affine given: panels show voxel axes, without patient orientation.")
-    has_outline = "mask" in slices and any(0 < m.sum() < m.size for m in slices["mask"])
+    has_outline = "mask" in slices and any(0 < slices["mask"][v].sum() < slices["mask"][v].size
+                                           for v in view_ids)
     if has_outline:
         notes.append("Cyan outline on the reference: the evaluation region.")
     if footnote:
         notes.append(footnote)
     n_rows = sum(len(g[1]) for g in groups)
-    row_h_mm = max(ext_y, ext_z)
-    widths_mm = [e[0] for e in extents]
+    row_h_mm = max(extents[v][1] for v in view_ids)
+    widths_mm = [extents[v][0] for v in view_ids]
     panel_in = 2.3 / row_h_mm  # inches per mm, so that a row is about 2.3 in tall
     label_in, cbar_in, gap_in = 0.55, 0.9, 0.08
-    fig_w = label_in + sum(w * panel_in for w in widths_mm) + 3 * gap_in + cbar_in
+    fig_w = label_in + sum(w * panel_in for w in widths_mm) + len(view_ids) * gap_in + cbar_in
     # Wrap the title and notes to the figure width (about 0.55 em per character), so that
     # long file names are neither cut off nor drawn over the column titles.
     import textwrap
@@ -356,13 +427,12 @@ def orthogonal_slices_figure(
     note_in = 0.12 + 0.14 * len(note_lines)
     fig_h = title_in + n_rows * row_in + (n_rows - 1) * gap_row_in + note_in
     # Enough pixels per panel to show every voxel (capped to keep files reasonable).
-    voxels_per_inch = max(rshape[0] / (ext_x * panel_in), rshape[1] / (ext_y * panel_in),
-                          rshape[2] / (ext_z * panel_in))
+    voxels_per_inch = max(1.0 / (sp[i] * panel_in) for v in view_ids for i in view_axes[v])
     dpi = int(min(max(dpi, math.ceil(voxels_per_inch)), max(dpi, 300)))
     fig = Figure(figsize=(fig_w, fig_h), dpi=dpi, facecolor="white")
     FigureCanvasAgg(fig)
     gs = fig.add_gridspec(
-        n_rows, 5,
+        n_rows, len(view_ids) + 2,
         width_ratios=[label_in / panel_in, *widths_mm, (cbar_in / panel_in)],
         left=0.01, right=0.99, top=1.0 - title_in / fig_h, bottom=note_in / fig_h,
         wspace=0.06, hspace=gap_row_in / row_in,
@@ -391,8 +461,8 @@ def orthogonal_slices_figure(
                 text += f"\n{annotations[name]}"
             label_ax.text(0.95, 0.5, text, rotation=90, ha="right", va="center",
                           fontsize=8.5, transform=label_ax.transAxes, multialignment="center")
-            for v in range(3):
-                ax = fig.add_subplot(gs[row, v + 1])
+            for col, v in enumerate(view_ids):
+                ax = fig.add_subplot(gs[row, col + 1])
                 w, h = extents[v]
                 im = ax.imshow(slices[key][v], cmap=cmap, vmin=vmin, vmax=vmax,
                                extent=(0, w, 0, h), origin="upper",
@@ -410,7 +480,7 @@ def orthogonal_slices_figure(
                     ax.set_title(col_titles[v], fontsize=9)
                 if kind == "img" and name == ref_name and "mask" in slices:
                     m2 = slices["mask"][v]
-                    if 0 < m2.sum() < m2.size:
+                    if 0 < m2.sum() < m2.size and min(m2.shape) >= 2:
                         # Pixel centres in the same mm frame as imshow's extent (row 0 on top).
                         xs = (np.arange(m2.shape[1]) + 0.5) * w / m2.shape[1]
                         ys = h - (np.arange(m2.shape[0]) + 0.5) * h / m2.shape[0]
@@ -425,13 +495,13 @@ def orthogonal_slices_figure(
                     ax.text(0.5, 0.98, lt[2], ha="center", va="top", **style)
                     ax.text(0.5, 0.02, lt[3], ha="center", va="bottom", **style)
             row += 1
-        cax_spec = gs[first_row:row, 4].subgridspec(1, 3, width_ratios=[0.15, 0.22, 0.63])
+        cax_spec = gs[first_row:row, len(view_ids) + 1].subgridspec(1, 3, width_ratios=[0.15, 0.22, 0.63])
         cax = fig.add_subplot(cax_spec[0, 1])
         assert im is not None
         if kind != "img":
             extend = "max"
         else:  # show arrows where the grey window clips the data
-            shown = [s for n in members for s in slices[f"img:{n}"]]
+            shown = [slices[f"img:{n}"][v] for n in members for v in view_ids]
             below = any(float(np.nanmin(x)) < vmin for x in shown)
             above = any(float(np.nanmax(x)) > vmax for x in shown)
             extend = {(False, False): "neither", (True, False): "min",

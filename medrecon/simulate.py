@@ -27,7 +27,9 @@ MRI model (k-space of shape (C, I, J, K), operator of :mod:`medrecon.operators.m
   phase-encode axes J, K see coil variation) and the slice axis 2 for 2D multi-slice.
 * Mask: :func:`medrecon.operators.masks.make_mask` ("poisson" / "gaussian" for the 3D
   phase-encode plane (J, K), "random" / "equispaced" lines for 2D multi-slice), with a fully
-  sampled calibration region; the achieved acceleration is stored.
+  sampled calibration region (by default sized from the phase-encode matrix,
+  :func:`~medrecon.operators.masks.default_calibration`); the achieved acceleration and the
+  calibration used are stored.
 * Noise: :func:`medrecon.operators.noise.add_noise`, complex Gaussian per coil with either a
   target ``snr`` (RMS of the fully sampled noise-free k-space over sigma) or an explicit
   ``noise_sigma`` (complex standard deviation per sample), seeded.
@@ -51,6 +53,7 @@ import numpy as np
 from medrecon import __version__
 from medrecon.config import option
 from medrecon.errors import InputError
+from medrecon.intensity import looks_like_hu
 from medrecon.io.measurement import Measurement, ReferenceGeometry
 from medrecon.io.operator_schema import ct_operator_description, mri_operator_description
 from medrecon.io.volume import Volume
@@ -116,7 +119,8 @@ class MRISettings:
     coils: int = option(8, ge=1, le=128, help="Number of receive coils.")
     acceleration: float = option(8.0, ge=1.0, help="Target acceleration (total / acquired).")
     mask: MaskKind = MaskKind.POISSON
-    calibration: int = option(24, ge=0, help="Fully sampled centre: lines (2D) or box side (3D).")
+    calibration: int | None = option(None, ge=0, help="Fully sampled centre: lines (2D) or box "
+                                                      "side (3D); None: from the matrix.")
     snr: float | None = option(30.0, gt=0.0, help="Target SNR; exclusive with noise_sigma.")
     noise_sigma: float | None = option(None, ge=0.0, help="Complex noise std per sample.")
     dims: Dims = Dims.THREE_D
@@ -211,8 +215,8 @@ def simulate(volume: Volume, config: SimulationConfig | None = None,
         The measurement, with the reference geometry of ``volume``.
 
     Warns:
-        UserWarning: an MRI simulation of a CT volume (modality CT, units HU, or values down to
-            -500 or below in a volume not marked MR): its magnitude |HU| makes air bright.
+        UserWarning: an MRI simulation of a CT volume (modality CT, units HU, or a band of air
+            values near -1000 in a volume not marked MR): its magnitude |HU| makes air bright.
     """
     from medrecon.device import resolve_device
 
@@ -238,19 +242,29 @@ def _ct_like(volume: Volume) -> str:
         return "a CT volume (HU)"
     if volume.units.upper() == "HU":
         return "in HU (CT)"
-    if volume.modality.upper() != "MR" and float(np.min(volume.data)) <= -500.0:
+    if volume.modality.upper() != "MR" and looks_like_hu(volume.data, need_bone=False):
         return f"likely CT in HU (values down to {float(np.min(volume.data)):.0f})"
     return ""
 
 
-def _check_calibration(shape: tuple[int, ...], calibration: int, dims: Dims) -> None:
-    """Refuse a calibration region larger than the phase-encode plane, naming the fix."""
+#: A volume with fewer slices than this along K is a thin slab, usually scanned in 2D.
+THIN_SLAB = 8
+
+
+def _check_calibration(shape: tuple[int, ...], calibration: int | None, dims: Dims) -> None:
+    """Refuse a 3D acquisition of a single slice, and a calibration region larger than the
+    phase-encode plane, naming the fix (``--dims 2d`` for a single slice or thin slab)."""
+    if dims == Dims.THREE_D and shape[2] == 1:
+        raise InputError(f"The reference is a single slice ({shape[0]} x {shape[1]} x 1), which "
+                         f"has no second phase-encode axis for 3D sampling; use --dims 2d.")
     plane = (shape[1],) if dims == Dims.TWO_D else (shape[1], shape[2])
-    if calibration > min(plane):
+    if calibration is not None and calibration > min(plane):
         what = (f"the {plane[0]} phase-encode lines" if dims == Dims.TWO_D
                 else f"the phase-encode plane {plane}")
+        slab = (f", or --dims 2d for this thin slab of {shape[2]} slices"
+                if dims == Dims.THREE_D and shape[2] < THIN_SLAB else "")
         raise InputError(f"The calibration region ({calibration}) is larger than {what}; "
-                         f"use --calibration {min(plane)} or less.")
+                         f"use --calibration {min(plane)} or less{slab}.")
 
 
 def _simulate_mri(volume: Volume, config: SimulationConfig, reference: ReferenceGeometry,

@@ -10,12 +10,9 @@ from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from medrecon.errors import GeometryError, InputError
-from medrecon.io import Volume
 from medrecon.metrics import (
-    compare_volumes,
     data_range_of,
     evaluate_volumes,
-    foreground_mask,
     hfen,
     log_filter,
     nmse,
@@ -24,7 +21,6 @@ from medrecon.metrics import (
     ssim,
     ssim_map,
 )
-from medrecon.phantoms import shepp_logan_3d
 
 SHAPE = (20, 17, 14)  # odd, non-cubic: catches axis mix-ups
 
@@ -231,98 +227,3 @@ def test_relative_residual_numpy_and_torch(rng: np.random.Generator) -> None:
     assert relative_residual(y, y) == 0.0
     with pytest.raises(GeometryError):
         relative_residual(y[:2], y)
-
-
-def test_foreground_mask_of_phantom_with_noise(rng: np.random.Generator) -> None:
-    ref = shepp_logan_3d((64, 64, 64)).astype(np.float64)
-    noisy = ref + 0.03 * rng.standard_normal(ref.shape)
-    mask = foreground_mask(noisy)
-    inside = ref > 0
-    # Covers the head (ventricles included, though darker than the threshold) ...
-    assert (mask & inside).sum() / inside.sum() > 0.99
-    # ... and little background (the outline may grow by about a voxel).
-    assert (mask & ~inside).sum() / inside.sum() < 0.08
-    assert not ndimage.binary_fill_holes(mask).sum() > mask.sum()  # no holes
-    assert ndimage.label(mask)[1] == 1  # one component
-
-
-def test_foreground_mask_drops_specks_and_keeps_border_objects() -> None:
-    vol = np.zeros((30, 30, 20))
-    vol[5:25, 5:25, :] = 1.0  # touches the k borders: must not be eroded there
-    vol[12:18, 12:18, 5:15] = 0.0  # an interior dark cavity: filled
-    vol[1, 1, 1] = 1.0  # a speck: dropped
-    mask = foreground_mask(vol)
-    expected = np.zeros_like(vol, dtype=bool)
-    expected[5:25, 5:25, :] = True
-    assert not (mask & ~expected).any()
-    # All of the box but (at most) its four long edges, which the median filter rounds off.
-    assert mask[6:24, 6:24, :].all() and mask[5:25, 5:25, :].sum() >= 20 * 20 * 20 - 4 * 20
-    with pytest.raises(InputError, match="constant"):
-        foreground_mask(np.ones((8, 8, 8)))
-
-
-def _ct_crop_without_air(rng: np.random.Generator) -> np.ndarray:
-    """A 32^3 cube inside a CT head: brain (~35 HU), CSF (~8 HU) and bone along one edge."""
-    vol = 35.0 + 5.0 * rng.standard_normal((32, 32, 32))
-    vol[:, :, :4] = 8.0 + 5.0 * rng.standard_normal((32, 32, 4))
-    vol[:6, :6, :] = 1200.0  # bone touching the border: the only class the old rule kept
-    return vol
-
-
-def test_foreground_mask_of_a_ct_crop_without_air_keeps_every_voxel(
-        rng: np.random.Generator) -> None:
-    crop = _ct_crop_without_air(rng)
-    assert foreground_mask(crop).mean() < 0.1  # unknown modality: only the bone (the old flaw)
-    assert foreground_mask(crop, modality="CT").all()
-    # A Volume carries its modality (and units), so compare_volumes and --mask auto get it.
-    ct = _vol(crop)
-    ct.modality, ct.units = "CT", "HU"
-    assert foreground_mask(ct).all()
-    _, mask = compare_volumes(ct, ct, mask="auto")
-    assert mask is not None and mask.all()
-
-
-def test_foreground_mask_of_ct_with_air_excludes_only_air(rng: np.random.Generator) -> None:
-    g = np.indices((32, 32, 32)).astype(float)
-    inside = ((g - 15.5) ** 2).sum(axis=0) < 12.0**2
-    vol = np.where(inside, 35.0, -1000.0) + 5.0 * rng.standard_normal(inside.shape)
-    vol[inside & (g[0] < 8)] = 1500.0  # bone: Otsu alone would keep only this
-    mask = foreground_mask(vol, modality="CT")
-    assert mask[inside].mean() > 0.99 and (mask & ~inside).sum() < 0.05 * inside.sum()
-    assert np.array_equal(mask, foreground_mask(vol))  # with air the generic rule already works
-
-
-def test_foreground_mask_of_an_mr_crop_without_background(rng: np.random.Generator) -> None:
-    # T2-like: dark white matter (0.25) beside bright CSF (1.0), no near-zero background.
-    vol = 0.35 + 0.02 * rng.standard_normal((24, 24, 24))
-    vol[:, :8, :] = 0.25 + 0.02 * rng.standard_normal((24, 8, 24))
-    vol[10:14, 10:14, :] = 1.0
-    assert foreground_mask(vol).all()
-    assert foreground_mask(vol, modality="MR").all()
-
-
-def _vol(data: np.ndarray, affine: np.ndarray | None = None) -> Volume:
-    return Volume(data, np.diag([1.0, 1.0, 2.0, 1.0]) if affine is None else affine)
-
-
-def test_compare_volumes_checks_grids_and_masks(pair: tuple[np.ndarray, np.ndarray]) -> None:
-    x, ref = pair
-    res, m = compare_volumes(_vol(x), _vol(ref))
-    assert m is None and res.volume["psnr"] == pytest.approx(psnr(x.astype(np.float32),
-                                                                  ref.astype(np.float32)))
-    shifted = np.diag([1.0, 1.0, 2.0, 1.0])
-    shifted[0, 3] = 0.01
-    with pytest.raises(GeometryError, match="different grids"):
-        compare_volumes(_vol(x, shifted), _vol(ref))
-    with pytest.raises(GeometryError, match="shape"):
-        compare_volumes(_vol(x[:, :, :-1]), _vol(ref))
-    box = np.zeros(SHAPE)
-    box[3:9, 3:9, 3:9] = 1
-    res, m = compare_volumes(_vol(x), _vol(ref), mask=_vol(box))
-    assert m is not None and m.sum() == 216 and res.region_voxels == 216
-    with pytest.raises(GeometryError, match="different grid"):
-        compare_volumes(_vol(x), _vol(ref), mask=_vol(box, shifted))
-    with pytest.raises(InputError, match="empty"):
-        compare_volumes(_vol(x), _vol(ref), mask=_vol(np.zeros(SHAPE)))
-    res, m = compare_volumes(_vol(x), _vol(ref), mask="auto")
-    assert m is not None and "auto foreground" in res.region

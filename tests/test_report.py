@@ -194,3 +194,63 @@ def test_figure_without_affine_says_so_and_marks_clipped_window(
     assert cbar.get_ylabel() == "Intensity [HU]"
     # Values beyond the window on both sides: the colour bar shows both arrows.
     assert cbar._colorbar.extend == "both"  # type: ignore[attr-defined]
+
+
+def _image_axes(axes: list) -> list:
+    return [ax for ax in axes if ax.images and not hasattr(ax, "_colorbar")]
+
+
+def test_single_slice_gets_one_view(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = np.zeros((20, 16, 1), np.float32)
+    ref[4:16, 3:13] = 1.0
+    texts, axes = _figure_texts(
+        monkeypatch, volumes={"Reference": ref, "Recon": 0.9 * ref}, path=tmp_path / "f.png",
+        affine=np.diag([1.0, 1.0, 3.0, 1.0]), mask=ref > 0.5, std={"Std": 0.1 * ref})
+    panels = _image_axes(axes)
+    assert len(panels) == 4  # reference, recon, error, std: one axial panel each
+    assert any(t.startswith("Axial") for t in texts)
+    assert not any(t.startswith(("Coronal", "Sagittal")) for t in texts)
+    assert all(ax.images[0].get_array().shape == (16, 20) for ax in panels)  # no 1-pixel strip
+    # A thin slab of 3 slices keeps the axial view only as well; 4 slices show all three.
+    _, axes = _figure_texts(monkeypatch, volumes={"r": np.repeat(ref, 3, axis=2)},
+                            path=tmp_path / "g.png")
+    assert len(_image_axes(axes)) == 1
+    _, axes = _figure_texts(monkeypatch, volumes={"r": np.repeat(ref, 4, axis=2)},
+                            path=tmp_path / "h.png")
+    assert len(_image_axes(axes)) == 3
+
+
+def test_default_windows_are_robust_percentiles_of_the_region(
+        tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = rng.uniform(100.0, 200.0, size=(16, 16, 8)).astype(np.float32)
+    region = np.zeros(ref.shape, dtype=bool)
+    region[2:14, 2:14, 1:7] = True
+    ref[~region] = -3000.0  # far outside the region's values: must not set the window
+    ref[8, 8, 4] = 1e6  # one hot voxel inside
+    a = ref + rng.normal(0, 5, ref.shape).astype(np.float32)
+    b = ref + rng.normal(0, 10, ref.shape).astype(np.float32)
+    b[~region] += 5000.0  # huge errors outside the region do not stretch the error scale
+    _, axes = _figure_texts(monkeypatch, volumes={"Reference": ref, "A": a, "B": b},
+                            path=tmp_path / "f.png", mask=region)
+    panels = _image_axes(axes)
+    lo, hi = panels[0].images[0].get_clim()
+    expected = np.percentile(ref[region], [0.5, 99.5])
+    assert (lo, hi) == pytest.approx(tuple(expected))
+    assert 100.0 <= lo < hi < 1e6
+    err_clims = {tuple(ax.images[0].get_clim()) for ax in panels[9:]}
+    assert len(err_clims) == 1  # one shared error scale for A and B
+    emax = np.percentile(np.concatenate([np.abs(a - ref)[region], np.abs(b - ref)[region]]), 99)
+    assert err_clims.pop()[1] == pytest.approx(emax, rel=1e-5)
+
+
+def test_blank_voxels_show_no_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = np.full((12, 12, 4), 40.0, np.float32)
+    pad = np.zeros(ref.shape, dtype=bool)
+    pad[:3] = True
+    ref[pad] = -3024.0
+    rec = np.where(pad, -1000.0, ref + 1.0).astype(np.float32)
+    _, axes = _figure_texts(monkeypatch, volumes={"Reference": ref, "Recon": rec},
+                            path=tmp_path / "f.png", blank=pad)
+    err = _image_axes(axes)[6].images[0].get_array()  # the axial error view
+    assert np.isnan(np.asarray(err, dtype=float)).any()
+    assert np.nanmax(np.asarray(err, dtype=float)) == pytest.approx(1.0)

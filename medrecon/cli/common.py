@@ -79,6 +79,18 @@ def warn(message: str) -> None:
     typer.echo(f"Warning: {message}", err=True)
 
 
+def note(message: str) -> None:
+    """Print ``Note: <message>`` as one line on stderr (information, not a problem)."""
+    typer.echo(f"Note: {message}", err=True)
+
+
+def note_modality(volume: Any) -> None:
+    """Print how an input's modality was decided, when the file did not say (one line)."""
+    text = volume.meta.get("modality_note")
+    if text:
+        note(f"{text}.")
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))

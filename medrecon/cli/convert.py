@@ -9,16 +9,33 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from medrecon.cli.common import check_output, user_errors
+from medrecon.cli.common import check_output, note_modality, user_errors
 
 
 class OutputFormat(StrEnum):
     auto = "auto"
     nifti = "nifti"
     dicom = "dicom"
+
+
+#: --modality values -> (DICOM modality code, units).
+_MODALITIES: dict[str, tuple[str, str]] = {"ct": ("CT", "HU"), "mr": ("MR", "a.u."),
+                                            "mri": ("MR", "a.u.")}
+
+
+def _with_modality(volume: Any, modality: str) -> Any:
+    """``volume`` declared as CT (values in HU) or MR (magnitude, arbitrary units)."""
+    import dataclasses
+
+    code, units = _MODALITIES[modality.strip().lower()]
+    if code == "MR" and volume.units.upper() != "HU":
+        units = volume.units  # keep MR units such as "ms" of a T1 map
+    meta = {k: v for k, v in volume.meta.items() if k != "modality_note"}
+    return dataclasses.replace(volume, modality=code, units=units, meta=meta)
 
 
 def register(app: typer.Typer) -> None:
@@ -34,8 +51,9 @@ def convert(
     reference: Path | None = typer.Option(
         None, "--reference",
         help="DICOM file or folder whose patient and study the written DICOM series joins."),
-    series: str | None = typer.Option(None, "--series",
-                                      help="SeriesInstanceUID to read when IN holds several."),
+    series: str | None = typer.Option(
+        None, "--series", help="Series to read when IN holds several: its SeriesInstanceUID, a "
+                               "unique prefix of it, or its series number."),
     frame: int | None = typer.Option(None, "--frame", min=0,
                                      help="Frame of a 4D NIfTI input (0-based)."),
     fmt: OutputFormat = typer.Option(OutputFormat.auto, "--format",
@@ -46,6 +64,9 @@ def convert(
                                           help="PatientID of a DICOM output."),
     series_description: str | None = typer.Option(None, "--series-description",
                                                   help="Description of the written series."),
+    modality: str | None = typer.Option(
+        None, "--modality", help="Set the modality of the output: ct (values in HU) or mr "
+                                 "(NIfTI from other tools carries none)."),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Replace an existing output file or medrecon series."),
 ) -> None:
@@ -53,6 +74,8 @@ def convert(
     from medrecon.errors import InputError
     from medrecon.io import is_nifti_path, load_volume, save_volume
 
+    if modality is not None and modality.strip().lower() not in _MODALITIES:
+        raise InputError(f"--modality must be ct or mr, got {modality!r}.")
     target = fmt.value
     if target == "auto":
         target = "nifti" if is_nifti_path(out) else "dicom"
@@ -83,6 +106,10 @@ def convert(
         ref_volume = load_volume(reference)
 
     volume = load_volume(inp, series=series, frame=frame)
+    if modality is not None:
+        volume = _with_modality(volume, modality)
+    else:
+        note_modality(volume)
     if series_description is not None:
         volume.series_description = series_description
 

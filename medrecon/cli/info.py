@@ -44,6 +44,7 @@ def volume_summary(volume: Any) -> dict[str, Any]:
         "series_uid": volume.meta.get("series_uid"),
         "study_uid": volume.meta.get("study_uid"),
         "geometry_note": volume.meta.get("geometry_note"),
+        "modality_note": volume.meta.get("modality_note"),
     }
 
 
@@ -95,11 +96,13 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(f"{n} series found:")
         for s in info["series"]:
             desc = s["description"] or "no description"
-            lines.append(f"  {s['uid']}  {s['modality']}  {desc!r}  "
+            number = f"#{s['series_number']}  " if s["series_number"] is not None else ""
+            lines.append(f"  {number}{s['uid']}  {s['modality']}  {desc!r}  "
                          f"{s['n_slices']} slice{'s' if s['n_slices'] != 1 else ''}")
     vol = info["volume"]
     if vol is None:
-        lines.append("Several series: choose one with --series UID to see its volume.")
+        lines.append("Several series: choose one with --series (UID, start of the UID or series "
+                     "number) to see its volume.")
         return "\n".join(lines)
     sp = " x ".join(f"{s:.4g}" for s in vol["spacing_mm"])
     inten = vol["intensity"]
@@ -114,8 +117,9 @@ def format_info(info: dict[str, Any]) -> str:
     ]
     if vol["series_description"]:
         lines.append(f"description:  {vol['series_description']}")
-    if vol.get("geometry_note"):
-        lines.append(f"note:         {vol['geometry_note']}")
+    for key in ("modality_note", "geometry_note"):
+        if vol.get(key):
+            lines.append(f"note:         {vol[key]}")
     return "\n".join(lines)
 
 
@@ -123,8 +127,9 @@ def format_info(info: dict[str, Any]) -> str:
 def info(
     path: Path = typer.Argument(..., metavar="PATH", help="NIfTI file, DICOM file, or folder (tree) of DICOM."),
     json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
-    series: str | None = typer.Option(None, "--series",
-                                      help="SeriesInstanceUID to describe when a folder holds several."),
+    series: str | None = typer.Option(
+        None, "--series", help="Series to describe when a folder holds several: its "
+                               "SeriesInstanceUID, a unique prefix of it, or its series number."),
     frame: int | None = typer.Option(None, "--frame", min=0,
                                      help="Frame of a 4D NIfTI file (0-based)."),
 ) -> None:

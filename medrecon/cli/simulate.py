@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from medrecon.cli.common import check_output, user_errors, warn
+from medrecon.cli.common import check_output, note, note_modality, user_errors, warn
 
 #: Config keys set by flags, and the flag names (for error sentences about flag values).
 _FLAG_OF_KEY: dict[str, str] = {
@@ -57,20 +58,40 @@ def _config_sets(path: Path | None, key: str) -> bool:
     return isinstance(data, dict) and key in data
 
 
+def _declare_hu(volume: Any, reference: Path) -> Any:
+    """The reference as CT in HU, as ``--modality ct`` declares (NIfTI carries no modality)."""
+    import dataclasses
+
+    from medrecon.errors import InputError
+    from medrecon.intensity import looks_like_hu
+
+    if volume.modality.upper() == "CT" or volume.units.upper() == "HU":
+        return volume
+    if volume.modality.upper() == "MR":
+        raise InputError(f"{reference} is an MR volume, but CT simulation needs a CT volume in "
+                         f"HU; give a CT reference, or use --modality mri.")
+    if not looks_like_hu(volume.data, need_bone=False):
+        note(f"--modality ct reads the values of {reference.name} ({volume.data.min():.4g} to "
+             f"{volume.data.max():.4g}) as HU: air -1000, water 0.")
+    return dataclasses.replace(volume, modality="CT", units="HU")
+
+
 @user_errors
 def simulate(
     reference: Path = typer.Argument(..., metavar="REFERENCE",
                                      help="Reference volume: NIfTI file or DICOM folder."),
     out: Path = typer.Argument(..., metavar="OUT", help="Output measurement file (.h5)."),
     modality: str | None = typer.Option(
-        None, help="mri or ct (default: from --config, else from the reference's modality)."),
+        None, help="mri or ct (default: from --config, else from the reference's modality); "
+                   "ct reads a reference without modality (NIfTI) as HU."),
     coils: int | None = typer.Option(None, help="MRI: number of receive coils (default: 8)."),
     acceleration: float | None = typer.Option(
         None, help="MRI: target acceleration, total / acquired phase encodes (default: 8)."),
     mask: str | None = typer.Option(
         None, help="MRI: poisson|gaussian (3d) or random|equispaced (2d) (default: poisson / random)."),
     calibration: int | None = typer.Option(
-        None, help="MRI: fully sampled centre, lines (2d) or box side (3d) (default: 24)."),
+        None, help="MRI: fully sampled centre, lines (2d) or box side (3d) (default: 24, or "
+                   "less where the phase-encode matrix is small)."),
     snr: float | None = typer.Option(
         None, help="MRI: target SNR, RMS of the fully sampled noise-free k-space / noise std "
                    "(default: 30)."),
@@ -93,7 +114,10 @@ def simulate(
     config: Path | None = typer.Option(
         None, "--config", help="YAML settings (configs/simulate/*.yaml); flags override it."),
     series: str | None = typer.Option(
-        None, "--series", help="SeriesInstanceUID when the DICOM folder holds several series."),
+        None, "--series", help="Series to read when the DICOM folder holds several: its "
+                               "SeriesInstanceUID, a unique prefix of it, or its series number."),
+    frame: int | None = typer.Option(None, "--frame", min=0,
+                                     help="Frame of a 4D NIfTI reference (0-based)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Simulate an undersampled acquisition of REFERENCE and write it to OUT (.h5).
@@ -104,7 +128,7 @@ def simulate(
     from medrecon.errors import ConfigError, InputError
     from medrecon.io import load_volume
     from medrecon.io.measurement import write_measurement
-    from medrecon.simulate import SimulationConfig
+    from medrecon.simulate import THIN_SLAB, SimulationConfig
     from medrecon.simulate import simulate as run_simulation
 
     if out.suffix.lower() not in (".h5", ".hdf5"):
@@ -116,7 +140,10 @@ def simulate(
     cfg_out = out.with_name(out.name.rsplit(".", 1)[0] + ".simulate.yaml")
     check_output(out, "file", inputs=[reference, config])
     check_output(cfg_out, "file", inputs=[reference, config])
-    volume = load_volume(reference, series=series)
+    volume = load_volume(reference, series=series, frame=frame)
+    note_modality(volume)
+    if modality is not None and modality.lower() == "ct":
+        volume = _declare_hu(volume, reference)
 
     overrides: dict[str, Any] = {}
     if modality is not None:
@@ -160,6 +187,15 @@ def simulate(
         m = run_simulation(volume, cfg, device=device)
     for w in caught:  # one line each on stderr, e.g. an MRI simulation of a CT volume
         warn(str(w.message))
+    if chosen == "mri" and cfg.mri.dims.value == "3d" and 1 < volume.shape[2] < THIN_SLAB \
+            and dims is None and not _config_sets(config, "mri"):
+        note(f"{reference.name} is a thin slab of {volume.shape[2]} slices, simulated as a 3D "
+             f"acquisition (both phase-encode axes undersampled); --dims 2d simulates the "
+             f"multi-slice scan usual for so few slices.")
+    if m.modality == "MR" and cfg.mri.calibration is None:
+        # Record the calibration chosen from the matrix, so that the settings file reproduces it.
+        cfg = dataclasses.replace(cfg, mri=dataclasses.replace(
+            cfg.mri, calibration=int(m.acquisition["calibration"])))
     m.acquisition["config"] = to_dict(cfg)
     m.acquisition["reference_path"] = str(reference)
     path = write_measurement(m, out)

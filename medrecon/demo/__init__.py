@@ -21,7 +21,7 @@ For each modality the demo runs the data flow of the package end to end:
 4. **Diffusion** (:func:`~medrecon.reconstruct.reconstruct` with method "diffusion"): posterior
    sampling with the prior (DDS by default), K samples; their mean is the reconstruction and
    their per-voxel standard deviation the uncertainty map.
-5. **Evaluation** (:func:`medrecon.metrics.compare_volumes`): PSNR, SSIM, NMSE and HFEN over the
+5. **Evaluation** (:func:`medrecon.evaluation.compare_volumes`): PSNR, SSIM, NMSE and HFEN over the
    automatic foreground mask of the reference with data range = reference max - min, plus the
    calibration of the std map (fraction of foreground voxels whose error is within 2 std) and
    the data-consistency residual ``||A x - y|| / ||y||``.

@@ -159,7 +159,7 @@ def _read_prior(prior: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
 
 
 def _evaluate(image: np.ndarray, reference: Volume, mask: np.ndarray) -> Any:
-    from medrecon.metrics import compare_volumes
+    from medrecon.evaluation import compare_volumes
 
     vol = reference.with_data(image)
     result, _ = compare_volumes(vol, reference, mask=mask)
@@ -176,7 +176,7 @@ def run_modality(plan: DemoPlan, prior: Path, prior_name: str, staging: Path, ec
 
     from medrecon.io import save_volume
     from medrecon.io.measurement import write_measurement
-    from medrecon.metrics import foreground_mask
+    from medrecon.evaluation import foreground_mask
     from medrecon.priors.synthetic import generate_head
     from medrecon.recon.base import ReconOptions
     from medrecon.reconstruct import reconstruct

@@ -44,10 +44,10 @@ from medrecon.io.dicom_scan import (
     PIXEL_KEYWORDS,
     DicomFile,
     first_line,
-    format_series_list,
     scan_series,
     series_info,
 )
+from medrecon.io.series import select_series
 from medrecon.io.volume import LPS_TO_RAS, Volume
 
 __all__ = ["read_dicom"]
@@ -81,7 +81,8 @@ def read_dicom(path: str | Path, series: str | None = None) -> Volume:
 
     Args:
         path: a DICOM file (single- or multi-frame) or a folder searched recursively.
-        series: SeriesInstanceUID to read when the folder holds several series.
+        series: the series to read when the folder holds several: SeriesInstanceUID, series
+            number or unique UID prefix (:func:`medrecon.io.series.select_series`).
 
     Returns:
         A Volume with float32 data (I, J, K) = (columns, rows, slices) after rescale, the RAS
@@ -96,20 +97,7 @@ def read_dicom(path: str | Path, series: str | None = None) -> Volume:
     path = Path(path)
     groups = scan_series(path)
     infos = [series_info(uid, e) for uid, e in groups.items()]
-    if series is None:
-        if len(groups) > 1:
-            raise DicomError(
-                f"{path} holds {len(groups)} DICOM series; choose one with --series UID:\n"
-                + format_series_list(infos)
-            )
-        uid = next(iter(groups))
-    else:
-        if series not in groups:
-            raise DicomError(
-                f"Series {series} is not in {path}; the series found are:\n"
-                + format_series_list(infos)
-            )
-        uid = series
+    uid = select_series(path, infos, series)
     entries = groups[uid]
     multi = [e for e in entries if e.multiframe]
     if multi:

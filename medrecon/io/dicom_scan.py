@@ -10,7 +10,6 @@ volume is :mod:`medrecon.io.dicom_read`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,6 @@ __all__ = [
     "DicomFile",
     "SeriesInfo",
     "first_line",
-    "format_series_list",
     "list_series",
     "scan_series",
     "series_info",
@@ -214,13 +212,3 @@ def list_series(path: str | Path) -> list[SeriesInfo]:
     """
     groups = scan_series(Path(path))
     return [series_info(uid, entries) for uid, entries in groups.items()]
-
-
-def format_series_list(infos: Iterable[SeriesInfo]) -> str:
-    lines = []
-    for s in infos:
-        desc = s.description or "no description"
-        lines.append(f"  {s.uid or '(no SeriesInstanceUID)'}  {s.modality}  "
-                     f"{desc!r}  {s.n_slices} slice{'s' if s.n_slices != 1 else ''}")
-    return "\n".join(lines)
-

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from medrecon.errors import InputError
+from medrecon.intensity import looks_like_hu
 from medrecon.io.atomic import atomic_file
 from medrecon.io.volume import Volume
 
@@ -30,7 +31,11 @@ def _reason(exc: BaseException) -> str:
 def read_nifti(path: str | Path, frame: int | None = None) -> Volume:
     """Read a 3D NIfTI file, or one frame of a 4D file when ``frame`` is given.
 
-    The affine is the sform when its code is set, else the qform (nibabel's ``affine``).
+    The affine is the sform when its code is set, else the qform (nibabel's ``affine``). A 4D
+    file with one frame reads as 3D. Modality and units come from a medrecon description
+    ("medrecon:<modality>:<units>:<text>"); other files are "OT", except that values spanning
+    air to bone (:func:`medrecon.intensity.looks_like_hu`) are read as CT in HU, with a
+    one-line explanation in ``meta["modality_note"]``.
     """
     import nibabel as nib
 
@@ -41,6 +46,8 @@ def read_nifti(path: str | Path, frame: int | None = None) -> Volume:
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise InputError(f"Cannot read NIfTI file {path} ({_reason(exc)}); check that it is "
                          f"complete, or export it again.") from None
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]  # a 4D (or 5D) file of one frame is a 3D volume
     if data.ndim == 4:
         if frame is None:
             raise InputError(
@@ -50,7 +57,8 @@ def read_nifti(path: str | Path, frame: int | None = None) -> Volume:
             raise InputError(f"Frame {frame} is out of range: {path} has {data.shape[3]} frames.")
         data = data[..., frame]
     elif frame is not None and frame != 0:
-        raise InputError(f"{path} is {data.ndim}D; --frame applies only to 4D files.")
+        raise InputError(f"{path} holds one 3D volume; --frame applies only to 4D files "
+                         f"with several frames.")
     if data.ndim == 2:
         data = data[:, :, None]
     if data.ndim != 3:
@@ -61,7 +69,8 @@ def read_nifti(path: str | Path, frame: int | None = None) -> Volume:
     units = "a.u."
     descrip = ""
     try:
-        descrip = header["descrip"].tobytes().rstrip(b"\0").decode("ascii", "ignore")
+        # A C string: FSL and others leave bytes after the terminating NUL.
+        descrip = header["descrip"].tobytes().split(b"\0", 1)[0].decode("ascii", "ignore")
     except Exception:
         pass
     modality = "OT"
@@ -70,14 +79,39 @@ def read_nifti(path: str | Path, frame: int | None = None) -> Volume:
         parts = descrip.split(":", 3)
         if len(parts) == 4:
             modality, units, descrip = parts[1] or "OT", parts[2] or "a.u.", parts[3]
+    data = np.asarray(data, dtype=np.float32)
+    meta: dict[str, str] = {"source": str(path), "format": "nifti"}
+    if modality == "OT" and looks_like_hu(data):
+        # NIfTI has no modality field; CT converted by other tools is recognised by its values.
+        finite = data[np.isfinite(data)]
+        modality, units = "CT", "HU"
+        meta["modality_note"] = (
+            f"{path.name} does not say its modality; its values span air to bone "
+            f"({float(finite.min()):.0f} to {float(finite.max()):.0f}), so it is read as CT "
+            f"in HU (medrecon convert --modality mr marks it as MR)")
     return Volume(
-        data=np.asarray(data, dtype=np.float32),
+        data=data,
         affine=np.asarray(img.affine, dtype=np.float64),
         modality=modality,
         units=units,
         series_description=descrip,
-        meta={"source": str(path), "format": "nifti"},
+        meta=meta,
     )
+
+
+def nifti_frames(path: str | Path) -> int:
+    """Number of frames of a NIfTI file: the length of its 4th axis, 1 for a 3D file.
+
+    Reads the header only. Raises :class:`InputError` for an unreadable file.
+    """
+    import nibabel as nib
+
+    try:
+        shape = nib.load(str(path)).shape
+    except Exception as exc:
+        raise InputError(f"Cannot read NIfTI file {path} ({_reason(exc)}); check that it is "
+                         f"complete, or export it again.") from None
+    return int(shape[3]) if len(shape) > 3 else 1
 
 
 def write_nifti(volume: Volume, path: str | Path) -> Path:

@@ -25,6 +25,15 @@ import numpy as np
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
+def clean_text(text: object) -> str:
+    """``text`` as printable one-line text: NUL and other control characters become spaces.
+
+    Descriptions read from files may hold them (an FSL NIfTI description holds NUL bytes),
+    and HDF5 strings and DICOM text cannot.
+    """
+    return "".join(c if c.isprintable() else " " for c in str(text or "")).strip()
+
+
 @dataclass
 class Volume:
     """A 3D image: float32 ``data`` of shape (I, J, K), a 4x4 ``affine`` (voxel -> RAS+ mm).
@@ -34,7 +43,7 @@ class Volume:
         affine: float64 4x4 array mapping voxel indices to RAS+ millimetres.
         modality: DICOM-style modality code: "CT", "MR", or "OT" when unknown.
         units: intensity units, e.g. "HU" for CT, "a.u." for MR magnitude.
-        series_description: free text shown to users.
+        series_description: free text shown to users (control characters become spaces).
         dicom_header: a pydicom Dataset of the source series' first slice (pixel data removed),
             kept so that outputs can be written back as a DICOM series derived from the source.
         meta: any further key-value metadata (source path, series UID, ...).
@@ -55,6 +64,7 @@ class Volume:
             raise ValueError(f"Volume data must be 3D, got shape {self.data.shape}")
         if self.affine.shape != (4, 4):
             raise ValueError(f"Volume affine must be 4x4, got shape {self.affine.shape}")
+        self.series_description = clean_text(self.series_description)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -79,6 +89,44 @@ class Volume:
         if data.shape != self.data.shape:
             raise ValueError(f"new data shape {data.shape} != volume shape {self.data.shape}")
         return replace(self, data=data, meta=copy.deepcopy(self.meta), **changes)
+
+    def reoriented_like(self, other: Volume, atol_mm: float = 1e-3) -> Volume | None:
+        """This volume on ``other``'s grid, when both grids are the same voxel centres with the
+        axes in another order or direction (e.g. LAS and LAI after a DICOM round trip).
+
+        The voxel-index map ``n = inv(other.affine) @ self.affine`` must be a signed
+        permutation (each axis of ``self`` runs along one axis of ``other``, forwards or
+        backwards) that maps the index box onto the index box; the affines then agree within
+        ``atol_mm`` at every voxel. The data are transposed and flipped, not resampled.
+
+        Returns:
+            A copy with ``other``'s affine and the reordered data (shape ``other.shape``), or
+            None when the grids are not the same set of voxels.
+        """
+        try:
+            n = np.linalg.solve(other.affine, self.affine)
+        except np.linalg.LinAlgError:
+            return None
+        signs = np.round(n[:3, :3])
+        if not (np.all(np.abs(signs).sum(axis=0) == 1) and np.all(np.abs(signs).sum(axis=1) == 1)):
+            return None
+        perm = [int(np.flatnonzero(signs[a])[0]) for a in range(3)]  # other axis a <- self axis
+        index_map = np.eye(4)
+        index_map[:3, :3] = signs
+        index_map[:3, 3] = np.round(n[:3, 3])
+        data = np.transpose(self.data, perm)
+        if data.shape != other.data.shape:
+            return None
+        for a in range(3):
+            start = 0 if signs[a, perm[a]] > 0 else other.shape[a] - 1
+            if index_map[a, 3] != start:
+                return None  # the index boxes do not coincide: a shifted or partial overlap
+            if signs[a, perm[a]] < 0:
+                data = np.flip(data, axis=a)
+        if np.max(np.abs(other.affine @ index_map - self.affine)) > atol_mm:
+            return None
+        return replace(self, data=np.ascontiguousarray(data), affine=other.affine.copy(),
+                       meta=copy.deepcopy(self.meta))
 
     def same_geometry(self, other: Volume, atol_mm: float = 1e-3) -> bool:
         """True when shapes match and affines agree within ``atol_mm``."""

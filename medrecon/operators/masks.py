@@ -10,6 +10,8 @@ fully sampled.
 * ``dims="3d"`` (two phase-encode axes J, K): a pattern on the (J, K) plane, returned with shape
   ``(1, J, K)``, with a fully sampled ``calibration x calibration`` box at the centre (placed
   like the 2D lines along each axis). A box larger than the plane is an error, not clipped.
+* Without a ``calibration``, :func:`default_calibration` chooses it from the matrix: 24 where
+  that fits, smaller on the small phase-encode planes of real scans (e.g. 8 on 41 x 25).
 
 Acceleration is ``(number of phase-encode positions) / (number acquired)``, counting the
 calibration region, so it is the factor by which the scan is shorter. The acquired count is the
@@ -53,7 +55,7 @@ import numpy as np
 
 from medrecon.errors import InputError
 
-__all__ = ["MaskKind", "SamplingMask", "calibration_slice", "make_mask"]
+__all__ = ["MaskKind", "SamplingMask", "calibration_slice", "default_calibration", "make_mask"]
 
 #: Relative tolerance on the achieved acceleration.
 ACCELERATION_TOLERANCE = 0.05
@@ -99,6 +101,27 @@ def calibration_slice(n: int, calibration: int) -> slice:
     """Indices of the ``calibration`` central samples of an axis of length ``n`` (fastMRI)."""
     start = (n - calibration + 1) // 2
     return slice(start, start + calibration)
+
+
+#: The calibration size (lines in 2D, box side in 3D) wherever the matrix allows it.
+DEFAULT_CALIBRATION = 24
+#: The default calibration region takes at most this share of the acquired samples, so that
+#: the rest can spread over k-space.
+CALIBRATION_SHARE = 0.5
+
+
+def default_calibration(plane: tuple[int, ...], acceleration: float) -> int:
+    """The default calibration size for a phase-encode ``plane``: ``(J,)`` lines (2D) or
+    ``(J, K)`` (3D, the side of the central box).
+
+    :data:`DEFAULT_CALIBRATION` (24), reduced until the region fits inside the plane and takes
+    at most :data:`CALIBRATION_SHARE` of the ``total / acceleration`` acquired samples: 24 on
+    a 128 x 128 plane at R = 8, 12 on 96 x 24, 8 on 41 x 25, 6 on 64 x 10; at least 1.
+    """
+    acquired = max(1.0, math.prod(plane) / max(float(acceleration), 1.0))
+    budget = int(CALIBRATION_SHARE * acquired)
+    side = budget if len(plane) == 1 else math.isqrt(budget)
+    return max(1, min(DEFAULT_CALIBRATION, min(plane), side))
 
 
 def _normalised_radius(shape: tuple[int, ...]) -> np.ndarray:
@@ -193,7 +216,7 @@ def make_mask(
     kind: str,
     image_shape: tuple[int, int, int],
     acceleration: float,
-    calibration: int = 24,
+    calibration: int | None = None,
     dims: str = "3d",
     seed: int = 0,
     rng: np.random.Generator | None = None,
@@ -202,7 +225,8 @@ def make_mask(
 
     ``acceleration`` >= 1 is the target factor (total / acquired phase-encode positions);
     ``calibration`` is the number of fully sampled central lines (2D) or the side of the central
-    calibration box (3D). ``rng`` overrides ``seed`` as the source of randomness.
+    calibration box (3D); None chooses it with :func:`default_calibration`. ``rng`` overrides
+    ``seed`` as the source of randomness.
     Raises :class:`~medrecon.errors.InputError` for impossible requests.
     """
     try:
@@ -217,14 +241,15 @@ def make_mask(
         raise InputError(f"The image shape must be three positive sizes, got {image_shape}.")
     if not np.isfinite(acceleration) or acceleration < 1:
         raise InputError(f"The acceleration must be at least 1, got {acceleration}.")
-    calibration = int(calibration)
-    if calibration < 0:
-        raise InputError(f"The calibration size must be non-negative, got {calibration}.")
     if kind is MaskKind.POISSON and dims == "2d":
         raise InputError("Poisson-disc masks are for 3D acquisitions; use --dims 3d or another "
                          "mask kind for 2D.")
     _, nj, nk = (int(n) for n in image_shape)
     plane: tuple[int, ...] = (nj,) if dims == "2d" else (nj, nk)
+    calibration = (default_calibration(plane, acceleration) if calibration is None
+                   else int(calibration))
+    if calibration < 0:
+        raise InputError(f"The calibration size must be non-negative, got {calibration}.")
     if any(calibration > n for n in plane):
         raise InputError(
             f"The calibration region ({calibration}) is larger than the phase-encode "

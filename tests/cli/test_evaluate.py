@@ -13,8 +13,9 @@ from dicom_factory import write_series
 from typer.testing import CliRunner, Result
 
 from medrecon.cli.main import app
+from medrecon.evaluation import foreground_mask
 from medrecon.io import Volume, save_volume
-from medrecon.metrics import evaluate_volumes, foreground_mask
+from medrecon.metrics import evaluate_volumes
 from medrecon.phantoms import shepp_logan_3d
 
 runner = CliRunner()
@@ -187,3 +188,42 @@ def test_error_paths(tmp_path: Path, files: tuple[Path, Path],
     # Nothing was written by any failing run.
     assert not any((tmp_path / n).exists() for n in ("e.json", "e.csv", "e.png"))
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_several_reconstructions_and_a_std_map_in_one_figure(
+        tmp_path: Path, files: tuple[Path, Path], volumes: tuple[np.ndarray, np.ndarray],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import medrecon.report
+
+    rec_p, ref_p = files
+    rec, ref = volumes
+    worse = save_volume(Volume(ref + 0.1, AFFINE, modality="MR"), tmp_path / "worse.nii.gz")
+    std = save_volume(Volume(np.full(SHAPE, 0.02), AFFINE), tmp_path / "std.nii.gz")
+    seen: dict[str, object] = {}
+    real = medrecon.report.orthogonal_slices_figure
+
+    def spy(volumes: dict[str, np.ndarray], path: Path, **kwargs: object) -> Path:
+        seen.update(kwargs, volumes=volumes)
+        return real(volumes, path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(medrecon.report, "orthogonal_slices_figure", spy)
+    res = runner.invoke(app, ["evaluate", str(rec_p), str(worse), str(ref_p), "--std", str(std),
+                              "--figure", str(tmp_path / "f.png"), "--json",
+                              str(tmp_path / "m.json"), "--csv", str(tmp_path / "m.csv")])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.count("Reconstruction: ") == 2 and res.stdout.count("PSNR [dB]") == 2
+    assert list(seen["volumes"]) == ["Reference", "rec.nii.gz", "worse.nii.gz"]  # type: ignore[arg-type]
+    assert list(seen["std"]) == ["Std"]  # type: ignore[arg-type]
+    assert (tmp_path / "f.png").stat().st_size > 0
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert [d["inputs"]["recon"] for d in doc["results"]] == [str(rec_p), str(worse)]
+    expected = [evaluate_volumes(rec, ref), evaluate_volumes(ref + 0.1, ref)]
+    for d, e in zip(doc["results"], expected, strict=True):
+        assert d["volume"]["psnr"] == pytest.approx(e.volume["psnr"], rel=1e-6)
+    with (tmp_path / "m.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * (SHAPE[2] + 1) and rows[-1]["recon"] == str(worse)
+    res = runner.invoke(app, ["evaluate", str(rec_p), str(ref_p), "--std", str(std)])
+    assert_user_error(res, "--std adds a map to the figure")
+    res = runner.invoke(app, ["evaluate", str(ref_p)])
+    assert res.exit_code == 2 and "Traceback" not in res.output

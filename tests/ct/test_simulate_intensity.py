@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medrecon.errors import InputError
-from medrecon.intensity import HU_AIR, MU_WATER_PER_MM, hu_to_mu, mu_to_hu
+from medrecon.intensity import HU_AIR, MU_WATER_PER_MM, hu_to_mu, looks_like_hu, mu_to_hu
 from medrecon.io.volume import Volume
 from medrecon.operators.ct_geometry import CTGeometry, default_geometry
 from medrecon.operators.ct_projector import make_projector
@@ -37,6 +37,25 @@ def _cylinder_volume(shape: tuple[int, int, int] = (31, 29, 3)) -> Volume:
     r = np.sqrt(x[:, None] ** 2 + y[None, :] ** 2)
     hu = np.where(r < 10, 0.0, -1000.0)[:, :, None].repeat(shape[2], axis=2)
     return Volume(hu, np.diag([1.0, 1.0, 2.0, 1.0]), modality="CT", units="HU")
+
+
+def test_looks_like_hu_needs_air_and_bone() -> None:
+    rng = np.random.default_rng(0)
+    head = np.full((40, 40, 4), -1024.0)
+    head[8:32, 8:32] = 40.0 + 10.0 * rng.standard_normal((24, 24, 4))
+    head[8:32, 8:10] = 1400.0
+    assert looks_like_hu(head)
+    padded = head.copy()
+    padded[:4] = -3024.0  # padding outside the scan circle
+    assert looks_like_hu(padded)
+    assert not looks_like_hu(np.minimum(head, 80.0))  # no bone
+    assert looks_like_hu(np.minimum(head, 80.0), need_bone=False)  # air is enough for warnings
+    t1 = np.abs(head)  # magnitude-like, a few ringing voxels below zero
+    t1.ravel()[::997] = -700.0
+    assert not looks_like_hu(t1) and not looks_like_hu(t1, need_bone=False)
+    phase = rng.uniform(-4096, 4095, size=(40, 40, 4))  # Siemens phase: not HU
+    assert not looks_like_hu(phase)
+    assert not looks_like_hu(np.full((3, 3, 3), np.nan))
 
 
 def test_simulate_noiseless_matches_projector() -> None:

@@ -71,3 +71,28 @@ def test_dispatch_rejects_options_of_the_other_format(tmp_path: Path) -> None:
         save_volume(vol, tmp_path / "c", format="png")
     with pytest.raises(InputError, match="does not exist"):
         load_volume(tmp_path / "nothing.nii")
+
+
+def test_description_is_a_c_string(tmp_path: Path) -> None:
+    img = nib.Nifti1Image(np.ones((3, 3, 3), np.float32), np.eye(4))
+    img.header["descrip"] = b"FSL5.0\x00\x00garbage"
+    nib.save(img, str(tmp_path / "fsl.nii"))
+    assert read_nifti(tmp_path / "fsl.nii").series_description == "FSL5.0"
+    # Control characters never reach a Volume, whatever wrote them.
+    assert Volume(np.zeros((1, 1, 1)), np.eye(4), series_description="a\x00b\tc").series_description \
+        == "a b c"
+
+
+def test_values_spanning_air_to_bone_read_as_ct(tmp_path: Path) -> None:
+    hu = np.full((10, 10, 3), -1000.0, np.float32)
+    hu[2:8, 2:8] = 30.0
+    hu[4, 4] = 1200.0
+    nib.save(nib.Nifti1Image(hu, np.eye(4)), str(tmp_path / "ct.nii"))
+    vol = read_nifti(tmp_path / "ct.nii")
+    assert (vol.modality, vol.units) == ("CT", "HU")
+    assert "values span air to bone (-1000 to 1200)" in vol.meta["modality_note"]
+    # Without bone (soft tissue and air only), or with MR magnitudes, the file stays unlabelled.
+    for data in (np.where(hu > 1000, 30.0, hu), np.abs(hu)):
+        nib.save(nib.Nifti1Image(data.astype(np.float32), np.eye(4)), str(tmp_path / "x.nii"))
+        vol = read_nifti(tmp_path / "x.nii")
+        assert vol.modality == "OT" and "modality_note" not in vol.meta

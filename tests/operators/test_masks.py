@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from medrecon.errors import InputError
-from medrecon.operators.masks import MaskKind, SamplingMask, calibration_slice, make_mask
+from medrecon.operators.masks import (
+    MaskKind,
+    SamplingMask,
+    calibration_slice,
+    default_calibration,
+    make_mask,
+)
 
 SHAPE3 = (16, 64, 48)
 
@@ -134,3 +140,17 @@ def test_unreachable_acceleration_names_flags_that_work(
         make_mask("random", shape, acceleration, calibration=max_calibration + 1, dims=dims)
     m = make_mask("random", shape, max_acceleration, calibration=calibration, dims=dims)
     assert m.acceleration == pytest.approx(max_acceleration, rel=0.02)
+
+
+@pytest.mark.parametrize(("plane", "expected"), [
+    ((41, 25), 8), ((96, 24), 12), ((58, 24), 9), ((64, 10), 6), ((128, 128), 24), ((256,), 16)])
+def test_default_calibration_fits_real_phase_encode_matrices(plane: tuple[int, ...],
+                                                            expected: int) -> None:
+    # The phase-encode planes of real MR volumes on which a fixed 24 failed.
+    assert default_calibration(plane, 8.0) == expected
+    dims = "2d" if len(plane) == 1 else "3d"
+    shape = (8, plane[0], plane[1] if dims == "3d" else 3)
+    for kind in (("random",) if dims == "2d" else ("poisson", "gaussian")):
+        m = make_mask(kind, shape, 8.0, dims=dims, seed=0)  # no calibration given
+        assert m.calibration == expected
+        assert m.acceleration == pytest.approx(8.0, rel=0.05)
