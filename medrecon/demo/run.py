@@ -174,9 +174,9 @@ def run_modality(plan: DemoPlan, prior: Path, prior_name: str, staging: Path, ec
     """
     import torch
 
+    from medrecon.evaluation import foreground_mask
     from medrecon.io import save_volume
     from medrecon.io.measurement import write_measurement
-    from medrecon.evaluation import foreground_mask
     from medrecon.priors.synthetic import generate_head
     from medrecon.recon.base import ReconOptions
     from medrecon.reconstruct import reconstruct
