@@ -218,7 +218,7 @@ def _template_tensors(device: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def step(d: torch.Tensor, width: float | torch.Tensor) -> torch.Tensor:
-    """Soft inside indicator of the region d < 0: a linear ramp ``width`` mm wide (partial volume)."""
+    """Soft indicator of the region d < 0: a linear ramp ``width`` mm wide (partial volume)."""
     return (0.5 - d / width).clamp(0.0, 1.0)
 
 

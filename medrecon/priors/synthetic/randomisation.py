@@ -331,7 +331,8 @@ class HeadDraws:
     centre; ``fields`` gives :data:`PATCH_FIELDS` at world points (the bias field is an
     appearance draw but shares the evaluation); scalars are (n, 1); lesions are padded to 3.
     ``detail_rot`` (n, 6, 3, 3), ``detail_off`` (n, 6, 3): random orientations and offsets of
-    the detail texture for sulci, WM jitter, two vessel fields, trabeculae and tissue texture; ``detail`` (n, 8):
+    the detail texture for sulci, WM jitter, two vessel fields, trabeculae and tissue texture;
+    ``detail`` (n, 8):
     sulcal wavelength and width, WM-jitter wavelength and amplitude, vessel wavelength and
     radius, trabecular wavelength and bone fraction (mm or fractions).
     """
@@ -404,10 +405,10 @@ def draw_heads(gen: torch.Generator, n: int, bias_rms: torch.Tensor) -> HeadDraw
     lesion_on = lesion_on * (torch.rand(n, 1, generator=gen) < 0.6)  # 40 % without lesions
     centre = sites[torch.randint(len(sites), (n, 3), generator=gen)].float()
     detail = torch.stack([
-        uniform(gen, 5.0, 10.0, n), uniform(gen, 0.4, 1.2, n),  # sulci: wavelength, sheet width (mm)
+        uniform(gen, 5.0, 10.0, n), uniform(gen, 0.4, 1.2, n),  # sulci: wavelength, width
         uniform(gen, 4.0, 9.0, n), uniform(gen, 0.05, 0.3, n),  # WM jitter: wavelength, amplitude
         uniform(gen, 10.0, 25.0, n), uniform(gen, 0.3, 1.0, n),  # vessels: wavelength, radius (mm)
-        uniform(gen, 1.2, 2.5, n), uniform(gen, 0.2, 0.45, n),  # trabeculae: wavelength, bone fraction
+        uniform(gen, 1.2, 2.5, n), uniform(gen, 0.2, 0.45, n),  # trabeculae: wavelength, BV/TV
     ], dim=1)  # fmt: skip
     return HeadDraws(
         lin=lin, shift=shift, fields=fields,
@@ -462,12 +463,11 @@ def draw_scans(gen: torch.Generator, modality: str, spacing: torch.Tensor,
     if modality == "CT":
         # Make the slice axis the superior-inferior (world z) direction: swap columns so that
         # the column holding +-z is the slice axis.
-        for b in range(n):
-            zcol = int(torch.argmax(base[b, 2].abs()))
-            s = int(slice_axis[b])
-            cols = base[b].clone()
-            cols[:, [zcol, s]] = cols[:, [s, zcol]]
-            base[b] = cols
+        zcol = torch.argmax(base[:, 2].abs(), dim=1)
+        cols = torch.arange(3).expand(n, 3).clone()
+        cols[torch.arange(n), zcol] = slice_axis
+        cols[torch.arange(n), slice_axis] = zcol
+        base = torch.gather(base, 2, cols[:, None, :].expand(n, 3, 3))
         tilt = random_rotations(gen, n, 12.0)
         fov = uniform(gen, 180.0, 360.0, n, 1).expand(n, 3).clone()
     else:
@@ -480,9 +480,8 @@ def draw_scans(gen: torch.Generator, modality: str, spacing: torch.Tensor,
     # Scan centre (world offset from the head centre): axial coverage anywhere from the neck to
     # the vertex, other planes within a few cm of the centre.
     axial = axes[torch.arange(n), 2, slice_axis].abs() > 0.7
-    centre = torch.stack([uniform(gen, -15.0, 15.0, n), uniform(gen, -20.0, 20.0, n),
-                          torch.where(axial, uniform(gen, -90.0, 50.0, n), uniform(gen, -40.0, 30.0, n))],
-                         dim=1)  # fmt: skip
+    z = torch.where(axial, uniform(gen, -90.0, 50.0, n), uniform(gen, -40.0, 30.0, n))
+    centre = torch.stack([uniform(gen, -15.0, 15.0, n), uniform(gen, -20.0, 20.0, n), z], dim=1)
     # Patch placement: 85 % centred on a random point of the head and neck (an ellipsoid of
     # semi-axes 75, 95, 100 mm), the rest anywhere in the scan (background included).
     p = torch.tensor(patch, dtype=torch.int64)
@@ -502,7 +501,8 @@ def draw_scans(gen: torch.Generator, modality: str, spacing: torch.Tensor,
 class Appearance:
     """Per-sample appearance: tissue values (n, len(PATCH_TISSUES)), lesion values (n, 3),
     texture amplitudes (n, len(PATCH_TISSUES)) and scalars (n,): texture wavelength (mm),
-    gamma, blur sigma (voxels), noise level (MR: sigma relative to the scale; CT: HU at 1 mm^3),
+    gamma, blur (factor >= 1 widening the partial-volume ramps), noise level (MR: sigma
+    relative to the scale; CT: HU for 1 mm^3 voxels),
     CT kernel cut-off (fraction of Nyquist), CT table height (mm below the head centre) and
     whether the sample is noisy."""
 
@@ -529,29 +529,28 @@ def draw_appearance(gen: torch.Generator, modality: str, n: int, lesion_kind: to
     MR: with probability ``random_contrast`` every tissue's intensity is uniform in [0, 1]
     (cortical bone in [0, 0.1]: it has no MR signal in any sequence), else a T1, T2, PD or
     FLAIR-like table widened by +-0.08; vessels are flow voids (60 %) or bright; texture up to
-    10 %; gamma exp(U(-0.35, 0.35)); in-plane blur sigma U(0, 0.8) voxels for 30 %; Rician SNR
+    10 %; gamma exp(U(-0.35, 0.35)); blur: ramps 1-2 times wider for 30 %; Rician SNR
     log-uniform 8-150. CT: the HU table (marrow -60..140 HU between trabeculae, vessels 30-60
     HU or 150-400 HU with contrast agent for 25 %), noise 4-25 HU for 1 mm^3 voxels, kernel
     cut-off 0.45-1 Nyquist. ``noise_prob``: the share of noisy samples.
     """
     k = len(PATCH_TISSUES)
     values = torch.zeros(n, k)
-    tex = torch.zeros(n, k)
-    lesion_values = torch.zeros(n, 3)
     if modality == "MR":
         table_id = torch.randint(len(PATCH_CONTRASTS), (n,), generator=gen)
         rand = torch.rand(n, generator=gen) < random_contrast
-        for b in range(n):
-            name = PATCH_CONTRASTS[int(table_id[b])]
-            table = _FLAIR if name == "FLAIR" else MR_INTENSITIES[name]
-            for j, t in enumerate(TISSUES):
-                lo, hi = table[t]
-                values[b, j] = float(uniform(gen, lo - 0.08, hi + 0.08, 1).clamp(0.0, 1.0))
-            void = bool(torch.rand(1, generator=gen) < 0.6)
-            values[b, k - 1] = float(uniform(gen, 0.0, 0.1, 1) if void else uniform(gen, 0.6, 1.0, 1))
-            for j in range(3):
-                lo, hi = LESION_INTENSITIES[LESION_KINDS[int(lesion_kind[b, j])]][name]
-                lesion_values[b, j] = float(uniform(gen, lo, hi, 1))
+        tables = [_FLAIR if c == "FLAIR" else MR_INTENSITIES[c] for c in PATCH_CONTRASTS]
+        lo = torch.tensor([[t[name][0] for name in TISSUES] for t in tables])[table_id]
+        hi = torch.tensor([[t[name][1] for name in TISSUES] for t in tables])[table_id]
+        u = torch.rand(n, k - 1, generator=gen)
+        values[:, :-1] = (lo - 0.08 + u * (hi - lo + 0.16)).clamp(0.0, 1.0)
+        void = torch.rand(n, generator=gen) < 0.6  # flow void, else bright (inflow, contrast)
+        values[:, -1] = torch.where(void, uniform(gen, 0.0, 0.1, n), uniform(gen, 0.6, 1.0, n))
+        les = torch.tensor([[LESION_INTENSITIES[kind][c] for c in PATCH_CONTRASTS]
+                            for kind in LESION_KINDS])  # (kinds, contrasts, 2)
+        bounds = les[lesion_kind, table_id[:, None]]  # (n, 3, 2)
+        u = torch.rand(n, 3, generator=gen)
+        lesion_values = bounds[..., 0] + u * (bounds[..., 1] - bounds[..., 0])
         random_values = torch.rand(n, k, generator=gen)
         random_values[:, TISSUES.index("cortical_bone")] *= 0.1
         values = torch.where(rand[:, None], random_values, values)
@@ -559,8 +558,8 @@ def draw_appearance(gen: torch.Generator, modality: str, n: int, lesion_kind: to
                                     lesion_values)
         tex = uniform(gen, 0.0, 0.10, n, k)
         gamma = torch.exp(uniform(gen, -0.35, 0.35, n))
-        blur = torch.where(torch.rand(n, generator=gen) < 0.3, uniform(gen, 0.0, 0.8, n),
-                           torch.zeros(n))
+        blur = torch.where(torch.rand(n, generator=gen) < 0.3, uniform(gen, 1.0, 2.0, n),
+                           torch.ones(n))
         noise = 1.0 / _log_u(gen, 8.0, 150.0, n)
     else:
         ct = dict(CT_HU, cortical_bone=(1200.0, 2000.0), diploe=(-60.0, 140.0))
@@ -569,14 +568,14 @@ def draw_appearance(gen: torch.Generator, modality: str, n: int, lesion_kind: to
         contrast_agent = torch.rand(n, generator=gen) < 0.25
         values[:, k - 1] = torch.where(contrast_agent, uniform(gen, 150.0, 400.0, n),
                                        uniform(gen, 30.0, 60.0, n))
-        for j in range(3):
-            for b in range(n):
-                lo, hi = LESION_INTENSITIES[LESION_KINDS[int(lesion_kind[b, j])]]["CT"]
-                lesion_values[b, j] = float(uniform(gen, lo, hi, 1))
+        bounds = torch.tensor([LESION_INTENSITIES[kind]["CT"] for kind in LESION_KINDS])
+        bounds = bounds[lesion_kind]  # (n, 3, 2)
+        u = torch.rand(n, 3, generator=gen)
+        lesion_values = bounds[..., 0] + u * (bounds[..., 1] - bounds[..., 0])
         amp = torch.tensor([CT_TEXTURE.get(t, 5.0) for t in PATCH_TISSUES])
         tex = amp * uniform(gen, 0.3, 1.5, n, 1)
         gamma = torch.ones(n)
-        blur = torch.zeros(n)
+        blur = torch.ones(n)
         noise = _log_u(gen, 4.0, 25.0, n)
     texture_mm = _log_u(gen, 1.0, 6.0, n)
     kernel = uniform(gen, 0.45, 1.0, n)

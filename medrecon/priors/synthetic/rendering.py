@@ -23,8 +23,9 @@ Per patch (batched over the n patches, heavy work in torch on ``device``):
 4. **MR**: tissue intensities (physical or random contrast), smooth bias field; scaled by the
    99.5th percentile of in-head magnitudes of the *whole scan* (like
    :meth:`medrecon.priors.normalisation.Normalisation.mr_scale`), estimated from random probe
-   voxels of the scan rendered alongside the patch; gamma; optional in-plane blur; Rician
-   noise. **CT** (HU): tissue HU, trabecular bone, scanner table and head rest, noise that went
+   voxels of the scan rendered alongside the patch; gamma; Rician noise. A random blur widens
+   the partial-volume ramps (so the probes see it too).
+   **CT** (HU): tissue HU, trabecular bone, scanner table and head rest, noise that went
    through filtered back-projection (white noise ramp-filtered in the slice plane with a Hann
    window of random cut-off), and -1024 HU outside the reconstruction circle.
 
@@ -187,22 +188,6 @@ def _table_hu(x: torch.Tensor, table_mm: torch.Tensor, ramp: torch.Tensor) -> to
     return hu + width * band(-25.0, 0.0) * (-800.0 - CT_AIR_HU)
 
 
-def _gauss_blur(img: torch.Tensor, sigma: float, axes: Sequence[int]) -> torch.Tensor:
-    """Gaussian blur (sigma in voxels) of img (X, Y, Z) along the given axes, replicate edges."""
-    r = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-r, r + 1, dtype=img.dtype, device=img.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    x = img[None, None]
-    for axis in axes:
-        size = [1, 1, 1]
-        size[axis] = 2 * r + 1
-        pad = [0, 0, 0, 0, 0, 0]
-        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = r
-        x = F.conv3d(F.pad(x, pad, mode="replicate"), k.view(1, 1, *size))
-    return x[0, 0]
-
-
 def _ct_noise(shape: Sequence[int], slice_axis: int, cutoff: float, gen: torch.Generator,
               device: torch.device) -> torch.Tensor:
     """Unit-variance noise of filtered back-projection: white noise filtered in each slice by
@@ -306,6 +291,7 @@ def _render_clean(modality: str, heads: HeadDraws, app: Appearance, scans: ScanD
     slice_axis = scans.slice_axis
     ramp = spacing.median(dim=1).values  # largest in-plane size
     thick = spacing[ar, slice_axis]
+    ramp = ramp * app.blur  # a blurrier point-spread function widens every boundary
     s = int(min(max_subsamples, max(1, math.ceil(float((thick / ramp).max())))))
     vox = torch.maximum(ramp, thick / s).to(dev)[:, None]  # detail resolution
     ramp_d = ramp.to(dev)[:, None]
@@ -374,7 +360,7 @@ def _render_clean(modality: str, heads: HeadDraws, app: Appearance, scans: ScanD
 def _finish(modality: str, img: torch.Tensor, folds: list[torch.Tensor], app: Appearance,
             scans: ScanDraws, spacing: torch.Tensor, patch: tuple[int, int, int],
             gen: torch.Generator, dev: torch.device) -> torch.Tensor:
-    """Gamma, blur and noise (MR) or FBP noise, clipping and the reconstruction circle (CT)."""
+    """Gamma and noise (MR) or FBP noise, clipping and the reconstruction circle (CT)."""
     n = img.shape[0]
     out = torch.empty_like(img)
     for b in range(n):
@@ -387,8 +373,6 @@ def _finish(modality: str, img: torch.Tensor, folds: list[torch.Tensor], app: Ap
 
         if modality == "MR":
             x = x.clamp_min(0.0) ** float(app.gamma[b])
-            if float(app.blur[b]) > 0.05:
-                x = _gauss_blur(x, float(app.blur[b]), inplane)
             if bool(app.noisy[b]):
                 sigma = float(app.noise[b])
                 n1 = torch.randn(patch, generator=gen, device=dev)[at]
