@@ -192,3 +192,12 @@ def test_cuda_matches_cpu() -> None:
                          device="cuda", noise_prob=0.0)  # fmt: skip
     assert gpu.image.is_cuda
     torch.testing.assert_close(gpu.image.cpu(), cpu.image, atol=2e-3, rtol=0)
+
+
+def test_preview_patches_writes_png(tmp_path) -> None:  # noqa: ANN001
+    from medrecon.priors.synthetic import preview_patches
+
+    out = tmp_path / "patches.png"
+    preview_patches(str(out), size=8, dpi=20)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["patches.png"]  # no temp files left
