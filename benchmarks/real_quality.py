@@ -129,8 +129,9 @@ def load_cases(names: list[str], cases_dir: Path | None) -> list[tuple[str, Any,
     for name in names:
         package, relative, modality, frame, what = CASES[name]
         if cases_dir is not None:
-            if name not in index:
-                out.append((name, None, f"not in {cases_dir}/cases.json"))
+            if name not in index or "file" not in index[name]:
+                why = index.get(name, {}).get("skipped", f"not in {cases_dir}/cases.json")
+                out.append((name, None, why))
                 continue
             vol = load_volume(cases_dir / index[name]["file"])
         else:
@@ -152,7 +153,7 @@ def load_cases(names: list[str], cases_dir: Path | None) -> list[tuple[str, Any,
 
 def export_cases(names: list[str], folder: Path) -> None:
     """Write the cases as NIfTI plus ``cases.json`` (name, file, modality, shape, spacing,
-    source) into ``folder``."""
+    source; or name and why it was skipped) into ``folder``."""
     from medrecon.io import save_volume
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -168,7 +169,7 @@ def export_cases(names: list[str], folder: Path) -> None:
                        what=vol.meta["what"])
         rows.append(row)
         print(json.dumps(row), flush=True)
-    (folder / "cases.json").write_text(json.dumps([r for r in rows if "file" in r], indent=1))
+    (folder / "cases.json").write_text(json.dumps(rows, indent=1))
 
 
 def _crop(vol: Any, size: int = 32, depth: int = 4) -> Any:

@@ -275,7 +275,8 @@ def render_patches(
     app.table_mm = torch.where(body, bodies.b[:, 0] + uniform(gen, 0.0, 5.0, n), app.table_mm)
     scans = draw_scans(gen, modality, spacing, patch, body)
     probes = torch.rand(n, probe_points if modality == "MR" else 0, 3, generator=gen)
-    dev_gen = torch.Generator(dev).manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
+    dev_seed = int(torch.randint(2**62, (1,), generator=gen))
+    dev_gen = torch.Generator(device=dev).manual_seed(dev_seed)
 
     clean, folds = _render_clean(modality, heads.to(dev), take(bodies, body.nonzero()[:, 0]),
                                  body, app, scans, spacing, patch, probes.to(dev),
