@@ -212,8 +212,7 @@ def _mri_config(shape: tuple[int, ...], r_acc: float) -> Any:
 
 
 def _run_case(vol: Any, setting: str, args: argparse.Namespace) -> dict:
-    from medrecon.recon.classical import ReconOptions
-
+    from medrecon.recon.base import ReconOptions
     from medrecon.reconstruct import reconstruct
     from medrecon.simulate import CTSettings, SimulationConfig, simulate
 
@@ -312,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     import torch
-    from medrecon.recon.classical import resolve_device
+
+    from medrecon.device import resolve_device
 
     dev = resolve_device(args.device)
     args.device = str(dev)

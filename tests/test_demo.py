@@ -73,8 +73,7 @@ def test_demo_api_both_modalities(tmp_path: Path, tiny_prior_path: Path) -> None
 
     # The demo's diffusion is the one `reconstruct` path: the same call on the written
     # measurement gives the written mean and std.
-    from medrecon.recon.classical import ReconOptions
-
+    from medrecon.recon.base import ReconOptions
     from medrecon.reconstruct import reconstruct
 
     again = reconstruct(read_measurement(out / "mri" / "measurement.h5"), "diffusion",
