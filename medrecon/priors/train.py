@@ -294,7 +294,8 @@ def train(
         resume: continue from ``run_dir/checkpoint`` exactly where it stopped.
         device: "auto" (CUDA if available), "cpu" or "cuda"; under torchrun each rank uses
             ``cuda:LOCAL_RANK``.
-        max_minutes: stop (and checkpoint) after this much wall-clock training time.
+        max_minutes: stop after this much wall-clock training time, with a log row, a
+            validation and a checkpoint at that step (a chunk of a longer run).
         workers: processes for loading / generating the training volumes.
         progress: show a tqdm progress bar on rank 0.
         pools: pre-built (train, val) volumes (tests); skips :func:`build_pools`.
@@ -486,8 +487,12 @@ def _fit(config: TrainConfig, run_dir: Path, data_paths: Sequence[str | Path], r
                 bar.set_postfix(loss=f"{loss_v:.4f}", refresh=False)
 
             last = step == opt_cfg.steps
+            stop = False
+            if max_minutes is not None:
+                stop = any_rank((time.perf_counter() - t_start) / 60.0 >= max_minutes,
+                                dist_info, dev)
             row: dict[str, Any] | None = None
-            if step % config.log.log_every == 0 or last:
+            if step % config.log.log_every == 0 or last or stop:
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)
                 now = time.perf_counter()
@@ -499,15 +504,10 @@ def _fit(config: TrainConfig, run_dir: Path, data_paths: Sequence[str | Path], r
                 acc_loss, acc_n, band_acc = 0.0, 0, {}
                 t_window, samples_window = now, 0
 
-            stop = False
-            if max_minutes is not None:
-                stop = any_rank((time.perf_counter() - t_start) / 60.0 >= max_minutes,
-                                dist_info, dev)
-
             # Rank 0 writes; whether it succeeded is shared at once (only at these intervals,
             # the same steps on every rank), so a full disk or a failed validation on rank 0
             # ends every rank with its error instead of leaving them in the next all-reduce.
-            val = step % config.log.val_every == 0 or last
+            val = step % config.log.val_every == 0 or last or stop
             preview = step % config.log.preview_every == 0
             ckpt_due = step % config.log.ckpt_every == 0 or last or stop
             if row is not None or val or preview or ckpt_due:

@@ -151,3 +151,21 @@ def test_the_sampler_passes_the_measurements_voxel_size(tmp_path: Path) -> None:
         assert seen and all(torch.allclose(s, torch.tensor(sp).expand_as(s)) for s in seen)
     assert "warning" not in results[(0.5, 0.5, 5.0)].info
     assert "outside the 0.4-6 mm" in results[(0.25, 0.25, 1.0)].info["warning"]
+
+
+def test_the_next_default_config_warm_starts_exactly_from_the_shipped_prior() -> None:
+    from medrecon.priors.config import load_train_config
+
+    cfg = load_train_config(Path(__file__).resolve().parents[2] / "configs" / "prior"
+                            / "default_v2.yaml")
+    assert cfg.init_from == "default" and cfg.data.source == "rendered"
+    weights, lineage = warm_start_weights(cfg.init_from, cfg)
+    assert lineage["init_from"] == "default" and lineage["init_steps"] > 0
+    new = make_denoiser(cfg).eval()
+    missing, unexpected = new.load_state_dict(weights, strict=False)
+    assert not unexpected and len(missing) == 4  # the voxel-size MLP: 2 weights, 2 biases
+    old = load_prior("default").denoiser
+    x = torch.randn(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(1))
+    cond = {"modality": torch.tensor([0, 1]), "position": torch.zeros(2, 3)}
+    with torch.no_grad():
+        assert torch.equal(new(x, 0.5, spacing=SPACINGS[2:], **cond), old(x, 0.5, **cond))
