@@ -1,4 +1,4 @@
-"""Tests of the procedural synthetic head generator and its patch dataset."""
+"""Tests of the held-out synthetic head volumes (``generate_head``) and their patch dataset."""
 
 from __future__ import annotations
 
@@ -9,15 +9,17 @@ import pytest
 import torch
 
 from medrecon.errors import ConfigError
-from medrecon.priors import synthetic as syn
 from medrecon.priors.synthetic import (
     CONTRASTS,
     MODALITY_IDS,
     SPLITS,
     SyntheticHeadDataset,
+    anatomy,
     generate_head,
     load_atlas,
+    preview_figure,
     split_seeds,
+    volumes,
 )
 
 # Small grids: 32^3 voxels of 6 mm hold the head (192 mm) and render in well under 0.1 s.
@@ -107,7 +109,7 @@ def test_mr_scaled_to_unit_range_with_rician_background() -> None:
 
 def _tissue_means(modality: str, contrast: str, seed: int) -> dict[str, float]:
     """Mean rendered intensity over voxels that are > 90 % one tissue (noise and lesions off)."""
-    fr, _, _ = syn._anatomy((48, 48, 48), 4.0, seed, False, torch.device("cpu"))
+    fr, _, _ = volumes.volume_fractions((48, 48, 48), 4.0, seed, False)
     img = generate_head((48, 48, 48), 4.0, modality, contrast, seed, lesions=False, noise=False)
     flat = img.data.reshape(-1)
     return {t: float(flat[(fr[t] > 0.9).numpy()].mean()) for t in ("gm", "wm", "csf", "fat")}
@@ -129,8 +131,8 @@ def test_tissue_contrast_order(modality: str, contrast: str, order: tuple[str, .
 
 
 def test_tissue_fractions_are_physical() -> None:
-    fr, lesions, _ = syn._anatomy((32, 36, 40), 6.0, 12, True, torch.device("cpu"))
-    total = sum(fr.values()) + sum(f for f, _ in lesions)
+    fr, lesions, _ = volumes.volume_fractions((32, 36, 40), 6.0, 12, True)
+    total = sum(fr.values()) + lesions.sum(0)
     assert all(float(f.min()) >= -1e-6 and float(f.max()) <= 1 + 1e-6 for f in fr.values())
     assert float(total.max()) <= 1.0 + 1e-5
     assert float(total.min()) >= 0.0
@@ -248,21 +250,21 @@ def test_dataset_transform_and_errors() -> None:
 
 @pytest.mark.gpu
 def test_cuda_matches_cpu() -> None:
-    cpu, _ = syn.generate_head_tensor(SHAPE, SP, "MR", "T1", seed=2, device="cpu")
-    gpu, _ = syn.generate_head_tensor(SHAPE, SP, "MR", "T1", seed=2, device="cuda")
+    cpu, _ = volumes.generate_head_tensor(SHAPE, SP, "MR", "T1", seed=2, device="cpu")
+    gpu, _ = volumes.generate_head_tensor(SHAPE, SP, "MR", "T1", seed=2, device="cuda")
     assert gpu.is_cuda
     torch.testing.assert_close(gpu.cpu(), cpu, atol=2e-3, rtol=0)
 
 
 def test_preview_figure_writes_png(tmp_path) -> None:
     out = tmp_path / "preview.png"
-    syn.preview_figure(str(out), seeds=[3], shape=(16, 16, 16), spacing_mm=12.0, dpi=20)
+    preview_figure(str(out), seeds=[3], shape=(16, 16, 16), spacing_mm=12.0, dpi=20)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp_path.iterdir() if p.name != "preview.png"]  # no temp files left
 
 
 def test_template_structures_have_plausible_proportions() -> None:
-    tpl = syn._template()
+    tpl = anatomy._template()
     gm, wm, sd_icv, sd_head, sd_eye, sd_orbit, sd_wall, sd_air, sd_vert, disc = tpl.maps
     vox_ml = 8e-3  # 2 mm voxels
     # Vertebral bodies: discs take about a quarter of the column's height.
@@ -290,7 +292,7 @@ def test_nifti_round_trip_keeps_geometry(tmp_path) -> None:
 
 
 def test_slab_rendering_has_no_seams(monkeypatch: pytest.MonkeyPatch) -> None:
-    whole, _ = syn.generate_head_tensor((20, 24, 28), 8.0, "MR", "T2", seed=13, noise=False)
-    monkeypatch.setattr(syn, "_SLAB_VOXELS", 1)  # one plane per slab
-    planes, _ = syn.generate_head_tensor((20, 24, 28), 8.0, "MR", "T2", seed=13, noise=False)
+    whole, _ = volumes.generate_head_tensor((20, 24, 28), 8.0, "MR", "T2", seed=13, noise=False)
+    monkeypatch.setattr(volumes, "_SLAB_VOXELS", 1)  # one plane per slab
+    planes, _ = volumes.generate_head_tensor((20, 24, 28), 8.0, "MR", "T2", seed=13, noise=False)
     torch.testing.assert_close(planes, whole, atol=1e-5, rtol=0)
