@@ -169,3 +169,21 @@ def test_the_next_default_config_warm_starts_exactly_from_the_shipped_prior() ->
     cond = {"modality": torch.tensor([0, 1]), "position": torch.zeros(2, 3)}
     with torch.no_grad():
         assert torch.equal(new(x, 0.5, spacing=SPACINGS[2:], **cond), old(x, 0.5, **cond))
+
+
+def test_the_real_renderer_feeds_the_training_source(tiny_config) -> None:  # type: ignore[no-untyped-def]
+    """RenderedPatchSource on medrecon.priors.synthetic itself (not the test double): the
+    recorded range is the distribution's documented support, and batches are model space."""
+    from medrecon.priors.data import RenderedPatchSource, SpacingRange
+    from medrecon.priors.synthetic import randomisation
+
+    rng = SpacingRange.of_renderer()
+    assert (rng.low, rng.high) == (randomisation.SPACING_RANGE_MM[0],
+                                   randomisation.MAX_THICKNESS_MM)
+    cfg = _rendered(tiny_config).replace(data={"source": "rendered", "patch_size": (8, 8, 8)})
+    src = RenderedPatchSource(cfg.data, cfg.normalisation, seed=0)
+    a = src.batch(3, 4)
+    assert a.x.shape == (4, 1, 8, 8, 8) and torch.isfinite(a.x).all() and a.x.min() >= 0
+    assert ((a.spacing >= rng.low) & (a.spacing <= rng.high)).all()
+    assert (a.position.abs() <= 1).all()
+    assert torch.equal(src.batch(3, 4).x, a.x)
