@@ -61,18 +61,19 @@ def test_shapes_positions_and_determinism(modality: str) -> None:
 
 
 def test_spacing_is_honoured() -> None:
-    # The same heads and scans (same generator state) at 8 and 16 mm: the whole scan fits into
-    # the patch, and the head occupies the same volume in mm^3, so 8 times more voxels at 8 mm.
-    fine = _render("CT", [[8.0, 8.0, 8.0]] * 2, (48, 48, 48), seed=5, noise_prob=0.0)
-    coarse = _render("CT", [[16.0, 16.0, 16.0]] * 2, (48, 48, 48), seed=5, noise_prob=0.0)
+    # The same heads and scans (same generator state) at 4 and 8 mm: the whole scan fits into
+    # the patch, and the head occupies the same volume in mm^3, so 8 times more voxels at 4 mm.
+    kw = {"noise_prob": 0.0, "body_fraction": 0.0}
+    fine = _render("CT", [[4.0, 4.0, 4.0]] * 2, (96, 96, 96), seed=5, **kw)
+    coarse = _render("CT", [[8.0, 8.0, 8.0]] * 2, (96, 96, 96), seed=5, **kw)
     for b in range(2):
-        n_fine = (fine.scan_shape[b].double() * 8).prod()
-        n_coarse = (coarse.scan_shape[b].double() * 16).prod()
-        assert float(n_fine / n_coarse) == pytest.approx(1.0, rel=0.35)  # rounding of N
-        head_fine = float((_scan(fine, b) > -500).sum()) * 8.0**3
-        head_coarse = float((_scan(coarse, b) > -500).sum()) * 16.0**3
+        fov_fine = (fine.scan_shape[b].double() * 4).prod()
+        fov_coarse = (coarse.scan_shape[b].double() * 8).prod()
+        assert float(fov_fine / fov_coarse) == pytest.approx(1.0, rel=0.35)  # rounding of N
+        head_fine = float((_scan(fine, b) > -500).sum()) * 4.0**3
+        head_coarse = float((_scan(coarse, b) > -500).sum()) * 8.0**3
         assert head_fine > 1e5  # > 0.1 l of head and neck in the field of view
-        assert head_fine == pytest.approx(head_coarse, rel=0.2)
+        assert head_fine == pytest.approx(head_coarse, rel=0.15)
 
 
 def test_ct_units_air_bone_and_reconstruction_circle() -> None:
@@ -86,13 +87,31 @@ def test_ct_units_air_bone_and_reconstruction_circle() -> None:
         assert float(scan.max()) <= 3071.0
 
 
-def test_mr_scale_of_whole_scan_is_near_one() -> None:
-    r = _render("MR", [[6.0, 6.0, 6.0]] * 4, (64, 64, 64), seed=7, noise_prob=0.0)
+@pytest.mark.parametrize("body_fraction", [0.0, 1.0])
+def test_mr_scale_of_whole_scan_is_near_one(body_fraction: float) -> None:
+    # Heads (0) and trunks (1): the patch holds the whole scan, whose scale must be ~1.
+    r = _render("MR", [[6.0, 6.0, 6.0]] * 4, (80, 80, 80), seed=7, noise_prob=0.0,
+                body_fraction=body_fraction)
     norm = Normalisation()
     for b in range(4):
         scan = _scan(r, b)
         assert float(scan.min()) >= 0.0
         assert norm.mr_scale(scan) == pytest.approx(1.0, abs=0.15)
+
+
+def test_trunks_have_spine_soft_tissue_and_air_spaces() -> None:
+    r = _render("CT", [[5.0, 5.0, 5.0]] * 3, (100, 100, 100), seed=11, noise_prob=0.0,
+                body_fraction=1.0)
+    for b in range(3):
+        scan = _scan(r, b)
+        body = scan > -500
+        assert float(body.float().sum()) * 125.0 > 2e6  # a trunk, not a head (> 2 litres)
+        assert int((scan > 300).sum()) > 30  # vertebrae (and ribs in a chest)
+        soft = (scan > -150) & (scan < 120)
+        assert int(soft.sum()) > 0.3 * int(body.sum())
+        # Lungs or bowel gas inside the body: air-like voxels surrounded by tissue.
+        inner = scan[body.any(dim=(1, 2))][:, body.any(dim=(0, 2))]
+        assert int(((inner > -1000) & (inner < -500)).sum()) > 20
 
 
 def test_thick_slices_are_averaged_across_their_thickness(
@@ -103,7 +122,7 @@ def test_thick_slices_are_averaged_across_their_thickness(
     # Sub-millimetre detail is switched off: how much of it survives depends on the sampling.
     def no_detail(p, heads, ramp, vox, texture_mm):  # noqa: ANN001, ANN202
         zero = p.new_zeros(p.shape[:2])
-        return rendering.Detail(zero, zero, zero, zero), zero
+        return rendering.Detail(zero, zero, zero, zero), zero, zero
 
     monkeypatch.setattr(rendering, "_detail", no_detail)
     spacing = [[1.5, 1.5, 6.0], [6.0, 1.5, 1.5]]
@@ -173,3 +192,12 @@ def test_cuda_matches_cpu() -> None:
                          device="cuda", noise_prob=0.0)  # fmt: skip
     assert gpu.image.is_cuda
     torch.testing.assert_close(gpu.image.cpu(), cpu.image, atol=2e-3, rtol=0)
+
+
+def test_preview_patches_writes_png(tmp_path) -> None:  # noqa: ANN001
+    from medrecon.priors.synthetic import preview_patches
+
+    out = tmp_path / "patches.png"
+    preview_patches(str(out), size=8, dpi=20)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["patches.png"]  # no temp files left

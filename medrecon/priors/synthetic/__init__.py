@@ -4,12 +4,14 @@ Why: the shipped default prior must be trained on data we may redistribute. The 
 from the MNI ICBM152 2009a template (package data, MNI licence) and procedural anatomy.
 
 * :mod:`.anatomy`: the template canvas and the deterministic tissue-fraction evaluator.
+* :mod:`.body`: procedural trunks (chest, abdomen, spine) for training patches.
 * :mod:`.randomisation`: every random draw (intensity tables, geometry, scans, voxel sizes,
   SynthSeg-style domain randomisation).
 * :mod:`.rendering`: :func:`render_patches`, training patches rendered directly at any voxel
   size (the GPU training path), with :func:`sample_spacings` the voxel-size distribution.
 * :mod:`.volumes`: :func:`generate_head`, the whole held-out heads of benchmarks and demos.
-* :mod:`.dataset`: seed :data:`SPLITS`, :class:`SyntheticHeadDataset`, :func:`preview_figure`.
+* :mod:`.dataset`: seed :data:`SPLITS`, :class:`SyntheticHeadDataset`, the previews
+  :func:`preview_figure` (held-out heads) and :func:`preview_patches` (training patches).
 
 The data card is ``data_cards/synthetic_heads.md``.
 """
@@ -19,6 +21,7 @@ from medrecon.priors.synthetic.dataset import (
     SPLITS,
     SyntheticHeadDataset,
     preview_figure,
+    preview_patches,
     split_seeds,
 )
 from medrecon.priors.synthetic.randomisation import (
@@ -47,6 +50,7 @@ __all__ = [
     "head_affine",
     "load_atlas",
     "preview_figure",
+    "preview_patches",
     "render_patches",
     "sample_spacings",
     "split_seeds",

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from medrecon.errors import ConfigError
-from medrecon.priors.synthetic.randomisation import MODALITY_IDS, rng
-from medrecon.priors.synthetic.volumes import check_args, generate_head, generate_head_tensor
+from medrecon.priors.synthetic.randomisation import MODALITY_IDS
+from medrecon.priors.synthetic.volumes import check_args, generate_head, generate_head_tensor, rng
 
-__all__ = ["SPLITS", "SyntheticHeadDataset", "preview_figure", "split_seeds"]
+__all__ = ["SPLITS", "SyntheticHeadDataset", "preview_figure", "preview_patches", "split_seeds"]
 
 #: Disjoint seed ranges: train on "train", select models on "val", report on "test" only.
 SPLITS: dict[str, range] = {
@@ -194,6 +194,44 @@ def preview_figure(
             ax.set_axis_off()
         axes[0, col].set_title(title, fontsize=6)
     fig.subplots_adjust(left=0.0, right=1.0, bottom=0.0, top=0.93, wspace=0.02, hspace=0.02)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+
+
+def preview_patches(path: str, seed: int = 1, size: int = 112, dpi: int = 60) -> None:
+    """Write a PNG of training patches (:func:`render_patches`): rows MR head, MR trunk, CT
+    head, CT trunk; columns voxel sizes 0.5 mm, 1 x 1 x 3 mm, 2 mm and 4 x 4 x 6 mm (slice
+    axis k). Each panel is one in-plane slice of ``size`` x ``size`` voxels (MR 0..1.1, CT
+    window W 500 / L 50), reflected where the scan is smaller, as the tiling pads."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medrecon.io.atomic import atomic_file
+    from medrecon.priors.synthetic.rendering import render_patches
+
+    spacings = ((0.5, 0.5, 0.5), (1.0, 1.0, 3.0), (2.0, 2.0, 2.0), (4.0, 4.0, 6.0))
+    rows = (("MR", 0.0), ("MR", 1.0), ("CT", 0.0), ("CT", 1.0))
+    fig, axes = plt.subplots(len(rows), len(spacings), figsize=(1.6 * len(spacings), 6.6))
+    for r, (modality, body) in enumerate(rows):
+        gen = torch.Generator().manual_seed(seed + r)
+        sp = torch.tensor(spacings, dtype=torch.float32)
+        # Slice axis k: the isotropic rows get a last size a hair larger.
+        sp[:, 2] *= 1.0001
+        res = render_patches(modality, len(spacings), sp, (size, size, 1), gen,
+                             body_fraction=body, noise_prob=0.5)  # fmt: skip
+        for c in range(len(spacings)):
+            img = res.image[c, :, :, 0].cpu().numpy().T
+            lo, hi = (0.0, 1.1) if modality == "MR" else (-200.0, 300.0)
+            ax = axes[r, c]
+            ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, origin="lower", interpolation="none")
+            ax.set_axis_off()
+            what = "trunk" if body else "head"
+            ax.set_title(f"{modality} {what} {'x'.join(f'{v:g}' for v in spacings[c])} mm",
+                         fontsize=6)  # fmt: skip
+    fig.subplots_adjust(left=0.0, right=1.0, bottom=0.0, top=0.96, wspace=0.02, hspace=0.12)
     with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)

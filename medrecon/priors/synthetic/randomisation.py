@@ -1,10 +1,9 @@
-"""Every random draw of the synthetic heads: intensity tables, geometry, scans and voxel sizes.
+"""Random draws of the synthetic data: intensity tables, and every draw of the training patches.
 
-Two families of draws:
+Two families:
 
-* **Held-out volumes** (:func:`draw_volume_anatomy`, used by ``generate_head``): one head per
-  integer seed, numpy streams ``(seed, stream, ...)``, T1/T2/PD-like MR or CT. These are the
-  benchmark and demo heads; their distributions are frozen so that results stay comparable.
+* **Held-out volumes** (``generate_head``): the intensity tables below; their geometry draws
+  (numpy streams per seed, frozen distributions) live in :mod:`.volumes`.
 * **Training patches** (:func:`draw_heads`, :func:`draw_scans`, :func:`draw_appearance`,
   :func:`sample_spacings`, used by ``render_patches``): a batch of heads, scans and contrasts,
   every number drawn from one CPU ``torch.Generator``. Wider ranges than the held-out heads and
@@ -19,10 +18,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from medrecon.priors.synthetic.anatomy import TISSUES, load_template_sites
+from medrecon.priors.synthetic.body import BodyParams
 
 __all__ = [
     "CONTRASTS",
@@ -92,147 +91,25 @@ MR_TEXTURE = {"gm": 0.03, "wm": 0.03, "csf": 0.03, "cortical_bone": 0.1, "diploe
 CT_TEXTURE = {"gm": 1.5, "wm": 1.5, "csf": 2.0, "cortical_bone": 80.0, "diploe": 80.0,
               "skin": 5.0, "fat": 8.0, "muscle": 5.0, "vitreous": 2.0}  # fmt: skip
 
-#: Tissues of the training patches, in the column order of :class:`Appearance` values.
-PATCH_TISSUES: tuple[str, ...] = (*TISSUES, "vessel")
-
-
-def rng(seed: int, *stream: int) -> np.random.Generator:
-    """The numpy stream ``(seed, *stream)`` of a held-out volume."""
-    return np.random.default_rng([int(seed), *stream])
-
-
-def rotation(angles: np.ndarray) -> np.ndarray:
-    """Rotation matrix R_z R_y R_x for Euler angles (radians)."""
-    cx, cy, cz = np.cos(angles)
-    sx, sy, sz = np.sin(angles)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-# --------------------------------------------------------------------------------------------
-# Held-out volumes (numpy streams per seed; frozen distributions)
-# --------------------------------------------------------------------------------------------
-
-
-def fourier_field(p: torch.Tensor, gen: np.random.Generator, n_terms: int,
-                  wavelength_mm: tuple[float, float], rms: float, dims: int = 1) -> torch.Tensor:
-    """A smooth random field ``sum_k a_k sin(w_k . p + phi_k)`` at points p (N, 3) in mm.
-
-    Wave vectors have random directions and wavelengths uniform in ``wavelength_mm``; amplitudes
-    are Gaussian, scaled so that the field's RMS is ``rms`` per output dimension. Returns (N, dims).
-    """
-    direction = gen.normal(size=(n_terms, 3))
-    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-    w = direction * (2 * np.pi / gen.uniform(*wavelength_mm, size=(n_terms, 1)))
-    phase = gen.uniform(0, 2 * np.pi, size=n_terms)
-    amp = gen.normal(size=(n_terms, dims)) * rms * math.sqrt(2.0 / n_terms)
-    arg = p @ p.new_tensor(w.T) + p.new_tensor(phase)
-    return torch.sin(arg) @ p.new_tensor(amp)
-
-
-class CoarseGrid:
-    """Smooth random fields evaluated on a coarse grid (<= 6 mm), interpolated trilinearly.
-
-    Fields with wavelengths >= 15 mm are smooth at that spacing, and evaluating their sinusoids on
-    every voxel would dominate the generator's run time.
-    """
-
-    def __init__(self, shape: tuple[int, int, int], affine: np.ndarray, device: torch.device):
-        spacing = float(abs(affine[0, 0]))
-        factor = max(1, int(6.0 // spacing))
-        self.shape = shape
-        self.coarse = tuple(max(2, math.ceil((s - 1) / factor) + 1) for s in shape)
-        axes = [
-            np.linspace(affine[a, 3], affine[a, 3] + affine[a, a] * (n - 1), c)
-            for a, (n, c) in enumerate(zip(shape, self.coarse, strict=True))
-        ]
-        pts = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
-        self.points = torch.from_numpy(pts.astype(np.float32)).to(device)
-
-    def field(self, gen: np.random.Generator, n_terms: int, wavelength_mm: tuple[float, float],
-              rms: float, dims: int = 1) -> torch.Tensor:  # fmt: skip
-        """A :func:`fourier_field` on the coarse grid, (dims, ci, cj, ck)."""
-        f = fourier_field(self.points, gen, n_terms, wavelength_mm, rms, dims)
-        return f.T.reshape(dims, *self.coarse).contiguous()
-
-
-#: Channels of the coarse random fields of one held-out anatomy.
-VOLUME_FIELDS = ("elastic_x", "elastic_y", "elastic_z", "t_csf", "t_skull", "t_scalp", "t_fat",
-                 "fat")  # fmt: skip
-MNI_TO_NATIVE = 0.9  # MNI space is larger than an average adult head
-
-
-@dataclass
-class VolumeAnatomy:
-    """Every random draw of one held-out head's anatomy (stream ``(seed, 0)``)."""
-
-    lin: np.ndarray  # (3, 3) output world -> template, about the head centre
-    shift: np.ndarray  # (3,) mm
-    fields: torch.Tensor  # (len(VOLUME_FIELDS), ci, cj, ck) coarse fields, constants included
-    t_skin: float
-    deep_fat: float
-    wm_sharpen: float
-    atrophy: float
-    lesions: list[tuple[np.ndarray, np.ndarray, np.ndarray, str]]  # centre, semi, rot, kind
-    meta: dict[str, Any]
-
-
-def draw_volume_anatomy(coarse: CoarseGrid, seed: int, lesions: bool) -> VolumeAnatomy:
-    """Draw the anatomy of held-out head ``seed`` with its fields on ``coarse``."""
-    gen = rng(seed, 0)
-    # Random similarity transform with small anisotropy (output world -> template space).
-    angles = np.deg2rad(gen.uniform(-10, 10, size=3))
-    scale = gen.uniform(0.92, 1.08) * gen.uniform(0.97, 1.03, size=3)
-    shift = gen.uniform(-4, 4, size=3)
-    lin = rotation(angles) @ np.diag(1.0 / (MNI_TO_NATIVE * scale))
-    elastic_rms = gen.uniform(1.0, 3.0)
-    elastic = coarse.field(gen, 12, (50.0, 140.0), elastic_rms, dims=3)
-    t_csf = gen.uniform(1.0, 3.0) + coarse.field(gen, 6, (60, 160), 0.4)
-    t_skull = gen.uniform(5.0, 8.0) + coarse.field(gen, 6, (60, 160), 1.0)
-    t_scalp = gen.uniform(3.5, 7.0) + coarse.field(gen, 6, (60, 160), 1.0)
-    t_skin = float(gen.uniform(1.5, 2.5))
-    t_fat = gen.uniform(1.5, 5.0) + coarse.field(gen, 6, (40, 120), 1.0).clamp_min(0)
-    deep_fat = float(gen.uniform(0.1, 0.35))
-    fat_field = coarse.field(gen, 10, (15, 50), 1.0)
-    # The template averages 152 brains, so its GM/WM boundary and sulci are blurred: sharpen the
-    # WM share of brain tissue and open sulci and ventricles by random amounts (individual
-    # variation, mild atrophy).
-    wm_sharpen = float(gen.uniform(1.0, 2.0))
-    atrophy = float(gen.uniform(0.0, 0.3))
-    fields = torch.cat([elastic, t_csf, t_skull, t_scalp, t_fat, fat_field])
-
-    sites = load_template_sites()
-    lesion_list: list[tuple[np.ndarray, np.ndarray, np.ndarray, str]] = []
-    for _ in range(int(gen.integers(0, 4)) if lesions else 0):
-        centre_mm = sites[gen.integers(len(sites))].astype(np.float64)
-        semi = gen.uniform(3.0, 12.0, size=3)
-        rot = rotation(gen.uniform(-np.pi, np.pi, size=3))
-        kind = str(gen.choice(list(LESION_INTENSITIES)))
-        lesion_list.append((centre_mm, semi, rot, kind))
-
-    meta = {
-        "rotation_deg": [float(v) for v in np.rad2deg(angles)],
-        "scale": [float(v) for v in scale],
-        "shift_mm": [float(v) for v in shift],
-        "elastic_rms_mm": float(elastic_rms),
-        "wm_sharpen": wm_sharpen,
-        "atrophy": atrophy,
-        "lesions": [
-            {"centre_mni_mm": [float(v) for v in c], "semi_axes_mm": [float(v) for v in s],
-             "kind": k}
-            for c, s, _, k in lesion_list
-        ],
-    }  # fmt: skip
-    return VolumeAnatomy(lin, shift, fields, t_skin, deep_fat, wm_sharpen, atrophy, lesion_list,
-                         meta)  # fmt: skip
+#: Tissues of the training patches, in the column order of :class:`Appearance` values; lung,
+#: liver and organ (heart, kidneys, bowel wall) occur in trunks only.
+PATCH_TISSUES: tuple[str, ...] = (*TISSUES, "vessel", "lung", "liver", "organ")
+# Trunk tissues per MR contrast (relative magnitude) and in CT (HU).
+_BODY_MR: dict[str, dict[str, tuple[float, float]]] = {
+    "T1": {"lung": (0.0, 0.06), "liver": (0.50, 0.65), "organ": (0.35, 0.50)},
+    "T2": {"lung": (0.0, 0.05), "liver": (0.18, 0.30), "organ": (0.40, 0.65)},
+    "PD": {"lung": (0.02, 0.10), "liver": (0.55, 0.68), "organ": (0.60, 0.78)},
+    "FLAIR": {"lung": (0.0, 0.05), "liver": (0.35, 0.48), "organ": (0.40, 0.58)},
+}
+_BODY_CT: dict[str, tuple[float, float]] = {"lung": (-900.0, -780.0), "liver": (45.0, 75.0),
+                                            "organ": (20.0, 50.0)}
 
 
 # --------------------------------------------------------------------------------------------
 # Training patches (one CPU torch.Generator per call)
 # --------------------------------------------------------------------------------------------
 
+MNI_TO_NATIVE = 0.9  # MNI space is larger than an average adult head
 SPACING_RANGE_MM = (0.4, 4.0)  # in-plane voxel sizes of the training distribution
 MAX_THICKNESS_MM = 6.0  # through-plane
 
@@ -330,8 +207,9 @@ class HeadDraws:
     ``lin`` (n, 3, 3) and ``shift`` (n, 3) map head-world mm to template mm about the head
     centre; ``fields`` gives :data:`PATCH_FIELDS` at world points (the bias field is an
     appearance draw but shares the evaluation); scalars are (n, 1); lesions are padded to 3.
-    ``detail_rot`` (n, 6, 3, 3), ``detail_off`` (n, 6, 3): random orientations and offsets of
-    the detail texture for sulci, WM jitter, two vessel fields, trabeculae and tissue texture;
+    ``detail_rot`` (n, 7, 3, 3), ``detail_off`` (n, 7, 3): random orientations and offsets of
+    the detail texture for sulci, WM jitter, two vessel fields, trabeculae, tissue texture and
+    the smooth field of trunks (bowel);
     ``detail`` (n, 8):
     sulcal wavelength and width, WM-jitter wavelength and amplitude, vessel wavelength and
     radius, trabecular wavelength and bone fraction (mm or fractions).
@@ -417,8 +295,8 @@ def draw_heads(gen: torch.Generator, n: int, bias_rms: torch.Tensor) -> HeadDraw
         lesion_centre=centre, lesion_semi=uniform(gen, 2.0, 14.0, n, 3, 3),
         lesion_rot=random_rotations(gen, 3 * n).view(n, 3, 3, 3), lesion_on=lesion_on,
         lesion_kind=torch.randint(len(LESION_KINDS), (n, 3), generator=gen),
-        detail_rot=random_rotations(gen, 6 * n).view(n, 6, 3, 3),
-        detail_off=torch.rand(n, 6, 3, generator=gen), detail=detail,
+        detail_rot=random_rotations(gen, 7 * n).view(n, 7, 3, 3),
+        detail_off=torch.rand(n, 7, 3, generator=gen), detail=detail,
     )  # fmt: skip
 
 
@@ -447,7 +325,7 @@ def _signed_permutations(gen: torch.Generator, n: int) -> torch.Tensor:
 
 
 def draw_scans(gen: torch.Generator, modality: str, spacing: torch.Tensor,
-               patch: tuple[int, int, int]) -> ScanDraws:
+               patch: tuple[int, int, int], body: torch.Tensor) -> ScanDraws:
     """Scan geometry for n patches of the given voxel sizes (n, 3) mm.
 
     MR: any acquisition plane (random signed axis permutation) tilted by up to 15 deg, field of
@@ -455,6 +333,8 @@ def draw_scans(gen: torch.Generator, modality: str, spacing: torch.Tensor,
     and pose tilt up to 12 deg, display field of view 180-360 mm. Through-plane coverage is
     log-uniform in 30-220 mm. The scan is centred within +-15/20 mm of the head centre in
     x/y and anywhere from the neck (-90 mm) to the vertex (+50 mm) in z for axial slices.
+    Trunks (``body`` (n,) True): in-plane field of view 300-480 mm (CT) or 300-420 mm (MR),
+    centred within 20 mm of the body axis, anywhere along it.
     """
     n = spacing.shape[0]
     # The slice axis: the largest voxel size (ties, e.g. isotropic voxels, broken at random).
@@ -469,10 +349,12 @@ def draw_scans(gen: torch.Generator, modality: str, spacing: torch.Tensor,
         cols[torch.arange(n), slice_axis] = zcol
         base = torch.gather(base, 2, cols[:, None, :].expand(n, 3, 3))
         tilt = random_rotations(gen, n, 12.0)
-        fov = uniform(gen, 180.0, 360.0, n, 1).expand(n, 3).clone()
+        fov = torch.where(body[:, None], uniform(gen, 300.0, 480.0, n, 1),
+                          uniform(gen, 180.0, 360.0, n, 1)).expand(n, 3).clone()
     else:
         tilt = random_rotations(gen, n, 15.0)
-        fov = uniform(gen, 170.0, 260.0, n, 3)
+        fov = torch.where(body[:, None], uniform(gen, 300.0, 420.0, n, 3),
+                          uniform(gen, 170.0, 260.0, n, 3))
     axes = tilt @ base
     cover = _log_u(gen, 30.0, 220.0, n)
     fov[torch.arange(n), slice_axis] = cover
@@ -481,15 +363,19 @@ def draw_scans(gen: torch.Generator, modality: str, spacing: torch.Tensor,
     # the vertex, other planes within a few cm of the centre.
     axial = axes[torch.arange(n), 2, slice_axis].abs() > 0.7
     z = torch.where(axial, uniform(gen, -90.0, 50.0, n), uniform(gen, -40.0, 30.0, n))
+    z = torch.where(body, uniform(gen, -200.0, 200.0, n), z)
     centre = torch.stack([uniform(gen, -15.0, 15.0, n), uniform(gen, -20.0, 20.0, n), z], dim=1)
     # Patch placement: 85 % centred on a random point of the head and neck (an ellipsoid of
-    # semi-axes 75, 95, 100 mm), the rest anywhere in the scan (background included).
+    # semi-axes 75, 95, 100 mm) or of the trunk (150, 110, 60 mm about the scan centre's
+    # height), the rest anywhere in the scan (background included).
     p = torch.tensor(patch, dtype=torch.int64)
     room = (shape - p).clamp_min(0)
     anywhere = torch.floor(torch.rand(n, 3, generator=gen) * (room + 1)).to(torch.int64)
     ball = torch.randn(n, 3, generator=gen)
     ball = ball / ball.norm(dim=1, keepdim=True) * torch.rand(n, 1, generator=gen) ** (1 / 3)
-    target = ball * torch.tensor([75.0, 95.0, 100.0]) + torch.tensor([0.0, 0.0, -10.0])
+    target = torch.where(body[:, None], ball * torch.tensor([150.0, 110.0, 60.0]),
+                         ball * torch.tensor([75.0, 95.0, 100.0]) + torch.tensor([0.0, 0.0, -10.0]))
+    target[:, 2] += torch.where(body, centre[:, 2], torch.zeros(n))
     idx = (axes.transpose(1, 2) @ (target - centre)[:, :, None])[:, :, 0] / spacing
     idx = idx + (shape - 1) / 2.0 - (p // 2)
     aimed = torch.minimum(torch.round(idx).to(torch.int64).clamp_min(0), room)
@@ -531,7 +417,8 @@ def draw_appearance(gen: torch.Generator, modality: str, n: int, lesion_kind: to
     FLAIR-like table widened by +-0.08; vessels are flow voids (60 %) or bright; texture up to
     10 %; gamma exp(U(-0.35, 0.35)); blur: ramps 1-2 times wider for 30 %; Rician SNR
     log-uniform 8-150. CT: the HU table (marrow -60..140 HU between trabeculae, vessels 30-60
-    HU or 150-400 HU with contrast agent for 25 %), noise 4-25 HU for 1 mm^3 voxels, kernel
+    HU or 150-400 HU with contrast agent for 25 %, which also enhances organs by up to 120 HU),
+    noise 4-25 HU for 1 mm^3 voxels, kernel
     cut-off 0.45-1 Nyquist. ``noise_prob``: the share of noisy samples.
     """
     k = len(PATCH_TISSUES)
@@ -539,13 +426,17 @@ def draw_appearance(gen: torch.Generator, modality: str, n: int, lesion_kind: to
     if modality == "MR":
         table_id = torch.randint(len(PATCH_CONTRASTS), (n,), generator=gen)
         rand = torch.rand(n, generator=gen) < random_contrast
-        tables = [_FLAIR if c == "FLAIR" else MR_INTENSITIES[c] for c in PATCH_CONTRASTS]
-        lo = torch.tensor([[t[name][0] for name in TISSUES] for t in tables])[table_id]
-        hi = torch.tensor([[t[name][1] for name in TISSUES] for t in tables])[table_id]
-        u = torch.rand(n, k - 1, generator=gen)
-        values[:, :-1] = (lo - 0.08 + u * (hi - lo + 0.16)).clamp(0.0, 1.0)
+        tables = [{**(_FLAIR if c == "FLAIR" else MR_INTENSITIES[c]), **_BODY_MR[c]}
+                  for c in PATCH_CONTRASTS]
+        names = [t for t in PATCH_TISSUES if t != "vessel"]
+        cols = [PATCH_TISSUES.index(t) for t in names]
+        lo = torch.tensor([[t[name][0] for name in names] for t in tables])[table_id]
+        hi = torch.tensor([[t[name][1] for name in names] for t in tables])[table_id]
+        u = torch.rand(n, len(names), generator=gen)
+        values[:, cols] = (lo - 0.08 + u * (hi - lo + 0.16)).clamp(0.0, 1.0)
         void = torch.rand(n, generator=gen) < 0.6  # flow void, else bright (inflow, contrast)
-        values[:, -1] = torch.where(void, uniform(gen, 0.0, 0.1, n), uniform(gen, 0.6, 1.0, n))
+        values[:, PATCH_TISSUES.index("vessel")] = torch.where(
+            void, uniform(gen, 0.0, 0.1, n), uniform(gen, 0.6, 1.0, n))
         les = torch.tensor([[LESION_INTENSITIES[kind][c] for c in PATCH_CONTRASTS]
                             for kind in LESION_KINDS])  # (kinds, contrasts, 2)
         bounds = les[lesion_kind, table_id[:, None]]  # (n, 3, 2)
@@ -553,6 +444,7 @@ def draw_appearance(gen: torch.Generator, modality: str, n: int, lesion_kind: to
         lesion_values = bounds[..., 0] + u * (bounds[..., 1] - bounds[..., 0])
         random_values = torch.rand(n, k, generator=gen)
         random_values[:, TISSUES.index("cortical_bone")] *= 0.1
+        random_values[:, PATCH_TISSUES.index("lung")] *= 0.1  # air-filled: no signal
         values = torch.where(rand[:, None], random_values, values)
         lesion_values = torch.where(rand[:, None], torch.rand(n, 3, generator=gen),
                                     lesion_values)
@@ -562,12 +454,15 @@ def draw_appearance(gen: torch.Generator, modality: str, n: int, lesion_kind: to
                            torch.ones(n))
         noise = 1.0 / _log_u(gen, 8.0, 150.0, n)
     else:
-        ct = dict(CT_HU, cortical_bone=(1200.0, 2000.0), diploe=(-60.0, 140.0))
-        for j, t in enumerate(TISSUES):
-            values[:, j] = uniform(gen, *ct[t], n)
+        ct = dict(CT_HU, cortical_bone=(1200.0, 2000.0), diploe=(-60.0, 140.0), **_BODY_CT)
+        for j, t in enumerate(PATCH_TISSUES):
+            if t != "vessel":
+                values[:, j] = uniform(gen, *ct[t], n)
         contrast_agent = torch.rand(n, generator=gen) < 0.25
-        values[:, k - 1] = torch.where(contrast_agent, uniform(gen, 150.0, 400.0, n),
-                                       uniform(gen, 30.0, 60.0, n))
+        values[:, PATCH_TISSUES.index("vessel")] = torch.where(
+            contrast_agent, uniform(gen, 150.0, 400.0, n), uniform(gen, 30.0, 60.0, n))
+        organ = PATCH_TISSUES.index("organ")  # enhancing organs with contrast agent
+        values[:, organ] += contrast_agent * uniform(gen, 0.0, 120.0, n)
         bounds = torch.tensor([LESION_INTENSITIES[kind]["CT"] for kind in LESION_KINDS])
         bounds = bounds[lesion_kind]  # (n, 3, 2)
         u = torch.rand(n, 3, generator=gen)
@@ -583,3 +478,40 @@ def draw_appearance(gen: torch.Generator, modality: str, n: int, lesion_kind: to
     noisy = torch.rand(n, generator=gen) < noise_prob
     return Appearance(values, lesion_values, tex, texture_mm, gamma, blur, noise, kernel,
                       table_mm, noisy)  # fmt: skip
+
+
+def take(obj: Any, idx: torch.Tensor) -> Any:
+    """The draws of the samples ``idx`` of a batch: every tensor field (and every field of a
+    nested :class:`Fourier`) of a dataclass indexed along its first dimension."""
+    out = {}
+    for key, value in obj.__dict__.items():
+        if isinstance(value, torch.Tensor):
+            out[key] = value[idx]
+        elif isinstance(value, Fourier):
+            out[key] = take(value, idx)
+        else:
+            out[key] = value
+    return type(obj)(**out)
+
+
+def move(obj: Any, device: torch.device) -> Any:
+    """A dataclass of draws with every tensor field moved to ``device``."""
+    return type(obj)(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+                        for k, v in obj.__dict__.items()})  # fmt: skip
+
+
+def draw_bodies(gen: torch.Generator, n: int) -> BodyParams:
+    """Trunk parameters of n samples (chest or abdomen, adult sizes); ``vox`` is set to 1 mm
+    here and replaced by the renderer."""
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return uniform(gen, lo, hi, n, 1)
+
+    harm = torch.cat([uniform(gen, -0.04, 0.04, n, 3), uniform(gen, 0.0, 2 * math.pi, n, 3)], 1)
+    return BodyParams(
+        kind=torch.randint(0, 2, (n, 1), generator=gen).float(), a=u(130.0, 190.0),
+        b=u(90.0, 135.0), harm=harm, t_skin=u(1.2, 2.5), t_fat=u(4.0, 40.0),
+        t_muscle=u(6.0, 20.0), z0=u(0.0, 100.0), vert_pitch=u(24.0, 36.0), disc=u(5.0, 10.0),
+        vert_depth=u(50.0, 75.0), rib_pitch=u(20.0, 32.0), rib_drop=u(20.0, 60.0),
+        rib_r=u(4.0, 7.0), heart_x=u(-40.0, -15.0), aorta_r=u(9.0, 15.0), gas=u(0.8, 2.0),
+        vox=torch.ones(n, 1),
+    )  # fmt: skip

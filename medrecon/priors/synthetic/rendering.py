@@ -39,7 +39,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,7 @@ from medrecon.priors.synthetic.anatomy import (
     HeadParams,
     head_fractions,
 )
+from medrecon.priors.synthetic.body import BodyParams, body_fractions
 from medrecon.priors.synthetic.randomisation import (
     CT_AIR_HU,
     PATCH_TISSUES,
@@ -58,8 +59,11 @@ from medrecon.priors.synthetic.randomisation import (
     HeadDraws,
     ScanDraws,
     draw_appearance,
+    draw_bodies,
     draw_heads,
     draw_scans,
+    move,
+    take,
     uniform,
 )
 
@@ -133,10 +137,12 @@ def _blend(frac: torch.Tensor, mean: torch.Tensor, vox: torch.Tensor,
 
 
 def _detail(p: torch.Tensor, heads: HeadDraws, ramp: torch.Tensor, vox: torch.Tensor,
-            texture_mm: torch.Tensor) -> tuple[Detail, torch.Tensor]:
-    """Sub-millimetre detail and the tissue texture (n, Q) at template-space points p."""
+            texture_mm: torch.Tensor) -> tuple[Detail, torch.Tensor, torch.Tensor]:
+    """Sub-millimetre detail, the tissue texture (n, Q) and a smooth field (n, Q) of
+    wavelength 30 mm (bowel content of trunks) at points p (n, Q, 3) mm."""
     d = heads.detail  # (n, 8): see HeadDraws
-    lam = torch.stack([d[:, 0], d[:, 2], d[:, 4], d[:, 4], d[:, 6], texture_mm], dim=1)
+    lam = torch.stack([d[:, 0], d[:, 2], d[:, 4], d[:, 4], d[:, 6], texture_mm,
+                       torch.full_like(texture_mm, 30.0)], dim=1)  # fmt: skip
     f = _sample_tile(p, heads.detail_rot, heads.detail_off, lam)
     to_mm = lam[:, :, None] / (2.0 * math.pi)  # |n| / |grad n| ~ distance to the zero set (mm)
     col = [v[:, None] for v in d.unbind(1)]
@@ -155,7 +161,7 @@ def _detail(p: torch.Tensor, heads: HeadDraws, ramp: torch.Tensor, vox: torch.Te
     trab = (0.5 - (f[:, 4].abs() - t) * to_mm[:, 4] / ramp).clamp(0.0, 1.0)
     trab = _blend(trab, col[7], vox, col[6])
     texture = f[:, 5] * torch.exp(-_BLEND * (vox / texture_mm[:, None]) ** 2)
-    return Detail(sulci=sulci, wm_jitter=wm, vessel=vessel, trabecular=trab), texture
+    return Detail(sulci=sulci, wm_jitter=wm, vessel=vessel, trabecular=trab), texture, f[:, 6]
 
 
 def _fold(raw: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
@@ -168,14 +174,15 @@ def _fold(raw: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
 
 
 def _table_hu(x: torch.Tensor, table_mm: torch.Tensor, ramp: torch.Tensor) -> torch.Tensor:
-    """HU of the background (air, scanner table, head rest) at head-world points x (n, Q, 3).
+    """HU of the background (air, scanner table, pad) at points x (n, Q, 3) relative to the
+    head centre or the body axis.
 
-    The table top is a shallow curved plate (radius 800 mm) ``table_mm`` below the head centre:
+    The table top is a shallow curved plate (radius 800 mm) ``table_mm`` below that centre:
     2 mm carbon-fibre skins (+300 HU) around a 15 mm foam core (-900 HU), 460 mm wide, with a
-    25 mm foam head rest (-800 HU) on top."""
-    lateral = x[..., 0] - HEAD_CENTRE_MM[0]
+    25 mm foam pad (-800 HU) on top."""
+    lateral = x[..., 0]
     top = -table_mm[:, None] + lateral**2 / 1600.0
-    depth = top - (x[..., 1] - HEAD_CENTRE_MM[1])  # mm below the table top (negative: above)
+    depth = top - x[..., 1]  # mm below the table top (negative: above)
     width = (0.5 - (lateral.abs() - 230.0) / ramp).clamp(0.0, 1.0)
 
     def band(lo: float, hi: float) -> torch.Tensor:
@@ -213,6 +220,7 @@ def render_patches(
     *,
     noise_prob: float = 0.5,
     random_contrast: float = 0.4,
+    body_fraction: float | None = None,
     max_subsamples: int = 4,
     probe_points: int = 8192,
 ) -> RenderedPatches:
@@ -229,6 +237,8 @@ def render_patches(
         noise_prob: share of patches with noise (MR Rician, CT FBP-filtered; the rest clean).
         random_contrast: MR only: share of patches with random per-tissue intensities instead
             of a T1/T2/PD/FLAIR-like table.
+        body_fraction: share of patches from trunks (chest, abdomen) instead of heads; None:
+            0.35 for CT, 0.25 for MR.
         max_subsamples: most sub-samples across a thick slice (cost grows linearly).
         probe_points: MR only: random voxels of the whole scan rendered to find its scale.
 
@@ -255,14 +265,22 @@ def render_patches(
     # Draw order: anatomy and appearance do not depend on the voxel size, so the same generator
     # state gives the same heads at any spacing.
     bias_rms = uniform(gen, 0.05, 0.3, n) if modality == "MR" else torch.zeros(n)
+    if body_fraction is None:
+        body_fraction = 0.35 if modality == "CT" else 0.25
+    body = torch.rand(n, generator=gen) < body_fraction
     heads = draw_heads(gen, n, bias_rms)
+    bodies = draw_bodies(gen, n)
     app = draw_appearance(gen, modality, n, heads.lesion_kind, random_contrast, noise_prob)
-    scans = draw_scans(gen, modality, spacing, patch)
+    # The table lies under the head or, a few mm below the back, under a trunk.
+    app.table_mm = torch.where(body, bodies.b[:, 0] + uniform(gen, 0.0, 5.0, n), app.table_mm)
+    scans = draw_scans(gen, modality, spacing, patch, body)
     probes = torch.rand(n, probe_points if modality == "MR" else 0, 3, generator=gen)
-    dev_gen = torch.Generator(dev).manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
+    dev_seed = int(torch.randint(2**62, (1,), generator=gen))
+    dev_gen = torch.Generator(device=dev).manual_seed(dev_seed)
 
-    clean, folds = _render_clean(modality, heads.to(dev), app, scans, spacing, patch,
-                                 probes.to(dev), max_subsamples, dev)  # fmt: skip
+    clean, folds = _render_clean(modality, heads.to(dev), take(bodies, body.nonzero()[:, 0]),
+                                 body, app, scans, spacing, patch, probes.to(dev),
+                                 max_subsamples, dev)  # fmt: skip
     image = _finish(modality, clean, folds, app, scans, spacing, patch, dev_gen, dev)
 
     half = torch.tensor([p // 2 for p in patch], dtype=torch.float64)
@@ -277,12 +295,13 @@ def render_patches(
     )
 
 
-def _render_clean(modality: str, heads: HeadDraws, app: Appearance, scans: ScanDraws,
-                  spacing: torch.Tensor, patch: tuple[int, int, int], probes: torch.Tensor,
-                  max_subsamples: int, dev: torch.device
-                  ) -> tuple[torch.Tensor, list[torch.Tensor]]:  # fmt: skip
+def _render_clean(modality: str, heads: HeadDraws, bodies: BodyParams, body: torch.Tensor,
+                  app: Appearance, scans: ScanDraws, spacing: torch.Tensor,
+                  patch: tuple[int, int, int], probes: torch.Tensor, max_subsamples: int,
+                  dev: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Noise-free patches (n, *patch) (MR: divided by the scan scale) and the per-axis scan
-    indices (n, P_a) of the patch voxels relative to the patch origin (for folding noise)."""
+    indices (n, P_a) of the patch voxels relative to the patch origin (for folding noise).
+    ``body`` (n,) marks the trunk samples, ``bodies`` holds their parameters."""
     n = spacing.shape[0]
     m = math.prod(patch)
     sp = spacing.to(dev)
@@ -322,15 +341,30 @@ def _render_clean(modality: str, heads: HeadDraws, app: Appearance, scans: ScanD
     fields = heads.fields(x)  # (n, Q, 9)
     p = torch.bmm(x - c, heads.lin.transpose(1, 2)) + c + heads.shift[:, None, :]
     p = p + fields[..., 0:3]
-    detail, texture = _detail(p, heads, ramp_d, vox, app.texture_mm.to(dev))
-    prm = HeadParams(
-        t_csf=fields[..., 3], t_skull=fields[..., 4], t_scalp=fields[..., 5],
-        t_fat=fields[..., 6].clamp_min(0.5), fat=fields[..., 7], t_skin=heads.t_skin,
-        deep_fat=heads.deep_fat, wm_sharpen=heads.wm_sharpen, atrophy=heads.atrophy,
-        vox=ramp_d, lesion_centre=heads.lesion_centre, lesion_semi=heads.lesion_semi,
-        lesion_rot=heads.lesion_rot, lesion_on=heads.lesion_on, detail=detail,
-    )  # fmt: skip
-    fr, lesions = head_fractions(p, prm)
+    detail, texture, smooth = _detail(p, heads, ramp_d, vox, app.texture_mm.to(dev))
+    fr = {t: torch.zeros_like(texture) for t in PATCH_TISSUES}
+    lesions = texture.new_zeros((n, heads.lesion_on.shape[1], q))
+    hi = (~body).nonzero()[:, 0].to(dev)
+    if hi.numel():
+        h = take(heads, hi)
+        f = fields[hi]
+        prm = HeadParams(
+            t_csf=f[..., 3], t_skull=f[..., 4], t_scalp=f[..., 5],
+            t_fat=f[..., 6].clamp_min(0.5), fat=f[..., 7], t_skin=h.t_skin,
+            deep_fat=h.deep_fat, wm_sharpen=h.wm_sharpen, atrophy=h.atrophy, vox=ramp_d[hi],
+            lesion_centre=h.lesion_centre, lesion_semi=h.lesion_semi, lesion_rot=h.lesion_rot,
+            lesion_on=h.lesion_on, detail=take(detail, hi),
+        )  # fmt: skip
+        head_fr, head_lesions = head_fractions(p[hi], prm)
+        for t, v in head_fr.items():
+            fr[t][hi] = v
+        lesions[hi] = head_lesions
+    bi = body.nonzero()[:, 0].to(dev)
+    if bi.numel():
+        bp = replace(move(bodies, dev), vox=ramp_d[bi])
+        body_fr = body_fractions(x[bi] - c, bp, smooth[bi], take(detail, bi))
+        for t, v in body_fr.items():
+            fr[t][bi] = v
 
     values = app.values.to(dev)
     tex_amp = app.texture.to(dev)
@@ -347,7 +381,7 @@ def _render_clean(modality: str, heads: HeadDraws, app: Appearance, scans: ScanD
         img = img * torch.exp(fields[..., 8])
     else:
         total = total + lesions.sum(1)
-        img = img + (1.0 - total).clamp_min(0.0) * _table_hu(x, app.table_mm.to(dev), ramp_d)
+        img = img + (1.0 - total).clamp_min(0.0) * _table_hu(x - c, app.table_mm.to(dev), ramp_d)
     img = img.view(n, s, -1).mean(1)  # box profile across the slice
     if modality == "MR":
         probe = img[:, m:]

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,13 @@ import torch.nn.functional as F
 
 from medrecon.errors import ConfigError
 from medrecon.io.volume import Volume
-from medrecon.priors.synthetic.anatomy import HEAD_CENTRE_MM, TISSUES, HeadParams, head_fractions
+from medrecon.priors.synthetic.anatomy import (
+    HEAD_CENTRE_MM,
+    TISSUES,
+    HeadParams,
+    head_fractions,
+    load_template_sites,
+)
 from medrecon.priors.synthetic.randomisation import (
     CONTRASTS,
     CT_AIR_HU,
@@ -51,14 +58,147 @@ from medrecon.priors.synthetic.randomisation import (
     MODALITY_IDS,
     MR_INTENSITIES,
     MR_TEXTURE,
-    VOLUME_FIELDS,
-    CoarseGrid,
-    VolumeAnatomy,
-    draw_volume_anatomy,
-    rng,
 )
 
 __all__ = ["generate_head", "generate_head_tensor", "head_affine", "volume_fractions"]
+
+MNI_TO_NATIVE = 0.9  # MNI space is larger than an average adult head
+
+# --------------------------------------------------------------------------------------------
+# Draws of a held-out head (numpy streams per seed; frozen distributions)
+# --------------------------------------------------------------------------------------------
+
+
+def rng(seed: int, *stream: int) -> np.random.Generator:
+    """The numpy stream ``(seed, *stream)`` of a held-out volume."""
+    return np.random.default_rng([int(seed), *stream])
+
+
+def rotation(angles: np.ndarray) -> np.ndarray:
+    """Rotation matrix R_z R_y R_x for Euler angles (radians)."""
+    cx, cy, cz = np.cos(angles)
+    sx, sy, sz = np.sin(angles)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+# --------------------------------------------------------------------------------------------
+# Held-out volumes (numpy streams per seed; frozen distributions)
+# --------------------------------------------------------------------------------------------
+
+
+def fourier_field(p: torch.Tensor, gen: np.random.Generator, n_terms: int,
+                  wavelength_mm: tuple[float, float], rms: float, dims: int = 1) -> torch.Tensor:
+    """A smooth random field ``sum_k a_k sin(w_k . p + phi_k)`` at points p (N, 3) in mm.
+
+    Wave vectors have random directions and wavelengths uniform in ``wavelength_mm``; amplitudes
+    are Gaussian, scaled so that the field's RMS is ``rms`` per output dimension. Returns (N, dims).
+    """
+    direction = gen.normal(size=(n_terms, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    w = direction * (2 * np.pi / gen.uniform(*wavelength_mm, size=(n_terms, 1)))
+    phase = gen.uniform(0, 2 * np.pi, size=n_terms)
+    amp = gen.normal(size=(n_terms, dims)) * rms * math.sqrt(2.0 / n_terms)
+    arg = p @ p.new_tensor(w.T) + p.new_tensor(phase)
+    return torch.sin(arg) @ p.new_tensor(amp)
+
+
+class CoarseGrid:
+    """Smooth random fields evaluated on a coarse grid (<= 6 mm), interpolated trilinearly.
+
+    Fields with wavelengths >= 15 mm are smooth at that spacing, and evaluating their sinusoids on
+    every voxel would dominate the generator's run time.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], affine: np.ndarray, device: torch.device):
+        spacing = float(abs(affine[0, 0]))
+        factor = max(1, int(6.0 // spacing))
+        self.shape = shape
+        self.coarse = tuple(max(2, math.ceil((s - 1) / factor) + 1) for s in shape)
+        axes = [
+            np.linspace(affine[a, 3], affine[a, 3] + affine[a, a] * (n - 1), c)
+            for a, (n, c) in enumerate(zip(shape, self.coarse, strict=True))
+        ]
+        pts = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+        self.points = torch.from_numpy(pts.astype(np.float32)).to(device)
+
+    def field(self, gen: np.random.Generator, n_terms: int, wavelength_mm: tuple[float, float],
+              rms: float, dims: int = 1) -> torch.Tensor:  # fmt: skip
+        """A :func:`fourier_field` on the coarse grid, (dims, ci, cj, ck)."""
+        f = fourier_field(self.points, gen, n_terms, wavelength_mm, rms, dims)
+        return f.T.reshape(dims, *self.coarse).contiguous()
+
+
+#: Channels of the coarse random fields of one held-out anatomy.
+VOLUME_FIELDS = ("elastic_x", "elastic_y", "elastic_z", "t_csf", "t_skull", "t_scalp", "t_fat",
+                 "fat")  # fmt: skip
+
+
+@dataclass
+class VolumeAnatomy:
+    """Every random draw of one held-out head's anatomy (stream ``(seed, 0)``)."""
+
+    lin: np.ndarray  # (3, 3) output world -> template, about the head centre
+    shift: np.ndarray  # (3,) mm
+    fields: torch.Tensor  # (len(VOLUME_FIELDS), ci, cj, ck) coarse fields, constants included
+    t_skin: float
+    deep_fat: float
+    wm_sharpen: float
+    atrophy: float
+    lesions: list[tuple[np.ndarray, np.ndarray, np.ndarray, str]]  # centre, semi, rot, kind
+    meta: dict[str, Any]
+
+
+def draw_volume_anatomy(coarse: CoarseGrid, seed: int, lesions: bool) -> VolumeAnatomy:
+    """Draw the anatomy of held-out head ``seed`` with its fields on ``coarse``."""
+    gen = rng(seed, 0)
+    # Random similarity transform with small anisotropy (output world -> template space).
+    angles = np.deg2rad(gen.uniform(-10, 10, size=3))
+    scale = gen.uniform(0.92, 1.08) * gen.uniform(0.97, 1.03, size=3)
+    shift = gen.uniform(-4, 4, size=3)
+    lin = rotation(angles) @ np.diag(1.0 / (MNI_TO_NATIVE * scale))
+    elastic_rms = gen.uniform(1.0, 3.0)
+    elastic = coarse.field(gen, 12, (50.0, 140.0), elastic_rms, dims=3)
+    t_csf = gen.uniform(1.0, 3.0) + coarse.field(gen, 6, (60, 160), 0.4)
+    t_skull = gen.uniform(5.0, 8.0) + coarse.field(gen, 6, (60, 160), 1.0)
+    t_scalp = gen.uniform(3.5, 7.0) + coarse.field(gen, 6, (60, 160), 1.0)
+    t_skin = float(gen.uniform(1.5, 2.5))
+    t_fat = gen.uniform(1.5, 5.0) + coarse.field(gen, 6, (40, 120), 1.0).clamp_min(0)
+    deep_fat = float(gen.uniform(0.1, 0.35))
+    fat_field = coarse.field(gen, 10, (15, 50), 1.0)
+    # The template averages 152 brains, so its GM/WM boundary and sulci are blurred: sharpen the
+    # WM share of brain tissue and open sulci and ventricles by random amounts (individual
+    # variation, mild atrophy).
+    wm_sharpen = float(gen.uniform(1.0, 2.0))
+    atrophy = float(gen.uniform(0.0, 0.3))
+    fields = torch.cat([elastic, t_csf, t_skull, t_scalp, t_fat, fat_field])
+
+    sites = load_template_sites()
+    lesion_list: list[tuple[np.ndarray, np.ndarray, np.ndarray, str]] = []
+    for _ in range(int(gen.integers(0, 4)) if lesions else 0):
+        centre_mm = sites[gen.integers(len(sites))].astype(np.float64)
+        semi = gen.uniform(3.0, 12.0, size=3)
+        rot = rotation(gen.uniform(-np.pi, np.pi, size=3))
+        kind = str(gen.choice(list(LESION_INTENSITIES)))
+        lesion_list.append((centre_mm, semi, rot, kind))
+
+    meta = {
+        "rotation_deg": [float(v) for v in np.rad2deg(angles)],
+        "scale": [float(v) for v in scale],
+        "shift_mm": [float(v) for v in shift],
+        "elastic_rms_mm": float(elastic_rms),
+        "wm_sharpen": wm_sharpen,
+        "atrophy": atrophy,
+        "lesions": [
+            {"centre_mni_mm": [float(v) for v in c], "semi_axes_mm": [float(v) for v in s],
+             "kind": k}
+            for c, s, _, k in lesion_list
+        ],
+    }  # fmt: skip
+    return VolumeAnatomy(lin, shift, fields, t_skin, deep_fat, wm_sharpen, atrophy, lesion_list,
+                         meta)  # fmt: skip
 
 # Voxels processed at once: the volume is rendered in slabs along its first axis so that working
 # memory stays ~100 MB whatever the grid size (and the data stays cache-friendly).
