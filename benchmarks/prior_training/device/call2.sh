@@ -10,7 +10,7 @@ import sys; sys.path.insert(0, 'benchmarks/prior_training')
 from pathlib import Path; from train_chunk import export_compact
 export_compact(Path('/tmp/prior_v2/prior/default.json'), Path('/tmp/eval_prior'))" || exit 1
 ( python3 benchmarks/prior_training/train_chunk.py --config configs/prior/default_v2.yaml \
-      --run /tmp/prior_v2 --minutes 7.0 --out /tmp/chunk2 > /tmp/logs/train2.log 2>&1 ) &
+      --run /tmp/prior_v2 --minutes 6.0 --out /tmp/chunk2 > /tmp/logs/train2.log 2>&1 ) &
 TR=$!
 python3 benchmarks/sampling_quality.py --out /tmp/logs/synth_new.jsonl --cases mr8,ct30 \
     --skip-classical --prior $NEW > /tmp/logs/synth_new.log 2>&1
@@ -21,7 +21,7 @@ echo "real done at $(elapsed) s"
 python3 benchmarks/prior_rendered_quality.py --prior default --prior $NEW --patches 64 \
     --device cuda --out /tmp/logs/rendered_quality.json > /tmp/logs/rendered.log 2>&1
 echo "rendered done at $(elapsed) s"
-wait_bg $TR 540
+wait_bg $TR 420
 mkdir -p "$OUT/prior" && cp /tmp/chunk2/prior/* "$OUT/prior/" 2>/dev/null
 cp /tmp/chunk2/*.csv /tmp/chunk2/*.png /tmp/chunk2/chunks.jsonl /tmp/logs/ 2>/dev/null
 tar czf "$OUT/call2_logs.tgz" -C /tmp logs
