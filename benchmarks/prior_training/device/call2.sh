@@ -12,14 +12,14 @@ export_compact(Path('/tmp/prior_v2/prior/default.json'), Path('/tmp/eval_prior')
 ( python3 benchmarks/prior_training/train_chunk.py --config configs/prior/default_v2.yaml \
       --run /tmp/prior_v2 --minutes 6.0 --out /tmp/chunk2 > /tmp/logs/train2.log 2>&1 ) &
 TR=$!
-python3 benchmarks/sampling_quality.py --out /tmp/logs/synth_new.jsonl --cases mr8,ct30 \
+timeout 120 python3 benchmarks/sampling_quality.py --out $OUT/synth_new.jsonl --cases mr8,ct30 \
     --skip-classical --prior $NEW > /tmp/logs/synth_new.log 2>&1
 echo "synthetic done at $(elapsed) s"
-python3 benchmarks/real_quality.py --cases-dir real_cases --settings mr8,ct30 --samples 2 \
-    --device cuda --prior $NEW --out /tmp/logs/real_new.jsonl > /tmp/logs/real_new.log 2>&1
+timeout 230 python3 benchmarks/real_quality.py --cases-dir real_cases --settings mr8,ct30 --samples 2 \
+    --device cuda --prior $NEW --out $OUT/real_new.jsonl > /tmp/logs/real_new.log 2>&1
 echo "real done at $(elapsed) s"
-python3 benchmarks/prior_rendered_quality.py --prior default --prior $NEW --patches 64 \
-    --device cuda --out /tmp/logs/rendered_quality.json > /tmp/logs/rendered.log 2>&1
+timeout 70 python3 benchmarks/prior_rendered_quality.py --prior default --prior $NEW --patches 64 \
+    --device cuda --out $OUT/rendered_quality.json > /tmp/logs/rendered.log 2>&1
 echo "rendered done at $(elapsed) s"
 wait_bg $TR 420
 mkdir -p "$OUT/prior" && cp /tmp/chunk2/prior/* "$OUT/prior/" 2>/dev/null
