@@ -6,7 +6,7 @@ source benchmarks/prior_training/device/common.sh
 python3 benchmarks/prior_throughput.py --config configs/prior/default_v2.yaml --steps 40 \
     > /tmp/logs/throughput.json 2> /tmp/logs/throughput.err
 echo "throughput done at $(elapsed) s"
-( python3 benchmarks/real_quality.py --cases-dir real_cases --settings mr8,ct30 --samples 2 \
+( python3 benchmarks/real_quality.py --cases-dir real_cases --cases $CASES --settings mr8,ct30 --samples 2 \
       --device cuda --out $OUT/real_old.jsonl > /tmp/logs/real_old.log 2>&1
   python3 benchmarks/sampling_quality.py --out $OUT/synth_old.jsonl --cases mr8,ct30 \
       --skip-classical > /tmp/logs/synth_old.log 2>&1 ) &

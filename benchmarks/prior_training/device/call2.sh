@@ -15,7 +15,7 @@ TR=$!
 timeout 120 python3 benchmarks/sampling_quality.py --out $OUT/synth_new.jsonl --cases mr8,ct30 \
     --skip-classical --prior $NEW > /tmp/logs/synth_new.log 2>&1
 echo "synthetic done at $(elapsed) s"
-timeout 230 python3 benchmarks/real_quality.py --cases-dir real_cases --settings mr8,ct30 --samples 2 \
+timeout 230 python3 benchmarks/real_quality.py --cases-dir real_cases --cases $CASES --settings mr8,ct30 --samples 2 \
     --device cuda --prior $NEW --out $OUT/real_new.jsonl > /tmp/logs/real_new.log 2>&1
 echo "real done at $(elapsed) s"
 timeout 70 python3 benchmarks/prior_rendered_quality.py --prior default --prior $NEW --patches 64 \

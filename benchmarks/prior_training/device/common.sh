@@ -10,6 +10,8 @@ if [ ! -f medrecon/priors/weights/default.json ]; then
     export MEDRECON_PRIORS=$PWD/../medrecon/priors/weights
 fi
 mkdir -p /tmp/logs
+# cheap MR cases first, so a time limit cuts the slow CT slices, not everything
+CASES=mr_brain_piesno,mr_dwi_b0,mr_abdomen,ct_abdomen,ct_head_ect,ct_spine
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > /tmp/logs/gpu.txt
 # wait_bg PID DEADLINE_S: wait for a background job until DEADLINE_S after the start
 wait_bg() { while kill -0 "$1" 2>/dev/null && [ "$(elapsed)" -lt "$2" ]; do sleep 2; done
