@@ -27,8 +27,8 @@ import torch
 from medrecon.priors import load_prior, modality_id
 from medrecon.priors.config import DataConfig
 from medrecon.priors.data import PatchSampler, _seed_int, synthetic_volume
+from medrecon.priors.evaluation import edm_sample, save_preview_png
 from medrecon.priors.synthetic import SPLITS
-from medrecon.priors.train import edm_sample, save_preview_png
 
 SIGMAS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -68,7 +68,8 @@ def main() -> None:
             with torch.no_grad():
                 d = torch.cat([den(batch.x[i:i + 4] + s * noise[i:i + 4], s,
                                    modality=batch.modality[i:i + 4],
-                                   position=batch.position[i:i + 4])
+                                   position=batch.position[i:i + 4],
+                                   spacing=batch.spacing[i:i + 4])
                                for i in range(0, batch.x.shape[0], 4)])
             mse = float(((d - batch.x) ** 2).mean())
             res[f"{s:g}"] = 10 * math.log10(1.0 / mse)
@@ -78,7 +79,8 @@ def main() -> None:
     ids = torch.tensor([modality_id(m) for m in prior.modalities], device=dev)
     g = torch.Generator().manual_seed(a.seed)
     x = edm_sample(den, (len(ids), 1, *prior.patch_size), ids, torch.zeros(len(ids), 3,
-                   device=dev), a.sample_steps, g, device=dev)
+                   device=dev), a.sample_steps, g, device=dev,
+                   spacing=torch.tensor([prior.spacing_mm] * len(ids), device=dev))
     save_preview_png(x, [f"{m} sample" for m in prior.modalities], out / "samples.png")
     info = {"prior": prior.name, "steps": prior.info.get("training", {}).get("steps"),
             "device": str(dev), "volumes_per_modality": a.volumes,

@@ -5,7 +5,8 @@ Python API::
     from medrecon.priors import load_prior, list_priors
     prior = load_prior("default", device="cuda")       # or a path to NAME.json / a run folder
     x = prior.normalisation.to_model(volume.data, "MR")  # physical units -> model space
-    x0_hat = prior.denoiser(x_noisy, sigma, modality=..., position=...)
+    x0_hat = prior.denoiser(x_noisy, sigma, modality=..., position=..., spacing=...)
+    prior.voxel_size_warning((0.5, 0.5, 5.0))          # None inside the trained range
 
 Priors are found by name among the shipped ones (``medrecon/priors/weights``) and in the
 folders listed in the ``MEDRECON_PRIORS`` environment variable (``os.pathsep``-separated), or
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,20 @@ __all__ = ["Prior", "PriorInfo", "load_prior", "list_priors", "Normalisation", "
            "MODALITY_IDS", "resolve_prior_path"]
 
 PRIORS_ENV = "MEDRECON_PRIORS"
+#: A prior whose JSON records no trained voxel-size range suits voxel sizes within this factor
+#: of its own (the rule before spacing-conditioned priors: a >1.5x ratio was warned about).
+SPACING_TOLERANCE = 1.5
+
+
+def spacing_range(doc: dict[str, Any]) -> tuple[float, float]:
+    """(smallest, largest) voxel size per axis, mm, that the prior described by ``doc`` (its
+    JSON) suits: ``spacing_range_mm`` when recorded, else :data:`SPACING_TOLERANCE` around
+    ``spacing_mm``."""
+    rng = doc.get("spacing_range_mm")
+    if rng is not None:
+        return float(rng[0]), float(rng[1])
+    sp = [float(v) for v in doc["spacing_mm"]]
+    return min(sp) / SPACING_TOLERANCE, max(sp) * SPACING_TOLERANCE
 
 
 @dataclass
@@ -42,10 +58,14 @@ class Prior:
         patch_size: training patch (X, Y, Z) in voxels; larger volumes are denoised in tiles.
         uses_position: whether the denoiser uses the patch-centre ``position`` argument.
         normalisation: physical units <-> model space maps (``to_model`` / ``from_model``).
-        spacing_mm: voxel size the prior was trained at.
+        spacing_mm: voxel size the prior was trained at; for a prior conditioned on the voxel
+            size, its reference voxel size (previews, callers that pass none).
         config: the full training config (dict).
         name: prior name.
         info: everything else from the prior's JSON (training steps, losses, validation PSNR).
+        spacing_range_mm: (smallest, largest) voxel size per axis, mm, that the prior suits:
+            the range seen in training when its JSON records one, else the prior's voxel
+            size divided and multiplied by :data:`SPACING_TOLERANCE`.
     """
 
     denoiser: torch.nn.Module
@@ -57,6 +77,23 @@ class Prior:
     config: dict[str, Any]
     name: str
     info: dict[str, Any] = field(default_factory=dict)
+    spacing_range_mm: tuple[float, float] = (0.0, float("inf"))
+
+    @property
+    def uses_spacing(self) -> bool:
+        """Whether the denoiser takes the voxel size (``spacing=`` argument)."""
+        return bool(getattr(self.denoiser, "uses_spacing", False))
+
+    def voxel_size_warning(self, spacing_mm: Sequence[float]) -> str | None:
+        """None when every axis of ``spacing_mm`` lies in :attr:`spacing_range_mm`, else one
+        sentence (without a final full stop, so callers may add advice) saying so."""
+        lo, hi = self.spacing_range_mm
+        sp = [float(v) for v in spacing_mm]
+        if all(lo * (1 - 1e-6) <= v <= hi * (1 + 1e-6) for v in sp):
+            return None
+        size = " x ".join(f"{v:.3g}" for v in sp)
+        return (f"voxel size {size} mm lies outside the {lo:.3g}-{hi:.3g} mm per axis that "
+                f"prior {self.name!r} was trained for")
 
     @property
     def sigma_min(self) -> float:
@@ -79,6 +116,8 @@ class PriorInfo:
     ``"weights unreadable"`` (a truncated or corrupt shard), ``"description corrupt"`` (its
     NAME.json is not valid JSON) or ``"description invalid"`` (a field is missing or the format
     is newer); for the last two only ``name``, ``path`` and ``size_bytes`` are known.
+    ``spacing_range_mm`` is the voxel-size range per axis the prior suits (see
+    :func:`spacing_range`).
     """
 
     name: str
@@ -92,6 +131,7 @@ class PriorInfo:
     shipped: bool
     uses_position: bool
     problem: str = ""
+    spacing_range_mm: tuple[float, float] = (0.0, 0.0)
 
 
 def _shipped_dir() -> Path:
@@ -219,6 +259,7 @@ def load_prior(name_or_path: str | os.PathLike[str] = "default",
         config=doc.get("config", {}),
         name=str(doc["name"]),
         info={k: v for k, v in doc.items() if k not in ("config",)},
+        spacing_range_mm=spacing_range(doc),
     )
 
 
@@ -235,7 +276,8 @@ def build_denoiser_from_info(doc: dict[str, Any], device: torch.device | str = "
                        sigma_min=den.sigma_min, sigma_max=den.sigma_max, p_mean=den.p_mean,
                        p_std=den.p_std, uses_position=net_cfg.uses_position,
                        num_modalities=net_cfg.num_modalities,
-                       noise_embed_scale=den.noise_embed_scale)
+                       noise_embed_scale=den.noise_embed_scale,
+                       uses_spacing=net_cfg.uses_spacing)
 
 
 def list_priors(extra_paths: list[str | os.PathLike[str]] | None = None) -> list[PriorInfo]:
@@ -278,6 +320,7 @@ def list_priors(extra_paths: list[str | os.PathLike[str]] | None = None) -> list
             steps=int(doc.get("training", {}).get("steps", 0)),
             parameters=int(doc.get("parameters", 0)), size_bytes=size, shipped=shipped,
             uses_position=bool(doc["uses_position"]), problem=check_prior_weights(js, doc),
+            spacing_range_mm=spacing_range(doc),
         ))
     for js, shipped, problem in broken:
         if js.resolve() in seen and problem == "description corrupt":

@@ -16,10 +16,15 @@ step number *is* the RNG state: nothing else has to be restored for an exact res
 
 Exported prior (EMA weights only; what :func:`medrecon.priors.load_prior` reads)::
 
-    NAME.json                         {"format": "medrecon-prior", "version": 1, "name", "weights":
+    NAME.json                         {"format": "medrecon-prior", "version": 2, "name", "weights":
                                        [shard file names], "network", "denoiser", "normalisation",
-                                       "modalities", "patch_size", "spacing_mm", "training", ...}
+                                       "modalities", "patch_size", "spacing_mm", "training",
+                                       optional "spacing_range_mm", ...}
     NAME.safetensors  or  NAME-00001-of-0000N.safetensors   (fp32 or bf16 tensors)
+
+Format versions: 1 as above; 2 adds the voxel-size input (``network.spacing_embed``, unknown to
+a version-1 reader, which therefore says "needs a newer medrecon") and ``spacing_range_mm``
+([smallest, largest] voxel size per axis seen in training, mm). Version-1 files load as before.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from medrecon.errors import InputError
 from medrecon.io.atomic import atomic_dir, atomic_file
 
 PRIOR_FORMAT = "medrecon-prior"
-PRIOR_VERSION = 1
+PRIOR_VERSION = 2
 CHECKPOINT_FORMAT = "medrecon-train-checkpoint"
 
 
@@ -284,3 +289,50 @@ def read_prior_files(json_path: Path) -> tuple[dict[str, Any], dict[str, torch.T
         tensors.update(_load_tensors(p))
     tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
     return doc, tensors
+
+
+# --------------------------------------------------------------------------- warm start
+#: State-dict prefix of the inputs a warm start may add (they start at zero).
+NEW_INPUT_PREFIXES = ("network.class_embedding.spacing.",)
+
+
+def warm_start_weights(source: str, config: Any) -> tuple[dict[str, torch.Tensor],
+                                                           dict[str, Any]]:
+    """The weights of the exported prior ``source`` (name, NAME.json or run folder) for a
+    training run of ``config`` (a :class:`~medrecon.priors.config.TrainConfig`), and its
+    lineage ``{"init_from": name, "init_steps": N}`` (N: the prior's total training steps).
+
+    The prior's network must equal ``config.network`` except for inputs the config adds (a
+    voxel-size embedding the prior lacks); its denoiser constants and normalisation must equal
+    the config's, since the weights mean nothing under other ones. The returned state dict
+    lacks only the new inputs' tensors (keys under :data:`NEW_INPUT_PREFIXES`), which keep
+    their zero initialisation, so the warm-started denoiser computes what the prior computes.
+
+    Raises:
+        InputError: in one sentence, for an unreadable prior or one that does not fit.
+    """
+    import dataclasses
+
+    from medrecon.priors import resolve_prior_path
+    from medrecon.priors.network import NetworkConfig
+
+    js = resolve_prior_path(source)
+    doc, tensors = read_prior_files(js)
+    theirs = NetworkConfig.from_dict(doc["network"])
+    ours = config.network
+    if (theirs.spacing_embed not in (0, ours.spacing_embed)
+            or dataclasses.replace(theirs, spacing_embed=ours.spacing_embed) != ours):
+        diff = sorted(k for k, v in ours.to_dict().items() if theirs.to_dict()[k] != v
+                      and k != "spacing_embed") or ["spacing_embed"]
+        raise InputError(f"init_from {source!r}: the prior's network differs from the config's "
+                         f"in network.{diff[0]}; only new inputs (network.spacing_embed) may "
+                         f"be added to a warm-started network.")
+    cfg = config.to_dict()
+    for section in ("denoiser", "normalisation"):
+        if doc[section] != cfg[section]:
+            raise InputError(f"init_from {source!r}: the prior's {section} settings differ from "
+                             f"the config's; copy them from {js.name}.")
+    training = doc.get("training", {})
+    lineage = {"init_from": str(doc["name"]),
+               "init_steps": int(training.get("total_steps", training.get("steps", 0)))}
+    return tensors, lineage

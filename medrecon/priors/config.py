@@ -43,10 +43,15 @@ class DataConfig:
 
     Attributes:
         source: "files" (``--data`` paths: NIfTI files, DICOM series folders, or a manifest),
-            "synthetic" (procedural heads from :mod:`medrecon.priors.synthetic`), or "phantom"
-            (randomised 3D Shepp-Logan ellipsoids; for tests and smoke runs).
+            "synthetic" (procedural heads from :mod:`medrecon.priors.synthetic`), "rendered"
+            (patches rendered on the training device by
+            :func:`medrecon.priors.synthetic.render_patches` at voxel sizes drawn by its
+            ``sample_spacings``, a fresh batch every step), or "phantom" (randomised 3D
+            Shepp-Logan ellipsoids; for tests and smoke runs).
         modalities: modalities the prior serves; files of other modalities are rejected.
-        spacing_mm: every training volume is resampled to this voxel size (I, J, K).
+        spacing_mm: every training volume is resampled to this voxel size (I, J, K); for
+            "rendered", the voxel size of the previews and of a sampler that passes none.
+        mr_fraction: "rendered" with MR and CT: each patch is MR with this probability.
         patch_size: training patch (X, Y, Z) in voxels; multiples of the network's
             downsampling factor.
         val_fraction: share of file volumes held out for validation (by a hash of the path).
@@ -66,6 +71,7 @@ class DataConfig:
     source: str = "files"
     modalities: tuple[str, ...] = ("MR", "CT")
     spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
+    mr_fraction: float = 0.5
     patch_size: tuple[int, int, int] = (64, 64, 64)
     val_fraction: float = 0.1
     cache_dir: str | None = None
@@ -81,8 +87,10 @@ class DataConfig:
     intensity: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.source not in ("files", "synthetic", "phantom"):
-            raise ConfigError("data.source must be files, synthetic or phantom.")
+        if self.source not in ("files", "synthetic", "rendered", "phantom"):
+            raise ConfigError("data.source must be files, synthetic, rendered or phantom.")
+        if not 0 <= self.mr_fraction <= 1:
+            raise ConfigError("data.mr_fraction must lie in [0, 1].")
         if not self.modalities or any(m not in ("MR", "CT") for m in self.modalities):
             raise ConfigError("data.modalities must list MR and/or CT.")
         if len(self.patch_size) != 3 or min(self.patch_size) < 4:
@@ -140,10 +148,17 @@ class LogConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a training run (data paths and output folder excepted)."""
+    """Everything that defines a training run (data paths and output folder excepted).
+
+    ``init_from`` names a prior (shipped name, NAME.json or run folder) whose weights start
+    the run (model and EMA; the optimiser starts fresh): its network must equal ``network``
+    except for inputs this config adds (``spacing_embed``), which start at zero, so step 0
+    computes what that prior computes.
+    """
 
     name: str = "prior"
     seed: int = 0
+    init_from: str | None = None
     network: NetworkConfig = field(default_factory=NetworkConfig)
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
     data: DataConfig = field(default_factory=DataConfig)

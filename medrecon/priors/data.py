@@ -10,6 +10,10 @@ Patches are a pure function of ``(seed, rank, step)``: the batch at step t never
 what happened before, which makes ``--resume`` exact and gives every DDP rank its own stream
 without any sampler state to save. Augmentation (mirror flips, a small random rotation and
 scaling about the patch centre, MR gain/gamma jitter) runs on the training device.
+
+``data.source: rendered`` skips the volume pools: :class:`RenderedPatchSource` renders a fresh
+batch on the training device at every step (:func:`medrecon.priors.synthetic.render_patches`,
+voxel sizes from its ``sample_spacings``), under the same ``(seed, rank, step)`` rule.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch
 
 from medrecon.errors import InputError, MedreconError
 from medrecon.priors.config import DataConfig
-from medrecon.priors.normalisation import Normalisation, modality_id
+from medrecon.priors.normalisation import MODALITY_IDS, Normalisation, modality_id
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MANIFEST_SUFFIXES = (".txt", ".csv")
@@ -399,14 +403,102 @@ def _map(fn: Callable[[_T], _R], items: Sequence[_T], workers: int) -> list[_R]:
 
 
 # --------------------------------------------------------------------------- patches
+@dataclass(frozen=True)
+class SpacingRange:
+    """Voxel sizes a rendered training run draws: ``low``..``high`` mm on any axis.
+
+    Measured once on a large draw of ``sample_spacings`` (seeded, so the same for every run
+    and rank) and recorded in the prior's JSON as ``spacing_range_mm``.
+    """
+
+    low: float
+    high: float
+
+    @classmethod
+    def of_renderer(cls, draws: int = 100_000) -> SpacingRange:
+        from medrecon.priors import synthetic
+
+        sp = synthetic.sample_spacings(draws, torch.Generator().manual_seed(0))
+        # Rounded outwards (to 0.05 mm below, 0.1 mm above): the support of the distribution,
+        # whose corners (e.g. the thickest slice of the coarsest in-plane size) one draw of
+        # 1e5 reaches only to within a few per cent, not that draw's extremes.
+        return cls(math.floor(float(sp.min()) * 20) / 20, math.ceil(float(sp.max()) * 10) / 10)
+
+
+class RenderedPatchSource:
+    """Patches rendered on the training device at every step, a pure function of
+    ``(seed, rank, step, stream)`` like :meth:`PatchSampler.batch`.
+
+    Per batch: voxel sizes from ``synthetic.sample_spacings``; each patch is MR with
+    probability ``cfg.mr_fraction`` (when both modalities are trained), else CT; one
+    ``synthetic.render_patches`` call per modality renders them. Model space as for files: MR
+    renders come normalised like :meth:`Normalisation.mr_scale` (magnitude taken), CT HU go
+    through the CT window and are clipped at 0 (below -1000 HU is noise, not anatomy). With
+    ``augment``, mirror flips along ``cfg.flip_axes`` (position negated, as for file patches);
+    the renderer does its own domain randomisation, so no further intensity jitter.
+    """
+
+    def __init__(self, cfg: DataConfig, norm: Normalisation, seed: int, rank: int = 0,
+                 augment: bool = True) -> None:
+        self.cfg, self.norm = cfg, norm
+        self.seed, self.rank, self.augment = int(seed), int(rank), augment
+
+    def batch(self, step: int, batch_size: int, device: torch.device | str = "cpu",
+              stream: int = 0, spacing: Sequence[float] | None = None) -> PatchBatch:
+        """The batch of ``step`` for this rank; ``spacing`` (mm, 3 values) fixes every
+        patch's voxel size instead of drawing it (validation at the reference voxel size)."""
+        from medrecon.priors import synthetic
+
+        g = torch.Generator().manual_seed(_seed_int(self.seed, self.rank, step, stream, 11))
+        n = int(batch_size)
+        if spacing is None:
+            sp = synthetic.sample_spacings(n, g).to(torch.float32).reshape(n, 3)
+        else:
+            sp = torch.tensor([list(spacing)] * n, dtype=torch.float32)
+        mods = list(self.cfg.modalities)
+        if len(mods) == 2:
+            is_mr = torch.rand(n, generator=g) < self.cfg.mr_fraction
+        else:
+            is_mr = torch.full((n,), mods[0] == "MR")
+        p = tuple(int(v) for v in self.cfg.patch_size)
+        x = torch.zeros((n, 1, *p), dtype=torch.float32, device=device)
+        position = torch.zeros(n, 3, dtype=torch.float32)
+        labels = torch.zeros(n, dtype=torch.long)
+        for mod, sel in (("MR", is_mr), ("CT", ~is_mr)):
+            idx = torch.nonzero(sel).reshape(-1)
+            if idx.numel() == 0:
+                continue
+            r = synthetic.render_patches(mod, int(idx.numel()), sp[idx], patch_size=p,
+                                         generator=g, device=device)
+            img = r.image.to(device=device, dtype=torch.float32)
+            if mod == "MR":
+                img = img.abs()
+            else:
+                img = self.norm.to_model(img, "CT").clamp_min(0.0)
+            x[idx.to(device), 0] = img
+            position[idx] = r.position.detach().cpu().float()
+            sp[idx] = r.spacing.detach().cpu().float()
+            labels[idx] = MODALITY_IDS[mod]
+        if self.augment and self.cfg.flip_axes:
+            u = torch.rand(n, 3, generator=g)  # drawn only with flips on
+            for b in range(n):
+                dims = [a for a in self.cfg.flip_axes if u[b, a] < 0.5]
+                if dims:
+                    x[b] = torch.flip(x[b], dims=[a + 1 for a in dims])
+                    position[b, dims] = -position[b, dims]
+        return PatchBatch(x, labels.to(device), position.to(device), sp.to(device))
+
+
 @dataclass
 class PatchBatch:
     """x: (B, 1, X, Y, Z) float32 model space; modality: (B,) long; position: (B, 3) float32
-    patch centres in [-1, 1] of the full volume (per voxel axis, after flips)."""
+    patch centres in [-1, 1] of the full volume (per voxel axis, after flips); spacing:
+    (B, 3) float32 voxel size in mm along the patch axes (X, Y, Z)."""
 
     x: torch.Tensor
     modality: torch.Tensor
     position: torch.Tensor
+    spacing: torch.Tensor
 
 
 class PatchSampler:
@@ -488,8 +580,9 @@ class PatchSampler:
             x = x[:, :, m[0]:m[0] + p[0], m[1]:m[1] + p[1], m[2]:m[2] + p[2]]
         if self.augment and self.cfg.intensity:
             x = self._intensity(x, rng, mods)
+        spacing = torch.tensor([list(self.cfg.spacing_mm)] * batch_size, dtype=torch.float32)
         return PatchBatch(x.contiguous(), torch.tensor(mods, dtype=torch.long, device=device),
-                          position.to(device))
+                          position.to(device), spacing.to(device))
 
     def _affine(self, x: torch.Tensor, rng: np.random.Generator, p: np.ndarray) -> torch.Tensor:
         """Rotate by up to ``rotate_deg`` about a random axis and scale by 1 +- ``scale``,

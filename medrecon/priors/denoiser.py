@@ -24,7 +24,7 @@ from medrecon.priors.schedules import sample_training_sigmas
 
 
 class EDMDenoiser(torch.nn.Module):
-    """x0_hat = D(x, sigma, modality, position) for patches in model space.
+    """x0_hat = D(x, sigma, modality, position, spacing) for patches in model space.
 
     Args:
         network: a module called as ``network(x_in, noise_label, class_labels=...)`` returning
@@ -34,6 +34,8 @@ class EDMDenoiser(torch.nn.Module):
         p_mean, p_std: log-normal training-sigma distribution.
         uses_position: whether ``network`` takes 3 extra position channels.
         num_modalities: number of modality class labels the network embeds (0 = none).
+        uses_spacing: whether ``network`` embeds the voxel size (a
+            :class:`~medrecon.priors.network.ModalitySpacingEmbedding`).
         noise_embed_scale: the network's sinusoidal noise embedding receives
             ``noise_embed_scale * c_noise`` (DDPM-like range of a few hundred), so that nearby
             sigmas map to clearly different embeddings; c_noise itself is as in EDM.
@@ -50,6 +52,7 @@ class EDMDenoiser(torch.nn.Module):
         uses_position: bool = False,
         num_modalities: int = 0,
         noise_embed_scale: float = 250.0,
+        uses_spacing: bool = False,
     ) -> None:
         super().__init__()
         self.network = network
@@ -61,6 +64,7 @@ class EDMDenoiser(torch.nn.Module):
         self.uses_position = bool(uses_position)
         self.num_modalities = int(num_modalities)
         self.noise_embed_scale = float(noise_embed_scale)
+        self.uses_spacing = bool(uses_spacing)
 
     # -- preconditioning coefficients (sigma: any shape, returned with the same shape) -------
     def c_skip(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -86,6 +90,7 @@ class EDMDenoiser(torch.nn.Module):
         sigma: torch.Tensor | float,
         modality: torch.Tensor | None = None,
         position: torch.Tensor | None = None,
+        spacing: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Denoise.
 
@@ -96,6 +101,8 @@ class EDMDenoiser(torch.nn.Module):
                 modality condition, ignored otherwise.
             position: (B, 3) patch-centre coordinates in [-1, 1] of the full volume, per voxel
                 axis; zeros (the volume centre) when omitted; ignored when unused.
+            spacing: voxel size in mm along the patch axes (X, Y, Z), (B, 3) or (3,);
+                required when the prior is conditioned on it, ignored otherwise.
 
         Returns:
             x0_hat (B, 1, X, Y, Z), float32.
@@ -114,11 +121,20 @@ class EDMDenoiser(torch.nn.Module):
             pos_maps = pos.reshape(b, 3, 1, 1, 1).expand(b, 3, *x.shape[2:])
             net_in = torch.cat([net_in, pos_maps], dim=1)
         kwargs = {}
+        labels = None
         if self.num_modalities:
             if modality is None:
                 raise ValueError("this prior is conditioned on modality: pass modality=(B,) long")
-            labels = torch.as_tensor(modality, device=x.device).reshape(-1)
-            kwargs["class_labels"] = labels.expand(b).long()
+            labels = torch.as_tensor(modality, device=x.device).reshape(-1).expand(b).long()
+            kwargs["class_labels"] = labels
+        if self.uses_spacing:
+            if spacing is None:
+                raise ValueError("this prior is conditioned on the voxel size: pass "
+                                 "spacing=(B, 3) mm")
+            sp = torch.as_tensor(spacing, dtype=torch.float32, device=x.device)
+            sp = sp.reshape(-1, 3).expand(b, 3)
+            lab = torch.zeros(b, device=x.device) if labels is None else labels.float()
+            kwargs["class_labels"] = torch.cat([lab[:, None], sp], dim=1)
         f = self.network(net_in, self.noise_embed_scale * self.c_noise(sigma_t), **kwargs)
         return self.c_skip(s) * x32 + self.c_out(s) * f.to(torch.float32)
 
@@ -130,6 +146,7 @@ class EDMDenoiser(torch.nn.Module):
         position: torch.Tensor | None = None,
         sigma: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
+        spacing: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """EDM loss on clean patches ``x0`` (B, 1, X, Y, Z).
 
@@ -145,6 +162,6 @@ class EDMDenoiser(torch.nn.Module):
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device)
         s = sigma.reshape(b, 1, 1, 1, 1)
-        d = self(x0 + s * noise, sigma, modality=modality, position=position)
+        d = self(x0 + s * noise, sigma, modality=modality, position=position, spacing=spacing)
         per = (self.loss_weight(sigma) * ((d - x0) ** 2).flatten(1).mean(1))
         return per.mean(), per.detach(), sigma

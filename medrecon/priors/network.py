@@ -4,7 +4,22 @@ The network sees ``in_channels = 1 + (3 if position conditioning)`` channels: th
 (preconditioned) noisy patch and, optionally, three constant maps holding the patch centre's
 normalised position in the full volume (PaDIS-style patch-position conditioning). Modality is
 a class label (``num_class_embeds``) added to the noise embedding, so one network serves MRI
-and CT. Flash attention (``torch.nn.functional.scaled_dot_product_attention``) is requested on
+and CT.
+
+Voxel size (``spacing_embed > 0``): ``log2`` of the patch's voxel size (mm, per axis) goes
+through a small MLP (Linear-SiLU-Linear) whose output is *added* to the noise embedding, next
+to the modality embedding (:class:`ModalitySpacingEmbedding`, which replaces MONAI's class
+embedding so that MONAI's own ``forward`` runs unchanged). The MLP's last layer starts at
+zero, so a network warm-started from a prior without this input computes exactly what that
+prior computed, for every voxel size, until training moves it. We chose this over MONAI
+1.6.1's ``DiffusionModelUNetMaisi(include_spacing_input=True)``: MAISI *concatenates* a
+spacing embedding to the time embedding, which widens the time-embedding projection of every
+residual block (new weight shapes: no exact warm start from the shipped U-Net), feeds raw mm
+rather than a log scale, and is a different class from the ``DiffusionModelUNet`` whose
+weights we ship. An additive embedding is the same mechanism as the modality label, costs
+~20 k parameters and keeps every shipped tensor.
+
+Flash attention (``torch.nn.functional.scaled_dot_product_attention``) is requested on
 CUDA; on CPU the same weights run with MONAI's plain attention, so checkpoints move freely
 between devices.
 """
@@ -32,6 +47,8 @@ class NetworkConfig:
         norm_num_groups: GroupNorm groups (must divide every entry of ``channels``).
         num_modalities: class labels for the modality condition (0 = MR, 1 = CT); 0 = none.
         position_channels: 3 to give the network the patch-centre position maps, 0 for none.
+        spacing_embed: hidden width of the voxel-size MLP (0: no voxel-size input, as in
+            priors before format 2).
     """
 
     channels: tuple[int, ...] = (32, 64, 96, 128)
@@ -41,6 +58,7 @@ class NetworkConfig:
     norm_num_groups: int = 16
     num_modalities: int = 2
     position_channels: int = 3
+    spacing_embed: int = 0
 
     def __post_init__(self) -> None:
         n = len(self.channels)
@@ -54,10 +72,16 @@ class NetworkConfig:
             raise ConfigError("network.norm_num_groups must divide every entry of network.channels.")
         if self.position_channels not in (0, 3):
             raise ConfigError("network.position_channels must be 0 (off) or 3 (on).")
+        if self.spacing_embed < 0:
+            raise ConfigError("network.spacing_embed must be 0 (off) or a positive width.")
 
     @property
     def uses_position(self) -> bool:
         return self.position_channels > 0
+
+    @property
+    def uses_spacing(self) -> bool:
+        return self.spacing_embed > 0
 
     @property
     def downsampling_factor(self) -> int:
@@ -79,15 +103,45 @@ class NetworkConfig:
         return cls(**kw)
 
 
+class ModalitySpacingEmbedding(torch.nn.Embedding):
+    """Modality embedding plus an MLP of the log voxel size, added to the noise embedding.
+
+    Called by MONAI's ``DiffusionModelUNet.forward`` as its ``class_embedding`` with the
+    ``class_labels`` the denoiser passes: here a (B, 4) float tensor ``[label, s_i, s_j, s_k]``
+    (modality label, voxel size in mm per patch axis). Returns (B, dim). A subclass of
+    ``nn.Embedding`` so that the modality table keeps its state-dict key (``weight``) and a
+    shipped prior's tensors load unchanged; the MLP is ``spacing.*``.
+    """
+
+    def __init__(self, num_modalities: int, dim: int, hidden: int) -> None:
+        super().__init__(max(num_modalities, 1), dim)
+        if num_modalities == 0:
+            # a single-modality prior has no modality embedding: the one row adds nothing
+            torch.nn.init.zeros_(self.weight)
+        self.spacing = torch.nn.Sequential(torch.nn.Linear(3, hidden), torch.nn.SiLU(),
+                                           torch.nn.Linear(hidden, dim))
+        # zero output at initialisation: a warm start equals the prior it starts from
+        torch.nn.init.zeros_(self.spacing[2].weight)
+        torch.nn.init.zeros_(self.spacing[2].bias)
+
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        labels = cond[:, 0].round().long()
+        log_spacing = torch.log2(cond[:, 1:4].float().clamp_min(1e-3))
+        return super().forward(labels) + self.spacing(log_spacing.to(self.weight.dtype))
+
+
 def build_network(config: NetworkConfig, device: torch.device | str = "cpu") -> torch.nn.Module:
     """Instantiate the MONAI 3D ``DiffusionModelUNet`` described by ``config``.
 
-    Input (B, 1 + position_channels, X, Y, Z), noise label (B,), class label (B,) long;
-    output (B, 1, X, Y, Z). Flash attention is enabled when ``device`` is CUDA.
+    Input (B, 1 + position_channels, X, Y, Z), noise label (B,), class label (B,) long, or,
+    with a voxel-size input, (B, 4) float ``[label, s_i, s_j, s_k]`` (mm; see
+    :class:`ModalitySpacingEmbedding`); output (B, 1, X, Y, Z). Flash attention is enabled
+    when ``device`` is CUDA.
     """
     from monai.networks.nets import DiffusionModelUNet
 
     device = torch.device(device)
+    classes = config.num_modalities or (1 if config.uses_spacing else None)
     net = DiffusionModelUNet(
         spatial_dims=3,
         in_channels=1 + config.position_channels,
@@ -98,9 +152,13 @@ def build_network(config: NetworkConfig, device: torch.device | str = "cpu") -> 
         norm_num_groups=config.norm_num_groups,
         num_head_channels=config.num_head_channels,
         with_conditioning=False,
-        num_class_embeds=config.num_modalities or None,
+        num_class_embeds=classes,
         use_flash_attention=device.type == "cuda",
     )
+    if config.uses_spacing:
+        dim = net.class_embedding.embedding_dim
+        net.class_embedding = ModalitySpacingEmbedding(config.num_modalities, dim,
+                                                       config.spacing_embed)
     return net.to(device)
 
 

@@ -3,15 +3,20 @@
 One function, :func:`train`, serves the CLI (``medrecon train``), ``torchrun`` (DDP: one process
 per GPU, detected from the ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` environment) and tests.
 
-Per step t (per rank r):  batch = patches(seed, r, t); sigma ~ logN(P_mean, P_std^2);
+Per step t (per rank r):  batch = patches(seed, r, t) (cut from the volume pools, or for
+``data.source: rendered`` rendered on the device at voxel sizes drawn per patch, see
+:class:`~medrecon.priors.data.RenderedPatchSource`); sigma ~ logN(P_mean, P_std^2);
 n ~ N(0, I) from a generator seeded by (seed, r, t); loss = mean lambda(sigma) |D(x+sigma n) - x|^2;
 AdamW with lr = lr_max min(1, (t+1)/warmup); gradients clipped to ``grad_clip`` (global norm);
 EMA  theta_ema <- beta theta_ema + (1 - beta) theta,  beta = min(ema_decay, (1+t)/(10+t)).
+With ``init_from`` the model and the EMA start from an exported prior's weights (new inputs such
+as the voxel-size embedding at zero, so step 0 computes what that prior computes); the prior's
+JSON then records the lineage (``training.init_from``, ``init_steps``, ``total_steps``).
 
 Rank 0 alone writes: ``RUN_DIR/config.yaml``, ``log.csv`` (step, loss, lr, grad norm,
-loss per sigma band, samples/s), ``val.csv`` (EMA validation denoising PSNR per sigma, in dB
-with data range 1 in model space), ``previews/step_N.png`` (unconditional EMA samples, one
-patch per modality, orthogonal slices), ``checkpoint/`` (exact resume) and ``prior/NAME.json``
+loss per sigma band, samples/s), ``val.csv`` (EMA validation denoising PSNR per sigma and patch group, in dB
+with data range 1 in model space; :mod:`medrecon.priors.evaluation`), ``previews/step_N.png``
+(unconditional EMA samples, one patch per modality and preview voxel size), ``checkpoint/`` (exact resume) and ``prior/NAME.json``
 (+ safetensors: the EMA prior, loadable with :func:`medrecon.priors.load_prior`).
 
 Failures under DDP: an error on any rank ends every rank with the same error, promptly. The data
@@ -38,30 +43,43 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 
-from medrecon.errors import InputError, MedreconError
+from medrecon.errors import InputError
 from medrecon.priors.config import TrainConfig, dump_train_config
 from medrecon.priors.data import (
     PatchBatch,
     PatchSampler,
+    RenderedPatchSource,
+    SpacingRange,
     TrainingVolume,
     _seed_int,
     build_pools,
 )
-from medrecon.priors.data import file_pools as file_pools  # re-exported (moved to data.py)
 from medrecon.priors.denoiser import EDMDenoiser
+from medrecon.priors.distributed import (
+    DIST_TIMEOUT_ENV,
+    DIST_TIMEOUT_MIN,
+    DistInfo,
+    any_rank,
+    init_distributed,
+    leave,
+    mean_over_ranks,
+    on_every_rank,
+)
+from medrecon.priors.evaluation import (
+    group_masks,
+    validation_fields,
+    validation_psnr,
+    write_preview,
+)
 from medrecon.priors.network import build_network, count_parameters
-from medrecon.priors.normalisation import MODALITY_IDS
-from medrecon.priors.schedules import edm_sigmas, sample_training_sigmas, sigma_bands
+from medrecon.priors.schedules import sample_training_sigmas, sigma_bands
 
 LOG_FIELDS_BASE = ["step", "loss", "lr", "grad_norm", "samples_per_s"]
-#: Default DDP process-group timeout (minutes) and the environment variable that overrides it.
-DIST_TIMEOUT_MIN = 10.0
-DIST_TIMEOUT_ENV = "MEDRECON_DIST_TIMEOUT_MIN"
 
 
 @dataclass
@@ -77,58 +95,6 @@ class TrainResult:
     model: torch.nn.Module | None = None  # the trained (non-EMA) denoiser of this rank
 
 
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    initialised_here: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def dist_timeout_minutes(minutes: float | None = None) -> float:
-    """How long a DDP collective may wait for the other processes before it fails, in minutes:
-    ``minutes``, else ``$MEDRECON_DIST_TIMEOUT_MIN``, else :data:`DIST_TIMEOUT_MIN`."""
-    if minutes is None:
-        text = os.environ.get(DIST_TIMEOUT_ENV, "").strip()
-        if not text:
-            return DIST_TIMEOUT_MIN
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and value > 0):
-            raise InputError(f"{DIST_TIMEOUT_ENV} must be a positive number of minutes, "
-                             f"not {text!r}.")
-        return value
-    if not (math.isfinite(minutes) and minutes > 0):
-        raise InputError(f"The DDP timeout must be a positive number of minutes, not {minutes}.")
-    return float(minutes)
-
-
-def _init_distributed(device: str, timeout_minutes: float | None = None) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    import datetime
-
-    import torch.distributed as dist
-
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    here = False
-    if not dist.is_initialized():
-        use_cuda = device != "cpu" and torch.cuda.is_available()
-        if use_cuda:
-            torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(
-            minutes=dist_timeout_minutes(timeout_minutes)))
-        here = True
-    return _Dist(rank, world, local, here)
-
-
 def make_denoiser(config: TrainConfig, device: torch.device | str = "cpu") -> EDMDenoiser:
     """An untrained denoiser for ``config`` (seeded by ``config.seed``)."""
     torch.manual_seed(config.seed)
@@ -137,100 +103,37 @@ def make_denoiser(config: TrainConfig, device: torch.device | str = "cpu") -> ED
                        sigma_min=d.sigma_min, sigma_max=d.sigma_max, p_mean=d.p_mean,
                        p_std=d.p_std, uses_position=config.network.uses_position,
                        num_modalities=config.network.num_modalities,
-                       noise_embed_scale=d.noise_embed_scale).to(device)
+                       noise_embed_scale=d.noise_embed_scale,
+                       uses_spacing=config.network.uses_spacing).to(device)
 
 
-def prior_info(config: TrainConfig, step: int, extra: dict[str, Any] | None = None
-               ) -> dict[str, Any]:
-    """The JSON description stored next to exported prior weights."""
+def prior_info(config: TrainConfig, step: int, extra: dict[str, Any] | None = None, *,
+               spacing_range: SpacingRange | None = None,
+               lineage: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON description stored next to exported prior weights.
+
+    ``spacing_range``: the voxel sizes training drew (rendered patches), recorded as
+    ``spacing_range_mm``; ``lineage``: ``{"init_from": name, "init_steps": N}`` of a warm
+    start, recorded in ``training`` with ``total_steps = N + step``.
+    """
     cfg = config.to_dict()
-    return {
+    training: dict[str, Any] = {"steps": step, "source": config.data.source,
+                                "seed": config.seed}
+    if lineage:
+        training.update(lineage, total_steps=int(lineage["init_steps"]) + step)
+    training.update(extra or {})
+    info: dict[str, Any] = {
         "network": cfg["network"], "denoiser": cfg["denoiser"],
         "normalisation": cfg["normalisation"], "modalities": list(config.data.modalities),
         "patch_size": list(config.data.patch_size), "spacing_mm": list(config.data.spacing_mm),
         "uses_position": config.network.uses_position,
         "parameters": count_parameters(build_network(config.network)),
-        "training": {"steps": step, "source": config.data.source, "seed": config.seed,
-                     **(extra or {})},
+        "training": training,
         "config": cfg,
     }
-
-
-# --------------------------------------------------------------------------- sampling preview
-@torch.no_grad()
-def edm_sample(denoiser: torch.nn.Module, shape: Sequence[int], modality: torch.Tensor | None,
-               position: torch.Tensor | None, num_steps: int = 18,
-               generator: torch.Generator | None = None, sigma_max: float | None = None,
-               device: torch.device | str = "cpu") -> torch.Tensor:
-    """Unconditional EDM Heun sampler (Karras et al. Alg. 1, deterministic) for previews.
-
-    Returns samples of ``shape`` (B, 1, X, Y, Z) in model space.
-    """
-    smax = float(sigma_max if sigma_max is not None else denoiser.sigma_max)
-    sig = edm_sigmas(num_steps, denoiser.sigma_min, smax, device=device)
-    x = torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(device) * sig[0]
-    for i in range(num_steps):
-        s, s_next = sig[i], sig[i + 1]
-        d = (x - denoiser(x, s, modality=modality, position=position)) / s
-        x_next = x + (s_next - s) * d
-        if s_next > 0:  # Heun correction
-            d2 = (x_next - denoiser(x_next, s_next, modality=modality, position=position)) / s_next
-            x_next = x + (s_next - s) * 0.5 * (d + d2)
-        x = x_next
-    return x
-
-
-def save_preview_png(samples: torch.Tensor, labels: Sequence[str], path: Path,
-                     vmin: float = 0.0, vmax: float = 1.0) -> None:
-    """Orthogonal central slices of each sample (B, 1, X, Y, Z) as one PNG row per sample."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from medrecon.io.atomic import atomic_file
-
-    arr = samples[:, 0].float().cpu().numpy()
-    b = arr.shape[0]
-    fig, axes = plt.subplots(b, 3, figsize=(7.5, 2.5 * b), squeeze=False)
-    for i in range(b):
-        v = arr[i]
-        cx, cy, cz = (n // 2 for n in v.shape)
-        for j, (sl, title) in enumerate(((v[cx].T, "sagittal (i)"), (v[:, cy].T, "coronal (j)"),
-                                         (v[:, :, cz].T, "axial (k)"))):
-            axes[i, j].imshow(sl, cmap="gray", vmin=vmin, vmax=vmax, origin="lower")
-            axes[i, j].set_axis_off()
-            axes[i, j].set_title(f"{labels[i]} {title}", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-
-
-# --------------------------------------------------------------------------- validation
-@torch.no_grad()
-def validation_psnr(denoiser: torch.nn.Module, batch_x: torch.Tensor, modality: torch.Tensor,
-                    position: torch.Tensor, sigmas: Sequence[float], seed: int,
-                    chunk: int = 4) -> dict[str, float]:
-    """Denoising PSNR (dB, data range 1 in model space) of D(x + sigma n) against x, per sigma,
-    overall and per modality; also the PSNR of the noisy input (``noisy_<sigma>``)."""
-    out: dict[str, float] = {}
-    dev = batch_x.device
-    for k, s in enumerate(sigmas):
-        g = torch.Generator().manual_seed(_seed_int(seed, 99, k))
-        noise = torch.randn(batch_x.shape, generator=g).to(dev)
-        den = torch.cat([denoiser(batch_x[i:i + chunk] + s * noise[i:i + chunk], float(s),
-                                  modality=modality[i:i + chunk], position=position[i:i + chunk])
-                         for i in range(0, batch_x.shape[0], chunk)])
-        mse = ((den - batch_x) ** 2).flatten(1).mean(1)
-        out[f"psnr_{s:g}"] = float(10 * torch.log10(1.0 / mse.mean()))
-        out[f"noisy_{s:g}"] = float(10 * math.log10(1.0 / s**2))
-        for name, mid in MODALITY_IDS.items():
-            sel = modality == mid
-            if sel.any():
-                out[f"psnr_{s:g}_{name}"] = float(10 * torch.log10(1.0 / mse[sel].mean()))
-    return out
+    if spacing_range is not None:
+        info["spacing_range_mm"] = [spacing_range.low, spacing_range.high]
+    return info
 
 
 # --------------------------------------------------------------------------- logging helpers
@@ -279,23 +182,26 @@ class _Setup:
 
     start_step: int
     ckpt: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]] | None
-    sampler: PatchSampler
+    sampler: PatchSampler | RenderedPatchSource
     val_batch: PatchBatch | None
     data_seconds: float
     log_csv: _Csv | None = None
     val_csv: _Csv | None = None
+    init_weights: dict[str, torch.Tensor] | None = None  # warm start (fresh runs only)
+    lineage: dict[str, Any] | None = None
+    spacing_range: SpacingRange | None = None
 
 
 def _prepare(config: TrainConfig, run_dir: Path, data_paths: Sequence[str | Path], resume: bool,
-             dist_info: _Dist, dev: torch.device, workers: int,
+             dist_info: DistInfo, dev: torch.device, workers: int,
              pools: tuple[list[TrainingVolume], list[TrainingVolume]] | None) -> _Setup:
-    """This rank's resume state, run folder and logs (rank 0), training volumes and validation
-    batch."""
+    """This rank's resume state or warm-start weights, run folder and logs (rank 0), training
+    patch source and validation batch."""
     from medrecon.io.atomic import atomic_file
-    from medrecon.priors.checkpoint import load_training_checkpoint
+    from medrecon.priors.checkpoint import load_training_checkpoint, warm_start_weights
 
     main = dist_info.main
-    start_step, ckpt = 0, None
+    start_step, ckpt, init_weights, lineage = 0, None, None, None
     if resume:
         meta, msd, esd, osd = load_training_checkpoint(run_dir / "checkpoint")
         saved = TrainConfig.from_dict(meta["config"])
@@ -306,9 +212,12 @@ def _prepare(config: TrainConfig, run_dir: Path, data_paths: Sequence[str | Path
             raise InputError(f"The checkpoint was written by {meta['world_size']} process(es); "
                              f"resume with the same number, not {dist_info.world}.")
         start_step, ckpt = int(meta["step"]), (msd, esd, osd)
+        lineage = meta.get("lineage")
     elif main and (run_dir / "checkpoint").exists():
         raise InputError(f"{run_dir} already holds a training run; pass --resume or choose "
                          "another --out.")
+    elif config.init_from:
+        init_weights, lineage = warm_start_weights(config.init_from, config)
 
     if main:
         with _writing("the run's config", run_dir / "config.yaml"):
@@ -317,73 +226,41 @@ def _prepare(config: TrainConfig, run_dir: Path, data_paths: Sequence[str | Path
                 tmp.write_text(dump_train_config(config))
 
     t0 = time.perf_counter()
-    if pools is None:
-        cache = Path(config.data.cache_dir) if config.data.cache_dir else run_dir / "cache"
-        pools = build_pools(config.data, config.normalisation, data_paths, cache,
-                            dist_info.rank, dist_info.world, workers, dev)
-    train_vols, val_vols = pools
+    sampler: PatchSampler | RenderedPatchSource
+    val_batch, spacing_range = None, None
+    if config.data.source == "rendered":
+        sampler = RenderedPatchSource(config.data, config.normalisation, config.seed,
+                                      dist_info.rank)
+        spacing_range = SpacingRange.of_renderer()
+        if main:
+            # half drawn like training, half at the reference voxel size (the warm start's)
+            vs = RenderedPatchSource(config.data, config.normalisation, config.seed + 1,
+                                     augment=False)
+            n = config.log.val_patches
+            parts = [vs.batch(0, n - n // 2, dev, stream=1),
+                     vs.batch(0, n // 2, dev, stream=2, spacing=config.data.spacing_mm)]
+            val_batch = PatchBatch(*(torch.cat([getattr(b, f) for b in parts])
+                                     for f in ("x", "modality", "position", "spacing")))
+    else:
+        if pools is None:
+            cache = Path(config.data.cache_dir) if config.data.cache_dir else run_dir / "cache"
+            pools = build_pools(config.data, config.normalisation, data_paths, cache,
+                                dist_info.rank, dist_info.world, workers, dev)
+        train_vols, val_vols = pools
+        sampler = PatchSampler(train_vols, config.data, config.seed, dist_info.rank)
+        if main and val_vols:
+            vs = PatchSampler(val_vols, config.data, config.seed + 1, 0, augment=False)
+            val_batch = vs.batch(0, config.log.val_patches, dev, stream=1)
     data_seconds = time.perf_counter() - t0
-    sampler = PatchSampler(train_vols, config.data, config.seed, dist_info.rank)
-    val_batch = None
-    if main and val_vols:
-        vs = PatchSampler(val_vols, config.data, config.seed + 1, 0, augment=False)
-        val_batch = vs.batch(0, config.log.val_patches, dev, stream=1)
     log_csv = val_csv = None
     if main:
         log_fields = LOG_FIELDS_BASE + [_band_name(lo, hi) for lo, hi in sigma_bands()]
-        val_fields = ["step"] + [f"psnr_{s:g}" for s in config.log.val_sigmas] + [
-            f"psnr_{s:g}_{m}" for s in config.log.val_sigmas for m in config.data.modalities]
         resume_at = start_step if resume else None
         log_csv = _Csv(run_dir / "log.csv", log_fields, resume_at, "the training log")
-        val_csv = _Csv(run_dir / "val.csv", val_fields, resume_at, "the validation log")
-    return _Setup(start_step, ckpt, sampler, val_batch, data_seconds, log_csv, val_csv)
-
-
-_S = TypeVar("_S")
-
-
-def _on_every_rank(fn: Callable[[], _S], dist_info: _Dist, doing: str,
-                   device: torch.device | str = "cpu") -> _S:
-    """``fn()`` on this rank; if it raises on any rank, every rank raises.
-
-    The ranks all-reduce a failure flag (one number on ``device``: cheap enough for every
-    log, validation, preview and checkpoint interval) and, only when it is set, exchange the
-    errors with ``all_gather_object``, so none is left waiting in a later collective for a
-    rank that has failed. The first failing rank re-raises its own exception; the others raise
-    the same :class:`MedreconError` subclass with the same sentence, or, when the failure is
-    not a user error (a bug, which keeps its traceback on its own rank), a
-    :class:`MedreconError` "Process R of N failed while ``doing`` (Error: message)."
-    """
-    try:
-        out: _S | None = fn()
-        err: Exception | None = None
-    except Exception as exc:
-        out, err = None, exc
-    if dist_info.world > 1:
-        import torch.distributed as dist
-
-        import medrecon.errors
-
-        flag = torch.tensor([0.0 if err is None else 1.0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() > 0:
-            mine = None if err is None else (type(err).__name__,
-                                             isinstance(err, MedreconError), str(err))
-            notes: list[tuple[str, bool, str] | None] = [None] * dist_info.world
-            dist.all_gather_object(notes, mine)
-            rank, note = next((r, n) for r, n in enumerate(notes) if n is not None)
-            if rank != dist_info.rank:
-                kind, user_error, message = note
-                if user_error:
-                    cls = getattr(medrecon.errors, kind, None)
-                    if not (isinstance(cls, type) and issubclass(cls, MedreconError)):
-                        cls = InputError
-                    raise cls(message) from err
-                raise MedreconError(f"Process {rank} of {dist_info.world} failed while {doing} "
-                                    f"({kind}: {message}).") from err
-    if err is not None:
-        raise err
-    return out  # type: ignore[return-value]
+        val_csv = _Csv(run_dir / "val.csv", validation_fields(config), resume_at,
+                       "the validation log")
+    return _Setup(start_step, ckpt, sampler, val_batch, data_seconds, log_csv, val_csv,
+                  init_weights, lineage, spacing_range)
 
 
 # --------------------------------------------------------------------------- main loop
@@ -417,7 +294,8 @@ def train(
         resume: continue from ``run_dir/checkpoint`` exactly where it stopped.
         device: "auto" (CUDA if available), "cpu" or "cuda"; under torchrun each rank uses
             ``cuda:LOCAL_RANK``.
-        max_minutes: stop (and checkpoint) after this much wall-clock training time.
+        max_minutes: stop after this much wall-clock training time, with a log row, a
+            validation and a checkpoint at that step (a chunk of a longer run).
         workers: processes for loading / generating the training volumes.
         progress: show a tqdm progress bar on rank 0.
         pools: pre-built (train, val) volumes (tests); skips :func:`build_pools`.
@@ -431,29 +309,26 @@ def train(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was requested but no CUDA GPU is available.")
-    dist_info = _init_distributed(device, dist_timeout)
+    dist_info = init_distributed(device, dist_timeout)
     try:
         return _fit(config, run_dir, data_paths, resume, device, dist_info, max_minutes,
                     workers, progress, pools, on_step)
     finally:
         # on success every rank has passed the last collective; on an error shared by
-        # _on_every_rank every rank is raising; on any other error this rank leaves at once
-        if dist_info.initialised_here:
-            import gc
-
-            import torch.distributed as dist
-
-            gc.collect()  # the DDP wrapper (see _fit) before the group it holds
-            if dist.is_initialized():
-                dist.destroy_process_group()
+        # on_every_rank every rank is raising; on any other error this rank leaves at once
+        leave(dist_info)
 
 
 def _fit(config: TrainConfig, run_dir: Path, data_paths: Sequence[str | Path], resume: bool,
-         device: str, dist_info: _Dist, max_minutes: float | None, workers: int,
+         device: str, dist_info: DistInfo, max_minutes: float | None, workers: int,
          progress: bool, pools: tuple[list[TrainingVolume], list[TrainingVolume]] | None,
          on_step: Callable[[int, float], None] | None) -> TrainResult:
     """:func:`train` once the process group (if any) is up."""
-    from medrecon.priors.checkpoint import export_prior, save_training_checkpoint
+    from medrecon.priors.checkpoint import (
+        NEW_INPUT_PREFIXES,
+        export_prior,
+        save_training_checkpoint,
+    )
 
     dev = torch.device(f"cuda:{dist_info.local_rank}" if device == "cuda" else device)
     if dev.type == "cuda":
@@ -465,16 +340,24 @@ def _fit(config: TrainConfig, run_dir: Path, data_paths: Sequence[str | Path], r
 
     # Resume state and data, per rank. An error on any rank is raised on every rank, so that
     # no rank is left waiting in the first collective for one that has given up.
-    setup = _on_every_rank(functools.partial(
+    setup = on_every_rank(functools.partial(
         _prepare, config, run_dir, data_paths, resume, dist_info, dev, workers, pools),
         dist_info, "preparing the training data", dev)
     start_step, ckpt, sampler, val_batch = (setup.start_step, setup.ckpt, setup.sampler,
                                             setup.val_batch)
     data_seconds = setup.data_seconds
     log_csv, val_csv = setup.log_csv, setup.val_csv
+    val_groups = (group_masks(val_batch, config.data.spacing_mm) if val_batch is not None
+                  else None)
 
     # ---- model, EMA, optimiser
     model = make_denoiser(config, dev)
+    if setup.init_weights is not None:
+        missing, unexpected = model.load_state_dict(setup.init_weights, strict=False)
+        odd = [k for k in missing if not k.startswith(NEW_INPUT_PREFIXES)] + list(unexpected)
+        if odd:
+            raise InputError(f"init_from {config.init_from!r} does not fit the network "
+                             f"({len(odd)} tensors differ, e.g. {odd[0]}); export it again.")
     ema = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
     opt_cfg = config.optim
     optimizer = torch.optim.AdamW(model.parameters(), lr=opt_cfg.lr, betas=opt_cfg.betas,
@@ -523,14 +406,15 @@ def _fit(config: TrainConfig, run_dir: Path, data_paths: Sequence[str | Path], r
         """Write the exact-resume checkpoint and export the EMA prior (rank 0)."""
         meta = {"config": config.to_dict(), "step": step_done, "world_size": dist_info.world,
                 "last_loss": result.losses[-1] if result.losses else None,
-                "val": last_val}
+                "val": last_val, "lineage": setup.lineage}
         with _writing("the training checkpoint", run_dir / "checkpoint"):
             save_training_checkpoint(run_dir, model, ema, optimizer, meta)
         with _writing("the exported prior", run_dir / "prior" / f"{config.name}.json"):
             result.prior_json = export_prior(
                 run_dir / "prior", config.name, load_ema().state_dict(),
                 prior_info(config, step_done, {"last_loss": meta["last_loss"],
-                                               "val_psnr": last_val}))
+                                               "val_psnr": last_val},
+                           spacing_range=setup.spacing_range, lineage=setup.lineage))
 
     def outputs(step_done: int, row: dict[str, Any] | None, val: bool, preview: bool,
                 ckpt_due: bool) -> None:
@@ -541,8 +425,8 @@ def _fit(config: TrainConfig, run_dir: Path, data_paths: Sequence[str | Path], r
         if row is not None and log_csv is not None:
             log_csv.write(row)
         if val and val_batch is not None and val_csv is not None:
-            last_val = validation_psnr(load_ema(), val_batch.x, val_batch.modality,
-                                       val_batch.position, config.log.val_sigmas, config.seed)
+            last_val = validation_psnr(load_ema(), val_batch, config.log.val_sigmas,
+                                       config.seed, val_groups)
             result.val_psnr = last_val
             val_csv.write({"step": step_done, **last_val})
         if preview:
@@ -568,7 +452,7 @@ def _fit(config: TrainConfig, run_dir: Path, data_paths: Sequence[str | Path], r
                 g["lr"] = lr
             with autocast:
                 d = fwd(batch.x + sigma.view(-1, 1, 1, 1, 1) * noise, sigma,
-                        modality=batch.modality, position=batch.position)
+                        modality=batch.modality, position=batch.position, spacing=batch.spacing)
             per = model.loss_weight(sigma) * ((d.float() - batch.x) ** 2).flatten(1).mean(1)
             loss = per.mean()
             optimizer.zero_grad(set_to_none=True)
@@ -585,13 +469,7 @@ def _fit(config: TrainConfig, run_dir: Path, data_paths: Sequence[str | Path], r
             step += 1
 
             # -- bookkeeping
-            loss_v = float(loss.detach())
-            if dist_info.world > 1:
-                import torch.distributed as dist
-
-                t = torch.tensor([loss_v], device=dev)
-                dist.all_reduce(t)
-                loss_v = float(t) / dist_info.world
+            loss_v = mean_over_ranks(float(loss.detach()), dist_info, dev)
             if not math.isfinite(loss_v):
                 raise FloatingPointError(f"training loss became {loss_v} at step {step}")
             result.losses.append(loss_v)
@@ -609,8 +487,12 @@ def _fit(config: TrainConfig, run_dir: Path, data_paths: Sequence[str | Path], r
                 bar.set_postfix(loss=f"{loss_v:.4f}", refresh=False)
 
             last = step == opt_cfg.steps
+            stop = False
+            if max_minutes is not None:
+                stop = any_rank((time.perf_counter() - t_start) / 60.0 >= max_minutes,
+                                dist_info, dev)
             row: dict[str, Any] | None = None
-            if step % config.log.log_every == 0 or last:
+            if step % config.log.log_every == 0 or last or stop:
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)
                 now = time.perf_counter()
@@ -622,25 +504,15 @@ def _fit(config: TrainConfig, run_dir: Path, data_paths: Sequence[str | Path], r
                 acc_loss, acc_n, band_acc = 0.0, 0, {}
                 t_window, samples_window = now, 0
 
-            stop = False
-            if max_minutes is not None:
-                stop = (time.perf_counter() - t_start) / 60.0 >= max_minutes
-                if dist_info.world > 1:
-                    import torch.distributed as dist
-
-                    flag = torch.tensor([1.0 if stop else 0.0], device=dev)
-                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                    stop = bool(flag.item() > 0)
-
             # Rank 0 writes; whether it succeeded is shared at once (only at these intervals,
             # the same steps on every rank), so a full disk or a failed validation on rank 0
             # ends every rank with its error instead of leaving them in the next all-reduce.
-            val = step % config.log.val_every == 0 or last
+            val = step % config.log.val_every == 0 or last or stop
             preview = step % config.log.preview_every == 0
             ckpt_due = step % config.log.ckpt_every == 0 or last or stop
             if row is not None or val or preview or ckpt_due:
-                _on_every_rank(functools.partial(outputs, step, row, val, preview, ckpt_due),
-                               dist_info, f"validating or writing the outputs of step {step}", dev)
+                on_every_rank(functools.partial(outputs, step, row, val, preview, ckpt_due),
+                              dist_info, f"validating or writing the outputs of step {step}", dev)
             if stop:
                 break
     finally:
@@ -667,22 +539,8 @@ def _fit(config: TrainConfig, run_dir: Path, data_paths: Sequence[str | Path], r
                 f"steps {step - start_step}\nsamples_per_s {result.samples_per_s:.2f}\n")
 
     # also the last barrier: no rank leaves the process group before rank 0 has written
-    _on_every_rank(finish, dist_info, "writing the final checkpoint", dev)
+    on_every_rank(finish, dist_info, "writing the final checkpoint", dev)
     return result
-
-
-@torch.no_grad()
-def write_preview(denoiser: torch.nn.Module, config: TrainConfig, path: Path,
-                  device: torch.device) -> None:
-    """One unconditional patch per modality (EDM Heun, ``log.preview_steps`` steps, centre
-    position), saved as orthogonal slices."""
-    mods = list(config.data.modalities)
-    ids = torch.tensor([MODALITY_IDS[m] for m in mods], device=device)
-    g = torch.Generator().manual_seed(_seed_int(config.seed, 1234))
-    x = edm_sample(denoiser, (len(mods), 1, *config.data.patch_size), ids,
-                   torch.zeros(len(mods), 3, device=device), config.log.preview_steps, g,
-                   device=device)
-    save_preview_png(x, mods, path)
 
 
 def _main(argv: Sequence[str] | None = None) -> int:

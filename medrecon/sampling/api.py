@@ -405,13 +405,15 @@ def prior_on_device(prior: Prior, device: torch.device) -> Prior:
 def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "shift", overlap: float = 0.25,
                    memory_budget_gb: float | None = None, max_batch: int | None = None,
                    seed: int = 0, precision: str = "auto",
-                   device: torch.device | str = "cpu") -> TiledDenoiser:
+                   device: torch.device | str = "cpu",
+                   spacing_mm: tuple[float, float, float] | None = None) -> TiledDenoiser:
     """The prior as a whole-volume model-space denoiser ``D(x (B, I, J, K), sigma (B,))``.
 
     Patches of ``prior.patch_size`` (random-shift tiling by default, see
     :mod:`medrecon.sampling.tiling`), the modality label when the prior is conditioned on it,
-    normalised patch centres when it uses position; bf16 autocast on CUDA unless
-    ``precision="fp32"``.
+    normalised patch centres when it uses position, the voxel size ``spacing_mm`` (mm along
+    I, J, K; default the prior's own) when it is conditioned on it; bf16 autocast on CUDA
+    unless ``precision="fp32"``.
     """
     from medrecon.priors import modality_id
 
@@ -422,12 +424,14 @@ def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "shift", overla
     net = prior.denoiser
     mod = modality_id(modality) if getattr(net, "num_modalities", 0) else None
     use_bf16 = device.type == "cuda" and precision in ("auto", "bf16")
+    spacing = torch.tensor(spacing_mm or prior.spacing_mm, dtype=torch.float32, device=device)
 
     def patch_fn(xp: torch.Tensor, sig: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
         labels = None if mod is None else torch.full((xp.shape[0],), mod, dtype=torch.long,
                                                      device=xp.device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-            out = net(xp.float(), sig.float(), modality=labels, position=pos)
+            out = net(xp.float(), sig.float(), modality=labels, position=pos,
+                      spacing=spacing.expand(xp.shape[0], 3))
         return out.float()
 
     if max_batch is None:
@@ -482,9 +486,9 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
         pinfo["mu_water"] = units.mu_water
     spacing = tuple(float(s) for s in
                     np.linalg.norm(np.asarray(measurement.reference.affine)[:3, :3], axis=0))
-    ratio = max(max(a / b, b / a) for a, b in zip(spacing, prior.spacing_mm, strict=True))
     den = prior_denoiser(prior, measurement.modality, tiling=tiling,
-                         memory_budget_gb=memory_budget_gb, seed=seed, device=dev)
+                         memory_budget_gb=memory_budget_gb, seed=seed, device=dev,
+                         spacing_mm=spacing)
     res = sample_problem(den, problem, tuple(problem.op.ishape), sampler=sampler, steps=steps,
                          samples=samples, seed=seed, sigma_data=prior.sigma_data,
                          sigma_min=prior.sigma_min, sigma_max=prior.sigma_max,
@@ -499,8 +503,8 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
     res.samples = phys.cpu().numpy() if keep_samples else None
     res.info.update(pinfo, modality=measurement.modality, prior=prior.name, tiling=tiling,
                     patch_size=list(prior.patch_size), patches=den.patches,
-                    network_calls=den.calls, spacing_ratio=ratio, device=str(dev))
-    if ratio > 1.5:
-        res.info["warning"] = (f"voxel size {spacing} mm differs from the prior's "
-                               f"{prior.spacing_mm} mm by more than 1.5x")
+                    network_calls=den.calls, spacing_mm=list(spacing), device=str(dev))
+    warning = prior.voxel_size_warning(spacing)
+    if warning:
+        res.info["warning"] = warning
     return res

@@ -196,7 +196,7 @@ def test_diffusion_warns_when_the_voxel_size_differs_from_the_prior(study: Path,
     assert r.exit_code == 0, r.output
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Warning: voxel size"), r.stderr
-    assert "prior's (4.0, 4.0, 4.0) mm" in lines[0]
+    assert "2 x 2 x 2 mm lies outside the 2.67-6 mm per axis that prior 'tiny'" in lines[0]
     assert "(1 step," in r.stdout
 
 

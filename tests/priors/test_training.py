@@ -150,7 +150,11 @@ def test_a_checkpoint_that_cannot_be_written_is_one_sentence_and_leaves_the_last
 
 def test_the_ddp_timeout_comes_from_the_argument_then_the_environment(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from medrecon.priors.train import DIST_TIMEOUT_ENV, DIST_TIMEOUT_MIN, dist_timeout_minutes
+    from medrecon.priors.distributed import (
+        DIST_TIMEOUT_ENV,
+        DIST_TIMEOUT_MIN,
+        dist_timeout_minutes,
+    )
 
     monkeypatch.delenv(DIST_TIMEOUT_ENV, raising=False)
     assert dist_timeout_minutes() == DIST_TIMEOUT_MIN == 10.0

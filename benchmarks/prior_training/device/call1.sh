@@ -1,0 +1,23 @@
+#!/bin/bash
+# Device call 1: throughput with / without rendering, the old prior's evaluation (real scans
+# and synthetic heads) in the background, and the first training chunk of v2 in front.
+set -u
+source benchmarks/prior_training/device/common.sh
+python3 benchmarks/prior_throughput.py --config configs/prior/default_v2.yaml --steps 40 \
+    > /tmp/logs/throughput.json 2> /tmp/logs/throughput.err
+echo "throughput done at $(elapsed) s"
+( python3 benchmarks/real_quality.py --cases-dir real_cases --cases $CASES --settings mr8,ct30 --samples 2 \
+      --device cuda --out $OUT/real_old.jsonl > /tmp/logs/real_old.log 2>&1
+  python3 benchmarks/sampling_quality.py --out $OUT/synth_old.jsonl --cases mr8,ct30 \
+      --skip-classical > /tmp/logs/synth_old.log 2>&1 ) &
+BG=$!
+MIN=$(python3 -c "print(max(1.0, (380 - $(elapsed)) / 60))")
+python3 benchmarks/prior_training/train_chunk.py --config configs/prior/default_v2.yaml \
+    --run /tmp/prior_v2 --minutes "$MIN" --out /tmp/chunk > /tmp/logs/train.log 2>&1
+echo "training done at $(elapsed) s"
+wait_bg $BG 440
+mkdir -p "$OUT/prior" && cp /tmp/chunk/prior/* "$OUT/prior/" 2>/dev/null
+cp /tmp/chunk/*.csv /tmp/chunk/*.png /tmp/chunk/chunks.jsonl /tmp/logs/ 2>/dev/null
+tar czf "$OUT/call1_logs.tgz" -C /tmp logs
+tail -n 2 /tmp/logs/*.log /tmp/logs/throughput.json; cat /tmp/chunk/chunks.jsonl
+echo "end at $(elapsed) s"
