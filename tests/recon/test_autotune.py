@@ -30,8 +30,8 @@ def psnr(img: np.ndarray, ref: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def mr_case() -> tuple[Measurement, np.ndarray]:
-    ref = Volume(shepp_logan_3d((20, 18, 8)), np.eye(4), modality="MR")
-    cfg = SimulationConfig(seed=3, mri=MRISettings(coils=4, acceleration=3.0, calibration=6,
+    ref = Volume(shepp_logan_3d((16, 14, 6)), np.eye(4), modality="MR")
+    cfg = SimulationConfig(seed=3, mri=MRISettings(coils=4, acceleration=3.0, calibration=4,
                                                    snr=20.0))
     return simulate(ref, cfg), ref.data
 
@@ -87,23 +87,23 @@ def test_mr_auto_weight_near_the_oracle_and_uses_all_data(
         mr_case: tuple[Measurement, np.ndarray]) -> None:
     m, ref = mr_case
     spec = get_method("MR", "tv")
-    auto = spec(m, ReconOptions(iterations=40), CPU)
+    auto = spec(m, ReconOptions(iterations=25), CPU)
     tuned = auto.info["autotune"]
     assert tuned["parameter"] == "lam" and auto.info["lam"] == tuned["chosen"]
     assert len(tuned["heldout_errors"]) == len(tuned["grid"]) == 7
     assert tuned["scale"] > 1.0  # more samples in the full data term
     # The oracle over the same grid (scaled to all data), which needs the reference.
     scores = {g * tuned["scale"]: psnr(spec(m, ReconOptions(lam=g * tuned["scale"],
-                                                            iterations=40), CPU).image, ref)
+                                                            iterations=25), CPU).image, ref)
               for g in tuned["grid"]}
     oracle = max(scores, key=scores.__getitem__)
     assert abs(math.log(tuned["chosen"] / oracle)) <= math.log(4.0) + 1e-9, (tuned, scores)
     assert scores[oracle] - psnr(auto.image, ref) < 1.0
     # The final run is on all the data with the chosen weight, and deterministic.
-    fixed = spec(m, ReconOptions(lam=tuned["chosen"], iterations=40), CPU)
+    fixed = spec(m, ReconOptions(lam=tuned["chosen"], iterations=25), CPU)
     assert np.array_equal(fixed.image, auto.image)
     assert fixed.residual == pytest.approx(auto.residual)
-    again = spec(m, ReconOptions(lam="auto", iterations=40), CPU)
+    again = spec(m, ReconOptions(lam="auto", iterations=25), CPU)
     assert again.info["autotune"] == tuned and np.array_equal(again.image, auto.image)
 
 
