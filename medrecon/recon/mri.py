@@ -26,7 +26,10 @@ scale-free: ``lam = 1e-3``. The L1 and TV weights have the units of the image, s
 defaults scale with the data: ``lam = alpha * s`` with ``s`` the 99th percentile of |A^H y| (a
 robust maximum of the zero-filled image) and ``alpha = 1e-3`` (L1-wavelet) or ``5e-4`` (TV),
 chosen on simulated Shepp-Logan and brain-like phantoms at R = 4..12 with 8 coils and SNR 30
-(see benchmarks/RESULTS_mri.md). ``--lam`` always overrides them, in absolute units.
+(see benchmarks/RESULTS_mri.md). For L1-wavelet and TV this rule is only the centre of the
+self-tuning: without ``lam`` the weight is chosen on held-out k-space samples
+(:mod:`medrecon.recon.autotune`, :func:`_weight`). ``--lam`` always overrides it, in absolute
+units.
 """
 
 from __future__ import annotations
