@@ -131,3 +131,16 @@ def test_lam_auto_spelling() -> None:
     assert ReconOptions(lam="auto").lam is None
     with pytest.raises(Exception, match="number or 'auto'"):
         ReconOptions(lam="fast")
+
+
+def test_tuning_line_reaches_the_dicom_derivation_text(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pydicom
+
+    from medrecon.io.dicom_write import write_dicom_series
+
+    v = Volume(np.ones((6, 5, 2), np.float32), np.eye(4), modality="MR")
+    v.meta["reconstruction"] = {"method": "tv",
+                                "autotune_line": "lam auto = 0.003: held-out error 0.1"}
+    write_dicom_series(v, tmp_path / "out")
+    ds = pydicom.dcmread(sorted((tmp_path / "out").iterdir())[0])
+    assert ds.DerivationDescription.endswith("; lam auto = 0.003: held-out error 0.1")
