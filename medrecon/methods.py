@@ -60,9 +60,11 @@ class MethodSpec:
             weight against the data).
         iterative: it runs a number of iterations (``ReconOptions.iterations``; diffusion:
             steps); False for direct methods.
-        default_lam: the default weight: a number, or the rule that scales it to the data;
-            None without a weight.
-        default_iterations: the default iteration count; None for direct methods.
+        default_lam: the default weight: a number, or the rule that chooses it from the data
+            ("auto: ..." for the self-tuned ones); None without a weight.
+        default_iterations: the default iteration count; None for direct methods (sirt,
+            cgls: the cap of half the early-stopping run on held-out views, which chooses
+            the count).
         settings: the frozen dataclass of its options (``ReconOptions.extra``).
         summary: one line on what it solves.
     """
@@ -156,7 +158,8 @@ def diffusion_method(measurement: Measurement, options: ReconOptions, device: to
 # ---------------------------------------------------------------------------------------------
 # The registry
 # ---------------------------------------------------------------------------------------------
-_SCALED = "alpha x 99th percentile of |A^H y|, alpha = {alpha:g}"
+_SCALED = ("auto: held-out k-space over x1/8..x8 of alpha x 99th percentile of |A^H y|, "
+           "alpha = {alpha:g}")
 
 _SPECS: tuple[MethodSpec, ...] = (
     MethodSpec("zero-filled", "MR", mri.zero_filled, False, False, None, None,
@@ -179,7 +182,8 @@ _SPECS: tuple[MethodSpec, ...] = (
                ct.SIRTSettings, "simultaneous iterative reconstruction, x >= 0"),
     MethodSpec("cgls", "CT", ct.cgls_method, False, True, None, ct.DEFAULT_ITERATIONS["cgls"],
                ct.CGLSSettings, "least squares by CG, regularised by early stopping"),
-    MethodSpec("tv", "CT", ct.tv_method, True, True, ct.DEFAULT_TV_LAM,
+    MethodSpec("tv", "CT", ct.tv_method, True, True,
+               f"auto: held-out views over x1/8..x8 of {ct.DEFAULT_TV_LAM:g}",
                ct.DEFAULT_ITERATIONS["tv"], ct.TVSettings,
                "min 1/2 ||Ax - y||^2 / ||A||^2 + lam TV(x), x >= 0, by PDHG"),
     *(MethodSpec("diffusion", mod, diffusion_method, True, True,

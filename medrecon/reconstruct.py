@@ -110,15 +110,19 @@ class ReconstructionResult:
 
 
 def reconstruction_volume(measurement: Measurement, image: np.ndarray, method: str,
-                          info: dict[str, Any] | None = None) -> Volume:
+                          info: dict[str, Any] | None = None, tag: str | None = None) -> Volume:
     """Wrap ``image`` (I, J, K) as a Volume in ``measurement``'s reference geometry.
 
-    The series description becomes "<reference description> (medrecon <method>)"; ``meta``
-    records the method and the scalar entries of ``info`` (lam, iterations, residual, ...).
+    The series description becomes "<reference description> (medrecon <method>[, <tag>])"
+    (the reference's part is shortened so that the medrecon part fits in 64 characters);
+    ``meta`` records the method and the scalar entries of ``info`` (lam, iterations, residual,
+    ``autotune_line``: the self-tuning's choice, grid and held-out errors, ...).
     """
     ref = measurement.reference
     base = ref.series_description.strip()
-    description = f"{base} (medrecon {method})" if base else f"medrecon {method}"
+    ours = f"medrecon {method}" + (f", {tag}" if tag else "")
+    base = base[:max(0, 64 - len(ours) - 3)].strip()
+    description = f"{base} ({ours})" if base else ours
     scalars = {k: v for k, v in (info or {}).items()
                if isinstance(v, int | float | str | bool) or v is None}
     return ref.volume(image, series_description=description[:64],
@@ -177,8 +181,13 @@ def reconstruct(measurement: Measurement, method: str, options: ReconOptions | N
             output = spec(measurement, options, device)
     seconds = time.perf_counter() - t0
     info = {"residual": output.residual, "iterations": output.iterations,
-            **{k: output.info[k] for k in ("lam", "converged") if k in output.info}}
-    volume = reconstruction_volume(measurement, output.image, spec.name, info)
+            **{k: output.info[k] for k in ("lam", "converged", "autotune_line")
+               if k in output.info}}
+    tuned = output.info.get("autotune")
+    tag = None
+    if isinstance(tuned, dict):  # e.g. "auto lam 0.00312" in the series description
+        tag = f"auto {tuned['parameter']} {tuned['chosen']:.3g}"
+    volume = reconstruction_volume(measurement, output.image, spec.name, info, tag=tag)
     std = output.info.get("std_image")
     std_volume = None
     if isinstance(std, np.ndarray) and std.shape == volume.shape:
@@ -191,7 +200,8 @@ def reconstruct(measurement: Measurement, method: str, options: ReconOptions | N
         method=spec.name, modality=spec.modality,  # type: ignore[arg-type]
         lam=options.lam, iterations=options.iterations, tol=options.tol, device=str(device),
         options=to_dict(settings_obj),
-        resolved={"lam": output.info.get("lam"), "iterations": output.iterations})
+        resolved={"lam": output.info.get("lam"), "iterations": output.iterations,
+                  **({"autotune": tuned} if isinstance(tuned, dict) else {})})
     return ReconstructionResult(volume=volume, output=output, method=spec.name,
                                 modality=measurement.modality, options=options,
                                 seconds=seconds, settings=settings, std_volume=std_volume,

@@ -78,7 +78,13 @@ def test_settings_record_the_run_and_repeat_it(measurement: Measurement) -> None
     assert (s.method, s.modality, s.device, s.lam, s.iterations) == (
         "l1-wavelet", "MR", "cpu", None, 3)
     assert s.options["wavelet"] == "haar" and s.options["penalise_approximation"] is False
-    assert s.resolved == {"lam": res.output.info["lam"], "iterations": 3}
+    assert s.resolved["lam"] == res.output.info["lam"] and s.resolved["iterations"] == 3
+    # The self-tuned weight is recorded with its grid and held-out errors (metadata).
+    tuned = s.resolved["autotune"]
+    assert tuned["parameter"] == "lam" and tuned["chosen"] == pytest.approx(s.resolved["lam"])
+    assert len(tuned["grid"]) == len(tuned["heldout_errors"]) >= 5
+    assert "auto lam" in res.volume.series_description
+    assert "held-out error" in res.volume.meta["reconstruction"]["autotune_line"]
     again = reconstruct(measurement, s.method, s.recon_options())
     assert np.array_equal(again.volume.data, res.volume.data)
 

@@ -63,9 +63,10 @@ def reconstruct(
     method: str = typer.Option(
         ..., help="MR: zero-filled, cg-sense, l1-wavelet, tv; CT: fbp, fdk, sirt, cgls, tv; "
                   "both: diffusion (learned prior + posterior sampling)."),
-    lam: float | None = typer.Option(
-        None, help="cg-sense, l1-wavelet, tv: regularisation weight (default: the method's "
-                   "rule, scaled to the data); diffusion: prior weight against the data, "
+    lam: str = typer.Option(
+        "auto", help="cg-sense, l1-wavelet, tv: regularisation weight; auto (default): "
+                     "l1-wavelet and tv choose it on held-out data, cg-sense uses its "
+                     "rule; diffusion: prior weight against the data, "
                    "< 1 trusts the data more (default per modality: MR 0.05, CT 1)."),
     iterations: int | None = typer.Option(
         None, min=1, help="Iterative methods: maximum solver iterations (default: the "
@@ -130,7 +131,7 @@ def reconstruct(
                 and Path(str(ref_path)).resolve() == target.resolve():
             raise InputError(f"{target} is the reference study this measurement was simulated "
                              f"from; write the reconstruction elsewhere.")
-    options = ReconOptions(lam=lam, iterations=iterations, tol=tol, device=device,
+    options = ReconOptions(lam=_weight(lam), iterations=iterations, tol=tol, device=device,
                            progress=progress, extra=extra)
     result = run_reconstruction(m, method, options)
     info = result.output.info
@@ -147,8 +148,22 @@ def reconstruct(
     details = [f"{n_iter} {unit}{'s' if n_iter != 1 else ''}"] if n_iter else []
     if "lam" in info:
         details.append(f"lam {info['lam']:.3g}")
+    if info.get("autotune_line"):
+        typer.echo(f"Self-tuned: {info['autotune_line']}")
     details.append(f"{result.seconds:.1f} s on {result.meta.get('device', options.device)}")
     typer.echo(f"Wrote {result.modality} {result.method} reconstruction {result.volume.shape} "
                f"({result.volume.units}) to {path} ({', '.join(details)}); settings in "
                f"{cfg_path}")
     typer.echo(f"Data-consistency residual ||M(Ax) - y|| / ||y|| = {result.residual:.4g}")
+
+
+def _weight(text: str) -> float | str:
+    """``--lam``: "auto" or a number (an InputError sentence otherwise)."""
+    from medrecon.errors import InputError
+
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"--lam must be a number or auto, got {text!r}.") from None

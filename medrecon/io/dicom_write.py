@@ -72,6 +72,12 @@ def _plane_geometry(affine_ras: np.ndarray, n_k: int) -> _PlaneGeometry:
     return _PlaneGeometry(r, c, n1, n0, origin, step, flip)
 
 
+def _tuning_text(volume: Volume) -> str:
+    """"; <how a self-tuned weight was chosen>" when the reconstruction recorded one."""
+    line = (volume.meta.get("reconstruction") or {}).get("autotune_line")
+    return f"; {line}" if isinstance(line, str) and line else ""
+
+
 def _ds_str(x: float) -> str:
     from pydicom.valuerep import format_number_as_ds
 
@@ -289,8 +295,9 @@ def write_dicom_series(
         "ManufacturerModelName": "medrecon",
         "SoftwareVersions": __version__,
         "ImageType": ["DERIVED", "SECONDARY"] + {"CT": ["AXIAL"], "MR": ["OTHER"]}.get(modality, []),
-        "DerivationDescription": "medrecon " + ("reconstruction derived from reference series"
-                                                if ref is not None else "output"),
+        "DerivationDescription": ("medrecon " + ("reconstruction derived from reference series"
+                                                 if ref is not None else "output")
+                                  + _tuning_text(volume))[:1024],  # ST: 1024 characters
         "AcquisitionNumber": 1,
         "ImageOrientationPatient": [_ds_str(v) for v in (*geo.row_cos, *geo.col_cos)],
         "PixelSpacing": [_ds_str(geo.row_spacing), _ds_str(geo.col_spacing)],

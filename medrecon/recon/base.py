@@ -41,10 +41,13 @@ class ReconOptions:
     """Options every method understands; method-specific ones go in ``extra``.
 
     Attributes:
-        lam: regularisation weight; ``None`` lets the method choose a default scaled to the
-            data (each method documents its rule). Only for methods with a weight.
+        lam: regularisation weight; ``None`` or ``"auto"`` (the same) lets the method choose:
+            l1-wavelet and tv (MR and CT) tune it on held-out data
+            (:mod:`medrecon.recon.autotune`), cg-sense and diffusion use their fixed rule.
+            Only for methods with a weight.
         iterations: maximum number of solver iterations (diffusion: steps); ``None`` uses the
-            method's default. Only for iterative methods.
+            method's default (sirt and cgls: chosen by early stopping on held-out views).
+            Only for iterative methods.
         tol: stopping tolerance on the relative change of the iterate (or the relative
             residual for CG); 0 runs all iterations.
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
@@ -54,7 +57,7 @@ class ReconOptions:
             method's settings class.
     """
 
-    lam: float | None = None
+    lam: float | str | None = None
     iterations: int | None = None
     tol: float = 1e-4
     device: str = "auto"
@@ -62,7 +65,12 @@ class ReconOptions:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.lam is not None and not (np.isfinite(self.lam) and self.lam >= 0):
+        if isinstance(self.lam, str):  # "auto" is the default spelled out
+            if self.lam.strip().lower() != "auto":
+                raise InputError(f"The regularisation weight must be a number or 'auto', "
+                                 f"got {self.lam!r}.")
+            object.__setattr__(self, "lam", None)
+        if self.lam is not None and not (np.isfinite(float(self.lam)) and self.lam >= 0):
             raise InputError(f"The regularisation weight must be a finite number >= 0, "
                              f"got {self.lam}.")
         if self.iterations is not None and self.iterations < 1:

@@ -33,6 +33,7 @@ the solvers, which keeps the regularisation weight dimensionless):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ from medrecon.operators.ct_geometry import CTGeometry
 from medrecon.operators.finite_difference import divergence, finite_difference
 from medrecon.operators.functional.projectors import sample_detector_2d, sample_detector_3d
 from medrecon.problem import Problem, measurement_problem
+from medrecon.recon.autotune import TuneReport, best_iteration, ct_holdout_views, tune_weight
 from medrecon.recon.base import ReconOptions, ReconOutput, method_settings
 from medrecon.solvers import (
     SolverResult,
@@ -500,20 +502,57 @@ def _scaled(problem: Problem) -> tuple[Callable[[Tensor], Tensor], Callable[[Ten
     return forward, adjoint, y, x0
 
 
+def _holdout(measurement: Measurement, device: torch.device) -> tuple[Problem, Problem, str]:
+    """(training problem, held-out problem, what was held out): every k-th view set aside
+    (:func:`~medrecon.recon.autotune.ct_holdout_views`) through the file's view mask, or
+    zeroed in its per-pixel weights."""
+    data = np.asarray(measurement.data)
+    train, held = ct_holdout_views(data.shape[0],
+                                   seed=int((measurement.acquisition or {}).get("seed", 0) or 0))
+    mask = None if measurement.mask is None else np.asarray(measurement.mask, np.float32)
+    if mask is not None and mask.shape == (data.shape[0],):
+        train, held = train * mask, held * mask
+    elif mask is not None:  # per-pixel weights: zero the other part's views
+        train, held = train[:, None, None] * mask, held[:, None, None] * mask
+    if not (np.any(held > 0) and np.any(train > 0)):
+        raise InputError("Too few views to hold some out for self-tuning; give lam or "
+                         "iterations.")
+    parts = [_problem(dataclasses.replace(measurement, mask=k), device) for k in (train, held)]
+    n_held = int(np.count_nonzero(held.reshape(held.shape[0], -1).any(axis=1)))
+    return parts[0], parts[1], f"{n_held} of {data.shape[0]} views held out"
+
+
 def _iterative(measurement: Measurement, options: ReconOptions, device: torch.device,
                algorithm: str, solver: Callable[..., SolverResult], default_iterations: int,
                **solver_options: Any) -> ReconOutput:
-    """Run ``solver`` (sirt, cgls) in water units; ``tol`` applies only without ``iterations``."""
+    """Run ``solver`` (sirt, cgls) in water units. Without ``iterations`` the count is chosen
+    by early stopping on held-out views: one run on the other views (up to twice the default
+    count) scored after every iteration, then the same count on all views."""
     t0 = time.perf_counter()
     problem = _problem(measurement, device)
+    report = None
+    iterations = options.iterations
+    if iterations is None:
+        sub, held, text = _holdout(measurement, device)
+        f, a, y, x0 = _scaled(sub)
+        mw = problem.units.mu_water
+        errors: list[float] = []
+        with torch.no_grad():
+            solver(f, a, y, x0, max_iter=2 * default_iterations, tol=0.0,
+                   callback=lambda k, x: errors.append(held.residual(x * mw)),
+                   **solver_options)
+        iterations = best_iteration(errors)
+        report = TuneReport("iterations", iterations, tuple(range(1, len(errors) + 1)),
+                            tuple(errors), 1.0, text)
     forward, adjoint, y, x0 = _scaled(problem)
     with torch.no_grad():
-        res = solver(forward, adjoint, y, x0, max_iter=options.iterations or default_iterations,
-                     tol=options.tol if options.iterations is None else 0.0,
+        res = solver(forward, adjoint, y, x0, max_iter=iterations, tol=0.0,
                      progress=options.progress, **solver_options)
-    return _output(problem, res.x * problem.units.mu_water, res.iterations,
-                   {"algorithm": algorithm, "history": res.history[-5:],
-                    "seconds": time.perf_counter() - t0})
+    info: dict[str, Any] = {"algorithm": algorithm, "history": res.history[-5:]}
+    if report is not None:
+        info.update(autotune=report.as_dict(), autotune_line=report.line())
+    info["seconds"] = time.perf_counter() - t0
+    return _output(problem, res.x * problem.units.mu_water, res.iterations, info)
 
 
 def sirt_method(measurement: Measurement, options: ReconOptions,
@@ -542,10 +581,37 @@ def tv_method(measurement: Measurement, options: ReconOptions,
     settings = method_settings(TVSettings, options.extra, "tv")
     t0 = time.perf_counter()
     problem = _problem(measurement, device)
+    iters = options.iterations or DEFAULT_ITERATIONS["tv"]
+    report = None
+    if options.lam is None:
+        # Hold-out over a log grid around DEFAULT_TV_LAM; the data term is divided by
+        # ||A||^2, which grows with the views as ||A x - y||^2 does, so the weight chosen on
+        # the training views carries over unscaled.
+        sub, held, text = _holdout(measurement, device)
+        mw = problem.units.mu_water
+
+        def heldout_error(lam: float) -> float:
+            return held.residual(_tv_solve(sub, lam, iters, options.tol, settings)[0].x * mw)
+
+        lam, grid, errors = tune_weight(heldout_error, DEFAULT_TV_LAM)
+        report = TuneReport("lam", lam, tuple(grid), tuple(errors), 1.0, text)
+    else:
+        lam = float(options.lam)
+    res, lip, warm = _tv_solve(problem, lam, iters, options.tol, settings, options.progress)
+    info: dict[str, Any] = {"algorithm": "tv-pdhg", "lam": lam, "lipschitz": lip,
+                            "warm_start": warm, "history": res.history[-5:]}
+    if report is not None:
+        info.update(autotune=report.as_dict(), autotune_line=report.line())
+    info["seconds"] = time.perf_counter() - t0
+    return _output(problem, res.x * problem.units.mu_water, res.iterations, info)
+
+
+def _tv_solve(problem: Problem, lam: float, iters: int, tol: float, settings: TVSettings,
+              progress: bool = False) -> tuple[SolverResult, float, str]:
+    """TV-PDHG for one weight on ``problem`` (water units): (result, ||A||^2, warm start)."""
     forward, adjoint, y, x0 = _scaled(problem)
     mw = problem.units.mu_water
     assert mw is not None and problem.geometry is not None
-    lam = DEFAULT_TV_LAM if options.lam is None else float(options.lam)
     warm = "zeros"
     if problem.weights is None and settings.warm_start:
         try:
@@ -557,10 +623,6 @@ def tv_method(measurement: Measurement, options: ReconOptions,
         except InputError:
             pass  # e.g. a short fan scan: start from zeros
     with torch.no_grad():
-        res, lip = tv_reconstruction(forward, adjoint, y, x0, lam,
-                                     max_iter=options.iterations or DEFAULT_ITERATIONS["tv"],
-                                     tol=options.tol, step_ratio=settings.step_ratio,
-                                     progress=options.progress)
-    return _output(problem, res.x * mw, res.iterations,
-                   {"algorithm": "tv-pdhg", "lam": lam, "lipschitz": lip, "warm_start": warm,
-                    "history": res.history[-5:], "seconds": time.perf_counter() - t0})
+        res, lip = tv_reconstruction(forward, adjoint, y, x0, lam, max_iter=iters, tol=tol,
+                                     step_ratio=settings.step_ratio, progress=progress)
+    return res, lip, warm

@@ -26,12 +26,17 @@ scale-free: ``lam = 1e-3``. The L1 and TV weights have the units of the image, s
 defaults scale with the data: ``lam = alpha * s`` with ``s`` the 99th percentile of |A^H y| (a
 robust maximum of the zero-filled image) and ``alpha = 1e-3`` (L1-wavelet) or ``5e-4`` (TV),
 chosen on simulated Shepp-Logan and brain-like phantoms at R = 4..12 with 8 coils and SNR 30
-(see benchmarks/RESULTS_mri.md). ``--lam`` always overrides them, in absolute units.
+(see benchmarks/RESULTS_mri.md). For L1-wavelet and TV this rule is only the centre of the
+self-tuning: without ``lam`` the weight is chosen on held-out k-space samples
+(:mod:`medrecon.recon.autotune`, :func:`_weight`). ``--lam`` always overrides it, in absolute
+units.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -43,8 +48,10 @@ from medrecon.errors import MeasurementError
 from medrecon.operators.base import LinearOperator
 from medrecon.operators.finite_difference import FiniteDifference
 from medrecon.operators.functional.fft import ifftc
+from medrecon.operators.mri import SenseOperator
 from medrecon.operators.wavelets import WaveletTransform, wavelet_filters
 from medrecon.problem import Problem, kspace_tensor, measurement_problem
+from medrecon.recon.autotune import TuneReport, mr_holdout_masks, tune_weight
 from medrecon.recon.base import ReconOptions, ReconOutput, method_settings
 from medrecon.solvers import (
     conjugate_gradient,
@@ -246,11 +253,27 @@ def l1_wavelet(m: Measurement, options: ReconOptions, device: torch.device) -> R
     settings = method_settings(L1WaveletSettings, options.extra, "l1-wavelet")
     t0 = time.perf_counter()
     problem, info = _setup(m, settings, device)
+    iters = _iterations(options, "l1-wavelet")
+
+    def solve(p: Problem, lam: float, progress: bool = False) -> tuple[Any, dict[str, Any]]:
+        return _l1_solve(p, lam, settings, iters, options.tol, progress, device)
+
+    lam, report = _weight(m, problem, options, "l1-wavelet", solve)
+    res, extra = solve(problem, lam, options.progress)
+    info.update(lam=lam, lam_default=options.lam is None, **extra, converged=res.converged,
+                history=res.history, seconds=time.perf_counter() - t0)
+    if report is not None:
+        info.update(autotune=report.as_dict(), autotune_line=report.line())
+    return _output(problem, res.x, res.iterations, info)
+
+
+def _l1_solve(problem: Problem, lam: float, settings: L1WaveletSettings, iters: int,
+              tol: float, progress: bool, device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """FISTA for one weight on ``problem``: (SolverResult, details for ``info``)."""
     op = problem.op
     x0 = op.adjoint(problem.y)
-    lam = default_lam("l1-wavelet", x0) if options.lam is None else float(options.lam)
-    wav = WaveletTransform(m.image_shape, wavelet=settings.wavelet, levels=settings.levels,
-                           axes=settings.wavelet_axes)
+    wav = WaveletTransform(problem.image_shape, wavelet=settings.wavelet,
+                           levels=settings.levels, axes=settings.wavelet_axes)
     penalise_approx = settings.penalise_approximation
     lipschitz = _lipschitz(op, x0, device)
     step = 1.0 / max(lipschitz * 1.01, 1e-12)  # 1 % margin for the power-iteration estimate
@@ -267,12 +290,8 @@ def l1_wavelet(m: Measurement, options: ReconOptions, device: torch.device) -> R
             shrunk[approx] = c[approx]
         return wav.adjoint(shrunk)
 
-    res = fista(grad_f, prox_g, x0, step=step, max_iter=_iterations(options, "l1-wavelet"),
-                tol=options.tol, progress=options.progress)
-    info.update(lam=lam, lam_default=options.lam is None, wavelet=wav.wavelet,
-                levels=wav.levels, lipschitz=lipschitz, converged=res.converged,
-                history=res.history, seconds=time.perf_counter() - t0)
-    return _output(problem, res.x, res.iterations, info)
+    res = fista(grad_f, prox_g, x0, step=step, max_iter=iters, tol=tol, progress=progress)
+    return res, {"wavelet": wav.wavelet, "levels": wav.levels, "lipschitz": lipschitz}
 
 
 def total_variation(m: Measurement, options: ReconOptions, device: torch.device) -> ReconOutput:
@@ -290,11 +309,29 @@ def total_variation(m: Measurement, options: ReconOptions, device: torch.device)
     settings = method_settings(TVSettings, options.extra, "tv")
     t0 = time.perf_counter()
     problem, info = _setup(m, settings, device)
+    iters = _iterations(options, "tv")
+    default_axes = (0, 1, 2) if len(m.fft_dims) == 3 else (0, 1)
+
+    def solve(p: Problem, lam: float, progress: bool = False) -> tuple[Any, dict[str, Any]]:
+        return _tv_solve(p, lam, settings, settings.tv_axes or default_axes, iters,
+                         options.tol, progress, device)
+
+    lam, report = _weight(m, problem, options, "tv", solve)
+    res, extra = solve(problem, lam, options.progress)
+    info.update(lam=lam, lam_default=options.lam is None, **extra, converged=res.converged,
+                history=res.history, seconds=time.perf_counter() - t0)
+    if report is not None:
+        info.update(autotune=report.as_dict(), autotune_line=report.line())
+    return _output(problem, res.x, res.iterations, info)
+
+
+def _tv_solve(problem: Problem, lam: float, settings: TVSettings, axes: tuple[int, ...],
+              iters: int, tol: float, progress: bool,
+              device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """PDHG for one weight on ``problem``: (SolverResult, details for ``info``)."""
     op = problem.op
     x0 = op.adjoint(problem.y)
-    lam = default_lam("tv", x0) if options.lam is None else float(options.lam)
-    default_axes = (0, 1, 2) if len(m.fft_dims) == 3 else (0, 1)
-    diff = FiniteDifference(m.image_shape, dims=settings.tv_axes or default_axes)
+    diff = FiniteDifference(problem.image_shape, dims=axes)
     lipschitz = _lipschitz(op, x0, device) * 1.01
     d_norm2 = 4.0 * len(diff.dims)  # ||D||^2 <= 4 per axis (tight for large grids)
     # The primal step is what moves the image, so take the gradient step 1/L and give the dual
@@ -313,9 +350,45 @@ def total_variation(m: Measurement, options: ReconOptions, device: torch.device)
         return v
 
     res = pdhg(diff.forward, diff.adjoint, prox_f_conj, prox_g, x0, tau=tau, sigma=sigma,
-               max_iter=_iterations(options, "tv"), tol=options.tol, grad_h=grad_h,
-               progress=options.progress)
-    info.update(lam=lam, lam_default=options.lam is None, tv_axes=list(diff.dims),
-                lipschitz=lipschitz, tau=tau, sigma=sigma, converged=res.converged,
-                history=res.history, seconds=time.perf_counter() - t0)
-    return _output(problem, res.x, res.iterations, info)
+               max_iter=iters, tol=tol, grad_h=grad_h, progress=progress)
+    return res, {"tv_axes": list(diff.dims), "lipschitz": lipschitz, "tau": tau,
+                 "sigma": sigma}
+
+
+def _weight(m: Measurement, problem: Problem, options: ReconOptions, method: str,
+            solve: Callable[[Problem, float], tuple[Any, dict[str, Any]]],
+            ) -> tuple[float, TuneReport | None]:
+    """``options.lam``, or (None) the self-tuned weight by k-space hold-out
+    (:mod:`medrecon.recon.autotune`): the same operator with a training mask, each grid weight
+    scored by the relative residual on the held-out samples, the best one scaled by
+    n_all / n_train for the full data term."""
+    if options.lam is not None:
+        return float(options.lam), None
+    op = problem.op
+    assert isinstance(op, SenseOperator)
+    mask = op.mask.detach().cpu().numpy()
+    calib = (m.acquisition or {}).get("calibration")
+    train, held = mr_holdout_masks(mask, m.fft_dims, int(calib) if calib else None,
+                                   seed=int((m.acquisition or {}).get("seed", 0) or 0))
+    dev = problem.y.device
+    train_t = torch.from_numpy(train).to(dev)
+    held_t = torch.from_numpy(held).to(dev)
+    train_op = SenseOperator(op.maps, train_t, fft_dims=op.fft_dims, coil_batch=op.coil_batch,
+                             image_shape=problem.image_shape)
+    sub = dataclasses.replace(problem, op=train_op, y=problem.y * (train_t > 0))
+    y_held = problem.y * (held_t > 0)
+    y_held_norm = float(torch.linalg.vector_norm(y_held).clamp_min(1e-30))
+
+    def heldout_error(lam: float) -> float:
+        x = solve(sub, lam)[0].x
+        r = (op.forward(x) - problem.y) * (held_t > 0)
+        return float(torch.linalg.vector_norm(r)) / y_held_norm
+
+    centre = default_lam(method, train_op.adjoint(sub.y))
+    best, grid, errors = tune_weight(heldout_error, centre)
+    n_all, n_train = float((mask > 0).sum()), float((train > 0).sum())
+    scale = n_all / n_train
+    frac = 100.0 * float((held > 0).sum()) / n_all
+    report = TuneReport("lam", best * scale, tuple(grid), tuple(errors), scale,
+                        f"{frac:.0f} % of k-space samples held out")
+    return best * scale, report

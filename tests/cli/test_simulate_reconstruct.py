@@ -58,9 +58,12 @@ def test_simulate_writes_measurement_and_resolved_config(meas: Path, study: Path
 @pytest.mark.parametrize("method", ["zero-filled", "cg-sense", "l1-wavelet", "tv"])
 def test_reconstruct_then_evaluate(meas: Path, study: Path, tmp_path: Path, method: str) -> None:
     out = tmp_path / f"{method}.nii.gz"
+    tuned = method in ("l1-wavelet", "tv")  # self-tuned by default: fewer iterations here
     r = runner.invoke(app, ["reconstruct", str(meas), str(out), "--method", method,
-                            "--no-progress", "--device", "cpu"])
+                            "--no-progress", "--device", "cpu",
+                            *(["--iterations", "20"] if tuned else [])])
     assert r.exit_code == 0, r.output
+    assert ("Self-tuned: lam auto = " in r.stdout) == tuned, r.stdout
     assert "Data-consistency residual ||M(Ax) - y|| / ||y|| = " in r.stdout
     residual = float(r.stdout.rsplit("= ", 1)[1])
     assert 0 < residual < 1
@@ -79,8 +82,9 @@ def test_classical_beats_zero_filled_via_cli(meas: Path, study: Path, tmp_path: 
     errs = {}
     for method in ("zero-filled", "l1-wavelet"):
         out = tmp_path / f"{method}.nii.gz"
+        extra = ["--iterations", "40"] if method == "l1-wavelet" else []
         r = runner.invoke(app, ["reconstruct", str(meas), str(out), "--method", method,
-                                "--no-progress"])
+                                "--no-progress", *extra])
         assert r.exit_code == 0, r.output
         errs[method] = float(np.mean((load_volume(out).data - ref) ** 2))
     assert errs["l1-wavelet"] < 0.5 * errs["zero-filled"]
