@@ -82,8 +82,9 @@ def reconstruct_many(
             check_method(modality, method, options)
 
     def report(row: BatchRow) -> None:
-        if row.status == "failed":
-            typer.echo(f"Failed: {row.input}: {row.error}", err=True)
+        if row.status == "failed":  # one line; the input's name once
+            where = "" if row.input in row.error else f"{row.input}: "
+            typer.echo(f"Failed: {where}{row.error}", err=True)
 
     rows = run_many(items, method, options, out_dir, fmt=fmt, report=report)
     import os
