@@ -43,7 +43,7 @@ FORBIDDEN = {
     "device": ("medrecon.recon", "medrecon.sampling", "medrecon.problem", "medrecon.io",
                "medrecon.operators"),
     "methods": ("medrecon.reconstruct", "medrecon.cli", "medrecon.demo"),
-    "batch": ("medrecon.cli", "medrecon.demo", "medrecon.batch.", "medrecon.priors.train"),
+    "batch": ("medrecon.cli", "medrecon.demo"),
 }
 
 
