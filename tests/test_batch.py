@@ -223,3 +223,24 @@ def test_two_gloo_ranks_equal_one_process(dataset: Path, tmp_path: Path,
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("summary")) == \
         ["summary.csv", "summary.json"]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_ct_measurements_of_one_geometry_share_one_projector(tmp_path: Path) -> None:
+    """A batch of one CT protocol builds its projector (ray tables, sparse matrix) once, and the
+    reused projector gives exactly what a freshly built one gives."""
+    import medrecon.problem as problem_module
+    from medrecon.problem import measurement_problem
+
+    def ct(i: int) -> Volume:
+        return Volume(_study(i).data * 20 - 1000, AFFINE, modality="CT", units="HU")
+
+    m = [simulate(ct(i), SimulationConfig(modality="ct", ct=CTSettings(views=v)))
+         for i, v in ((0, 10), (1, 10), (0, 12))]
+    first = measurement_problem(m[0]).op
+    assert measurement_problem(m[1]).op is first  # same geometry, other study
+    assert measurement_problem(m[2]).op is not first  # 12 views: another projector
+    opts = ReconOptions(iterations=3, device="cpu")
+    reused = [reconstruct(x, "sirt", opts).volume.data for x in m[:2]]
+    problem_module._PROJECTOR_CACHE.clear()
+    assert np.array_equal(reconstruct(m[1], "sirt", opts).volume.data, reused[1])
+    assert not np.array_equal(reused[0], reused[1])
