@@ -309,10 +309,31 @@ def _ct_noise(m: Measurement, y: Tensor) -> float:
     return 0.0
 
 
+_PROJECTOR_CACHE: dict[Any, LinearOperator] = {}
+
+
+def _shared_projector(geometry: Any, shape: tuple[int, ...], spacing: tuple[float, ...],
+                      device: torch.device, dtype: torch.dtype) -> LinearOperator:
+    """The CT projector of this geometry, reused from the previous measurement when it had the
+    same one (a batch of scans from one protocol builds its ray tables and sparse matrix once);
+    one entry, so a long-lived process holds at most one projector's caches."""
+    from medrecon.operators.ct_projector import make_projector
+
+    key = (geometry, shape, spacing, str(device), dtype)
+    try:
+        hash(key)
+    except TypeError:  # a geometry with unhashable parts: build it anew
+        return make_projector(geometry, shape, spacing, device=device, dtype=dtype)
+    if key not in _PROJECTOR_CACHE:
+        _PROJECTOR_CACHE.clear()
+        _PROJECTOR_CACHE[key] = make_projector(geometry, shape, spacing, device=device,
+                                               dtype=dtype)
+    return _PROJECTOR_CACHE[key]
+
+
 def _ct_problem(m: Measurement, device: torch.device, model: ModelRange | None,
                 noise_std: float | None, dtype: torch.dtype) -> Problem:
     from medrecon.operators.ct_geometry import CTGeometry
-    from medrecon.operators.ct_projector import make_projector
 
     op_desc = dict(m.operator or {})
     geometry = CTGeometry.from_dict(_operator_geometry(op_desc))
@@ -345,8 +366,8 @@ def _ct_problem(m: Measurement, device: torch.device, model: ModelRange | None,
             data = data[keep]
         else:
             weights = torch.as_tensor(mask, dtype=dtype, device=device)
-    op: LinearOperator = make_projector(geometry, shape, spacing,  # type: ignore[arg-type]
-                                        device=device, dtype=dtype)
+    op: LinearOperator = _shared_projector(geometry, shape, spacing,  # type: ignore[arg-type]
+                                           device, dtype)
     y = torch.as_tensor(data, dtype=dtype, device=device)
     if noise_std is None:
         noise_std = _ct_noise(m, y)

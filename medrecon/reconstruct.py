@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -37,14 +38,20 @@ from medrecon.device import resolve_device
 from medrecon.errors import InputError
 from medrecon.io.measurement import Measurement
 from medrecon.io.volume import Volume
-from medrecon.methods import available_methods, diffusion_config, diffusion_method, get_method
+from medrecon.methods import (
+    MethodSpec,
+    available_methods,
+    diffusion_config,
+    diffusion_method,
+    get_method,
+)
 from medrecon.recon.base import ReconOptions, ReconOutput
 
 if TYPE_CHECKING:
     from medrecon.priors import Prior
 
 __all__ = ["ReconOptions", "ReconstructionResult", "ReconstructionSettings", "reconstruct",
-           "reconstruction_volume"]
+           "check_method", "reconstruction_volume", "settings_path", "std_path"]
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,23 @@ def _check_options(method: str, options: ReconOptions, weighted: bool, iterative
                          f"(not iterative).")
 
 
+def check_method(modality: str, method: str, options: ReconOptions) -> tuple[MethodSpec, Any]:
+    """Validate ``method`` and ``options`` for ``modality`` before any work.
+
+    Returns:
+        The method's registry entry and its settings with defaults filled in (diffusion: the
+        :class:`~medrecon.sampling.config.DiffusionConfig`).
+
+    Raises:
+        InputError / ConfigError: as :func:`reconstruct` does for a bad method or option.
+    """
+    spec = get_method(modality, method)
+    _check_options(spec.name, options, spec.weighted, spec.iterative, spec.modality)
+    settings = (diffusion_config(options) if spec.run is diffusion_method
+                else spec.resolve_settings(options.extra))
+    return spec, settings
+
+
 def reconstruct(measurement: Measurement, method: str, options: ReconOptions | None = None,
                 *, prior: Prior | None = None) -> ReconstructionResult:
     """Reconstruct ``measurement`` with ``method`` (classical or "diffusion").
@@ -164,14 +188,10 @@ def reconstruct(measurement: Measurement, method: str, options: ReconOptions | N
     import torch
 
     options = options or ReconOptions()
-    spec = get_method(measurement.modality, method)
-    _check_options(spec.name, options, spec.weighted, spec.iterative, spec.modality)
+    spec, settings_obj = check_method(measurement.modality, method, options)
     diffusion = spec.run is diffusion_method
     if prior is not None and not diffusion:
         raise InputError(f"A prior applies to the method diffusion, not {spec.name}.")
-    # Validate the method's options before any work; keep them with their defaults.
-    settings_obj = (diffusion_config(options) if diffusion
-                    else spec.resolve_settings(options.extra))
     device = resolve_device(options.device)
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -206,3 +226,26 @@ def reconstruct(measurement: Measurement, method: str, options: ReconOptions | N
                                 modality=measurement.modality, options=options,
                                 seconds=seconds, settings=settings, std_volume=std_volume,
                                 meta={"device": str(device)})
+
+
+def _split_output(out: Path) -> tuple[str, str]:
+    """``recon.nii.gz`` -> ("recon", ".nii.gz"); a DICOM folder ``recon`` -> ("recon", "")."""
+    name = out.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)], name[-len(suffix):]
+    return name, ""
+
+
+def std_path(out: Path) -> Path:
+    """Where the std volume of output ``out`` goes: ``recon.nii.gz`` -> ``recon_std.nii.gz``,
+    a DICOM folder ``recon`` -> ``recon_std``."""
+    stem, suffix = _split_output(out)
+    return out.with_name(f"{stem}_std{suffix}")
+
+
+def settings_path(out: Path) -> Path:
+    """Where the resolved settings of output ``out`` go: ``recon.nii.gz`` ->
+    ``recon.reconstruct.yaml``, a DICOM folder ``recon`` -> ``recon.reconstruct.yaml`` beside
+    it (as ``simulate`` writes ``<OUT stem>.simulate.yaml``)."""
+    return out.with_name(f"{_split_output(out)[0]}.reconstruct.yaml")

@@ -23,8 +23,8 @@ app = typer.Typer(
 
 # Order here is the order in `medrecon --help`.
 COMMAND_MODULES: tuple[str, ...] = (
-    "info", "convert", "evaluate", "phantom", "simulate", "reconstruct", "train", "priors",
-    "demo",
+    "info", "convert", "evaluate", "phantom", "simulate", "reconstruct", "reconstruct_many", "train",
+    "priors", "demo",
 )
 
 

@@ -32,26 +32,18 @@ def _parse_settings(settings: list[str]) -> dict[str, Any]:
     return out
 
 
-def _split(out: Path) -> tuple[str, str]:
-    """``recon.nii.gz`` -> ("recon", ".nii.gz"); a DICOM folder ``recon`` -> ("recon", "")."""
-    name = out.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)], name[-len(suffix):]
-    return name, ""
+def method_extra(method: str, settings: list[str], flags: dict[str, Any]) -> dict[str, Any]:
+    """The method's options (``ReconOptions.extra``) from ``--set KEY=VALUE`` and the
+    diffusion flags (``--prior``, ``--steps``, ...: name -> value, None when not given); a
+    diffusion flag given to another method is refused."""
+    from medrecon.errors import InputError
 
-
-def _std_path(out: Path) -> Path:
-    """``recon.nii.gz`` -> ``recon_std.nii.gz``; a DICOM folder ``recon`` -> ``recon_std``."""
-    stem, suffix = _split(out)
-    return out.with_name(f"{stem}_std{suffix}")
-
-
-def settings_path(out: Path) -> Path:
-    """Where the resolved settings go: ``recon.nii.gz`` -> ``recon.reconstruct.yaml``, a DICOM
-    folder ``recon`` -> ``recon.reconstruct.yaml`` beside it (as ``simulate`` writes
-    ``<OUT stem>.simulate.yaml``)."""
-    return out.with_name(f"{_split(out)[0]}.reconstruct.yaml")
+    extra = _parse_settings(settings)
+    given = [k for k, v in flags.items() if v is not None]
+    if given and method != "diffusion":
+        raise InputError(f"--{given[0]} applies to --method diffusion only.")
+    extra.update({k: v for k, v in flags.items() if v is not None and k != "std-out"})
+    return extra
 
 
 @user_errors
@@ -104,26 +96,21 @@ def reconstruct(
     from medrecon.errors import InputError
     from medrecon.io import save_volume
     from medrecon.io.measurement import read_measurement
-    from medrecon.reconstruct import ReconOptions
+    from medrecon.reconstruct import ReconOptions, settings_path, std_path
     from medrecon.reconstruct import reconstruct as run_reconstruction
 
     name = method.strip().lower()
     fmt = check_volume_output(out, format, inputs=[measurement])
     cfg_out = settings_path(out)
     check_output(cfg_out, "file", inputs=[measurement])
-    extra = _parse_settings(settings)
-    flags = {"prior": prior, "sampler": sampler, "steps": steps, "samples": samples,
-             "seed": seed}
-    given = [k for k, v in flags.items() if v is not None] + (["std-out"] if std_out else [])
-    if given and name != "diffusion":
-        raise InputError(f"--{given[0]} applies to --method diffusion only.")
-    extra.update({k: v for k, v in flags.items() if v is not None})
+    extra = method_extra(name, settings, {"prior": prior, "sampler": sampler, "steps": steps,
+                                          "samples": samples, "seed": seed, "std-out": std_out})
     n_samples = extra.get("samples", 1)  # a non-integer is the library's error to report
     several = isinstance(n_samples, int) and n_samples >= 2
     if std_out is not None and not several:
         raise InputError("--std-out needs --samples 2 or more (one sample has no spread).")
     if name == "diffusion" and several:
-        check_volume_output(std_out or _std_path(out), fmt, inputs=[measurement, out])
+        check_volume_output(std_out or std_path(out), fmt, inputs=[measurement, out])
     m = read_measurement(measurement)
     ref_path = (m.acquisition or {}).get("reference_path")
     for target in [out] + ([std_out] if std_out is not None else []):
@@ -140,8 +127,8 @@ def reconstruct(
              f"or train a prior at its voxel size).")
     path = save_volume(result.volume, out, format=fmt)
     if result.std_volume is not None:
-        std_path = save_volume(result.std_volume, std_out or _std_path(out), format=fmt)
-        typer.echo(f"Wrote the per-voxel standard deviation to {std_path}")
+        std_file = save_volume(result.std_volume, std_out or std_path(out), format=fmt)
+        typer.echo(f"Wrote the per-voxel standard deviation to {std_file}")
     cfg_path = dump_config(result.settings, cfg_out)
     n_iter = result.output.iterations
     unit = "step" if name == "diffusion" else "iteration"
