@@ -118,7 +118,7 @@ def reconstruct(
                 and Path(str(ref_path)).resolve() == target.resolve():
             raise InputError(f"{target} is the reference study this measurement was simulated "
                              f"from; write the reconstruction elsewhere.")
-    options = ReconOptions(lam=_weight(lam), iterations=iterations, tol=tol, device=device,
+    options = ReconOptions(lam=parse_weight(lam), iterations=iterations, tol=tol, device=device,
                            progress=progress, extra=extra)
     result = run_reconstruction(m, method, options)
     info = result.output.info
@@ -144,7 +144,7 @@ def reconstruct(
     typer.echo(f"Data-consistency residual ||M(Ax) - y|| / ||y|| = {result.residual:.4g}")
 
 
-def _weight(text: str) -> float | str:
+def parse_weight(text: str) -> float | str:
     """``--lam``: "auto" or a number (an InputError sentence otherwise)."""
     from medrecon.errors import InputError
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from medrecon.cli.common import EXIT_USER_ERROR, check_output, user_errors
-from medrecon.cli.reconstruct import method_extra
+from medrecon.cli.reconstruct import method_extra, parse_weight
 
 
 def register(app: typer.Typer) -> None:
@@ -27,7 +27,7 @@ def reconstruct_many(
     method: str = typer.Option(
         ..., help="MR: zero-filled, cg-sense, l1-wavelet, tv; CT: fbp, fdk, sirt, cgls, tv; "
                   "both: diffusion (learned prior + posterior sampling)."),
-    lam: float | None = typer.Option(None, help="As for `medrecon reconstruct`."),
+    lam: str = typer.Option("auto", help="As for `medrecon reconstruct` (a number or auto)."),
     iterations: int | None = typer.Option(None, min=1, help="As for `medrecon reconstruct`."),
     tol: float = typer.Option(1e-4, min=0.0, help="As for `medrecon reconstruct`."),
     device: str = typer.Option(
@@ -67,7 +67,7 @@ def reconstruct_many(
     extra = method_extra(name, settings, {"prior": prior, "sampler": sampler, "steps": steps,
                                           "samples": samples, "seed": seed})
     items = collect_items(inputs)
-    options = ReconOptions(lam=lam, iterations=iterations, tol=tol, device=device,
+    options = ReconOptions(lam=parse_weight(lam), iterations=iterations, tol=tol, device=device,
                            progress=progress, extra=extra)
     if items:
         # Check the method and its options once, before any rank starts work.
