@@ -1,0 +1,130 @@
+"""Hostile and malformed input (issue 15 item 7): every case ends in one sentence and exit code
+2, with nothing written, and without allocating what a file merely declares."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from medrecon.cli.main import app
+from medrecon.io import Volume, save_volume
+from medrecon.phantoms import shepp_logan_3d
+from tests.cli_assert import assert_user_error
+
+runner = CliRunner()
+SIM = ["--coils", "2", "--acceleration", "2", "--calibration", "4", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ref.nii.gz (MR, 12 x 12 x 8 at 2 mm) and m.h5, its MR measurement."""
+    d = tmp_path_factory.mktemp("hostile")
+    data = shepp_logan_3d((12, 12, 8)).astype(np.float32)
+    save_volume(Volume(data, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR"), d / "ref.nii.gz")
+    r = runner.invoke(app, ["simulate", str(d / "ref.nii.gz"), str(d / "m.h5"), *SIM])
+    assert r.exit_code == 0, r.output
+    return d
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+def _huge(f: h5py.File) -> None:
+    del f["data"]  # 582 TiB declared in a few bytes: chunked and never written
+    f.create_dataset("data", shape=(8, 10**5, 10**5, 1000), dtype="complex64",
+                     chunks=(1, 1, 64, 64))
+
+
+def _strings(f: h5py.File) -> None:
+    del f["data"]
+    f.create_dataset("data", data=np.array([b"abc"] * 4))
+
+
+def _version_text(f: h5py.File) -> None:
+    f.attrs["format_version"] = "one"
+
+
+def _fft_dims_int(f: h5py.File) -> None:
+    op = json.loads(f.attrs["operator"])
+    op["fft_dims"] = 3
+    f.attrs["operator"] = json.dumps(op)
+
+
+def _zero_affine(f: h5py.File) -> None:
+    f["reference"]["affine"][...] = 0.0
+
+
+def _singular_affine(f: h5py.File) -> None:
+    a = np.diag([2.0, 2.0, 2.0, 1.0])
+    a[:3, 2] = a[:3, 0]  # two parallel voxel axes
+    f["reference"]["affine"][...] = a
+
+
+@pytest.mark.parametrize(("edit", "fragment"), [
+    (_huge, "declares shape (8, 100000, 100000, 1000)"),
+    (_strings, "not numbers"),
+    (_version_text, "'format_version' must be an integer"),
+    (_fft_dims_int, "fft_dims must be"),
+    (_zero_affine, "zero or singular affine"),
+    (_singular_affine, "zero or singular affine"),
+])
+def test_hostile_measurement_files_end_in_one_sentence(
+        study: Path, tmp_path: Path, edit: Callable[[h5py.File], Any], fragment: str) -> None:
+    bad = tmp_path / "bad.h5"
+    shutil.copy(study / "m.h5", bad)
+    with h5py.File(bad, "a") as f:
+        edit(f)
+    before = _files(tmp_path)
+    r = runner.invoke(app, ["reconstruct", str(bad), str(tmp_path / "r.nii.gz"),
+                            "--method", "zero-filled"])
+    assert_user_error(r, fragment)
+    assert _files(tmp_path) == before
+
+
+def _nifti_with_sform(path: Path, data: np.ndarray, sform: np.ndarray) -> None:
+    img = nib.Nifti1Image(data, np.eye(4))
+    img.header.set_sform(sform, 1)
+    img.header.set_qform(None, 0)
+    img.update_header = lambda: None  # type: ignore[method-assign]  # keep the bad sform
+    nib.save(img, str(path))
+
+
+@pytest.mark.parametrize("command", ["info", "simulate", "convert"])
+@pytest.mark.parametrize("kind", ["zero", "singular", "rgb"])
+def test_bad_nifti_is_refused_on_input(tmp_path: Path, command: str, kind: str) -> None:
+    src = tmp_path / "in.nii.gz"
+    data = np.ones((6, 6, 4), np.float32)
+    if kind == "zero":
+        _nifti_with_sform(src, data, np.zeros((4, 4)))
+    elif kind == "singular":
+        a = np.eye(4)
+        a[2, 2] = 0.0
+        _nifti_with_sform(src, data, a)
+    else:
+        rgb = np.zeros((6, 6, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+        nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(src))
+    args = {"info": ["info", str(src)],
+            "simulate": ["simulate", str(src), str(tmp_path / "m.h5"), *SIM],
+            "convert": ["convert", str(src), str(tmp_path / "o.nii.gz")]}[command]
+    r = runner.invoke(app, args)
+    assert_user_error(r, "colour (RGB)" if kind == "rgb" else "zero or singular affine")
+    assert _files(tmp_path) == {"in.nii.gz"}
+
+
+def test_simulate_api_refuses_a_singular_affine() -> None:
+    from medrecon.errors import InputError
+    from medrecon.simulate import simulate
+
+    vol = Volume(np.ones((6, 6, 4), np.float32), np.diag([1.0, 1.0, 0.0, 1.0]), modality="MR")
+    with pytest.raises(InputError, match="zero or singular affine"):
+        simulate(vol)
