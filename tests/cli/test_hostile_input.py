@@ -128,3 +128,19 @@ def test_simulate_api_refuses_a_singular_affine() -> None:
     vol = Volume(np.ones((6, 6, 4), np.float32), np.diag([1.0, 1.0, 0.0, 1.0]), modality="MR")
     with pytest.raises(InputError, match="zero or singular affine"):
         simulate(vol)
+
+
+@pytest.mark.parametrize(("side", "fragment"), [
+    (60000, "more than half of this machine's memory"),  # would be 40 GiB of float32
+    (16, "holds 128 bytes of pixel data"),  # 8x8 pixels under a 16x16 header
+])
+def test_dicom_rows_columns_not_matching_pixel_data(tmp_path: Path, side: int,
+                                                    fragment: str) -> None:
+    from tests.dicom_factory import edit, write_series
+
+    files = write_series(tmp_path / "dcm", np.zeros((8, 8, 3), np.float32), np.eye(4))
+    for f in files:
+        edit(f, Rows=side, Columns=side)
+    r = runner.invoke(app, ["convert", str(tmp_path / "dcm"), str(tmp_path / "o.nii.gz")])
+    assert_user_error(r, fragment)
+    assert _files(tmp_path) == {"dcm"}
