@@ -53,7 +53,7 @@ def _config_sets(path: Path | None, key: str) -> bool:
 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
         return False  # load_config reports the problem with a proper sentence
     return isinstance(data, dict) and key in data
 

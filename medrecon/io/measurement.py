@@ -31,6 +31,7 @@ from medrecon.io.atomic import atomic_file
 from medrecon.io.operator_schema import mri_operator_description
 from medrecon.io.volume import Volume, check_affine
 from medrecon.jsonutil import jsonable as _jsonable
+from medrecon.jsonutil import parse_bounded
 
 __all__ = [
     "FORMAT_NAME",
@@ -330,7 +331,8 @@ def _json_attr(attrs: Any, key: str, path: Path) -> dict[str, Any]:
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8")
     try:
-        value = json.loads(raw)
+        value = parse_bounded(json.loads, raw, f"{path} (attribute {key!r})",
+                              MeasurementError)
     except json.JSONDecodeError:
         raise MeasurementError(f"{path}: attribute {key!r} is not valid JSON.") from None
     if not isinstance(value, dict):

@@ -144,3 +144,59 @@ def test_dicom_rows_columns_not_matching_pixel_data(tmp_path: Path, side: int,
     r = runner.invoke(app, ["convert", str(tmp_path / "dcm"), str(tmp_path / "o.nii.gz")])
     assert_user_error(r, fragment)
     assert _files(tmp_path) == {"dcm"}
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def _deep_safetensors(prior_json: Path) -> None:
+    shard = prior_json.parent / json.loads(prior_json.read_text())["weights"][0]
+    header = DEEP.encode()
+    shard.write_bytes(len(header).to_bytes(8, "little") + header)
+
+
+@pytest.mark.parametrize(("damage", "fragment"), [
+    (lambda js: js.write_text(json.dumps({**json.loads(js.read_text()),
+                                          "network": {**json.loads(js.read_text())["network"],
+                                                      "channels": [65536]}})),
+     "declare about"),
+    (lambda js: js.write_text(DEEP), "nested more than 64 levels deep"),
+    (_deep_safetensors, "nested more than 64 levels deep"),
+])
+def test_hostile_prior_files(study: Path, tmp_path: Path, damage: Callable[[Path], None],
+                             fragment: str) -> None:
+    from tests.prior_factory import export_tiny_prior
+
+    prior = export_tiny_prior(tmp_path / "prior")
+    damage(prior)
+    out = tmp_path / "out"
+    out.mkdir()
+    r = runner.invoke(app, ["reconstruct", str(study / "m.h5"), str(out / "r.nii.gz"),
+                            "--method", "diffusion", "--prior", str(prior), "--steps", "1",
+                            "--no-progress", "--device", "cpu"])
+    assert_user_error(r, fragment)
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("text", [DEEP, "a:\n" + "".join("  " * i + "b:\n" for i in range(1, 3000))])
+def test_deeply_nested_config_is_refused(study: Path, tmp_path: Path, text: str) -> None:
+    cfg = tmp_path / "deep.yaml"
+    cfg.write_text(text)
+    r = runner.invoke(app, ["simulate", str(study / "ref.nii.gz"), str(tmp_path / "m.h5"),
+                            "--config", str(cfg), *SIM])
+    assert_user_error(r, "nested more than 64 levels deep")
+    assert _files(tmp_path) == {"deep.yaml"}
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--set", "optim.steps=[1"], "must be an integer"),
+    (["--set", f"optim.steps={DEEP}"], "nested more than 64 levels deep"),
+    (["--steps", "5", "--set", "optim.steps=7"], "optim.steps is set twice"),
+    (["--set", "optim=3", "--set", "optim.steps=2"], "conflict"),
+    (["--set", "optim"], "must look like section.key=value"),
+])
+def test_unparsable_or_conflicting_train_settings(tmp_path: Path, args: list[str],
+                                                  fragment: str) -> None:
+    r = runner.invoke(app, ["train", "-o", str(tmp_path / "run"), *args, "--device", "cpu"])
+    assert_user_error(r, fragment)
+    assert list(tmp_path.iterdir()) == []
