@@ -247,6 +247,34 @@ def _check_common(sampler: str, steps: int, samples: int) -> str:
     return name
 
 
+def check_sample_memory(measurement: Measurement, samples: int, device: torch.device) -> None:
+    """Refuse ``samples`` chains that cannot fit in ``device``'s memory, before any work.
+
+    Each chain holds about eight image-sized float32 tensors (state, denoised estimate,
+    gradients and consistency steps) and four copies of the measured data (forward
+    projections, residuals, MR coil images); the estimate is deliberately coarse, for one
+    sentence instead of an allocator error half-way through sampling.
+
+    Raises:
+        InputError: the estimate exceeds the device's memory (GPU: its total memory; CPU:
+            half of the machine's physical memory).
+    """
+    from medrecon.device import host_memory_bytes
+
+    voxels = int(np.prod(measurement.reference.shape))
+    per_sample = 8 * 4 * voxels + 4 * int(np.asarray(measurement.data).nbytes)
+    if device.type == "cuda":
+        available = int(torch.cuda.get_device_properties(device).total_memory)
+    else:
+        available = host_memory_bytes() // 2
+    if samples * per_sample > available:
+        most = max(available // per_sample, 0)
+        raise InputError(
+            f"{samples} posterior samples need about {samples * per_sample / 2**30:,.1f} GiB "
+            f"({per_sample / 2**30:,.2f} GiB each), more than the {available / 2**30:,.1f} GiB "
+            f"available on {device.type}; use at most {most} samples.")
+
+
 def sample_problem(denoiser: Denoiser, problem: LinearProblem, shape: tuple[int, ...], *,
                    sampler: str = "dds", steps: int = 50, samples: int = 1, seed: int = 0,
                    sigma_data: float = 0.5, sigma_min: float = 0.002, sigma_max: float = 80.0,
@@ -472,6 +500,7 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
 
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     _check_common(sampler, steps, samples)
+    check_sample_memory(measurement, samples, dev)
     prior = prior_on_device(prior, dev)
     physics = measurement_problem(measurement, dev, model=prior.normalisation,
                                   noise_std=noise_std)

@@ -200,3 +200,17 @@ def test_unparsable_or_conflicting_train_settings(tmp_path: Path, args: list[str
     r = runner.invoke(app, ["train", "-o", str(tmp_path / "run"), *args, "--device", "cpu"])
     assert_user_error(r, fragment)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_samples_beyond_memory_are_refused_before_sampling(study: Path, tmp_path: Path) -> None:
+    from tests.prior_factory import export_tiny_prior
+
+    prior = export_tiny_prior(tmp_path / "prior")
+    out = tmp_path / "out"
+    out.mkdir()
+    r = runner.invoke(app, ["reconstruct", str(study / "m.h5"), str(out / "r.nii.gz"),
+                            "--method", "diffusion", "--prior", str(prior), "--steps", "1",
+                            "--samples", "100000000", "--no-progress", "--device", "cpu"])
+    msg = assert_user_error(r, "100000000 posterior samples need about", "use at most")
+    assert "Traceback" not in msg
+    assert list(out.iterdir()) == []
