@@ -102,6 +102,7 @@ def reconstruct(
     from medrecon.config import dump_config
     from medrecon.errors import InputError
     from medrecon.io import save_volume
+    from medrecon.io.atomic import output_group
     from medrecon.io.measurement import read_measurement
     from medrecon.reconstruct import ReconOptions
     from medrecon.reconstruct import reconstruct as run_reconstruction
@@ -137,11 +138,13 @@ def reconstruct(
     if info.get("warning"):
         warn(f"{info['warning']}; the prior may not suit this resolution (resample the study "
              f"or train a prior at its voxel size).")
-    path = save_volume(result.volume, out, format=fmt)
+    with output_group():  # the volume, its std map and the settings: all or none
+        path = save_volume(result.volume, out, format=fmt)
+        if result.std_volume is not None:
+            std_path = save_volume(result.std_volume, std_out or _std_path(out), format=fmt)
+        cfg_path = dump_config(result.settings, cfg_out)
     if result.std_volume is not None:
-        std_path = save_volume(result.std_volume, std_out or _std_path(out), format=fmt)
         typer.echo(f"Wrote the per-voxel standard deviation to {std_path}")
-    cfg_path = dump_config(result.settings, cfg_out)
     n_iter = result.output.iterations
     unit = "step" if name == "diffusion" else "iteration"
     details = [f"{n_iter} {unit}{'s' if n_iter != 1 else ''}"] if n_iter else []

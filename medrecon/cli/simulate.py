@@ -198,8 +198,11 @@ def simulate(
             cfg.mri, calibration=int(m.acquisition["calibration"])))
     m.acquisition["config"] = to_dict(cfg)
     m.acquisition["reference_path"] = str(reference)
-    path = write_measurement(m, out)
-    cfg_path = dump_config(cfg, cfg_out)
+    from medrecon.io.atomic import output_group
+
+    with output_group():  # the measurement and its settings: all or none
+        path = write_measurement(m, out)
+        cfg_path = dump_config(cfg, cfg_out)
     if m.modality == "MR":
         a = m.acquisition
         typer.echo(

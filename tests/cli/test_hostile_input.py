@@ -214,3 +214,62 @@ def test_samples_beyond_memory_are_refused_before_sampling(study: Path, tmp_path
     msg = assert_user_error(r, "100000000 posterior samples need about", "use at most")
     assert "Traceback" not in msg
     assert list(out.iterdir()) == []
+
+
+def test_a_failed_last_rename_leaves_no_output_and_names_the_target(
+        study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    real = os.replace
+
+    def replace(src: Any, dst: Any) -> None:
+        if str(dst).endswith(".png"):  # the figure is renamed last
+            raise OSError(errno.ENOSPC, "No space left on device", str(src))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    ref = str(study / "ref.nii.gz")
+    r = runner.invoke(app, ["evaluate", ref, ref, "--json", str(tmp_path / "e.json"),
+                            "--csv", str(tmp_path / "e.csv"), "--figure",
+                            str(tmp_path / "e.png")])
+    msg = assert_user_error(r, f"No space left on the device while writing {tmp_path / 'e.png'}")
+    assert ".tmp" not in msg
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_group_restores_what_a_failed_group_replaced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from medrecon.io.atomic import atomic_file, output_group
+
+    (tmp_path / "a.txt").write_text("old a")
+    real = os.replace
+
+    def replace(src: Any, dst: Any) -> None:
+        if str(dst).endswith("b.txt"):
+            raise OSError(28, "No space left on device", str(src))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError) as info, output_group():
+        for name in ("a.txt", "b.txt"):
+            with atomic_file(tmp_path / name) as tmp:
+                tmp.write_text("new")
+    assert info.value.filename == str(tmp_path / "b.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+    assert (tmp_path / "a.txt").read_text() == "old a"
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["phantom", "{d}/p.nii.gz", "--size", "3"], "Invalid value for '--size'"),
+    (["simulate", "{d}/in.nii.gz", "{d}/m.h5", "--frame", "-1"], "Invalid value for '--frame'"),
+    (["phantom", "{d}/p.nii.gz", "--size", "many"], "Invalid value for '--size'"),
+])
+def test_option_range_errors_are_one_line(tmp_path: Path, args: list[str], fragment: str) -> None:
+    r = runner.invoke(app, [a.format(d=tmp_path) for a in args])
+    assert_user_error(r, fragment)
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Usage:" not in r.output
+    assert list(tmp_path.iterdir()) == []
