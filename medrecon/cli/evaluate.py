@@ -52,6 +52,8 @@ def evaluate(
     figure: Path = typer.Option(
         None, "--figure", help="Write a PNG of orthogonal slices (one view for a single slice) "
                                "with the error maps on one shared scale."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace existing outputs (an input never)."),
     std: list[Path] = typer.Option(
         None, "--std", help="A standard-deviation volume (reconstruct --std-out) to show in "
                             "the figure; repeat for several."),
@@ -114,7 +116,7 @@ def evaluate(
     outputs = [(flag, p) for flag, p in (("--json", json_out), ("--csv", csv_out),
                                          ("--figure", figure)) if p is not None]
     for flag, p in outputs:
-        check_output(p, "file", flag, inputs=inputs)
+        check_output(p, "file", flag, inputs=inputs, overwrite=overwrite)
     for i, (flag, p) in enumerate(outputs):
         for flag2, p2 in outputs[i + 1:]:
             if p.resolve() == p2.resolve():

@@ -91,6 +91,8 @@ def reconstruct(
     seed: int | None = typer.Option(None, min=0, help="diffusion: random seed (default 0)."),
     std_out: Path | None = typer.Option(
         None, "--std-out", help="diffusion: where to write the std volume (default: OUT_std)."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace existing outputs (an input never)."),
 ) -> None:
     """Reconstruct MEASUREMENT with a classical method or diffusion posterior sampling, and write
     it in the reference geometry (NIfTI, or a DICOM series derived from the reference).
@@ -108,9 +110,9 @@ def reconstruct(
     from medrecon.reconstruct import reconstruct as run_reconstruction
 
     name = method.strip().lower()
-    fmt = check_volume_output(out, format, inputs=[measurement])
+    fmt = check_volume_output(out, format, inputs=[measurement], overwrite=overwrite)
     cfg_out = settings_path(out)
-    check_output(cfg_out, "file", inputs=[measurement])
+    check_output(cfg_out, "file", inputs=[measurement], overwrite=overwrite)
     extra = _parse_settings(settings)
     flags = {"prior": prior, "sampler": sampler, "steps": steps, "samples": samples,
              "seed": seed}
@@ -123,7 +125,8 @@ def reconstruct(
     if std_out is not None and not several:
         raise InputError("--std-out needs --samples 2 or more (one sample has no spread).")
     if name == "diffusion" and several:
-        check_volume_output(std_out or _std_path(out), fmt, inputs=[measurement, out])
+        check_volume_output(std_out or _std_path(out), fmt, inputs=[measurement, out],
+                            overwrite=overwrite)
     m = read_measurement(measurement)
     ref_path = (m.acquisition or {}).get("reference_path")
     for target in [out] + ([std_out] if std_out is not None else []):

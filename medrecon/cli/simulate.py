@@ -119,6 +119,8 @@ def simulate(
     frame: int | None = typer.Option(None, "--frame", min=0,
                                      help="Frame of a 4D NIfTI reference (0-based)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace existing outputs (an input never)."),
 ) -> None:
     """Simulate an undersampled acquisition of REFERENCE and write it to OUT (.h5).
 
@@ -138,8 +140,8 @@ def simulate(
     if config is not None and config.is_dir():
         raise InputError(f"--config {config} is a folder; give a YAML file.")
     cfg_out = out.with_name(out.name.rsplit(".", 1)[0] + ".simulate.yaml")
-    check_output(out, "file", inputs=[reference, config])
-    check_output(cfg_out, "file", inputs=[reference, config])
+    check_output(out, "file", inputs=[reference, config], overwrite=overwrite)
+    check_output(cfg_out, "file", inputs=[reference, config], overwrite=overwrite)
     volume = load_volume(reference, series=series, frame=frame)
     note_modality(volume)
     if modality is not None and modality.lower() == "ct":

@@ -273,3 +273,30 @@ def test_option_range_errors_are_one_line(tmp_path: Path, args: list[str], fragm
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "Usage:" not in r.output
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["simulate", "reconstruct", "evaluate", "convert"])
+def test_one_overwrite_policy(study: Path, tmp_path: Path, command: str) -> None:
+    """Every command refuses to replace an existing output unless --overwrite, and never
+    writes over its own input, --overwrite or not (issue 15 item 6)."""
+    ref, m = str(study / "ref.nii.gz"), str(study / "m.h5")
+    out = {"simulate": tmp_path / "o.h5", "reconstruct": tmp_path / "o.nii.gz",
+           "evaluate": tmp_path / "o.json", "convert": tmp_path / "o.nii.gz"}[command]
+    args = {"simulate": ["simulate", ref, str(out), *SIM],
+            "reconstruct": ["reconstruct", m, str(out), "--method", "zero-filled"],
+            "evaluate": ["evaluate", ref, ref, "--json", str(out)],
+            "convert": ["convert", ref, str(out)]}[command]
+    out.write_text("keep me")
+    assert_user_error(runner.invoke(app, args), "already exists; use --overwrite to replace it")
+    assert out.read_text() == "keep me"
+    r = runner.invoke(app, [*args, "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert out.stat().st_size > 0 and out.read_bytes() != b"keep me"
+    own = {"simulate": ["simulate", ref, ref, *SIM],
+           "reconstruct": ["reconstruct", m, m, "--method", "zero-filled", "--format", "nifti"],
+           "evaluate": ["evaluate", ref, ref, "--json", ref],
+           "convert": ["convert", ref, ref]}[command]
+    before = (study / "ref.nii.gz").read_bytes()
+    r = runner.invoke(app, [*own, "--overwrite"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert (study / "ref.nii.gz").read_bytes() == before
