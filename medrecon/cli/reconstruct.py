@@ -101,6 +101,8 @@ def reconstruct(
     --samples K >= 2 the mean is the reconstruction and the per-voxel std is written beside it.
     The resolved settings are written next to OUT as <OUT stem>.reconstruct.yaml.
     """
+    import warnings
+
     from medrecon.config import dump_config
     from medrecon.errors import InputError
     from medrecon.io import save_volume
@@ -136,11 +138,10 @@ def reconstruct(
                              f"from; write the reconstruction elsewhere.")
     options = ReconOptions(lam=lam, iterations=iterations, tol=tol, device=device,
                            progress=progress, extra=extra)
-    result = run_reconstruction(m, method, options)
+    with warnings.catch_warnings():  # library notices (voxel size) as they come, one line
+        warnings.showwarning = lambda message, *_a, **_k: warn(f"{message}.")
+        result = run_reconstruction(m, method, options)
     info = result.output.info
-    if info.get("warning"):
-        warn(f"{info['warning']}; the prior may not suit this resolution (resample the study "
-             f"or train a prior at its voxel size).")
     with output_group():  # the volume, its std map and the settings: all or none
         path = save_volume(result.volume, out, format=fmt)
         if result.std_volume is not None:

@@ -51,6 +51,7 @@ import copy
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -326,8 +327,9 @@ def sample_problem(denoiser: Denoiser, problem: LinearProblem, shape: tuple[int,
 
         from tqdm.auto import tqdm
 
+        # Quiet in logs: a bar is for a person watching a terminal.
         bar = tqdm(total=steps, desc=f"diffusion ({name})", unit="step", leave=False,
-                   mininterval=0.5 if sys.stderr.isatty() else 30.0)
+                   mininterval=0.5, disable=not sys.stderr.isatty())
 
     def cb(i: int, sigma: float, xi: torch.Tensor, x0: torch.Tensor) -> None:
         if bar is not None:
@@ -512,6 +514,13 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
     spacing = tuple(float(s) for s in
                     np.linalg.norm(np.asarray(measurement.reference.affine)[:3, :3], axis=0))
     ratio = max(max(a / b, b / a) for a, b in zip(spacing, prior.spacing_mm, strict=True))
+    warning = None
+    if ratio > 1.5:
+        # Said before sampling, not after minutes of it: the user may stop and resample.
+        warning = (f"voxel size {spacing} mm differs from the prior's {prior.spacing_mm} mm by "
+                   f"more than 1.5x; the prior may not suit this resolution (resample the study "
+                   f"or train a prior at its voxel size)")
+        warnings.warn(warning, UserWarning, stacklevel=2)
     den = prior_denoiser(prior, measurement.modality, tiling=tiling,
                          memory_budget_gb=memory_budget_gb, seed=seed, device=dev)
     res = sample_problem(den, problem, tuple(problem.op.ishape), sampler=sampler, steps=steps,
@@ -529,7 +538,6 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
     res.info.update(pinfo, modality=measurement.modality, prior=prior.name, tiling=tiling,
                     patch_size=list(prior.patch_size), patches=den.patches,
                     network_calls=den.calls, spacing_ratio=ratio, device=str(dev))
-    if ratio > 1.5:
-        res.info["warning"] = (f"voxel size {spacing} mm differs from the prior's "
-                               f"{prior.spacing_mm} mm by more than 1.5x")
+    if warning is not None:
+        res.info["warning"] = warning
     return res

@@ -300,3 +300,42 @@ def test_one_overwrite_policy(study: Path, tmp_path: Path, command: str) -> None
     r = runner.invoke(app, [*own, "--overwrite"])
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert (study / "ref.nii.gz").read_bytes() == before
+
+
+def test_voxel_size_notice_comes_before_sampling(study: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 15 item 9: the notice is a warning raised before the first network call."""
+    import warnings
+
+    import medrecon.sampling.api as api
+    from medrecon.io.measurement import read_measurement
+    from medrecon.priors import load_prior
+    from tests.prior_factory import export_tiny_prior
+
+    prior = load_prior(export_tiny_prior(tmp_path / "prior", spacing_mm=4.0))  # study: 2 mm
+    seen: list[int] = []
+    real = api.sample_problem
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(len(caught))  # warnings issued before sampling started
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "sample_problem", spy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = api.posterior_sample(read_measurement(study / "m.h5"), prior, steps=1,
+                                   device="cpu", progress=True)
+    voxel = [w for w in caught if "voxel size" in str(w.message)]
+    assert seen == [1] and len(voxel) == 1
+    assert "prior's (4.0, 4.0, 4.0) mm" in res.info["warning"]
+
+
+def test_progress_bar_is_quiet_when_stderr_is_not_a_terminal(study: Path, tmp_path: Path) -> None:
+    from tests.prior_factory import export_tiny_prior
+
+    prior = export_tiny_prior(tmp_path / "prior")
+    r = runner.invoke(app, ["reconstruct", str(study / "m.h5"), str(tmp_path / "r.nii.gz"),
+                            "--method", "diffusion", "--prior", str(prior), "--steps", "2",
+                            "--progress", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "diffusion (" not in r.stderr and "step" not in r.stderr, r.stderr
