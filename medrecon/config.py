@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 
 from medrecon.errors import ConfigError
 from medrecon.io.atomic import atomic_file
+from medrecon.jsonutil import parse_bounded
 
 __all__ = ["dump_config", "from_dict", "load_config", "option", "to_dict"]
 
@@ -328,7 +329,8 @@ def _parse_overrides(overrides: Mapping[str, Any] | Sequence[str]) -> list[tuple
         if not sep or not key:
             raise ConfigError(f"Override {text!r} must look like key=value, e.g. steps=20.")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = (parse_bounded(yaml.safe_load, raw, f"The value of {key}", ConfigError)
+                     if raw.strip() else "")
         except yaml.YAMLError:
             value = raw
         items.append((key, value))
@@ -380,7 +382,7 @@ def load_config(
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"Cannot read config file {p}: {exc}.") from None
         try:
-            data = yaml.safe_load(text)
+            data = parse_bounded(yaml.safe_load, text, str(p), ConfigError)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

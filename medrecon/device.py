@@ -14,7 +14,7 @@ from medrecon.errors import InputError
 if TYPE_CHECKING:  # torch is imported inside the function: this module stays light
     import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["host_memory_bytes", "resolve_device"]
 
 
 def resolve_device(device: str | None = "auto") -> torch.device:
@@ -33,3 +33,17 @@ def resolve_device(device: str | None = "auto") -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise InputError(f"Unsupported device {device!r}; use auto, cpu, cuda or cuda:N.")
     return dev
+
+
+def host_memory_bytes() -> int:
+    """Physical memory of this machine in bytes (a bound on any single allocation).
+
+    Read from ``sysconf``; where that is unavailable 64 GiB is assumed, so that a file
+    declaring terabytes is still refused before anything is allocated.
+    """
+    import os
+
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 64 * 2**30

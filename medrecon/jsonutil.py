@@ -13,7 +13,46 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["jsonable"]
+__all__ = ["MAX_DEPTH", "jsonable", "parse_bounded"]
+
+#: Deepest nesting accepted in a JSON or YAML document read from a user's file: real configs,
+#: prior descriptions and safetensors headers are a few levels deep; 100,000 levels exhaust
+#: Python's recursion limit in the parsers and in every recursive consumer.
+MAX_DEPTH = 64
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of dicts and lists in ``value`` (iterative: no recursion limit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, d = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, d)
+            if d > MAX_DEPTH:
+                break
+            stack.extend((v, d + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def parse_bounded(parse: Any, text: Any, source: str, error: type[Exception] | None = None) -> Any:
+    """``parse(text)`` (``json.loads``, ``yaml.safe_load``) refusing deep nesting.
+
+    Raises:
+        ``error`` (default :class:`medrecon.errors.InputError`): the document is nested more than :data:`MAX_DEPTH` levels
+            (the parser's RecursionError, or a depth counted after parsing).
+    """
+    from medrecon.errors import InputError
+
+    error = error or InputError
+    message = (f"{source} is nested more than {MAX_DEPTH} levels deep; it is not a file "
+               f"medrecon wrote or reads.")
+    try:
+        value = parse(text)
+    except RecursionError:
+        raise error(message) from None
+    if _depth(value) > MAX_DEPTH:
+        raise error(message)
+    return value
 
 
 def jsonable(value: Any) -> Any:

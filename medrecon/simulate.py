@@ -56,7 +56,7 @@ from medrecon.errors import InputError
 from medrecon.intensity import looks_like_hu
 from medrecon.io.measurement import Measurement, ReferenceGeometry
 from medrecon.io.operator_schema import ct_operator_description, mri_operator_description
-from medrecon.io.volume import Volume
+from medrecon.io.volume import Volume, check_affine
 
 if TYPE_CHECKING:
     import torch
@@ -224,6 +224,7 @@ def simulate(volume: Volume, config: SimulationConfig | None = None,
     dev = resolve_device(device) if isinstance(device, str) else device
     if not np.all(np.isfinite(volume.data)):
         raise InputError("The reference volume contains NaN or infinite values.")
+    check_affine(volume.affine, "The reference volume")
     if config.modality == Modality.MRI:
         why = _ct_like(volume)
         if why:

@@ -98,14 +98,18 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def check_output(path: Path, kind: str, flag: str = "", inputs: Iterable[Path | None] = ()) -> None:
+def check_output(path: Path, kind: str, flag: str = "", inputs: Iterable[Path | None] = (),
+                 overwrite: bool | None = None) -> None:
     """Refuse an output path that cannot be written, before any work is done.
 
     Args:
         path: the output path.
         kind: "file" (any single file), "nifti", "dicom" (a folder) or "folder".
         flag: how the user gave it (e.g. "--json"), for the message; "" for an argument.
-        inputs: input paths of the command; writing over one of them is refused.
+        inputs: input paths of the command; writing over one of them is refused, with or
+            without ``--overwrite``.
+        overwrite: the command's ``--overwrite``: False refuses an existing output (the one
+            policy of convert, simulate, reconstruct and evaluate); None does not check.
 
     Raises:
         InputError: a file (not a folder) stands where a parent folder must be, the nearest
@@ -118,6 +122,8 @@ def check_output(path: Path, kind: str, flag: str = "", inputs: Iterable[Path | 
             raise InputError(f"{label} is also an input; write the output to another path.")
     if kind in ("file", "nifti") and path.is_dir():
         raise InputError(f"{label} is a folder; give a file name.")
+    if overwrite is False and (path.is_file() or (path.is_dir() and any(path.iterdir()))):
+        raise InputError(f"{label} already exists; use --overwrite to replace it.")
     if kind in ("dicom", "folder") and path.exists() and not path.is_dir():
         raise InputError(f"{label} is a file; give a folder name.")
     parent = path.parent
@@ -129,7 +135,8 @@ def check_output(path: Path, kind: str, flag: str = "", inputs: Iterable[Path | 
         raise InputError(f"Cannot write {label}: no permission to write in {parent}.")
 
 
-def check_volume_output(path: Path, fmt: str = "auto", inputs: Iterable[Path | None] = ()) -> str:
+def check_volume_output(path: Path, fmt: str = "auto", inputs: Iterable[Path | None] = (),
+                        overwrite: bool | None = None) -> str:
     """:func:`check_output` for a volume written by ``save_volume``; returns "nifti" or "dicom".
 
     With ``fmt`` "auto" a name ending in a file suffix other than .nii/.nii.gz (``out.h5``,
@@ -148,5 +155,5 @@ def check_volume_output(path: Path, fmt: str = "auto", inputs: Iterable[Path | N
                              f"file, or a folder name for a DICOM series.")
         else:
             fmt = "dicom"
-    check_output(path, fmt, inputs=inputs)
+    check_output(path, fmt, inputs=inputs, overwrite=overwrite)
     return fmt

@@ -88,14 +88,12 @@ def convert(
             raise InputError(f"NIfTI output must end in .nii or .nii.gz, got {out.name}.")
         if out.is_dir():
             raise InputError(f"{out} is a folder; give a .nii or .nii.gz file name.")
-        if out.exists() and not overwrite:
-            raise InputError(f"{out} already exists; use --overwrite to replace it.")
     else:
         if is_nifti_path(out):
             raise InputError(f"DICOM output must be a folder, not {out.name}.")
         if out.exists() and not out.is_dir():
             raise InputError(f"{out} is a file; DICOM output must be a folder.")
-    check_output(out, target)
+    check_output(out, target, inputs=[inp, reference], overwrite=overwrite)
 
     ref_volume = None
     if reference is not None:

@@ -52,6 +52,8 @@ def evaluate(
     figure: Path = typer.Option(
         None, "--figure", help="Write a PNG of orthogonal slices (one view for a single slice) "
                                "with the error maps on one shared scale."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace existing outputs (an input never)."),
     std: list[Path] = typer.Option(
         None, "--std", help="A standard-deviation volume (reconstruct --std-out) to show in "
                             "the figure; repeat for several."),
@@ -114,7 +116,7 @@ def evaluate(
     outputs = [(flag, p) for flag, p in (("--json", json_out), ("--csv", csv_out),
                                          ("--figure", figure)) if p is not None]
     for flag, p in outputs:
-        check_output(p, "file", flag, inputs=inputs)
+        check_output(p, "file", flag, inputs=inputs, overwrite=overwrite)
     for i, (flag, p) in enumerate(outputs):
         for flag2, p2 in outputs[i + 1:]:
             if p.resolve() == p2.resolve():
@@ -171,51 +173,53 @@ def evaluate(
                  f"({result.inputs['reoriented']}); it was reordered onto the reference's grid.")
         typer.echo(format_table(result, units=ref_vol.units))
 
-    if json_out is not None:
-        write_metrics_json(results, json_out, extra={"units": ref_vol.units})
-        typer.echo(f"Wrote {json_out}")
-    if csv_out is not None:
-        write_metrics_csv(results, csv_out)
-        typer.echo(f"Wrote {csv_out}")
-    if figure is not None:
-        from medrecon.report import orthogonal_slices_figure
+    from medrecon.io.atomic import output_group
 
-        labels = _labels(recons)
-        volumes = {"Reference": ref_vol.data}
-        annotations = {}
-        for label, path, rec_vol, result in zip(labels, recons, rec_vols, results, strict=True):
-            volumes[label] = on_reference_grid(rec_vol, ref_vol, str(path)).data
-            v = result.volume
-            annotations[label] = f"PSNR {v['psnr']:.2f} dB\nSSIM {v['ssim']:.4f}"
-        std_maps = {f"Std ({label})" if len(std) > 1 else "Std":
-                    on_reference_grid(vol, ref_vol, f"std map {path}").data
-                    for label, path, vol in zip(_labels(std), std, std_vols, strict=True)}
-        unit = f" {ref_vol.units}" if ref_vol.units else ""
-        grey = window
-        if grey is None and ref_vol.units == "HU":
-            grey = CT_WINDOW
-        first = results[0]
-        footnote = (f"Metrics over: {first.region}; data range L = "
-                    f"{first.data_range:.4g}{unit} ({first.data_range_source}).")
-        footnote += (f" Grey window {grey[0]:g} to {grey[1]:g}{unit}." if grey is not None
-                     else " Grey window: 0.5th to 99.5th percentile of the reference in the "
-                          "region.")
-        footnote += " Error and std maps: 0 to their 99th percentile in the region, one scale."
-        names = ", ".join(p.name for p in recons)
-        orthogonal_slices_figure(
-            volumes,
-            figure,
-            affine=ref_vol.affine,
-            mask=mask_arr,
-            blank=None if include_padding else padding_mask(ref_vol),
-            std=std_maps or None,
-            window=grey,
-            annotations=annotations,
-            units=ref_vol.units,
-            title=f"{names} vs {reference.name}",
-            footnote=footnote,
-        )
-        typer.echo(f"Wrote {figure}")
+    with output_group():  # the JSON, CSV and figure: all or none
+        if json_out is not None:
+            write_metrics_json(results, json_out, extra={"units": ref_vol.units})
+        if csv_out is not None:
+            write_metrics_csv(results, csv_out)
+        if figure is not None:
+            from medrecon.report import orthogonal_slices_figure
+
+            labels = _labels(recons)
+            volumes = {"Reference": ref_vol.data}
+            annotations = {}
+            for label, path, rec_vol, result in zip(labels, recons, rec_vols, results, strict=True):
+                volumes[label] = on_reference_grid(rec_vol, ref_vol, str(path)).data
+                v = result.volume
+                annotations[label] = f"PSNR {v['psnr']:.2f} dB\nSSIM {v['ssim']:.4f}"
+            std_maps = {f"Std ({label})" if len(std) > 1 else "Std":
+                        on_reference_grid(vol, ref_vol, f"std map {path}").data
+                        for label, path, vol in zip(_labels(std), std, std_vols, strict=True)}
+            unit = f" {ref_vol.units}" if ref_vol.units else ""
+            grey = window
+            if grey is None and ref_vol.units == "HU":
+                grey = CT_WINDOW
+            first = results[0]
+            footnote = (f"Metrics over: {first.region}; data range L = "
+                        f"{first.data_range:.4g}{unit} ({first.data_range_source}).")
+            footnote += (f" Grey window {grey[0]:g} to {grey[1]:g}{unit}." if grey is not None
+                         else " Grey window: 0.5th to 99.5th percentile of the reference in the "
+                              "region.")
+            footnote += " Error and std maps: 0 to their 99th percentile in the region, one scale."
+            names = ", ".join(p.name for p in recons)
+            orthogonal_slices_figure(
+                volumes,
+                figure,
+                affine=ref_vol.affine,
+                mask=mask_arr,
+                blank=None if include_padding else padding_mask(ref_vol),
+                std=std_maps or None,
+                window=grey,
+                annotations=annotations,
+                units=ref_vol.units,
+                title=f"{names} vs {reference.name}",
+                footnote=footnote,
+            )
+    for _, written in outputs:
+        typer.echo(f"Wrote {written}")
 
 
 def _labels(paths: list[Path]) -> list[str]:

@@ -7,12 +7,30 @@ monai) happen inside the command functions so ``medrecon --help`` stays fast.
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from medrecon import __version__
 
+
+class _OneLineErrors(TyperGroup):
+    """The command group, with an invalid option value (out of range, not a number) reported
+    as one ``Error:`` line and exit code 2, like every other user error, instead of click's
+    usage block."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except typer.BadParameter as exc:
+            text = exc.format_message().rstrip()
+            typer.echo(f"Error: {text}{'' if text.endswith('.') else '.'}", err=True)
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="medrecon",
     help="Reconstruct 3D MRI and CT from undersampled measurements with a learned diffusion prior.",
     no_args_is_help=True,

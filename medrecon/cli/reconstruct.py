@@ -84,6 +84,8 @@ def reconstruct(
     seed: int | None = typer.Option(None, min=0, help="diffusion: random seed (default 0)."),
     std_out: Path | None = typer.Option(
         None, "--std-out", help="diffusion: where to write the std volume (default: OUT_std)."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace existing outputs (an input never)."),
 ) -> None:
     """Reconstruct MEASUREMENT with a classical method or diffusion posterior sampling, and write
     it in the reference geometry (NIfTI, or a DICOM series derived from the reference).
@@ -92,17 +94,20 @@ def reconstruct(
     --samples K >= 2 the mean is the reconstruction and the per-voxel std is written beside it.
     The resolved settings are written next to OUT as <OUT stem>.reconstruct.yaml.
     """
+    import warnings
+
     from medrecon.config import dump_config
     from medrecon.errors import InputError
     from medrecon.io import save_volume
+    from medrecon.io.atomic import output_group
     from medrecon.io.measurement import read_measurement
     from medrecon.reconstruct import ReconOptions, settings_path, std_path
     from medrecon.reconstruct import reconstruct as run_reconstruction
 
     name = method.strip().lower()
-    fmt = check_volume_output(out, format, inputs=[measurement])
+    fmt = check_volume_output(out, format, inputs=[measurement], overwrite=overwrite)
     cfg_out = settings_path(out)
-    check_output(cfg_out, "file", inputs=[measurement])
+    check_output(cfg_out, "file", inputs=[measurement], overwrite=overwrite)
     extra = method_extra(name, settings, {"prior": prior, "sampler": sampler, "steps": steps,
                                           "samples": samples, "seed": seed, "std-out": std_out})
     n_samples = extra.get("samples", 1)  # a non-integer is the library's error to report
@@ -110,7 +115,8 @@ def reconstruct(
     if std_out is not None and not several:
         raise InputError("--std-out needs --samples 2 or more (one sample has no spread).")
     if name == "diffusion" and several:
-        check_volume_output(std_out or std_path(out), fmt, inputs=[measurement, out])
+        check_volume_output(std_out or std_path(out), fmt, inputs=[measurement, out],
+                            overwrite=overwrite)
     m = read_measurement(measurement)
     ref_path = (m.acquisition or {}).get("reference_path")
     for target in [out] + ([std_out] if std_out is not None else []):
@@ -120,16 +126,17 @@ def reconstruct(
                              f"from; write the reconstruction elsewhere.")
     options = ReconOptions(lam=parse_weight(lam), iterations=iterations, tol=tol, device=device,
                            progress=progress, extra=extra)
-    result = run_reconstruction(m, method, options)
+    with warnings.catch_warnings():  # library notices (voxel size) as they come, one line
+        warnings.showwarning = lambda message, *_a, **_k: warn(f"{message}.")
+        result = run_reconstruction(m, method, options)
     info = result.output.info
-    if info.get("warning"):
-        warn(f"{info['warning']}; the prior may not suit this resolution (resample the study "
-             f"or train a prior at its voxel size).")
-    path = save_volume(result.volume, out, format=fmt)
+    with output_group():  # the volume, its std map and the settings: all or none
+        path = save_volume(result.volume, out, format=fmt)
+        if result.std_volume is not None:
+            std_file = save_volume(result.std_volume, std_out or std_path(out), format=fmt)
+        cfg_path = dump_config(result.settings, cfg_out)
     if result.std_volume is not None:
-        std_file = save_volume(result.std_volume, std_out or std_path(out), format=fmt)
         typer.echo(f"Wrote the per-voxel standard deviation to {std_file}")
-    cfg_path = dump_config(result.settings, cfg_out)
     n_iter = result.output.iterations
     unit = "step" if name == "diffusion" else "iteration"
     details = [f"{n_iter} {unit}{'s' if n_iter != 1 else ''}"] if n_iter else []

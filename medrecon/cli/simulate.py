@@ -53,7 +53,7 @@ def _config_sets(path: Path | None, key: str) -> bool:
 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
         return False  # load_config reports the problem with a proper sentence
     return isinstance(data, dict) and key in data
 
@@ -119,6 +119,8 @@ def simulate(
     frame: int | None = typer.Option(None, "--frame", min=0,
                                      help="Frame of a 4D NIfTI reference (0-based)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace existing outputs (an input never)."),
 ) -> None:
     """Simulate an undersampled acquisition of REFERENCE and write it to OUT (.h5).
 
@@ -138,8 +140,8 @@ def simulate(
     if config is not None and config.is_dir():
         raise InputError(f"--config {config} is a folder; give a YAML file.")
     cfg_out = out.with_name(out.name.rsplit(".", 1)[0] + ".simulate.yaml")
-    check_output(out, "file", inputs=[reference, config])
-    check_output(cfg_out, "file", inputs=[reference, config])
+    check_output(out, "file", inputs=[reference, config], overwrite=overwrite)
+    check_output(cfg_out, "file", inputs=[reference, config], overwrite=overwrite)
     volume = load_volume(reference, series=series, frame=frame)
     note_modality(volume)
     if modality is not None and modality.lower() == "ct":
@@ -198,8 +200,11 @@ def simulate(
             cfg.mri, calibration=int(m.acquisition["calibration"])))
     m.acquisition["config"] = to_dict(cfg)
     m.acquisition["reference_path"] = str(reference)
-    path = write_measurement(m, out)
-    cfg_path = dump_config(cfg, cfg_out)
+    from medrecon.io.atomic import output_group
+
+    with output_group():  # the measurement and its settings: all or none
+        path = write_measurement(m, out)
+        cfg_path = dump_config(cfg, cfg_out)
     if m.modality == "MR":
         a = m.acquisition
         typer.echo(

@@ -1,6 +1,11 @@
 """Atomic output: write into a temporary sibling, then rename over the target.
 
 A crash or a user error half-way through never leaves a half-written file or folder behind.
+A command with several outputs (a volume, its std map, the settings file) wraps their writing
+in :func:`output_group`: every file and folder is then renamed into place only when all are
+complete, and a failure at any rename removes the ones already moved (restoring what they
+replaced), so the command writes all of its outputs or none.
+
 The result gets the permissions an ordinary ``open``/``mkdir`` would give (``0o666`` / ``0o777``
 less the umask; an overwritten file keeps its mode), not the private ``0o600`` / ``0o700`` of :mod:`tempfile`, so that colleagues
 in a research group can read each other's outputs.
@@ -9,12 +14,91 @@ in a research group can read each other's outputs.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+class _Group:
+    """Finished temporaries waiting for their rename: ``(temporary, target)`` pairs."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Path, Path]] = []
+
+    def commit(self) -> None:
+        """Move every temporary onto its target; on any failure undo the moves already made."""
+        done: list[tuple[Path, Path | None]] = []
+        try:
+            for tmp, target in self.items:
+                backup = None
+                if target.exists() or target.is_symlink():
+                    backup = target.with_name(f".{target.name}.old")
+                    _remove(backup)
+                    _rename(target, backup, target)
+                try:
+                    _rename(tmp, target, target)
+                except BaseException:
+                    if backup is not None:
+                        os.replace(backup, target)
+                    raise
+                done.append((target, backup))
+        except BaseException:
+            for target, backup in reversed(done):
+                _remove(target)
+                if backup is not None:
+                    os.replace(backup, target)
+            for tmp, _ in self.items:
+                _remove(tmp)
+            raise
+        for _, backup in done:
+            if backup is not None:
+                _remove(backup)
+
+
+_GROUP: contextvars.ContextVar[_Group | None] = contextvars.ContextVar("_GROUP", default=None)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, link or folder tree if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _rename(src: Path, dst: Path, target: Path) -> None:
+    """``os.replace(src, dst)``; a failure names ``target`` (what the user asked for), not the
+    hidden temporary or backup name."""
+    try:
+        os.replace(src, dst)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(target)) from None
+
+
+@contextlib.contextmanager
+def output_group() -> Iterator[None]:
+    """Write several outputs all or none: :func:`atomic_file` and :func:`atomic_dir` inside
+    the block only prepare their temporaries, which are renamed together when the block ends
+    without an error (and removed when it fails). Groups do not nest: an inner one joins the
+    outer one."""
+    if _GROUP.get() is not None:
+        yield
+        return
+    group = _Group()
+    token = _GROUP.set(group)
+    try:
+        yield
+    except BaseException:
+        _GROUP.reset(token)
+        for tmp, _ in group.items:
+            _remove(tmp)
+        raise
+    _GROUP.reset(token)
+    group.commit()
 
 
 def current_umask() -> int:
@@ -60,7 +144,11 @@ def atomic_file(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
         yield tmp
         if tmp.exists():
             _default_mode(tmp, target)
-        os.replace(tmp, target)
+        group = _GROUP.get()
+        if group is not None:
+            group.items.append((tmp, target))
+            return
+        _rename(tmp, target, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -79,9 +167,13 @@ def atomic_dir(path: str | os.PathLike[str], overwrite: bool = True) -> Iterator
     try:
         yield tmp
         _default_mode(tmp, target)
+        group = _GROUP.get()
+        if target.exists() and not overwrite:
+            raise FileExistsError(target)
+        if group is not None:
+            group.items.append((tmp, target))
+            return
         if target.exists():
-            if not overwrite:
-                raise FileExistsError(target)
             old = target.with_name(f".{target.name}.old")
             if old.exists():
                 shutil.rmtree(old)

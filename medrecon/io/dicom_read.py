@@ -281,13 +281,40 @@ def _stack_geometry(slices: list[_Slice], note: list[str]) -> tuple[np.ndarray, 
     return order, affine
 
 
-def _decode(ds: Any, label: str) -> np.ndarray:
+def _check_pixel_size(ds: Any, label: str, frames: int = 1) -> None:
+    """Refuse a header whose Rows x Columns (x frames) cannot match its pixel data, before
+    anything of that size is allocated.
+
+    Uncompressed pixel data hold exactly Rows x Columns x frames x BitsAllocated / 8 bytes;
+    compressed data are checked after decoding (their length says nothing about the image).
+    """
+    from medrecon.device import host_memory_bytes
+
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows <= 0 or cols <= 0:
+        raise DicomError(f"{label} declares an empty image ({rows}x{cols}).")
+    if rows * cols * frames * 4 > host_memory_bytes() // 2:
+        raise DicomError(f"{label} declares {frames} image(s) of {rows}x{cols}, more than half "
+                         f"of this machine's memory as float32.")
+    pixels = ds.get("PixelData") if "PixelData" in ds else None
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if pixels is None or syntax is None or getattr(syntax, "is_compressed", True):
+        return
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    expected = (rows * cols * frames * bits + 7) // 8
+    if len(pixels) < expected:
+        raise DicomError(f"{label} declares {frames} image(s) of {rows}x{cols} at {bits} bits "
+                         f"({expected} bytes) but holds {len(pixels)} bytes of pixel data.")
+
+
+def _decode(ds: Any, label: str, frames: int = 1) -> np.ndarray:
     """``ds.pixel_array`` with errors turned into a DicomError naming ``label``."""
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         raise DicomError(
             f"{label} is a colour image ({ds.get('PhotometricInterpretation', '?')}); "
             f"medrecon reads greyscale images."
         )
+    _check_pixel_size(ds, label, frames)
     try:
         arr = ds.pixel_array
     except Exception as exc:
@@ -347,6 +374,7 @@ def _read_classic(entries: list[DicomFile]) -> Volume:
     note: list[str] = []
     order, affine = _stack_geometry(slices, note)
     s0 = slices[0]
+    _check_pixel_size(entries[0].header, str(entries[0].path), len(slices))  # before np.empty
     data = np.empty((s0.cols, s0.rows, len(slices)), dtype=np.float32)
     first_ds = None
     for k, idx in enumerate(order):
@@ -453,7 +481,7 @@ def _read_multiframe(entry: DicomFile) -> Volume:
             ))
     note: list[str] = []
     order, affine = _stack_geometry(slices, note)
-    arr = _decode(ds, label)
+    arr = _decode(ds, label, n_frames)
     if arr.ndim == 2:
         arr = arr[None]
     if arr.shape != (n_frames, rows, cols):

@@ -29,8 +29,9 @@ from medrecon import __version__
 from medrecon.errors import MeasurementError
 from medrecon.io.atomic import atomic_file
 from medrecon.io.operator_schema import mri_operator_description
-from medrecon.io.volume import Volume
+from medrecon.io.volume import Volume, check_affine
 from medrecon.jsonutil import jsonable as _jsonable
+from medrecon.jsonutil import parse_bounded
 
 __all__ = [
     "FORMAT_NAME",
@@ -212,10 +213,11 @@ class Measurement:
                     raise MeasurementError("The coil maps hold NaN or infinite values.")
                 self.coil_maps = maps.astype(np.complex64, copy=False)
             dims = self.operator.get("fft_dims")
-            if dims is not None and tuple(dims) not in ((0, 1, 2), (0, 1)):
+            if dims is not None and (not isinstance(dims, list | tuple)
+                                     or tuple(dims) not in ((0, 1, 2), (0, 1))):
                 raise MeasurementError(
                     f"MR operator fft_dims must be [0, 1, 2] (3D) or [0, 1] (2D multi-slice), "
-                    f"got {list(dims)}.")
+                    f"got {dims!r}.")
         else:
             if data.ndim != 3:
                 raise MeasurementError(
@@ -329,7 +331,8 @@ def _json_attr(attrs: Any, key: str, path: Path) -> dict[str, Any]:
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8")
     try:
-        value = json.loads(raw)
+        value = parse_bounded(json.loads, raw, f"{path} (attribute {key!r})",
+                              MeasurementError)
     except json.JSONDecodeError:
         raise MeasurementError(f"{path}: attribute {key!r} is not valid JSON.") from None
     if not isinstance(value, dict):
@@ -348,6 +351,40 @@ def _require(f: Any, name: str, path: Path) -> Any:
         raise MeasurementError(f"{path} has no {name!r} dataset; it is not a complete "
                                f"medrecon measurement file.")
     return f[name]
+
+
+def _numeric(node: Any, name: str, path: Path) -> np.ndarray:
+    """Read the numeric dataset ``node`` after checking its dtype and declared size.
+
+    Shapes and dtypes come from the header, so a file declaring terabytes or holding strings
+    is refused before anything is allocated (HDF5 can declare any size in a few bytes).
+    """
+    import h5py
+
+    from medrecon.device import host_memory_bytes
+
+    if not isinstance(node, h5py.Dataset):
+        raise MeasurementError(f"{path}: {name!r} is not a dataset.")
+    if node.dtype.kind not in "biufc":
+        raise MeasurementError(f"{path}: dataset {name!r} holds {node.dtype} values, not numbers.")
+    nbytes = int(np.prod([int(s) for s in node.shape], dtype=object)) * int(node.dtype.itemsize)
+    limit = host_memory_bytes() // 2
+    if nbytes > limit:
+        raise MeasurementError(
+            f"{path}: dataset {name!r} declares shape {tuple(node.shape)} "
+            f"({nbytes / 2**30:,.1f} GiB), more than half of this machine's memory "
+            f"({limit / 2**30:,.1f} GiB).")
+    return node[()]
+
+
+def _int_attr(attrs: Any, key: str, default: int, path: Path) -> int:
+    """An integer attribute; anything else (a string, a float, an array) is refused."""
+    value = attrs.get(key, default)
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value.item()
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise MeasurementError(f"{path}: attribute {key!r} must be an integer, got {value!r}.")
+    return int(value)
 
 
 def is_fastmri_file(path: str | Path) -> bool:
@@ -400,16 +437,17 @@ def _read_hdf5_measurement(path: Path) -> Measurement:
                 f"{path} is an HDF5 file but neither a medrecon measurement nor a fastMRI file.")
         if _str(fmt) != FORMAT_NAME:
             raise MeasurementError(f"{path} has format {_str(fmt)!r}, not {FORMAT_NAME!r}.")
-        version = int(f.attrs.get("format_version", 0))
+        version = _int_attr(f.attrs, "format_version", 0, path)
         if version > FORMAT_VERSION:
             raise MeasurementError(
                 f"{path} uses measurement format version {version}; this medrecon reads up to "
                 f"version {FORMAT_VERSION}, so upgrade medrecon.")
         modality = _str(f.attrs.get("modality", ""))
-        data = _require(f, "data", path)[()]
-        mask = f["mask"][()] if "mask" in f else None
-        maps = f["coil_maps"][()] if "coil_maps" in f else None
-        cov = f["noise_covariance"][()] if "noise_covariance" in f else None
+        data = _numeric(_require(f, "data", path), "data", path)
+        mask = _numeric(f["mask"], "mask", path) if "mask" in f else None
+        maps = _numeric(f["coil_maps"], "coil_maps", path) if "coil_maps" in f else None
+        cov = (_numeric(f["noise_covariance"], "noise_covariance", path)
+               if "noise_covariance" in f else None)
         ref = _require(f, "reference", path)
         if "affine" not in ref:
             raise MeasurementError(f"{path} has no 'reference/affine' dataset.")
@@ -418,16 +456,19 @@ def _read_hdf5_measurement(path: Path) -> Measurement:
         dicom = _dicom_from_json(
             _str(ref["dicom_json"][()]) if "dicom_json" in ref else None,
             _str(ref["dicom_file_meta_json"][()]) if "dicom_file_meta_json" in ref else None)
+        affine = _numeric(ref["affine"], "reference/affine", path)
+        check_affine(affine, f"{path} (reference/affine)")
         try:
             reference = ReferenceGeometry(
-                affine=ref["affine"][()], shape=tuple(int(s) for s in ref.attrs["shape"]),
+                affine=affine, shape=tuple(int(s) for s in ref.attrs["shape"]),
                 modality=_str(ref.attrs.get("modality", "OT")),
                 units=_str(ref.attrs.get("units", "a.u.")),
                 series_description=_str(ref.attrs.get("series_description", "")),
                 dicom_header=dicom, meta=_json_attr(ref.attrs, "meta", path))
         except ValueError as exc:
             raise MeasurementError(f"{path}: invalid reference geometry ({exc}).") from None
-        arrays = {name: f["aux"][name][()] for name in f["aux"]} if "aux" in f else {}
+        arrays = ({name: _numeric(f["aux"][name], f"aux/{name}", path) for name in f["aux"]}
+                  if "aux" in f else {})
         operator = _json_attr(f.attrs, "operator", path)
         noise = _json_attr(f.attrs, "noise", path)
         acquisition = _json_attr(f.attrs, "acquisition", path)
@@ -498,8 +539,8 @@ def read_fastmri(path: str | Path) -> Measurement:
     with h5py.File(path, "r") as f:
         if "kspace" not in f:
             raise MeasurementError(f"{path} has no 'kspace' dataset; it is not a fastMRI file.")
-        ks = f["kspace"][()]
-        mask_1d = f["mask"][()] if "mask" in f else None
+        ks = _numeric(f["kspace"], "kspace", path)
+        mask_1d = _numeric(f["mask"], "mask", path) if "mask" in f else None
         header = f["ismrmrd_header"][()] if "ismrmrd_header" in f else None
         attrs = {k: _jsonable(v.decode() if isinstance(v, bytes) else v)
                  for k, v in f.attrs.items()}

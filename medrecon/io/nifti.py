@@ -9,7 +9,7 @@ import numpy as np
 from medrecon.errors import InputError
 from medrecon.intensity import looks_like_hu
 from medrecon.io.atomic import atomic_file
-from medrecon.io.volume import Volume
+from medrecon.io.volume import Volume, check_affine
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -42,8 +42,18 @@ def read_nifti(path: str | Path, frame: int | None = None) -> Volume:
     path = Path(path)
     try:
         img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for corrupt files
+        raise InputError(f"Cannot read NIfTI file {path} ({_reason(exc)}); check that it is "
+                         f"complete, or export it again.") from None
+    dtype = img.get_data_dtype()
+    if dtype.fields is not None or dtype.kind not in "biufc":
+        # RGB(A) or other structured voxels: no single intensity per voxel.
+        raise InputError(f"{path} holds {'colour (RGB)' if dtype.fields else str(dtype)} "
+                         f"voxels; give a greyscale image.")
+    check_affine(img.affine, str(path))
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:
         raise InputError(f"Cannot read NIfTI file {path} ({_reason(exc)}); check that it is "
                          f"complete, or export it again.") from None
     while data.ndim > 3 and data.shape[-1] == 1:

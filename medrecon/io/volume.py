@@ -34,6 +34,28 @@ def clean_text(text: object) -> str:
     return "".join(c if c.isprintable() else " " for c in str(text or "")).strip()
 
 
+def check_affine(affine: Any, source: str) -> None:
+    """Refuse a voxel-to-world matrix that places no voxel anywhere sensible.
+
+    A 4x4 affine whose 3x3 part is singular (a zero voxel size, two parallel axes) or holds
+    NaN/Inf cannot be inverted, so nothing read from ``source`` could be written back, compared
+    or projected. Raises :class:`~medrecon.errors.InputError` naming ``source``.
+    """
+    from medrecon.errors import InputError
+
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape != (4, 4) or not np.all(np.isfinite(a)):
+        raise InputError(f"{source} has an invalid affine (not a finite 4x4 matrix); "
+                         f"fix its geometry in the tool that wrote it.")
+    lin = a[:3, :3]
+    sizes = np.linalg.norm(lin, axis=0)
+    # Relative conditioning: a voxel axis of zero length or two axes (nearly) parallel.
+    if np.min(sizes) <= 0 or abs(np.linalg.det(lin)) <= 1e-6 * float(np.prod(sizes)):
+        raise InputError(f"{source} has a zero or singular affine (voxel sizes "
+                         f"{', '.join(f'{x:g}' for x in sizes)} mm); fix its geometry in the "
+                         f"tool that wrote it.")
+
+
 @dataclass
 class Volume:
     """A 3D image: float32 ``data`` of shape (I, J, K), a 4x4 ``affine`` (voxel -> RAS+ mm).

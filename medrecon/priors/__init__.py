@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from medrecon.errors import InputError
+from medrecon.errors import ConfigError, InputError
 from medrecon.priors.normalisation import MODALITY_IDS, Normalisation, modality_id
 
 __all__ = ["Prior", "PriorInfo", "load_prior", "list_priors", "Normalisation", "modality_id",
@@ -241,6 +241,9 @@ def load_prior(name_or_path: str | os.PathLike[str] = "default",
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{js} describes a network this medrecon cannot build "
                          f"({type(exc).__name__}: {exc}); export the prior again.") from None
+    except ConfigError as exc:
+        raise InputError(f"{js} describes a network this medrecon will not build: "
+                         f"{str(exc)[0].lower()}{str(exc)[1:].rstrip('.')}.") from None
     missing, unexpected = denoiser.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise InputError(f"Prior {js.name} does not match its network description "

@@ -39,6 +39,7 @@ import torch
 
 from medrecon.errors import InputError
 from medrecon.io.atomic import atomic_dir, atomic_file
+from medrecon.jsonutil import MAX_DEPTH, parse_bounded
 
 PRIOR_FORMAT = "medrecon-prior"
 PRIOR_VERSION = 2
@@ -199,7 +200,7 @@ def read_prior_description(json_path: Path) -> dict[str, Any]:
         raise InputError(f"{json_path} is a binary file, not a medrecon prior description "
                          f"(NAME.json); {_NOT_A_PRIOR}.") from None
     try:
-        doc = json.loads(text)
+        doc = parse_bounded(json.loads, text, str(json_path))
     except json.JSONDecodeError as exc:
         if json_path.suffix.lower() == ".json":
             raise InputError(f"{json_path} is corrupt (invalid JSON at line {exc.lineno}, "
@@ -242,9 +243,11 @@ def _safetensors_problem(path: Path) -> str | None:
             n = int.from_bytes(head, "little")
             if n > size - 8:
                 return f"truncated or not a safetensors file, {size} bytes"
-            header = json.loads(f.read(n).decode("utf-8"))
+            header = parse_bounded(json.loads, f.read(n).decode("utf-8"), str(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return "not a safetensors file"
+    except InputError:
+        return f"its header is nested more than {MAX_DEPTH} levels deep"
     if not isinstance(header, dict):
         return "not a safetensors file"
     try:

@@ -208,28 +208,34 @@ def _to_plain(obj: Any) -> Any:
 def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read a YAML prior config (None -> defaults) with ``key.sub=value`` overrides, through
     :func:`medrecon.config.load_config` (strict: unknown keys and bad types are ConfigErrors)."""
-    from medrecon.config import from_dict, load_config
+    from medrecon.config import load_config
 
+    _check_overrides(overrides)
     if path is None:
-        if not overrides:
-            return TrainConfig()
-        import yaml
-
-        data: dict[str, Any] = {}
-        for item in overrides:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ConfigError(f"Override {item!r} must look like section.key=value.")
-            node = data
-            *parents, leaf = key.strip().split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = yaml.safe_load(value)
-        return from_dict(TrainConfig, data, "overrides")
+        return load_config(None, TrainConfig, overrides=list(overrides))
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"Config file {p} does not exist.")
     return load_config(p, TrainConfig, overrides=list(overrides))
+
+
+def _check_overrides(overrides: Sequence[str]) -> None:
+    """Refuse ``key=value`` overrides that contradict each other (``--steps 5 --set
+    optim.steps=7``, or ``--set optim=3 --set optim.steps=2``), instead of the last one
+    silently winning."""
+    seen: dict[str, str] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise ConfigError(f"Override {item!r} must look like section.key=value.")
+        if key in seen and seen[key] != value:
+            raise ConfigError(f"{key} is set twice, to {seen[key]!r} and {value!r}; keep one.")
+        for other in seen:
+            if other.startswith(key + ".") or key.startswith(other + "."):
+                raise ConfigError(f"The settings {other} and {key} conflict: one is a section "
+                                  f"holding the other; keep one.")
+        seen[key] = value
 
 
 def dump_train_config(config: TrainConfig) -> str:

@@ -72,8 +72,32 @@ class NetworkConfig:
             raise ConfigError("network.norm_num_groups must divide every entry of network.channels.")
         if self.position_channels not in (0, 3):
             raise ConfigError("network.position_channels must be 0 (off) or 3 (on).")
+        if (n > 8 or min(self.channels) < 1 or min(self.num_res_blocks) < 0
+                or max(self.num_res_blocks) > 16 or self.norm_num_groups < 1
+                or self.num_head_channels < 1):
+            raise ConfigError("network sizes must be positive, with at most 8 levels and 16 "
+                              "residual blocks per level.")
         if self.spacing_embed < 0:
             raise ConfigError("network.spacing_embed must be 0 (off) or a positive width.")
+        self._check_size()
+
+    def _check_size(self) -> None:
+        """Refuse a network too large to build on this machine, before building it.
+
+        A 3x3x3 convolution from c to c channels holds 27 c^2 weights; each residual block has
+        two, and the decoder mirrors the encoder with one more block per level, so about
+        ``27 c^2 (4 b + 2)`` weights per level (an estimate within a small factor of MONAI's).
+        """
+        from medrecon.device import host_memory_bytes
+
+        n_params = sum(27 * c * c * (4 * b + 2)
+                       for c, b in zip(self.channels, self.num_res_blocks, strict=True))
+        limit = host_memory_bytes() // 2
+        if 4 * n_params > limit:
+            raise ConfigError(
+                f"network.channels {list(self.channels)} declare about {n_params:.2g} weights "
+                f"({4 * n_params / 2**30:,.0f} GiB), more than half of this machine's memory "
+                f"({limit / 2**30:,.1f} GiB).")
 
     @property
     def uses_position(self) -> bool:

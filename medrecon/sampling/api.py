@@ -51,6 +51,7 @@ import copy
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -247,6 +248,34 @@ def _check_common(sampler: str, steps: int, samples: int) -> str:
     return name
 
 
+def check_sample_memory(measurement: Measurement, samples: int, device: torch.device) -> None:
+    """Refuse ``samples`` chains that cannot fit in ``device``'s memory, before any work.
+
+    Each chain holds about eight image-sized float32 tensors (state, denoised estimate,
+    gradients and consistency steps) and four copies of the measured data (forward
+    projections, residuals, MR coil images); the estimate is deliberately coarse, for one
+    sentence instead of an allocator error half-way through sampling.
+
+    Raises:
+        InputError: the estimate exceeds the device's memory (GPU: its total memory; CPU:
+            half of the machine's physical memory).
+    """
+    from medrecon.device import host_memory_bytes
+
+    voxels = int(np.prod(measurement.reference.shape))
+    per_sample = 8 * 4 * voxels + 4 * int(np.asarray(measurement.data).nbytes)
+    if device.type == "cuda":
+        available = int(torch.cuda.get_device_properties(device).total_memory)
+    else:
+        available = host_memory_bytes() // 2
+    if samples * per_sample > available:
+        most = max(available // per_sample, 0)
+        raise InputError(
+            f"{samples} posterior samples need about {samples * per_sample / 2**30:,.1f} GiB "
+            f"({per_sample / 2**30:,.2f} GiB each), more than the {available / 2**30:,.1f} GiB "
+            f"available on {device.type}; use at most {most} samples.")
+
+
 def sample_problem(denoiser: Denoiser, problem: LinearProblem, shape: tuple[int, ...], *,
                    sampler: str = "dds", steps: int = 50, samples: int = 1, seed: int = 0,
                    sigma_data: float = 0.5, sigma_min: float = 0.002, sigma_max: float = 80.0,
@@ -298,8 +327,9 @@ def sample_problem(denoiser: Denoiser, problem: LinearProblem, shape: tuple[int,
 
         from tqdm.auto import tqdm
 
+        # Quiet in logs: a bar is for a person watching a terminal.
         bar = tqdm(total=steps, desc=f"diffusion ({name})", unit="step", leave=False,
-                   mininterval=0.5 if sys.stderr.isatty() else 30.0)
+                   mininterval=0.5, disable=not sys.stderr.isatty())
 
     def cb(i: int, sigma: float, xi: torch.Tensor, x0: torch.Tensor) -> None:
         if bar is not None:
@@ -476,6 +506,7 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
 
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     _check_common(sampler, steps, samples)
+    check_sample_memory(measurement, samples, dev)
     prior = prior_on_device(prior, dev)
     physics = measurement_problem(measurement, dev, model=prior.normalisation,
                                   noise_std=noise_std)
@@ -486,6 +517,10 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
         pinfo["mu_water"] = units.mu_water
     spacing = tuple(float(s) for s in
                     np.linalg.norm(np.asarray(measurement.reference.affine)[:3, :3], axis=0))
+    # Said before sampling, not after minutes of it: the user may stop and resample.
+    warning = prior.voxel_size_warning(spacing)
+    if warning:
+        warnings.warn(warning, UserWarning, stacklevel=2)
     den = prior_denoiser(prior, measurement.modality, tiling=tiling,
                          memory_budget_gb=memory_budget_gb, seed=seed, device=dev,
                          spacing_mm=spacing)
@@ -504,7 +539,6 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
     res.info.update(pinfo, modality=measurement.modality, prior=prior.name, tiling=tiling,
                     patch_size=list(prior.patch_size), patches=den.patches,
                     network_calls=den.calls, spacing_mm=list(spacing), device=str(dev))
-    warning = prior.voxel_size_warning(spacing)
     if warning:
         res.info["warning"] = warning
     return res

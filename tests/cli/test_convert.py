@@ -104,7 +104,8 @@ def test_convert_errors(tmp_path: Path, nifti: Path, rng: np.random.Generator) -
         (["convert", str(nifti), out, "--reference", str(nifti)], ("not NIfTI",)),
         (["convert", str(nifti), out, "--series", "1.2.3"], ("--series",)),
         (["convert", str(nifti), out, "--frame", "1"], ("--frame",)),
-        (["convert", str(nifti), str(nifti)], ("already exists",)),
+        (["convert", str(nifti), str(nifti)], ("also an input",)),
+        (["convert", str(nifti), str(nifti), "--overwrite"], ("also an input",)),
         (["convert", str(nifti), str(tmp_path / "folder.nii")], ("is a folder",)),
         (["convert", str(nifti), str(nifti.parent / "file")], ("is a file",)),
     ]

@@ -241,7 +241,8 @@ def test_nifti_dicom_nifti_round_trip_evaluates(tmp_path: Path) -> None:
     assert (load_volume(src).orientation, load_volume(back).orientation) == ("LAS", "LAI")
     for rec, ref in ((back, src), (src, tmp_path / "dcm")):
         r = runner.invoke(app, ["evaluate", str(rec), str(ref), "--json",
-                                str(tmp_path / "m.json"), "--figure", str(tmp_path / "f.png")])
+                                str(tmp_path / "m.json"), "--figure", str(tmp_path / "f.png"),
+                                "--overwrite"])
         assert r.exit_code == 0, r.output
         assert "reordered onto the reference's grid" in r.stderr
         doc = json.loads((tmp_path / "m.json").read_text())

@@ -97,7 +97,7 @@ def test_method_options_via_set(meas: Path, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert "3 iterations, lam 0.01" in r.stdout
     r = runner.invoke(app, ["reconstruct", str(meas), str(tmp_path / "w.nii.gz"), "--method",
-                            "tv", "--set", "oops"])
+                            "tv", "--set", "oops", "--overwrite"])
     assert_user_error(r, "KEY=VALUE")
 
 

@@ -181,6 +181,9 @@ def test_reconstruct_option_errors(study: Path, tmp_path: Path) -> None:
     assert_user_error(r, "is also an input")
     r = runner.invoke(app, ["reconstruct", m, str(study / "ref.nii.gz"), "--method",
                             "zero-filled"])
+    assert_user_error(r, "ref.nii.gz already exists; use --overwrite to replace it.")
+    r = runner.invoke(app, ["reconstruct", m, str(study / "ref.nii.gz"), "--method",
+                            "zero-filled", "--overwrite"])  # never over the reference
     assert_user_error(r, "is the reference study this measurement was simulated from")
     r = runner.invoke(app, ["reconstruct", m, str(tmp_path / "r.h5"), "--method", "zero-filled"])
     assert_user_error(r, "Cannot write a volume to r.h5")
@@ -203,7 +206,8 @@ def test_diffusion_warns_when_the_voxel_size_differs_from_the_prior(study: Path,
 def test_diffusion_sampler_settings(study: Path, tmp_path: Path) -> None:
     prior = export_tiny_prior(tmp_path / "prior")
     base = ["reconstruct", str(study / "m.h5"), str(tmp_path / "r.nii.gz"), "--method",
-            "diffusion", "--prior", str(prior), "--steps", "2", "--no-progress", "--device", "cpu"]
+            "diffusion", "--prior", str(prior), "--steps", "2", "--no-progress", "--device", "cpu",
+            "--overwrite"]
     r = runner.invoke(app, [*base, "--lam", "0.5", "--set", "eta=0.5", "--set", "cg_iters=2"])
     assert r.exit_code == 0, r.output
     assert "(2 steps, lam 0.5," in r.stdout
