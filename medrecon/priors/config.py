@@ -62,6 +62,8 @@ class DataConfig:
             validation volumes use a disjoint seed range.
         synthetic_noise: add measurement noise to synthetic heads (off: the prior models
             noiseless anatomy).
+        render_noise_prob: "rendered": share of patches rendered with scanner noise (MR
+            Rician, CT FBP-filtered); 0 gives clean targets, the anatomy alone.
         foreground_prob: probability that a patch is centred on a foreground voxel.
         flip_axes: voxel axes that may be mirrored (0 = left-right for RAS-like volumes).
         rotate_deg, scale: ranges of the small random affine (uniform in +-range).
@@ -80,6 +82,7 @@ class DataConfig:
     train_volumes: int = 48
     val_volumes: int = 4
     synthetic_noise: bool = False
+    render_noise_prob: float = 0.5
     foreground_prob: float = 0.8
     flip_axes: tuple[int, ...] = (0,)
     rotate_deg: float = 5.0
@@ -91,6 +94,8 @@ class DataConfig:
             raise ConfigError("data.source must be files, synthetic, rendered or phantom.")
         if not 0 <= self.mr_fraction <= 1:
             raise ConfigError("data.mr_fraction must lie in [0, 1].")
+        if not 0 <= self.render_noise_prob <= 1:
+            raise ConfigError("data.render_noise_prob must lie in [0, 1].")
         if not self.modalities or any(m not in ("MR", "CT") for m in self.modalities):
             raise ConfigError("data.modalities must list MR and/or CT.")
         if len(self.patch_size) != 3 or min(self.patch_size) < 4:

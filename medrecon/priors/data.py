@@ -469,7 +469,8 @@ class RenderedPatchSource:
             if idx.numel() == 0:
                 continue
             r = synthetic.render_patches(mod, int(idx.numel()), sp[idx], patch_size=p,
-                                         generator=g, device=device)
+                                         generator=g, device=device,
+                                         noise_prob=self.cfg.render_noise_prob)
             img = r.image.to(device=device, dtype=torch.float32)
             if mod == "MR":
                 img = img.abs()

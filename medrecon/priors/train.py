@@ -436,10 +436,27 @@ def _fit(config: TrainConfig, run_dir: Path, data_paths: Sequence[str | Path], r
         if ckpt_due:
             checkpoint(step_done)
 
+    # Rendered batches on CUDA: batch step+1 is rendered on a side stream while step's kernels
+    # run (rendering alone is about half as fast as a step on an H200; in sequence the loop
+    # ran at 45 samples/s, the step alone at 70). A batch is a pure function of its step, so
+    # the order of rendering changes no number.
+    side = (torch.cuda.Stream(dev) if dev.type == "cuda"
+            and isinstance(sampler, RenderedPatchSource) else None)
+    ahead: tuple[int, PatchBatch] | None = None
+    if side is not None:
+        side.wait_stream(torch.cuda.current_stream(dev))  # whatever set-up left in flight
     try:
         while step < opt_cfg.steps:
             # -- one optimisation step, a pure function of (weights, seed, rank, step)
-            batch = sampler.batch(step, opt_cfg.batch_size, dev)
+            if ahead is not None and ahead[0] == step and side is not None:
+                batch = ahead[1]
+                cur = torch.cuda.current_stream(dev)
+                cur.wait_stream(side)
+                for t in (batch.x, batch.modality, batch.position, batch.spacing):
+                    t.record_stream(cur)
+            else:
+                batch = sampler.batch(step, opt_cfg.batch_size, dev)
+            ahead = None
             gen = torch.Generator(device=dev).manual_seed(_seed_int(config.seed, dist_info.rank,
                                                                     step, 3))
             sigma = sample_training_sigmas(opt_cfg.batch_size, model.p_mean, model.p_std,
@@ -466,6 +483,9 @@ def _fit(config: TrainConfig, run_dir: Path, data_paths: Sequence[str | Path], r
                         ema[k].mul_(beta).add_(v.float(), alpha=1 - beta)
                     else:
                         ema[k].copy_(v)
+            if side is not None and step + 1 < opt_cfg.steps:
+                with torch.cuda.stream(side):
+                    ahead = (step + 1, sampler.batch(step + 1, opt_cfg.batch_size, dev))
             step += 1
 
             # -- bookkeeping

@@ -44,7 +44,7 @@ def fake_sample_spacings(n: int, generator: torch.Generator) -> torch.Tensor:
 def fake_render_patches(modality: str, n: int, spacing_mm: torch.Tensor,
                         patch_size: tuple[int, int, int] = (64, 64, 64),
                         generator: torch.Generator | None = None,
-                        device: torch.device | str = "cpu") -> FakePatches:
+                        device: torch.device | str = "cpu", noise_prob: float = 0.5) -> FakePatches:
     spacing_mm = torch.as_tensor(spacing_mm, dtype=torch.float32).reshape(n, 3)
     axes = [torch.arange(p, dtype=torch.float32) - (p - 1) / 2 for p in patch_size]
     grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))  # (3, X, Y, Z) voxels
