@@ -1,0 +1,251 @@
+"""Hallucination check: are small lesions kept, and is structure invented around them?
+
+Spherical lesions (radius 2-6 mm, bright and dark, contrast 10-50 % of the surrounding tissue)
+are inserted into a volume; the same acquisition (same mask, coil maps, noise draw) is simulated
+from the volume with and without them, and each method reconstructs both with the same settings
+(the classical weight chosen by ``lam auto`` on the lesion-free data, the diffusion seed fixed).
+The difference of the two reconstructions is what the method did with the lesions:
+
+* ``kept``: the matched-filter share of the true lesion signal in that difference,
+  ``<d, t> / <t, t>`` over the lesion (``t``: true change, ``d``: reconstructed change); 1 is
+  perfect, 0 lost, > 1 exaggerated;
+* ``core``: the mean change inside the lesion's core (partial-volume fraction 1) over the true
+  contrast there;
+* ``false_rms`` / ``false_max``: the change more than 2 voxels outside every lesion, RMS and
+  maximum, over the lesion amplitude (structure the lesions made appear elsewhere);
+* ``std_rise`` (diffusion, K >= 2): mean std in the lesion core with the lesion over without it.
+
+Contrast is relative to the tissue around the lesion (mean over a 2-voxel shell): MR intensity;
+CT attenuation (HU + 1000), so 20 % in CT is about 200 HU, far above clinical low-contrast
+lesions (10-50 HU; use ``--contrasts 0.02,0.05``).
+
+Volumes: held-out synthetic heads (test seeds) and the real validation files of
+``real_quality.py`` (``--cases``; MR ones at R = 8 and 12, CT ones at 30 views).
+
+    python benchmarks/lesion.py --out lesion.jsonl [--cases synth_mr,synth_ct,mr_brain_piesno]
+        [--settings mr8,mr12,ct30] [--radii 2,3,4,6] [--contrasts 0.1,0.2,0.5]
+        [--shape 64 64 64] [--steps 50] [--samples 4] [--device cuda] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+SYNTH = ("synth_mr", "synth_ct")
+
+
+def lesion_sites(ref: np.ndarray, tissue: np.ndarray, radii_vox: list[np.ndarray],
+                 rng: np.random.Generator) -> list[np.ndarray]:
+    """Centres (voxel index, float) inside ``tissue``, each at least its radius + 3 voxels
+    from the tissue's edge and two diameters from the other lesions."""
+    from scipy.ndimage import distance_transform_edt
+
+    depth = distance_transform_edt(tissue)
+    centres: list[np.ndarray] = []
+    for r in radii_vox:
+        need = float(r.max()) + 3.0
+        cand = np.argwhere(depth >= need)
+        if cand.size == 0:
+            raise ValueError(f"no room for a lesion of radius {r.max():.1f} voxels")
+        for c in rng.permutation(cand)[:2000]:
+            if all(np.linalg.norm((c - o) / np.maximum(r, 1e-3)) > 4.5 for o in centres):
+                centres.append(c.astype(float))
+                break
+        else:
+            raise ValueError("lesions do not fit apart from each other in this volume")
+    return centres
+
+
+def sphere_fraction(shape: tuple[int, ...], centre: np.ndarray, radius_mm: float,
+                    spacing: np.ndarray) -> np.ndarray:
+    """Partial-volume fraction of a sphere on the grid: 1 inside, 0 outside, a linear ramp
+    one voxel wide (the smallest voxel size) across the surface."""
+    grids = np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(shape, centre, spacing,
+                                                                    strict=True)],
+                        indexing="ij")
+    dist = np.sqrt(sum(g**2 for g in grids))
+    h = float(spacing.min())
+    return np.clip((radius_mm - dist) / h + 0.5, 0.0, 1.0).astype(np.float32)
+
+
+def insert_lesions(ref: np.ndarray, modality: str, spacing: np.ndarray, radii_mm: list[float],
+                   contrast: float, seed: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """(volume with lesions, one record per lesion: centre, radius, sign, amplitude, mask).
+
+    Lesion k is bright for even k and dark for odd k; its amplitude is ``contrast`` times the
+    mean tissue value (MR intensity, CT HU + 1000) in a 2-voxel shell around it."""
+    from scipy.ndimage import binary_dilation
+
+    offset = 1000.0 if modality == "CT" else 0.0
+    level = ref + offset
+    if modality == "CT":  # soft tissue and brain, not air, fat or bone
+        tissue = (ref > -100.0) & (ref < 150.0)
+    else:
+        tissue = ref > 0.3 * float(np.percentile(ref, 99.5))
+    rng = np.random.default_rng(seed)
+    radii_vox = [r / spacing for r in radii_mm]
+    centres = lesion_sites(ref, tissue, radii_vox, rng)
+    out = ref.copy()
+    records = []
+    for k, (c, r) in enumerate(zip(centres, radii_mm, strict=True)):
+        f = sphere_fraction(ref.shape, c, r, spacing)
+        inside = f > 0
+        shell = binary_dilation(inside, iterations=2) & ~inside
+        base = float(level[shell].mean())
+        sign = 1.0 if k % 2 == 0 else -1.0
+        amp = sign * contrast * base
+        out += amp * f
+        records.append({"centre_vox": [round(float(v), 1) for v in c], "radius_mm": r,
+                        "polarity": "bright" if sign > 0 else "dark", "amplitude": amp,
+                        "fraction": f})
+    return out.astype(np.float32), records
+
+
+def lesion_scores(d: np.ndarray, records: list[dict[str, Any]],
+                  std_with: np.ndarray | None, std_without: np.ndarray | None
+                  ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Per-lesion scores of the reconstructed change ``d`` and the false structure outside."""
+    from scipy.ndimage import binary_dilation
+
+    near = np.zeros(d.shape, dtype=bool)
+    rows = []
+    for rec in records:
+        f, amp = rec["fraction"], rec["amplitude"]
+        t = amp * f
+        core = f >= 0.999
+        if not core.any():
+            core = f >= f.max() - 1e-6
+        row = {k: v for k, v in rec.items() if k != "fraction"}
+        row["kept"] = float((d * t).sum() / (t * t).sum())
+        row["core"] = float(d[core].mean() / amp)
+        if std_with is not None and std_without is not None:
+            row["std_rise"] = float(std_with[core].mean() / max(std_without[core].mean(), 1e-12))
+        rows.append(row)
+        near |= binary_dilation(f > 0, iterations=2)
+    ref_amp = float(np.mean([abs(r["amplitude"]) for r in records]))
+    outside = d[~near]
+    return rows, {"false_rms": float(np.sqrt(np.mean(outside**2)) / ref_amp),
+                  "false_max": float(np.abs(outside).max() / ref_amp)}
+
+
+def load_volume(case: str, shape: tuple[int, int, int], device: str) -> Any:
+    """A lesion-free volume: a held-out synthetic head (its own lesions off) or a real file."""
+    if case in SYNTH:
+        from medrecon.priors.synthetic import generate_head, split_seeds
+
+        modality = "MR" if case == "synth_mr" else "CT"
+        return generate_head(shape, 2.0, modality, contrast="T1" if modality == "MR" else "CT",
+                             seed=split_seeds("test")[1], lesions=False, noise=False)
+    from real_quality import load_cases
+
+    found = load_cases([case], None)
+    if not found:
+        raise SystemExit(f"real case {case} is not available on this machine")
+    return found[0][1]
+
+
+def reconstruct_pair(vol: Any, lesioned: np.ndarray, setting: str, method: str,
+                     args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray,
+                                                        np.ndarray, Any, Any]:
+    """Reconstruct the lesion-free and the lesioned volume's data with the same settings."""
+    from medrecon.recon.base import ReconOptions
+    from medrecon.reconstruct import reconstruct
+    from medrecon.simulate import CTSettings, SimulationConfig, simulate
+    from real_quality import _mri_config
+
+    if setting.startswith("mr"):
+        cfg = _mri_config(vol.shape, float(setting[2:]))
+    else:
+        cfg = SimulationConfig(modality="ct", seed=0, ct=CTSettings(
+            geometry="parallel", views=int(setting[2:]), dose_i0=1e5))
+    m0 = simulate(vol, cfg, device=args.device)
+    m1 = simulate(replace(vol, data=lesioned), cfg, device=args.device)
+    info: dict[str, Any] = {"method": method}
+    if method == "diffusion":
+        steps, samples = (2, 2) if args.quick else (args.steps, args.samples)
+        extra = {"prior": args.prior, "steps": steps, "samples": samples, "seed": 0}
+        opts = ReconOptions(device=args.device, extra=extra)
+        info.update(steps=steps, samples=samples)
+        r0 = reconstruct(m0, method, opts)
+        r1 = reconstruct(m1, method, opts)
+    else:
+        iters = 5 if args.quick else None
+        r0 = reconstruct(m0, method, ReconOptions(device=args.device, iterations=iters))
+        lam = r0.output.info.get("lam")
+        info["lam"] = lam
+        r1 = reconstruct(m1, method, ReconOptions(device=args.device, iterations=iters,
+                                                  lam=lam))
+    return info, r0.volume.data, r1.volume.data, r0.output.info.get("std_image"), \
+        r1.output.info.get("std_image")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, help="append the JSON lines to this file")
+    ap.add_argument("--cases", default="synth_mr,synth_ct,mr_brain_piesno")
+    ap.add_argument("--settings", default="mr8,mr12,ct30")
+    ap.add_argument("--radii", default="2,3,4,6", help="lesion radii (mm), one lesion each")
+    ap.add_argument("--contrasts", default="0.1,0.2,0.5")
+    ap.add_argument("--methods", default="classical,diffusion")
+    ap.add_argument("--shape", type=int, nargs=3, default=(64, 64, 64),
+                    help="grid of the synthetic heads (2 mm voxels)")
+    ap.add_argument("--prior", default="default")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--quick", action="store_true", help="smoke test: few steps/iterations")
+    args = ap.parse_args(argv)
+    from medrecon.device import resolve_device
+
+    args.device = str(resolve_device(args.device))
+    radii = [float(v) for v in args.radii.split(",")]
+    contrasts = [float(v) for v in args.contrasts.split(",")]
+    for case in args.cases.split(","):
+        vol = load_volume(case, tuple(args.shape), args.device)
+        modality = vol.modality
+        spacing = np.sqrt((np.asarray(vol.affine)[:3, :3] ** 2).sum(axis=0))
+        ref = vol.data.astype(np.float32)
+        settings = [s for s in args.settings.split(",") if s[:2] == modality[:2].lower()]
+        for setting in settings:
+            for method in args.methods.split(","):
+                name = method if method == "diffusion" else (
+                    "l1-wavelet" if modality == "MR" else "tv")
+                for contrast in contrasts:
+                    lesioned, records = insert_lesions(ref, modality, spacing, radii, contrast,
+                                                       seed=7)
+                    t0 = time.perf_counter()
+                    info, x0, x1, s0, s1 = reconstruct_pair(vol, lesioned, setting, name, args)
+                    rows, false = lesion_scores(x1 - x0, records, s1, s0)
+                    row = {"case": case, "modality": modality, "setting": setting,
+                           "contrast": contrast, **info, **false, "lesions": rows,
+                           "seconds": round(time.perf_counter() - t0, 1),
+                           "shape": list(ref.shape),
+                           "spacing_mm": [round(float(s), 3) for s in spacing],
+                           "device": args.device, "quick": args.quick,
+                           "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                           "command": "benchmarks/lesion.py " + " ".join(argv or sys.argv[1:])}
+                    line = json.dumps(row)
+                    if args.out is not None:
+                        with args.out.open("a") as f:
+                            f.write(line + "\n")
+                    kept = ", ".join(f"{r['radius_mm']:g} mm {r['polarity']} {r['kept']:.2f}"
+                                     for r in rows)
+                    print(f"{case} {setting} {name} contrast {contrast:g}: kept {kept}; "
+                          f"false rms {false['false_rms']:.3f} max {false['false_max']:.2f}",
+                          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
