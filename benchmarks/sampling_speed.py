@@ -2,8 +2,9 @@
 
 Cases (issue 6): 8-coil 128^3 MRI with 50 steps, 8-coil 256^3 MRI, 256^3 CT (parallel beam,
 60 views); (issue 15 item 8) ``ct_slice``: one 128 x 128 CT slice (60 views) and ``mr_slab``: a
-thin 8-coil 128 x 96 x 24 MR slab (2D multi-slice random lines, R = 4). Each case simulates a held-out synthetic head (test seed range), runs
-``posterior_sample`` once to warm up kernels on a tiny problem, then times the real run.
+thin 8-coil 128 x 96 x 24 MR slab (2D multi-slice random lines, R = 4). Each case simulates a
+held-out synthetic head (test seed range), runs ``posterior_sample`` once with 2 steps to warm
+up kernels, then times the real run. ``slab_tiling.py`` compares the thin cases' tilings.
 
     python benchmarks/sampling_speed.py --out results_speed.jsonl [--prior default]
         [--device cuda] [--steps 50] [--cases mr128,mr256,ct256] [--tiling shift] [--quick]

@@ -440,12 +440,14 @@ def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "shift", overla
     """The prior as a whole-volume model-space denoiser ``D(x (B, I, J, K), sigma (B,))``.
 
     Patches of ``prior.patch_size`` (random-shift tiling by default, see
-    :mod:`medrecon.sampling.tiling`), the modality label when the prior is conditioned on it,
+    :mod:`medrecon.sampling.tiling`; along axes shorter than a patch, tiles only as long as the
+    network's down-sampling allows), the modality label when the prior is conditioned on it,
     normalised patch centres when it uses position, the voxel size ``spacing_mm`` (mm along
     I, J, K; default the prior's own) when it is conditioned on it; bf16 autocast on CUDA
     unless ``precision="fp32"``.
     """
     from medrecon.priors import modality_id
+    from medrecon.priors.network import size_multiple
 
     if modality not in prior.modalities:
         raise InputError(f"The prior {prior.name!r} was trained on "
@@ -474,7 +476,8 @@ def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "shift", overla
             max_batch = 2
     return TiledDenoiser(patch_fn, prior.patch_size, mode=tiling, overlap=overlap,
                          max_batch=max_batch, uses_position=prior.uses_position,
-                         generator=torch.Generator().manual_seed(int(seed) + 7919))
+                         generator=torch.Generator().manual_seed(int(seed) + 7919),
+                         size_multiple=size_multiple(net))
 
 
 def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "dds",
