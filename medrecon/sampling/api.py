@@ -323,13 +323,9 @@ def sample_problem(denoiser: Denoiser, problem: LinearProblem, shape: tuple[int,
 
     bar = None
     if progress:
-        import sys
+        from medrecon.progress import progress_bar
 
-        from tqdm.auto import tqdm
-
-        # Quiet in logs: a bar is for a person watching a terminal.
-        bar = tqdm(total=steps, desc=f"diffusion ({name})", unit="step", leave=False,
-                   mininterval=0.5, disable=not sys.stderr.isatty())
+        bar = progress_bar(steps, f"diffusion ({name})", unit="step")
 
     def cb(i: int, sigma: float, xi: torch.Tensor, x0: torch.Tensor) -> None:
         if bar is not None:
