@@ -1,27 +1,31 @@
 """Thin slabs and single slices (issue 15 item 8): short tiles against full-patch tiles.
 
 Along an axis shorter than the prior's 64-voxel patch, :class:`~medrecon.sampling.tiling.
-TiledDenoiser` now cuts the tile to the axis length rounded up to a multiple of
-``size_multiple`` (default: the network's down-sampling factor, 8), where it used to pad to the
-full patch. This script runs several multiples in the same process on the same inputs
-(``--multiples``, 64 = the full patch, the former padding) and writes one JSON line per case
-and multiple:
+TiledDenoiser` cuts the tile to the axis length rounded up to the network's down-sampling
+factor (8), but not below ``min_tile`` (default: half the patch, 32), where it used to pad to
+the full patch. This script runs several shortest tiles ``min_tile`` in the same process on
+the same inputs (``--shortest``; 64 = the full patch, the former padding; 8 = only what the
+network needs) and writes one JSON line per case and shortest tile:
 
 * ``--part denoiser``: one network pass over the whole volume, ``D(x + sigma n, sigma)`` in
   model space, for sigma in 0.05, 0.2, 0.5, 1 (seed 0); PSNR of the denoised volume against
   the clean one over the case's region (as :mod:`real_quality`: MR > 5 % of max, CT > -900 HU)
-  with data range 1 (model space), and the PSNR of each output against the full patch's.
+  with data range 1 (model space), and the PSNR of each output against the full patch's
+  (``psnr_vs_full``).
 * ``--part quality``: diffusion reconstruction (default prior and sampler, ``--steps``,
   ``--samples``, seed 0) of the thin real cases of :mod:`real_quality` (simulated exactly as
-  there: MR R = 4, CT 60 views) with each multiple; PSNR / SSIM as in :mod:`real_quality`.
+  there: MR R = 4, CT 60 views) with each shortest tile; PSNR / SSIM as in
+  :mod:`real_quality`.
 * ``--part speed``: the ``ct_slice`` and ``mr_slab`` cases of :mod:`sampling_speed` (one
   128 x 128 CT slice; a 128 x 96 x 24 MR slab), ``--steps`` steps, one warm-up run first, then
-  the multiples alternately (``--repeats`` times each): seconds, network seconds, patches.
+  the shortest tiles alternately (``--repeats`` times each): seconds, network seconds.
 
     python benchmarks/slab_tiling.py --part denoiser,quality --cases-dir out/real_cases \\
         --device cuda --out out/slab.jsonl
     nice -n 10 python benchmarks/slab_tiling.py --part speed --device cpu --steps 4 \\
         --out out/slab_cpu.jsonl
+    nice -n 10 python benchmarks/slab_tiling.py --part denoiser --cases-dir out/real_cases \\
+        --crop 64 --device cpu --shortest 64,32,16,8 --out out/slab_den_cpu.jsonl
 
 Results: ``benchmarks/RESULTS_sampling.md`` (section "Thin slabs and single slices").
 """
@@ -52,18 +56,18 @@ SIGMAS = (0.05, 0.2, 0.5, 1.0)
 
 
 @contextlib.contextmanager
-def tiling(multiple: int) -> Iterator[None]:
-    """Every prior denoiser made inside cuts short axes to a multiple of ``multiple``."""
+def tiling(shortest: int) -> Iterator[None]:
+    """Every prior denoiser made inside has ``min_tile = shortest``."""
     import medrecon.sampling.api as api
 
     make = api.prior_denoiser
 
-    def with_multiple(*a: Any, **k: Any) -> Any:
+    def with_shortest(*a: Any, **k: Any) -> Any:
         den = make(*a, **k)
-        den.size_multiple = multiple
+        den.min_tile = shortest
         return den
 
-    api.prior_denoiser = with_multiple
+    api.prior_denoiser = with_shortest
     try:
         yield
     finally:
@@ -76,7 +80,7 @@ def _region(vol: Any) -> np.ndarray:
 
 
 def part_denoiser(cases: list[tuple[str, Any, str]], prior: Any, dev: torch.device,
-                  multiples: list[int], emit: Any) -> None:
+                  shortest: list[int], emit: Any) -> None:
     from medrecon.metrics import psnr
     from medrecon.sampling.api import prior_denoiser
 
@@ -91,10 +95,10 @@ def part_denoiser(cases: list[tuple[str, Any, str]], prior: Any, dev: torch.devi
             g = torch.Generator(device=dev).manual_seed(0)
             noisy = x0 + sigma * torch.randn(x0.shape, generator=g, device=dev)
             outs = {}
-            for mult in multiples:
+            for mult in shortest:
                 den = prior_denoiser(prior, vol.modality, seed=0, device=dev,
                                      spacing_mm=tuple(float(s) for s in vol.spacing))
-                den.size_multiple = mult
+                den.min_tile = mult
                 with torch.no_grad():
                     t0 = time.perf_counter()
                     out = den(noisy, torch.tensor([sigma], device=dev))
@@ -102,13 +106,13 @@ def part_denoiser(cases: list[tuple[str, Any, str]], prior: Any, dev: torch.devi
                         torch.cuda.synchronize(dev)
                     seconds = time.perf_counter() - t0
                 outs[mult] = out[0].float().cpu().numpy()
-                full = outs.get(max(multiples))
+                full = outs.get(max(shortest))
                 emit({"part": "denoiser", "case": name, "shape": list(vol.shape),
-                      "multiple": mult, "sigma": sigma, "seconds": round(seconds, 3),
+                      "shortest": mult, "sigma": sigma, "seconds": round(seconds, 3),
                       "patches": den.patches,
                       "psnr_noisy": psnr(noisy[0].cpu().numpy(), clean, 1.0, region),
                       "psnr": psnr(outs[mult], clean, 1.0, region),
-                      "psnr_vs_full": (None if full is None or mult == max(multiples)
+                      "psnr_vs_full": (None if full is None or mult == max(shortest)
                                        else psnr(outs[mult], full, 1.0, region))})
 
 
@@ -130,14 +134,14 @@ def part_quality(cases: list[tuple[str, Any, str]], prior: Any, args: argparse.N
                 geometry="parallel", views=60, dose_i0=1e5))
             data_range = float(ref.max() - ref.min())
         m = simulate(vol, cfg, device=args.device)
-        for mult in args.multiples:
+        for mult in args.shortest:
             with tiling(mult):
                 t0 = time.perf_counter()
                 res = posterior_sample(m, prior, steps=args.steps, samples=args.samples,
                                        seed=0, device=args.device)
                 seconds = time.perf_counter() - t0
             emit({"part": "quality", "case": name, "shape": list(vol.shape),
-                  "setting": "mr4" if vol.modality == "MR" else "ct60", "multiple": mult,
+                  "setting": "mr4" if vol.modality == "MR" else "ct60", "shortest": mult,
                   "steps": args.steps, "samples": args.samples, "seconds": round(seconds, 2),
                   "patches": res.info.get("patches"),
                   **real_quality._metrics(res.mean, ref, _region(vol), data_range)})
@@ -151,12 +155,12 @@ def part_speed(prior: Any, args: argparse.Namespace, emit: Any) -> None:
         m, vol = sampling_speed._case_measurement(case, False, args.device)
         posterior_sample(m, prior, steps=2, device=dev)  # warm-up
         for _ in range(args.repeats):
-            for mult in args.multiples:
+            for mult in args.shortest:
                 with tiling(mult):
                     res = posterior_sample(m, prior, steps=args.steps, samples=1, seed=0,
                                            device=dev)
                 emit({"part": "speed", "case": case, "shape": list(vol.shape),
-                      "multiple": mult, "steps": args.steps,
+                      "shortest": mult, "steps": args.steps,
                       "seconds": round(res.timings["total"], 2),
                       "network_seconds": round(res.timings["network"], 2),
                       "patches": res.info.get("patches"),
@@ -175,10 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--multiples", default="64,8",
-                    help="tile multiples to compare, largest first (64: the full patch)")
+    ap.add_argument("--crop", type=int, default=0,
+                    help="central in-plane crop of the real cases (native voxel size; all "
+                         "slices kept), e.g. 64 for a CPU run; 0: whole images")
+    ap.add_argument("--shortest", default="64,32",
+                    help="shortest tiles to compare (multiples of 8; 64: the full patch)")
     args = ap.parse_args(argv)
-    args.multiples = sorted({int(v) for v in args.multiples.split(",")}, reverse=True)
+    args.shortest = sorted({int(v) for v in args.shortest.split(",")}, reverse=True)
 
     from medrecon.priors import load_prior
 
@@ -199,8 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     names = [c.strip() for c in args.cases.split(",") if c.strip()]
     cases = (real_quality.load_cases(names, args.cases_dir)
              if parts & {"denoiser", "quality"} else [])
+    if args.crop:
+        cases = [(n, v if v is None else real_quality._crop(v, args.crop, max(v.shape)), note)
+                 for n, v, note in cases]
     if "denoiser" in parts:
-        part_denoiser(cases, prior, dev, args.multiples, emit)
+        part_denoiser(cases, prior, dev, args.shortest, emit)
     if "quality" in parts:
         part_quality(cases, prior, args, emit)
     if "speed" in parts:

@@ -437,7 +437,7 @@ def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "shift", overla
 
     Patches of ``prior.patch_size`` (random-shift tiling by default, see
     :mod:`medrecon.sampling.tiling`; along axes shorter than a patch, tiles only as long as the
-    network's down-sampling allows), the modality label when the prior is conditioned on it,
+    axis, at least half the patch), the modality label when the prior is conditioned on it,
     normalised patch centres when it uses position, the voxel size ``spacing_mm`` (mm along
     I, J, K; default the prior's own) when it is conditioned on it; bf16 autocast on CUDA
     unless ``precision="fp32"``.
@@ -462,6 +462,10 @@ def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "shift", overla
                       spacing=spacing.expand(xp.shape[0], 3))
         return out.float()
 
+    # Thin volumes: tiles as short as the network allows, but not under half the training
+    # patch, where the denoiser drifts from its full-patch output (see medrecon.sampling.tiling).
+    factor = size_multiple(net)
+    min_tile = -(-(min(prior.patch_size) // 2) // factor) * factor
     if max_batch is None:
         if memory_budget_gb is not None:
             max_batch = patches_for_memory(memory_budget_gb * 2**30, prior.patch_size)
@@ -473,7 +477,7 @@ def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "shift", overla
     return TiledDenoiser(patch_fn, prior.patch_size, mode=tiling, overlap=overlap,
                          max_batch=max_batch, uses_position=prior.uses_position,
                          generator=torch.Generator().manual_seed(int(seed) + 7919),
-                         size_multiple=size_multiple(net))
+                         size_multiple=factor, min_tile=min_tile)
 
 
 def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "dds",

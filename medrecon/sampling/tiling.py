@@ -22,12 +22,17 @@ tilings are offered:
   single-shot denoise or when seams show.
 
 Along an axis shorter than the patch, the tile is only as long as the axis rounded up to a
-multiple of ``size_multiple`` (the network's downsampling factor: 8 for the default prior's
-four levels), so a single slice costs a 64 x 64 x 8 tile per patch instead of 64^3, and a
-24-slice slab a 24-deep one; with ``size_multiple=None`` such axes are padded to the full patch.
-Padding is by reflection (statistics of a noisy state are preserved; zero padding would put an
-edge of pure noise into the patch), and padded voxels are discarded. Tile sizes only change
-along axes the volume does not fill, so larger volumes are tiled exactly as before.
+multiple of ``size_multiple`` (what the network needs: 8 for the default prior's four levels)
+and at least ``min_tile`` long; with ``size_multiple=None`` such axes are padded to the full
+patch. :func:`~medrecon.sampling.api.prior_denoiser` sets ``min_tile`` to half the training
+patch (32): a single slice or a 24-slice slab then costs a 64 x 64 x 32 tile per patch instead
+of 64^3, a 40-slice slab a 40-deep one. Shorter tiles would cost less still, but the network,
+trained on 64^3 patches, denoises them differently: on real single CT slices 8-deep tiles lost
+2 dB and 16-deep ones 1 dB against the full patch, 32-deep ones 0.2 dB
+(``benchmarks/RESULTS_sampling.md``, "Thin slabs and single slices"). Padding is by
+reflection (statistics of a noisy state are preserved; zero padding would put an edge of pure
+noise into the patch), and padded voxels are discarded. Tile sizes only change along axes the
+volume does not fill, so larger volumes are tiled exactly as before.
 
 When the prior ``uses_position``, each patch gets its centre in normalised coordinates of the
 full volume, ``2 * centre / (shape - 1) - 1`` per voxel axis (the training convention of
@@ -37,8 +42,9 @@ the position input is what training (:mod:`medrecon.priors.synthetic.rendering`)
 shorter than the patch.
 
 Patches from all chains are evaluated in batches of ``max_batch`` full-size patches (see
-:func:`patches_for_memory`; shortened tiles go proportionally more to a batch), and with ``checkpoint=True`` each batch is recomputed in the
-backward pass (DPS) so that gradient memory is bounded by one batch, not the volume.
+:func:`patches_for_memory`; shortened tiles go proportionally more to a batch), and with
+``checkpoint=True`` each batch is recomputed in the backward pass (DPS) so that gradient memory
+is bounded by one batch, not the volume.
 """
 
 from __future__ import annotations
@@ -144,6 +150,8 @@ class TiledDenoiser:
         size_multiple: along an axis shorter than the patch, the tile is the axis length
             rounded up to a multiple of this (the network's downsampling factor, see
             :func:`medrecon.priors.network.size_multiple`); None: the full patch.
+        min_tile: with ``size_multiple``, the shortest such tile (a multiple of
+            ``size_multiple``; capped at the patch; 0: no floor).
         uses_position: pass the normalised patch centres to the patch denoiser.
         generator: source of the random grid shifts (CPU generator; seeded for reproducibility).
         checkpoint: recompute each patch batch in the backward pass when gradients are needed.
@@ -154,7 +162,8 @@ class TiledDenoiser:
     def __init__(self, patch_denoiser: PatchDenoiser, patch_size: Sequence[int],
                  mode: str = "shift", overlap: float = 0.25, max_batch: int = 8,
                  uses_position: bool = False, generator: torch.Generator | None = None,
-                 checkpoint: bool = True, size_multiple: int | None = None) -> None:
+                 checkpoint: bool = True, size_multiple: int | None = None,
+                 min_tile: int = 0) -> None:
         if mode not in ("shift", "roll", "blend"):
             raise ValueError(f"tiling mode must be 'shift', 'roll' or 'blend', got {mode!r}")
         if not 0.0 <= overlap < 1.0:
@@ -165,7 +174,11 @@ class TiledDenoiser:
                                           or any(p % size_multiple for p in self.patch)):
             raise ValueError(f"size_multiple {size_multiple} must be positive and divide the "
                              f"patch size {self.patch}")
+        if size_multiple is not None and min_tile % size_multiple:
+            raise ValueError(f"min_tile {min_tile} must be a multiple of size_multiple "
+                             f"{size_multiple}")
         self.size_multiple = size_multiple
+        self.min_tile = int(min_tile)
         self.mode, self.overlap = mode, float(overlap)
         self.max_batch = max(1, int(max_batch))
         self.uses_position = uses_position
@@ -177,12 +190,12 @@ class TiledDenoiser:
     # -- helpers ------------------------------------------------------------------------------
     def _tile_size(self, shape: Sequence[int]) -> tuple[int, int, int]:
         """The tile (X, Y, Z) for a volume of ``shape``: the patch, shortened along axes the
-        volume does not fill to the next multiple of ``size_multiple``."""
+        volume does not fill to the next multiple of ``size_multiple``, ``min_tile`` at least."""
         m = self.size_multiple
         if m is None:
             return self.patch  # type: ignore[return-value]
-        return tuple(p if s >= p else min(p, -(-int(s) // m) * m)  # type: ignore[return-value]
-                     for s, p in zip(shape, self.patch, strict=True))
+        return tuple(p if s >= p else min(p, max(self.min_tile, -(-int(s) // m) * m))
+                     for s, p in zip(shape, self.patch, strict=True))  # type: ignore[return-value]
 
     def _positions(self, origins: list[tuple[int, int, int]], shape: Sequence[int],
                    device: torch.device) -> torch.Tensor:

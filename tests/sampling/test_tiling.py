@@ -185,6 +185,39 @@ def test_short_tiles_share_a_call_in_proportion() -> None:
 def test_size_multiple_must_divide_the_patch() -> None:
     with pytest.raises(ValueError, match="divide"):
         TiledDenoiser(_pointwise, (8, 8, 8), size_multiple=3)
+    with pytest.raises(ValueError, match="min_tile"):
+        TiledDenoiser(_pointwise, (8, 8, 8), size_multiple=4, min_tile=6)
+
+
+@pytest.mark.parametrize("mode", ["shift", "roll", "blend"])
+def test_min_tile_is_the_shortest_tile(mode: str) -> None:
+    """Short axes get tiles of at least ``min_tile``: a slice 8 deep, 6 voxels 8, 10 voxels
+    12 (the next multiple of 4); results still equal the untiled denoiser's."""
+    shapes: list[tuple[int, ...]] = []
+
+    def fn(x: torch.Tensor, sigma: torch.Tensor, position: torch.Tensor | None) -> torch.Tensor:
+        shapes.append(tuple(x.shape[2:]))
+        return _pointwise(x, sigma, position)
+
+    x = torch.randn(1, 6, 10, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sigma = torch.tensor([0.5], dtype=torch.float64)
+    tiled = TiledDenoiser(fn, (16, 16, 16), mode=mode, size_multiple=4, min_tile=8)
+    torch.testing.assert_close(tiled(x, sigma), _reference(x, sigma), rtol=1e-12, atol=1e-12)
+    assert set(shapes) == {(8, 12, 8)}
+
+
+def test_prior_denoiser_tiles_thin_volumes_from_half_the_patch(tmp_path) -> None:
+    """The prior's denoiser: the network's factor (1 for the one-level test prior) and half
+    the 8-voxel training patch as the shortest tile."""
+    from prior_factory import export_tiny_prior
+
+    from medrecon.priors import load_prior
+    from medrecon.sampling.api import prior_denoiser
+
+    den = prior_denoiser(load_prior(export_tiny_prior(tmp_path)), "MR")
+    assert (den.size_multiple, den.min_tile) == (1, 4)
+    out = den(torch.randn(1, 9, 8, 1), torch.tensor([1.0]))
+    assert out.shape == (1, 9, 8, 1) and bool(torch.isfinite(out).all())
 
 
 def test_a_real_unet_denoises_a_slice_in_short_tiles() -> None:
