@@ -27,9 +27,9 @@ and at least ``min_tile`` long; with ``size_multiple=None`` such axes are padded
 patch. :func:`~medrecon.sampling.api.prior_denoiser` sets ``min_tile`` to half the training
 patch (32): a single slice or a 24-slice slab then costs a 64 x 64 x 32 tile per patch instead
 of 64^3, a 40-slice slab a 40-deep one. Shorter tiles would cost less still, but the network,
-trained on 64^3 patches, denoises them differently: on real single CT slices 8-deep tiles lost
-2 dB and 16-deep ones 1 dB against the full patch, 32-deep ones 0.2 dB
-(``benchmarks/RESULTS_sampling.md``, "Thin slabs and single slices"). Padding is by
+trained on 64^3 patches, denoises them differently: on a real CT slice 8-deep tiles lost 2.1 dB
+and 16-deep ones 0.9 dB against the full patch, 32-deep ones 0.2-0.3 dB on two CT slices and
+nothing on MR (``benchmarks/RESULTS_sampling.md``, "Thin slabs and single slices"). Padding is by
 reflection (statistics of a noisy state are preserved; zero padding would put an edge of pure
 noise into the patch), and padded voxels are discarded. Tile sizes only change along axes the
 volume does not fill, so larger volumes are tiled exactly as before.
