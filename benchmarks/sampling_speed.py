@@ -1,19 +1,25 @@
 """Speed of diffusion reconstruction: seconds, network evaluations, peak memory, network share.
 
 Cases (issue 6): 8-coil 128^3 MRI with 50 steps, 8-coil 256^3 MRI, 256^3 CT (parallel beam,
-60 views). Each case simulates a held-out synthetic head (test seed range), runs
-``posterior_sample`` once to warm up kernels on a tiny problem, then times the real run.
+60 views); (issue 15 item 8) ``ct_slice``: one 128 x 128 CT slice (60 views) and ``mr_slab``: a
+thin 8-coil 128 x 96 x 24 MR slab (2D multi-slice random lines, R = 4). Each case simulates a
+held-out synthetic head (test seed range), runs ``posterior_sample`` once with 2 steps to warm
+up kernels, then times the real run. ``slab_tiling.py`` compares the thin cases' tilings.
 
     python benchmarks/sampling_speed.py --out results_speed.jsonl [--prior default]
         [--device cuda] [--steps 50] [--cases mr128,mr256,ct256] [--tiling shift] [--quick]
+    nice -n 10 python benchmarks/sampling_speed.py --out slab.jsonl --device cpu --steps 4 \
+        --cases ct_slice,mr_slab
 
 One JSON line per case is appended as soon as it finishes (a run cut short keeps what it
-measured). ``--quick`` shrinks every case to 24^3 for a CPU smoke test.
+measured). ``--quick`` shrinks every case to 24^3 (thin cases: 24 x 24 x 1 and 24 x 24 x 6) for
+a CPU smoke test.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -30,6 +36,22 @@ def _case_measurement(case: str, quick: bool, device: str):
 
     n = 24 if quick else (128 if case == "mr128" else 256)
     seed = split_seeds("test")[0]
+    if case == "ct_slice":
+        n = 24 if quick else 128
+        # the central slice of a 3-slice head (the generator needs two slices at least)
+        thick = generate_head((n, n, 3), 2.0, "CT", seed=seed, noise=False, device=device)
+        affine = thick.affine.copy()
+        affine[:3, 3] = thick.affine[:3, :3] @ [0, 0, 1] + thick.affine[:3, 3]
+        vol = dataclasses.replace(thick, data=thick.data[:, :, 1:2].copy(), affine=affine)
+        cfg = SimulationConfig(modality="ct", seed=seed, ct=CTSettings(views=60, dose_i0=1e5))
+        return simulate(vol, cfg, device=device), vol
+    if case == "mr_slab":
+        shape = (24, 24, 6) if quick else (128, 96, 24)
+        vol = generate_head(shape, 2.0, "MR", seed=seed, noise=False, device=device)
+        cfg = SimulationConfig(modality="mri", seed=seed,
+                               mri=MRISettings(coils=8, acceleration=4.0, dims="2d",
+                                               mask="random", snr=30.0, coil_model="birdcage"))
+        return simulate(vol, cfg, device=device), vol
     if case.startswith("mr"):
         vol = generate_head((n, n, n), 2.0, "MR", seed=seed, noise=False, device=device)
         cfg = SimulationConfig(modality="mri", seed=seed,

@@ -17,8 +17,8 @@ Methods and their metadata are in the registry of :mod:`medrecon.methods` ("MR":
 cg-sense, l1-wavelet, tv, diffusion; "CT": fbp, fdk, sirt, cgls, tv, diffusion). ``lam`` and
 ``iterations`` are refused for methods without a weight or iterations, and the method's own
 options (``ReconOptions.extra``) are validated before any work. The result is a Volume in the
-reference geometry of the measurement (same affine, shape, modality, units and DICOM header),
-so writing it as NIfTI or as a derived DICOM series puts it where the reference study was;
+reference geometry of the measurement (same affine, shape, units and DICOM header; modality
+the measurement's, also where the reference file carried none), so writing it as NIfTI or as a derived DICOM series puts it where the reference study was;
 ``result.settings`` is what the run used (``medrecon reconstruct`` writes it next to the
 output).
 """
@@ -123,7 +123,9 @@ def reconstruction_volume(measurement: Measurement, image: np.ndarray, method: s
     The series description becomes "<reference description> (medrecon <method>[, <tag>])"
     (the reference's part is shortened so that the medrecon part fits in 64 characters);
     ``meta`` records the method and the scalar entries of ``info`` (lam, iterations, residual,
-    ``autotune_line``: the self-tuning's choice, grid and held-out errors, ...).
+    ``autotune_line``: the self-tuning's choice, grid and held-out errors, ...). The modality
+    is the measurement's: an MR k-space reconstruction is MR even when its reference volume (a
+    NIfTI from another tool) had none, so that a DICOM output is an MR series.
     """
     ref = measurement.reference
     base = ref.series_description.strip()
@@ -132,8 +134,10 @@ def reconstruction_volume(measurement: Measurement, image: np.ndarray, method: s
     description = f"{base} ({ours})" if base else ours
     scalars = {k: v for k, v in (info or {}).items()
                if isinstance(v, int | float | str | bool) or v is None}
-    return ref.volume(image, series_description=description[:64],
-                      reconstruction={"method": method, **scalars})
+    volume = ref.volume(image, series_description=description[:64],
+                        reconstruction={"method": method, **scalars})
+    volume.modality = measurement.modality
+    return volume
 
 
 def _check_options(method: str, options: ReconOptions, weighted: bool, iterative: bool,

@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from medrecon.progress import progress_bar, shows_progress
+
 Tensor = torch.Tensor
 Callback = Callable[[int, Tensor], None]
 
@@ -109,16 +111,6 @@ def relative_change(x_new: Tensor, x_old: Tensor) -> float:
     return _norm(x_new - x_old) / max(_norm(x_new), 1e-30)
 
 
-def _progress(total: int, desc: str, enabled: bool):  # type: ignore[no-untyped-def]
-    import sys
-
-    from tqdm.auto import tqdm
-
-    # In logs and pipelines (stderr not a terminal) redraw rarely instead of every iteration.
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True,
-                mininterval=0.5 if sys.stderr.isatty() else 30.0)
-
-
 # -------------------------------------------------------------------------------------------
 # Solvers
 # -------------------------------------------------------------------------------------------
@@ -153,7 +145,7 @@ def conjugate_gradient(
         tol: relative residual at which an item stops.
         batched: treat dimension 0 as a batch of independent systems.
         callback: called as ``callback(k, x)`` after iteration k (1-based).
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (on a terminal only, see :mod:`medrecon.progress`).
 
     Returns:
         :class:`SolverResult`; ``history`` holds the largest relative residual
@@ -179,8 +171,9 @@ def conjugate_gradient(
 
     history: list[Tensor] = []
     k = 0
-    # The bar (and its per-iteration sync) only when asked: sampling calls CG at every step.
-    with _progress(max_iter, "CG", True) if progress else contextlib.nullcontext() as bar:
+    # The bar (and its per-iteration sync) only when shown: sampling calls CG at every step.
+    with (progress_bar(max_iter, "CG") if shows_progress(progress)
+          else contextlib.nullcontext()) as bar:
         for _ in range(max_iter):
             active = torch.sqrt(rs) > stop
             if not bool(torch.any(active)):
@@ -277,7 +270,7 @@ def fista(
     history: list[float] = []
     converged = False
     k = 0
-    with _progress(max_iter, "FISTA", progress) as bar:
+    with progress_bar(max_iter, "FISTA", progress) as bar:
         for k in range(1, max_iter + 1):
             x_new = prox_g(z - step * grad_f(z), step)
             t_new = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
@@ -334,7 +327,7 @@ def pdhg(
     history: list[float] = []
     converged = False
     k = 0
-    with _progress(max_iter, "PDHG", progress) as bar:
+    with progress_bar(max_iter, "PDHG", progress) as bar:
         for k in range(1, max_iter + 1):
             y = prox_f_conj(y + sigma * K(xbar), sigma)
             direction = K_adj(y) if grad_h is None else K_adj(y) + grad_h(x)
@@ -406,7 +399,7 @@ def sirt(
     history: list[float] = []
     converged = False
     k = 0
-    with _progress(max_iter, "SIRT", progress) as bar:
+    with progress_bar(max_iter, "SIRT", progress) as bar:
         for k in range(1, max_iter + 1):
             x_new = x + relaxation * c * adjoint(r * (y - forward(x)))
             if nonnegative:
@@ -444,7 +437,7 @@ def cgls(
     history: list[float] = []
     converged = False
     k = 0
-    with _progress(max_iter, "CGLS", progress) as bar:
+    with progress_bar(max_iter, "CGLS", progress) as bar:
         for k in range(1, max_iter + 1):
             q = forward(p)
             qq = float(torch.sum(q * q))

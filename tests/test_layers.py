@@ -42,6 +42,8 @@ FORBIDDEN = {
                 "medrecon.priors"),
     "device": ("medrecon.recon", "medrecon.sampling", "medrecon.problem", "medrecon.io",
                "medrecon.operators"),
+    "progress": ("medrecon.recon", "medrecon.sampling", "medrecon.problem", "medrecon.io",
+                 "medrecon.operators", "medrecon.priors", "medrecon.solvers"),
     "methods": ("medrecon.reconstruct", "medrecon.cli", "medrecon.demo"),
     "batch": ("medrecon.cli", "medrecon.demo"),
 }

@@ -60,6 +60,25 @@ def test_reconstruction_volume_truncates_description(measurement: Measurement) -
     assert v.meta["reconstruction"] == {"method": "tv", "lam": 0.1}
 
 
+def test_mr_reconstruction_of_an_unlabelled_reference_is_an_mr_series(tmp_path) -> None:
+    """A NIfTI from another tool has no modality ("OT"); its MR k-space reconstruction is MR,
+    and so is the DICOM series written from it (issue 15), not Secondary Capture."""
+    import pydicom
+
+    from medrecon.io import load_volume, save_volume
+
+    vol = Volume(shepp_logan_3d((12, 10, 4)), AFFINE)  # modality "OT"
+    m = simulate(vol, SimulationConfig(mri=MRISettings(coils=2, acceleration=2.0,
+                                                        calibration=4)))
+    assert m.reference.modality == "OT"
+    result = reconstruct(m, "zero-filled", ReconOptions(device="cpu"))
+    assert result.volume.modality == "MR"
+    out = save_volume(result.volume, tmp_path / "dicom", format="dicom")
+    first = sorted(out.glob("*.dcm"))[0]
+    assert pydicom.dcmread(first, stop_before_pixels=True).Modality == "MR"
+    assert load_volume(out).modality == "MR"
+
+
 def test_lam_iterations_and_prior_follow_the_method_metadata(measurement: Measurement) -> None:
     with pytest.raises(InputError, match="lam does not apply to the method zero-filled"):
         reconstruct(measurement, "zero-filled", ReconOptions(lam=0.1))

@@ -3,7 +3,10 @@
 :func:`write_dicom_series` writes one classic single-frame file per ``k`` slice (CT Image, MR
 Image or Secondary Capture storage), derived from a reference header when there is one: new
 Series and SOP Instance UIDs, ImageType ``DERIVED\\SECONDARY``, patient and study kept, geometry
-tags computed from the affine so that reading the series back gives the same affine.
+tags computed from the affine so that reading the series back gives the same affine. What the
+reference says about its slices and display carries over: a volume of unknown modality derived
+from an MR series is MR, a CT derived from a CT series keeps its window, and a volume on the
+reference's slices keeps their thickness.
 """
 
 from __future__ import annotations
@@ -142,6 +145,44 @@ def _is_previous_output(folder: Path) -> bool:
         return False
 
 
+def _header_value(ref: Any, keyword: str, group: str) -> Any:
+    """``keyword`` of a reference header: at its top level (classic files), else in functional
+    group ``group`` (e.g. "PixelMeasuresSequence") of an enhanced multi-frame file, shared or,
+    failing that, of its first frame. None when absent or empty."""
+    if ref is None:
+        return None
+    value = ref.get(keyword)
+    if value is not None and str(value) != "":
+        return value
+    for seq in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        groups = ref.get(seq)
+        if not groups or group not in groups[0] or not groups[0].get(group):
+            continue
+        value = groups[0].get(group)[0].get(keyword)
+        if value is not None and str(value) != "":
+            return value
+    return None
+
+
+def _on_reference_slices(volume: Volume, reference: Volume | None, ref: Any,
+                         geo: _PlaneGeometry) -> bool:
+    """True when the volume's slices are the reference series' own: a separate ``reference``
+    with the same grid, or (the volume's own header) the same matrix, pixel spacing and
+    orientation as the header describes."""
+    if reference is not None and reference is not volume:
+        return volume.same_geometry(reference)
+    try:
+        rows, cols = int(ref.get("Rows")), int(ref.get("Columns"))
+        spacing = [float(v) for v in _header_value(ref, "PixelSpacing", "PixelMeasuresSequence")]
+        iop = [float(v) for v in _header_value(ref, "ImageOrientationPatient",
+                                               "PlaneOrientationSequence")]
+    except (TypeError, ValueError):
+        return False
+    return ((rows, cols) == (volume.shape[1], volume.shape[0])
+            and np.allclose(spacing, [geo.row_spacing, geo.col_spacing], atol=1e-3)
+            and np.allclose(iop, [*geo.row_cos, *geo.col_cos], atol=1e-4))
+
+
 def _window(data: np.ndarray) -> tuple[float, float]:
     lo, hi = (float(v) for v in np.percentile(data, [0.5, 99.5]))
     if hi <= lo:
@@ -162,8 +203,11 @@ def write_dicom_series(
     """Write ``volume`` atomically as a classic DICOM series, one file per k slice.
 
     The SOP class follows ``volume.modality``: CT Image Storage (values in HU), MR Image
-    Storage, else Secondary Capture Image Storage. Voxel values are stored as 16-bit integers
-    with RescaleSlope/RescaleIntercept from :func:`_rescale` (error at most half a level).
+    Storage, else Secondary Capture Image Storage; a volume of unknown modality ("OT", e.g. a
+    NIfTI from another tool) derived from an MR header is written as MR. (Not so from a CT
+    header: CT Image Storage declares HU, which an unlabelled volume need not hold; ``convert
+    --modality ct`` declares it.) Voxel values are stored as 16-bit integers with
+    RescaleSlope/RescaleIntercept from :func:`_rescale` (error at most half a level).
 
     Derivation: the reference header is ``reference.dicom_header``, else
     ``volume.dicom_header``. Patient and study attributes (StudyInstanceUID, dates, accession
@@ -175,10 +219,16 @@ def write_dicom_series(
     study, series and frame of reference are new, and the patient is ``patient_name`` /
     ``patient_id`` (default "Anonymous" / "MEDRECON").
 
-    Geometry: ImageOrientationPatient, ImagePositionPatient, PixelSpacing, SliceThickness and
+    Geometry: ImageOrientationPatient, ImagePositionPatient, PixelSpacing and
     SpacingBetweenSlices come from the affine (see :func:`_plane_geometry`), so
     :func:`~medrecon.io.dicom_read.read_dicom` gives back the same affine (a left-handed affine
-    comes back with k reversed and the same voxel positions).
+    comes back with k reversed and the same voxel positions). SliceThickness is the reference
+    header's when the volume lies on the reference's slices (a reconstruction in the reference
+    geometry; 5 mm slices 2.5 mm apart stay 5 mm thick), else the slice spacing.
+
+    Display: a CT derived from a CT header keeps its WindowCenter/WindowWidth (all of them, with
+    their explanation and VOI LUT function): values are HU on both sides. Otherwise the window
+    spans the 0.5-99.5th percentiles of the data.
 
     Args:
         volume: the image to write, data (I, J, K) = (columns, rows, slices).
@@ -223,6 +273,9 @@ def write_dicom_series(
     center, width = _window(data)
 
     modality = (volume.modality or "OT").upper()
+    ref_modality = str(ref.get("Modality", "") if ref is not None else "").strip().upper()
+    if modality not in ("CT", "MR") and ref_modality == "MR":
+        modality = "MR"  # an MR series' derivative; MR Image Storage claims no units
     sop_class = {"CT": CT_IMAGE_STORAGE, "MR": MR_IMAGE_STORAGE}.get(modality, SC_IMAGE_STORAGE)
 
     def ref_get(kw: str) -> Any:
@@ -282,6 +335,15 @@ def write_dicom_series(
         series_number = 1
     description = (series_description if series_description is not None
                    else volume.series_description or "medrecon")
+    spacing_k = abs(float(geo.step @ np.cross(geo.row_cos, geo.col_cos)))
+    thickness = _ds_str(spacing_k)
+    if ref is not None and _on_reference_slices(volume, reference, ref, geo):
+        ref_thickness = _header_value(ref, "SliceThickness", "PixelMeasuresSequence")
+        try:
+            if ref_thickness is not None and float(ref_thickness) > 0:
+                thickness = _ds_str(float(ref_thickness))
+        except (TypeError, ValueError):
+            pass  # an unreadable thickness: the spacing stands in for it
     common.update({
         "SOPClassUID": sop_class,
         "Modality": modality,
@@ -301,7 +363,7 @@ def write_dicom_series(
         "AcquisitionNumber": 1,
         "ImageOrientationPatient": [_ds_str(v) for v in (*geo.row_cos, *geo.col_cos)],
         "PixelSpacing": [_ds_str(geo.row_spacing), _ds_str(geo.col_spacing)],
-        "SliceThickness": _ds_str(abs(float(geo.step @ np.cross(geo.row_cos, geo.col_cos)))),
+        "SliceThickness": thickness,
         "SamplesPerPixel": 1,
         "PhotometricInterpretation": "MONOCHROME2",
         "Rows": volume.shape[1],
@@ -316,19 +378,29 @@ def write_dicom_series(
     if modality == "CT":
         common["RescaleType"] = "HU"
         common["KVP"] = ""
-        if ref is not None and str(ref_get("Modality") or "") == "CT":
+        if thickness != _ds_str(spacing_k):  # readers take a single slice's step from these
+            common["SpacingBetweenSlices"] = _ds_str(spacing_k)
+        if ref is not None and ref_modality == "CT":
             for kw in _CT_ACQ:
                 if ref_get(kw) is not None:
                     common[kw] = ref_get(kw)
+            ref_center = _header_value(ref, "WindowCenter", "FrameVOILUTSequence")
+            ref_width = _header_value(ref, "WindowWidth", "FrameVOILUTSequence")
+            if ref_center is not None and ref_width is not None:
+                common["WindowCenter"], common["WindowWidth"] = ref_center, ref_width
+                for kw in ("WindowCenterWidthExplanation", "VOILUTFunction"):
+                    value = _header_value(ref, kw, "FrameVOILUTSequence")
+                    if value is not None:
+                        common[kw] = value
     elif modality == "MR":
         common.update({"ScanningSequence": "RM", "SequenceVariant": "NONE", "ScanOptions": "",
                        "MRAcquisitionType": "3D", "RepetitionTime": "", "EchoTime": "",
                        "EchoTrainLength": ""})
-        if ref is not None and str(ref_get("Modality") or "") == "MR":
+        if ref is not None and ref_modality == "MR":
             for kw in _MR_ACQ:
                 if ref_get(kw) is not None:
                     common[kw] = ref_get(kw)
-        common["SpacingBetweenSlices"] = common["SliceThickness"]
+        common["SpacingBetweenSlices"] = _ds_str(spacing_k)
     else:
         common["ConversionType"] = "WSD"  # workstation: derived from other images
         common["RescaleType"] = "US"  # unspecified units, required with a rescale in SC

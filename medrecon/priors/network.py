@@ -197,5 +197,18 @@ def set_flash_attention(module: torch.nn.Module, enabled: bool) -> None:
             m.use_flash_attention = enabled
 
 
+def size_multiple(module: torch.nn.Module) -> int:
+    """What every input size of ``module`` must be a multiple of: 2 per down-sampling layer.
+
+    Counted on the built network (MONAI's ``DiffusionUnetDownsample`` layers of the U-Net
+    encoder), so it holds for any prior, whatever its JSON says; the skip connections join
+    encoder and decoder maps of equal size only at such sizes. Attention, GroupNorm, the
+    position maps and the embeddings accept any size.
+    """
+    from monai.networks.nets.diffusion_model_unet import DiffusionUnetDownsample
+
+    return 2 ** sum(isinstance(m, DiffusionUnetDownsample) for m in module.modules())
+
+
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

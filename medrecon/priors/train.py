@@ -382,13 +382,11 @@ def _fit(config: TrainConfig, run_dir: Path, data_paths: Sequence[str | Path], r
     bands = sigma_bands()
     bar = None
     if main and progress:
-        import sys
+        from medrecon.progress import progress_bar
 
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=opt_cfg.steps, initial=start_step, desc=f"train {config.name}",
-                   unit="step", dynamic_ncols=True,
-                   mininterval=0.5 if sys.stderr.isatty() else 30.0)
+        # In logs no bar: the rows logged every log_every steps say how training goes.
+        bar = progress_bar(opt_cfg.steps, f"train {config.name}", initial=start_step,
+                           unit="step", leave=True)
 
     use_bf16 = opt_cfg.bf16 and dev.type == "cuda"
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16

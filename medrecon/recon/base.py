@@ -51,7 +51,8 @@ class ReconOptions:
         tol: stopping tolerance on the relative change of the iterate (or the relative
             residual for CG); 0 runs all iterations.
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
-        progress: show a tqdm progress bar.
+        progress: show the solvers' progress bars (on a terminal only, see
+            :mod:`medrecon.progress`).
         extra: the method's own options (e.g. ``{"wavelet": "db4", "levels": 3}``,
             ``{"filter": "hann"}`` for FBP, ``{"samples": 4}`` for diffusion); see each
             method's settings class.

@@ -323,13 +323,9 @@ def sample_problem(denoiser: Denoiser, problem: LinearProblem, shape: tuple[int,
 
     bar = None
     if progress:
-        import sys
+        from medrecon.progress import progress_bar
 
-        from tqdm.auto import tqdm
-
-        # Quiet in logs: a bar is for a person watching a terminal.
-        bar = tqdm(total=steps, desc=f"diffusion ({name})", unit="step", leave=False,
-                   mininterval=0.5, disable=not sys.stderr.isatty())
+        bar = progress_bar(steps, f"diffusion ({name})", unit="step")
 
     def cb(i: int, sigma: float, xi: torch.Tensor, x0: torch.Tensor) -> None:
         if bar is not None:
@@ -440,12 +436,14 @@ def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "shift", overla
     """The prior as a whole-volume model-space denoiser ``D(x (B, I, J, K), sigma (B,))``.
 
     Patches of ``prior.patch_size`` (random-shift tiling by default, see
-    :mod:`medrecon.sampling.tiling`), the modality label when the prior is conditioned on it,
+    :mod:`medrecon.sampling.tiling`; along axes shorter than a patch, tiles only as long as the
+    axis, at least half the patch), the modality label when the prior is conditioned on it,
     normalised patch centres when it uses position, the voxel size ``spacing_mm`` (mm along
     I, J, K; default the prior's own) when it is conditioned on it; bf16 autocast on CUDA
     unless ``precision="fp32"``.
     """
     from medrecon.priors import modality_id
+    from medrecon.priors.network import size_multiple
 
     if modality not in prior.modalities:
         raise InputError(f"The prior {prior.name!r} was trained on "
@@ -464,6 +462,10 @@ def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "shift", overla
                       spacing=spacing.expand(xp.shape[0], 3))
         return out.float()
 
+    # Thin volumes: tiles as short as the network allows, but not under half the training
+    # patch, where the denoiser drifts from its full-patch output (see medrecon.sampling.tiling).
+    factor = size_multiple(net)
+    min_tile = -(-(min(prior.patch_size) // 2) // factor) * factor
     if max_batch is None:
         if memory_budget_gb is not None:
             max_batch = patches_for_memory(memory_budget_gb * 2**30, prior.patch_size)
@@ -474,7 +476,8 @@ def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "shift", overla
             max_batch = 2
     return TiledDenoiser(patch_fn, prior.patch_size, mode=tiling, overlap=overlap,
                          max_batch=max_batch, uses_position=prior.uses_position,
-                         generator=torch.Generator().manual_seed(int(seed) + 7919))
+                         generator=torch.Generator().manual_seed(int(seed) + 7919),
+                         size_multiple=factor, min_tile=min_tile)
 
 
 def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "dds",

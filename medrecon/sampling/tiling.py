@@ -21,17 +21,30 @@ tilings are offered:
   call, at (1 / (1 - overlap))^3 times the network cost (2.4x for overlap 0.25); use it for a
   single-shot denoise or when seams show.
 
-Volumes smaller than a patch along an axis are padded to the patch size. Padding is by
-reflection (statistics of a noisy state are preserved; zero padding would put an edge of
-pure noise into the patch), and padded voxels are discarded.
+Along an axis shorter than the patch, the tile is only as long as the axis rounded up to a
+multiple of ``size_multiple`` (what the network needs: 8 for the default prior's four levels)
+and at least ``min_tile`` long; with ``size_multiple=None`` such axes are padded to the full
+patch. :func:`~medrecon.sampling.api.prior_denoiser` sets ``min_tile`` to half the training
+patch (32): a single slice or a 24-slice slab then costs a 64 x 64 x 32 tile per patch instead
+of 64^3, a 40-slice slab a 40-deep one. Shorter tiles would cost less still, but the network,
+trained on 64^3 patches, denoises them differently: on a real CT slice 8-deep tiles lost 2.1 dB
+and 16-deep ones 0.9 dB against the full patch, 32-deep ones 0.2-0.3 dB on two CT slices and
+nothing on MR (``benchmarks/RESULTS_sampling.md``, "Thin slabs and single slices"). Padding is by
+reflection (statistics of a noisy state are preserved; zero padding would put an edge of pure
+noise into the patch), and padded voxels are discarded. Tile sizes only change along axes the
+volume does not fill, so larger volumes are tiled exactly as before.
 
 When the prior ``uses_position``, each patch gets its centre in normalised coordinates of the
 full volume, ``2 * centre / (shape - 1) - 1`` per voxel axis (the training convention of
-:mod:`medrecon.priors.data`), clipped to [-1, 1] for border patches of the shifted grid.
+:mod:`medrecon.priors.data`), clipped to [-1, 1] for border patches of the shifted grid. The
+centre is that of a full training patch at the tile's origin, also for a shortened tile, so
+the position input is what training (:mod:`medrecon.priors.synthetic.rendering`) gives a scan
+shorter than the patch.
 
-Patches from all chains are evaluated in batches of ``max_batch`` (see
-:func:`patches_for_memory`), and with ``checkpoint=True`` each batch is recomputed in the
-backward pass (DPS) so that gradient memory is bounded by one batch, not the volume.
+Patches from all chains are evaluated in batches of ``max_batch`` full-size patches (see
+:func:`patches_for_memory`; shortened tiles go proportionally more to a batch), and with
+``checkpoint=True`` each batch is recomputed in the backward pass (DPS) so that gradient memory
+is bounded by one batch, not the volume.
 """
 
 from __future__ import annotations
@@ -130,9 +143,15 @@ class TiledDenoiser:
     Args:
         patch_denoiser: the prior on patches, see :data:`PatchDenoiser`.
         patch_size: (X, Y, Z) training patch size.
-        mode: ``"shift"`` (random non-overlapping tiling per call) or ``"blend"``.
+        mode: ``"shift"`` (random non-overlapping tiling per call), ``"roll"`` or ``"blend"``.
         overlap: fraction of the patch shared by neighbours in ``"blend"`` mode.
-        max_batch: patches per network call (memory budget, :func:`patches_for_memory`).
+        max_batch: full-size patches per network call (memory budget,
+            :func:`patches_for_memory`); shortened tiles go proportionally more to a call.
+        size_multiple: along an axis shorter than the patch, the tile is the axis length
+            rounded up to a multiple of this (the network's downsampling factor, see
+            :func:`medrecon.priors.network.size_multiple`); None: the full patch.
+        min_tile: with ``size_multiple``, the shortest such tile (a multiple of
+            ``size_multiple``; capped at the patch; 0: no floor).
         uses_position: pass the normalised patch centres to the patch denoiser.
         generator: source of the random grid shifts (CPU generator; seeded for reproducibility).
         checkpoint: recompute each patch batch in the backward pass when gradients are needed.
@@ -143,13 +162,23 @@ class TiledDenoiser:
     def __init__(self, patch_denoiser: PatchDenoiser, patch_size: Sequence[int],
                  mode: str = "shift", overlap: float = 0.25, max_batch: int = 8,
                  uses_position: bool = False, generator: torch.Generator | None = None,
-                 checkpoint: bool = True) -> None:
+                 checkpoint: bool = True, size_multiple: int | None = None,
+                 min_tile: int = 0) -> None:
         if mode not in ("shift", "roll", "blend"):
             raise ValueError(f"tiling mode must be 'shift', 'roll' or 'blend', got {mode!r}")
         if not 0.0 <= overlap < 1.0:
             raise ValueError("overlap must lie in [0, 1)")
         self.patch_denoiser = patch_denoiser
         self.patch = tuple(int(p) for p in patch_size)
+        if size_multiple is not None and (size_multiple < 1
+                                          or any(p % size_multiple for p in self.patch)):
+            raise ValueError(f"size_multiple {size_multiple} must be positive and divide the "
+                             f"patch size {self.patch}")
+        if size_multiple is not None and min_tile % size_multiple:
+            raise ValueError(f"min_tile {min_tile} must be a multiple of size_multiple "
+                             f"{size_multiple}")
+        self.size_multiple = size_multiple
+        self.min_tile = int(min_tile)
         self.mode, self.overlap = mode, float(overlap)
         self.max_batch = max(1, int(max_batch))
         self.uses_position = uses_position
@@ -159,9 +188,19 @@ class TiledDenoiser:
         self.patches = 0
 
     # -- helpers ------------------------------------------------------------------------------
+    def _tile_size(self, shape: Sequence[int]) -> tuple[int, int, int]:
+        """The tile (X, Y, Z) for a volume of ``shape``: the patch, shortened along axes the
+        volume does not fill to the next multiple of ``size_multiple``, ``min_tile`` at least."""
+        m = self.size_multiple
+        if m is None:
+            return self.patch  # type: ignore[return-value]
+        return tuple(p if s >= p else min(p, max(self.min_tile, -(-int(s) // m) * m))
+                     for s, p in zip(shape, self.patch, strict=True))  # type: ignore[return-value]
+
     def _positions(self, origins: list[tuple[int, int, int]], shape: Sequence[int],
                    device: torch.device) -> torch.Tensor:
-        """(n, 3) normalised patch centres for origins given in unpadded volume coordinates."""
+        """(n, 3) normalised patch centres for origins given in unpadded volume coordinates;
+        the centre of a full training patch at each origin, whatever the tile size."""
         o = torch.tensor(origins, dtype=torch.float64)
         half = torch.tensor([p // 2 for p in self.patch], dtype=torch.float64)
         size = torch.tensor([max(int(s) - 1, 1) for s in shape], dtype=torch.float64)
@@ -170,11 +209,13 @@ class TiledDenoiser:
 
     def _run(self, patches: torch.Tensor, sigma: torch.Tensor,
              position: torch.Tensor | None) -> torch.Tensor:
-        """Evaluate (P, 1, X, Y, Z) patches in chunks of ``max_batch``."""
+        """Evaluate (P, 1, X, Y, Z) patches in chunks of ``max_batch`` full patches' voxels."""
         outs = []
         need_grad = torch.is_grad_enabled() and patches.requires_grad
-        for i in range(0, patches.shape[0], self.max_batch):
-            sl = slice(i, i + self.max_batch)
+        per = max(self.max_batch,
+                  self.max_batch * math.prod(self.patch) // math.prod(patches.shape[2:]))
+        for i in range(0, patches.shape[0], per):
+            sl = slice(i, i + per)
             pos = None if position is None else position[sl]
             args = (patches[sl], sigma[sl], pos)
             if need_grad and self.checkpoint:
@@ -198,13 +239,13 @@ class TiledDenoiser:
             return self._roll(x, sigma)
         return self._blend(x, sigma)
 
-    def _tiles(self, xp: torch.Tensor, sigma: torch.Tensor,
+    def _tiles(self, xp: torch.Tensor, sigma: torch.Tensor, patch: tuple[int, int, int],
                origins_of: list[list[int]], shape: Sequence[int]) -> torch.Tensor:
-        """Denoise (B, n_i p_i, n_j p_j, n_k p_k) as non-overlapping patches; ``origins_of``
-        gives each axis' patch origins in unpadded volume coordinates (for positions)."""
+        """Denoise (B, n_i p_i, n_j p_j, n_k p_k) as non-overlapping tiles of size ``patch``;
+        ``origins_of`` gives each axis' tile origins in unpadded volume coordinates."""
         b = xp.shape[0]
-        pi, pj, pk = self.patch
-        ni, nj, nk = (n // p for n, p in zip(xp.shape[1:], self.patch, strict=True))
+        pi, pj, pk = patch
+        ni, nj, nk = (n // p for n, p in zip(xp.shape[1:], patch, strict=True))
         blocks = xp.reshape(b, ni, pi, nj, pj, nk, pk).permute(0, 1, 3, 5, 2, 4, 6)
         blocks = blocks.reshape(b * ni * nj * nk, 1, pi, pj, pk)
         sig = sigma.repeat_interleave(ni * nj * nk)
@@ -219,23 +260,25 @@ class TiledDenoiser:
 
     def _roll(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         shape = tuple(x.shape[1:])
-        sizes = [math.ceil(s / p) * p for s, p in zip(shape, self.patch, strict=True)]
+        patch = self._tile_size(shape)
+        sizes = [math.ceil(s / p) * p for s, p in zip(shape, patch, strict=True)]
         xp = _pad(x, [(0, n - s) for n, s in zip(sizes, shape, strict=True)])
         offs = [int(torch.randint(p, (1,), generator=self.generator)) if n > p else 0
-                for n, p in zip(sizes, self.patch, strict=True)]
+                for n, p in zip(sizes, patch, strict=True)]
         # After rolling by -o, patch t starts at voxel (t p + o) mod n of the padded volume.
         rolled = torch.roll(xp, shifts=[-o for o in offs], dims=(1, 2, 3))
         origins_of = [[(t * p + o) % n for t in range(n // p)]
-                      for n, p, o in zip(sizes, self.patch, offs, strict=True)]
-        out = self._tiles(rolled, sigma, origins_of, shape)
+                      for n, p, o in zip(sizes, patch, offs, strict=True)]
+        out = self._tiles(rolled, sigma, patch, origins_of, shape)
         out = torch.roll(out, shifts=offs, dims=(1, 2, 3))
         return out[:, :shape[0], :shape[1], :shape[2]]
 
     def _shift(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         shape = x.shape[1:]
+        patch = self._tile_size(shape)
         offs, pads, counts = [], [], []
-        for s, p in zip(shape, self.patch, strict=True):
-            if s <= p:  # one patch: pad up to the patch, no shift needed
+        for s, p in zip(shape, patch, strict=True):
+            if s <= p:  # one tile: pad up to the tile, no shift needed
                 o = 0
             else:
                 o = int(torch.randint(p, (1,), generator=self.generator))
@@ -245,23 +288,25 @@ class TiledDenoiser:
             counts.append(n)
         xp = _pad(x, pads)
         origins_of = [[t * p - o for t in range(n)]
-                      for n, p, o in zip(counts, self.patch, offs, strict=True)]
-        out = self._tiles(xp, sigma, origins_of, shape)
+                      for n, p, o in zip(counts, patch, offs, strict=True)]
+        out = self._tiles(xp, sigma, patch, origins_of, shape)
         return out[:, offs[0]:offs[0] + shape[0], offs[1]:offs[1] + shape[1],
                    offs[2]:offs[2] + shape[2]]
 
     def _blend(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         b, shape = x.shape[0], tuple(x.shape[1:])
-        # Pad axes shorter than the patch (at the end) so every patch is full-size.
-        pads = [(0, max(0, p - s)) for s, p in zip(shape, self.patch, strict=True)]
+        patch = self._tile_size(shape)
+        # Pad axes shorter than the tile (at the end) so every tile is full-size.
+        pads = [(0, max(0, p - s)) for s, p in zip(shape, patch, strict=True)]
         xp = _pad(x, pads)
         pshape = tuple(xp.shape[1:])
-        origins, window, total = blend_weights(pshape, self.patch, self.overlap,
+        origins, window, total = blend_weights(pshape, patch, self.overlap,
                                                dtype=x.dtype, device=x.device)
-        pi, pj, pk = self.patch
+        pi, pj, pk = patch
         out = torch.zeros_like(xp)
-        # Chunks of origins so that at most ~max_batch patches are materialised at once.
-        per = max(1, self.max_batch // b)
+        # Chunks of origins so that at most ~max_batch full patches' voxels are materialised.
+        full = self.max_batch * math.prod(self.patch) // math.prod(patch)
+        per = max(1, max(self.max_batch, full) // b)
         pos_all = self._positions(origins, shape, x.device) if self.uses_position else None
         for i in range(0, len(origins), per):
             chunk = origins[i:i + per]

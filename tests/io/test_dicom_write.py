@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_factory import oblique_affine, write_series
+from dicom_factory import edit, oblique_affine, write_enhanced, write_series
 
 from medrecon.errors import GeometryError, InputError
 from medrecon.io import Volume, load_volume, save_volume
@@ -121,6 +121,95 @@ def test_derived_from_reference_keeps_patient_study_and_frame(tmp_path: Path,
     h3 = _headers(write_dicom_series(recon, tmp_path / "anon", reference=ref,
                                      patient_name="Anon", patient_id="X"))[0]
     assert h3.StudyInstanceUID != src.StudyInstanceUID and h3.PatientID == "X"
+
+
+def test_unlabelled_volume_derived_from_an_mr_series_is_mr(tmp_path: Path,
+                                                           rng: np.random.Generator) -> None:
+    """A NIfTI from another tool carries no modality ("OT"); written against an MR reference it
+    is an MR series (issue 15), not Secondary Capture. Against a CT reference it stays
+    Secondary Capture: CT Image Storage would declare HU, which nothing established."""
+    data = rng.integers(0, 1000, size=(6, 5, 3)).astype(np.float64)
+    affine = oblique_affine()
+    for modality in ("MR", "CT"):
+        write_series(tmp_path / f"ref_{modality}", data, affine, modality=modality)
+    unlabelled = Volume(data * 0.5, affine)  # modality "OT"
+    out = write_dicom_series(unlabelled, tmp_path / "mr", reference=read_dicom(tmp_path / "ref_MR"))
+    h = _headers(out)[0]
+    assert h.Modality == "MR" and h.SOPClassUID == "1.2.840.10008.5.1.4.1.1.4"
+    assert read_dicom(out).modality == "MR"
+    ct_ref = read_dicom(tmp_path / "ref_CT")
+    h_ct = _headers(write_dicom_series(unlabelled, tmp_path / "sc", reference=ct_ref))[0]
+    assert h_ct.Modality == "OT" and h_ct.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    # A labelled volume keeps its own modality whatever the reference.
+    h_mr = _headers(write_dicom_series(Volume(data, affine, modality="MR"), tmp_path / "own",
+                                       reference=ct_ref))[0]
+    assert h_mr.Modality == "MR"
+
+
+@pytest.mark.parametrize("n_k", [3, 1])
+def test_derived_ct_keeps_reference_window_and_slice_thickness(tmp_path: Path,
+                                                              rng: np.random.Generator,
+                                                              n_k: int) -> None:
+    """5 mm CT slices 3 mm apart (a single slice: SpacingBetweenSlices 3) with a brain and a
+    bone window: the reconstruction keeps both windows and the 5 mm thickness, and still reads
+    back on the reference's grid."""
+    data = np.rint(rng.uniform(-1000, 1500, size=(6, 5, n_k)))
+    affine = oblique_affine(spacing=(0.8, 0.9, 3.0))
+    paths = write_series(tmp_path / "ref", data, affine, modality="CT")
+    for path in paths:
+        edit(path, SliceThickness="5", WindowCenter=["40", "400"], WindowWidth=["80", "1500"],
+             WindowCenterWidthExplanation=["BRAIN", "BONE"],
+             SpacingBetweenSlices="3" if n_k == 1 else None)
+    ref = read_dicom(tmp_path / "ref")
+    np.testing.assert_allclose(np.linalg.norm(ref.affine[:3, 2]), 3.0, atol=1e-6)
+    recon = ref.with_data(ref.data * 0.5 + 0.25)  # a reconstruction in the reference geometry
+    for name, kwargs in (("derived", {"reference": ref}), ("own", {})):
+        out = write_dicom_series(recon, tmp_path / name, **kwargs)
+        h = _headers(out)[0]
+        assert [float(v) for v in h.WindowCenter] == [40.0, 400.0]
+        assert [float(v) for v in h.WindowWidth] == [80.0, 1500.0]
+        assert list(h.WindowCenterWidthExplanation) == ["BRAIN", "BONE"]
+        assert float(h.SliceThickness) == 5.0
+        back = read_dicom(out)
+        np.testing.assert_allclose(back.affine, ref.affine, atol=1e-3)
+        if DCIODVFY is not None:
+            res = subprocess.run([DCIODVFY, str(_files(out)[0])], capture_output=True,
+                                 text=True, timeout=60)
+            report = res.stdout + res.stderr
+            assert not [ln for ln in report.splitlines() if ln.startswith("Error")], report
+    # Off the reference's slices (another grid) the thickness is the slice spacing; the window
+    # (HU on both sides) still applies.
+    other = Volume(recon.data, np.diag([0.8, 0.9, 2.0, 1.0]), modality="CT", units="HU")
+    h2 = _headers(write_dicom_series(other, tmp_path / "other", reference=ref))[0]
+    assert float(h2.SliceThickness) == 2.0 and float(h2.WindowCenter[0]) == 40.0
+    # An MR reference's window (other units) is not a CT's.
+    write_series(tmp_path / "mr", data - data.min(), affine, modality="MR")
+    for path in (tmp_path / "mr").iterdir():
+        edit(path, WindowCenter="40", WindowWidth="80")
+    h3 = _headers(write_dicom_series(recon, tmp_path / "from_mr",
+                                     reference=read_dicom(tmp_path / "mr")))[0]
+    assert float(h3.WindowWidth) > 1000  # the data's own window
+
+
+def test_window_and_thickness_from_an_enhanced_ct_reference(tmp_path: Path,
+                                                            rng: np.random.Generator) -> None:
+    """Enhanced multi-frame files keep thickness and window in functional groups."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    data = np.rint(rng.uniform(-1000, 1500, size=(6, 5, 3)))
+    path = write_enhanced(tmp_path / "ref.dcm", data, oblique_affine(), modality="CT")
+    ds = pydicom.dcmread(path)
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    shared.PixelMeasuresSequence[0].SliceThickness = "7"
+    voi = Dataset()
+    voi.WindowCenter, voi.WindowWidth = "35", "90"
+    shared.FrameVOILUTSequence = Sequence([voi])
+    ds.save_as(path)
+    ref = read_dicom(path)
+    h = _headers(write_dicom_series(ref.with_data(ref.data + 0.5), tmp_path / "out"))[0]
+    assert float(h.SliceThickness) == 7.0
+    assert float(h.WindowCenter) == 35.0 and float(h.WindowWidth) == 90.0
 
 
 def test_reference_without_header_is_refused(tmp_path: Path) -> None:

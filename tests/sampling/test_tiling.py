@@ -19,17 +19,21 @@ def _reference(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("mode", ["shift", "roll", "blend"])
-@pytest.mark.parametrize("shape", [(20, 13, 9), (8, 8, 8), (5, 17, 3)])
-def test_pointwise_denoiser_tiled_equals_untiled(mode: str, shape: tuple[int, int, int]) -> None:
+@pytest.mark.parametrize("shape", [(20, 13, 9), (8, 8, 8), (5, 17, 3), (11, 9, 1)])
+@pytest.mark.parametrize("multiple", [None, 4])
+def test_pointwise_denoiser_tiled_equals_untiled(mode: str, shape: tuple[int, int, int],
+                                                 multiple: int | None) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, *shape, generator=g, dtype=torch.float64)
     sigma = torch.tensor([0.5, 3.0], dtype=torch.float64)
     tiled = TiledDenoiser(_pointwise, (8, 8, 8), mode=mode, overlap=0.5, max_batch=3,
-                          generator=torch.Generator().manual_seed(1))
+                          generator=torch.Generator().manual_seed(1), size_multiple=multiple)
     for _ in range(3):  # several calls: different random shifts each time
         torch.testing.assert_close(tiled(x, sigma), _reference(x, sigma), rtol=1e-12,
                                    atol=1e-12)
-    assert tiled.patches > 0 and tiled.calls >= tiled.patches / 3
+    assert tiled.patches > 0
+    if multiple is None:  # full patches: at most max_batch of them per call
+        assert tiled.calls >= tiled.patches / 3
 
 
 @pytest.mark.parametrize("shape,overlap", [((20, 13, 9), 0.25), ((30, 8, 17), 0.5),
@@ -132,3 +136,113 @@ def test_roll_uses_the_minimal_number_of_patches() -> None:
     for _ in range(4):
         torch.testing.assert_close(roll(x, torch.tensor([1.0])), x)
     assert calls == [2 * 2 * 2] * 4  # ceil(16/8) * ceil(16/8) * ceil(12/8), whatever the shift
+
+
+@pytest.mark.parametrize("mode", ["shift", "roll", "blend"])
+def test_short_axes_get_short_tiles_with_the_full_patch_position(mode: str) -> None:
+    """A thin slab is tiled with tiles cut to a multiple of the network's factor along its
+    short axes (a slice: 4 deep, not 16), the full patch along the others, and every tile's
+    position input is the one a full patch at the same origin gets."""
+    seen: dict[int | None, list[tuple[tuple[int, ...], torch.Tensor]]] = {None: [], 4: []}
+
+    def record(multiple: int | None):
+        def fn(x: torch.Tensor, sigma: torch.Tensor,
+               position: torch.Tensor | None) -> torch.Tensor:
+            assert position is not None
+            seen[multiple].append((tuple(x.shape[2:]), position.clone()))
+            return x
+        return fn
+
+    x = torch.randn(1, 20, 6, 1, generator=torch.Generator().manual_seed(0))
+    for multiple in (None, 4):
+        tiled = TiledDenoiser(record(multiple), (16, 16, 16), mode=mode, overlap=0.25,
+                              uses_position=True, size_multiple=multiple,
+                              generator=torch.Generator().manual_seed(5))
+        torch.testing.assert_close(tiled(x, torch.tensor([1.0])), x)
+    assert {shape for shape, _ in seen[None]} == {(16, 16, 16)}
+    assert {shape for shape, _ in seen[4]} == {(16, 8, 4)}  # 6 -> 8, 1 -> 4
+    # Same grid along the long axis (same seed), same positions: only the padding changed.
+    torch.testing.assert_close(torch.cat([p for _, p in seen[4]]),
+                               torch.cat([p for _, p in seen[None]]))
+    voxels = {m: sum(p.shape[0] * torch.Size(s).numel() for s, p in seen[m]) for m in seen}
+    assert voxels[4] * 8 == voxels[None]  # 16 x 8 x 4 tiles instead of 16^3
+
+
+def test_short_tiles_share_a_call_in_proportion() -> None:
+    """max_batch counts full patches: tiles 1/8 of a patch go 8 times as many to a call."""
+    sizes: list[int] = []
+
+    def count(x: torch.Tensor, sigma: torch.Tensor, position: torch.Tensor | None) -> torch.Tensor:
+        sizes.append(x.shape[0])
+        return x
+
+    tiled = TiledDenoiser(count, (8, 8, 8), mode="roll", max_batch=2, size_multiple=2)
+    x = torch.randn(1, 32, 32, 1, generator=torch.Generator().manual_seed(0))
+    tiled(x, torch.tensor([1.0]))
+    assert sizes == [8, 8]  # 16 tiles of 8 x 8 x 2 in calls of 2 * 4
+
+
+def test_size_multiple_must_divide_the_patch() -> None:
+    with pytest.raises(ValueError, match="divide"):
+        TiledDenoiser(_pointwise, (8, 8, 8), size_multiple=3)
+    with pytest.raises(ValueError, match="min_tile"):
+        TiledDenoiser(_pointwise, (8, 8, 8), size_multiple=4, min_tile=6)
+
+
+@pytest.mark.parametrize("mode", ["shift", "roll", "blend"])
+def test_min_tile_is_the_shortest_tile(mode: str) -> None:
+    """Short axes get tiles of at least ``min_tile``: a slice 8 deep, 6 voxels 8, 10 voxels
+    12 (the next multiple of 4); results still equal the untiled denoiser's."""
+    shapes: list[tuple[int, ...]] = []
+
+    def fn(x: torch.Tensor, sigma: torch.Tensor, position: torch.Tensor | None) -> torch.Tensor:
+        shapes.append(tuple(x.shape[2:]))
+        return _pointwise(x, sigma, position)
+
+    x = torch.randn(1, 6, 10, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sigma = torch.tensor([0.5], dtype=torch.float64)
+    tiled = TiledDenoiser(fn, (16, 16, 16), mode=mode, size_multiple=4, min_tile=8)
+    torch.testing.assert_close(tiled(x, sigma), _reference(x, sigma), rtol=1e-12, atol=1e-12)
+    assert set(shapes) == {(8, 12, 8)}
+
+
+def test_prior_denoiser_tiles_thin_volumes_from_half_the_patch(tmp_path) -> None:
+    """The prior's denoiser: the network's factor (1 for the one-level test prior) and half
+    the 8-voxel training patch as the shortest tile."""
+    from prior_factory import export_tiny_prior
+
+    from medrecon.priors import load_prior
+    from medrecon.sampling.api import prior_denoiser
+
+    den = prior_denoiser(load_prior(export_tiny_prior(tmp_path)), "MR")
+    assert (den.size_multiple, den.min_tile) == (1, 4)
+    out = den(torch.randn(1, 9, 8, 1), torch.tensor([1.0]))
+    assert out.shape == (1, 9, 8, 1) and bool(torch.isfinite(out).all())
+
+
+def test_a_real_unet_denoises_a_slice_in_short_tiles() -> None:
+    """The factor read off a built MONAI U-Net is what it needs: a two-level network (factor 2)
+    runs on 8 x 8 x 2 tiles of a single slice, and a tile of odd depth would not fit it."""
+    from medrecon.priors.network import NetworkConfig, build_network, size_multiple
+
+    torch.manual_seed(0)
+    cfg = NetworkConfig(channels=(8, 8), num_res_blocks=(1, 1), attention_levels=(False, True),
+                        num_head_channels=8, norm_num_groups=4, num_modalities=0,
+                        position_channels=0)
+    net = build_network(cfg).eval()
+    assert size_multiple(net) == cfg.downsampling_factor == 2
+    shapes: list[tuple[int, ...]] = []
+
+    def patch_fn(x: torch.Tensor, sigma: torch.Tensor,
+                 position: torch.Tensor | None) -> torch.Tensor:
+        shapes.append(tuple(x.shape[2:]))
+        return net(x.float(), sigma.float())
+
+    tiled = TiledDenoiser(patch_fn, (8, 8, 8), size_multiple=size_multiple(net),
+                          generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = tiled(torch.randn(1, 12, 9, 1), torch.tensor([1.0]))
+        assert out.shape == (1, 12, 9, 1) and bool(torch.isfinite(out).all())
+        assert {s[2] for s in shapes} == {2}
+        with pytest.raises(RuntimeError):
+            net(torch.randn(1, 1, 8, 8, 3), torch.tensor([1.0]))
