@@ -118,5 +118,10 @@ def convert(
                            patient_name=patient_name, patient_id=patient_id,
                            series_description=series_description, overwrite=overwrite)
     spacing = " x ".join(f"{s:.4g}" for s in volume.spacing)
-    typer.echo(f"Wrote {volume.modality} volume {' x '.join(map(str, volume.shape))} "
+    written = volume.modality
+    if target == "dicom":
+        from medrecon.io.dicom_write import written_modality
+
+        written = written_modality(volume, ref_volume)
+    typer.echo(f"Wrote {written} volume {' x '.join(map(str, volume.shape))} "
                f"({spacing} mm, {volume.orientation}) to {path} as {target.upper()}.")

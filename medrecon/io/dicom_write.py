@@ -24,7 +24,7 @@ from medrecon.errors import GeometryError, InputError
 from medrecon.io.atomic import atomic_dir
 from medrecon.io.volume import LPS_TO_RAS, Volume
 
-__all__ = ["write_dicom_series"]
+__all__ = ["write_dicom_series", "written_modality"]
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -191,6 +191,17 @@ def _window(data: np.ndarray) -> tuple[float, float]:
     return (lo + hi) / 2.0, max(hi - lo, 1.0)
 
 
+def written_modality(volume: Volume, reference: Volume | None = None) -> str:
+    """The modality :func:`write_dicom_series` writes: the volume's own (CT, MR), else MR for
+    the derivative of an MR series (MR Image Storage claims no units), else "OT"."""
+    modality = (volume.modality or "OT").upper()
+    ref = reference.dicom_header if reference is not None else volume.dicom_header
+    ref_modality = str(ref.get("Modality", "") if ref is not None else "").strip().upper()
+    if modality not in ("CT", "MR") and ref_modality == "MR":
+        return "MR"
+    return modality
+
+
 def write_dicom_series(
     volume: Volume,
     folder: str | Path,
@@ -272,10 +283,8 @@ def write_dicom_series(
     stored, slope, intercept, pixel_rep = _rescale(data)
     center, width = _window(data)
 
-    modality = (volume.modality or "OT").upper()
+    modality = written_modality(volume, reference)
     ref_modality = str(ref.get("Modality", "") if ref is not None else "").strip().upper()
-    if modality not in ("CT", "MR") and ref_modality == "MR":
-        modality = "MR"  # an MR series' derivative; MR Image Storage claims no units
     sop_class = {"CT": CT_IMAGE_STORAGE, "MR": MR_IMAGE_STORAGE}.get(modality, SC_IMAGE_STORAGE)
 
     def ref_get(kw: str) -> Any:

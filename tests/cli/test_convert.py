@@ -58,6 +58,8 @@ def test_format_option_and_reference(tmp_path: Path, nifti: Path, rng: np.random
     assert h.StudyInstanceUID == src.StudyInstanceUID and h.PatientID == src.PatientID
     assert h.SeriesInstanceUID != src.SeriesInstanceUID
     assert h.FrameOfReferenceUID == src.FrameOfReferenceUID  # same grid as the reference
+    # an unlabelled NIfTI derived from an MR series is written, and reported, as MR
+    assert h.Modality == "MR" and "Wrote MR volume" in res.output
     # a folder with several series: --series picks one
     res = runner.invoke(app, ["convert", str(tmp_path), str(tmp_path / "pick.nii.gz"),
                               "--series", "1.2.5.1"])
