@@ -58,8 +58,13 @@ def test_format_option_and_reference(tmp_path: Path, nifti: Path, rng: np.random
     assert h.StudyInstanceUID == src.StudyInstanceUID and h.PatientID == src.PatientID
     assert h.SeriesInstanceUID != src.SeriesInstanceUID
     assert h.FrameOfReferenceUID == src.FrameOfReferenceUID  # same grid as the reference
-    # an unlabelled NIfTI derived from an MR series is written, and reported, as MR
-    assert h.Modality == "MR" and "Wrote MR volume" in res.output
+    # a NIfTI without modality (another tool's) derived from an MR series is written, and
+    # reported, as MR
+    plain = save_volume(Volume(load_volume(nifti).data, oblique_affine()), tmp_path / "ot.nii")
+    res = runner.invoke(app, ["convert", str(plain), str(tmp_path / "ot.d"), "--format",
+                              "dicom", "--reference", str(tmp_path / "ref")])
+    assert res.exit_code == 0, res.output
+    assert _header(tmp_path / "ot.d").Modality == "MR" and "Wrote MR volume" in res.output
     # a folder with several series: --series picks one
     res = runner.invoke(app, ["convert", str(tmp_path), str(tmp_path / "pick.nii.gz"),
                               "--series", "1.2.5.1"])
