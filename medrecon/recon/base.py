@@ -93,12 +93,16 @@ class ReconOutput:
         info: method details worth recording (lam used, per-iteration history, maps source,
             timing, ...); JSON-serialisable values, except the optional ``"std_image"``
             (float32 (I, J, K) per-voxel standard deviation of sampling methods).
+        solution: the estimate in the units the operator acts on (MR: complex image, CT: mu
+            in 1/mm), a CPU tensor (I, J, K), or None; the diffusion guard predicts held-out
+            data from it (:mod:`medrecon.guard`), which the magnitude ``image`` cannot do.
     """
 
     image: np.ndarray
     residual: float
     iterations: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    solution: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.image = np.asarray(self.image, dtype=np.float32)
