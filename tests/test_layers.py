@@ -43,6 +43,7 @@ FORBIDDEN = {
     "device": ("medrecon.recon", "medrecon.sampling", "medrecon.problem", "medrecon.io",
                "medrecon.operators"),
     "methods": ("medrecon.reconstruct", "medrecon.cli", "medrecon.demo"),
+    "guard": ("medrecon.methods", "medrecon.reconstruct", "medrecon.cli", "medrecon.demo"),
     "batch": ("medrecon.cli", "medrecon.demo"),
 }
 
