@@ -247,7 +247,10 @@ def guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior: 
     (when there is one); ``info`` records ``autotune`` / ``autotune_line`` (the weight) and
     ``guard`` / ``guard_line`` (the decision). ``tol`` is the classical method's tolerance.
     """
+    from medrecon.sampling.api import check_sample_memory
+
     t0 = time.perf_counter()
+    check_sample_memory(measurement, config.samples, device)  # before the tuning's runs
     mod = measurement.modality
     centre = config.sampler_options(mod).lam
     weighted = config.sampler in TUNED_SAMPLERS

@@ -67,7 +67,8 @@ class ReconstructionSettings:
         options: the method's options with every default filled in (diffusion: the resolved
             :class:`~medrecon.sampling.config.DiffusionConfig`, per-modality defaults included).
         resolved: what the defaults came to on this measurement: ``lam`` (the weight used),
-            ``iterations`` (run).
+            ``iterations`` (run), ``autotune`` (how a self-tuned value was chosen) and, for
+            diffusion, ``guard`` (the comparison with the classical result and its choice).
     """
 
     method: str

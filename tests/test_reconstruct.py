@@ -107,6 +107,9 @@ def test_diffusion_through_reconstruct_with_a_loaded_prior(measurement: Measurem
     assert res.settings.options["lam"] == tuned["chosen"] == res.settings.resolved["lam"]
     assert 0.05 in tuned["grid"]  # around the MR default
     assert res.settings.resolved["guard"]["method"] == "l1-wavelet"
+    # A prior by name gives what the loaded one gives (fixed weight, no guard: cheaper).
+    fixed = dataclasses.replace(opts, extra={**opts.extra, "lam": 0.05, "guard": False})
+    loaded = reconstruct(measurement, "diffusion", fixed, prior=prior)
     by_name = reconstruct(measurement, "diffusion", dataclasses.replace(
-        opts, extra={**opts.extra, "prior": str(tmp_path / "tiny.json")}))
-    assert np.array_equal(by_name.volume.data, res.volume.data)
+        fixed, extra={**fixed.extra, "prior": str(tmp_path / "tiny.json")}))
+    assert np.array_equal(by_name.volume.data, loaded.volume.data)

@@ -43,7 +43,8 @@ class ReconOptions:
     Attributes:
         lam: regularisation weight; ``None`` or ``"auto"`` (the same) lets the method choose:
             l1-wavelet and tv (MR and CT) tune it on held-out data
-            (:mod:`medrecon.recon.autotune`), cg-sense and diffusion use their fixed rule.
+            (:mod:`medrecon.recon.autotune`), and so does diffusion (dds, diffpir:
+            :mod:`medrecon.guard`); cg-sense uses its fixed rule.
             Only for methods with a weight.
         iterations: maximum number of solver iterations (diffusion: steps); ``None`` uses the
             method's default (sirt and cgls: chosen by early stopping on held-out views).
