@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -264,7 +265,7 @@ def guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior: 
     best: dict[str, Any] = {}
 
     def heldout_error(lam: float) -> float:
-        x = _sample(split.train, prior, config, lam, 1, device, progress).image
+        x = _sample(split.train, prior, config, lam, 1, device, progress, not best).image
         err = split.held.error(x)
         if not best or err < best["error"]:
             best.update(error=err, lam=lam, image=x)
@@ -279,7 +280,8 @@ def guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior: 
         heldout_error(lam)
     info["tuning_seconds"] = time.perf_counter() - t0
     if not config.guard:
-        res = _sample(measurement, prior, config, lam, config.samples, device, progress)
+        res = _sample(measurement, prior, config, lam, config.samples, device, progress,
+                  first=False)
         return _diffusion_output(res, config, info, t0, device)
 
     # The classical method: self-tuned on all data (its own hold-out, the same split), then
@@ -310,8 +312,9 @@ def guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior: 
     if choice == "classical":  # no final sampling run: its result would not be used
         info.update(seconds=time.perf_counter() - t0, device=str(device))
         return ReconOutput(image=full.image, residual=full.residual,
-                           iterations=full.iterations, info=info, solution=full.solution)
-    res = _sample(measurement, prior, config, lam, config.samples, device, progress)
+                           iterations=config.steps, info=info, solution=full.solution)
+    res = _sample(measurement, prior, config, lam, config.samples, device, progress,
+                  first=False)
     out = _diffusion_output(res, config, info, t0, device)
     if choice == "blend":
         out.image = (w * out.image + (1 - w) * full.image).astype(np.float32)
@@ -324,15 +327,20 @@ def guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior: 
 
 
 def _sample(measurement: Measurement, prior: Prior, config: DiffusionConfig, lam: float,
-            samples: int, device: torch.device, progress: bool) -> PosteriorResult:
+            samples: int, device: torch.device, progress: bool,
+            first: bool = True) -> PosteriorResult:
+    """One sampling run; after the ``first``, the prior's voxel-size notice is not repeated."""
     from medrecon.sampling import posterior_sample
 
-    return posterior_sample(
-        measurement, prior, sampler=config.sampler, steps=config.steps, samples=samples,
-        seed=config.seed, device=device, tiling=config.tiling,
-        options=dataclasses.replace(config, lam=lam).sampler_options(measurement.modality),
-        memory_budget_gb=config.memory_budget_gb, noise_std=config.noise_std,
-        progress=progress)
+    with warnings.catch_warnings():
+        if not first:
+            warnings.filterwarnings("ignore", message="voxel size", category=UserWarning)
+        return posterior_sample(
+            measurement, prior, sampler=config.sampler, steps=config.steps, samples=samples,
+            seed=config.seed, device=device, tiling=config.tiling,
+            options=dataclasses.replace(config, lam=lam).sampler_options(measurement.modality),
+            memory_budget_gb=config.memory_budget_gb, noise_std=config.noise_std,
+            progress=progress)
 
 
 def _diffusion_output(res: PosteriorResult, config: DiffusionConfig, info: dict[str, Any],
