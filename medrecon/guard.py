@@ -31,6 +31,13 @@ outright there is no std map (a map of the rejected diffusion posterior would de
 that is not the output). ``info["guard"]`` and ``info["guard_line"]`` record the errors, the
 choice and ``w``.
 
+Cost: at most 4 sampling runs of one chain on the training part, the classical method's
+self-tuning (7-9 solves on the training part, one on all the data) and one more solve on the
+training part, on top of the final run (skipped when the classical result is chosen). Measured
+on a loaded CPU, 6 steps: 4.6x the wall time of one plain run (benchmarks/RESULTS_autotune.md).
+The diffusion side of the comparison is one sample (K = 1); the mean of K > 1 samples predicts
+the held-out data at least as well on average, so the guard errs towards the classical result.
+
 MR l1-wavelet, not TV, is the guard's classical method: in benchmarks/RESULTS_autotune.md the
 self-tuned l1-wavelet is as good as or better than self-tuned TV on all four synthetic MR cases
 (up to +2.8 dB on the head), and it is the method of BART's ``pics -l1``, the strongest
