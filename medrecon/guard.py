@@ -288,7 +288,7 @@ def guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior: 
     info["tuning_seconds"] = time.perf_counter() - t0
     if not config.guard:
         res = _sample(measurement, prior, config, lam, config.samples, device, progress,
-                  first=False)
+                      first=False)
         return _diffusion_output(res, config, info, t0, device)
 
     # The classical method: self-tuned on all data (its own hold-out, the same split), then
