@@ -34,7 +34,8 @@ choice and ``w``.
 Cost: at most 4 sampling runs of one chain on the training part, the classical method's
 self-tuning (7-9 solves on the training part, one on all the data) and one more solve on the
 training part, on top of the final run (skipped when the classical result is chosen). Measured
-on a loaded CPU, 6 steps: 4.6x the wall time of one plain run (benchmarks/RESULTS_autotune.md).
+on a loaded CPU, 6 steps, tiny volumes: 4.6x (CT) and 10x (MR) the wall time of one plain run
+(benchmarks/RESULTS_autotune.md); at full size on a GPU the sampling runs dominate.
 The diffusion side of the comparison is one sample (K = 1); the mean of K > 1 samples predicts
 the held-out data at least as well on average, so the guard errs towards the classical result.
 
