@@ -14,6 +14,15 @@ Usage::
 Cases: MR (8 coils, Poisson-disc mask, SNR 30) at R = 4 and 8 with l1-wavelet and tv, on the
 3D Shepp-Logan and the synthetic T1 head; CT (parallel beam, I0 = 1e5) at 30 and 60 views with
 tv, sirt and cgls on Shepp-Logan (HU) slabs.
+
+``--diffusion-steps N`` (N > 0) adds, per case, diffusion with the default path (lam auto +
+guard, :mod:`medrecon.guard`; the shipped prior unless ``--prior``, ``--samples`` K, seed 0)
+against the oracle-tuned TV of that case, the branch the guard took, and diffusion at the fixed
+modality weight without the guard (the former default). ``--methods`` and ``--cases`` (substrings
+of the case names) restrict the run, e.g. to keep a CPU run short::
+
+    OMP_NUM_THREADS=2 python benchmarks/autotune_quality.py --size 24 --methods tv \
+        --diffusion-steps 6 --cases "head R=8" "30 views" --json out.json
 """
 
 from __future__ import annotations
@@ -93,43 +102,103 @@ def run_iterations(m: Any, method: str, ref: np.ndarray) -> dict[str, Any]:
             "oracle_value": best, "oracle_psnr": curve[best - 1], "auto_seconds": seconds}
 
 
+def run_diffusion(m: Any, ref: np.ndarray, oracle_tv: dict[str, Any],
+                  args: argparse.Namespace) -> dict[str, Any]:
+    """Default diffusion (lam auto + guard) and diffusion at the fixed weight without the
+    guard, against the oracle-tuned TV row of the same case."""
+    from medrecon.reconstruct import reconstruct
+    from medrecon.sampling.config import DiffusionConfig
+
+    extra = {"prior": args.prior, "steps": args.diffusion_steps, "samples": args.samples,
+             "seed": 0}
+    t0 = time.perf_counter()
+    auto = reconstruct(m, "diffusion", ReconOptions(device="cpu", extra=extra))
+    seconds = time.perf_counter() - t0
+    info = auto.output.info
+    guard = info["guard"]
+    fixed_lam = DiffusionConfig().sampler_options(m.modality).lam
+    t0 = time.perf_counter()
+    plain = reconstruct(m, "diffusion", ReconOptions(device="cpu", extra={
+        **extra, "lam": fixed_lam, "guard": False}))
+    return {"auto_value": info["lam"], "auto_psnr": psnr(auto.volume.data, ref),
+            "oracle_value": oracle_tv["oracle_value"], "oracle_psnr": oracle_tv["oracle_psnr"],
+            "auto_seconds": seconds, "guard": guard["choice"], "guard_weight": guard["weight"],
+            "diffusion_heldout": guard["diffusion_error"],
+            "classical_heldout": guard["classical_error"],
+            "autotune_grid": info["autotune"]["grid"],
+            "autotune_errors": info["autotune"]["heldout_errors"],
+            "fixed_lam": fixed_lam, "fixed_psnr": psnr(plain.volume.data, ref),
+            "fixed_seconds": time.perf_counter() - t0}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--mr-iterations", type=int, default=60)
     ap.add_argument("--ct-tv-iterations", type=int, default=100)
     ap.add_argument("--phantoms", nargs="+", default=["shepp-logan", "head"])
+    ap.add_argument("--methods", nargs="+", default=["l1-wavelet", "tv", "sirt", "cgls"],
+                    help="classical methods to compare (tv is needed for --diffusion-steps)")
+    ap.add_argument("--cases", nargs="+", default=None,
+                    help="run only cases whose name contains one of these strings")
+    ap.add_argument("--diffusion-steps", type=int, default=0,
+                    help="> 0: also default diffusion (auto + guard) with this many steps")
+    ap.add_argument("--samples", type=int, default=1, help="diffusion samples K")
+    ap.add_argument("--prior", default="default")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.manual_seed(0)
     rows: list[dict[str, Any]] = []
 
-    def report(row: dict[str, Any]) -> None:
+    def report(row: dict[str, Any]) -> dict[str, Any]:
         row["gap_db"] = row["oracle_psnr"] - row["auto_psnr"]
         rows.append(row)
+        extra = ""
+        if "guard" in row:
+            extra = (f" | guard {row['guard']} w {row['guard_weight']:.2f}; fixed lam "
+                     f"{row['fixed_lam']:g} no guard {row['fixed_psnr']:6.2f} dB")
         print(f"{row['case']:<28} {row['method']:<11} auto {row['auto_value']:<10.4g} "
               f"{row['auto_psnr']:6.2f} dB | oracle {row['oracle_value']:<10.4g} "
               f"{row['oracle_psnr']:6.2f} dB | gap {row['gap_db']:5.2f} dB "
-              f"({row['auto_seconds']:.0f} s)", flush=True)
+              f"({row['auto_seconds']:.0f} s){extra}", flush=True)
+        return row
+
+    def wanted(case: str) -> bool:
+        return args.cases is None or any(c in case for c in args.cases)
+
+    def run_case(case: str, m: Any, ref: np.ndarray, weighted: tuple[str, ...],
+                 iters: int) -> None:
+        tv: dict[str, Any] | None = None
+        for method in weighted:
+            if method in args.methods or (method == "tv" and args.diffusion_steps > 0):
+                row = report({"case": case, "method": method,
+                              **run_weight(m, method, ref, iters)})
+                tv = row if method == "tv" else tv
+        for method in ("sirt", "cgls") if m.modality == "CT" else ():
+            if method in args.methods:
+                report({"case": case, "method": method, **run_iterations(m, method, ref)})
+        if args.diffusion_steps > 0 and tv is not None:
+            report({"case": case, "method": "diffusion", "oracle_method": "tv",
+                    **run_diffusion(m, ref, tv, args)})
 
     for name in args.phantoms:
         ref = mr_phantom(name, args.size)
         for accel in (4.0, 8.0):
+            case = f"MR {name} R={accel:g}"
+            if not wanted(case):
+                continue
             cfg = SimulationConfig(seed=1, mri=MRISettings(
                 coils=8, acceleration=accel, snr=30.0, calibration=max(6, args.size // 6)))
-            m = simulate(ref, cfg)
-            for method in ("l1-wavelet", "tv"):
-                report({"case": f"MR {name} R={accel:g}", "method": method,
-                        **run_weight(m, method, ref.data, args.mr_iterations)})
+            run_case(case, simulate(ref, cfg), ref.data, ("l1-wavelet", "tv"),
+                     args.mr_iterations)
     ref = ct_phantom(args.size)
     for views in (30, 60):
+        case = f"CT shepp-logan {views} views"
+        if not wanted(case):
+            continue
         m = simulate(ref, SimulationConfig(modality="ct", seed=1,  # type: ignore[arg-type]
                                            ct=CTSettings(views=views, dose_i0=1e5)))
-        report({"case": f"CT shepp-logan {views} views", "method": "tv",
-                **run_weight(m, "tv", ref.data, args.ct_tv_iterations)})
-        for method in ("sirt", "cgls"):
-            report({"case": f"CT shepp-logan {views} views", "method": method,
-                    **run_iterations(m, method, ref.data)})
+        run_case(case, m, ref.data, ("tv",), args.ct_tv_iterations)
     if args.json:
         meta = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
                 "device": f"CPU ({platform.processor() or platform.machine()})",

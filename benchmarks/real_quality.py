@@ -40,9 +40,13 @@ What is measured, per case and setting (one JSON line each, also appended to ``-
   ``min(24, max(2, min(J, K) // 4))``. The achieved acceleration is reported.
   Methods: CG-SENSE; L1-wavelet and TV with lam swept over 2^-4 .. 2^4 times the method's
   default and the best PSNR kept (oracle tuning on the reference: it favours them);
-  diffusion with the default prior and sampler, 50 steps, K = 4 samples, seed 0.
+  diffusion with the default prior and sampler, 50 steps, K = 4 samples, seed 0, on the
+  default path: the weight self-tuned on held-out k-space and the guard against self-tuned
+  L1-wavelet (:mod:`medrecon.guard`); each row records the weight, the guard's branch
+  (``diffusion``, ``blend`` or ``classical``), its weight and both held-out errors. ``--plain``
+  adds diffusion at the fixed modality weight without the guard (``diffusion.plain``).
 * **CT**, 30 and 60 views: parallel beam over 180 deg, I0 = 1e5 photons per ray, seed 0.
-  Methods: FBP; TV with lam swept likewise; diffusion as above.
+  Methods: FBP; TV with lam swept likewise; diffusion as above (guard against self-tuned TV).
 * **Metrics**: PSNR over the region, SSIM as the mean over region voxels of 2D per-slice SSIM
   maps (Gaussian window sigma 1.5 px, slices along the third array axis). Region: MR voxels
   above 5 % of the reference maximum; CT voxels above -900 HU (body and table). Data range: MR
@@ -239,7 +243,8 @@ def _run_case(vol: Any, setting: str, args: argparse.Namespace) -> dict:
     classical: dict[str, dict] = {}
     for name in plain:
         t0 = time.perf_counter()
-        r = reconstruct(m, name, ReconOptions(device=args.device, iterations=iters))
+        r = reconstruct(m, name, ReconOptions(device=args.device,  # fbp is direct
+                                              iterations=None if name == "fbp" else iters))
         classical[name] = {**_metrics(r.volume.data, ref, region, data_range),
                            "seconds": round(time.perf_counter() - t0, 2)}
     for name in swept:
@@ -258,12 +263,29 @@ def _run_case(vol: Any, setting: str, args: argparse.Namespace) -> dict:
         best["edge_of_sweep"] = best["lam_factor"] in (factors[0], factors[-1])
         classical[name] = best
     steps, samples = (2, 1) if args.quick else (args.steps, args.samples)
+    extra = {"prior": args.prior, "steps": steps, "samples": samples, "seed": 0}
     t0 = time.perf_counter()
-    r = reconstruct(m, "diffusion", ReconOptions(device=args.device, extra={
-        "prior": args.prior, "steps": steps, "samples": samples, "seed": 0}))
+    r = reconstruct(m, "diffusion", ReconOptions(device=args.device, extra=extra))
+    info = r.output.info
+    guard = info.get("guard") or {}
     diffusion = {**_metrics(r.volume.data, ref, region, data_range),
                  "seconds": round(time.perf_counter() - t0, 2), "steps": steps,
-                 "samples": samples, "nfe": r.output.info.get("nfe")}
+                 "samples": samples, "nfe": info.get("nfe"), "lam": info.get("lam"),
+                 "lam_grid": (info.get("autotune") or {}).get("grid"),
+                 "lam_heldout_errors": (info.get("autotune") or {}).get("heldout_errors"),
+                 "guard": guard.get("choice"), "guard_weight": guard.get("weight"),
+                 "guard_method": guard.get("method"),
+                 "guard_errors": [guard.get("diffusion_error"), guard.get("classical_error")],
+                 "guard_line": info.get("guard_line")}
+    if args.plain:  # the former default: the modality's fixed weight, no guard
+        from medrecon.sampling.config import DiffusionConfig
+
+        lam = DiffusionConfig().sampler_options(vol.modality).lam
+        t0 = time.perf_counter()
+        p = reconstruct(m, "diffusion", ReconOptions(device=args.device, extra={
+            **extra, "lam": lam, "guard": False}))
+        diffusion["plain"] = {**_metrics(p.volume.data, ref, region, data_range), "lam": lam,
+                              "seconds": round(time.perf_counter() - t0, 2)}
     best_name = max(classical, key=lambda k: classical[k]["psnr"])
     if vol.modality == "MR":
         acquisition = {k: acq.get(k) for k in ("acceleration", "mask", "calibration", "dims",
@@ -301,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="CPU smoke test: tiny crops, few steps")
+    ap.add_argument("--plain", action="store_true",
+                    help="also diffusion at the fixed modality weight without the guard")
     args = ap.parse_args(argv)
     names = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in names if c not in CASES]

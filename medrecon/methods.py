@@ -124,35 +124,24 @@ def _load_prior(name: str, device: torch.device) -> Prior:
 
 def diffusion_method(measurement: Measurement, options: ReconOptions, device: torch.device,
                      prior: Prior | None = None) -> ReconOutput:
-    """Posterior-mean reconstruction (and std map) of an MR or CT measurement.
+    """Posterior-mean reconstruction (and std map) of an MR or CT measurement, with the
+    self-tuned weight and the guard of :mod:`medrecon.guard`.
 
     The settings come from :func:`diffusion_config`; ``prior`` (a loaded
     :class:`~medrecon.priors.Prior`) replaces loading ``config.prior``. ``ReconOutput.image``
-    is the posterior mean (MR magnitude / CT HU), ``info["std_image"]`` the per-voxel standard
-    deviation (float32 array, absent for one sample); every other ``info`` entry is
+    is the posterior mean (MR magnitude / CT HU), or what the guard chose instead (the
+    self-tuned classical result, or a blend; ``info["guard_line"]`` says which);
+    ``info["std_image"]`` the per-voxel standard deviation (float32 array; absent for one
+    sample and when the guard chose the classical result); every other ``info`` entry is
     JSON-serialisable.
     """
-    from medrecon.sampling import posterior_sample
+    from medrecon.guard import guarded_diffusion
 
     config = diffusion_config(options)
     if prior is None:
         prior = _load_prior(config.prior, device)
-    res = posterior_sample(
-        measurement, prior, sampler=config.sampler, steps=config.steps,
-        samples=config.samples, seed=config.seed, device=device, tiling=config.tiling,
-        options=config.sampler_options(measurement.modality),
-        memory_budget_gb=config.memory_budget_gb, noise_std=config.noise_std,
-        progress=options.progress)
-    info: dict[str, Any] = {
-        k: v for k, v in res.info.items()
-        if isinstance(v, int | float | str | bool | list) or v is None}
-    info.update(nfe=res.nfe, seconds=res.timings["total"],
-                network_seconds=res.timings["network"],
-                network_fraction=res.timings["network_fraction"], device=str(device))
-    if res.std is not None:
-        info["std_image"] = res.std
-    return ReconOutput(image=res.mean, residual=res.residual, iterations=config.steps,
-                       info=info)
+    return guarded_diffusion(measurement, config, prior, device, tol=options.tol,
+                             progress=options.progress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,7 +176,8 @@ _SPECS: tuple[MethodSpec, ...] = (
                ct.DEFAULT_ITERATIONS["tv"], ct.TVSettings,
                "min 1/2 ||Ax - y||^2 / ||A||^2 + lam TV(x), x >= 0, by PDHG"),
     *(MethodSpec("diffusion", mod, diffusion_method, True, True,
-                 MODALITY_DEFAULTS[(mod, "dds")]["lam"], DiffusionConfig().steps,
+                 f"auto: held-out {'k-space' if mod == 'MR' else 'views'} over x1/4..x4 of "
+                 f"{MODALITY_DEFAULTS[(mod, 'dds')]['lam']:g}", DiffusionConfig().steps,
                  DiffusionConfig, "posterior sampling with a learned 3D diffusion prior")
       for mod in ("MR", "CT")),
 )

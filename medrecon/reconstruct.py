@@ -36,6 +36,7 @@ import numpy as np
 from medrecon.config import to_dict
 from medrecon.device import resolve_device
 from medrecon.errors import InputError
+from medrecon.guard import GuardReport
 from medrecon.io.measurement import Measurement
 from medrecon.io.volume import Volume
 from medrecon.methods import (
@@ -66,7 +67,8 @@ class ReconstructionSettings:
         options: the method's options with every default filled in (diffusion: the resolved
             :class:`~medrecon.sampling.config.DiffusionConfig`, per-modality defaults included).
         resolved: what the defaults came to on this measurement: ``lam`` (the weight used),
-            ``iterations`` (run).
+            ``iterations`` (run), ``autotune`` (how a self-tuned value was chosen) and, for
+            diffusion, ``guard`` (the comparison with the classical result and its choice).
     """
 
     method: str
@@ -205,19 +207,27 @@ def reconstruct(measurement: Measurement, method: str, options: ReconOptions | N
             output = spec(measurement, options, device)
     seconds = time.perf_counter() - t0
     info = {"residual": output.residual, "iterations": output.iterations,
-            **{k: output.info[k] for k in ("lam", "converged", "autotune_line")
+            **{k: output.info[k] for k in ("lam", "converged", "autotune_line", "guard_line")
                if k in output.info}}
     tuned = output.info.get("autotune")
-    tag = None
+    guard = output.info.get("guard")
+    tags = []
     if isinstance(tuned, dict):  # e.g. "auto lam 0.00312" in the series description
-        tag = f"auto {tuned['parameter']} {tuned['chosen']:.3g}"
-    volume = reconstruction_volume(measurement, output.image, spec.name, info, tag=tag)
+        tags.append(f"auto {tuned['parameter']} {tuned['chosen']:.3g}")
+    if isinstance(guard, dict):  # e.g. "guard blend 0.62"
+        tags.append(GuardReport(**guard).short())
+    # The DICOM derivation text carries the autotune line: the guard's decision goes with it.
+    lines = [str(info[k]) for k in ("autotune_line", "guard_line") if info.get(k)]
+    if lines:
+        info["autotune_line"] = "; ".join(lines)
+    volume = reconstruction_volume(measurement, output.image, spec.name, info,
+                                   tag=", ".join(tags) or None)
     std = output.info.get("std_image")
     std_volume = None
     if isinstance(std, np.ndarray) and std.shape == volume.shape:
         std_volume = reconstruction_volume(measurement, std, f"{spec.name} std", info)
     if diffusion:
-        settings_obj = settings_obj.resolved(measurement.modality)
+        settings_obj = settings_obj.resolved(measurement.modality, output.info.get("lam"))
         if prior is not None:
             settings_obj = dataclasses.replace(settings_obj, prior=prior.name)
     settings = ReconstructionSettings(
@@ -225,7 +235,8 @@ def reconstruct(measurement: Measurement, method: str, options: ReconOptions | N
         lam=options.lam, iterations=options.iterations, tol=options.tol, device=str(device),
         options=to_dict(settings_obj),
         resolved={"lam": output.info.get("lam"), "iterations": output.iterations,
-                  **({"autotune": tuned} if isinstance(tuned, dict) else {})})
+                  **({"autotune": tuned} if isinstance(tuned, dict) else {}),
+                  **({"guard": guard} if isinstance(guard, dict) else {})})
     return ReconstructionResult(volume=volume, output=output, method=spec.name,
                                 modality=measurement.modality, options=options,
                                 seconds=seconds, settings=settings, std_volume=std_volume,

@@ -154,7 +154,7 @@ def test_fbp_and_tiny_diffusion_equal_single_calls(tmp_path: Path, one_thread: N
 
     prior = export_tiny_prior(tmp_path / "prior")
     dm = ReconOptions(iterations=2, device="cpu",
-                      extra={"prior": str(prior), "samples": 2, "seed": 3})
+                      extra={"prior": str(prior), "samples": 2, "seed": 3, "guard": False})
     out = tmp_path / "dm"
     rows = reconstruct_many([BatchItem(d / f"mr{i}.h5") for i in range(2)], "diffusion", dm,
                             out)

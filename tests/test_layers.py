@@ -45,6 +45,7 @@ FORBIDDEN = {
     "progress": ("medrecon.recon", "medrecon.sampling", "medrecon.problem", "medrecon.io",
                  "medrecon.operators", "medrecon.priors", "medrecon.solvers"),
     "methods": ("medrecon.reconstruct", "medrecon.cli", "medrecon.demo"),
+    "guard": ("medrecon.methods", "medrecon.reconstruct", "medrecon.cli", "medrecon.demo"),
     "batch": ("medrecon.cli", "medrecon.demo"),
 }
 

@@ -122,7 +122,13 @@ def test_diffusion_through_reconstruct_with_a_loaded_prior(measurement: Measurem
     assert res.volume.shape == (16, 14, 12) and res.std_volume is not None
     assert res.output.iterations == 2 and res.settings.options["steps"] == 2
     assert res.settings.options["prior"] == prior.name == "tiny"
-    assert res.settings.options["lam"] == 0.05  # the MR default, resolved
+    tuned = res.output.info["autotune"]  # the weight chosen on held-out k-space, recorded
+    assert res.settings.options["lam"] == tuned["chosen"] == res.settings.resolved["lam"]
+    assert 0.05 in tuned["grid"]  # around the MR default
+    assert res.settings.resolved["guard"]["method"] == "l1-wavelet"
+    # A prior by name gives what the loaded one gives (fixed weight, no guard: cheaper).
+    fixed = dataclasses.replace(opts, extra={**opts.extra, "lam": 0.05, "guard": False})
+    loaded = reconstruct(measurement, "diffusion", fixed, prior=prior)
     by_name = reconstruct(measurement, "diffusion", dataclasses.replace(
-        opts, extra={**opts.extra, "prior": str(tmp_path / "tiny.json")}))
-    assert np.array_equal(by_name.volume.data, res.volume.data)
+        fixed, extra={**fixed.extra, "prior": str(tmp_path / "tiny.json")}))
+    assert np.array_equal(by_name.volume.data, loaded.volume.data)

@@ -58,8 +58,8 @@ def reconstruct(
     lam: str = typer.Option(
         "auto", help="cg-sense, l1-wavelet, tv: regularisation weight; auto (default): "
                      "l1-wavelet and tv choose it on held-out data, cg-sense uses its "
-                     "rule; diffusion: prior weight against the data, "
-                   "< 1 trusts the data more (default per modality: MR 0.05, CT 1)."),
+                     "rule; diffusion: prior weight against the data, < 1 trusts the data "
+                     "more; auto: chosen on held-out data around MR 0.05, CT 1."),
     iterations: int | None = typer.Option(
         None, min=1, help="Iterative methods: maximum solver iterations (default: the "
                           "method's own; diffusion: same as --steps)."),
@@ -84,6 +84,10 @@ def reconstruct(
     seed: int | None = typer.Option(None, min=0, help="diffusion: random seed (default 0)."),
     std_out: Path | None = typer.Option(
         None, "--std-out", help="diffusion: where to write the std volume (default: OUT_std)."),
+    guard: str | None = typer.Option(
+        None, help="diffusion: on (default): compare with the self-tuned classical method "
+                   "(MR l1-wavelet, CT tv) on held-out data and fall back to it, or blend, "
+                   "where diffusion predicts them worse; off: diffusion as sampled."),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Replace existing outputs (an input never)."),
 ) -> None:
@@ -109,7 +113,8 @@ def reconstruct(
     cfg_out = settings_path(out)
     check_output(cfg_out, "file", inputs=[measurement], overwrite=overwrite)
     extra = method_extra(name, settings, {"prior": prior, "sampler": sampler, "steps": steps,
-                                          "samples": samples, "seed": seed, "std-out": std_out})
+                                          "samples": samples, "seed": seed, "std-out": std_out,
+                                          "guard": parse_switch(guard, "--guard")})
     n_samples = extra.get("samples", 1)  # a non-integer is the library's error to report
     several = isinstance(n_samples, int) and n_samples >= 2
     if std_out is not None and not several:
@@ -144,11 +149,30 @@ def reconstruct(
         details.append(f"lam {info['lam']:.3g}")
     if info.get("autotune_line"):
         typer.echo(f"Self-tuned: {info['autotune_line']}")
+    if info.get("guard_line"):
+        typer.echo(f"Guard: {info['guard_line']}")
+    if name == "diffusion" and several and result.std_volume is None:
+        typer.echo("No std volume written: the guard chose the classical result, which has "
+                   "no posterior spread.")
     details.append(f"{result.seconds:.1f} s on {result.meta.get('device', options.device)}")
     typer.echo(f"Wrote {result.modality} {result.method} reconstruction {result.volume.shape} "
                f"({result.volume.units}) to {path} ({', '.join(details)}); settings in "
                f"{cfg_path}")
     typer.echo(f"Data-consistency residual ||M(Ax) - y|| / ||y|| = {result.residual:.4g}")
+
+
+def parse_switch(text: str | None, flag: str) -> bool | None:
+    """An on/off flag (None when not given; an InputError sentence for anything else)."""
+    from medrecon.errors import InputError
+
+    if text is None:
+        return None
+    value = text.strip().lower()
+    if value in ("on", "true", "yes", "1"):
+        return True
+    if value in ("off", "false", "no", "0"):
+        return False
+    raise InputError(f"{flag} must be on or off, got {text!r}.")
 
 
 def parse_weight(text: str) -> float | str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from medrecon.cli.common import EXIT_USER_ERROR, check_output, user_errors
-from medrecon.cli.reconstruct import method_extra, parse_weight
+from medrecon.cli.reconstruct import method_extra, parse_switch, parse_weight
 
 
 def register(app: typer.Typer) -> None:
@@ -45,6 +45,8 @@ def reconstruct_many(
     samples: int | None = typer.Option(
         None, min=1, help="diffusion: posterior samples; 2 or more also write <name>_std."),
     seed: int | None = typer.Option(None, min=0, help="diffusion: random seed (default 0)."),
+    guard: str | None = typer.Option(
+        None, help="diffusion: on (default) or off, as for `medrecon reconstruct`."),
 ) -> None:
     """Reconstruct every INPUT with one method into --out-dir, as `medrecon reconstruct` would
     one by one (same outputs and settings files), loading the prior once.
@@ -65,7 +67,8 @@ def reconstruct_many(
     check_output(out_dir, "folder", flag="--out-dir", inputs=inputs)
     name = method.strip().lower()
     extra = method_extra(name, settings, {"prior": prior, "sampler": sampler, "steps": steps,
-                                          "samples": samples, "seed": seed})
+                                          "samples": samples, "seed": seed,
+                                          "guard": parse_switch(guard, "--guard")})
     items = collect_items(inputs)
     options = ReconOptions(lam=parse_weight(lam), iterations=iterations, tol=tol, device=device,
                            progress=progress, extra=extra)

@@ -20,7 +20,9 @@ For each modality the demo runs the data flow of the package end to end:
    (chosen once on a validation head, not from the measurement; see :class:`BaselineChoice`).
 4. **Diffusion** (:func:`~medrecon.reconstruct.reconstruct` with method "diffusion"): posterior
    sampling with the prior (DDS by default), K samples; their mean is the reconstruction and
-   their per-voxel standard deviation the uncertainty map.
+   their per-voxel standard deviation the uncertainty map. Like the baseline it runs at the
+   modality's fixed weight, without the self-tuning and the guard of ``reconstruct``'s
+   default (:mod:`medrecon.guard`): the demo shows the sampler itself.
 5. **Evaluation** (:func:`medrecon.evaluation.compare_volumes`): PSNR, SSIM, NMSE and HFEN over the
    automatic foreground mask of the reference with data range = reference max - min, plus the
    calibration of the std map (fraction of foreground voxels whose error is within 2 std) and

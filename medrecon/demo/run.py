@@ -181,6 +181,7 @@ def run_modality(plan: DemoPlan, prior: Path, prior_name: str, staging: Path, ec
     from medrecon.recon.base import ReconOptions
     from medrecon.reconstruct import reconstruct
     from medrecon.sampling import calibration
+    from medrecon.sampling.config import DiffusionConfig
     from medrecon.simulate import simulate
 
     name = "MRI" if plan.modality == "MR" else "CT"
@@ -249,10 +250,14 @@ def run_modality(plan: DemoPlan, prior: Path, prior_name: str, staging: Path, ec
     # 4. Diffusion -------------------------------------------------------------------------
     stage(4, f"Diffusion posterior sampling ({plan.sampler.upper()}, {plan.steps} steps, "
              f"{plan.samples} samples, prior {prior_name!r})")
+    # The sampler itself at the modality's fixed weight, like the baseline's fixed weight: no
+    # self-tuning and no guard, which would add sampling runs and could replace the diffusion
+    # result that the demo shows.
     post = reconstruct(meas, "diffusion", ReconOptions(
         device=plan.device, progress=progress,
         extra={"prior": str(prior), "sampler": plan.sampler, "steps": plan.steps,
-               "samples": plan.samples, "seed": plan.seed}))
+               "samples": plan.samples, "seed": plan.seed, "guard": False,
+               "lam": DiffusionConfig(sampler=plan.sampler).sampler_options(plan.modality).lam}))
     done("diffusion")
     assert post.std_volume is not None  # samples >= 2 (plan_demo)
     mean, std = post.volume.data, post.std_volume.data

@@ -43,7 +43,8 @@ class ReconOptions:
     Attributes:
         lam: regularisation weight; ``None`` or ``"auto"`` (the same) lets the method choose:
             l1-wavelet and tv (MR and CT) tune it on held-out data
-            (:mod:`medrecon.recon.autotune`), cg-sense and diffusion use their fixed rule.
+            (:mod:`medrecon.recon.autotune`), and so does diffusion (dds, diffpir:
+            :mod:`medrecon.guard`); cg-sense uses its fixed rule.
             Only for methods with a weight.
         iterations: maximum number of solver iterations (diffusion: steps); ``None`` uses the
             method's default (sirt and cgls: chosen by early stopping on held-out views).
@@ -94,12 +95,16 @@ class ReconOutput:
         info: method details worth recording (lam used, per-iteration history, maps source,
             timing, ...); JSON-serialisable values, except the optional ``"std_image"``
             (float32 (I, J, K) per-voxel standard deviation of sampling methods).
+        solution: the estimate in the units the operator acts on (MR: complex image, CT: mu
+            in 1/mm), a CPU tensor (I, J, K), or None; the diffusion guard predicts held-out
+            data from it (:mod:`medrecon.guard`), which the magnitude ``image`` cannot do.
     """
 
     image: np.ndarray
     residual: float
     iterations: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    solution: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.image = np.asarray(self.image, dtype=np.float32)

@@ -72,6 +72,7 @@ __all__ = [
     "fbp",
     "fdk",
     "analytic_reconstruction",
+    "holdout_masks",
     "sirt",
     "cgls",
     "tv_reconstruction",
@@ -419,7 +420,7 @@ def _problem(measurement: Measurement, device: torch.device) -> Problem:
 def _output(problem: Problem, mu: Tensor, iterations: int, info: dict[str, Any]) -> ReconOutput:
     hu = problem.units.to_reference(mu.detach().float().cpu().numpy())
     return ReconOutput(image=hu, residual=problem.residual(mu), iterations=iterations,
-                       info={**problem.info, **info})
+                       info={**problem.info, **info}, solution=mu.detach().cpu())
 
 
 #: Default iteration counts (``--iterations`` overrides them).
@@ -502,10 +503,10 @@ def _scaled(problem: Problem) -> tuple[Callable[[Tensor], Tensor], Callable[[Ten
     return forward, adjoint, y, x0
 
 
-def _holdout(measurement: Measurement, device: torch.device) -> tuple[Problem, Problem, str]:
-    """(training problem, held-out problem, what was held out): every k-th view set aside
-    (:func:`~medrecon.recon.autotune.ct_holdout_views`) through the file's view mask, or
-    zeroed in its per-pixel weights."""
+def holdout_masks(measurement: Measurement) -> tuple[np.ndarray, np.ndarray, str]:
+    """(training mask, held-out mask, what was held out) of a CT measurement: every k-th view
+    set aside (:func:`~medrecon.recon.autotune.ct_holdout_views`) through the file's view
+    mask, or zeroed in its per-pixel weights; either mask replaces ``measurement.mask``."""
     data = np.asarray(measurement.data)
     train, held = ct_holdout_views(data.shape[0],
                                    seed=int((measurement.acquisition or {}).get("seed", 0) or 0))
@@ -517,9 +518,15 @@ def _holdout(measurement: Measurement, device: torch.device) -> tuple[Problem, P
     if not (np.any(held > 0) and np.any(train > 0)):
         raise InputError("Too few views to hold some out for self-tuning; give lam or "
                          "iterations.")
-    parts = [_problem(dataclasses.replace(measurement, mask=k), device) for k in (train, held)]
     n_held = int(np.count_nonzero(held.reshape(held.shape[0], -1).any(axis=1)))
-    return parts[0], parts[1], f"{n_held} of {data.shape[0]} views held out"
+    return train, held, f"{n_held} of {data.shape[0]} views held out"
+
+
+def _holdout(measurement: Measurement, device: torch.device) -> tuple[Problem, Problem, str]:
+    """(training problem, held-out problem, what was held out) of :func:`holdout_masks`."""
+    train, held, text = holdout_masks(measurement)
+    parts = [_problem(dataclasses.replace(measurement, mask=k), device) for k in (train, held)]
+    return parts[0], parts[1], text
 
 
 def _iterative(measurement: Measurement, options: ReconOptions, device: torch.device,

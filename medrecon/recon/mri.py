@@ -168,7 +168,8 @@ def _iterations(options: ReconOptions, method: str) -> int:
 def _output(problem: Problem, x: torch.Tensor, iterations: int,
             info: dict[str, Any]) -> ReconOutput:
     img = problem.units.to_reference(x).cpu().numpy()
-    return ReconOutput(image=img, residual=problem.residual(x), iterations=iterations, info=info)
+    return ReconOutput(image=img, residual=problem.residual(x), iterations=iterations, info=info,
+                       solution=x.detach().cpu())
 
 
 def _setup(m: Measurement, settings: SenseSettings,

@@ -181,6 +181,9 @@ class PosteriorResult:
         phase: :func:`sample_problem` of a complex-image (MR) problem: the (K, *S) phase along
             which the model-space samples lie at the end (``problem.to_physical(z, phase)``);
             None otherwise.
+        image: :func:`posterior_sample`: the (I, J, K) mean in the units the operator acts on
+            (MR: complex image, CT: mu in 1/mm), a tensor on the sampling device, from which
+            the guard predicts held-out data; None for :func:`sample_problem`.
         nfe: full-volume denoiser evaluations per chain.
         timings: seconds: ``total``, ``network`` (denoiser calls), ``other`` (data
             consistency, tiling, bookkeeping), and ``network_fraction``.
@@ -195,6 +198,7 @@ class PosteriorResult:
     timings: dict[str, float]
     info: dict[str, Any] = field(default_factory=dict)
     phase: Any = None
+    image: Any = None
 
 
 class _Timed:
@@ -533,6 +537,9 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
                          options=options or SamplerOptions.defaults(measurement.modality, sampler),
                          device=dev, keep_samples=True, progress=progress)
     z = res.samples  # (K, I, J, K) model space
+    with torch.no_grad():  # the mean in the operator's units, for held-out checks (guard)
+        res.image = sum(units.to_physical(z[k], None if res.phase is None else res.phase[k])
+                        for k in range(samples)) / samples
     with torch.no_grad():  # MR magnitude in the reference's scale, CT HU
         phys = units.model_to_reference(z, res.phase).float()
     res.phase = None

@@ -22,13 +22,19 @@ seed               random seed                                  0
 tiling             shift, roll or blend                         "shift"
 memory_budget_gb   bound on network activation memory (GB)      automatic
 noise_std          measurement noise std override               from the file
-lam                prior weight vs data (< 1 trusts the data)   per modality (MR 0.05, CT 1)
+lam                prior weight vs data (< 1 trusts the data)   auto: on held-out data
+                                                                around MR 0.05, CT 1
+guard              compare with the self-tuned classical result  on
+                   on held-out data; fall back or blend if worse
 eta                DDS re-noising stochasticity in [0, 1]       0.85
 cg_iters           CG iterations per data-consistency step      per modality (MR 10, CT 5)
 zeta               DPS step / DiffPIR fresh-noise share         1.0 / 0.3
 =================  ===========================================  =========================
 
-Per-modality defaults: :data:`medrecon.sampling.api.MODALITY_DEFAULTS`.
+Per-modality defaults: :data:`medrecon.sampling.api.MODALITY_DEFAULTS`. An auto ``lam`` (None)
+and the ``guard`` are carried out by :mod:`medrecon.guard` (``medrecon reconstruct --method
+diffusion`` and :func:`medrecon.reconstruct.reconstruct`); :meth:`DiffusionConfig.sampler_options`
+alone uses the modality default for an auto weight.
 """
 
 from __future__ import annotations
@@ -50,8 +56,9 @@ _WEIGHT_FILES = (".safetensors", ".pt", ".pth", ".ckpt")
 class DiffusionConfig:
     """Settings of posterior-sampling reconstruction (see the module table).
 
-    ``None`` for lam, eta, cg_iters and zeta means the sampler's default for the modality
-    (:meth:`resolved` fills them in).
+    ``None`` for eta, cg_iters and zeta means the sampler's default for the modality
+    (:meth:`resolved` fills them in); ``None`` for lam means self-tuned on held-out data
+    (:mod:`medrecon.guard`), centred on that default.
     """
 
     prior: str = option("default", help="Prior name (`medrecon priors`), NAME.json or folder.")
@@ -62,10 +69,13 @@ class DiffusionConfig:
     tiling: str = option("shift", help="shift, roll or blend.")
     memory_budget_gb: float | None = option(None, gt=0.0, help="Network activation memory.")
     noise_std: float | None = option(None, ge=0.0, help="Measurement noise std override.")
-    lam: float | None = option(None, gt=0.0, help="Prior weight against the data.")
+    lam: float | None = option(None, gt=0.0, help="Prior weight against the data "
+                                                  "(None: chosen on held-out data).")
     eta: float | None = option(None, ge=0.0, le=1.0, help="DDS re-noising stochasticity.")
     cg_iters: int | None = option(None, ge=1, help="CG iterations per consistency step.")
     zeta: float | None = option(None, ge=0.0, help="DPS step size / DiffPIR noise share.")
+    guard: bool = option(True, help="Fall back to (or blend with) the self-tuned classical "
+                                    "result where it predicts held-out data better.")
 
     def __post_init__(self) -> None:
         # Spellings are forgiving (" DDS" works); everything else is validated here.
@@ -97,9 +107,10 @@ class DiffusionConfig:
             overrides["zeta_diffpir" if self.sampler == "diffpir" else "zeta_dps"] = self.zeta
         return SamplerOptions.defaults(modality, self.sampler, **overrides)
 
-    def resolved(self, modality: str) -> DiffusionConfig:
-        """This config with the per-modality defaults filled in (what a run used)."""
+    def resolved(self, modality: str, lam: float | None = None) -> DiffusionConfig:
+        """This config with the per-modality defaults filled in (what a run used); ``lam``:
+        the weight the run chose (self-tuned), else this config's or the default."""
         opt = self.sampler_options(modality)
         return dataclasses.replace(
-            self, lam=opt.lam, eta=opt.eta, cg_iters=opt.cg_iters,
+            self, lam=lam if lam is not None else opt.lam, eta=opt.eta, cg_iters=opt.cg_iters,
             zeta=opt.zeta_diffpir if self.sampler == "diffpir" else opt.zeta_dps)

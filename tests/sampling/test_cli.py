@@ -21,7 +21,8 @@ def test_cli_diffusion_writes_mean_and_std(which: str, mr_measurement, ct_measur
     result = CliRunner().invoke(app, [
         "reconstruct", str(meas), str(out), "--method", "diffusion",
         "--prior", str(tiny_prior_path), "--sampler", "dds", "--steps", "3", "--samples", "2",
-        "--seed", "0", "--device", "cpu", "--std-out", str(std), "--no-progress"])
+        "--seed", "0", "--device", "cpu", "--std-out", str(std), "--no-progress",
+        "--guard", "off"])  # the sampler's own mean and std (the guard: tests/test_guard.py)
     assert result.exit_code == 0, result.output
     assert "residual" in result.output
     rec, spread = load_volume(out), load_volume(std)
@@ -63,7 +64,8 @@ def test_cli_unknown_sampler(ct_measurement, tiny_prior_path, tmp_path) -> None:
 @pytest.mark.parametrize("which", ["mr", "ct"])
 def test_cli_diffusion_with_the_shipped_default_prior(which: str, mr_measurement, ct_measurement,
                                                       tmp_path) -> None:
-    """The shipped prior loads offline and reconstructs a tiny file (one 64^3 patch, 1 step)."""
+    """The shipped prior loads offline and reconstructs a tiny file (one 64^3 patch, 1 step;
+    a fixed weight and no guard, which would add several sampling runs)."""
     from medrecon.io import load_volume
     from medrecon.io.measurement import write_measurement
 
@@ -72,7 +74,8 @@ def test_cli_diffusion_with_the_shipped_default_prior(which: str, mr_measurement
     out = tmp_path / "recon.nii.gz"
     result = CliRunner().invoke(app, [
         "reconstruct", str(meas), str(out), "--method", "diffusion", "--steps", "1",
-        "--device", "cpu", "--no-progress"])
+        "--lam", "0.05" if which == "mr" else "1", "--guard", "off", "--device", "cpu",
+        "--no-progress"])
     assert result.exit_code == 0, result.output
     rec = load_volume(out)
     assert rec.shape == vol.shape and np.isfinite(rec.data).all()

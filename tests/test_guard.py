@@ -1,0 +1,254 @@
+"""Self-tuned diffusion weight and the guard against the self-tuned classical result
+(medrecon.guard): tiny CPU cases with whole-volume denoisers that are bad or perfect on purpose."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from prior_factory import export_tiny_prior
+from typer.testing import CliRunner
+
+from medrecon.guard import GUARD_METHODS, blend_weight, guarded_diffusion, holdout_split
+from medrecon.io import Volume, load_volume
+from medrecon.io.measurement import Measurement, write_measurement
+from medrecon.methods import get_method
+from medrecon.recon.base import ReconOptions
+from medrecon.reconstruct import reconstruct
+from medrecon.sampling import api
+from medrecon.sampling.config import DiffusionConfig
+from medrecon.simulate import CTSettings, MRISettings, SimulationConfig, simulate
+
+CPU = torch.device("cpu")
+STEPS = 4
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread: None) -> None:
+    """Tiny tensors: one torch thread is faster on a shared runner."""
+
+
+def _head(shape: tuple[int, int, int]) -> np.ndarray:
+    i, j, k = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r = np.sqrt(i**2 + j**2 + k**2)
+    inner = np.sqrt((i - 0.2) ** 2 + j**2 + k**2) < 0.35
+    return ((r < 0.8) * (1.0 + 0.6 * inner + 0.3 * (np.abs(j) < 0.15))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def prior_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_tiny_prior(tmp_path_factory.mktemp("prior"))
+
+
+@pytest.fixture(scope="module")
+def prior(prior_path: Path) -> Any:
+    from medrecon.priors import load_prior
+
+    return load_prior(prior_path)
+
+
+@pytest.fixture(scope="module")
+def mr() -> Measurement:
+    vol = Volume(_head((14, 12, 10)) * 100.0, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR")
+    cfg = SimulationConfig(modality="mri", seed=1, mri=MRISettings(
+        coils=2, acceleration=2.0, calibration=4, snr=40.0, coil_model="birdcage"))
+    return simulate(vol, cfg)
+
+
+@pytest.fixture(scope="module")
+def ct() -> tuple[Measurement, np.ndarray]:
+    hu = _head((14, 14, 3)) * 1000.0 - 1000.0
+    vol = Volume(hu, np.diag([2.0, 2.0, 2.0, 1.0]), modality="CT", units="HU")
+    return simulate(vol, SimulationConfig(modality="ct", seed=2,  # type: ignore[arg-type]
+                                          ct=CTSettings(views=21, dose_i0=1e5))), hu
+
+
+class _WholeVolume:
+    """A whole-volume model-space denoiser in place of the tiled network (what
+    :func:`medrecon.sampling.api.prior_denoiser` returns), counting its calls."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn, self.calls, self.patches = fn, 0, 1
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.fn(x)
+
+
+def _use_denoiser(monkeypatch: pytest.MonkeyPatch, fn: Any) -> None:
+    monkeypatch.setattr(api, "prior_denoiser", lambda *a, **k: _WholeVolume(fn))
+
+
+def _garbage(x: torch.Tensor) -> torch.Tensor:
+    """A prior that returns a loud fixed checkerboard whatever it is shown."""
+    idx = torch.stack(torch.meshgrid(*[torch.arange(n) for n in x.shape[1:]], indexing="ij"))
+    board = (idx.sum(0) % 2).to(x.dtype) * 4.0 - 1.0
+    return board.expand_as(x).clone()
+
+
+def _config(**kw: Any) -> DiffusionConfig:
+    return DiffusionConfig(steps=STEPS, samples=2, seed=0, **kw)
+
+
+def test_blend_weight_closed_form() -> None:
+    g = torch.Generator().manual_seed(0)
+    a, b, y = (torch.randn(50, generator=g, dtype=torch.complex64) for _ in range(3))
+    w = blend_weight(a, b, y)
+    ws = np.linspace(0, 1, 201)
+    errs = [float(torch.linalg.vector_norm(v * a + (1 - v) * b - y)) for v in ws]
+    assert abs(w - ws[int(np.argmin(errs))]) <= 0.005 + 1e-9
+    assert blend_weight(y, b, y) == pytest.approx(1.0)  # a predicts perfectly
+    assert blend_weight(-y, y, y) == 0.0  # clipped at the classical end
+
+
+def test_guard_falls_back_to_the_classical_result_for_a_garbage_prior(
+        mr: Measurement, prior: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    _use_denoiser(monkeypatch, _garbage)
+    out = guarded_diffusion(mr, _config(), prior, CPU)
+    guard = out.info["guard"]
+    assert guard["method"] == GUARD_METHODS["MR"] == "l1-wavelet"
+    assert guard["diffusion_error"] > guard["classical_error"]
+    assert guard["choice"] == "classical" and guard["weight"] == 0.0
+    assert out.info["guard_line"].startswith("guard fell back to l1-wavelet")
+    assert "\n" not in out.info["guard_line"] and "no std map" in out.info["guard_line"]
+    assert "std_image" not in out.info  # the rejected posterior's spread is not the output's
+    # The result is the self-tuned classical reconstruction from all the data ...
+    classical = get_method("MR", "l1-wavelet")(mr, ReconOptions(), CPU)
+    np.testing.assert_array_equal(out.image, classical.image)
+    assert guard["classical_lam"] == classical.info["lam"]
+    # ... and the guard scored it on the classical self-tuning's own split.
+    assert guard["classical_error"] == pytest.approx(
+        min(classical.info["autotune"]["heldout_errors"]), rel=1e-4)
+    # The weight was still tuned on the held-out samples and recorded.
+    tuned = out.info["autotune"]
+    assert tuned["chosen"] == out.info["lam"] and len(tuned["grid"]) == 4
+    assert min(tuned["heldout_errors"]) == pytest.approx(guard["diffusion_error"])
+
+
+def test_guard_keeps_diffusion_when_it_predicts_better_and_uses_all_data(
+        ct: tuple[Measurement, np.ndarray], prior: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An oracle prior that knows the true volume must predict held-out views better than TV."""
+    m, hu = ct
+    lo, hi = prior.normalisation.ct_hu_min, prior.normalisation.ct_hu_max
+    truth = torch.from_numpy((hu - lo) / (hi - lo)).float()
+    _use_denoiser(monkeypatch, lambda x: truth.expand_as(x).clone())
+    out = guarded_diffusion(m, _config(), prior, CPU)
+    guard = out.info["guard"]
+    assert guard["method"] == "tv" and guard["choice"] == "diffusion" and guard["weight"] == 1.0
+    assert guard["diffusion_error"] < guard["classical_error"]
+    assert out.info["guard_line"].startswith("guard kept diffusion")
+    assert out.info["std_image"].shape == hu.shape
+    # The final result is a plain run on all the views with the chosen weight: not the
+    # training-view run the weight was scored with.
+    plain = guarded_diffusion(m, _config(lam=out.info["lam"], guard=False), prior, CPU)
+    assert "guard" not in plain.info and "autotune" not in plain.info
+    np.testing.assert_array_equal(out.image, plain.image)
+    np.testing.assert_array_equal(out.info["std_image"], plain.info["std_image"])
+    split = holdout_split(m, CPU)
+    assert split.held.error(plain.solution) < guard["diffusion_error"]  # it saw those views
+    assert np.abs(out.image - hu).mean() < 60.0  # and it is the truth, nearly
+
+
+def test_blend_is_consistent_with_its_parts(mr: Measurement, prior: Any,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prior that is right up to a blur: the guard blends, and the blend, its std map and
+    its residual follow from the two all-data results with the recorded weight."""
+    ref = torch.from_numpy(_head(mr.image_shape))
+
+    def blurred(x: torch.Tensor) -> torch.Tensor:
+        z = torch.nn.functional.avg_pool3d(ref[None, None], 3, stride=1, padding=1)[0, 0]
+        return z.expand_as(x).clone()
+
+    _use_denoiser(monkeypatch, blurred)
+    out = guarded_diffusion(mr, _config(), prior, CPU)
+    guard = out.info["guard"]
+    assert guard["choice"] == "blend", guard
+    w = guard["weight"]
+    assert 0.0 < w < 1.0 and guard["blend_error"] < guard["classical_error"]
+    plain = guarded_diffusion(mr, _config(lam=out.info["lam"], guard=False), prior, CPU)
+    classical = get_method("MR", "l1-wavelet")(mr, ReconOptions(), CPU)
+    np.testing.assert_allclose(out.image, w * plain.image + (1 - w) * classical.image,
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.info["std_image"], w * plain.info["std_image"], rtol=1e-5)
+    assert f"std map x{w:.2f}" in out.info["guard_line"]
+
+
+def test_explicit_weight_switches_tuning_off_guard_off_keeps_diffusion(
+        mr: Measurement, prior: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    _use_denoiser(monkeypatch, _garbage)
+    fixed = guarded_diffusion(mr, _config(lam=0.05), prior, CPU)
+    assert "autotune" not in fixed.info and fixed.info["lam"] == 0.05
+    assert fixed.info["guard"]["choice"] == "classical"  # the guard still runs
+    off = guarded_diffusion(mr, _config(lam=0.05, guard=False), prior, CPU)
+    assert "guard" not in off.info and "std_image" in off.info
+    assert not np.array_equal(off.image, fixed.image)  # garbage kept, as asked
+
+
+def test_cli_records_the_choice_everywhere(ct: tuple[Measurement, np.ndarray], prior_path: Path,
+                                           tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import pydicom
+    import yaml
+
+    from medrecon.cli.main import app
+
+    _use_denoiser(monkeypatch, _garbage)
+    meas = write_measurement(ct[0], tmp_path / "ct.h5")
+    args = ["reconstruct", str(meas), "--method", "diffusion", "--prior", str(prior_path),
+            "--steps", str(STEPS), "--samples", "2", "--device", "cpu", "--no-progress"]
+    result = CliRunner().invoke(app, [*args[:2], str(tmp_path / "g.nii.gz"), *args[2:]])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    guard_lines = [ln for ln in lines if ln.startswith("Guard: ")]
+    assert len(guard_lines) == 1 and "guard fell back to tv" in guard_lines[0]
+    assert any(ln.startswith("Self-tuned: lam auto = ") for ln in lines)
+    assert any(ln.startswith("No std volume written") for ln in lines)
+    assert not (tmp_path / "g_std.nii.gz").exists()
+    settings = yaml.safe_load((tmp_path / "g.reconstruct.yaml").read_text())
+    assert settings["resolved"]["guard"]["choice"] == "classical"
+    assert settings["resolved"]["guard"]["method"] == "tv"
+    assert settings["options"]["guard"] is True
+    assert settings["options"]["lam"] == settings["resolved"]["autotune"]["chosen"]
+    assert "guard: tv" in load_volume(tmp_path / "g.nii.gz").series_description
+    # DICOM: the derivation text carries the weight's and the guard's lines.
+    result = CliRunner().invoke(app, [*args[:2], str(tmp_path / "dcm"), *args[2:],
+                                      "--format", "dicom"])
+    assert result.exit_code == 0, result.output
+    ds = pydicom.dcmread(sorted((tmp_path / "dcm").iterdir())[0])
+    assert "lam auto = " in ds.DerivationDescription
+    assert "guard fell back to tv" in ds.DerivationDescription
+    # --guard off: the (garbage) diffusion result and its std map, no guard line.
+    result = CliRunner().invoke(app, [*args[:2], str(tmp_path / "d.nii.gz"), *args[2:],
+                                      "--guard", "off"])
+    assert result.exit_code == 0, result.output
+    assert "Guard:" not in result.output and (tmp_path / "d_std.nii.gz").exists()
+    assert not np.array_equal(load_volume(tmp_path / "d.nii.gz").data,
+                              load_volume(tmp_path / "g.nii.gz").data)
+    bad = CliRunner().invoke(app, [*args[:2], str(tmp_path / "e.nii.gz"), *args[2:],
+                                   "--guard", "maybe"])
+    assert bad.exit_code == 2 and "--guard must be on or off" in bad.output
+    tv = CliRunner().invoke(app, ["reconstruct", str(meas), str(tmp_path / "t.nii.gz"),
+                                  "--method", "tv", "--guard", "off"])
+    assert tv.exit_code == 2 and "--guard applies to --method diffusion only" in tv.output
+
+
+def test_reconstruct_api_and_settings_repeat_the_run(ct: tuple[Measurement, np.ndarray],
+                                                     prior: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    m, hu = ct
+    lo, hi = prior.normalisation.ct_hu_min, prior.normalisation.ct_hu_max
+    truth = torch.from_numpy((hu - lo) / (hi - lo)).float()
+    _use_denoiser(monkeypatch, lambda x: truth.expand_as(x).clone())
+    opts = ReconOptions(iterations=STEPS, device="cpu", extra={"samples": 2})
+    res = reconstruct(m, "diffusion", opts, prior=prior)
+    assert res.settings.resolved["guard"]["choice"] == "diffusion"
+    assert "guard kept" in res.volume.series_description
+    assert "auto lam" in res.volume.series_description
+    assert "guard kept diffusion" in res.volume.meta["reconstruction"]["autotune_line"]
+    assert res.std_volume is not None
+    again = reconstruct(m, "diffusion", res.settings.recon_options(), prior=prior)
+    np.testing.assert_array_equal(again.volume.data, res.volume.data)
