@@ -167,6 +167,11 @@ def _iterations(options: ReconOptions, method: str) -> int:
 
 def _output(problem: Problem, x: torch.Tensor, iterations: int,
             info: dict[str, Any]) -> ReconOutput:
+    if problem.support is not None:
+        # Outside the coil maps' support the data say nothing; FISTA's wavelet prox and TV's
+        # differences still smear values there. Keep the minimum-norm value (0), as CG does.
+        x = x * problem.support
+        info["unsupported_fraction"] = problem.info["unsupported_fraction"]
     img = problem.units.to_reference(x).cpu().numpy()
     return ReconOutput(image=img, residual=problem.residual(x), iterations=iterations, info=info)
 
