@@ -38,7 +38,9 @@ ESPIRiT (:func:`espirit`, Uecker et al., MRM 71:990, 2014)
     sampled readout axis 0 and 2D ESPIRiT runs independently for every readout position on the
     (J, K) phase-encode plane; for 2D multi-slice data (``fft_dims=(0, 1)``) it runs per slice on
     the (I, J) plane. Defaults (kernel 6, calibration 24, threshold 0.02, crop 0.95) follow the
-    paper and SigPy's ``EspiritCalib``.
+    paper and SigPy's ``EspiritCalib``; :func:`estimate_coil_maps` narrows the kernel for narrow
+    calibration regions and, for 2D multi-slice data, extends the region along the fully
+    sampled readout (as BART's ``ecalib`` does).
 
 Low resolution (:func:`lowres_maps`)
     Coil images from the Hann-windowed calibration region, divided by their root-sum-of-squares,
@@ -62,6 +64,7 @@ from medrecon.operators.masks import calibration_slice
 
 __all__ = [
     "EspiritResult",
+    "default_kernel",
     "detect_calibration",
     "espirit",
     "espirit_maps",
@@ -74,6 +77,16 @@ __all__ = [
 
 #: Largest calibration box used when it is detected from the mask (bounds the SVD cost).
 MAX_AUTO_CALIBRATION = 32
+#: Readout extent of the calibration region of 2D multi-slice data (BART ecalib's limit).
+READOUT_CALIBRATION = 24
+
+
+def default_kernel(calibration: int) -> int:
+    """ESPIRiT kernel width for a calibration region ``calibration`` lines wide: 6, or
+    ``(calibration - 2) // 2`` (at least 2) below 14 lines, so that it slides over enough
+    positions to determine the null space (with kernel 6 on 8 lines the eigenvalues collapse
+    below the crop and the maps vanish, in BART's ``ecalib`` too: benchmarks/RESULTS_mri.md)."""
+    return max(2, min(6, (int(calibration) - 2) // 2))
 
 
 def rss(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
@@ -588,7 +601,10 @@ def estimate_coil_maps(
     ``method`` is ``"espirit"`` or ``"lowres"``. ``calibration`` defaults to the largest fully
     sampled central box found in ``mask`` (capped at :data:`MAX_AUTO_CALIBRATION`); given
     explicitly, it is checked against the mask. Extra keyword arguments go to :func:`espirit`
-    (``kernel``, ``threshold``, ``crop``) or :func:`lowres_maps` (``support_threshold``).
+    (``kernel``, default :func:`default_kernel`; ``threshold``, ``crop``) or
+    :func:`lowres_maps` (``support_threshold``). For 2D multi-slice data ``calibration``
+    counts phase-encode lines, and ESPIRiT's region spans ``min(I, max(calibration,
+    READOUT_CALIBRATION))`` samples of the fully sampled readout.
     """
     _check_kspace(kspace)
     shape = tuple(kspace.shape[1:])
@@ -605,7 +621,11 @@ def estimate_coil_maps(
         calibration = 24
     method = str(method).lower()
     if method == "espirit":
-        maps = espirit(kspace, calibration=calibration, fft_dims=fft_dims, **kwargs).maps  # type: ignore[arg-type]
+        options = {"kernel": default_kernel(calibration), **kwargs}
+        region: int | tuple[int, int] = calibration
+        if tuple(sorted(int(d) for d in fft_dims)) == (0, 1):
+            region = (min(shape[0], max(calibration, READOUT_CALIBRATION)), calibration)
+        maps = espirit(kspace, calibration=region, fft_dims=fft_dims, **options).maps  # type: ignore[arg-type]
         # ESPIRiT crops voxels whose eigenvalue is below ``crop``. With a calibration region
         # barely larger than the kernel the eigenvalues stay below it almost everywhere and the
         # maps vanish inside the object; SENSE with such maps returns zeros. Fall back to the
