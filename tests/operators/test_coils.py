@@ -13,6 +13,7 @@ import torch
 from medrecon.errors import GeometryError, InputError
 from medrecon.io.cfl import read_cfl, write_cfl
 from medrecon.operators import coils
+from medrecon.operators.coil_simulation import simulate_coil_maps
 from medrecon.operators.coils import (
     detect_calibration,
     espirit,
@@ -20,7 +21,6 @@ from medrecon.operators.coils import (
     estimate_coil_maps,
     lowres_maps,
     rss,
-    simulate_coil_maps,
 )
 from medrecon.operators.functional.fft import fftc, ifftc
 from medrecon.operators.masks import make_mask
@@ -276,7 +276,8 @@ def test_narrow_calibration_gets_a_narrow_kernel_and_the_readout() -> None:
     spans the fully sampled readout, recovers them (no fallback)."""
     import warnings as _w
 
-    from medrecon.operators.coils import default_kernel, simulate_coil_maps
+    from medrecon.operators.coil_simulation import simulate_coil_maps
+    from medrecon.operators.coils import default_kernel
     from medrecon.operators.functional.fft import fftc
     from medrecon.phantoms import shepp_logan_3d
 
@@ -302,7 +303,8 @@ def test_espirit_with_a_tiny_calibration_falls_back_to_lowres() -> None:
     """Calibration barely larger than the kernel: ESPIRiT's maps vanish; the estimate must not."""
     import warnings as _w
 
-    from medrecon.operators.coils import estimate_coil_maps, simulate_coil_maps
+    from medrecon.operators.coil_simulation import simulate_coil_maps
+    from medrecon.operators.coils import estimate_coil_maps
     from medrecon.operators.functional.fft import fftc
     from medrecon.phantoms import shepp_logan_3d
 
