@@ -16,7 +16,8 @@ import time
 
 import torch
 
-from medrecon.operators.coils import espirit, lowres_maps, simulate_coil_maps
+from medrecon.operators.coil_simulation import simulate_coil_maps
+from medrecon.operators.coils import espirit, lowres_maps
 from medrecon.operators.functional.fft import fftc
 from medrecon.operators.masks import make_mask
 from medrecon.operators.noise import add_noise

@@ -67,7 +67,8 @@ if TYPE_CHECKING:
 
 Tensor = torch.Tensor
 
-__all__ = ["ModelRange", "Problem", "UnitMap", "kspace_tensor", "measurement_problem"]
+__all__ = ["ModelRange", "Problem", "UnitMap", "kspace_tensor", "measurement_problem",
+           "operator_support"]
 
 
 class ModelRange(Protocol):
@@ -143,6 +144,11 @@ class Problem:
         weights: CT per-pixel data weights W (already applied to ``op`` and ``y``), or None.
         geometry: CT geometry of the measured views; None for MR.
         spacing_mm: voxel size of the image grid (I, J, K) in mm.
+        support: boolean ``(I, J, K)`` mask of the voxels the operator reaches (MR: where
+            the coil maps are non-zero; CT: where some measured ray passes), or None when it
+            reaches every voxel. Outside it ``A x`` does not depend on x, so the data say
+            nothing there: reconstructions hold the minimum-norm value (x = 0) there, not
+            what a regulariser or a prior would invent (see :func:`operator_support`).
     """
 
     modality: str
@@ -154,6 +160,7 @@ class Problem:
     weights: Tensor | None = None
     geometry: CTGeometry | None = None
     spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    support: Tensor | None = None
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -180,6 +187,23 @@ class _Weighted(LinearOperator):
 
     def _adjoint(self, y: Tensor) -> Tensor:
         return self.op.adjoint(self.w * y)
+
+
+def operator_support(reach: Tensor) -> Tensor | None:
+    """The support of an operator from a non-negative per-voxel ``reach`` (I, J, K): the voxels
+    where it is above 1e-6 of its maximum, or None when that is every voxel.
+
+    MR passes ``sum_c |S_c|^2`` (the diagonal of ``A^H A`` up to the sampled fraction: zero
+    exactly where ESPIRiT cropped the maps); CT the backprojection of a sinogram of ones (zero
+    where no measured ray passes, e.g. the corners outside a narrow detector's circle). The
+    relative floor treats interpolation round-off as unreached, not as a (wildly
+    noise-amplifying) measurement.
+    """
+    top = float(reach.max()) if reach.numel() else 0.0
+    if top <= 0.0:
+        return None  # nothing reached at all: leave it to the solvers to report
+    support = reach > 1e-6 * top
+    return None if bool(support.all()) else support
 
 
 def kspace_tensor(m: Measurement, device: torch.device | str = "cpu") -> Tensor:
@@ -281,8 +305,11 @@ def _mr_problem(m: Measurement, device: torch.device, model: ModelRange | None,
             mask = torch.as_tensor(np.asarray(m.mask), device=device)
             noise_std = _mr_noise_estimate(y, mask.float())
             info["noise_estimated"] = True
+    support = None if maps is None else operator_support((maps.abs() ** 2).sum(0))
+    if support is not None:
+        info["unsupported_fraction"] = round(1.0 - float(support.float().mean()), 4)
     return Problem("MR", op, y, float(noise_std), UnitMap("MR", scale=scale, offset=0.0), info,
-                   spacing_mm=_spacing(m))
+                   spacing_mm=_spacing(m), support=support)
 
 
 # -------------------------------------------------------------------------------------------
@@ -380,6 +407,11 @@ def _ct_problem(m: Measurement, device: torch.device, model: ModelRange | None,
                         hu_window=(lo, hi))
     else:
         units = UnitMap("CT", scale=mu_water, offset=0.0, mu_water=mu_water)
-    info = {"mu_water_per_mm": mu_water, "geometry": geometry.kind, "views": geometry.views}
+    info: dict[str, Any] = {"mu_water_per_mm": mu_water, "geometry": geometry.kind,
+                            "views": geometry.views}
+    with torch.no_grad():
+        support = operator_support(op.adjoint(torch.ones_like(y)).abs())
+    if support is not None:
+        info["unsupported_fraction"] = round(1.0 - float(support.float().mean()), 4)
     return Problem("CT", op, y, float(noise_std), units, info, weights=weights,
-                   geometry=geometry, spacing_mm=spacing)  # type: ignore[arg-type]
+                   geometry=geometry, spacing_mm=spacing, support=support)  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ MRI model (k-space of shape (C, I, J, K), operator of :mod:`medrecon.operators.m
   (default pi). Real MR images carry such slowly varying phase (B0 inhomogeneity, receive
   phase); a real-valued object would let methods exploit a constraint real data do not offer.
   ``phase: none`` simulates a real-valued object.
-* Coil maps: :func:`medrecon.operators.coils.simulate_coil_maps` (``sum_c |S_c|^2 = 1``),
+* Coil maps: :func:`medrecon.operators.coil_simulation.simulate_coil_maps` (``sum_c |S_c|^2 = 1``),
   stored in the file. The loops ring around the axis that is not phase encoded: the readout
   axis 0 for 3D (as a head coil around the S-I readout of a sagittal 3D scan, so both
   phase-encode axes J, K see coil variation) and the slice axis 2 for 2D multi-slice.
@@ -272,7 +272,7 @@ def _simulate_mri(volume: Volume, config: SimulationConfig, reference: Reference
                   device: Any) -> Measurement:
     import torch
 
-    from medrecon.operators.coils import simulate_coil_maps
+    from medrecon.operators.coil_simulation import simulate_coil_maps
     from medrecon.operators.masks import make_mask
     from medrecon.operators.mri import SenseOperator
     from medrecon.operators.noise import add_noise

@@ -42,7 +42,11 @@ dps       ancestral step minus zeta grad ||y - A D(x_t)|| (autograd, checkpointe
 Uncertainty: ``samples = K`` runs K independent chains (batched: all chains share each network
 call); the mean is the reconstruction and the per-voxel standard deviation (``ddof = 1``) the
 uncertainty map. :func:`calibration` gives the fraction of voxels whose error lies within
-``k`` standard deviations.
+``k`` standard deviations. Where the operator does not reach (MR: outside the support of the
+coil maps, e.g. ESPIRiT's cropped background; CT: voxels no measured ray passes), every sample
+holds the minimum-norm value (MR 0, CT x = 0) instead of what the prior would invent, and the
+std map holds the prior's own spread ``sigma_data`` in output units there, marking the region
+as unmeasured (``info["unsupported_fraction"]`` says how much of the grid it is).
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ from medrecon.solvers import power_iteration
 if TYPE_CHECKING:
     from medrecon.io.measurement import Measurement
     from medrecon.priors import Prior
+    from medrecon.problem import UnitMap
 
 __all__ = [
     "MODALITY_DEFAULTS",
@@ -384,7 +389,7 @@ def sample_problem(denoiser: Denoiser, problem: LinearProblem, shape: tuple[int,
                         checkpoint=not tiled, callback=cb)
     if bar is not None:
         bar.close()
-    out = out.detach()
+    out = problem.restrict(out.detach())  # every sampler: nothing drawn where A cannot see
     if problem.noise_std == 0 and name != "pc":
         # Noiseless data: end exactly on A x = y (pc's last consistency step already does).
         with torch.no_grad():
@@ -484,6 +489,21 @@ def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "shift", overla
                          size_multiple=factor, min_tile=min_tile)
 
 
+def _unconstrained_std(units: UnitMap, sigma_data: float) -> float:
+    """The std map's value where the operator does not reach (reference units).
+
+    The mean there is the minimum-norm value (:meth:`LinearProblem.restrict`), identical in
+    every chain, so the spread of the samples would read 0 -- certainty where the data say
+    nothing. The posterior of an unconstrained voxel is the prior itself, whose spread the
+    denoiser's preconditioning takes as ``sigma_data`` in model space: that, mapped to
+    reference units, marks the region as unmeasured in the std map (finite, so DICOM and
+    NIfTI viewers keep their windowing).
+    """
+    z = torch.tensor([0.0, float(sigma_data)])
+    ref = units.model_to_reference(z).double()
+    return float((ref[1] - ref[0]).abs())
+
+
 def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "dds",
                      steps: int = 50, samples: int = 1, seed: int = 0,
                      device: torch.device | str = "auto", options: SamplerOptions | None = None,
@@ -545,6 +565,8 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
     res.phase = None
     res.mean = phys.mean(dim=0).cpu().numpy()
     res.std = phys.std(dim=0).cpu().numpy() if samples > 1 else None
+    if res.std is not None and physics.support is not None:
+        res.std[~physics.support.cpu().numpy()] = _unconstrained_std(units, prior.sigma_data)
     res.samples = phys.cpu().numpy() if keep_samples else None
     res.info.update(pinfo, modality=measurement.modality, prior=prior.name, tiling=tiling,
                     patch_size=list(prior.patch_size), patches=den.patches,

@@ -13,6 +13,7 @@ import torch
 from medrecon.errors import GeometryError, InputError
 from medrecon.io.cfl import read_cfl, write_cfl
 from medrecon.operators import coils
+from medrecon.operators.coil_simulation import simulate_coil_maps
 from medrecon.operators.coils import (
     detect_calibration,
     espirit,
@@ -20,7 +21,6 @@ from medrecon.operators.coils import (
     estimate_coil_maps,
     lowres_maps,
     rss,
-    simulate_coil_maps,
 )
 from medrecon.operators.functional.fft import fftc, ifftc
 from medrecon.operators.masks import make_mask
@@ -270,11 +270,41 @@ def test_espirit_on_cuda_matches_cpu(scene: dict[str, torch.Tensor]) -> None:
     assert lowres_maps(k.cuda(), calibration=14).device.type == "cuda"
 
 
+def test_narrow_calibration_gets_a_narrow_kernel_and_the_readout() -> None:
+    """8 central lines of 2D multi-slice data: ESPIRiT's default kernel 6 leaves the null space
+    undetermined and the maps vanish; the kernel chosen for the width, over a region that
+    spans the fully sampled readout, recovers them (no fallback)."""
+    import warnings as _w
+
+    from medrecon.operators.coil_simulation import simulate_coil_maps
+    from medrecon.operators.coils import default_kernel
+    from medrecon.operators.functional.fft import fftc
+    from medrecon.phantoms import shepp_logan_3d
+
+    assert [default_kernel(c) for c in (4, 8, 10, 14, 24)] == [2, 3, 4, 6, 6]
+    shape = (32, 40, 3)
+    truth = simulate_coil_maps(shape, 6)
+    x = torch.as_tensor(shepp_logan_3d(shape)).to(torch.complex64) + 0.01
+    k = fftc(truth * x, (1, 2))  # (C, I, J, K): the in-plane axes I, J
+    mask = np.zeros((1, 40, 1), bool)
+    mask[:, 16:24] = True  # the 8 central lines only
+    with _w.catch_warnings():
+        _w.simplefilter("error")  # a fallback to the low-resolution maps would warn
+        est = estimate_coil_maps(k * torch.from_numpy(mask), mask, fft_dims=(0, 1))
+    inside = torch.as_tensor(shepp_logan_3d(shape)) > 0
+    covered = (est.abs() ** 2).sum(0) > 0.5
+    assert float(covered[inside].float().mean()) > 0.8
+    assert _per_coil_correlation(est, truth, inside & covered) > 0.98
+    raw = espirit(k, calibration=8, kernel=6, fft_dims=(0, 1)).maps
+    assert float(((raw.abs() ** 2).sum(0) > 0.5)[inside].float().mean()) < 0.5
+
+
 def test_espirit_with_a_tiny_calibration_falls_back_to_lowres() -> None:
     """Calibration barely larger than the kernel: ESPIRiT's maps vanish; the estimate must not."""
     import warnings as _w
 
-    from medrecon.operators.coils import estimate_coil_maps, simulate_coil_maps
+    from medrecon.operators.coil_simulation import simulate_coil_maps
+    from medrecon.operators.coils import estimate_coil_maps
     from medrecon.operators.functional.fft import fftc
     from medrecon.phantoms import shepp_logan_3d
 
@@ -284,7 +314,8 @@ def test_espirit_with_a_tiny_calibration_falls_back_to_lowres() -> None:
     k = fftc(maps * x, (0, 1))
     with _w.catch_warnings(record=True) as caught:
         _w.simplefilter("always")
-        est = estimate_coil_maps(k, None, method="espirit", calibration=8, fft_dims=(0, 1))
+        est = estimate_coil_maps(k, None, method="espirit", calibration=8, fft_dims=(0, 1),
+                                 kernel=6)
     assert any("low-resolution" in str(w.message) for w in caught)
     from medrecon.operators.coils import espirit, lowres_maps
 

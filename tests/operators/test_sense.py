@@ -173,7 +173,7 @@ def test_gradient_through_operator_is_adjoint_residual(generator: torch.Generato
 def test_fully_sampled_sense_with_normalised_maps_is_an_isometry(
         generator: torch.Generator) -> None:
     # sum_c |S_c|^2 = 1 and a unitary FFT make A^H A = I when nothing is undersampled.
-    from medrecon.operators.coils import simulate_coil_maps
+    from medrecon.operators.coil_simulation import simulate_coil_maps
     from medrecon.operators.masks import make_mask
 
     maps = simulate_coil_maps(SHAPE, 4, dtype=torch.complex128)
