@@ -23,7 +23,7 @@ the sample counts of the fitting runs, meets the target (a conformal-style quant
 
 Entries are per modality and sampler and for the sampler options that shape the spread (DDS:
 lam, eta, cg_iters); among entries that match a run, the one fitted at the nearest number of
-steps applies. A run that matches none, or a prior without ``std_calibration``, keeps the raw
+steps applies, if within a factor 2 of the run's. A run that matches none, or a prior without ``std_calibration``, keeps the raw
 std and says "uncalibrated". :func:`calibrate_std` is the one entry point for callers that
 hold a std map (the sampler's API, guards that replace the image).
 """
@@ -44,6 +44,7 @@ from medrecon.errors import InputError
 __all__ = [
     "COVERAGE_K",
     "SPREAD_OPTIONS",
+    "STEPS_RATIO",
     "CalibrationEntry",
     "CalibrationNote",
     "StdCalibration",
@@ -59,6 +60,10 @@ __all__ = [
 
 #: The std multiple at which coverage is calibrated and reported.
 COVERAGE_K = 2.0
+
+#: An entry applies to runs of up to this factor more or fewer steps than it was fitted at:
+#: the chains' spread changes with the number of steps, and further away it is unmeasured.
+STEPS_RATIO = 2.0
 
 #: Sampler options (names of :class:`~medrecon.sampling.api.SamplerOptions` fields) that change
 #: how far the chains spread: a calibration fitted at other values does not apply.
@@ -237,8 +242,10 @@ class StdCalibration:
 
     def find(self, modality: str, sampler: str, steps: int,
              options: Mapping[str, Any]) -> CalibrationEntry | None:
-        """The matching entry fitted at the number of steps nearest ``steps`` (log scale)."""
-        found = [e for e in self.entries if e.matches(modality, sampler, options)]
+        """The matching entry fitted at the number of steps nearest ``steps`` (log scale), if
+        that is within a factor :data:`STEPS_RATIO`."""
+        found = [e for e in self.entries if e.matches(modality, sampler, options)
+                 and abs(math.log(e.steps / max(steps, 1))) <= math.log(STEPS_RATIO) + 1e-9]
         if not found:
             return None
         return min(found, key=lambda e: (abs(math.log(e.steps / max(steps, 1))), -e.steps))
@@ -310,7 +317,7 @@ def calibrate_std(std: Any, calibration: StdCalibration | None, *, modality: str
     if entry is None:
         why = (f"prior {prior_name!r} has no std calibration" if calibration is None else
                f"prior {prior_name!r} has no std calibration for {modality} {sampler} with "
-               f"{_settings_text(sampler, options)}")
+               f"{_settings_text(sampler, options)} near {steps} steps")
         line = (f"std map uncalibrated ({why}): the raw spread of the {samples} samples, "
                 f"{k:g} std may cover far less than {100 * target_coverage(k):.0f} % of errors")
         return std, CalibrationNote(factor=None, line=line, samples=samples)

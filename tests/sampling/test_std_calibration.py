@@ -114,6 +114,7 @@ def test_entries_match_settings_and_the_nearest_steps() -> None:
     ct = {"lam": 1.0, "eta": 0.85, "cg_iters": 5, "zeta_dps": 1.0}
     assert calib.find("CT", "dds", 10, ct).alpha == 2.0
     assert calib.find("CT", "dds", 40, ct).alpha == 3.0
+    assert calib.find("CT", "dds", 200, ct) is None  # 4x the steps fitted: unmeasured
     assert calib.find("CT", "dds", 10, {**ct, "lam": 0.3}) is None  # other spread
     assert calib.find("CT", "pc", 10, ct) is None
     again = StdCalibration.from_dict(json.loads(json.dumps(calib.to_dict())))
@@ -137,6 +138,9 @@ def test_calibrate_std_scales_or_says_uncalibrated() -> None:
     _, other = calibrate_std(std, calib, modality="CT", sampler="dds", steps=3, samples=4,
                              options={**opts, "eta": 0.5})
     assert not other.calibrated and "eta 0.5" in other.line
+    _, far = calibrate_std(std, calib, modality="CT", sampler="dds", steps=50, samples=4,
+                           options=opts)
+    assert not far.calibrated and "near 50 steps" in far.line
 
 
 @pytest.fixture(scope="module")
