@@ -11,6 +11,9 @@ over K; it prints per case and per K the raw and calibrated coverage (and alpha 
 alone, which tests the Student-t correction), and with ``--write`` stores the entry in the
 prior's JSON (replacing one for the same modality, sampler, options and steps).
 
+``rescore``: the rows of a ``check`` as a markdown table, scored with the calibration the prior
+holds now (from each row's quantiles of |error| / raw std).
+
 ``check``: coverage of the calibrated std map of the prior as shipped, through
 :func:`medrecon.sampling.posterior_sample` (the path ``reconstruct`` takes), per case:
 
@@ -135,6 +138,7 @@ def fit(args: argparse.Namespace, prior: Any, common: dict[str, Any]) -> int:
                     ratios[g].append(r.ravel())
                     row[f"raw_cov_K{g}"] = round(coverage(r, 1.0), 4)
                 cases.append(row)
+                print(json.dumps(row), flush=True)  # progress; the rows with alpha come last
         pooled = {g: np.concatenate(v) for g, v in ratios.items()}
         alpha = fit_alpha(pooled)
         by_k = {g: coverage(pooled[g], std_factor(alpha, g)) for g in groups}
@@ -169,7 +173,12 @@ def _coverage_row(res: Any, truth: np.ndarray, region: np.ndarray) -> dict[str, 
 
     factor = res.info.get("std_factor")
     raw = res.std / factor if factor else res.std
-    return {"coverage_2std": round(calibration(res.mean, res.std, truth, 2.0, region), 4),
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.abs(res.mean - truth)[region] / raw[region]
+    r = np.where(np.isnan(r), 0.0, r)
+    return {"raw_ratio_quantiles": [round(float(q), 4) for q in  # rescoring at any factor
+                                    np.quantile(r, np.linspace(0.0, 1.0, 201))],
+            "coverage_2std": round(calibration(res.mean, res.std, truth, 2.0, region), 4),
             "raw_coverage_2std": round(calibration(res.mean, raw, truth, 2.0, region), 4),
             "coverage_1std": round(calibration(res.mean, res.std, truth, 1.0, region), 4),
             "std_factor": factor, "line": res.info.get("std_calibration_line"),
@@ -185,6 +194,8 @@ def check(args: argparse.Namespace, prior: Any, common: dict[str, Any]) -> int:
     if args.heads:
         for modality in args.modalities:
             for setting in SETTINGS[modality]:
+                if args.settings and setting not in args.settings:
+                    continue
                 for i in range(args.heads):
                     seed = 2_000_000 + i
                     t0 = time.perf_counter()
@@ -212,6 +223,8 @@ def check(args: argparse.Namespace, prior: Any, common: dict[str, Any]) -> int:
             ref = vol.data.astype(np.float32)
             region = ref > (0.05 * ref.max() if vol.modality == "MR" else -900.0)
             for setting in rq.SETTINGS[vol.modality]:
+                if args.settings and setting not in args.settings:
+                    continue
                 t0 = time.perf_counter()
                 if vol.modality == "MR":
                     cfg = rq._mri_config(vol.shape, float(setting[2:]))
@@ -231,9 +244,45 @@ def check(args: argparse.Namespace, prior: Any, common: dict[str, Any]) -> int:
     return 0
 
 
+def rescore(args: argparse.Namespace, prior: Any) -> int:
+    """A markdown table of the ``check`` rows of ``--rows``: 2-std coverage with the raw std
+    and with the calibration of ``--prior`` (from each row's quantiles of |error| / raw std,
+    so rows checked before the prior held a calibration are scored with it too)."""
+    import dataclasses
+
+    from medrecon.priors.calibration import calibrate_std
+    from medrecon.sampling import SamplerOptions
+
+    print("| case | setting | voxels | K | raw 2 std | calibrated 2 std | factor |")
+    print("|---|---|---|---|---|---|---|")
+    for line in args.rows.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("step") != "check" or "raw_ratio_quantiles" not in row:
+            if row.get("step") == "check":
+                print(f"| {row['case']} | {row.get('setting', '')} | "
+                      f"{row.get('skipped') or row.get('error')} | | | | |")
+            continue
+        opt = dataclasses.asdict(SamplerOptions.defaults(row["modality"], row["sampler"]))
+        _, note = calibrate_std(np.ones(1), prior.std_calibration, modality=row["modality"],
+                                sampler=row["sampler"], steps=row["steps"],
+                                samples=row["samples"], options=opt, prior_name=prior.name)
+        q = np.asarray(row["raw_ratio_quantiles"])
+        levels = np.linspace(0.0, 1.0, q.size)
+
+        def cov(factor: float, q: np.ndarray = q, levels: np.ndarray = levels) -> float:
+            # The fraction of voxels whose ratio is <= 2 factor: the quantile curve inverted.
+            return float(np.interp(2.0 * factor, q, levels, left=0.0, right=1.0))
+
+        cal = f"{100 * cov(note.factor):.1f} %" if note.factor else "uncalibrated"
+        fac = f"{note.factor:.3g}" if note.factor else ""
+        print(f"| {row['case']} | {row['setting']} | {row['region_voxels']} | "
+              f"{row['samples']} | {100 * cov(1.0):.1f} % | {cal} | {fac} |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("action", choices=("fit", "check"))
+    ap.add_argument("action", choices=("fit", "check", "rescore"))
     ap.add_argument("--prior", default="default")
     ap.add_argument("--sampler", default="dds")
     ap.add_argument("--steps", type=int, default=50)
@@ -243,14 +292,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chains", type=int, default=6, help="fit: chains per case")
     ap.add_argument("--samples", type=int, default=4, help="check: K")
     ap.add_argument("--modalities", default="MR,CT")
+    ap.add_argument("--settings", default="", help="check: only these, e.g. mr8,ct30")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--write", type=Path, help="fit: store the entries in this prior JSON")
     ap.add_argument("--real", action="store_true", help="check: the real validation files")
     ap.add_argument("--real-crop", type=int, default=0, help="check: crop real files to N x N")
     ap.add_argument("--cases-dir", type=Path, help="real files exported by real_quality.py")
     ap.add_argument("--out", type=Path, help="append the JSON lines to this file")
+    ap.add_argument("--rows", type=Path, help="rescore: the JSON lines of a check")
     args = ap.parse_args(argv)
     args.modalities = [m.strip().upper() for m in args.modalities.split(",") if m.strip()]
+    args.settings = [v.strip() for v in args.settings.split(",") if v.strip()]
 
     import torch
 
@@ -264,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
               "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
               "date": datetime.now(UTC).isoformat(timespec="seconds"),
               "command": " ".join(sys.argv)}
+    if args.action == "rescore":
+        return rescore(args, prior)
     return fit(args, prior, common) if args.action == "fit" else check(args, prior, common)
 
 
