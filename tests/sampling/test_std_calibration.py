@@ -195,3 +195,28 @@ def test_error_ratios_handle_chains_that_agree() -> None:
     samples = np.array([[1.0, 2.0, 0.0], [1.0, 2.0, 2.0]])
     r = error_ratios(samples, np.array([1.0, 3.0, 1.0]), 2)
     assert r[0, 0] == 0.0 and math.isinf(r[0, 1]) and r[0, 2] == 0.0
+
+
+def test_cli_prints_the_basis_beside_the_std_output(calibrated_prior: Path, tiny_prior_path,
+                                                    ct_measurement, tmp_path: Path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from medrecon.cli.main import app
+    from medrecon.io import load_volume
+    from medrecon.io.measurement import write_measurement
+
+    meas = write_measurement(ct_measurement[0], tmp_path / "ct.h5")
+    for prior, expected in ((calibrated_prior, "std map calibrated on synthetic heads"),
+                            (tiny_prior_path, "std map uncalibrated")):
+        out = tmp_path / f"{prior.stem}.nii.gz"
+        result = CliRunner().invoke(app, [
+            "reconstruct", str(meas), str(out), "--method", "diffusion", "--prior", str(prior),
+            "--steps", "3", "--samples", "2", "--device", "cpu", "--no-progress"])
+        assert result.exit_code == 0, result.output
+        std_line = next(x for x in result.output.splitlines() if "standard deviation" in x)
+        assert expected in std_line
+        settings = yaml.safe_load((tmp_path / f"{prior.stem}.reconstruct.yaml").read_text())
+        assert expected in settings["resolved"]["std_calibration"]
+        assert ("calibrated x" if prior == calibrated_prior else "uncalibrated") in \
+            load_volume(tmp_path / f"{prior.stem}_std.nii.gz").series_description
