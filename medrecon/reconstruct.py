@@ -67,8 +67,10 @@ class ReconstructionSettings:
         options: the method's options with every default filled in (diffusion: the resolved
             :class:`~medrecon.sampling.config.DiffusionConfig`, per-modality defaults included).
         resolved: what the defaults came to on this measurement: ``lam`` (the weight used),
-            ``iterations`` (run), ``autotune`` (how a self-tuned value was chosen) and, for
-            diffusion, ``guard`` (the comparison with the classical result and its choice).
+            ``iterations`` (run), ``autotune`` (how a self-tuned value was chosen),
+            for diffusion ``guard`` (the comparison with the classical result and its
+            choice); with a std map, ``std_calibration`` (its coverage basis, one
+            line) and ``std_factor`` (the calibration factor applied, None: uncalibrated).
     """
 
     method: str
@@ -224,8 +226,15 @@ def reconstruct(measurement: Measurement, method: str, options: ReconOptions | N
                                    tag=", ".join(tags) or None)
     std = output.info.get("std_image")
     std_volume = None
+    std_line = output.info.get("std_calibration_line")
     if isinstance(std, np.ndarray) and std.shape == volume.shape:
-        std_volume = reconstruction_volume(measurement, std, f"{spec.name} std", info)
+        # The description says whether 2 std is a calibrated ~95 % band (NIfTI, DICOM).
+        factor = output.info.get("std_factor")
+        std_tag = (None if std_line is None else "uncalibrated" if factor is None
+                   else f"calibrated x{float(factor):.3g}")
+        std_info = {**info, **({"std_calibration_line": std_line} if std_line else {})}
+        std_volume = reconstruction_volume(measurement, std, f"{spec.name} std", std_info,
+                                           tag=std_tag)
     if diffusion:
         settings_obj = settings_obj.resolved(measurement.modality, output.info.get("lam"))
         if prior is not None:
@@ -236,7 +245,9 @@ def reconstruct(measurement: Measurement, method: str, options: ReconOptions | N
         options=to_dict(settings_obj),
         resolved={"lam": output.info.get("lam"), "iterations": output.iterations,
                   **({"autotune": tuned} if isinstance(tuned, dict) else {}),
-                  **({"guard": guard} if isinstance(guard, dict) else {})})
+                  **({"guard": guard} if isinstance(guard, dict) else {}),
+                  **({"std_calibration": std_line, "std_factor": output.info.get("std_factor")}
+                     if std_line and std_volume is not None else {})})
     return ReconstructionResult(volume=volume, output=output, method=spec.name,
                                 modality=measurement.modality, options=options,
                                 seconds=seconds, settings=settings, std_volume=std_volume,

@@ -141,7 +141,9 @@ def reconstruct(
             std_file = save_volume(result.std_volume, std_out or std_path(out), format=fmt)
         cfg_path = dump_config(result.settings, cfg_out)
     if result.std_volume is not None:
-        typer.echo(f"Wrote the per-voxel standard deviation to {std_file}")
+        line = info.get("std_calibration_line")
+        typer.echo(f"Wrote the per-voxel standard deviation to {std_file}"
+                   + (f"; {line}" if line else ""))
     n_iter = result.output.iterations
     unit = "step" if name == "diffusion" else "iteration"
     details = [f"{n_iter} {unit}{'s' if n_iter != 1 else ''}"] if n_iter else []

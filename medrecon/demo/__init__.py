@@ -25,7 +25,9 @@ For each modality the demo runs the data flow of the package end to end:
    default (:mod:`medrecon.guard`): the demo shows the sampler itself.
 5. **Evaluation** (:func:`medrecon.evaluation.compare_volumes`): PSNR, SSIM, NMSE and HFEN over the
    automatic foreground mask of the reference with data range = reference max - min, plus the
-   calibration of the std map (fraction of foreground voxels whose error is within 2 std) and
+   calibration of the std map (fraction of foreground voxels whose error is within 2 std; the
+   map is the prior's calibrated one, see :mod:`medrecon.priors.calibration`, and the raw
+   spread's fraction is recorded beside it) and
    the data-consistency residual ``||A x - y|| / ||y||``.
 6. **Outputs** in ``OUT/mri`` and ``OUT/ct``: ``reference.nii.gz``, ``measurement.h5``,
    ``baseline_<method>.nii.gz``, ``diffusion_mean.nii.gz``, ``diffusion_std.nii.gz`` and

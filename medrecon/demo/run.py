@@ -84,6 +84,8 @@ class ModalityResult:
     files: dict[str, str]
     timings: dict[str, float]
     cpu_timings: dict[str, float] = field(default_factory=dict)
+    calibration_2std_raw: float = math.nan
+    std_calibration: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,8 +101,12 @@ class ModalityResult:
             "diffusion_std": {
                 "mean_in_region": float(self.diffusion.info.get("std_mean_in_region", math.nan)),
                 "calibration_2std": self.calibration_2std,
+                "calibration_2std_uncalibrated": self.calibration_2std_raw,
+                "std_factor": self.diffusion.info.get("std_factor"),
+                "std_calibration": self.std_calibration,
                 "calibration_definition": "fraction of region voxels with |mean - reference| "
-                                          "<= 2 std (about 0.95 if calibrated)"},
+                                          "<= 2 std (about 0.95 if calibrated); "
+                                          "_uncalibrated: with the raw std of the samples"},
             "files": self.files,
             "timings_s": self.timings,
             "cpu_s": self.cpu_timings,
@@ -264,6 +270,10 @@ def run_modality(plan: DemoPlan, prior: Path, prior_name: str, staging: Path, ec
     save("diffusion_mean", post.volume, MEAN_FILE)
     save("diffusion_std", post.std_volume, STD_FILE)
     calib = calibration(mean, std, ref.data, k=2.0, mask=mask)
+    # The std map is the prior's calibrated one; the raw spread of the samples, for comparison.
+    factor = post.output.info.get("std_factor")
+    calib_raw = calibration(mean, std / factor, ref.data, k=2.0, mask=mask) if factor else calib
+    std_line = str(post.output.info.get("std_calibration_line", ""))
     diff_info = {k: v for k, v in post.output.info.items()
                  if isinstance(v, int | float | str | bool) or v is None}
     diff_info["std_mean_in_region"] = float(std[mask].mean())
@@ -273,7 +283,10 @@ def run_modality(plan: DemoPlan, prior: Path, prior_name: str, staging: Path, ec
         seconds=timings["diffusion"], info=diff_info)
     echo(f"    {_fmt_seconds(timings['diffusion'])}, PSNR "
          f"{diffusion.metrics.volume['psnr']:.2f} dB, residual {diffusion.residual:.3g}, "
-         f"{100 * calib:.0f}% of voxels within 2 std")
+         f"{100 * calib:.0f}% of voxels within 2 std"
+         + (f" (raw spread of the samples: {100 * calib_raw:.0f}%)" if factor else ""))
+    if std_line:
+        echo(f"    {std_line}")
 
     # 5. Figure ----------------------------------------------------------------------------
     stage(5, "Figure")
@@ -286,7 +299,8 @@ def run_modality(plan: DemoPlan, prior: Path, prior_name: str, staging: Path, ec
     return ModalityResult(plan=plan, reference=ref, baseline=baseline, diffusion=diffusion,
                           std=std, calibration_2std=calib, region=region,
                           data_range=float(baseline.metrics.data_range), files=files,
-                          timings=timings, cpu_timings=cpu)
+                          timings=timings, cpu_timings=cpu, calibration_2std_raw=calib_raw,
+                          std_calibration=std_line)
 
 
 def _label(method: str) -> str:

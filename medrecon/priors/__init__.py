@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from medrecon.errors import ConfigError, InputError
+from medrecon.priors.calibration import StdCalibration
 from medrecon.priors.normalisation import MODALITY_IDS, Normalisation, modality_id
 
 __all__ = ["Prior", "PriorInfo", "load_prior", "list_priors", "Normalisation", "modality_id",
@@ -66,6 +67,9 @@ class Prior:
         spacing_range_mm: (smallest, largest) voxel size per axis, mm, that the prior suits:
             the range seen in training when its JSON records one, else the prior's voxel
             size divided and multiplied by :data:`SPACING_TOLERANCE`.
+        std_calibration: the std-map calibration of its JSON (``std_calibration``), None when
+            it has none (std maps are then reported "uncalibrated"); see
+            :mod:`medrecon.priors.calibration`.
     """
 
     denoiser: torch.nn.Module
@@ -78,6 +82,7 @@ class Prior:
     name: str
     info: dict[str, Any] = field(default_factory=dict)
     spacing_range_mm: tuple[float, float] = (0.0, float("inf"))
+    std_calibration: StdCalibration | None = None
 
     @property
     def uses_spacing(self) -> bool:
@@ -235,6 +240,8 @@ def load_prior(name_or_path: str | os.PathLike[str] = "default",
 
     js = resolve_prior_path(name_or_path)
     doc, tensors = read_prior_files(js)
+    calib = doc.get("std_calibration")
+    std_calibration = None if calib is None else StdCalibration.from_dict(calib, str(js))
     device = torch.device(device)
     try:
         denoiser = build_denoiser_from_info(doc, device="cpu")
@@ -261,8 +268,9 @@ def load_prior(name_or_path: str | os.PathLike[str] = "default",
         spacing_mm=tuple(float(v) for v in doc["spacing_mm"]),  # type: ignore[arg-type]
         config=doc.get("config", {}),
         name=str(doc["name"]),
-        info={k: v for k, v in doc.items() if k not in ("config",)},
+        info={k: v for k, v in doc.items() if k not in ("config", "std_calibration")},
         spacing_range_mm=spacing_range(doc),
+        std_calibration=std_calibration,
     )
 
 

@@ -25,6 +25,10 @@ Exported prior (EMA weights only; what :func:`medrecon.priors.load_prior` reads)
 Format versions: 1 as above; 2 adds the voxel-size input (``network.spacing_embed``, unknown to
 a version-1 reader, which therefore says "needs a newer medrecon") and ``spacing_range_mm``
 ([smallest, largest] voxel size per axis seen in training, mm). Version-1 files load as before.
+Either version may hold ``std_calibration`` (the std-map scale fitted on held-out synthetic
+heads, :mod:`medrecon.priors.calibration`, written by ``benchmarks/std_calibration.py``); a
+prior without it loads as before and reports its std maps as uncalibrated, and an older
+medrecon ignores it.
 """
 
 from __future__ import annotations

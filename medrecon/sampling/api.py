@@ -41,12 +41,15 @@ dps       ancestral step minus zeta grad ||y - A D(x_t)|| (autograd, checkpointe
 
 Uncertainty: ``samples = K`` runs K independent chains (batched: all chains share each network
 call); the mean is the reconstruction and the per-voxel standard deviation (``ddof = 1``) the
-uncertainty map. :func:`calibration` gives the fraction of voxels whose error lies within
-``k`` standard deviations. Where the operator does not reach (MR: outside the support of the
-coil maps, e.g. ESPIRiT's cropped background; CT: voxels no measured ray passes), every sample
-holds the minimum-norm value (MR 0, CT x = 0) instead of what the prior would invent, and the
-std map holds the prior's own spread ``sigma_data`` in output units there, marking the region
-as unmeasured (``info["unsupported_fraction"]`` says how much of the grid it is).
+uncertainty map. :func:`posterior_sample` multiplies that std by the prior's fitted
+calibration factor (:func:`medrecon.priors.calibration.calibrate_std`; ``info["std_calibration"]``
+says which, or "uncalibrated"); :func:`sample_problem` returns the raw std. :func:`calibration`
+gives the fraction of voxels whose error lies within ``k`` standard deviations. Where the
+operator does not reach (MR: outside the support of the coil maps, e.g. ESPIRiT's cropped
+background; CT: voxels no measured ray passes), every sample holds the minimum-norm value
+(MR 0, CT x = 0) instead of what the prior would invent, and the std map holds the prior's
+own spread ``sigma_data`` in output units there (not calibrated: it marks the region as
+unmeasured; ``info["unsupported_fraction"]`` says how much of the grid it is).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ import numpy as np
 import torch
 
 from medrecon.errors import InputError
+from medrecon.priors.calibration import calibrate_std
 from medrecon.problem import measurement_problem
 from medrecon.sampling import samplers as S
 from medrecon.sampling.consistency import (
@@ -527,7 +531,9 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
         noise_std: override the measurement noise std (per real component, data units).
     Returns:
         :class:`PosteriorResult` with float32 numpy ``mean``/``std`` in reference units (MR:
-        magnitude, CT: HU), on the reference grid.
+        magnitude, CT: HU), on the reference grid; ``std`` is calibrated by the prior's
+        ``std_calibration`` where an entry matches the run (``info["std_calibration"]``,
+        ``info["std_calibration_line"]``), else the raw spread of the samples.
     """
     from medrecon.device import resolve_device
 
@@ -551,10 +557,10 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
     den = prior_denoiser(prior, measurement.modality, tiling=tiling,
                          memory_budget_gb=memory_budget_gb, seed=seed, device=dev,
                          spacing_mm=spacing)
+    opt = options or SamplerOptions.defaults(measurement.modality, sampler)
     res = sample_problem(den, problem, tuple(problem.op.ishape), sampler=sampler, steps=steps,
                          samples=samples, seed=seed, sigma_data=prior.sigma_data,
-                         sigma_min=prior.sigma_min, sigma_max=prior.sigma_max,
-                         options=options or SamplerOptions.defaults(measurement.modality, sampler),
+                         sigma_min=prior.sigma_min, sigma_max=prior.sigma_max, options=opt,
                          device=dev, keep_samples=True, progress=progress)
     z = res.samples  # (K, I, J, K) model space
     with torch.no_grad():  # the mean in the operator's units, for held-out checks (guard)
@@ -564,7 +570,16 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
         phys = units.model_to_reference(z, res.phase).float()
     res.phase = None
     res.mean = phys.mean(dim=0).cpu().numpy()
-    res.std = phys.std(dim=0).cpu().numpy() if samples > 1 else None
+    res.std = None
+    if samples > 1:
+        # The chains' raw spread is over-confident; the prior's fitted scale makes 2 std
+        # cover about 95 % of the errors (medrecon.priors.calibration).
+        res.std, note = calibrate_std(
+            phys.std(dim=0).cpu().numpy(), prior.std_calibration,
+            modality=measurement.modality, sampler=res.info["sampler"], steps=steps,
+            samples=samples, options=dataclasses.asdict(opt), prior_name=prior.name)
+        res.info.update(std_calibration=note.to_dict(), std_calibration_line=note.line,
+                        std_factor=note.factor)
     if res.std is not None and physics.support is not None:
         res.std[~physics.support.cpu().numpy()] = _unconstrained_std(units, prior.sigma_data)
     res.samples = phys.cpu().numpy() if keep_samples else None

@@ -37,3 +37,18 @@ def test_default_prior_loads_and_denoises_a_held_out_head() -> None:
     psnr_in = 10 * math.log10(1 / float(((noisy - x) ** 2).mean()))
     psnr_out = 10 * math.log10(1 / float(((d - x) ** 2).mean()))
     assert psnr_out > psnr_in + 6.0, (psnr_in, psnr_out)
+
+
+def test_default_prior_carries_a_std_calibration() -> None:
+    # Fitted by benchmarks/std_calibration.py on validation heads (RESULTS_std_calibration.md):
+    # the CPU demo's DDS settings (8 steps) are covered for MR and CT, with 2 std covering 90-98 % there.
+    from medrecon.sampling import SamplerOptions
+
+    calib = load_prior("default", device="cpu").std_calibration
+    assert calib is not None
+    for modality in ("MR", "CT"):
+        opts = SamplerOptions.defaults(modality, "dds")
+        entry = calib.find(modality, "dds", 8, {"lam": opts.lam, "eta": opts.eta,
+                                                "cg_iters": opts.cg_iters})
+        assert entry is not None and entry.alpha > 1.0  # the raw spread is over-confident
+        assert 0.90 <= entry.coverage <= 0.98

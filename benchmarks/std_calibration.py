@@ -1,0 +1,325 @@
+"""Fit and check the calibration of the posterior std map (issue 13, item 3).
+
+``fit``: posterior samples on synthetic heads of the *validation* split (seeds 1,000,100 + i:
+never trained on, and not the test heads the demo and ``check`` report on), for each modality
+over the acquisitions the benchmarks cover (MR: 8 coils, 3D Poisson-disc R = 4 and 8, SNR 30,
+as the demo; CT: 30 and 60 parallel-beam views, I0 = 1e5). The coverage region is the
+automatic foreground mask of the reference, as in the demo. From N chains per case it takes
+disjoint groups of K = 2, 3, ..., N chains and fits the large-K scale alpha of
+:mod:`medrecon.priors.calibration` so that 2 calibrated std cover 95.4 % of the errors, averaged
+over K; it prints per case and per K the raw and calibrated coverage (and alpha fitted per K
+alone, which tests the Student-t correction), and with ``--write`` stores the entry in the
+prior's JSON (replacing one for the same modality, sampler, options and steps).
+
+``rescore``: the rows of a ``check`` as a markdown table, scored with the calibration the prior
+holds now (from each row's quantiles of |error| / raw std).
+
+``check``: coverage of the calibrated std map of the prior as shipped, through
+:func:`medrecon.sampling.posterior_sample` (the path ``reconstruct`` takes), per case:
+
+* held-out synthetic heads (test split 2,000,000 + i, the demo's heads), same acquisitions;
+* ``--real``: the real validation files of ``benchmarks/real_quality.py`` (validation only:
+  nothing is fitted on them), its acquisitions (MR R = 4, 8; CT 30, 60 views), its regions (MR
+  above 5 % of the reference maximum, CT above -900 HU); ``--real-crop N`` crops them to their
+  central N x N x <= 8 voxels at native voxel size so that a CPU can run them.
+
+Commands (results and machine: ``benchmarks/RESULTS_std_calibration.md``)::
+
+    # CPU, the demo's size and steps (64^3 at 2 mm, 8 steps)
+    python benchmarks/std_calibration.py fit --size 64 --steps 8 --heads 3 --chains 6 \\
+        --device cpu --write medrecon/priors/weights/default.json
+    python benchmarks/std_calibration.py check --size 64 --steps 8 --heads 2 --samples 3 \\
+        --device cpu --real --real-crop 64
+    # GPU, the CLI's default steps (50); the check at the whole head (96 x 112 x 112)
+    python benchmarks/std_calibration.py fit --size 64 --steps 50 --heads 4 --chains 8 \\
+        --device cuda --write medrecon/priors/weights/default.json
+    python benchmarks/std_calibration.py check --shape 96,112,112 --steps 50 --heads 2 \\
+        --samples 4 --device cuda --real --cases-dir out/real_cases
+
+The GPU machine has neither dipy nor pydicom-data: export the real volumes first with
+``python benchmarks/real_quality.py --export out/real_cases`` and carry that folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FIT_SEEDS_START = 1_000_100  # validation split; benchmarks/demo_baselines.py uses 1,000,000
+SETTINGS = {"MR": ("mr4", "mr8"), "CT": ("ct30", "ct60")}
+
+
+def _config(modality: str, setting: str, shape: tuple[int, ...], seed: int) -> Any:
+    from medrecon.demo.plan import calibration_size
+    from medrecon.simulate import CTSettings, MRISettings, SimulationConfig
+
+    if modality == "MR":
+        return SimulationConfig(modality="mri", seed=seed, mri=MRISettings(
+            coils=8, acceleration=float(setting[2:]), mask="poisson",
+            calibration=calibration_size(shape[1]), snr=30.0))
+    return SimulationConfig(modality="ct", seed=seed, ct=CTSettings(
+        geometry="parallel", views=int(setting[2:]), dose_i0=1e5))
+
+
+def _head(modality: str, shape: tuple[int, ...], spacing: float, seed: int, device: str) -> Any:
+    from medrecon.priors.synthetic import generate_head
+
+    return generate_head(shape, spacing, modality=modality,
+                         contrast="random", seed=seed,
+                         lesions=True, noise=False, device=device)
+
+
+def _sample(meas: Any, prior: Any, args: argparse.Namespace, samples: int, seed: int) -> Any:
+    from medrecon.sampling import posterior_sample
+
+    return posterior_sample(meas, prior, sampler=args.sampler, steps=args.steps,
+                            samples=samples, seed=seed, device=args.device, keep_samples=True)
+
+
+def _shape(args: argparse.Namespace) -> tuple[int, int, int]:
+    if args.shape:
+        i, j, k = (int(v) for v in args.shape.split(","))
+        return i, j, k
+    return args.size, args.size, args.size
+
+
+def _emit(path: Path | None, row: dict[str, Any]) -> None:
+    line = json.dumps(row)
+    if path is not None:
+        with path.open("a") as f:
+            f.write(line + "\n")
+    print(line, flush=True)
+
+
+def fit(args: argparse.Namespace, prior: Any, common: dict[str, Any]) -> int:
+    import dataclasses
+
+    from medrecon.evaluation import foreground_mask
+    from medrecon.priors.calibration import (
+        SPREAD_OPTIONS,
+        CalibrationEntry,
+        coverage,
+        error_ratios,
+        fit_alpha,
+        std_factor,
+        write_calibration,
+    )
+    from medrecon.sampling import SamplerOptions
+    from medrecon.simulate import simulate
+
+    shape = _shape(args)
+    spacing = float(prior.spacing_mm[0])
+    groups = list(range(2, args.chains + 1))
+    entries = []
+    for modality in args.modalities:
+        ratios: dict[int, list[np.ndarray]] = {g: [] for g in groups}
+        cases = []
+        for setting in SETTINGS[modality]:
+            for i in range(args.heads):
+                seed = FIT_SEEDS_START + i
+                t0 = time.perf_counter()
+                ref = _head(modality, shape, spacing, seed, args.device)
+                meas = simulate(ref, _config(modality, setting, shape, i), device=args.device)
+                res = _sample(meas, prior, args, args.chains, seed=i)
+                mask = foreground_mask(ref.data, modality=modality)
+                x = res.samples[:, mask]
+                t = ref.data[mask]
+                row = {"step": "fit", "modality": modality, "setting": setting, "head": seed,
+                       "seconds": round(time.perf_counter() - t0, 1), "voxels": int(mask.sum())}
+                for g in groups:
+                    r = error_ratios(x, t, g)
+                    ratios[g].append(r.ravel())
+                    row[f"raw_cov_K{g}"] = round(coverage(r, 1.0), 4)
+                cases.append(row)
+                print(json.dumps(row), flush=True)  # progress; the rows with alpha come last
+        pooled = {g: np.concatenate(v) for g, v in ratios.items()}
+        alpha = fit_alpha(pooled)
+        by_k = {g: coverage(pooled[g], std_factor(alpha, g)) for g in groups}
+        per_k_alpha = {g: fit_alpha({g: pooled[g]}) for g in groups}
+        for row in cases:  # calibrated coverage per case, with the pooled alpha
+            _emit(args.out, {**row, "alpha": alpha, **common})
+        opt = SamplerOptions.defaults(modality, args.sampler)
+        options = {k: v for k, v in dataclasses.asdict(opt).items()
+                   if k in SPREAD_OPTIONS[args.sampler]}
+        entry = CalibrationEntry(
+            modality=modality, sampler=args.sampler, steps=args.steps, options=options,
+            alpha=round(alpha, 4), coverage=round(float(np.mean(list(by_k.values()))), 4),
+            coverage_by_samples={g: round(c, 4) for g, c in by_k.items()},
+            cases=len(cases),
+            basis=(f"{args.heads} synthetic validation heads (seeds {FIT_SEEDS_START}-"
+                   f"{FIT_SEEDS_START + args.heads - 1}) x {', '.join(SETTINGS[modality])}, "
+                   f"{'x'.join(map(str, shape))} at {spacing:g} mm, foreground mask, "
+                   f"{args.chains} chains in groups of K = 2..{args.chains}"),
+            fitted=f"{common['date'][:10]}, {common['device']}")
+        entries.append(entry)
+        _emit(args.out, {"step": "fit-summary", "modality": modality, "alpha": alpha,
+                         "coverage_by_samples": by_k, "alpha_by_samples": per_k_alpha,
+                         "entry": entry.to_dict(), **common})
+    if args.write is not None:
+        write_calibration(args.write, entries)
+        print(f"wrote {len(entries)} entries into {args.write}", flush=True)
+    return 0
+
+
+def _coverage_row(res: Any, truth: np.ndarray, region: np.ndarray) -> dict[str, Any]:
+    from medrecon.sampling import calibration
+
+    factor = res.info.get("std_factor")
+    raw = res.std / factor if factor else res.std
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.abs(res.mean - truth)[region] / raw[region]
+    r = np.where(np.isnan(r), 0.0, r)
+    return {"raw_ratio_quantiles": [round(float(q), 4) for q in  # rescoring at any factor
+                                    np.quantile(r, np.linspace(0.0, 1.0, 201))],
+            "coverage_2std": round(calibration(res.mean, res.std, truth, 2.0, region), 4),
+            "raw_coverage_2std": round(calibration(res.mean, raw, truth, 2.0, region), 4),
+            "coverage_1std": round(calibration(res.mean, res.std, truth, 1.0, region), 4),
+            "std_factor": factor, "line": res.info.get("std_calibration_line"),
+            "region_voxels": int(region.sum())}
+
+
+def check(args: argparse.Namespace, prior: Any, common: dict[str, Any]) -> int:
+    from medrecon.evaluation import foreground_mask
+    from medrecon.simulate import simulate
+
+    shape = _shape(args)
+    spacing = float(prior.spacing_mm[0])
+    if args.heads:
+        for modality in args.modalities:
+            for setting in SETTINGS[modality]:
+                if args.settings and setting not in args.settings:
+                    continue
+                for i in range(args.heads):
+                    seed = 2_000_000 + i
+                    t0 = time.perf_counter()
+                    ref = _head(modality, shape, spacing, seed, args.device)
+                    meas = simulate(ref, _config(modality, setting, shape, i),
+                                    device=args.device)
+                    res = _sample(meas, prior, args, args.samples, seed=i)
+                    row = _coverage_row(res, ref.data,
+                                       foreground_mask(ref.data, modality=modality))
+                    _emit(args.out, {"step": "check", "case": f"synthetic test head {seed}",
+                                     "modality": modality, "setting": setting,
+                                     "shape": list(shape), "samples": args.samples, **row,
+                                     "seconds": round(time.perf_counter() - t0, 1), **common})
+    if args.real:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import real_quality as rq
+
+        for name, vol, note in rq.load_cases(list(rq.CASES), args.cases_dir):
+            if vol is None or vol.modality not in args.modalities:
+                if vol is None:
+                    _emit(args.out, {"step": "check", "case": name, "skipped": note, **common})
+                continue
+            if args.real_crop:
+                vol = rq._crop(vol, args.real_crop, 8)
+            ref = vol.data.astype(np.float32)
+            region = ref > (0.05 * ref.max() if vol.modality == "MR" else -900.0)
+            for setting in rq.SETTINGS[vol.modality]:
+                if args.settings and setting not in args.settings:
+                    continue
+                t0 = time.perf_counter()
+                if vol.modality == "MR":
+                    cfg = rq._mri_config(vol.shape, float(setting[2:]))
+                else:
+                    cfg = _config("CT", setting, vol.shape, 0)
+                try:
+                    meas = simulate(vol, cfg, device=args.device)
+                    res = _sample(meas, prior, args, args.samples, seed=0)
+                    row = _coverage_row(res, ref, region)
+                except Exception as exc:  # record it, go on with the other cases
+                    row = {"error": f"{type(exc).__name__}: {exc}"}
+                _emit(args.out, {"step": "check", "case": name, "modality": vol.modality,
+                                 "setting": setting, "shape": list(vol.shape),
+                                 "spacing_mm": [round(float(s), 3) for s in vol.spacing],
+                                 "samples": args.samples, **row,
+                                 "seconds": round(time.perf_counter() - t0, 1), **common})
+    return 0
+
+
+def rescore(args: argparse.Namespace, prior: Any) -> int:
+    """A markdown table of the ``check`` rows of ``--rows``: 2-std coverage with the raw std
+    and with the calibration of ``--prior`` (from each row's quantiles of |error| / raw std,
+    so rows checked before the prior held a calibration are scored with it too)."""
+    import dataclasses
+
+    from medrecon.priors.calibration import calibrate_std
+    from medrecon.sampling import SamplerOptions
+
+    print("| case | setting | voxels | K | raw 2 std | calibrated 2 std | factor |")
+    print("|---|---|---|---|---|---|---|")
+    for line in args.rows.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("step") != "check" or "raw_ratio_quantiles" not in row:
+            if row.get("step") == "check":
+                print(f"| {row['case']} | {row.get('setting', '')} | "
+                      f"{row.get('skipped') or row.get('error')} | | | | |")
+            continue
+        opt = dataclasses.asdict(SamplerOptions.defaults(row["modality"], row["sampler"]))
+        _, note = calibrate_std(np.ones(1), prior.std_calibration, modality=row["modality"],
+                                sampler=row["sampler"], steps=row["steps"],
+                                samples=row["samples"], options=opt, prior_name=prior.name)
+        q = np.asarray(row["raw_ratio_quantiles"])
+        levels = np.linspace(0.0, 1.0, q.size)
+
+        def cov(factor: float, q: np.ndarray = q, levels: np.ndarray = levels) -> float:
+            # The fraction of voxels whose ratio is <= 2 factor: the quantile curve inverted.
+            return float(np.interp(2.0 * factor, q, levels, left=0.0, right=1.0))
+
+        cal = f"{100 * cov(note.factor):.1f} %" if note.factor else "uncalibrated"
+        fac = f"{note.factor:.3g}" if note.factor else ""
+        print(f"| {row['case']} | {row['setting']} | {row['region_voxels']} | "
+              f"{row['samples']} | {100 * cov(1.0):.1f} % | {cal} | {fac} |")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("action", choices=("fit", "check", "rescore"))
+    ap.add_argument("--prior", default="default")
+    ap.add_argument("--sampler", default="dds")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--size", type=int, default=64, help="cube side of the synthetic heads")
+    ap.add_argument("--shape", default="", help="I,J,K instead of --size")
+    ap.add_argument("--heads", type=int, default=2, help="heads per acquisition")
+    ap.add_argument("--chains", type=int, default=6, help="fit: chains per case")
+    ap.add_argument("--samples", type=int, default=4, help="check: K")
+    ap.add_argument("--modalities", default="MR,CT")
+    ap.add_argument("--settings", default="", help="check: only these, e.g. mr8,ct30")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--write", type=Path, help="fit: store the entries in this prior JSON")
+    ap.add_argument("--real", action="store_true", help="check: the real validation files")
+    ap.add_argument("--real-crop", type=int, default=0, help="check: crop real files to N x N")
+    ap.add_argument("--cases-dir", type=Path, help="real files exported by real_quality.py")
+    ap.add_argument("--out", type=Path, help="append the JSON lines to this file")
+    ap.add_argument("--rows", type=Path, help="rescore: the JSON lines of a check")
+    args = ap.parse_args(argv)
+    args.modalities = [m.strip().upper() for m in args.modalities.split(",") if m.strip()]
+    args.settings = [v.strip() for v in args.settings.split(",") if v.strip()]
+
+    import torch
+
+    from medrecon.device import resolve_device
+    from medrecon.priors import load_prior
+
+    dev = resolve_device(args.device)
+    args.device = str(dev)
+    prior = load_prior(args.prior, device=dev)
+    common = {"prior": prior.name, "sampler": args.sampler, "steps": args.steps,
+              "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+              "date": datetime.now(UTC).isoformat(timespec="seconds"),
+              "command": " ".join(sys.argv)}
+    if args.action == "rescore":
+        return rescore(args, prior)
+    return fit(args, prior, common) if args.action == "fit" else check(args, prior, common)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,222 @@
+"""The calibrated std map: the scale's maths on a Gaussian case with a known posterior, its
+storage in the prior's JSON, and its use by posterior_sample, reconstruct and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from prior_factory import export_tiny_prior
+
+from medrecon.errors import InputError
+from medrecon.priors import load_prior
+from medrecon.priors.calibration import (
+    CalibrationEntry,
+    StdCalibration,
+    calibrate_std,
+    coverage,
+    error_ratios,
+    fit_alpha,
+    std_factor,
+    target_coverage,
+    write_calibration,
+)
+from medrecon.sampling import posterior_sample
+from medrecon.sampling.api import SamplerOptions, sample_problem
+from medrecon.sampling.consistency import LinearProblem
+from tests.sampling.gaussian import GaussianPrior, MatrixOperator, gaussian_posterior
+
+
+def _entry(modality: str = "CT", alpha: float = 3.0, steps: int = 3, **options: float
+           ) -> CalibrationEntry:
+    opts = {"lam": 1.0, "eta": 0.85, "cg_iters": 5} if modality == "CT" else \
+        {"lam": 0.05, "eta": 0.85, "cg_iters": 10}
+    opts.update(options)
+    return CalibrationEntry(modality=modality, sampler="dds", steps=steps, options=opts,
+                            alpha=alpha, coverage=0.95, coverage_by_samples={2: 0.95},
+                            cases=4, basis="test heads", fitted="2026-12-06, cpu")
+
+
+def test_std_factor_is_the_student_t_correction() -> None:
+    # Exact samples (alpha = 1): c(K) = sqrt(1 + 1/K) t_{K-1}(0.977) / 2.
+    assert std_factor(1.0, 4) == pytest.approx(1.8486, abs=1e-3)
+    assert std_factor(1.0, 10_000) == pytest.approx(1.0, abs=1e-3)
+    assert std_factor(2.0, 10_000) == pytest.approx(2.0, abs=2e-3)
+    assert std_factor(2.0, 3) > std_factor(2.0, 8) > 2.0
+    assert target_coverage(2.0) == pytest.approx(0.9545, abs=1e-4)
+    with pytest.raises(ValueError):
+        std_factor(1.0, 1)
+
+
+def _gaussian_case(spread: float, chains: int, trials: int, seed: int = 0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(chains, trials * n) samples with ``spread`` times the exact posterior spread, and
+    (trials * n,) truths drawn from the prior, measured through a random 3x4 operator."""
+    g = torch.Generator().manual_seed(seed)
+    n = 4
+    prior = GaussianPrior(torch.zeros(n, dtype=torch.float64),
+                          0.25 * torch.eye(n, dtype=torch.float64))
+    a = torch.randn(3, n, generator=g, dtype=torch.float64)
+    noise = 0.1
+    truth = prior.sample(trials, g)                                  # (T, n)
+    y = truth @ a.T + noise * torch.randn(trials, 3, generator=g, dtype=torch.float64)
+    _, cov = gaussian_posterior(prior, a, y[0], noise)               # the same for every y
+    means = torch.stack([gaussian_posterior(prior, a, yi, noise)[0] for yi in y])  # (T, n)
+    chol = torch.linalg.cholesky(cov)
+    z = torch.randn(chains, trials, n, generator=g, dtype=torch.float64)
+    samples = means + spread * (z @ chol.T)
+    return samples.reshape(chains, -1).numpy(), truth.reshape(-1).numpy()
+
+
+@pytest.mark.parametrize("spread,alpha", [(1.0, 1.0), (0.5, 2.0)])
+def test_fit_recovers_the_scale_of_a_known_gaussian_posterior(spread: float,
+                                                              alpha: float) -> None:
+    # Exact posterior samples need alpha = 1; chains that spread half as far need alpha = 2.
+    samples, truth = _gaussian_case(spread, chains=6, trials=1500)
+    ratios = {k: error_ratios(samples, truth, k) for k in (2, 3, 6)}
+    fitted = fit_alpha(ratios)
+    assert fitted == pytest.approx(alpha, rel=0.12)
+    for k, r in ratios.items():  # the Student-t factor calibrates every K, not only the mean
+        assert coverage(r, std_factor(fitted, k)) == pytest.approx(0.9545, abs=0.025)
+    raw = coverage(ratios[3], 1.0)
+    assert raw < 0.85  # the raw std of 3 samples is over-confident even for exact samples
+
+
+def test_dds_on_a_gaussian_prior_needs_no_scale() -> None:
+    # DDS is exact for a Gaussian prior up to time discretisation: truths drawn from the exact
+    # posterior of one measurement lie within the calibrated band of alpha ~ 1.
+    g = torch.Generator().manual_seed(1)
+    n, groups, k = 4, 1000, 4
+    prior = GaussianPrior(torch.zeros(n, dtype=torch.float64),
+                          0.25 * torch.eye(n, dtype=torch.float64))
+    a = torch.randn(3, n, generator=g, dtype=torch.float64)
+    y = a @ prior.sample(1, g)[0] + 0.1 * torch.randn(3, generator=g, dtype=torch.float64)
+    mu, cov = gaussian_posterior(prior, a, y, 0.1)
+    problem = LinearProblem(MatrixOperator(a), y, noise_std=0.1)
+    out = sample_problem(prior.denoiser, problem, (n,), sampler="dds", steps=60,
+                         samples=groups * k, seed=0, dtype=torch.float64, keep_samples=True,
+                         options=SamplerOptions(normalise_operator=False))
+    truth = mu + torch.randn(groups, n, generator=g, dtype=torch.float64) @ \
+        torch.linalg.cholesky(cov).T
+    # Group j of K chains is paired with truth j: stack as (K, groups * n).
+    chains = out.samples.reshape(groups, k, n).permute(1, 0, 2).reshape(k, -1).numpy()
+    ratios = error_ratios(chains, truth.reshape(-1).numpy(), k)
+    assert 0.85 < fit_alpha({k: ratios}) < 1.2  # measured 1.00 (60 steps: 7 % narrow)
+
+
+def test_entries_match_settings_and_the_nearest_steps() -> None:
+    calib = StdCalibration(entries=(_entry(steps=8, alpha=2.0), _entry(steps=50, alpha=3.0),
+                                    _entry("MR", alpha=4.0)))
+    ct = {"lam": 1.0, "eta": 0.85, "cg_iters": 5, "zeta_dps": 1.0}
+    assert calib.find("CT", "dds", 10, ct).alpha == 2.0
+    assert calib.find("CT", "dds", 40, ct).alpha == 3.0
+    assert calib.find("CT", "dds", 200, ct) is None  # 4x the steps fitted: unmeasured
+    assert calib.find("CT", "dds", 10, {**ct, "lam": 0.3}) is None  # other spread
+    assert calib.find("CT", "pc", 10, ct) is None
+    again = StdCalibration.from_dict(json.loads(json.dumps(calib.to_dict())))
+    assert again == calib
+    newer = calib.with_entry(_entry(steps=8, alpha=5.0))
+    assert len(newer.entries) == 3 and newer.find("CT", "dds", 8, ct).alpha == 5.0
+
+
+def test_calibrate_std_scales_or_says_uncalibrated() -> None:
+    std = np.ones((2, 3), np.float32)
+    opts = {"lam": 1.0, "eta": 0.85, "cg_iters": 5}
+    calib = StdCalibration(entries=(_entry(alpha=3.0, steps=3),))
+    out, note = calibrate_std(std, calib, modality="CT", sampler="dds", steps=3, samples=4,
+                              options=opts)
+    assert np.allclose(out, std_factor(3.0, 4)) and out.dtype == np.float32
+    assert note.calibrated and "2 std covered 95 % there" in note.line
+    assert "synthetic heads" in note.line and "K = 4" in note.line
+    same, none = calibrate_std(std, None, modality="CT", sampler="dds", steps=3, samples=4,
+                               options=opts, prior_name="p")
+    assert same is std and none.factor is None and none.line.startswith("std map uncalibrated")
+    _, other = calibrate_std(std, calib, modality="CT", sampler="dds", steps=3, samples=4,
+                             options={**opts, "eta": 0.5})
+    assert not other.calibrated and "eta 0.5" in other.line
+    _, far = calibrate_std(std, calib, modality="CT", sampler="dds", steps=50, samples=4,
+                           options=opts)
+    assert not far.calibrated and "near 50 steps" in far.line
+
+
+@pytest.fixture(scope="module")
+def calibrated_prior(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    js = export_tiny_prior(tmp_path_factory.mktemp("calibrated"), name="calibrated")
+    write_calibration(js, [_entry("CT", alpha=3.0, steps=3)])
+    return js
+
+
+def test_the_scale_is_read_from_the_json_and_applied(calibrated_prior: Path, tiny_prior_path,
+                                                     ct_measurement) -> None:
+    doc = json.loads(calibrated_prior.read_text())
+    assert doc["std_calibration"]["entries"][0]["alpha"] == 3.0
+    prior, plain = load_prior(calibrated_prior), load_prior(tiny_prior_path)
+    assert prior.std_calibration is not None and plain.std_calibration is None
+    m, _ = ct_measurement
+    kw = {"sampler": "dds", "steps": 3, "samples": 3, "seed": 2, "device": "cpu"}
+    cal, raw = posterior_sample(m, prior, **kw), posterior_sample(m, plain, **kw)
+    factor = std_factor(3.0, 3)
+    assert cal.info["std_factor"] == pytest.approx(factor)
+    np.testing.assert_allclose(cal.std, raw.std * factor, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(cal.mean, raw.mean)
+    assert raw.info["std_factor"] is None
+    assert "uncalibrated" in raw.info["std_calibration_line"]
+    one = posterior_sample(m, prior, **{**kw, "samples": 1})
+    assert one.std is None and "std_calibration" not in one.info  # K = 1: no std map
+
+
+def test_reconstruct_records_the_basis(calibrated_prior: Path, ct_measurement) -> None:
+    from medrecon.recon.base import ReconOptions
+    from medrecon.reconstruct import reconstruct
+
+    m, _ = ct_measurement
+    res = reconstruct(m, "diffusion", ReconOptions(device="cpu", extra={
+        "prior": str(calibrated_prior), "steps": 3, "samples": 2, "seed": 0}))
+    assert res.settings.resolved["std_factor"] == pytest.approx(std_factor(3.0, 2))
+    assert "covered 95 % there" in res.settings.resolved["std_calibration"]
+    assert res.std_volume is not None
+    assert f"calibrated x{std_factor(3.0, 2):.3g}" in res.std_volume.series_description
+
+
+def test_a_malformed_calibration_is_one_sentence(tmp_path: Path) -> None:
+    js = export_tiny_prior(tmp_path, name="bad")
+    doc = json.loads(js.read_text())
+    doc["std_calibration"] = {"entries": [{"modality": "MR", "alpha": -1}]}
+    js.write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="invalid 'std_calibration'"):
+        load_prior(js)
+
+
+def test_error_ratios_handle_chains_that_agree() -> None:
+    samples = np.array([[1.0, 2.0, 0.0], [1.0, 2.0, 2.0]])
+    r = error_ratios(samples, np.array([1.0, 3.0, 1.0]), 2)
+    assert r[0, 0] == 0.0 and math.isinf(r[0, 1]) and r[0, 2] == 0.0
+
+
+def test_cli_prints_the_basis_beside_the_std_output(calibrated_prior: Path, tiny_prior_path,
+                                                    ct_measurement, tmp_path: Path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from medrecon.cli.main import app
+    from medrecon.io import load_volume
+    from medrecon.io.measurement import write_measurement
+
+    meas = write_measurement(ct_measurement[0], tmp_path / "ct.h5")
+    for prior, expected in ((calibrated_prior, "std map calibrated on synthetic heads"),
+                            (tiny_prior_path, "std map uncalibrated")):
+        out = tmp_path / f"{prior.stem}.nii.gz"
+        result = CliRunner().invoke(app, [
+            "reconstruct", str(meas), str(out), "--method", "diffusion", "--prior", str(prior),
+            "--steps", "3", "--samples", "2", "--device", "cpu", "--no-progress"])
+        assert result.exit_code == 0, result.output
+        std_line = next(x for x in result.output.splitlines() if "standard deviation" in x)
+        assert expected in std_line
+        settings = yaml.safe_load((tmp_path / f"{prior.stem}.reconstruct.yaml").read_text())
+        assert expected in settings["resolved"]["std_calibration"]
+        assert ("calibrated x" if prior == calibrated_prior else "uncalibrated") in \
+            load_volume(tmp_path / f"{prior.stem}_std.nii.gz").series_description
