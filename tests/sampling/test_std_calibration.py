@@ -175,7 +175,8 @@ def test_reconstruct_records_the_basis(calibrated_prior: Path, ct_measurement) -
 
     m, _ = ct_measurement
     res = reconstruct(m, "diffusion", ReconOptions(device="cpu", extra={
-        "prior": str(calibrated_prior), "steps": 3, "samples": 2, "seed": 0}))
+        "prior": str(calibrated_prior), "steps": 3, "samples": 2, "seed": 0,
+        "lam": 1.0, "guard": False}))  # the weight the entry was fitted at
     assert res.settings.resolved["std_factor"] == pytest.approx(std_factor(3.0, 2))
     assert "covered 95 % there" in res.settings.resolved["std_calibration"]
     assert res.std_volume is not None
@@ -212,7 +213,8 @@ def test_cli_prints_the_basis_beside_the_std_output(calibrated_prior: Path, tiny
         out = tmp_path / f"{prior.stem}.nii.gz"
         result = CliRunner().invoke(app, [
             "reconstruct", str(meas), str(out), "--method", "diffusion", "--prior", str(prior),
-            "--steps", "3", "--samples", "2", "--device", "cpu", "--no-progress"])
+            "--steps", "3", "--samples", "2", "--device", "cpu", "--no-progress",
+            "--lam", "1", "--guard", "off"])  # the weight the entry was fitted at
         assert result.exit_code == 0, result.output
         std_line = next(x for x in result.output.splitlines() if "standard deviation" in x)
         assert expected in std_line
