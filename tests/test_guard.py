@@ -155,13 +155,14 @@ def test_guard_keeps_diffusion_when_it_predicts_better_and_uses_all_data(
 
 def test_blend_is_consistent_with_its_parts(mr: Measurement, prior: Any,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """A prior that is right up to a blur: the guard blends, and the blend, its std map and
-    its residual follow from the two all-data results with the recorded weight."""
+    """A prior that is right up to a partial blur (30 % of a 5-voxel box blur; its held-out
+    error is close to l1-wavelet's, with other errors): the guard blends, and the blend, its
+    std map and its residual follow from the two all-data results with the recorded weight."""
     ref = torch.from_numpy(_head(mr.image_shape))
 
     def blurred(x: torch.Tensor) -> torch.Tensor:
-        z = torch.nn.functional.avg_pool3d(ref[None, None], 3, stride=1, padding=1)[0, 0]
-        return z.expand_as(x).clone()
+        z = torch.nn.functional.avg_pool3d(ref[None, None], 5, stride=1, padding=2)[0, 0]
+        return (0.3 * z + 0.7 * ref).expand_as(x).clone()
 
     _use_denoiser(monkeypatch, blurred)
     out = guarded_diffusion(mr, _config(), prior, CPU)
