@@ -159,10 +159,11 @@ def reconstruct_pair(vol: Any, lesioned: np.ndarray, setting: str, method: str,
                      args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray,
                                                         np.ndarray, Any, Any]:
     """Reconstruct the lesion-free and the lesioned volume's data with the same settings."""
+    from real_quality import _mri_config
+
     from medrecon.recon.base import ReconOptions
     from medrecon.reconstruct import reconstruct
     from medrecon.simulate import CTSettings, SimulationConfig, simulate
-    from real_quality import _mri_config
 
     if setting.startswith("mr"):
         cfg = _mri_config(vol.shape, float(setting[2:]))
@@ -174,11 +175,14 @@ def reconstruct_pair(vol: Any, lesioned: np.ndarray, setting: str, method: str,
     info: dict[str, Any] = {"method": method}
     if method == "diffusion":
         steps, samples = (2, 2) if args.quick else (args.steps, args.samples)
-        extra = {"prior": args.prior, "steps": steps, "samples": samples, "seed": 0}
-        opts = ReconOptions(device=args.device, extra=extra)
-        info.update(steps=steps, samples=samples)
-        r0 = reconstruct(m0, method, opts)
-        r1 = reconstruct(m1, method, opts)
+        # The sampler itself (guard off: it could hand back the classical result); its weight
+        # self-tuned on the lesion-free data and kept for the pair, as for the classical method.
+        extra = {"prior": args.prior, "steps": steps, "samples": samples, "seed": 0,
+                 "guard": False}
+        r0 = reconstruct(m0, method, ReconOptions(device=args.device, extra=extra))
+        info.update(steps=steps, samples=samples, lam=r0.output.info.get("lam"))
+        r1 = reconstruct(m1, method, ReconOptions(device=args.device,
+                                                  extra={**extra, "lam": info["lam"]}))
     else:
         iters = 5 if args.quick else None
         r0 = reconstruct(m0, method, ReconOptions(device=args.device, iterations=iters))
