@@ -47,14 +47,14 @@ SYNTH = ("synth_mr", "synth_ct")
 
 def lesion_sites(ref: np.ndarray, tissue: np.ndarray, radii_vox: list[np.ndarray],
                  rng: np.random.Generator) -> list[np.ndarray]:
-    """Centres (voxel index, float) inside ``tissue``, each at least its radius + 3 voxels
-    from the tissue's edge and two diameters from the other lesions."""
+    """Centres (voxel index, float) inside ``tissue``, each at least its radius + 2 voxels
+    from the tissue's edge and the grid's and two diameters from the other lesions."""
     from scipy.ndimage import distance_transform_edt
 
-    depth = distance_transform_edt(tissue)
+    depth = distance_transform_edt(np.pad(tissue, 1))[1:-1, 1:-1, 1:-1]  # grid edge = edge
     centres: list[np.ndarray] = []
     for r in radii_vox:
-        need = float(r.max()) + 3.0
+        need = float(r.max()) + 2.0
         cand = np.argwhere(depth >= need)
         if cand.size == 0:
             raise ValueError(f"no room for a lesion of radius {r.max():.1f} voxels")
@@ -85,14 +85,15 @@ def insert_lesions(ref: np.ndarray, modality: str, spacing: np.ndarray, radii_mm
 
     Lesion k is bright for even k and dark for odd k; its amplitude is ``contrast`` times the
     mean tissue value (MR intensity, CT HU + 1000) in a 2-voxel shell around it."""
-    from scipy.ndimage import binary_dilation
+    from scipy.ndimage import binary_closing, binary_dilation, binary_fill_holes
 
     offset = 1000.0 if modality == "CT" else 0.0
     level = ref + offset
     if modality == "CT":  # soft tissue and brain, not air, fat or bone
         tissue = (ref > -100.0) & (ref < 150.0)
-    else:
-        tissue = ref > 0.3 * float(np.percentile(ref, 99.5))
+    else:  # the head's interior, holes (ventricles, sulci) included
+        tissue = binary_fill_holes(binary_closing(ref > 0.1 * float(np.percentile(ref, 99.5)),
+                                                  iterations=2))
     rng = np.random.default_rng(seed)
     radii_vox = [r / spacing for r in radii_mm]
     centres = lesion_sites(ref, tissue, radii_vox, rng)

@@ -14,7 +14,7 @@ from medrecon.errors import InputError
 if TYPE_CHECKING:  # torch is imported inside the function: this module stays light
     import torch
 
-__all__ = ["host_memory_bytes", "resolve_device"]
+__all__ = ["cpu_has_native_bf16", "host_memory_bytes", "resolve_device"]
 
 
 def resolve_device(device: str | None = "auto") -> torch.device:
@@ -33,6 +33,21 @@ def resolve_device(device: str | None = "auto") -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise InputError(f"Unsupported device {device!r}; use auto, cpu, cuda or cuda:N.")
     return dev
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (Intel AMX or AVX512-BF16, read from Linux's
+    /proc/cpuinfo): there bf16 convolutions run about a third faster than float32; elsewhere
+    they are emulated and slower, so False (also off Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
 
 
 def host_memory_bytes() -> int:
