@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 SYNTH = ("synth_mr", "synth_ct")
 
 
-def lesion_sites(ref: np.ndarray, tissue: np.ndarray, radii_vox: list[np.ndarray],
+def lesion_sites(tissue: np.ndarray, radii_vox: list[np.ndarray],
                  rng: np.random.Generator) -> list[np.ndarray]:
     """Centres (voxel index, float) inside ``tissue``, each at least its radius + 2 voxels
     from the tissue's edge and the grid's and two diameters from the other lesions."""
@@ -96,7 +96,7 @@ def insert_lesions(ref: np.ndarray, modality: str, spacing: np.ndarray, radii_mm
                                                   iterations=2))
     rng = np.random.default_rng(seed)
     radii_vox = [r / spacing for r in radii_mm]
-    centres = lesion_sites(ref, tissue, radii_vox, rng)
+    centres = lesion_sites(tissue, radii_vox, rng)
     out = ref.copy()
     records = []
     for k, (c, r) in enumerate(zip(centres, radii_mm, strict=True)):
@@ -140,7 +140,7 @@ def lesion_scores(d: np.ndarray, records: list[dict[str, Any]],
                   "false_max": float(np.abs(outside).max() / ref_amp)}
 
 
-def load_volume(case: str, shape: tuple[int, int, int], device: str) -> Any:
+def load_volume(case: str, shape: tuple[int, int, int]) -> Any:
     """A lesion-free volume: a held-out synthetic head (its own lesions off) or a real file."""
     if case in SYNTH:
         from medrecon.priors.synthetic import generate_head, split_seeds
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     radii = [float(v) for v in args.radii.split(",")]
     contrasts = [float(v) for v in args.contrasts.split(",")]
     for case in args.cases.split(","):
-        vol = load_volume(case, tuple(args.shape), args.device)
+        vol = load_volume(case, tuple(args.shape))
         modality = vol.modality
         spacing = np.sqrt((np.asarray(vol.affine)[:3, :3] ** 2).sum(axis=0))
         ref = vol.data.astype(np.float32)
