@@ -44,7 +44,8 @@ What is measured, per case and setting (one JSON line each, also appended to ``-
   default path: the weight self-tuned on held-out k-space and the guard against self-tuned
   L1-wavelet (:mod:`medrecon.guard`); each row records the weight, the guard's branch
   (``diffusion``, ``blend`` or ``classical``), its weight and both held-out errors. ``--plain``
-  adds diffusion at the fixed modality weight without the guard (``diffusion.plain``).
+  adds diffusion at the fixed modality weight without the guard (``diffusion.plain``), and
+  with ``--plain-steps 10,20`` at those step counts too (``diffusion.plain_10``, ...).
 * **CT**, 30 and 60 views: parallel beam over 180 deg, I0 = 1e5 photons per ray, seed 0.
   Methods: FBP; TV with lam swept likewise; diffusion as above (guard against self-tuned TV).
 * **Metrics**: PSNR over the region, SSIM as the mean over region voxels of 2D per-slice SSIM
@@ -281,11 +282,15 @@ def _run_case(vol: Any, setting: str, args: argparse.Namespace) -> dict:
         from medrecon.sampling.config import DiffusionConfig
 
         lam = DiffusionConfig().sampler_options(vol.modality).lam
-        t0 = time.perf_counter()
-        p = reconstruct(m, "diffusion", ReconOptions(device=args.device, extra={
-            **extra, "lam": lam, "guard": False}))
-        diffusion["plain"] = {**_metrics(p.volume.data, ref, region, data_range), "lam": lam,
-                              "seconds": round(time.perf_counter() - t0, 2)}
+        plain_steps = ([steps] if args.quick or not args.plain_steps
+                       else [int(n) for n in args.plain_steps.split(",")])
+        for n in plain_steps:
+            t0 = time.perf_counter()
+            p = reconstruct(m, "diffusion", ReconOptions(device=args.device, extra={
+                **extra, "steps": n, "lam": lam, "guard": False}))
+            key = "plain" if n == steps else f"plain_{n}"
+            diffusion[key] = {**_metrics(p.volume.data, ref, region, data_range), "lam": lam,
+                              "steps": n, "seconds": round(time.perf_counter() - t0, 2)}
     best_name = max(classical, key=lambda k: classical[k]["psnr"])
     if vol.modality == "MR":
         acquisition = {k: acq.get(k) for k in ("acceleration", "mask", "calibration", "dims",
@@ -323,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="CPU smoke test: tiny crops, few steps")
+    ap.add_argument("--plain-steps", default="",
+                    help="with --plain: these step counts (e.g. 10,20,50; default --steps)")
     ap.add_argument("--plain", action="store_true",
                     help="also diffusion at the fixed modality weight without the guard")
     args = ap.parse_args(argv)

@@ -194,8 +194,10 @@ class PosteriorResult:
             (MR: complex image, CT: mu in 1/mm), a tensor on the sampling device, from which
             the guard predicts held-out data; None for :func:`sample_problem`.
         nfe: full-volume denoiser evaluations per chain.
-        timings: seconds: ``total``, ``network`` (denoiser calls), ``other`` (data
-            consistency, tiling, bookkeeping), and ``network_fraction``.
+        timings: seconds: ``total``, ``network`` (denoiser calls, tiling included),
+            ``other`` (data consistency, bookkeeping), ``network_fraction``; for a tiled
+            denoiser also ``tiling`` (cutting and joining patches, inside ``network``) and
+            ``network_only`` (the patch network itself).
         info: settings used (sampler, steps, noise level, scale, ...).
     """
 
@@ -330,6 +332,7 @@ def sample_problem(denoiser: Denoiser, problem: LinearProblem, shape: tuple[int,
     s_min = opt.sigma_min if opt.sigma_min is not None else sigma_min
     sig = S.edm_sigmas(steps, s_min, s_max, opt.rho, device=device).to(dtype)
     timed = _Timed(denoiser)
+    net0 = getattr(denoiser, "network_seconds", None)  # a tiled denoiser's running total
     x = S.initial_state((samples, *shape), s_max, gen, dtype=dtype, device=device)
     # The MR phase estimate: sampler state, changed only by the hard projections at the end.
     phase = problem.init_phase(samples)
@@ -402,13 +405,16 @@ def sample_problem(denoiser: Denoiser, problem: LinearProblem, shape: tuple[int,
         ynorm = torch.linalg.vector_norm(problem.y).clamp_min(1e-30)
         residual = float((problem.residual_norm(out, phase) / ynorm).mean())
     total = time.perf_counter() - t_start
+    timings = {"total": total, "network": timed.seconds, "other": total - timed.seconds,
+               "network_fraction": timed.seconds / max(total, 1e-12)}
+    if net0 is not None:
+        net_only = denoiser.network_seconds - net0  # type: ignore[attr-defined]
+        timings.update(network_only=net_only, tiling=max(timed.seconds - net_only, 0.0))
     mean = out.mean(dim=0)
     std = out.std(dim=0) if samples > 1 else None
     return PosteriorResult(
         mean=mean, std=std, samples=out if keep_samples else None, residual=residual,
-        phase=phase, nfe=timed.calls, timings={"total": total, "network": timed.seconds,
-                                  "other": total - timed.seconds,
-                                  "network_fraction": timed.seconds / max(total, 1e-12)},
+        phase=phase, nfe=timed.calls, timings=timings,
         info={"sampler": name, "steps": steps, "samples": samples, "seed": seed,
               **({"lam": opt.lam, "eta": opt.eta, "cg_iters": opt.cg_iters} if name == "dds"
                  else {}),

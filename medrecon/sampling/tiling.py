@@ -50,6 +50,7 @@ is bounded by one batch, not the volume.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -72,6 +73,11 @@ def patches_for_memory(budget_bytes: float, patch_size: Sequence[int],
     voxels = math.prod(int(p) for p in patch_size)
     per_patch = voxels * bytes_per_voxel * (3.0 if grad else 1.0)
     return max(1, int(budget_bytes // per_patch))
+
+
+def _sync(x: torch.Tensor) -> None:
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
 
 
 def _window_1d(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -157,6 +163,8 @@ class TiledDenoiser:
         checkpoint: recompute each patch batch in the backward pass when gradients are needed.
     Attributes:
         calls, patches: network calls and patches evaluated so far (for NFE/timing reports).
+        network_seconds: wall time inside ``patch_denoiser`` so far (CUDA synchronised), so
+            that the caller can tell the network from the tiling around it.
     """
 
     def __init__(self, patch_denoiser: PatchDenoiser, patch_size: Sequence[int],
@@ -186,6 +194,7 @@ class TiledDenoiser:
         self.checkpoint = checkpoint
         self.calls = 0
         self.patches = 0
+        self.network_seconds = 0.0
 
     # -- helpers ------------------------------------------------------------------------------
     def _tile_size(self, shape: Sequence[int]) -> tuple[int, int, int]:
@@ -218,10 +227,14 @@ class TiledDenoiser:
             sl = slice(i, i + per)
             pos = None if position is None else position[sl]
             args = (patches[sl], sigma[sl], pos)
+            _sync(patches)
+            t0 = time.perf_counter()
             if need_grad and self.checkpoint:
                 out = _checkpoint(self.patch_denoiser, *args, use_reentrant=False)
             else:
                 out = self.patch_denoiser(*args)
+            _sync(patches)
+            self.network_seconds += time.perf_counter() - t0
             outs.append(out.to(patches.dtype))
             self.calls += 1
             self.patches += int(args[0].shape[0])
