@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--sampler", default="dds")
     ap.add_argument("--cases", default="mr128,mr256,ct256")
-    ap.add_argument("--tiling", default="shift", help="shift, roll or blend")
+    ap.add_argument("--tiling", default="shift", help="shift, roll, fit or blend")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
 

@@ -10,7 +10,7 @@ SQ="python3 benchmarks/sampling_quality.py --cases mr8,ct30 --skip-classical --s
 ( timeout $LIMIT $SQ --out "$OUT/steps.jsonl" --configs \
   "steps=10;steps=15;steps=20;steps=25;steps=50;steps=20,rho=3;steps=20,rho=5;steps=15,eta=0.5;steps=20,cg_iters=5" \
   > "$LOGS/steps.log" 2>&1 ) &
-( timeout $LIMIT $SQ --tiling roll --out "$OUT/steps.jsonl" --configs "steps=20;steps=50" \
+( for t in roll fit; do timeout $LIMIT $SQ --tiling $t --out "$OUT/steps.jsonl" --configs "steps=20;steps=50"; done \
   > "$LOGS/steps_roll.log" 2>&1 ) &
 ( timeout $LIMIT python3 benchmarks/real_quality.py --cases-dir .devrun/real_cases \
   --out "$OUT/real.jsonl" --device cuda --samples 4 --plain --plain-steps 10,20,50 \

@@ -19,7 +19,7 @@ sampler            dds, dps, pc or diffpir                      "dds"
 steps              diffusion steps                              50
 samples            posterior samples K (K >= 2: std map)         1
 seed               random seed                                  0
-tiling             shift, roll or blend                         "shift"
+tiling             shift, roll, fit or blend                    "shift"
 memory_budget_gb   bound on network activation memory (GB)      automatic
 noise_std          measurement noise std override               from the file
 lam                prior weight vs data (< 1 trusts the data)   auto: on held-out data
@@ -44,11 +44,10 @@ from dataclasses import dataclass
 
 from medrecon.config import option
 from medrecon.sampling.api import SAMPLERS, SamplerOptions
+from medrecon.sampling.tiling import TILINGS
 
 __all__ = ["TILINGS", "DiffusionConfig"]
 
-#: Tiling modes of :class:`~medrecon.sampling.tiling.TiledDenoiser`.
-TILINGS: tuple[str, ...] = ("shift", "roll", "blend")
 _WEIGHT_FILES = (".safetensors", ".pt", ".pth", ".ckpt")
 
 
@@ -66,7 +65,7 @@ class DiffusionConfig:
     steps: int = option(50, ge=1, help="Diffusion steps.")
     samples: int = option(1, ge=1, help="Posterior samples; 2 or more give a std map.")
     seed: int = option(0, ge=0, help="Random seed: same seed and device, same result.")
-    tiling: str = option("shift", help="shift, roll or blend.")
+    tiling: str = option("shift", help="shift, roll, fit or blend.")
     memory_budget_gb: float | None = option(None, gt=0.0, help="Network activation memory.")
     noise_std: float | None = option(None, ge=0.0, help="Measurement noise std override.")
     lam: float | None = option(None, gt=0.0, help="Prior weight against the data "

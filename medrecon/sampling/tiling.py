@@ -16,6 +16,13 @@ tilings are offered:
   (1 + patch / size)^3 for ``"shift"`` (3.4x for 128^3 with 64^3 patches, 2x for 256^3), at the
   price of border patches that join the two opposite faces of the volume (usually air) for
   that step.
+* ``"fit"``: random-offset non-overlapping tiles fitted to the volume instead of padded
+  around it: each axis is cut at ``o, o + patch, o + 2 patch, ...`` (``o`` random, a multiple
+  of ``size_multiple``), and an end piece shorter than ``min_tile`` joins its neighbour, so the
+  end tiles are between ``min_tile`` and ``patch + min_tile`` long. Every voxel is denoised
+  once, in a tile of real neighbours (no wrap-around as in ``roll``), at 1x the network work
+  of the volume (``shift``: up to (1 + patch / size)^3 x); tiles of up to three lengths per
+  axis go to the network in groups of one shape.
 * ``"blend"``: overlapping patches (stride = patch * (1 - overlap)) combined with raised-cosine
   weights normalised to sum to one at every voxel. Deterministic and seam-free at a single
   call, at (1 / (1 - overlap))^3 times the network cost (2.4x for overlap 0.25); use it for a
@@ -56,7 +63,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-__all__ = ["PatchDenoiser", "TiledDenoiser", "blend_weights", "patches_for_memory"]
+__all__ = ["TILINGS", "PatchDenoiser", "TiledDenoiser", "blend_weights", "fit_segments",
+           "patches_for_memory"]
+
+#: The tiling modes of :class:`TiledDenoiser` (see the module docstring).
+TILINGS: tuple[str, ...] = ("shift", "roll", "fit", "blend")
 
 # patches (P, 1, X, Y, Z), sigma (P,), position (P, 3) or None -> x0_hat (P, 1, X, Y, Z)
 PatchDenoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -117,6 +128,19 @@ def blend_weights(shape: Sequence[int], patch: Sequence[int], overlap: float,
     return origins, window, total
 
 
+def fit_segments(size: int, patch: int, offset: int, min_len: int) -> list[tuple[int, int]]:
+    """(start, length) pieces that cover [0, size) exactly, cut at ``offset + t patch``; an end
+    piece shorter than ``min_len`` joins its neighbour (when there is one)."""
+    cuts = [0, *range(offset % patch or patch, size, patch), size]
+    segs = [(a, b - a) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a]
+    if len(segs) > 1 and segs[0][1] < min_len:
+        segs[:2] = [(0, segs[0][1] + segs[1][1])]
+    if len(segs) > 1 and segs[-1][1] < min_len:
+        (a, la), (_, lb) = segs[-2], segs[-1]
+        segs[-2:] = [(a, la + lb)]
+    return segs
+
+
 def _pad(x: torch.Tensor, pads: Sequence[tuple[int, int]]) -> torch.Tensor:
     """Pad the last three dims of (N, I, J, K) by ((lo, hi), ...), reflecting (without
     repeating the edge voxel) in as many rounds as needed; a length-1 axis is replicated."""
@@ -149,7 +173,8 @@ class TiledDenoiser:
     Args:
         patch_denoiser: the prior on patches, see :data:`PatchDenoiser`.
         patch_size: (X, Y, Z) training patch size.
-        mode: ``"shift"`` (random non-overlapping tiling per call), ``"roll"`` or ``"blend"``.
+        mode: ``"shift"`` (random non-overlapping tiling per call), ``"roll"``, ``"fit"`` or
+            ``"blend"``.
         overlap: fraction of the patch shared by neighbours in ``"blend"`` mode.
         max_batch: full-size patches per network call (memory budget,
             :func:`patches_for_memory`); shortened tiles go proportionally more to a call.
@@ -172,8 +197,8 @@ class TiledDenoiser:
                  uses_position: bool = False, generator: torch.Generator | None = None,
                  checkpoint: bool = True, size_multiple: int | None = None,
                  min_tile: int = 0) -> None:
-        if mode not in ("shift", "roll", "blend"):
-            raise ValueError(f"tiling mode must be 'shift', 'roll' or 'blend', got {mode!r}")
+        if mode not in TILINGS:
+            raise ValueError(f"tiling mode must be one of {', '.join(TILINGS)}, got {mode!r}")
         if not 0.0 <= overlap < 1.0:
             raise ValueError("overlap must lie in [0, 1)")
         self.patch_denoiser = patch_denoiser
@@ -221,8 +246,7 @@ class TiledDenoiser:
         """Evaluate (P, 1, X, Y, Z) patches in chunks of ``max_batch`` full patches' voxels."""
         outs = []
         need_grad = torch.is_grad_enabled() and patches.requires_grad
-        per = max(self.max_batch,
-                  self.max_batch * math.prod(self.patch) // math.prod(patches.shape[2:]))
+        per = max(1, self.max_batch * math.prod(self.patch) // math.prod(patches.shape[2:]))
         for i in range(0, patches.shape[0], per):
             sl = slice(i, i + per)
             pos = None if position is None else position[sl]
@@ -250,6 +274,8 @@ class TiledDenoiser:
             return self._shift(x, sigma)
         if self.mode == "roll":
             return self._roll(x, sigma)
+        if self.mode == "fit":
+            return self._fit(x, sigma)
         return self._blend(x, sigma)
 
     def _tiles(self, xp: torch.Tensor, sigma: torch.Tensor, patch: tuple[int, int, int],
@@ -305,6 +331,43 @@ class TiledDenoiser:
         out = self._tiles(xp, sigma, patch, origins_of, shape)
         return out[:, offs[0]:offs[0] + shape[0], offs[1]:offs[1] + shape[1],
                    offs[2]:offs[2] + shape[2]]
+
+    def _fit(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        b, shape = x.shape[0], tuple(int(s) for s in x.shape[1:])
+        tile = self._tile_size(shape)
+        m = self.size_multiple or 1
+        segs, sizes = [], []
+        for s, p, t in zip(shape, self.patch, tile, strict=True):
+            if s <= p:  # a short axis: one tile, padded up to the tile as in "shift"
+                segs.append([(0, t)])
+                sizes.append(t)
+                continue
+            n = -(-s // m) * m  # padded to the network's multiple
+            o = m * int(torch.randint(p // m, (1,), generator=self.generator))
+            segs.append(fit_segments(n, p, o, max(self.min_tile, m)))
+            sizes.append(n)
+        xp = _pad(x, [(0, n - s) for n, s in zip(sizes, shape, strict=True)])
+        out = torch.empty_like(xp)
+        groups: dict[tuple[int, int, int], list[tuple[int, int, int]]] = {}
+        for a, la in segs[0]:
+            for c, lc in segs[1]:
+                for d, ld in segs[2]:
+                    groups.setdefault((la, lc, ld), []).append((a, c, d))
+        for (la, lc, ld), origins in groups.items():
+            blocks = torch.stack([xp[:, a:a + la, c:c + lc, d:d + ld] for a, c, d in origins],
+                                 dim=1).reshape(b * len(origins), 1, la, lc, ld)
+            pos = None
+            if self.uses_position:
+                size = torch.tensor([max(s - 1, 1) for s in shape], dtype=torch.float64)
+                centre = torch.tensor(origins, dtype=torch.float64) + torch.tensor(
+                    [la, lc, ld], dtype=torch.float64) / 2
+                pos = (2.0 * centre / size - 1.0).clamp(-1.0, 1.0).to(
+                    device=x.device, dtype=torch.float32).repeat(b, 1)
+            den = self._run(blocks, sigma.repeat_interleave(len(origins)), pos)
+            den = den.reshape(b, len(origins), la, lc, ld)
+            for j, (a, c, d) in enumerate(origins):
+                out[:, a:a + la, c:c + lc, d:d + ld] = den[:, j]
+        return out[:, :shape[0], :shape[1], :shape[2]]
 
     def _blend(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         b, shape = x.shape[0], tuple(x.shape[1:])

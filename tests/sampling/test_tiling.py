@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medrecon.sampling.tiling import TiledDenoiser, _pad, blend_weights, patches_for_memory
+from medrecon.sampling.tiling import (
+    TiledDenoiser,
+    _pad,
+    blend_weights,
+    fit_segments,
+    patches_for_memory,
+)
 
 
 def _pointwise(x: torch.Tensor, sigma: torch.Tensor, position: torch.Tensor | None) -> torch.Tensor:
@@ -18,7 +24,7 @@ def _reference(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return _pointwise(x[:, None], sigma, None)[:, 0]
 
 
-@pytest.mark.parametrize("mode", ["shift", "roll", "blend"])
+@pytest.mark.parametrize("mode", ["shift", "roll", "fit", "blend"])
 @pytest.mark.parametrize("shape", [(20, 13, 9), (8, 8, 8), (5, 17, 3), (11, 9, 1)])
 @pytest.mark.parametrize("multiple", [None, 4])
 def test_pointwise_denoiser_tiled_equals_untiled(mode: str, shape: tuple[int, int, int],
@@ -70,6 +76,44 @@ def test_shift_tiles_cover_each_voxel_once_and_shift_between_calls() -> None:
     assert not torch.equal(first[0], second[0])
 
 
+@pytest.mark.parametrize("size,offset,expect", [
+    (64, 24, [(0, 24), (24, 40)]),             # the end piece of 8 joins its neighbour
+    (64, 8, [(0, 40), (40, 24)]),              # the first piece of 8 joins its neighbour
+    (40, 0, [(0, 40)]),                        # offset 0 cuts at the patch; 8 joins
+    (100, 8, [(0, 40), (40, 32), (72, 28)]),
+    (100, 28, [(0, 28), (28, 32), (60, 40)]),
+    (20, 4, [(0, 20)]),
+])
+def test_fit_segments_cover_the_axis_with_no_short_piece(size: int, offset: int,
+                                                         expect: list) -> None:
+    segs = fit_segments(size, 32, offset, 16)
+    assert segs == expect
+    assert sum(n for _, n in segs) == size
+
+
+def test_fit_tiles_the_volume_once_with_real_neighbours() -> None:
+    """``fit``: every voxel in exactly one tile (1x the volume's voxels, no padding along axes
+    longer than the patch), tiles between min_tile and patch + min_tile long, and a different
+    grid at each call."""
+    shapes: list[tuple[int, ...]] = []
+
+    def fn(x: torch.Tensor, sigma: torch.Tensor, position: torch.Tensor | None) -> torch.Tensor:
+        shapes.extend([tuple(x.shape[2:])] * x.shape[0])
+        return x + 1.0
+
+    x = torch.randn(1, 40, 24, 17, generator=torch.Generator().manual_seed(0))
+    tiled = TiledDenoiser(fn, (16, 16, 16), mode="fit", size_multiple=4, min_tile=8,
+                          max_batch=4, generator=torch.Generator().manual_seed(2))
+    grids = []
+    for _ in range(4):
+        shapes.clear()
+        torch.testing.assert_close(tiled(x, torch.tensor([1.0])), x + 1.0)
+        assert sum(torch.Size(s).numel() for s in shapes) == 40 * 24 * 20  # 17 -> 20, not 32
+        assert all(8 <= n < 16 + 8 for s in shapes for n in s)
+        grids.append(sorted(set(shapes)))
+    assert len({tuple(g) for g in grids}) > 1
+
+
 def test_position_is_the_normalised_patch_centre() -> None:
     shape = (24, 16, 8)
     patch = (8, 8, 8)
@@ -96,7 +140,7 @@ def test_position_is_the_normalised_patch_centre() -> None:
     assert float((out[0, :, 0, 0] - (2 * i / 23 - 1)).abs().max()) <= 2 * 4 / 23 + 1e-6
 
 
-@pytest.mark.parametrize("mode", ["shift", "roll", "blend"])
+@pytest.mark.parametrize("mode", ["shift", "roll", "fit", "blend"])
 def test_gradients_flow_through_checkpointed_tiles(mode: str) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 12, 10, 9, generator=g, dtype=torch.float64, requires_grad=True)
@@ -189,7 +233,7 @@ def test_size_multiple_must_divide_the_patch() -> None:
         TiledDenoiser(_pointwise, (8, 8, 8), size_multiple=4, min_tile=6)
 
 
-@pytest.mark.parametrize("mode", ["shift", "roll", "blend"])
+@pytest.mark.parametrize("mode", ["shift", "roll", "fit", "blend"])
 def test_min_tile_is_the_shortest_tile(mode: str) -> None:
     """Short axes get tiles of at least ``min_tile``: a slice 8 deep, 6 voxels 8, 10 voxels
     12 (the next multiple of 4); results still equal the untiled denoiser's."""
