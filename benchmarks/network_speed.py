@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 times = []
                 try:
                     with torch.no_grad():
-                        for i in range(args.warmup + args.repeat):
+                        for _ in range(args.warmup + args.repeat):
                             den.generator.manual_seed(1)  # the same tile grid every pass
                             _sync(dev)
                             t0 = time.perf_counter()
