@@ -12,7 +12,13 @@ import torch
 from prior_factory import export_tiny_prior
 from typer.testing import CliRunner
 
-from medrecon.guard import GUARD_METHODS, blend_weight, guarded_diffusion, holdout_split
+from medrecon.guard import (
+    GUARD_METHODS,
+    blend_weight,
+    guarded_diffusion,
+    holdout_split,
+    mean_heldout_error,
+)
 from medrecon.io import Volume, load_volume
 from medrecon.io.measurement import Measurement, write_measurement
 from medrecon.methods import get_method
@@ -253,3 +259,53 @@ def test_reconstruct_api_and_settings_repeat_the_run(ct: tuple[Measurement, np.n
     assert res.std_volume is not None
     again = reconstruct(m, "diffusion", res.settings.recon_options(), prior=prior)
     np.testing.assert_array_equal(again.volume.data, res.volume.data)
+
+
+def test_mean_heldout_error_estimates_the_mean_of_k() -> None:
+    """Chains m + e_k with independent spread: the two-chain estimate of the K-sample mean's
+    held-out error matches its expectation ||m - y||^2 + v / K on average."""
+    g = torch.Generator().manual_seed(0)
+    n, v_per = 4000, 0.5
+    y = torch.randn(n, generator=g, dtype=torch.complex64)
+    m = y + 0.3 * torch.randn(n, generator=g, dtype=torch.complex64)
+    bias2 = float(torch.sum(torch.abs(m - y) ** 2))
+    for k in (1, 2, 4, 16):
+        est = []
+        for _ in range(20):
+            a1, a2 = (m + v_per ** 0.5 * torch.randn(n, generator=g, dtype=torch.complex64)
+                      for _ in range(2))
+            e, mean = mean_heldout_error(a1, a2, y, k)
+            est.append(e**2)
+            torch.testing.assert_close(mean, 0.5 * (a1 + a2))
+        expected = bias2 + n * v_per / k  # complex randn: unit variance per entry
+        assert abs(np.mean(est) / expected - 1.0) < 0.03, (k, np.mean(est), expected)
+
+
+def test_guard_scores_the_mean_of_k_not_one_noisy_sample(
+        prior: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prior that is right on average but noisy per chain, on high-dose views (so the truth
+    predicts them far better than TV): one sample predicts the held-out views worse than TV,
+    the mean of 16 samples better. With K = 16 the guard must estimate the mean's error from
+    two more chains and keep diffusion; with K = 1 that one noisy sample is the output, and
+    the guard must not keep it alone."""
+    hu = _head((14, 14, 3)) * 1000.0 - 1000.0
+    vol = Volume(hu, np.diag([2.0, 2.0, 2.0, 1.0]), modality="CT", units="HU")
+    m = simulate(vol, SimulationConfig(modality="ct", seed=2,  # type: ignore[arg-type]
+                                       ct=CTSettings(views=15, dose_i0=1e7)))
+    lo, hi = prior.normalisation.ct_hu_min, prior.normalisation.ct_hu_max
+    truth = torch.from_numpy((hu - lo) / (hi - lo)).float()
+    noise = torch.Generator().manual_seed(5)
+
+    def noisy_truth(x: torch.Tensor) -> torch.Tensor:
+        return truth + 0.016 * torch.randn(x.shape, generator=noise)
+
+    _use_denoiser(monkeypatch, noisy_truth)
+    many = guarded_diffusion(m, DiffusionConfig(steps=STEPS, samples=16, seed=0), prior, CPU)
+    guard = many.info["guard"]
+    single = min(many.info["autotune"]["heldout_errors"])
+    assert single > guard["classical_error"] > guard["diffusion_error"], guard
+    assert guard["chains"] == 2 and guard["samples"] == 16
+    assert guard["choice"] == "diffusion" and guard["weight"] == 1.0
+    assert "mean of 16, estimated from 2 chains" in many.info["guard_line"]
+    one = guarded_diffusion(m, DiffusionConfig(steps=STEPS, samples=1, seed=0), prior, CPU)
+    assert one.info["guard"]["chains"] == 1 and one.info["guard"]["choice"] != "diffusion"
