@@ -10,6 +10,19 @@ Because A is built from unitary pieces, the magnitude is in the reference's inte
 simulating from a reference and reconstructing gives back values comparable to the reference,
 with no rescaling.
 
+Map sets (soft SENSE). For files without coil maps the ESPIRiT estimate has two map sets by
+default (``map_sets``, :class:`SenseSettings`; Uecker et al., MRM 71:990, 2014, as BART's
+``ecalib`` + ``pics``): A then acts on one image per set, ``x`` of shape (2, I, J, K), and
+every regulariser acts on each set. The output is one complex image (:func:`combine_sets`):
+magnitude the root-sum-of-squares over the sets, phase the first set's. RSS because the second
+set holds signal that the first set's sensitivities cannot explain (where the calibration
+admits two sensitivity vectors), so the magnitudes add in quadrature, as BART users combine
+``pics`` output; the first set's phase because its image is the object's. On the
+fastMRI-format brain (8 centre lines) two sets gave +1.0 dB (CG-SENSE) and +1.7 dB
+(L1-wavelet, best weights) over one; on a wide-centre T1 slice the second set is empty and
+nothing changes (benchmarks/RESULTS_mri.md). Maps from the file and the diffusion path keep
+one set.
+
 =============  ===========================================================  ===================
 method         problem                                                      solver
 =============  ===========================================================  ===================
@@ -94,7 +107,7 @@ class SenseSettings:
     maps_method: Literal["espirit", "lowres"] = option(
         "espirit", help="Coil-map estimation for files without maps (fastMRI).")
     map_sets: int = option(
-        1, ge=1, le=4, help="ESPIRiT map sets for files without maps (soft SENSE: one image "
+        2, ge=1, le=4, help="ESPIRiT map sets for files without maps (soft SENSE: one image "
                             "per set, shown as their root-sum-of-squares).")
     coil_batch: int | None = option(None, ge=1, help="Coils transformed at once (memory).")
 
@@ -433,7 +446,8 @@ def _weight(m: Measurement, problem: Problem, options: ReconOptions, method: str
     mask = op.mask.detach().cpu().numpy()
     calib = (m.acquisition or {}).get("calibration")
     train, held = mr_holdout_masks(mask, m.fft_dims, int(calib) if calib else None,
-                                   seed=int((m.acquisition or {}).get("seed", 0) or 0))
+                                   seed=int((m.acquisition or {}).get("seed", 0) or 0),
+                                   image_shape=op.image_shape)
     dev = problem.y.device
     train_t = torch.from_numpy(train).to(dev)
     held_t = torch.from_numpy(held).to(dev)
@@ -450,9 +464,12 @@ def _weight(m: Measurement, problem: Problem, options: ReconOptions, method: str
 
     centre = default_lam(method, train_op.adjoint(sub.y))
     best, grid, errors = tune_weight(heldout_error, centre)
-    n_all, n_train = float((mask > 0).sum()), float((train > 0).sum())
+    n_train = float((train > 0).sum())
+    n_all = n_train + float((held > 0).sum())
     scale = n_all / n_train
     frac = 100.0 * float((held > 0).sum()) / n_all
+    single = train.shape != mask.shape  # a regular pattern: single samples, not lines
     report = TuneReport("lam", best * scale, tuple(grid), tuple(errors), scale,
-                        f"{frac:.0f} % of k-space samples held out")
+                        f"{frac:.0f} % of k-space samples held out"
+                        + (" (single samples: regular line pattern)" if single else ""))
     return best * scale, report
