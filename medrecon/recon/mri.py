@@ -10,18 +10,20 @@ Because A is built from unitary pieces, the magnitude is in the reference's inte
 simulating from a reference and reconstructing gives back values comparable to the reference,
 with no rescaling.
 
-Map sets (soft SENSE). For files without coil maps the ESPIRiT estimate has two map sets by
-default (``map_sets``, :class:`SenseSettings`; Uecker et al., MRM 71:990, 2014, as BART's
-``ecalib`` + ``pics``): A then acts on one image per set, ``x`` of shape (2, I, J, K), and
-every regulariser acts on each set. The output is one complex image (:func:`combine_sets`):
-magnitude the root-sum-of-squares over the sets, phase the first set's. RSS because the second
-set holds signal that the first set's sensitivities cannot explain (where the calibration
-admits two sensitivity vectors), so the magnitudes add in quadrature, as BART users combine
-``pics`` output; the first set's phase because its image is the object's. On the
-fastMRI-format brain (8 centre lines) two sets gave +1.0 dB (CG-SENSE) and +1.7 dB
-(L1-wavelet, best weights) over one; on a wide-centre T1 slice the second set is empty and
-nothing changes (benchmarks/RESULTS_mri.md). Maps from the file and the diffusion path keep
-one set.
+Map sets (soft SENSE). For files without coil maps, L1-wavelet and TV use two ESPIRiT map sets
+by default (``map_sets``, :class:`SenseSettings`; Uecker et al., MRM 71:990, 2014, as BART's
+``ecalib`` + ``pics``): A then acts on one image per set, ``x`` of shape (2, I, J, K), and the
+regulariser acts on each set. CG-SENSE and zero-filled keep one set by default: the second
+set's extra unknowns, held only by CG-SENSE's small Tikhonov weight, amplify noise as the
+acceleration grows (+1.0 dB at R = 3.3 but -0.8 dB at R = 4 on the fastMRI-format brain of
+benchmarks/RESULTS_mri.md, 8 centre lines), while the sparsity penalty keeps them in check
+(L1-wavelet at its best weight: +1.7 and +1.0 dB); on a wide-centre T1 slice the second set is
+empty and nothing changes. The output is one complex image (:func:`combine_sets`): magnitude
+the root-sum-of-squares over the sets, phase the first set's. RSS because the second set holds
+signal that the first set's sensitivities cannot explain (where the calibration admits two
+sensitivity vectors), so the magnitudes add in quadrature, as BART users combine ``pics``
+output; the first set's phase because its image is the object's. Maps from the file and the
+diffusion path keep one set.
 
 =============  ===========================================================  ===================
 method         problem                                                      solver
@@ -107,8 +109,9 @@ class SenseSettings:
     maps_method: Literal["espirit", "lowres"] = option(
         "espirit", help="Coil-map estimation for files without maps (fastMRI).")
     map_sets: int = option(
-        2, ge=1, le=4, help="ESPIRiT map sets for files without maps (soft SENSE: one image "
-                            "per set, shown as their root-sum-of-squares).")
+        1, ge=1, le=4, help="ESPIRiT map sets for files without maps (soft SENSE: one image "
+                            "per set, shown as their root-sum-of-squares; default 2 for "
+                            "l1-wavelet and tv).")
     coil_batch: int | None = option(None, ge=1, help="Coils transformed at once (memory).")
 
 
@@ -131,6 +134,8 @@ class L1WaveletSettings(SenseSettings):
     """l1-wavelet: the transform (orthogonal PyWavelets name, levels, axes) and whether the
     coarsest approximation band is penalised."""
 
+    map_sets: int = option(2, ge=1, le=4, help="ESPIRiT map sets (soft SENSE); see "
+                                               "SenseSettings.")
     wavelet: str = option("db2", help="Orthogonal wavelet: haar, dbN, symN or coifN.")
     levels: int | None = option(None, ge=1, help="Decomposition levels (default: as many as "
                                                  "keep the coarsest band longer than the filter).")
@@ -152,6 +157,8 @@ class TVSettings(SenseSettings):
     """tv: the gradient axes (default: all three for 3D data, in-plane for 2D multi-slice)
     and PDHG's steps (default: tau = 1 / L, sigma from Condat-Vu's bound)."""
 
+    map_sets: int = option(2, ge=1, le=4, help="ESPIRiT map sets (soft SENSE); see "
+                                               "SenseSettings.")
     tv_axes: tuple[int, ...] | None = None
     tau: float | None = option(None, gt=0)
     sigma: float | None = option(None, gt=0)
