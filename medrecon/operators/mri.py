@@ -39,9 +39,9 @@ so the FFT count is that of one set (the sets are summed before the FFT); the im
 usually shown as the root-sum-of-squares over m.
 
 Operators accept leading batch dimensions: ``forward`` maps ``(..., I, J, K)`` to
-``(..., C, I, J, K)`` (with map sets ``(..., M, I, J, K)``). Device and precision follow the input and the maps: the maps and mask are
-moved to the input's device on first use, and a float64 / complex128 input or map gives a
-complex128 result (complex64 otherwise).
+``(..., C, I, J, K)`` (with map sets, from ``(..., M, I, J, K)``). Device and precision follow
+the input and the maps: the maps and mask are moved to the input's device on first use, and a
+float64 / complex128 input or map gives a complex128 result (complex64 otherwise).
 """
 
 from __future__ import annotations
