@@ -12,13 +12,14 @@ reconstruction predicts the held-out data best wins::
   A point is a whole readout line (the readout is always fully sampled), except for regular
   (equispaced) line patterns (:func:`regular_pattern`), where single samples along the
   readout are held out: held-out lines of a regular pattern leave gaps of twice the spacing
-  that the full data never have, and the weight chosen to bridge them came out 4-5x too
-  strong (1.2-2.4 dB under the best weight on the fastMRI-format brain and 1.1 dB on the
-  synthetic head, benchmarks/RESULTS_mri.md); single samples keep every line's neighbours,
-  as SSDU's loss-mask selection does for uniform masks (Yaman et al., MRM 84:3172, 2020). On
-  random and Poisson-disc patterns whole lines stay: there they mimic the unsampled lines,
-  and single samples chose too strong TV weights (up to 2 dB under the oracle on the cases of
-  benchmarks/RESULTS_autotune.md).
+  that the full data never have, and the weight that bridges them best is not the weight
+  for the full data (4-9x too strong on the fastMRI-format brain: 1.2 dB under the best
+  weight with one map set, about 2.5 dB with two; 2.5x too weak on a wide-centre T1 slice,
+  0.6 dB; 3x too strong on the synthetic head, 1.1 dB; benchmarks/RESULTS_mri.md). Single
+  samples keep every line's neighbours, as SSDU's loss-mask selection does for uniform masks
+  (Yaman et al., MRM 84:3172, 2020). On random and Poisson-disc patterns whole lines stay:
+  there they mimic the unsampled lines, and single samples chose TV weights up to 2 dB
+  under the oracle on the cases of benchmarks/RESULTS_autotune.md.
 * CT: every k-th view (k = 7, offset from the seed); see :func:`ct_holdout_views`.
 
 Weights are searched on a log grid around the method's fixed rule (x1/8 .. x8 in five steps,
