@@ -157,7 +157,8 @@ def holdout_split(measurement: Measurement, device: torch.device) -> HoldoutSpli
     mask = op.mask.detach().cpu().numpy()  # type: ignore[union-attr]
     calib = acq.get("calibration")
     train_mask, held_mask = mr_holdout_masks(mask, measurement.fft_dims,
-                                             int(calib) if calib else None, seed=seed)
+                                             int(calib) if calib else None, seed=seed,
+                                             image_shape=op.image_shape)  # type: ignore[union-attr]
     maps = measurement.coil_maps
     if maps is None and op.maps is not None:  # type: ignore[union-attr]
         maps = op.maps.detach().cpu().numpy()  # type: ignore[union-attr]  # estimated once
@@ -167,7 +168,7 @@ def holdout_split(measurement: Measurement, device: torch.device) -> HoldoutSpli
     def predict(x: torch.Tensor) -> torch.Tensor:
         return op.forward(x.to(problem.y.dtype)) * held_t
 
-    frac = 100.0 * float((held_mask > 0).sum()) / max(1.0, float((mask > 0).sum()))
+    frac = 100.0 * float((held_mask > 0).sum()) / max(1.0, float((train_mask + held_mask > 0).sum()))
     return HoldoutSplit(train, HeldOut(predict, problem.y * held_t),
                         f"{frac:.0f} % of k-space samples held out", problem)
 

@@ -216,7 +216,7 @@ def kspace_tensor(m: Measurement, device: torch.device | str = "cpu") -> Tensor:
 def measurement_problem(measurement: Measurement, device: torch.device | str = "cpu", *,
                         model: ModelRange | None = None, noise_std: float | None = None,
                         maps_method: str = "espirit", coil_batch: int | None = None,
-                        dtype: torch.dtype = torch.float32) -> Problem:
+                        dtype: torch.dtype = torch.float32, map_sets: int = 1) -> Problem:
     """The physics :class:`Problem` of an MR or CT measurement, on ``device``.
 
     Args:
@@ -228,6 +228,8 @@ def measurement_problem(measurement: Measurement, device: torch.device | str = "
         maps_method: MR without coil maps in the file: "espirit" or "lowres" estimation.
         coil_batch: MR: coils transformed at once by the SENSE operator (memory bound).
         dtype: CT real dtype of the projector and data.
+        map_sets: MR with estimated ESPIRiT maps: up to this many map sets (soft SENSE); with
+            more than one the operator's image is ``(M, I, J, K)``, one image per set.
 
     Raises:
         MeasurementError: the operator description does not fit the data.
@@ -235,7 +237,8 @@ def measurement_problem(measurement: Measurement, device: torch.device | str = "
     """
     device = torch.device(device)
     if measurement.modality == "MR":
-        return _mr_problem(measurement, device, model, noise_std, maps_method, coil_batch)
+        return _mr_problem(measurement, device, model, noise_std, maps_method, coil_batch,
+                           map_sets)
     if measurement.modality == "CT":
         return _ct_problem(measurement, device, model, noise_std, dtype)
     raise InputError(f"Reconstruction supports MR and CT measurements, not "
@@ -271,7 +274,7 @@ def _mr_noise_estimate(y: Tensor, mask: Tensor) -> float:
 
 def _mr_problem(m: Measurement, device: torch.device, model: ModelRange | None,
                 noise_std: float | None, maps_method: str,
-                coil_batch: int | None) -> Problem:
+                coil_batch: int | None, map_sets: int = 1) -> Problem:
     from medrecon.operators.mri import SenseOperator
     from medrecon.solvers import conjugate_gradient
 
@@ -286,11 +289,14 @@ def _mr_problem(m: Measurement, device: torch.device, model: ModelRange | None,
         from medrecon.operators.coils import estimate_coil_maps
 
         calib = m.acquisition.get("calibration")
-        kwargs: dict[str, Any] = {"method": maps_method, "fft_dims": m.fft_dims}
+        kwargs: dict[str, Any] = {"method": maps_method, "fft_dims": m.fft_dims,
+                                  "map_sets": map_sets}
         if calib is not None:
             kwargs["calibration"] = int(calib)
         est = estimate_coil_maps(y, torch.as_tensor(m.mask).to(device), **kwargs)
         maps, source = est.to(device=device, dtype=torch.complex64), f"estimated ({maps_method})"
+        if est.ndim == 5:
+            source = f"estimated ({maps_method}, {est.shape[0]} map sets)"
     op = SenseOperator(maps, torch.as_tensor(np.asarray(m.mask)).to(device),
                        fft_dims=m.fft_dims, coil_batch=coil_batch, image_shape=m.image_shape)
     info: dict[str, Any] = {"coil_maps": source}
@@ -305,7 +311,8 @@ def _mr_problem(m: Measurement, device: torch.device, model: ModelRange | None,
             mask = torch.as_tensor(np.asarray(m.mask), device=device)
             noise_std = _mr_noise_estimate(y, mask.float())
             info["noise_estimated"] = True
-    support = None if maps is None else operator_support((maps.abs() ** 2).sum(0))
+    support = None if maps is None else operator_support(
+        (maps.abs() ** 2).sum(tuple(range(maps.ndim - 3))))  # over coils (and map sets)
     if support is not None:
         info["unsupported_fraction"] = round(1.0 - float(support.float().mean()), 4)
     return Problem("MR", op, y, float(noise_std), UnitMap("MR", scale=scale, offset=0.0), info,

@@ -28,10 +28,20 @@ uses ``W^2``. In ``normal`` the FFT along any axis on which the mask is constant
 sampled readout) cancels exactly (``F_i^H W F_i = W`` when ``W`` does not vary along ``i``), so a
 3D normal costs 2D FFTs only.
 
+Several map sets (soft SENSE, ESPIRiT with ``sets > 1``, Uecker et al. 2014): with maps
+``S_{m,c}`` of shape ``(M, C, I, J, K)`` the image has one component per set, ``x`` of shape
+``(M, I, J, K)``, and
+
+    forward:  y_c = M F (sum_m S_{m,c} x_m)
+    adjoint:  x_m = sum_c conj(S_{m,c}) F^H (M y_c)
+
+so the FFT count is that of one set (the sets are summed before the FFT); the image is
+usually shown as the root-sum-of-squares over m.
+
 Operators accept leading batch dimensions: ``forward`` maps ``(..., I, J, K)`` to
-``(..., C, I, J, K)``. Device and precision follow the input and the maps: the maps and mask are
-moved to the input's device on first use, and a float64 / complex128 input or map gives a
-complex128 result (complex64 otherwise).
+``(..., C, I, J, K)`` (with map sets, from ``(..., M, I, J, K)``). Device and precision follow
+the input and the maps: the maps and mask are moved to the input's device on first use, and a
+float64 / complex128 input or map gives a complex128 result (complex64 otherwise).
 """
 
 from __future__ import annotations
@@ -95,8 +105,9 @@ class SenseOperator(LinearOperator):
     Parameters
     ----------
     maps:
-        Complex coil sensitivities ``(C, I, J, K)``, or ``None`` for a single receive coil with
-        unit sensitivity (``C = 1``).
+        Complex coil sensitivities ``(C, I, J, K)``, or ``(M, C, I, J, K)`` for M map sets (the
+        image is then ``(M, I, J, K)``, see the module docstring), or ``None`` for a single
+        receive coil with unit sensitivity (``C = 1``).
     mask:
         Sampling mask (bool, 0/1 or non-negative weights) broadcastable to ``(I, J, K)``, e.g.
         ``(1, J, K)`` for 3D or ``(1, J, 1)`` for 2D multi-slice. A numpy array is accepted.
@@ -122,18 +133,22 @@ class SenseOperator(LinearOperator):
         mask_t = torch.as_tensor(mask)
         if mask_t.is_complex():
             raise InputError("The sampling mask must be real (bool or non-negative weights).")
+        sets: int | None = None
         if maps is not None:
-            if maps.ndim != 4:
+            if maps.ndim not in (4, 5):
                 raise GeometryError(
-                    f"Coil maps must have shape (C, I, J, K), got {tuple(maps.shape)}."
+                    f"Coil maps must have shape (C, I, J, K) or (sets, C, I, J, K), got "
+                    f"{tuple(maps.shape)}."
                 )
-            shape: Shape = tuple(int(s) for s in maps.shape[1:])
+            if maps.ndim == 5:
+                sets = int(maps.shape[0])
+            shape: Shape = tuple(int(s) for s in maps.shape[-3:])
             if image_shape is not None and tuple(int(s) for s in image_shape) != shape:
                 raise GeometryError(
                     f"Coil maps of image shape {shape} do not match image_shape "
                     f"{tuple(image_shape)}."
                 )
-            n_coils = int(maps.shape[0])
+            n_coils = int(maps.shape[-4])
             if not maps.is_complex():
                 maps = maps.to(complex_dtype_for(maps.dtype))
         else:
@@ -161,7 +176,10 @@ class SenseOperator(LinearOperator):
         if coil_batch is not None and int(coil_batch) < 1:
             raise InputError(f"coil_batch must be a positive integer, got {coil_batch}.")
 
-        super().__init__(shape, (n_coils, *shape))
+        super().__init__(shape if sets is None else (sets, *shape), (n_coils, *shape))
+        #: Number of map sets M (None: plain (C, I, J, K) maps, image (I, J, K)).
+        self.sets = sets
+        self.image_shape: Shape = shape
         self.maps = maps
         self.mask = mask_t
         self.fft_dims = _fft_axes(fft_dims)
@@ -201,20 +219,35 @@ class SenseOperator(LinearOperator):
         """A copy with maps (and mask) on ``device`` and maps cast to complex ``dtype``."""
         maps = None if self.maps is None else self.maps.to(device=device, dtype=dtype)
         return SenseOperator(maps, self.mask.to(device=device), self.fft_dims, self.coil_batch,
-                             image_shape=self.ishape)
+                             image_shape=self.image_shape)
 
     # -- operator -------------------------------------------------------------------------------
+    def _coil_images(self, x: torch.Tensor, maps: torch.Tensor, sl: slice) -> torch.Tensor:
+        """``S_c x`` (summed over map sets) for the coils ``sl``; ``x`` is ``(..., 1, I, J, K)``
+        or, with map sets, ``(..., M, 1, I, J, K)``."""
+        if self.sets is None:
+            return x * maps[sl]
+        return torch.sum(x * maps[:, sl], dim=-5)
+
+    def _combine(self, coil: torch.Tensor, maps: torch.Tensor, sl: slice) -> torch.Tensor:
+        """``sum_c conj(S_c) coil_c`` over the coils ``sl`` of ``coil`` ``(..., c, I, J, K)``:
+        ``(..., I, J, K)``, or with map sets ``(..., M, I, J, K)``."""
+        if self.sets is None:
+            return torch.sum(maps[sl].conj() * coil, dim=-4)
+        return torch.sum(maps[:, sl].conj() * coil.unsqueeze(-5), dim=-4)
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         maps, weight, cdtype = self._resources(x)
-        x = x.to(cdtype).unsqueeze(-4)  # (..., 1, I, J, K)
+        x = x.to(cdtype).unsqueeze(-4)  # (..., 1, I, J, K) or (..., M, 1, I, J, K)
         if maps is None:
             return fftc(x, self._fwd_dims) * weight
         chunks = self._chunks()
         if len(chunks) == 1:
-            return fftc(x * maps, self._fwd_dims) * weight
-        out = torch.empty((*x.shape[:-4], *self.oshape), dtype=cdtype, device=x.device)
+            return fftc(self._coil_images(x, maps, chunks[0]), self._fwd_dims) * weight
+        lead = x.shape[:-4] if self.sets is None else x.shape[:-5]
+        out = torch.empty((*lead, *self.oshape), dtype=cdtype, device=x.device)
         for sl in chunks:
-            out[..., sl, :, :, :] = fftc(x * maps[sl], self._fwd_dims) * weight
+            out[..., sl, :, :, :] = fftc(self._coil_images(x, maps, sl), self._fwd_dims) * weight
         return out
 
     def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
@@ -224,8 +257,7 @@ class SenseOperator(LinearOperator):
             return ifftc(y * weight, self._fwd_dims).squeeze(-4)
         out: torch.Tensor | None = None
         for sl in self._chunks():
-            part = torch.sum(maps[sl].conj() * ifftc(y[..., sl, :, :, :] * weight,
-                                                     self._fwd_dims), dim=-4)
+            part = self._combine(ifftc(y[..., sl, :, :, :] * weight, self._fwd_dims), maps, sl)
             out = part if out is None else out + part
         assert out is not None
         return out
@@ -240,14 +272,14 @@ class SenseOperator(LinearOperator):
         x = x.unsqueeze(-4)
         out: torch.Tensor | None = None
         for sl in self._chunks():
-            s = maps[sl]
-            k = ifftc(fftc(x * s, dims) * w2, dims) if dims else x * s * w2
-            part = torch.sum(s.conj() * k, dim=-4)
+            coil = self._coil_images(x, maps, sl)
+            k = ifftc(fftc(coil, dims) * w2, dims) if dims else coil * w2
+            part = self._combine(k, maps, sl)
             out = part if out is None else out + part
         assert out is not None
         return out
 
     def __repr__(self) -> str:
-        return (f"SenseOperator(ishape={self.ishape}, oshape={self.oshape}, "
+        return (f"SenseOperator(ishape={self.ishape}, oshape={self.oshape}, sets={self.sets}, "
                 f"fft_dims={self.fft_dims}, mask={tuple(self.mask.shape)}, "
                 f"coil_batch={self.coil_batch})")

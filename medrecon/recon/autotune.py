@@ -9,6 +9,17 @@ reconstruction predicts the held-out data best wins::
 
 * MR: a random ~15 % of the sampled k-space points outside the calibration region (the coil
   maps and the low frequencies stay with the training part); see :func:`mr_holdout_masks`.
+  A point is a whole readout line (the readout is always fully sampled), except for regular
+  (equispaced) line patterns (:func:`regular_pattern`), where single samples along the
+  readout are held out: held-out lines of a regular pattern leave gaps of twice the spacing
+  that the full data never have, and the weight that bridges them best is not the weight
+  for the full data (4-9x too strong on the fastMRI-format brain: 1.2 dB under the best
+  weight with one map set, about 2.5 dB with two; 2.5x too weak on a wide-centre T1 slice,
+  0.6 dB; 3x too strong on the synthetic head, 1.1 dB; benchmarks/RESULTS_mri.md). Single
+  samples keep every line's neighbours, as SSDU's loss-mask selection does for uniform masks
+  (Yaman et al., MRM 84:3172, 2020). On random and Poisson-disc patterns whole lines stay:
+  there they mimic the unsampled lines, and single samples chose TV weights up to 2 dB
+  under the oracle on the cases of benchmarks/RESULTS_autotune.md.
 * CT: every k-th view (k = 7, offset from the seed); see :func:`ct_holdout_views`.
 
 Weights are searched on a log grid around the method's fixed rule (x1/8 .. x8 in five steps,
@@ -45,6 +56,7 @@ __all__ = [
     "best_iteration",
     "ct_holdout_views",
     "mr_holdout_masks",
+    "regular_pattern",
     "tune_weight",
 ]
 
@@ -153,23 +165,71 @@ def _calibration_box(shape: tuple[int, ...], axes: Sequence[int],
     return box
 
 
+def regular_pattern(mask: np.ndarray, fft_dims: Sequence[int], calibration: int | None) -> bool:
+    """Whether the phase-encode lines of ``mask`` outside the calibration block are equispaced.
+
+    True when, along every phase-encode axis on which the mask varies, each line through it
+    that holds at least three sampled points outside the calibration block has gaps of at most
+    two neighbouring sizes (g and g + 1: a fractional spacing rounds to these; gaps across the
+    block do not count), and some gap is at least 2: fastMRI's equispaced masks, regular
+    (GRAPPA-style) lattices. Random and Poisson-disc patterns are not regular.
+    """
+    m = np.asarray(mask) > 0
+    while m.ndim < 3:
+        m = m[None]
+    phase_axes = [d for d in fft_dims if d != 0] or list(fft_dims)
+    outside = m & ~_calibration_box(m.shape, phase_axes, calibration)
+    box = _calibration_box(m.shape, phase_axes, calibration)
+    undersampled = False
+    for a in phase_axes:
+        if m.shape[a] < 3:
+            continue
+        rows = np.moveaxis(outside, a, -1).reshape(-1, m.shape[a])
+        inner = np.moveaxis(box, a, -1).reshape(-1, m.shape[a])
+        for row, blocked in zip(rows, inner, strict=True):
+            idx = np.flatnonzero(row)
+            if idx.size < 3:
+                continue
+            gaps = np.diff(idx)
+            # a gap that jumps over the calibration block says nothing about the pattern
+            across = np.array([blocked[i:j].any() for i, j in zip(idx[:-1], idx[1:], strict=True)])
+            gaps = gaps[~across]
+            if gaps.size == 0:
+                continue
+            # equispaced masks with a fractional spacing (fastMRI's, ours) round to two gaps
+            if gaps.max() - gaps.min() > 1:
+                return False
+            undersampled = undersampled or bool(gaps.max() >= 2)
+    return undersampled
+
+
 def mr_holdout_masks(mask: np.ndarray, fft_dims: Sequence[int], calibration: int | None,
-                     fraction: float = HOLDOUT_FRACTION,
-                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                     fraction: float = HOLDOUT_FRACTION, seed: int = 0,
+                     image_shape: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Split a sampling mask into training and held-out masks.
 
     Args:
         mask: the sampling mask, broadcastable to (I, J, K) (e.g. (1, J, K)); > 0 = sampled.
         fft_dims: the Fourier axes; axis 0 is the readout, the others are phase encodes.
-        calibration: width of the fully sampled centre on the phase axes (None: 8 %, >= 4).
+        calibration: width of the fully sampled centre on the phase axes (None: the largest
+            fully sampled central block of the mask, else 8 %, >= 4).
         fraction: share of the sampled points outside the calibration block to hold out.
         seed: seeds the choice.
+        image_shape: (I, J, K); given, a :func:`regular_pattern` mask has single k-space
+            samples held out, readout included, instead of whole readout lines (see the module
+            docstring), and the masks are full-size (I, J, K).
 
     Returns:
-        (train, held) float32 masks of ``mask``'s shape: ``train + held == mask`` where
-        sampled; the calibration block is always in ``train``.
+        (train, held) float32 masks of ``mask``'s shape (full-size for single samples):
+        ``train + held == mask`` where sampled; the calibration block is always in ``train``.
     """
     m = np.asarray(mask, dtype=np.float32)
+    if calibration is None and m.ndim == 3:  # e.g. fastMRI files: the centre from the mask
+        from medrecon.operators.coils import detect_calibration
+
+        calibration = detect_calibration(m, m.shape, fft_dims) or None
+    if image_shape is not None and regular_pattern(m, fft_dims, calibration):
+        m = np.ascontiguousarray(np.broadcast_to(m, tuple(int(n) for n in image_shape)))
     phase_axes = [d for d in fft_dims if d != 0] or list(fft_dims)
     calib = _calibration_box(m.shape, phase_axes, calibration)
     candidates = np.flatnonzero((m > 0) & ~calib)

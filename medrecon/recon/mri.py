@@ -10,6 +10,21 @@ Because A is built from unitary pieces, the magnitude is in the reference's inte
 simulating from a reference and reconstructing gives back values comparable to the reference,
 with no rescaling.
 
+Map sets (soft SENSE). For files without coil maps, L1-wavelet and TV use two ESPIRiT map sets
+by default (``map_sets``, :class:`SenseSettings`; Uecker et al., MRM 71:990, 2014, as BART's
+``ecalib`` + ``pics``): A then acts on one image per set, ``x`` of shape (2, I, J, K), and the
+regulariser acts on each set. CG-SENSE and zero-filled keep one set by default: the second
+set's extra unknowns, held only by CG-SENSE's small Tikhonov weight, amplify noise as the
+acceleration grows (+1.0 dB at R = 3.3 but -0.8 dB at R = 4 on the fastMRI-format brain of
+benchmarks/RESULTS_mri.md, 8 centre lines), while the sparsity penalty keeps them in check
+(L1-wavelet at its best weight: +1.7 and +1.0 dB); on a wide-centre T1 slice the second set is
+empty and nothing changes. The output is one complex image (:func:`combine_sets`): magnitude
+the root-sum-of-squares over the sets, phase the first set's. RSS because the second set holds
+signal that the first set's sensitivities cannot explain (where the calibration admits two
+sensitivity vectors), so the magnitudes add in quadrature, as BART users combine ``pics``
+output; the first set's phase because its image is the object's. Maps from the file and the
+diffusion path keep one set.
+
 =============  ===========================================================  ===================
 method         problem                                                      solver
 =============  ===========================================================  ===================
@@ -47,7 +62,7 @@ import torch
 from medrecon.config import option
 from medrecon.errors import MeasurementError
 from medrecon.operators.base import LinearOperator
-from medrecon.operators.finite_difference import FiniteDifference
+from medrecon.operators.finite_difference import FiniteDifference, divergence, finite_difference
 from medrecon.operators.functional.fft import ifftc
 from medrecon.operators.mri import SenseOperator
 from medrecon.operators.wavelets import WaveletTransform, wavelet_filters
@@ -67,6 +82,7 @@ if TYPE_CHECKING:
     from medrecon.io.measurement import Measurement
 
 __all__ = [
+    "combine_sets",
     "default_lam",
     "zero_filled",
     "cg_sense",
@@ -92,6 +108,10 @@ class SenseSettings:
 
     maps_method: Literal["espirit", "lowres"] = option(
         "espirit", help="Coil-map estimation for files without maps (fastMRI).")
+    map_sets: int = option(
+        1, ge=1, le=4, help="ESPIRiT map sets for files without maps (soft SENSE: one image "
+                            "per set, shown as their root-sum-of-squares; default 2 for "
+                            "l1-wavelet and tv).")
     coil_batch: int | None = option(None, ge=1, help="Coils transformed at once (memory).")
 
 
@@ -114,6 +134,8 @@ class L1WaveletSettings(SenseSettings):
     """l1-wavelet: the transform (orthogonal PyWavelets name, levels, axes) and whether the
     coarsest approximation band is penalised."""
 
+    map_sets: int = option(2, ge=1, le=4, help="ESPIRiT map sets (soft SENSE); see "
+                                               "SenseSettings.")
     wavelet: str = option("db2", help="Orthogonal wavelet: haar, dbN, symN or coifN.")
     levels: int | None = option(None, ge=1, help="Decomposition levels (default: as many as "
                                                  "keep the coarsest band longer than the filter).")
@@ -135,6 +157,8 @@ class TVSettings(SenseSettings):
     """tv: the gradient axes (default: all three for 3D data, in-plane for 2D multi-slice)
     and PDHG's steps (default: tau = 1 / L, sigma from Condat-Vu's bound)."""
 
+    map_sets: int = option(2, ge=1, le=4, help="ESPIRiT map sets (soft SENSE); see "
+                                               "SenseSettings.")
     tv_axes: tuple[int, ...] | None = None
     tau: float | None = option(None, gt=0)
     sigma: float | None = option(None, gt=0)
@@ -153,7 +177,10 @@ def default_lam(method: str, adjoint_image: torch.Tensor) -> float:
     """The default weight of ``method`` for data whose zero-filled image is ``adjoint_image``."""
     if method == "cg-sense":
         return DEFAULT_ALPHA[method]
-    mag = torch.abs(adjoint_image).flatten()
+    mag = torch.abs(adjoint_image)
+    if mag.ndim == 4:  # one image per map set: the scale of their root-sum-of-squares
+        mag = torch.sqrt(torch.sum(mag * mag, dim=0))
+    mag = mag.flatten()
     # kthvalue avoids torch.quantile's input-size limit on large volumes.
     k = max(1, int(0.99 * mag.numel()))
     scale = float(mag.kthvalue(k).values) if mag.numel() > 1 else float(mag.max())
@@ -171,6 +198,21 @@ def _iterations(options: ReconOptions, method: str) -> int:
     return int(options.iterations or DEFAULT_ITERATIONS[method])
 
 
+def combine_sets(x: torch.Tensor) -> torch.Tensor:
+    """One complex image ``(I, J, K)`` from the per-set images ``(M, I, J, K)`` of a
+    multi-set (soft-SENSE) reconstruction: magnitude the root-sum-of-squares over the sets
+    (as BART users combine ``pics`` output; each set holds part of the signal), phase that of
+    the first set (the dominant eigenvector's image, whose phase is the object's), or of the
+    second where the first is zero. An ``(I, J, K)`` image is returned as it is."""
+    if x.ndim == 3:
+        return x
+    mag = torch.sqrt(torch.sum(torch.abs(x) ** 2, dim=0))
+    lead = torch.where(x[0] != 0, x[0], x[1] if x.shape[0] > 1 else x[0])
+    phase = torch.where(lead != 0, lead / torch.abs(lead).clamp_min(1e-30),
+                        torch.ones_like(lead))
+    return mag * phase
+
+
 def _output(problem: Problem, x: torch.Tensor, iterations: int,
             info: dict[str, Any]) -> ReconOutput:
     if problem.support is not None:
@@ -178,8 +220,12 @@ def _output(problem: Problem, x: torch.Tensor, iterations: int,
         # differences still smear values there. Keep the minimum-norm value (0), as CG does.
         x = x * problem.support
         info["unsupported_fraction"] = problem.info["unsupported_fraction"]
+    residual = problem.residual(x)
+    if x.ndim == 4:  # map sets: the residual is that of the sets; image and solution combined
+        info["map_sets"] = int(x.shape[0])
+        x = combine_sets(x)
     img = problem.units.to_reference(x).cpu().numpy()
-    return ReconOutput(image=img, residual=problem.residual(x), iterations=iterations, info=info,
+    return ReconOutput(image=img, residual=residual, iterations=iterations, info=info,
                        solution=x.detach().cpu())
 
 
@@ -187,7 +233,7 @@ def _setup(m: Measurement, settings: SenseSettings,
            device: torch.device) -> tuple[Problem, dict[str, Any]]:
     _check_mr(m)
     problem = measurement_problem(m, device, coil_batch=settings.coil_batch,
-                                  maps_method=settings.maps_method)
+                                  maps_method=settings.maps_method, map_sets=settings.map_sets)
     return problem, {"coil_maps": problem.info["coil_maps"], "device": str(device)}
 
 
@@ -292,8 +338,10 @@ def _l1_solve(problem: Problem, lam: float, settings: L1WaveletSettings, iters: 
     # k-space, 6 slices: 36.6 dB in-plane against 33.6 dB in 3D, benchmarks/RESULTS_mri.md).
     axes = settings.wavelet_axes or ((0, 1) if len(getattr(op, "fft_dims", ())) == 2
                                      else (0, 1, 2))
-    wav = WaveletTransform(problem.image_shape, wavelet=settings.wavelet,
+    # With map sets the image is (M, I, J, K): the transform runs per set (leading batch axis).
+    wav = WaveletTransform(problem.image_shape[-3:], wavelet=settings.wavelet,
                            levels=settings.levels, axes=axes)
+    roll_dims = [a - 3 for a in axes]
     penalise_approx = settings.penalise_approximation
     lipschitz = _lipschitz(op, x0, device)
     step = 1.0 / max(lipschitz * 1.01, 1e-12)  # 1 % margin for the power-iteration estimate
@@ -312,11 +360,11 @@ def _l1_solve(problem: Problem, lam: float, settings: L1WaveletSettings, iters: 
     def prox_g(v: torch.Tensor, s: float) -> torch.Tensor:
         shifts = (torch.randint(0, 2**wav.levels, (len(axes),), generator=gen).tolist()
                   if settings.cycle_spin else [0] * len(axes))
-        c = wav.forward(torch.roll(v, shifts, dims=axes))
+        c = wav.forward(torch.roll(v, shifts, dims=roll_dims))
         shrunk = soft_threshold(c, lam * s)
         if not penalise_approx:
             shrunk[approx] = c[approx]
-        return torch.roll(wav.adjoint(shrunk), [-t for t in shifts], dims=axes)
+        return torch.roll(wav.adjoint(shrunk), [-t for t in shifts], dims=roll_dims)
 
     res = fista(grad_f, prox_g, x0, step=step, max_iter=iters, tol=tol, progress=progress)
     return res, {"wavelet": wav.wavelet, "levels": wav.levels, "wavelet_axes": list(axes),
@@ -360,7 +408,7 @@ def _tv_solve(problem: Problem, lam: float, settings: TVSettings, axes: tuple[in
     """PDHG for one weight on ``problem``: (SolverResult, details for ``info``)."""
     op = problem.op
     x0 = op.adjoint(problem.y)
-    diff = FiniteDifference(problem.image_shape, dims=axes)
+    diff = FiniteDifference(problem.image_shape[-3:], dims=axes)
     lipschitz = _lipschitz(op, x0, device) * 1.01
     d_norm2 = 4.0 * len(diff.dims)  # ||D||^2 <= 4 per axis (tight for large grids)
     # The primal step is what moves the image, so take the gradient step 1/L and give the dual
@@ -378,7 +426,14 @@ def _tv_solve(problem: Problem, lam: float, settings: TVSettings, axes: tuple[in
     def prox_g(v: torch.Tensor, t: float) -> torch.Tensor:
         return v
 
-    res = pdhg(diff.forward, diff.adjoint, prox_f_conj, prox_g, x0, tau=tau, sigma=sigma,
+    # The functional forms take the leading map-set axis of (M, I, J, K) images as a batch.
+    def grad(x: torch.Tensor) -> torch.Tensor:
+        return finite_difference(x, diff.dims)
+
+    def grad_adjoint(g: torch.Tensor) -> torch.Tensor:
+        return -divergence(g, diff.dims)
+
+    res = pdhg(grad, grad_adjoint, prox_f_conj, prox_g, x0, tau=tau, sigma=sigma,
                max_iter=iters, tol=tol, grad_h=grad_h, progress=progress)
     return res, {"tv_axes": list(diff.dims), "lipschitz": lipschitz, "tau": tau,
                  "sigma": sigma}
@@ -398,12 +453,13 @@ def _weight(m: Measurement, problem: Problem, options: ReconOptions, method: str
     mask = op.mask.detach().cpu().numpy()
     calib = (m.acquisition or {}).get("calibration")
     train, held = mr_holdout_masks(mask, m.fft_dims, int(calib) if calib else None,
-                                   seed=int((m.acquisition or {}).get("seed", 0) or 0))
+                                   seed=int((m.acquisition or {}).get("seed", 0) or 0),
+                                   image_shape=op.image_shape)
     dev = problem.y.device
     train_t = torch.from_numpy(train).to(dev)
     held_t = torch.from_numpy(held).to(dev)
     train_op = SenseOperator(op.maps, train_t, fft_dims=op.fft_dims, coil_batch=op.coil_batch,
-                             image_shape=problem.image_shape)
+                             image_shape=op.image_shape)
     sub = dataclasses.replace(problem, op=train_op, y=problem.y * (train_t > 0))
     y_held = problem.y * (held_t > 0)
     y_held_norm = float(torch.linalg.vector_norm(y_held).clamp_min(1e-30))
@@ -415,9 +471,12 @@ def _weight(m: Measurement, problem: Problem, options: ReconOptions, method: str
 
     centre = default_lam(method, train_op.adjoint(sub.y))
     best, grid, errors = tune_weight(heldout_error, centre)
-    n_all, n_train = float((mask > 0).sum()), float((train > 0).sum())
+    n_train = float((train > 0).sum())
+    n_all = n_train + float((held > 0).sum())
     scale = n_all / n_train
     frac = 100.0 * float((held > 0).sum()) / n_all
+    single = train.shape != mask.shape  # a regular pattern: single samples, not lines
     report = TuneReport("lam", best * scale, tuple(grid), tuple(errors), scale,
-                        f"{frac:.0f} % of k-space samples held out")
+                        f"{frac:.0f} % of k-space samples held out"
+                        + (" (single samples: regular line pattern)" if single else ""))
     return best * scale, report

@@ -115,7 +115,7 @@ def test_reconstruct_writes_its_resolved_settings(meas: Path, tmp_path: Path) ->
     settings = load_config(path, ReconstructionSettings)
     assert (settings.method, settings.modality, settings.device) == ("tv", "MR", "cpu")
     assert settings.iterations == 4 and settings.lam is None
-    assert settings.options == {"maps_method": "espirit", "coil_batch": None,
+    assert settings.options == {"maps_method": "espirit", "map_sets": 2, "coil_batch": None,
                                 "tv_axes": [0, 1], "tau": None, "sigma": None}
     assert settings.resolved["iterations"] == 4 and settings.resolved["lam"] > 0
     # The file repeats the run exactly.

@@ -104,6 +104,19 @@ def _sense_batched() -> tuple[LinearOperator, bool]:
     return SenseOperator(_case_maps(5, 8), _case_mask((1, 10, 7), 9), (0, 1, 2), coil_batch=2), True
 
 
+@register_operator_case("sense-map-sets-2d-multislice")
+def _sense_map_sets_2d() -> tuple[LinearOperator, bool]:
+    # Two ESPIRiT-style map sets: image (2, I, J, K), one coil image sum per coil.
+    maps = _case_maps(8, 18).reshape(2, 4, *_SHAPE)
+    return SenseOperator(maps, _case_mask((1, 10, 1), 19), (0, 1)), True
+
+
+@register_operator_case("sense-map-sets-coil-batched")
+def _sense_map_sets_batched() -> tuple[LinearOperator, bool]:
+    maps = _case_maps(15, 20).reshape(3, 5, *_SHAPE)
+    return SenseOperator(maps, _case_mask((1, 10, 7), 21), (0, 1, 2), coil_batch=2), True
+
+
 @register_operator_case("sense-weighted-mask")
 def _sense_weighted() -> tuple[LinearOperator, bool]:
     return SenseOperator(_case_maps(2, 10), _case_mask((9, 10, 7), 11, weights=True),

@@ -324,3 +324,60 @@ def test_espirit_with_a_tiny_calibration_falls_back_to_lowres() -> None:
     assert float(((raw.abs() ** 2).sum(0) > 0.5)[inside].float().mean()) < 0.1
     assert float(((est.abs() ** 2).sum(0) > 0.5)[inside].float().mean()) > 0.5
     torch.testing.assert_close(est, lowres_maps(k, calibration=8, fft_dims=(0, 1)))
+
+
+def _folded_scene() -> dict[str, torch.Tensor]:
+    """2D multi-slice k-space of an object wider than the field of view along J (folded over):
+    where two parts of the object overlap, two sensitivity vectors are consistent with the
+    data, the textbook case for a second ESPIRiT map set (Uecker et al. 2014)."""
+    from medrecon.phantoms import shepp_logan_3d
+
+    big, n = (32, 40, 2), 24
+    maps = simulate_coil_maps(big, 6)
+    x = torch.as_tensor(shepp_logan_3d(big)).to(torch.complex64)
+    coil = maps * x
+    fold = coil[:, :, :n].clone()
+    fold[:, :, :big[1] - n] += coil[:, :, n:]
+    overlap = torch.zeros((big[0], n, big[2]), dtype=torch.bool)
+    overlap[:, :big[1] - n] = (x[:, :big[1] - n].abs() > 0) & (x[:, n:].abs() > 0)
+    return {"kspace": fftc(fold, (1, 2)), "overlap": overlap, "inside": x[:, :n].abs() > 0}
+
+
+def test_espirit_second_map_set_covers_the_fold_over() -> None:
+    scene = _folded_scene()
+    k = scene["kspace"]
+    one = espirit(k, calibration=(24, 12), kernel=5, fft_dims=(0, 1))
+    two = espirit(k, calibration=(24, 12), kernel=5, fft_dims=(0, 1), sets=2)
+    assert two.maps.shape == (2, *one.maps.shape) and two.eigenvalues.shape[0] == 2
+    torch.testing.assert_close(two.maps[0], one.maps)  # the first set is unchanged
+    torch.testing.assert_close(two.eigenvalues[0], one.eigenvalues)
+    assert bool((two.eigenvalues[0] >= two.eigenvalues[1] - 1e-5).all())
+    overlap, inside = scene["overlap"], scene["inside"]
+    # A second consistent sensitivity where the object overlaps itself, none elsewhere.
+    assert float(two.eigenvalues[1][overlap].median()) > 0.9
+    assert float(two.eigenvalues[1][inside & ~overlap].median()) < 0.5
+    power = (two.maps.abs() ** 2).sum(1)  # (M, I, J, K)
+    kept2 = power[1] > 0.5
+    assert float(kept2[overlap].float().mean()) > 0.95
+    assert float(kept2[inside & ~overlap].float().mean()) < 0.3
+    assert not bool((kept2 & (power[0] == 0)).any())  # only inside the first set's support
+    torch.testing.assert_close(power[1][kept2], torch.ones(int(kept2.sum())), atol=1e-4, rtol=0)
+    both = kept2 & (power[0] > 0.5)
+    inner = (two.maps[0].conj() * two.maps[1]).sum(0).abs()
+    assert float(inner[both].max()) < 1e-2  # eigenvectors of one Hermitian matrix: orthogonal
+
+
+def test_estimated_map_sets_drop_empty_sets() -> None:
+    scene = _folded_scene()
+    k = scene["kspace"]
+    mask = np.ones((1, 24, 1), dtype=bool)
+    est = estimate_coil_maps(k, mask, calibration=12, fft_dims=(0, 1), map_sets=2)
+    assert est.shape == (2, 6, 32, 24, 2)
+    torch.testing.assert_close(est[0], estimate_coil_maps(k, mask, calibration=12,
+                                                          fft_dims=(0, 1)))
+    # A set that the crop empties everywhere is dropped: (1, C, I, J, K), still one image.
+    lone = estimate_coil_maps(k, mask, calibration=12, fft_dims=(0, 1), map_sets=2,
+                              set_crop=1.5)
+    assert lone.shape == (1, 6, 32, 24, 2)
+    with pytest.raises(InputError, match="map sets"):
+        espirit(k, calibration=(24, 12), kernel=5, fft_dims=(0, 1), sets=7)

@@ -185,3 +185,30 @@ def test_fully_sampled_sense_with_normalised_maps_is_an_isometry(
     sm = make_mask("poisson", SHAPE, 2.0, calibration=4, seed=0)
     under = SenseOperator(maps, sm.mask, (0, 1, 2))
     assert float(under(x).norm()) < float(x.norm())
+
+
+def test_map_sets_sum_the_sets_before_the_fft(generator: torch.Generator) -> None:
+    """Maps (M, C, I, J, K): one image per set, y_c = M F sum_m S_mc x_m, x_m = sum_c S_mc^H."""
+    s1, s2 = _maps(3, generator), _maps(3, generator)
+    mask = torch.rand((1, 10, 1), generator=generator) < 0.5
+    op = SenseOperator(torch.stack([s1, s2]), mask, (0, 1))
+    one, two = SenseOperator(s1, mask, (0, 1)), SenseOperator(s2, mask, (0, 1))
+    assert op.sets == 2 and op.ishape == (2, *SHAPE) and op.oshape == (3, *SHAPE)
+    assert op.image_shape == SHAPE
+    x1, x2 = _image(generator), _image(generator)
+    x = torch.stack([x1, x2])
+    y = op(x)
+    assert torch.allclose(y, one(x1) + two(x2), atol=1e-12)
+    adj = op.adjoint(y)
+    assert torch.allclose(adj[0], one.adjoint(y), atol=1e-12)
+    assert torch.allclose(adj[1], two.adjoint(y), atol=1e-12)
+    batch = torch.stack([x, x.flip(0)])  # leading batch axis before the set axis
+    assert op(batch).shape == (2, 3, *SHAPE)
+    assert torch.allclose(op(batch)[1], op(x.flip(0)), atol=1e-12)
+    assert torch.allclose(op.normal(batch), op.adjoint(op(batch)), atol=1e-10)
+    chunked = SenseOperator(torch.stack([s1, s2]), mask, (0, 1), coil_batch=2)
+    assert torch.allclose(chunked(x), y, atol=1e-12)
+    assert torch.allclose(chunked.normal(x), op.normal(x), atol=1e-10)
+    single = SenseOperator(s1[None], mask, (0, 1))  # one set in the 5D layout
+    assert torch.allclose(single(x1[None]), one(x1), atol=1e-12)
+    assert op.to(dtype=torch.complex64).sets == 2

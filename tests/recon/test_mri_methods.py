@@ -177,3 +177,50 @@ def test_cuda_matches_cpu(meas3d: Measurement) -> None:
     cpu = get_method("MR", "cg-sense")(meas3d, ReconOptions(iterations=10), CPU)
     gpu = get_method("MR", "cg-sense")(meas3d, ReconOptions(iterations=10), torch.device("cuda"))
     assert np.allclose(cpu.image, gpu.image, atol=1e-4 * float(cpu.image.max()))
+
+
+def test_combine_sets_is_rss_with_the_first_sets_phase() -> None:
+    from medrecon.recon.mri import combine_sets
+
+    x = torch.tensor([[3j, 0.0, -2.0], [4.0, 2j, 0.0]], dtype=torch.complex64).reshape(2, 3, 1, 1)
+    out = combine_sets(x)
+    assert out.shape == (3, 1, 1)
+    torch.testing.assert_close(out.abs().flatten(), torch.tensor([5.0, 2.0, 2.0]))
+    # the phase of set 1 (i, and -1), or of set 2 where set 1 is zero (i)
+    torch.testing.assert_close(out.flatten(), torch.tensor([5j, 2j, -2.0], dtype=torch.complex64))
+    plain = torch.ones((3, 1, 1), dtype=torch.complex64)
+    assert combine_sets(plain) is plain
+
+
+def test_two_map_sets_reconstruct_a_folded_object() -> None:
+    """An object wider than the field of view: with one ESPIRiT map set the overlap cannot be
+    fitted; two sets (soft SENSE, the default for estimated maps) fit the data and the RSS over
+    the sets gives the overlapping parts' combined magnitude. The diffusion path's problem keeps
+    one set."""
+    from tests.operators.test_coils import _folded_scene
+
+    scene = _folded_scene()
+    big, n = (32, 40, 2), 24
+    x = shepp_logan_3d(big)
+    truth = np.sqrt(x[:, :n] ** 2 + np.pad(x[:, n:], ((0, 0), (0, 2 * n - big[1]), (0, 0))) ** 2)
+    ref = Volume(truth.astype(np.float32), np.eye(4), modality="MR")
+    sim = _simulate(ref, coils=6, acceleration=2.0, calibration=12, snr=1000.0, dims="2d",
+                    mask="equispaced")
+    data = (scene["kspace"].numpy() * np.asarray(sim.mask)).astype(np.complex64)
+    m = Measurement("MR", data, sim.mask, sim.reference, coil_maps=None, operator=sim.operator,
+                    acquisition=dict(sim.acquisition))
+    l1 = get_method("MR", "l1-wavelet")
+    one = l1(m, ReconOptions(lam=1e-4, extra={"map_sets": 1}), CPU)
+    two = l1(m, ReconOptions(lam=1e-4), CPU)
+    assert "map_sets" not in one.info and two.info["map_sets"] == 2
+    assert two.info["coil_maps"] == "estimated (espirit, 2 map sets)"
+    assert two.solution is not None and two.solution.shape == truth.shape
+    np.testing.assert_allclose(two.image, two.solution.abs().numpy(), rtol=1e-6)
+    assert two.residual < 0.5 * one.residual
+    assert psnr(two.image, truth) > psnr(one.image, truth) + 1.0
+    tv = get_method("MR", "tv")
+    tv1 = tv(m, ReconOptions(lam=1e-4, iterations=50, extra={"map_sets": 1}), CPU)
+    tv2 = tv(m, ReconOptions(lam=1e-4, iterations=50), CPU)
+    assert tv2.info["map_sets"] == 2 and tv2.residual < 0.8 * tv1.residual
+    assert measurement_problem(m, "cpu").op.sets is None  # type: ignore[attr-defined]
+    assert measurement_problem(m, "cpu", map_sets=2).op.ishape == (2, *truth.shape)
