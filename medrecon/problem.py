@@ -216,6 +216,7 @@ def kspace_tensor(m: Measurement, device: torch.device | str = "cpu") -> Tensor:
 def measurement_problem(measurement: Measurement, device: torch.device | str = "cpu", *,
                         model: ModelRange | None = None, noise_std: float | None = None,
                         maps_method: str = "espirit", coil_batch: int | None = None,
+                        coil_energy: float | None = None,
                         dtype: torch.dtype = torch.float32) -> Problem:
     """The physics :class:`Problem` of an MR or CT measurement, on ``device``.
 
@@ -227,6 +228,9 @@ def measurement_problem(measurement: Measurement, device: torch.device | str = "
         noise_std: override the measurement noise (per real component, units of y).
         maps_method: MR without coil maps in the file: "espirit" or "lowres" estimation.
         coil_batch: MR: coils transformed at once by the SENSE operator (memory bound).
+        coil_energy: MR: compress the coils onto the fewest virtual coils that keep this
+            fraction of the signal energy (:mod:`medrecon.operators.coil_compression`;
+            ``info["virtual_coils"]``); None or 1: all coils.
         dtype: CT real dtype of the projector and data.
 
     Raises:
@@ -235,7 +239,8 @@ def measurement_problem(measurement: Measurement, device: torch.device | str = "
     """
     device = torch.device(device)
     if measurement.modality == "MR":
-        return _mr_problem(measurement, device, model, noise_std, maps_method, coil_batch)
+        return _mr_problem(measurement, device, model, noise_std, maps_method, coil_batch,
+                           coil_energy)
     if measurement.modality == "CT":
         return _ct_problem(measurement, device, model, noise_std, dtype)
     raise InputError(f"Reconstruction supports MR and CT measurements, not "
@@ -271,7 +276,7 @@ def _mr_noise_estimate(y: Tensor, mask: Tensor) -> float:
 
 def _mr_problem(m: Measurement, device: torch.device, model: ModelRange | None,
                 noise_std: float | None, maps_method: str,
-                coil_batch: int | None) -> Problem:
+                coil_batch: int | None, coil_energy: float | None = None) -> Problem:
     from medrecon.operators.mri import SenseOperator
     from medrecon.solvers import conjugate_gradient
 
@@ -308,6 +313,15 @@ def _mr_problem(m: Measurement, device: torch.device, model: ModelRange | None,
     support = None if maps is None else operator_support((maps.abs() ** 2).sum(0))
     if support is not None:
         info["unsupported_fraction"] = round(1.0 - float(support.float().mean()), 4)
+    if coil_energy is not None and coil_energy < 1.0 and maps is not None:
+        # After the scale and the noise: both stay those of all coils (an orthonormal
+        # compression keeps white noise white, with the same sigma).
+        from medrecon.operators.coil_compression import compress_coils
+
+        cc = compress_coils(y, maps, op.mask, keep=coil_energy, noise_std=float(noise_std))
+        y = cc.kspace
+        op = SenseOperator(cc.maps, op.mask, fft_dims=m.fft_dims, coil_batch=coil_batch)
+        info.update(virtual_coils=cc.n_virtual, coil_energy_kept=round(cc.kept, 5))
     return Problem("MR", op, y, float(noise_std), UnitMap("MR", scale=scale, offset=0.0), info,
                    spacing_mm=_spacing(m), support=support)
 

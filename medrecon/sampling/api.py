@@ -121,6 +121,9 @@ class SamplerOptions:
             benchmarks/RESULTS_sampling.md), with a final projection for noiseless data.
         sigma_max, sigma_min, rho: EDM schedule (None: the prior's range).
         normalise_operator: divide A and y by ||A|| first.
+        coil_energy: MR, :func:`posterior_sample`: compress the coils onto the fewest virtual
+            coils that keep this fraction of the signal energy
+            (:mod:`medrecon.operators.coil_compression`); None or 1: all coils.
     """
 
     eta: float = 0.85
@@ -136,6 +139,7 @@ class SamplerOptions:
     sigma_min: float | None = None
     rho: float = 7.0
     normalise_operator: bool = True
+    coil_energy: float | None = None
 
     @classmethod
     def defaults(cls, modality: str | None = None, sampler: str = "dds",
@@ -551,8 +555,9 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
     _check_common(sampler, steps, samples)
     check_sample_memory(measurement, samples, dev)
     prior = prior_on_device(prior, dev)
+    opt = options or SamplerOptions.defaults(measurement.modality, sampler)
     physics = measurement_problem(measurement, dev, model=prior.normalisation,
-                                  noise_std=noise_std)
+                                  noise_std=noise_std, coil_energy=opt.coil_energy)
     problem = LinearProblem.from_problem(physics)
     units = physics.units
     pinfo: dict[str, Any] = {**physics.info, "scale": units.scale, "offset": units.offset}
@@ -567,7 +572,6 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
     den = prior_denoiser(prior, measurement.modality, tiling=tiling,
                          memory_budget_gb=memory_budget_gb, seed=seed, device=dev,
                          spacing_mm=spacing)
-    opt = options or SamplerOptions.defaults(measurement.modality, sampler)
     res = sample_problem(den, problem, tuple(problem.op.ishape), sampler=sampler, steps=steps,
                          samples=samples, seed=seed, sigma_data=prior.sigma_data,
                          sigma_min=prior.sigma_min, sigma_max=prior.sigma_max, options=opt,

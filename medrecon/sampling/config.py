@@ -29,6 +29,8 @@ guard              compare with the self-tuned classical result  on
 eta                DDS re-noising stochasticity in [0, 1]       0.85
 cg_iters           CG iterations per data-consistency step      per modality (MR 10, CT 5)
 zeta               DPS step / DiffPIR fresh-noise share         1.0 / 0.3
+coil_energy        MR: virtual coils keeping this fraction of   MR 1 (all coils)
+                   the signal energy (coil compression)
 =================  ===========================================  =========================
 
 Per-modality defaults: :data:`medrecon.sampling.api.MODALITY_DEFAULTS`. An auto ``lam`` (None)
@@ -56,8 +58,8 @@ _WEIGHT_FILES = (".safetensors", ".pt", ".pth", ".ckpt")
 class DiffusionConfig:
     """Settings of posterior-sampling reconstruction (see the module table).
 
-    ``None`` for eta, cg_iters and zeta means the sampler's default for the modality
-    (:meth:`resolved` fills them in); ``None`` for lam means self-tuned on held-out data
+    ``None`` for eta, cg_iters, zeta and coil_energy means the sampler's default for the
+    modality (:meth:`resolved` fills them in; coil_energy only for MR, where 1 means all coils); ``None`` for lam means self-tuned on held-out data
     (:mod:`medrecon.guard`), centred on that default.
     """
 
@@ -74,6 +76,10 @@ class DiffusionConfig:
     eta: float | None = option(None, ge=0.0, le=1.0, help="DDS re-noising stochasticity.")
     cg_iters: int | None = option(None, ge=1, help="CG iterations per consistency step.")
     zeta: float | None = option(None, ge=0.0, help="DPS step size / DiffPIR noise share.")
+    coil_energy: float | None = option(None, gt=0.0, le=1.0,
+                                       help="MR: compress the coils onto the fewest virtual "
+                                            "coils keeping this fraction of the signal energy "
+                                            "(1: all coils).")
     guard: bool = option(True, help="Fall back to (or blend with) the self-tuned classical "
                                     "result where it predicts held-out data better.")
 
@@ -105,6 +111,8 @@ class DiffusionConfig:
             overrides["cg_iters"] = self.cg_iters
         if self.zeta is not None:
             overrides["zeta_diffpir" if self.sampler == "diffpir" else "zeta_dps"] = self.zeta
+        if self.coil_energy is not None and modality.upper() == "MR":
+            overrides["coil_energy"] = self.coil_energy
         return SamplerOptions.defaults(modality, self.sampler, **overrides)
 
     def resolved(self, modality: str, lam: float | None = None) -> DiffusionConfig:
@@ -113,4 +121,6 @@ class DiffusionConfig:
         opt = self.sampler_options(modality)
         return dataclasses.replace(
             self, lam=lam if lam is not None else opt.lam, eta=opt.eta, cg_iters=opt.cg_iters,
-            zeta=opt.zeta_diffpir if self.sampler == "diffpir" else opt.zeta_dps)
+            zeta=opt.zeta_diffpir if self.sampler == "diffpir" else opt.zeta_dps,
+            coil_energy=(1.0 if opt.coil_energy is None else opt.coil_energy)
+            if modality.upper() == "MR" else None)

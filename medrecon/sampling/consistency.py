@@ -260,14 +260,17 @@ class LinearProblem:
         return torch.sqrt(inner(r, r, batched=True))
 
     def _solve(self, x0: torch.Tensor, gamma: torch.Tensor, y: torch.Tensor,
-               iters: int, tol: float) -> torch.Tensor:
+               iters: int, tol: float, start: torch.Tensor | None = None) -> torch.Tensor:
+        """CG on ``(A^H A + gamma) x = A^H y + gamma x0`` from ``start`` (default ``x0``)."""
         g = _bview(gamma.to(device=x0.device, dtype=x0.real.dtype), x0)
         rhs = self._adjoint(y) + g * x0  # y (*oshape) broadcasts over the batch
 
         def apply(v: torch.Tensor) -> torch.Tensor:
             return self._normal(v) + g * v
 
-        return conjugate_gradient(apply, rhs, x0, max_iter=iters, tol=tol, batched=True).x
+        x_start = x0 if start is None else start
+        return conjugate_gradient(apply, rhs, x_start, max_iter=iters, tol=tol,
+                                  batched=True).x
 
     def _finish(self, x: torch.Tensor, phase: torch.Tensor | None, update_phase: bool,
                 clean: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -291,9 +294,25 @@ class LinearProblem:
         Returns:
             (B, *S) model-space solution (for ``complex_image``, its component along the phase).
         """
+        return self.prox_step(z0, variance, phase, iters, tol)[0]
+
+    def prox_step(self, z0: torch.Tensor, variance: torch.Tensor,
+                  phase: torch.Tensor | None = None, iters: int = 10, tol: float = 1e-6,
+                  correction: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`prox` with a warm start: CG starts from ``x(z0) + correction`` (physical
+        units, (B, *S); None: from ``x(z0)``) and the step's own correction ``x_dc - x(z0)``
+        is returned with the model-space solution, for the next step to start from.
+
+        The solution the CG converges to does not depend on the start when ``gamma > 0``; with
+        noiseless data (``gamma = 0``) it is the projection of the start onto ``A x = y``,
+        which is that of ``x(z0)`` as long as the correction lies in ``range(A^H)`` -- as every
+        correction made by these CG steps does (they add only ``A^H`` residual directions).
+        """
         gamma = self.noise_std**2 / (self.scale**2 * variance)
-        x = self._solve(self.to_physical(z0, phase), gamma, self.y, iters, tol)
-        return self._finish(x, phase, update_phase=False)[0]
+        x0 = self.to_physical(z0, phase)
+        start = None if correction is None else x0 + correction
+        x = self._solve(x0, gamma, self.y, iters, tol, start=start)
+        return self._finish(x, phase, update_phase=False)[0], x - x0
 
     def project(self, z: torch.Tensor, phase: torch.Tensor | None = None, iters: int = 50,
                 tol: float = 1e-10, y: torch.Tensor | None = None
@@ -372,10 +391,18 @@ class ProximalDenoiser:
 
     def __init__(self, denoiser: Denoiser, problem: LinearProblem,
                  variance: Callable[[torch.Tensor], torch.Tensor], cg_iters: int = 5,
-                 tol: float = 1e-6, phase: torch.Tensor | None = None) -> None:
+                 tol: float = 1e-6, phase: torch.Tensor | None = None,
+                 warm_start: bool = False) -> None:
         self.denoiser, self.problem, self.variance = denoiser, problem, variance
         self.cg_iters, self.tol, self.phase = cg_iters, tol, phase
+        self.warm_start = warm_start
+        self._correction: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         x0 = self.denoiser(x, sigma)
-        return self.problem.prox(x0, self.variance(sigma), self.phase, self.cg_iters, self.tol)
+        start = self._correction if self.warm_start else None
+        z, correction = self.problem.prox_step(x0, self.variance(sigma), self.phase,
+                                               self.cg_iters, self.tol, start)
+        if self.warm_start:
+            self._correction = correction
+        return z
