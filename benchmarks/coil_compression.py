@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from datetime import UTC, datetime
@@ -83,61 +82,40 @@ def _run(m: Any, ref: np.ndarray, prior: Any, dev: torch.device, args: argparse.
          spec: str) -> dict[str, Any]:
     from medrecon.metrics import psnr, ssim
     from medrecon.sampling import SamplerOptions
-    from medrecon.sampling import samplers as S
     from medrecon.sampling.api import prior_denoiser, sample_problem
-    from medrecon.sampling.consistency import LinearProblem, ProximalDenoiser
+    from medrecon.sampling.consistency import LinearProblem
 
     var = _parse(spec)
     physics = _physics(m, prior, dev, var)
     problem = LinearProblem.from_problem(physics)
     cg = int(var.get("cg", 10))
-    opt = SamplerOptions.defaults("MR", "dds", cg_iters=cg)
-    cg_high = int(var.get("cg_high", cg))
-    cg_sigma = float(var.get("cg_sigma", float("inf")))
-    warm = var.get("warm", "0") == "1"
+    opt = SamplerOptions.defaults(
+        "MR", "dds", cg_iters=cg,
+        cg_iters_high=int(var["cg_high"]) if "cg_high" in var else None,
+        cg_sigma=float(var.get("cg_sigma", 5.0)))
     den = prior_denoiser(prior, "MR", tiling=args.tiling, seed=0, device=dev,
                          spacing_mm=(2.0, 2.0, 2.0))
-
-    # The variant's CG count and warm start, through the sampler's own ProximalDenoiser.
-    made: list[ProximalDenoiser] = []
-    original_init = ProximalDenoiser.__init__
-    original_call = ProximalDenoiser.__call__
-
-    def init(self: ProximalDenoiser, *a: Any, **k: Any) -> None:
-        original_init(self, *a, **k)
-        self.warm_start = warm
-        made.append(self)
-
-    def call(self: ProximalDenoiser, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        self.cg_iters = cg_high if float(sigma.max()) > cg_sigma else cg
-        return original_call(self, x, sigma)
-
-    ProximalDenoiser.__init__, ProximalDenoiser.__call__ = init, call  # type: ignore[method-assign]
-    try:
-        if dev.type == "cuda":  # warm-up: kernels, cuFFT plans, allocator
-            sample_problem(den, problem, problem.ishape, steps=2, samples=args.samples,
-                           options=opt, device=dev, sigma_data=prior.sigma_data,
-                           sigma_min=prior.sigma_min, sigma_max=prior.sigma_max)
-            torch.cuda.synchronize(dev)
-        res = sample_problem(den, problem, problem.ishape, steps=args.steps,
-                             samples=args.samples, seed=0, options=opt, device=dev,
-                             sigma_data=prior.sigma_data, sigma_min=prior.sigma_min,
-                             sigma_max=prior.sigma_max, keep_samples=True)
-    finally:
-        ProximalDenoiser.__init__, ProximalDenoiser.__call__ = original_init, original_call
+    common = {"options": opt, "device": dev, "sigma_data": prior.sigma_data,
+              "sigma_min": prior.sigma_min, "sigma_max": prior.sigma_max}
+    if dev.type == "cuda":  # warm-up: kernels, cuFFT plans, allocator
+        sample_problem(den, problem, problem.ishape, steps=2, samples=args.samples, **common)
+        torch.cuda.synchronize(dev)
+    res = sample_problem(den, problem, problem.ishape, steps=args.steps, samples=args.samples,
+                         seed=0, keep_samples=True, **common)
     with torch.no_grad():
         mag = physics.units.model_to_reference(res.samples, res.phase).float()
         mean = mag.mean(0).cpu().numpy()
-        # One proximal step alone (all chains, the run's normalised problem), median of 5.
-        d_y = made[-1]
+        # One proximal step of ``cg`` iterations alone (all chains), the fastest of 5: the
+        # data-consistency cost per step, free of the load other processes put on a CPU.
         z = res.samples.to(dev)
-        sig = torch.full((z.shape[0],), 1.0, device=dev)
+        phase = problem.init_phase(z.shape[0])
+        var_z = torch.full((z.shape[0],), 0.25, device=dev)
         times = []
         for _ in range(5):
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             t0 = time.perf_counter()
-            d_y.problem.prox(z, d_y.variance(sig), d_y.phase, cg, d_y.tol)
+            problem.prox(z, var_z, phase, cg)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             times.append(time.perf_counter() - t0)
@@ -148,8 +126,51 @@ def _run(m: Any, ref: np.ndarray, prior: Any, dev: torch.device, args: argparse.
             "virtual_coils": physics.info.get("virtual_coils", physics.op.oshape[0]),
             "coil_energy_kept": physics.info.get("coil_energy_kept", 1.0),
             "seconds": res.timings["total"], "network_seconds": res.timings["network"],
-            "other_seconds": res.timings["other"], "dc_ms": 1e3 * statistics.median(times),
+            "other_seconds": res.timings["other"], "dc_ms": 1e3 * min(times),
             "residual": res.residual}
+
+
+def _dc_only(m: Any, dev: torch.device) -> list[dict[str, Any]]:
+    """Wall time of one proximal step (one chain) per virtual-coil count and CG iterations,
+    fastest of 7: the data-consistency cost alone, without sampling."""
+    from medrecon.operators.coil_compression import compress_coils
+    from medrecon.operators.mri import SenseOperator
+    from medrecon.problem import measurement_problem
+    from medrecon.sampling.consistency import LinearProblem
+
+    physics = measurement_problem(m, dev)
+    op = physics.op
+    z = torch.rand((1, *op.ishape), generator=torch.Generator().manual_seed(0)).to(dev)
+    rows = []
+    for v in range(op.oshape[0], 3, -1):
+        cc = compress_coils(physics.y, op.maps, op.mask, n_virtual=v)
+        problem = LinearProblem(SenseOperator(cc.maps, op.mask, op.fft_dims), cc.kspace,
+                                noise_std=physics.noise_std, complex_image=True)
+        phase = problem.init_phase(1)
+        for iters in (10, 2):
+            times = []
+            for _ in range(7):
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                t0 = time.perf_counter()
+                problem.prox(z, torch.tensor([0.25], device=dev), phase, iters, 0.0)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                times.append(time.perf_counter() - t0)
+            rows.append({"virtual_coils": v, "cg_iters": iters, "dc_ms": 1e3 * min(times),
+                         "dc_ms_median": 1e3 * sorted(times)[3]})
+    return rows
+
+
+def _emit(path: Path, row: dict[str, Any]) -> None:
+    """Append one JSON line (a run cut short keeps what it measured) and print its summary."""
+    row["date"] = datetime.now(UTC).isoformat(timespec="seconds")
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    keep = ("size", "acceleration", "variant", "virtual_coils", "cg_iters", "psnr", "d_psnr",
+            "ssim", "seconds", "other_seconds", "dc_ms", "error")
+    print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if k in keep},
+          flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,7 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--head", type=int, default=0, help="index into the test seeds")
     ap.add_argument("--tiling", default="shift")
     ap.add_argument("--variants", default="coils=all;energy=0.99")
+    ap.add_argument("--dc-only", action="store_true",
+                    help="time one proximal step per virtual-coil count (no sampling)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="CPU threads for torch (0: its default); 1 on a shared machine")
     args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     from medrecon.priors import load_prior
     from medrecon.priors.synthetic import generate_head, split_seeds
@@ -180,6 +207,14 @@ def main(argv: list[str] | None = None) -> int:
             cfg = SimulationConfig(modality="mri", seed=seed, mri=MRISettings(
                 coils=8, acceleration=accel, snr=30.0, coil_model="birdcage"))
             m = simulate(vol, cfg, device=args.device)
+            stamp = {"size": n, "acceleration": accel, "head_seed": seed, "steps": args.steps,
+                     "samples": args.samples, "tiling": args.tiling, "device": card,
+                     "torch": torch.__version__, "prior": prior.name,
+                     "command": " ".join(sys.argv)}
+            if args.dc_only:
+                for row in _dc_only(m, dev):
+                    _emit(args.out, {**row, **stamp})
+                continue
             base: float | None = None
             for spec in args.variants.split(";"):
                 try:
@@ -189,17 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                 if "psnr" in row:
                     base = row["psnr"] if base is None else base
                     row["d_psnr"] = row["psnr"] - base
-                row.update(size=n, acceleration=accel, head_seed=seed, steps=args.steps,
-                           samples=args.samples, tiling=args.tiling, device=card,
-                           torch=torch.__version__, prior=prior.name,
-                           date=datetime.now(UTC).isoformat(timespec="seconds"),
-                           command=" ".join(sys.argv))
-                with args.out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-                keep = ("size", "acceleration", "variant", "virtual_coils", "psnr", "d_psnr",
-                        "ssim", "seconds", "other_seconds", "dc_ms", "error")
-                print({k: round(v, 4) if isinstance(v, float) else v
-                       for k, v in row.items() if k in keep}, flush=True)
+                _emit(args.out, {**row, **stamp})
     return 0
 
 

@@ -43,6 +43,12 @@ Without a model, z is the classical solvers' unknown: the image itself for MR (s
 attenuation in units of water for CT (``scale = mu_water``), which keeps regularisation
 weights dimensionless.
 
+MR coil compression (``coil_energy``, used by the diffusion sampler on request, never by the
+classical methods): data and maps are mapped onto the fewest virtual coils that keep that
+fraction of the signal energy (:mod:`medrecon.operators.coil_compression`), after the scale and
+the noise level were taken from all coils (an orthonormal compression keeps white noise white,
+with the same sigma); ``info["virtual_coils"]`` and ``info["coil_energy_kept"]`` record it.
+
 Nothing here changes the measurement: estimated coil maps live in the problem, not in the file
 object.
 """

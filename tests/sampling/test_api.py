@@ -127,6 +127,39 @@ def test_posterior_sample_mr(mr_measurement, tiny_prior) -> None:
     assert (res.info["lam"], res.info["cg_iters"]) == (0.05, 10)  # the MR defaults
 
 
+def test_posterior_sample_mr_on_virtual_coils(mr_measurement, tiny_prior) -> None:
+    m, vol = mr_measurement
+    opt = SamplerOptions.defaults("MR", "dds", coil_energy=0.5)
+    res = posterior_sample(m, tiny_prior, steps=3, seed=0, device="cpu", options=opt)
+    assert res.info["virtual_coils"] == 1 < m.data.shape[0]
+    assert 0.5 <= res.info["coil_energy_kept"] < 1.0 and res.mean.shape == vol.shape
+    plain = posterior_sample(m, tiny_prior, steps=3, seed=0, device="cpu")
+    assert "virtual_coils" not in plain.info
+
+
+def test_dds_cg_schedule_applies_only_to_steps_followed_by_high_noise() -> None:
+    from medrecon.sampling.consistency import noisy_steps_above
+    from tests.sampling.gaussian import MatrixOperator
+
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    problem = LinearProblem(MatrixOperator(a), a @ torch.randn(8, generator=g,
+                                                               dtype=torch.float64),
+                            noise_std=0.01)
+
+    def run(steps: int, **kw: int) -> torch.Tensor:
+        opt = SamplerOptions(cg_iters=4, **kw)  # type: ignore[arg-type]
+        return sample_problem(_shrink(), problem, (8,), steps=steps, samples=2, seed=1,
+                              options=opt, dtype=torch.float64).mean
+
+    assert torch.equal(run(10, cg_iters_high=4), run(10))
+    assert not torch.allclose(run(10, cg_iters_high=1), run(10))
+    # Two steps: the first is followed by the last level (~0), so nothing is cut.
+    assert torch.equal(run(2, cg_iters_high=1), run(2))
+    assert noisy_steps_above([80.0, 40.0, 10.0, 1.0, 0.0], 5.0) == 10.0
+    assert noisy_steps_above([3.0, 1.0, 0.0], 5.0) == 3.0  # no step: nothing is above s[0]
+
+
 def test_posterior_sample_leaves_the_callers_objects_alone(ct_measurement, tiny_prior) -> None:
     from medrecon.sampling.api import prior_on_device
 
