@@ -30,7 +30,11 @@ The number of virtual coils. V is the fewest coils whose signal energy reaches a
 samples used are all measured ones; their energy is dominated by the fully sampled centre, so
 this is the calibration region's spectrum (measured on a 64^3 synthetic head, 8 birdcage coils:
 the fractions of the calibration box and of all samples agree within 0.002) without having to
-locate a box, and it works for masks without one.
+locate a box, and it works for masks without one. Why energy: the discarded virtual coils hold
+at most ``1 - keep`` of the signal, the standard criterion of Huang et al. It is not a quality
+guarantee, since what a coil is worth for unfolding depends on the acceleration: with 8 coils
+at R = 8 every virtual coil dropped costs 0.3 dB or more (benchmarks/RESULTS_coil_compression.md),
+which is why the samplers leave compression off unless asked (``coil_energy``).
 """
 
 from __future__ import annotations
