@@ -87,7 +87,7 @@ def _physics(m: Any, prior: Any, dev: torch.device, var: dict[str, Any]) -> Any:
 
 
 def _run(m: Any, ref: np.ndarray, prior: Any, dev: torch.device, args: argparse.Namespace,
-         spec: str) -> dict[str, Any]:
+         spec: str, spacing: tuple[float, float, float]) -> dict[str, Any]:
     from medrecon.metrics import psnr, ssim
     from medrecon.sampling import SamplerOptions
     from medrecon.sampling.api import prior_denoiser, sample_problem
@@ -102,7 +102,7 @@ def _run(m: Any, ref: np.ndarray, prior: Any, dev: torch.device, args: argparse.
         cg_iters_high=int(var["cg_high"]) if "cg_high" in var else None,
         cg_sigma=float(var.get("cg_sigma", 5.0)))
     den = prior_denoiser(prior, "MR", tiling=args.tiling, seed=0, device=dev,
-                         spacing_mm=(2.0, 2.0, 2.0))
+                         spacing_mm=spacing)
     common = {"options": opt, "device": dev, "sigma_data": prior.sigma_data,
               "sigma_min": prior.sigma_min, "sigma_max": prior.sigma_max}
     if dev.type == "cuda":  # warm-up: kernels, cuFFT plans, allocator
@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=1)
     ap.add_argument("--accel", default="8", help="comma-separated accelerations")
     ap.add_argument("--head", type=int, default=0, help="index into the test seeds")
+    ap.add_argument("--real", default="",
+                    help="a real MR case of benchmarks/real_quality.py (e.g. mr_brain_piesno) "
+                         "instead of the synthetic head, simulated as there")
     ap.add_argument("--tiling", default="shift")
     ap.add_argument("--variants", default="coils=all;energy=0.99")
     ap.add_argument("--dc-only", action="store_true",
@@ -210,11 +213,25 @@ def main(argv: list[str] | None = None) -> int:
     card = (torch.cuda.get_device_name(dev) if dev.type == "cuda"
             else platform.processor() or platform.machine())
     seed = split_seeds("test")[args.head]
-    for n in (int(s) for s in args.size.split(",")):
-        vol = generate_head((n, n, n), 2.0, "MR", seed=seed, noise=False, device=args.device)
+    if args.real:
+        # A real MR volume of benchmarks/real_quality.py, simulated as that benchmark does.
+        sys.path.insert(0, str(Path(__file__).parent))
+        from real_quality import _mri_config, load_cases
+
+        _, real, note = load_cases([args.real], None)[0]
+        if real is None:
+            raise SystemExit(f"{args.real}: {note}")
+        cases = [(args.real, real)]
+    else:
+        cases = [(n, generate_head((n, n, n), 2.0, "MR", seed=seed, noise=False,
+                                   device=args.device))
+                 for n in (int(s) for s in args.size.split(","))]
+    for n, vol in cases:
+        spacing = tuple(float(s) for s in vol.spacing)
         for accel in (float(a) for a in args.accel.split(",")):
-            cfg = SimulationConfig(modality="mri", seed=seed, mri=MRISettings(
-                coils=8, acceleration=accel, snr=30.0, coil_model="birdcage"))
+            cfg = (_mri_config(vol.shape, accel) if args.real else SimulationConfig(
+                modality="mri", seed=seed, mri=MRISettings(
+                    coils=8, acceleration=accel, snr=30.0, coil_model="birdcage")))
             m = simulate(vol, cfg, device=args.device)
             stamp = {"size": n, "acceleration": accel, "head_seed": seed, "steps": args.steps,
                      "samples": args.samples, "tiling": args.tiling, "device": card,
@@ -227,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             base: float | None = None
             for spec in args.variants.split(";"):
                 try:
-                    row = _run(m, vol.data, prior, dev, args, spec)
+                    row = _run(m, np.asarray(vol.data, np.float32), prior, dev, args, spec,
+                               spacing)  # type: ignore[arg-type]
                 except Exception as exc:  # record the failure, go on with the others
                     row = {"variant": spec, "error": f"{type(exc).__name__}: {exc}"}
                 if "psnr" in row:

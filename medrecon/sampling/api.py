@@ -164,8 +164,8 @@ class SamplerOptions:
 #: pays: at R = 8, +1.73 dB over tuned TV with lam 1 and 5 CG steps, +3.93 dB with lam 0.05 and
 #: 10. For CT, lam 0.3 adds only ~0.3 dB PSNR but lets the Poisson noise into the soft tissue
 #: (SSIM 0.974 -> 0.962 at 60 views), so CT keeps the exact-Gaussian weight lam = 1. MR runs
-#: 2 CG iterations instead of 10 at the steps followed by sigma > 5 (40 % of 50 steps): a
-#: third less data consistency for <= 0.01 dB on two synthetic heads at R = 4 and 8
+#: 2 CG iterations instead of 10 at the steps followed by sigma > 5 (40 % of 50 steps): about
+#: 30 % less data consistency for <= 0.01 dB on two synthetic heads at R = 4 and 8
 #: (benchmarks/RESULTS_coil_compression.md).
 MODALITY_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("MR", "dds"): {"lam": 0.05, "cg_iters": 10, "cg_iters_high": 2},
