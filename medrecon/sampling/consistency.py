@@ -393,7 +393,7 @@ class ProximalDenoiser:
     real images).
 
     CG iterations: ``cg_iters`` per step, or ``cg_iters_high`` at the noisy steps (sigma above
-    ``cg_sigma``, model units; the samplers pass :func:`noisy_steps_above` of their schedule,
+    ``cg_sigma``, model units; the DDS sampler passes :func:`noisy_steps_above` of its schedule,
     so that these are the steps whose estimate is re-noised far above its own detail at the
     next step), where fewer iterations cost nothing measurable (MR, CPU:
     benchmarks/RESULTS_coil_compression.md). The CG starts from the denoised estimate itself:
