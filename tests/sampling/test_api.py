@@ -216,6 +216,21 @@ def test_diffusion_registered_in_reconstruct(ct_measurement, tiny_prior_path) ->
     assert result.output.iterations == 3
 
 
+def test_coil_energy_reaches_the_run_and_its_settings(mr_measurement, tiny_prior_path) -> None:
+    from medrecon.recon.base import ReconOptions
+    from medrecon.reconstruct import reconstruct
+
+    m, _ = mr_measurement
+    opts = ReconOptions(device="cpu", extra={"prior": str(tiny_prior_path), "steps": 2,
+                                             "lam": 0.05, "guard": False,
+                                             "coil_energy": 0.5})
+    result = reconstruct(m, "diffusion", opts)
+    assert result.settings.options["coil_energy"] == 0.5
+    assert result.settings.options["cg_iters_high"] == 2  # the MR default schedule
+    assert result.settings.resolved["virtual_coils"] == 1
+    assert 0.5 <= result.settings.resolved["coil_energy_kept"] < 1.0
+
+
 def test_unknown_sampler_is_a_user_error(ct_measurement, tiny_prior) -> None:
     from medrecon.errors import InputError
 
