@@ -43,6 +43,12 @@ Without a model, z is the classical solvers' unknown: the image itself for MR (s
 attenuation in units of water for CT (``scale = mu_water``), which keeps regularisation
 weights dimensionless.
 
+MR coil compression (``coil_energy``, used by the diffusion sampler on request, never by the
+classical methods): data and maps are mapped onto the fewest virtual coils that keep that
+fraction of the signal energy (:mod:`medrecon.operators.coil_compression`), after the scale and
+the noise level were taken from all coils (an orthonormal compression keeps white noise white,
+with the same sigma); ``info["virtual_coils"]`` and ``info["coil_energy_kept"]`` record it.
+
 Nothing here changes the measurement: estimated coil maps live in the problem, not in the file
 object.
 """
@@ -216,6 +222,7 @@ def kspace_tensor(m: Measurement, device: torch.device | str = "cpu") -> Tensor:
 def measurement_problem(measurement: Measurement, device: torch.device | str = "cpu", *,
                         model: ModelRange | None = None, noise_std: float | None = None,
                         maps_method: str = "espirit", coil_batch: int | None = None,
+                        coil_energy: float | None = None,
                         dtype: torch.dtype = torch.float32, map_sets: int = 1) -> Problem:
     """The physics :class:`Problem` of an MR or CT measurement, on ``device``.
 
@@ -227,6 +234,9 @@ def measurement_problem(measurement: Measurement, device: torch.device | str = "
         noise_std: override the measurement noise (per real component, units of y).
         maps_method: MR without coil maps in the file: "espirit" or "lowres" estimation.
         coil_batch: MR: coils transformed at once by the SENSE operator (memory bound).
+        coil_energy: MR: compress the coils onto the fewest virtual coils that keep this
+            fraction of the signal energy (:mod:`medrecon.operators.coil_compression`;
+            ``info["virtual_coils"]``); None or 1: all coils.
         dtype: CT real dtype of the projector and data.
         map_sets: MR with estimated ESPIRiT maps: up to this many map sets (soft SENSE); with
             more than one the operator's image is ``(M, I, J, K)``, one image per set.
@@ -238,7 +248,7 @@ def measurement_problem(measurement: Measurement, device: torch.device | str = "
     device = torch.device(device)
     if measurement.modality == "MR":
         return _mr_problem(measurement, device, model, noise_std, maps_method, coil_batch,
-                           map_sets)
+                           map_sets, coil_energy)
     if measurement.modality == "CT":
         return _ct_problem(measurement, device, model, noise_std, dtype)
     raise InputError(f"Reconstruction supports MR and CT measurements, not "
@@ -274,7 +284,8 @@ def _mr_noise_estimate(y: Tensor, mask: Tensor) -> float:
 
 def _mr_problem(m: Measurement, device: torch.device, model: ModelRange | None,
                 noise_std: float | None, maps_method: str,
-                coil_batch: int | None, map_sets: int = 1) -> Problem:
+                coil_batch: int | None, map_sets: int = 1,
+                coil_energy: float | None = None) -> Problem:
     from medrecon.operators.mri import SenseOperator
     from medrecon.solvers import conjugate_gradient
 
@@ -315,6 +326,16 @@ def _mr_problem(m: Measurement, device: torch.device, model: ModelRange | None,
         (maps.abs() ** 2).sum(tuple(range(maps.ndim - 3))))  # over coils (and map sets)
     if support is not None:
         info["unsupported_fraction"] = round(1.0 - float(support.float().mean()), 4)
+    if coil_energy is not None and coil_energy < 1.0 and maps is not None and maps.ndim == 4:
+        # After the scale and the noise: both stay those of all coils (an orthonormal
+        # compression keeps white noise white, with the same sigma).
+        from medrecon.operators.coil_compression import compress_coils
+
+        cc = compress_coils(y, maps, op.mask, keep=coil_energy, noise_std=float(noise_std))
+        y = cc.kspace
+        op = SenseOperator(cc.maps, op.mask, fft_dims=m.fft_dims, coil_batch=coil_batch,
+                           image_shape=m.image_shape)
+        info.update(virtual_coils=cc.n_virtual, coil_energy_kept=round(cc.kept, 5))
     return Problem("MR", op, y, float(noise_std), UnitMap("MR", scale=scale, offset=0.0), info,
                    spacing_mm=_spacing(m), support=support)
 

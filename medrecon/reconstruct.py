@@ -69,7 +69,8 @@ class ReconstructionSettings:
         resolved: what the defaults came to on this measurement: ``lam`` (the weight used),
             ``iterations`` (run), ``autotune`` (how a self-tuned value was chosen),
             for diffusion ``guard`` (the comparison with the classical result and its
-            choice); with a std map, ``std_calibration`` (its coverage basis, one
+            choice) and, with MR coil compression, ``virtual_coils`` and
+            ``coil_energy_kept``; with a std map, ``std_calibration`` (its coverage basis, one
             line) and ``std_factor`` (the calibration factor applied, None: uncalibrated).
     """
 
@@ -246,6 +247,8 @@ def reconstruct(measurement: Measurement, method: str, options: ReconOptions | N
         resolved={"lam": output.info.get("lam"), "iterations": output.iterations,
                   **({"autotune": tuned} if isinstance(tuned, dict) else {}),
                   **({"guard": guard} if isinstance(guard, dict) else {}),
+                  **{k: output.info[k] for k in ("virtual_coils", "coil_energy_kept")
+                     if k in output.info},
                   **({"std_calibration": std_line, "std_factor": output.info.get("std_factor")}
                      if std_line and std_volume is not None else {})})
     return ReconstructionResult(volume=volume, output=output, method=spec.name,

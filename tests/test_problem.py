@@ -84,6 +84,25 @@ def test_single_coil_without_maps(mr: tuple[Measurement, Volume]) -> None:
     assert p.info["coil_maps"] == "none (single coil)" and p.op.oshape == one.data.shape
 
 
+def test_mr_coil_compression_option(mr: tuple[Measurement, Volume]) -> None:
+    m, vol = mr
+    full = measurement_problem(m, CPU, model=Normalisation())
+    assert "virtual_coils" not in full.info
+    for energy in (None, 1.0):  # all coils, unchanged
+        same = measurement_problem(m, CPU, model=Normalisation(), coil_energy=energy)
+        assert "virtual_coils" not in same.info and torch.equal(same.y, full.y)
+    small = measurement_problem(m, CPU, model=Normalisation(), coil_energy=0.5)
+    v = small.info["virtual_coils"]
+    assert v == 1 < m.data.shape[0] and small.op.oshape == (v, *vol.shape)
+    assert small.y.shape == (v, *vol.shape) and 0.5 <= small.info["coil_energy_kept"] < 1
+    # Scale, noise and support stay those of all coils; the true image still fits the data.
+    assert (small.units.scale, small.noise_std) == (full.units.scale, full.noise_std)
+    x = torch.from_numpy(vol.data).to(torch.complex64)
+    assert small.residual(x) < 0.1
+    high = measurement_problem(m, CPU, coil_energy=0.999999)
+    assert high.info["virtual_coils"] == m.data.shape[0]
+
+
 def test_mr_model_scale(mr: tuple[Measurement, Volume]) -> None:
     m, vol = mr
     norm = Normalisation()

@@ -73,7 +73,7 @@ def reconstruct(
     settings: list[str] = typer.Option(
         [], "--set", metavar="KEY=VALUE",
         help="Method option, repeatable (e.g. wavelet=db2, tv_axes=[0,1], filter=hann for fbp, "
-             "tiling=roll, eta=0.85, cg_iters=10 or zeta=1 for diffusion)."),
+             "tiling=roll, eta=0.85, cg_iters=10, coil_energy=0.99 or zeta=1 for diffusion)."),
     prior: str | None = typer.Option(
         None, help="diffusion: prior name (see `medrecon priors`), its .json file or its "
                    "folder (default: default, the shipped prior)."),

@@ -28,7 +28,11 @@ guard              compare with the self-tuned classical result  on
                    on held-out data; fall back or blend if worse
 eta                DDS re-noising stochasticity in [0, 1]       0.85
 cg_iters           CG iterations per data-consistency step      per modality (MR 10, CT 5)
+cg_iters_high      DDS: CG iterations at the steps followed by  per modality: MR 2,
+                   sigma > 5 (the noisiest 40 %)                else cg_iters
 zeta               DPS step / DiffPIR fresh-noise share         1.0 / 0.3
+coil_energy        MR: virtual coils keeping this fraction of   MR 1 (all coils)
+                   the signal energy (coil compression)
 =================  ===========================================  =========================
 
 Per-modality defaults: :data:`medrecon.sampling.api.MODALITY_DEFAULTS`. An auto ``lam`` (None)
@@ -55,8 +59,9 @@ _WEIGHT_FILES = (".safetensors", ".pt", ".pth", ".ckpt")
 class DiffusionConfig:
     """Settings of posterior-sampling reconstruction (see the module table).
 
-    ``None`` for eta, cg_iters and zeta means the sampler's default for the modality
-    (:meth:`resolved` fills them in); ``None`` for lam means self-tuned on held-out data
+    ``None`` for eta, cg_iters, cg_iters_high, zeta and coil_energy means the sampler's
+    default for the modality (:meth:`resolved` fills them in; coil_energy only for MR, where 1
+    means all coils); ``None`` for lam means self-tuned on held-out data
     (:mod:`medrecon.guard`), centred on that default.
     """
 
@@ -72,7 +77,13 @@ class DiffusionConfig:
                                                   "(None: chosen on held-out data).")
     eta: float | None = option(None, ge=0.0, le=1.0, help="DDS re-noising stochasticity.")
     cg_iters: int | None = option(None, ge=1, help="CG iterations per consistency step.")
+    cg_iters_high: int | None = option(None, ge=1, help="DDS: CG iterations at the steps "
+                                                        "followed by sigma > 5.")
     zeta: float | None = option(None, ge=0.0, help="DPS step size / DiffPIR noise share.")
+    coil_energy: float | None = option(None, gt=0.0, le=1.0,
+                                       help="MR: compress the coils onto the fewest virtual "
+                                            "coils keeping this fraction of the signal energy "
+                                            "(1: all coils).")
     guard: bool = option(True, help="Fall back to (or blend with) the self-tuned classical "
                                     "result where it predicts held-out data better.")
 
@@ -94,7 +105,7 @@ class DiffusionConfig:
 
     def sampler_options(self, modality: str) -> SamplerOptions:
         """The sampler hyper-parameters: the per-modality defaults of this sampler with this
-        config's lam, eta, cg_iters and zeta on top."""
+        config's lam, eta, cg_iters, cg_iters_high, zeta and (MR) coil_energy on top."""
         overrides: dict[str, float | int] = {}
         if self.lam is not None:
             overrides["lam"] = self.lam
@@ -102,8 +113,12 @@ class DiffusionConfig:
             overrides["eta"] = self.eta
         if self.cg_iters is not None:
             overrides["cg_iters"] = self.cg_iters
+        if self.cg_iters_high is not None:
+            overrides["cg_iters_high"] = self.cg_iters_high
         if self.zeta is not None:
             overrides["zeta_diffpir" if self.sampler == "diffpir" else "zeta_dps"] = self.zeta
+        if self.coil_energy is not None and modality.upper() == "MR":
+            overrides["coil_energy"] = self.coil_energy
         return SamplerOptions.defaults(modality, self.sampler, **overrides)
 
     def resolved(self, modality: str, lam: float | None = None) -> DiffusionConfig:
@@ -112,4 +127,7 @@ class DiffusionConfig:
         opt = self.sampler_options(modality)
         return dataclasses.replace(
             self, lam=lam if lam is not None else opt.lam, eta=opt.eta, cg_iters=opt.cg_iters,
-            zeta=opt.zeta_diffpir if self.sampler == "diffpir" else opt.zeta_dps)
+            cg_iters_high=opt.cg_iters_high if self.sampler == "dds" else None,
+            zeta=opt.zeta_diffpir if self.sampler == "diffpir" else opt.zeta_dps,
+            coil_energy=(1.0 if opt.coil_energy is None else opt.coil_energy)
+            if modality.upper() == "MR" else None)

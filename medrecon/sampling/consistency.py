@@ -45,6 +45,7 @@ regularisation of DDS (Chung et al., ICLR 2024).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ __all__ = [
     "ProximalDenoiser",
     "calibrated_variance",
     "diffpir_variance",
+    "noisy_steps_above",
 ]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -98,6 +100,19 @@ def diffpir_variance(lam: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]
         return sigma**2 / lam
 
     return variance
+
+
+def noisy_steps_above(sigmas: torch.Tensor | list[float], level: float) -> float:
+    """The noise level above which a step of the schedule ``sigmas`` (decreasing, ending in 0)
+    is followed by a level above ``level``: the steps ``i`` with ``sigmas[i + 1] > level`` are
+    exactly those with ``sigmas[i] >`` the returned value (``sigmas[0]``: no such step).
+
+    A step's estimate is re-noised to the next level, so it is the next level that decides
+    whether the estimate's fine detail survives (:class:`ProximalDenoiser` ``cg_sigma``).
+    """
+    s = [float(v) for v in sigmas]
+    k = next((i for i in range(len(s) - 1) if s[i + 1] <= level), len(s) - 1)
+    return s[k]
 
 
 @dataclass(frozen=True)
@@ -259,10 +274,18 @@ class LinearProblem:
         r = self.residual(z, phase)
         return torch.sqrt(inner(r, r, batched=True))
 
+    @functools.cached_property
+    def _adjoint_y(self) -> torch.Tensor:
+        """``A^H y`` of the measured data, computed once: every proximal step of a run needs
+        it (an MR adjoint costs about one SENSE normal operator, 1 of the 11 applications of
+        a 10-iteration step and 1 of 3 of a 2-iteration one)."""
+        return self._adjoint(self.y)
+
     def _solve(self, x0: torch.Tensor, gamma: torch.Tensor, y: torch.Tensor,
                iters: int, tol: float) -> torch.Tensor:
         g = _bview(gamma.to(device=x0.device, dtype=x0.real.dtype), x0)
-        rhs = self._adjoint(y) + g * x0  # y (*oshape) broadcasts over the batch
+        aty = self._adjoint_y if y is self.y else self._adjoint(y)
+        rhs = aty + g * x0  # y (*oshape) broadcasts over the batch
 
         def apply(v: torch.Tensor) -> torch.Tensor:
             return self._normal(v) + g * v
@@ -368,14 +391,34 @@ class ProximalDenoiser:
     matches ``v`` this is exactly ``E[x0 | x_t, y]``, so any unconditional sampler run with it
     samples the posterior. ``phase`` is the MR phase estimate the proximal steps keep (None for
     real images).
+
+    CG iterations: ``cg_iters`` per step, or ``cg_iters_high`` at the noisy steps (sigma above
+    ``cg_sigma``, model units; the DDS sampler passes :func:`noisy_steps_above` of its schedule,
+    so that these are the steps whose estimate is re-noised far above its own detail at the
+    next step), where fewer iterations cost nothing measurable (MR, CPU:
+    benchmarks/RESULTS_coil_compression.md). The CG starts from the denoised estimate itself:
+    that start *is* the regularisation when the data term dominates (early-stopped CG on
+    ``A^H A x = A^H y``, DDS's Krylov regularisation), so a warm start from the previous step's
+    correction, which carries the iterations over from step to step, fits the noise (measured:
+    -1.4 dB at R = 8, -2.9 dB at R = 4 with 5 iterations).
     """
 
     def __init__(self, denoiser: Denoiser, problem: LinearProblem,
                  variance: Callable[[torch.Tensor], torch.Tensor], cg_iters: int = 5,
-                 tol: float = 1e-6, phase: torch.Tensor | None = None) -> None:
+                 tol: float = 1e-6, phase: torch.Tensor | None = None,
+                 cg_iters_high: int | None = None, cg_sigma: float = 5.0) -> None:
         self.denoiser, self.problem, self.variance = denoiser, problem, variance
         self.cg_iters, self.tol, self.phase = cg_iters, tol, phase
+        self.cg_iters_high, self.cg_sigma = cg_iters_high, cg_sigma
+
+    def iterations(self, sigma: torch.Tensor) -> int:
+        """CG iterations of the step at noise level ``sigma`` (B,): ``cg_iters_high`` above
+        ``cg_sigma`` (when set), else ``cg_iters``."""
+        if self.cg_iters_high is not None and float(sigma.max()) > self.cg_sigma:
+            return self.cg_iters_high
+        return self.cg_iters
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         x0 = self.denoiser(x, sigma)
-        return self.problem.prox(x0, self.variance(sigma), self.phase, self.cg_iters, self.tol)
+        return self.problem.prox(x0, self.variance(sigma), self.phase, self.iterations(sigma),
+                                 self.tol)

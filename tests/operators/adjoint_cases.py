@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from medrecon.operators.base import LinearOperator
+from medrecon.operators.coil_compression import compress_coils
 from medrecon.operators.ct_geometry import CTGeometry, default_geometry
 from medrecon.operators.ct_projector import CTProjector
 from medrecon.operators.mri import FFTOperator, SenseOperator
@@ -133,6 +134,15 @@ def _sense_composed() -> tuple[LinearOperator, bool]:
 @register_operator_case("sense-adjoint-as-operator")
 def _sense_h() -> tuple[LinearOperator, bool]:
     return SenseOperator(_case_maps(3, 14), _case_mask((1, 10, 1), 15), (0, 1)).H, True
+
+
+@register_operator_case("sense-virtual-coils")
+def _sense_virtual() -> tuple[LinearOperator, bool]:
+    # 5 coils compressed onto 3 virtual ones (medrecon.operators.coil_compression).
+    maps, mask = _case_maps(5, 18), _case_mask((1, 10, 7), 19)
+    kspace = SenseOperator(maps, mask, (0, 1, 2)).forward(_case_maps(1, 20)[0])
+    cc = compress_coils(kspace, maps, mask, n_virtual=3)
+    return SenseOperator(cc.maps, mask, (0, 1, 2)), True
 
 
 @register_operator_case("sense-scaled")

@@ -127,6 +127,39 @@ def test_posterior_sample_mr(mr_measurement, tiny_prior) -> None:
     assert (res.info["lam"], res.info["cg_iters"]) == (0.05, 10)  # the MR defaults
 
 
+def test_posterior_sample_mr_on_virtual_coils(mr_measurement, tiny_prior) -> None:
+    m, vol = mr_measurement
+    opt = SamplerOptions.defaults("MR", "dds", coil_energy=0.5)
+    res = posterior_sample(m, tiny_prior, steps=3, seed=0, device="cpu", options=opt)
+    assert res.info["virtual_coils"] == 1 < m.data.shape[0]
+    assert 0.5 <= res.info["coil_energy_kept"] < 1.0 and res.mean.shape == vol.shape
+    plain = posterior_sample(m, tiny_prior, steps=3, seed=0, device="cpu")
+    assert "virtual_coils" not in plain.info
+
+
+def test_dds_cg_schedule_applies_only_to_steps_followed_by_high_noise() -> None:
+    from medrecon.sampling.consistency import noisy_steps_above
+    from tests.sampling.gaussian import MatrixOperator
+
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    problem = LinearProblem(MatrixOperator(a), a @ torch.randn(8, generator=g,
+                                                               dtype=torch.float64),
+                            noise_std=0.01)
+
+    def run(steps: int, **kw: int) -> torch.Tensor:
+        opt = SamplerOptions(cg_iters=4, **kw)  # type: ignore[arg-type]
+        return sample_problem(_shrink(), problem, (8,), steps=steps, samples=2, seed=1,
+                              options=opt, dtype=torch.float64).mean
+
+    assert torch.equal(run(10, cg_iters_high=4), run(10))
+    assert not torch.allclose(run(10, cg_iters_high=1), run(10))
+    # Two steps: the first is followed by the last level (~0), so nothing is cut.
+    assert torch.equal(run(2, cg_iters_high=1), run(2))
+    assert noisy_steps_above([80.0, 40.0, 10.0, 1.0, 0.0], 5.0) == 10.0
+    assert noisy_steps_above([3.0, 1.0, 0.0], 5.0) == 3.0  # no step: nothing is above s[0]
+
+
 def test_posterior_sample_leaves_the_callers_objects_alone(ct_measurement, tiny_prior) -> None:
     from medrecon.sampling.api import prior_on_device
 
@@ -181,6 +214,21 @@ def test_diffusion_registered_in_reconstruct(ct_measurement, tiny_prior_path) ->
     assert np.allclose(result.volume.affine, vol.affine)
     assert result.output.info["std_image"].shape == vol.shape
     assert result.output.iterations == 3
+
+
+def test_coil_energy_reaches_the_run_and_its_settings(mr_measurement, tiny_prior_path) -> None:
+    from medrecon.recon.base import ReconOptions
+    from medrecon.reconstruct import reconstruct
+
+    m, _ = mr_measurement
+    opts = ReconOptions(device="cpu", extra={"prior": str(tiny_prior_path), "steps": 2,
+                                             "lam": 0.05, "guard": False,
+                                             "coil_energy": 0.5})
+    result = reconstruct(m, "diffusion", opts)
+    assert result.settings.options["coil_energy"] == 0.5
+    assert result.settings.options["cg_iters_high"] == 2  # the MR default schedule
+    assert result.settings.resolved["virtual_coils"] == 1
+    assert 0.5 <= result.settings.resolved["coil_energy_kept"] < 1.0
 
 
 def test_unknown_sampler_is_a_user_error(ct_measurement, tiny_prior) -> None:

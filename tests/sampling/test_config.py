@@ -30,6 +30,19 @@ def test_overrides_reach_the_sampler() -> None:
     opt = cfg.sampler_options("MR")
     assert (opt.lam, opt.eta, opt.cg_iters, opt.zeta_diffpir) == (0.5, 0.2, 3, 0.7)
     assert DiffusionConfig(sampler="dps", zeta=2.0).sampler_options("CT").zeta_dps == 2.0
+    dds = from_dict(DiffusionConfig, {"cg_iters_high": 3})
+    assert dds.sampler_options("MR").cg_iters_high == 3
+    assert dds.resolved("MR").cg_iters_high == 3
+    assert DiffusionConfig(sampler="dps").resolved("MR").cg_iters_high is None
+
+
+def test_coil_energy_reaches_the_mr_problem_only() -> None:
+    cfg = from_dict(DiffusionConfig, {"coil_energy": 0.99})
+    assert cfg.sampler_options("MR").coil_energy == 0.99
+    assert cfg.sampler_options("CT").coil_energy is None
+    assert cfg.resolved("MR").coil_energy == 0.99 and cfg.resolved("CT").coil_energy is None
+    # The default, written into the settings file: 1 (all coils) for MR.
+    assert DiffusionConfig().resolved("MR").coil_energy == 1.0
 
 
 @pytest.mark.parametrize(("data", "fragment"), [
@@ -40,6 +53,7 @@ def test_overrides_reach_the_sampler() -> None:
     ({"cg_iters": 0}, "key 'cg_iters' must be >= 1"),
     ({"samples": "four"}, "key 'samples' must be an integer"),
     ({"lam": 0}, "key 'lam' must be > 0.0"),
+    ({"coil_energy": 1.5}, "key 'coil_energy' must be <= 1.0"),
     ({"noise_std": "abc"}, "key 'noise_std' must be a number"),
     ({"prior": "w.safetensors"}, "is a weights file"),
     ({"sampler": "diffpir", "zeta": 3}, "DiffPIR's zeta must lie in [0, 1], got 3"),

@@ -226,3 +226,24 @@ def test_gaussian_denoiser_is_the_posterior_mean() -> None:
     xt = torch.randn(3, generator=g, dtype=torch.float64)
     mean, _ = gaussian_posterior(prior, torch.eye(3, dtype=torch.float64), xt, 0.7)
     torch.testing.assert_close(prior.denoiser(xt[None], 0.7)[0], mean, rtol=1e-10, atol=1e-10)
+
+
+def test_proximal_denoiser_runs_fewer_cg_iterations_at_the_noisy_steps() -> None:
+    calls: list[int] = []
+
+    class Recorder:  # stands in for LinearProblem: records the iterations asked for
+        def prox(self, z0: torch.Tensor, variance: torch.Tensor, phase: object, iters: int,
+                 tol: float) -> torch.Tensor:
+            calls.append(iters)
+            return z0
+
+    x = torch.zeros(2, 3)
+    d_y = ProximalDenoiser(lambda z, s: z, Recorder(), calibrated_variance(SD),  # type: ignore[arg-type]
+                           cg_iters=6, cg_iters_high=2, cg_sigma=1.0)
+    for s in (5.0, 1.5, 1.0, 0.2):
+        d_y(x, torch.full((2,), s))
+    assert calls == [2, 2, 6, 6]
+    plain = ProximalDenoiser(lambda z, s: z, Recorder(), calibrated_variance(SD),  # type: ignore[arg-type]
+                             cg_iters=6)
+    plain(x, torch.full((2,), 50.0))
+    assert calls[-1] == 6
