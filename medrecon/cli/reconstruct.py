@@ -152,7 +152,7 @@ def reconstruct(
     if info.get("autotune_line"):
         typer.echo(f"Self-tuned: {info['autotune_line']}")
     if info.get("guard_line"):
-        typer.echo(f"Guard: {info['guard_line']}")
+        typer.echo(f"Guard: {info['guard_line'].removeprefix('guard ')}")
     if name == "diffusion" and several and result.std_volume is None:
         typer.echo("No std volume written: the guard chose the classical result, which has "
                    "no posterior spread.")
