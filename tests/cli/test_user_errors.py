@@ -215,7 +215,7 @@ def test_diffusion_sampler_settings(study: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, base)  # the default: lam chosen around MR 0.05, then the guard
     assert r.exit_code == 0, r.output
     assert "Self-tuned: lam auto = " in r.stdout and "0.0125, 0.05, 0.2" in r.stdout
-    assert sum(line.startswith("Guard: guard ") for line in r.stdout.splitlines()) == 1
+    assert sum(line.startswith("Guard: ") for line in r.stdout.splitlines()) == 1
     r = runner.invoke(app, [*base, "--set", "eta=2"])
     assert_user_error(r, "key 'eta' must be <= 1.0, got 2.")
     r = runner.invoke(app, [*base, "--set", "cg_iters=0"])
