@@ -232,11 +232,13 @@ class TiledDenoiser:
                      for s, p in zip(shape, self.patch, strict=True))  # type: ignore[return-value]
 
     def _positions(self, origins: list[tuple[int, int, int]], shape: Sequence[int],
-                   device: torch.device) -> torch.Tensor:
-        """(n, 3) normalised patch centres for origins given in unpadded volume coordinates;
-        the centre of a full training patch at each origin, whatever the tile size."""
+                   device: torch.device, half: Sequence[float] | None = None) -> torch.Tensor:
+        """(n, 3) normalised centres ``origin + half`` for origins given in unpadded volume
+        coordinates; by default the centre of a full training patch at each origin, whatever
+        the tile size (``fit`` passes its own tiles' half lengths)."""
         o = torch.tensor(origins, dtype=torch.float64)
-        half = torch.tensor([p // 2 for p in self.patch], dtype=torch.float64)
+        half = torch.tensor(half if half is not None else [p // 2 for p in self.patch],
+                            dtype=torch.float64)
         size = torch.tensor([max(int(s) - 1, 1) for s in shape], dtype=torch.float64)
         pos = (2.0 * (o + half) / size - 1.0).clamp(-1.0, 1.0)
         return pos.to(device=device, dtype=torch.float32)
@@ -356,13 +358,8 @@ class TiledDenoiser:
         for (la, lc, ld), origins in groups.items():
             blocks = torch.stack([xp[:, a:a + la, c:c + lc, d:d + ld] for a, c, d in origins],
                                  dim=1).reshape(b * len(origins), 1, la, lc, ld)
-            pos = None
-            if self.uses_position:
-                size = torch.tensor([max(s - 1, 1) for s in shape], dtype=torch.float64)
-                centre = torch.tensor(origins, dtype=torch.float64) + torch.tensor(
-                    [la, lc, ld], dtype=torch.float64) / 2
-                pos = (2.0 * centre / size - 1.0).clamp(-1.0, 1.0).to(
-                    device=x.device, dtype=torch.float32).repeat(b, 1)
+            pos = None if not self.uses_position else self._positions(
+                origins, shape, x.device, half=(la / 2, lc / 2, ld / 2)).repeat(b, 1)
             den = self._run(blocks, sigma.repeat_interleave(len(origins)), pos)
             den = den.reshape(b, len(origins), la, lc, ld)
             for j, (a, c, d) in enumerate(origins):
