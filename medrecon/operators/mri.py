@@ -26,7 +26,8 @@ Unsampled k-space locations hold zeros. A mask with non-binary weights (e.g. den
 compensation) is allowed; the operator is then ``W F S`` with ``W = diag(mask)``, and ``normal``
 uses ``W^2``. In ``normal`` the FFT along any axis on which the mask is constant (the fully
 sampled readout) cancels exactly (``F_i^H W F_i = W`` when ``W`` does not vary along ``i``), so a
-3D normal costs 2D FFTs only.
+3D normal costs 2D FFTs only; the centring shifts cancel as well (with the weight pre-shifted),
+so the normal operator runs plain, uncentred FFTs.
 
 Several map sets (soft SENSE, ESPIRiT with ``sets > 1``, Uecker et al. 2014): with maps
 ``S_{m,c}`` of shape ``(M, C, I, J, K)`` the image has one component per set, ``x`` of shape
@@ -188,8 +189,13 @@ class SenseOperator(LinearOperator):
         self._fwd_dims = tuple(d - 3 for d in self.fft_dims)
         # In A^H A the FFT along an axis where the mask is constant cancels (see module docs).
         self._normal_dims = tuple(d - 3 for d in self.fft_dims if self.mask.shape[d] != 1)
-        self._cache: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor | None,
-                                                                  torch.Tensor]] = {}
+        # ... and the centring shifts cancel too: ifftc(fftc(x) w) = ifftn(fftn(x) ifftshift(w))
+        # (the image-side shifts commute with the circular convolution), so the normal
+        # operator uses plain FFTs and a pre-shifted weight: 4 fewer copies per coil image.
+        self._normal_shift = tuple(d for d in self.fft_dims if self.mask.shape[d] != 1)
+        # (device, dtype) -> (maps, mask weight, ifftshift(weight^2) for the normal operator)
+        self._cache: dict[tuple[torch.device, torch.dtype],
+                          tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]] = {}
 
     # -- helpers --------------------------------------------------------------------------------
     def _dtype_for(self, t: torch.Tensor) -> torch.dtype:
@@ -205,10 +211,18 @@ class SenseOperator(LinearOperator):
             rdtype = torch.float64 if cdtype == torch.complex128 else torch.float32
             maps = None if self.maps is None else self.maps.to(device=t.device, dtype=cdtype)
             weight = self.mask.to(device=t.device, dtype=rdtype)
+            w2 = weight * weight
+            if self._normal_shift:
+                w2 = torch.fft.ifftshift(w2, dim=self._normal_shift).contiguous()
             # One cached copy is enough: switching device or precision mid-run is rare.
-            self._cache = {key: (maps, weight)}
-        maps, weight = self._cache[key]
+            self._cache = {key: (maps, weight, w2)}
+        maps, weight, _ = self._cache[key]
         return maps, weight, cdtype
+
+    def _normal_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """``ifftshift(mask^2)`` over the normal operator's FFT axes (cached with the maps)."""
+        self._resources(t)
+        return self._cache[(t.device, self._dtype_for(t))][2]
 
     def _chunks(self) -> list[slice]:
         step = self.coil_batch or self.n_coils
@@ -263,17 +277,24 @@ class SenseOperator(LinearOperator):
         return out
 
     def _normal(self, x: torch.Tensor) -> torch.Tensor:
-        maps, weight, cdtype = self._resources(x)
+        maps, _, cdtype = self._resources(x)
+        w2 = self._normal_weight(x)
         x = x.to(cdtype)
-        w2 = weight * weight
         dims = self._normal_dims
+
+        def apply(v: torch.Tensor) -> torch.Tensor:
+            if not dims:
+                return v * w2
+            k = torch.fft.fftn(v, dim=dims, norm="ortho")
+            return torch.fft.ifftn(k.mul_(w2), dim=dims, norm="ortho")
+
         if maps is None:
-            return ifftc(fftc(x, dims) * w2, dims) if dims else x * w2
+            return apply(x)
         x = x.unsqueeze(-4)
         out: torch.Tensor | None = None
         for sl in self._chunks():
             coil = self._coil_images(x, maps, sl)
-            k = ifftc(fftc(coil, dims) * w2, dims) if dims else coil * w2
+            k = apply(coil)
             part = self._combine(k, maps, sl)
             out = part if out is None else out + part
         assert out is not None

@@ -212,3 +212,22 @@ def test_map_sets_sum_the_sets_before_the_fft(generator: torch.Generator) -> Non
     single = SenseOperator(s1[None], mask, (0, 1))  # one set in the 5D layout
     assert torch.allclose(single(x1[None]), one(x1), atol=1e-12)
     assert op.to(dtype=torch.complex64).sets == 2
+
+
+@pytest.mark.parametrize("mask_shape,fft_dims", [
+    ((9, 10, 7), (0, 1, 2)),  # varies along every axis: all three FFTs stay
+    ((1, 10, 7), (0, 1, 2)),  # 3D, fully sampled readout: 2D FFTs
+    ((1, 10, 1), (0, 1)),     # 2D multi-slice, same lines in every slice
+    ((1, 10, 7), (0, 1)),     # 2D multi-slice, a pattern per slice
+])
+@pytest.mark.parametrize("maps_none", [False, True])
+def test_normal_without_centring_shifts_equals_adjoint_of_forward(
+        generator: torch.Generator, rng: np.random.Generator, mask_shape: tuple[int, ...],
+        fft_dims: tuple[int, ...], maps_none: bool) -> None:
+    # Odd (9, 7) and even (10) sizes: the normal operator's uncentred FFTs with the pre-shifted
+    # weight must equal A^H A with the centred transforms exactly, for weighted masks too.
+    mask = rng.random(mask_shape) * (rng.random(mask_shape) < 0.5)
+    maps = None if maps_none else _maps(3, generator)
+    op = SenseOperator(maps, mask, fft_dims, image_shape=SHAPE)
+    x = torch.randn((2, *SHAPE), generator=generator, dtype=torch.complex128)
+    assert torch.allclose(op.normal(x), op.adjoint(op(x)), atol=1e-12)
