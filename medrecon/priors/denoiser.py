@@ -135,7 +135,11 @@ class EDMDenoiser(torch.nn.Module):
             sp = sp.reshape(-1, 3).expand(b, 3)
             lab = torch.zeros(b, device=x.device) if labels is None else labels.float()
             kwargs["class_labels"] = torch.cat([lab[:, None], sp], dim=1)
-        f = self.network(net_in, self.noise_embed_scale * self.c_noise(sigma_t), **kwargs)
+        # The network's own precision (a bf16 copy runs bf16 end to end, see
+        # medrecon.sampling.api.prior_denoiser); the preconditioning stays float32.
+        dtype = next(self.network.parameters()).dtype
+        f = self.network(net_in.to(dtype), self.noise_embed_scale * self.c_noise(sigma_t),
+                         **kwargs)
         return self.c_skip(s) * x32 + self.c_out(s) * f.to(torch.float32)
 
     def training_loss(

@@ -87,7 +87,9 @@ if TYPE_CHECKING:
     from medrecon.problem import UnitMap
 
 __all__ = [
+    "AUTO_PRECISION",
     "MODALITY_DEFAULTS",
+    "PRECISIONS",
     "SAMPLERS",
     "PosteriorResult",
     "SamplerOptions",
@@ -100,6 +102,10 @@ __all__ = [
 ]
 
 SAMPLERS: tuple[str, ...] = ("dds", "dps", "pc", "diffpir")
+#: Network precisions of :func:`prior_denoiser`.
+PRECISIONS: tuple[str, ...] = ("auto", "bf16", "bf16-full", "fp32")
+#: What ``precision="auto"`` means on CUDA.
+AUTO_PRECISION = "bf16"
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -475,8 +481,12 @@ def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "shift", overla
     :mod:`medrecon.sampling.tiling`; along axes shorter than a patch, tiles only as long as the
     axis, at least half the patch), the modality label when the prior is conditioned on it,
     normalised patch centres when it uses position, the voxel size ``spacing_mm`` (mm along
-    I, J, K; default the prior's own) when it is conditioned on it; bf16 autocast on CUDA and
-    on CPUs with bf16 in hardware unless ``precision="fp32"``.
+    I, J, K; default the prior's own) when it is conditioned on it.
+
+    ``precision``: ``"bf16"`` (autocast: bf16 convolutions, float32 weights and normalisation),
+    ``"bf16-full"`` (a bf16 copy of the network, GroupNorm and activations in bf16 too: fewer
+    float32 round trips through memory), ``"fp32"``, or ``"auto"``: :data:`AUTO_PRECISION` on
+    CUDA, ``"bf16"`` on CPUs with bf16 in hardware, else ``"fp32"``.
     """
     from medrecon.device import cpu_has_native_bf16
     from medrecon.priors import modality_id
@@ -488,10 +498,17 @@ def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "shift", overla
     device = torch.device(device)
     net = prior.denoiser
     mod = modality_id(modality) if getattr(net, "num_modalities", 0) else None
-    # bf16 autocast: on CUDA, and on CPUs with bf16 in hardware (about -35 % network time
-    # on a 2-core AMX Xeon; benchmarks/RESULTS.md), unless precision="fp32".
-    use_bf16 = precision == "bf16" or (precision == "auto" and (
-        device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())))
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    if precision == "auto":
+        # bf16 on CPUs with bf16 in hardware: about -35 % network time on a 2-core AMX Xeon
+        # (benchmarks/RESULTS.md).
+        precision = (AUTO_PRECISION if device.type == "cuda" else
+                     "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32")
+    use_bf16 = precision == "bf16"
+    if precision == "bf16-full":
+        net = copy.deepcopy(net)
+        net.network.to(torch.bfloat16)
     spacing = torch.tensor(spacing_mm or prior.spacing_mm, dtype=torch.float32, device=device)
 
     def patch_fn(xp: torch.Tensor, sig: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
@@ -540,7 +557,7 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
                      device: torch.device | str = "auto", options: SamplerOptions | None = None,
                      tiling: str = "shift", memory_budget_gb: float | None = None,
                      noise_std: float | None = None, keep_samples: bool = False,
-                     progress: bool = False) -> PosteriorResult:
+                     progress: bool = False, precision: str = "auto") -> PosteriorResult:
     """Reconstruct an MR or CT measurement by posterior sampling with a learned prior.
 
     Args:
@@ -556,6 +573,7 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
         tiling: "shift", "roll" or "blend" (see :mod:`medrecon.sampling.tiling`).
         memory_budget_gb: bound on network activation memory (patch batch size).
         noise_std: override the measurement noise std (per real component, data units).
+        precision: the network's precision, see :func:`prior_denoiser`.
     Returns:
         :class:`PosteriorResult` with float32 numpy ``mean``/``std`` in reference units (MR:
         magnitude, CT: HU), on the reference grid; ``std`` is calibrated by the prior's
@@ -584,7 +602,7 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
         warnings.warn(warning, UserWarning, stacklevel=2)
     den = prior_denoiser(prior, measurement.modality, tiling=tiling,
                          memory_budget_gb=memory_budget_gb, seed=seed, device=dev,
-                         spacing_mm=spacing)
+                         spacing_mm=spacing, precision=precision)
     res = sample_problem(den, problem, tuple(problem.op.ishape), sampler=sampler, steps=steps,
                          samples=samples, seed=seed, sigma_data=prior.sigma_data,
                          sigma_min=prior.sigma_min, sigma_max=prior.sigma_max, options=opt,

@@ -18,11 +18,15 @@ tilings are offered:
   that step.
 * ``"fit"``: random-offset non-overlapping tiles fitted to the volume instead of padded
   around it: each axis is cut at ``o, o + patch, o + 2 patch, ...`` (``o`` random, a multiple
-  of ``size_multiple``), and an end piece shorter than ``min_tile`` joins its neighbour, so the
-  end tiles are between ``min_tile`` and ``patch + min_tile`` long. Every voxel is denoised
-  once, in a tile of real neighbours (no wrap-around as in ``roll``), at 1x the network work
-  of the volume (``shift``: up to (1 + patch / size)^3 x); tiles of up to three lengths per
-  axis go to the network in groups of one shape.
+  of ``min_tile``, or of ``size_multiple`` without one), and an end piece shorter than
+  ``min_tile`` joins its neighbour, so the end tiles are between ``min_tile`` and ``patch +
+  min_tile`` long. Every voxel is denoised once, in a tile of real neighbours (no wrap-around
+  as in ``roll``), at 1x the network work of the volume (``shift``: up to (1 + patch / size)^3
+  x); the tiles of one shape go to the network together. Offsets on the coarse ``min_tile``
+  grid (0 or 32 for 64^3 patches) keep the tile shapes few (lengths 32, 64 and the volume's
+  remainder): every new input shape costs the GPU convolution libraries a plan search, and
+  offsets in steps of 8 gave tiles of up to 8 lengths per axis, 3 patches per network call
+  and 2-4x the time of ``shift`` on an H100 (``benchmarks/RESULTS_sampling.md`` section 3b).
 * ``"blend"``: overlapping patches (stride = patch * (1 - overlap)) combined with raised-cosine
   weights normalised to sum to one at every voxel. Deterministic and seam-free at a single
   call, at (1 / (1 - overlap))^3 times the network cost (2.4x for overlap 0.25); use it for a
@@ -84,11 +88,6 @@ def patches_for_memory(budget_bytes: float, patch_size: Sequence[int],
     voxels = math.prod(int(p) for p in patch_size)
     per_patch = voxels * bytes_per_voxel * (3.0 if grad else 1.0)
     return max(1, int(budget_bytes // per_patch))
-
-
-def _sync(x: torch.Tensor) -> None:
-    if x.is_cuda:
-        torch.cuda.synchronize(x.device)
 
 
 def _window_1d(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -188,8 +187,9 @@ class TiledDenoiser:
         checkpoint: recompute each patch batch in the backward pass when gradients are needed.
     Attributes:
         calls, patches: network calls and patches evaluated so far (for NFE/timing reports).
-        network_seconds: wall time inside ``patch_denoiser`` so far (CUDA synchronised), so
-            that the caller can tell the network from the tiling around it.
+        network_seconds: time inside ``patch_denoiser`` so far, so that the caller can tell
+            the network from the tiling around it (on CUDA measured by events, read when the
+            attribute is read, so the hot path never waits for the GPU).
     """
 
     def __init__(self, patch_denoiser: PatchDenoiser, patch_size: Sequence[int],
@@ -219,7 +219,17 @@ class TiledDenoiser:
         self.checkpoint = checkpoint
         self.calls = 0
         self.patches = 0
-        self.network_seconds = 0.0
+        self._seconds = 0.0
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    @property
+    def network_seconds(self) -> float:
+        """Seconds inside ``patch_denoiser`` so far (waits for the GPU's pending calls)."""
+        if self._events:
+            self._events[-1][1].synchronize()
+            self._seconds += sum(a.elapsed_time(b) for a, b in self._events) / 1e3
+            self._events.clear()
+        return self._seconds
 
     # -- helpers ------------------------------------------------------------------------------
     def _tile_size(self, shape: Sequence[int]) -> tuple[int, int, int]:
@@ -253,14 +263,21 @@ class TiledDenoiser:
             sl = slice(i, i + per)
             pos = None if position is None else position[sl]
             args = (patches[sl], sigma[sl], pos)
-            _sync(patches)
+            cuda = patches.is_cuda
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
+                    enable_timing=True)
+                start.record()
             t0 = time.perf_counter()
             if need_grad and self.checkpoint:
                 out = _checkpoint(self.patch_denoiser, *args, use_reentrant=False)
             else:
                 out = self.patch_denoiser(*args)
-            _sync(patches)
-            self.network_seconds += time.perf_counter() - t0
+            if cuda:
+                end.record()
+                self._events.append((start, end))
+            else:
+                self._seconds += time.perf_counter() - t0
             outs.append(out.to(patches.dtype))
             self.calls += 1
             self.patches += int(args[0].shape[0])
@@ -345,7 +362,8 @@ class TiledDenoiser:
                 sizes.append(t)
                 continue
             n = -(-s // m) * m  # padded to the network's multiple
-            o = m * int(torch.randint(p // m, (1,), generator=self.generator))
+            step = max(self.min_tile, m)  # a coarse offset grid: few tile shapes (docstring)
+            o = step * int(torch.randint(max(1, p // step), (1,), generator=self.generator))
             segs.append(fit_segments(n, p, o, max(self.min_tile, m)))
             sizes.append(n)
         xp = _pad(x, [(0, n - s) for n, s in zip(sizes, shape, strict=True)])

@@ -105,13 +105,16 @@ def test_fit_tiles_the_volume_once_with_real_neighbours() -> None:
     tiled = TiledDenoiser(fn, (16, 16, 16), mode="fit", size_multiple=4, min_tile=8,
                           max_batch=4, generator=torch.Generator().manual_seed(2))
     grids = []
-    for _ in range(4):
+    for _ in range(6):
         shapes.clear()
         torch.testing.assert_close(tiled(x, torch.tensor([1.0])), x + 1.0)
         assert sum(torch.Size(s).numel() for s in shapes) == 40 * 24 * 20  # 17 -> 20, not 32
         assert all(8 <= n < 16 + 8 for s in shapes for n in s)
         grids.append(sorted(set(shapes)))
     assert len({tuple(g) for g in grids}) > 1
+    # Offsets on the min_tile grid (0 or 8): few tile lengths, so few network input shapes.
+    assert {s[0] for g in grids for s in g} == {8, 16}
+    assert {s[2] for g in grids for s in g} <= {8, 12, 20}
 
 
 def test_position_is_the_normalised_patch_centre() -> None:
@@ -290,3 +293,30 @@ def test_a_real_unet_denoises_a_slice_in_short_tiles() -> None:
         assert {s[2] for s in shapes} == {2}
         with pytest.raises(RuntimeError):
             net(torch.randn(1, 1, 8, 8, 3), torch.tensor([1.0]))
+
+
+def test_prior_denoiser_precisions(tmp_path) -> None:
+    """``bf16-full`` runs a bf16 copy of the network (the caller's prior stays float32) and
+    agrees with float32 to bf16's resolution; an unknown precision is a user error."""
+    from prior_factory import export_tiny_prior
+
+    from medrecon.errors import InputError
+    from medrecon.priors import load_prior
+    from medrecon.sampling.api import prior_denoiser
+
+    prior = load_prior(export_tiny_prior(tmp_path))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # MONAI starts the output layer at zero: give every weight a value
+        for p in prior.denoiser.parameters():
+            p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    x = torch.randn(1, 8, 8, 8, generator=g)
+    sigma = torch.tensor([0.5])
+    with torch.no_grad():
+        ref = prior_denoiser(prior, "MR", precision="fp32")(x, sigma)
+        full = prior_denoiser(prior, "MR", precision="bf16-full")(x, sigma)
+    assert full.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in prior.denoiser.parameters())
+    err = float((full - ref).abs().max())
+    assert 0.0 < err < 0.05 * float(ref.abs().max())  # bf16 rounding, not another network
+    with pytest.raises(InputError, match="precision"):
+        prior_denoiser(prior, "MR", precision="fp16")
