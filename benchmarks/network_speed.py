@@ -8,7 +8,7 @@ variant's output on the same input and the same tile grid (tiling ``roll`` here,
 grid does not depend on the variant; ``shift`` is timed separately for its extra tiles).
 
     python benchmarks/network_speed.py --out network_speed.jsonl [--size 256] \
-        [--variants eager_bf16,channels_last,bf16_weights,compile] [--batches 8,16,32]
+        [--variants eager_bf16,bf16_full,eager_bf16+bench,compile] [--batches 8,16,32]
 
 Variants (all on the prior's own network, copied per variant):
 
@@ -16,7 +16,16 @@ Variants (all on the prior's own network, copied per variant):
 * ``eager_bf16``: bf16 autocast, float32 weights (the sampler's default on CUDA);
 * ``channels_last``: eager_bf16 with weights and inputs in ``channels_last_3d``;
 * ``compile``: ``torch.compile`` of eager_bf16 (default mode, static shapes);
-* ``compile_cl``: ``torch.compile`` of channels_last.
+* ``compile_cl``: ``torch.compile`` of channels_last;
+* ``bf16_full``: a bf16 copy of the network, no autocast (GroupNorm, SiLU and the residual
+  adds in bf16 as well; the sampler's ``precision="bf16-full"``);
+* any variant with ``+bench``: the same with ``torch.backends.cudnn.benchmark`` on (cuDNN
+  times its algorithms once per input shape and keeps the fastest).
+
+``eager_bf16`` and ``bf16_full`` (with or without ``+bench``) are also timed with ``shift``
+tiling (the same grid every pass, as ``roll``) and ``fit`` tiling (a new grid every pass, as
+in sampling: on the coarse offset grid its tiles come in a few shapes, and the first pass of
+each shape pays cuDNN's plan search).
 """
 
 from __future__ import annotations
@@ -40,8 +49,11 @@ def _sync(dev: torch.device) -> None:
 
 
 def _make_patch_fn(net: torch.nn.Module, variant: str, mod: int, spacing: torch.Tensor):
+    variant = variant.removesuffix("+bench")
     cl = variant in ("channels_last", "compile_cl")
-    autocast = variant != "eager_fp32"
+    autocast = variant not in ("eager_fp32", "bf16_full")
+    if variant == "bf16_full":
+        net.network.to(torch.bfloat16)
     if cl:
         net = net.to(memory_format=torch.channels_last_3d)
     call = net
@@ -89,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     ref = None
     for batch in [int(b) for b in args.batches.split(",")]:
         for variant in args.variants.split(","):
-            for tiling in ("roll", "shift"):
-                if tiling == "shift" and variant != "eager_bf16":
+            torch.backends.cudnn.benchmark = variant.endswith("+bench")
+            for tiling in ("roll", "shift", "fit"):
+                if tiling != "roll" and variant.removesuffix("+bench") not in (
+                        "eager_bf16", "bf16_full"):
                     continue
                 net = copy.deepcopy(prior.denoiser).eval()
                 den = prior_denoiser(prior, "MR", tiling=tiling, max_batch=batch, device=dev)
@@ -99,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     with torch.no_grad():
                         for _ in range(args.warmup + args.repeat):
-                            den.generator.manual_seed(1)  # the same tile grid every pass
+                            if tiling != "fit":
+                                den.generator.manual_seed(1)  # the same tile grid every pass
                             _sync(dev)
                             t0 = time.perf_counter()
                             out = den(x, sigma)

@@ -394,7 +394,7 @@ def _sample(measurement: Measurement, prior: Prior, config: DiffusionConfig, lam
             warnings.filterwarnings("ignore", message="voxel size", category=UserWarning)
         return posterior_sample(
             measurement, prior, sampler=config.sampler, steps=config.steps, samples=samples,
-            seed=config.seed, device=device, tiling=config.tiling,
+            seed=config.seed, device=device, tiling=config.tiling, precision=config.precision,
             options=dataclasses.replace(config, lam=lam).sampler_options(measurement.modality),
             memory_budget_gb=config.memory_budget_gb, noise_std=config.noise_std,
             progress=progress)

@@ -20,6 +20,8 @@ steps              diffusion steps                              50
 samples            posterior samples K (K >= 2: std map)         1
 seed               random seed                                  0
 tiling             shift, roll, fit or blend                    "shift"
+precision          network precision: auto, bf16 (autocast),    auto: bf16 on CUDA and on
+                   bf16-full (bf16 network) or fp32             CPUs with bf16, else fp32
 memory_budget_gb   bound on network activation memory (GB)      automatic
 noise_std          measurement noise std override               from the file
 lam                prior weight vs data (< 1 trusts the data)   auto: on held-out data
@@ -47,7 +49,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from medrecon.config import option
-from medrecon.sampling.api import SAMPLERS, SamplerOptions
+from medrecon.sampling.api import PRECISIONS, SAMPLERS, SamplerOptions
 from medrecon.sampling.tiling import TILINGS
 
 __all__ = ["TILINGS", "DiffusionConfig"]
@@ -71,6 +73,8 @@ class DiffusionConfig:
     samples: int = option(1, ge=1, help="Posterior samples; 2 or more give a std map.")
     seed: int = option(0, ge=0, help="Random seed: same seed and device, same result.")
     tiling: str = option("shift", help="shift, roll, fit or blend.")
+    precision: str = option("auto", help="Network precision: auto, bf16 (autocast), "
+                                         "bf16-full or fp32.")
     memory_budget_gb: float | None = option(None, gt=0.0, help="Network activation memory.")
     noise_std: float | None = option(None, ge=0.0, help="Measurement noise std override.")
     lam: float | None = option(None, gt=0.0, help="Prior weight against the data "
@@ -97,6 +101,10 @@ class DiffusionConfig:
         if self.tiling not in TILINGS:
             raise ValueError(f"Unknown diffusion tiling {self.tiling!r}; use "
                              f"{', '.join(TILINGS)}")
+        object.__setattr__(self, "precision", self.precision.strip().lower())
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Unknown network precision {self.precision!r}; use "
+                             f"{', '.join(PRECISIONS)}")
         if self.prior.lower().endswith(_WEIGHT_FILES):
             raise ValueError(f"prior {self.prior} is a weights file; give the prior's "
                              f"NAME.json or its folder")
