@@ -140,7 +140,7 @@ def lesion_scores(d: np.ndarray, records: list[dict[str, Any]],
                   "false_max": float(np.abs(outside).max() / ref_amp)}
 
 
-def load_volume(case: str, shape: tuple[int, int, int]) -> Any:
+def load_volume(case: str, shape: tuple[int, int, int], cases_dir: Path | None = None) -> Any:
     """A lesion-free volume: a held-out synthetic head (its own lesions off) or a real file."""
     if case in SYNTH:
         from medrecon.priors.synthetic import generate_head, split_seeds
@@ -150,7 +150,7 @@ def load_volume(case: str, shape: tuple[int, int, int]) -> Any:
                              seed=split_seeds("test")[1], lesions=False, noise=False)
     from real_quality import load_cases
 
-    found = load_cases([case], None)
+    found = load_cases([case], cases_dir)
     if not found:
         raise SystemExit(f"real case {case} is not available on this machine")
     return found[0][1]
@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, help="append the JSON lines to this file")
     ap.add_argument("--cases", default="synth_mr,synth_ct,mr_brain_piesno")
+    ap.add_argument("--cases-dir", type=Path, metavar="DIR",
+                    help="real cases exported by real_quality.py --export (GPU machine)")
     ap.add_argument("--settings", default="mr8,mr12,ct30")
     ap.add_argument("--radii", default="2,3,4,6", help="lesion radii (mm), one lesion each")
     ap.add_argument("--contrasts", default="0.1,0.2,0.5")
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     radii = [float(v) for v in args.radii.split(",")]
     contrasts = [float(v) for v in args.contrasts.split(",")]
     for case in args.cases.split(","):
-        vol = load_volume(case, tuple(args.shape))
+        vol = load_volume(case, tuple(args.shape), args.cases_dir)
         modality = vol.modality
         spacing = np.sqrt((np.asarray(vol.affine)[:3, :3] ** 2).sum(axis=0))
         ref = vol.data.astype(np.float32)

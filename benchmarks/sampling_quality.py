@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sampler", default="dds")
     ap.add_argument("--cases", default="mr4,mr8,mr12,ct30,ct60")
     ap.add_argument("--tiling", default="shift")
+    ap.add_argument("--precision", default="auto", help="auto, bf16, bf16-full or fp32")
     ap.add_argument("--configs", default="",
                     help="';'-separated sampler settings to compare, each 'key=value,...' of "
                          "SamplerOptions plus sampler=..., e.g. 'lam=1;lam=4,cg_iters=20'")
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                     res = posterior_sample(m, prior, sampler=sampler, steps=steps,
                                            samples=args.samples, seed=0, device=dev,
                                            options=SamplerOptions.defaults(mod, sampler, **settings),
-                                           tiling=args.tiling)
+                                           tiling=args.tiling, precision=args.precision)
                     t_diff = time.perf_counter() - t0
                 except Exception as exc:
                     _write(args.out, {"case": case, "config": conf,
@@ -188,7 +189,7 @@ def _report(args, case, seed, shape, mod, res, t_diff, ref, mask, data_range, cl
            "gain_db": (diff["psnr"] - classical[best_name]["psnr"]) if best_name
            else None,
            "sampler": sampler, "steps": steps, "samples": args.samples,
-           "tiling": args.tiling, "prior": prior_name, "device": card,
+           "tiling": args.tiling, "precision": args.precision, "prior": prior_name, "device": card,
            "date": datetime.now(UTC).isoformat(timespec="seconds"),
            "command": " ".join(sys.argv)}
     _write(args.out, row)

@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sampler", default="dds")
     ap.add_argument("--cases", default="mr128,mr256,ct256")
     ap.add_argument("--tiling", default="shift", help="shift, roll, fit or blend")
+    ap.add_argument("--precision", default="auto", help="auto, bf16, bf16-full or fp32")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
 
@@ -89,12 +90,12 @@ def main(argv: list[str] | None = None) -> int:
             t_sim = time.perf_counter() - t0
             # Warm-up on the same problem with 2 steps (kernels, cuDNN autotuning, allocator).
             posterior_sample(m, prior, sampler=args.sampler, steps=2, device=dev,
-                             tiling=args.tiling)
+                             tiling=args.tiling, precision=args.precision)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
                 torch.cuda.reset_peak_memory_stats(dev)
             res = posterior_sample(m, prior, sampler=args.sampler, steps=args.steps,
-                                   samples=1, seed=0, device=dev, tiling=args.tiling)
+                                   samples=1, seed=0, device=dev, tiling=args.tiling, precision=args.precision)
         except Exception as exc:  # record the failure, go on with the other cases
             row = {"case": case, "error": f"{type(exc).__name__}: {exc}"}
             with args.out.open("a") as f:
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
         row = {
             "case": case, "shape": list(vol.shape), "modality": m.modality,
-            "tiling": args.tiling,
+            "tiling": args.tiling, "precision": args.precision,
             "sampler": args.sampler, "steps": args.steps, "seconds": res.timings["total"],
             "network_seconds": res.timings["network"],
             "network_only_seconds": res.timings.get("network_only"),
