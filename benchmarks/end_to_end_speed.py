@@ -28,12 +28,14 @@ import platform
 import re
 import shlex
 import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
+MEDRECON = [sys.executable, "-m", "medrecon"]  # works from a source tree on PYTHONPATH too
 CASES = {
     "mr128": (128, "MR", ["--coils", "8", "--acceleration", "8", "--snr", "30"]),
     "mr256": (256, "MR", ["--coils", "8", "--acceleration", "8", "--snr", "30"]),
@@ -57,11 +59,11 @@ def _prepare(case: str, work: Path, device: str, quick: bool) -> tuple[Path, flo
     if meas.exists():
         return meas, 0.0
     seed = str(split_seeds("test")[0])
-    _, p = _run(["medrecon", "phantom", str(ref), "--kind", "head", "--modality", modality,
+    _, p = _run([*MEDRECON, "phantom", str(ref), "--kind", "head", "--modality", modality,
                  "--size", str(size), "--spacing", "2.0", "--seed", seed])
     if p.returncode:
         raise RuntimeError(p.stderr[-800:])
-    sec, p = _run(["medrecon", "simulate", str(ref), str(meas), "--seed", seed,
+    sec, p = _run([*MEDRECON, "simulate", str(ref), str(meas), "--seed", seed,
                    "--device", device, *sim])
     if p.returncode:
         raise RuntimeError(p.stderr[-800:])
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         modality = CASES[case][1]
         for name, extra in variants:
             out = args.work / f"{case}_{name}.nii.gz"
-            cmd = ["medrecon", "reconstruct", str(meas), str(out), "--method", "diffusion",
+            cmd = [*MEDRECON, "reconstruct", str(meas), str(out), "--method", "diffusion",
                    "--steps", str(args.steps), "--device", args.device, "--overwrite",
                    "--no-progress", *shlex.split(extra)]
             if name != "defaults":

@@ -75,7 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiling", default="shift", help="shift, roll, fit or blend")
     ap.add_argument("--precision", default="auto", help="auto, bf16, bf16-full or fp32")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-cuda-graphs", action="store_true",
+                    help="eager network calls (the default replays CUDA graphs on CUDA)")
     args = ap.parse_args(argv)
+    if args.no_cuda_graphs:
+        import functools
+
+        import medrecon.sampling.api as api
+
+        api.prior_denoiser = functools.partial(api.prior_denoiser, cuda_graphs=False)
 
     from medrecon.priors import load_prior
     from medrecon.sampling import posterior_sample
@@ -106,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {
             "case": case, "shape": list(vol.shape), "modality": m.modality,
             "tiling": args.tiling, "precision": args.precision,
+            "cuda_graphs": dev.type == "cuda" and not args.no_cuda_graphs,
             "sampler": args.sampler, "steps": args.steps, "seconds": res.timings["total"],
             "network_seconds": res.timings["network"],
             "network_only_seconds": res.timings.get("network_only"),

@@ -78,7 +78,8 @@ from medrecon.sampling.consistency import (
     diffpir_variance,
     noisy_steps_above,
 )
-from medrecon.sampling.tiling import TiledDenoiser, patches_for_memory
+from medrecon.sampling.graphs import GraphedPatchDenoiser
+from medrecon.sampling.tiling import PatchDenoiser, TiledDenoiser, patches_for_memory
 from medrecon.solvers import power_iteration
 
 if TYPE_CHECKING:
@@ -474,7 +475,8 @@ def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "shift", overla
                    memory_budget_gb: float | None = None, max_batch: int | None = None,
                    seed: int = 0, precision: str = "auto",
                    device: torch.device | str = "cpu",
-                   spacing_mm: tuple[float, float, float] | None = None) -> TiledDenoiser:
+                   spacing_mm: tuple[float, float, float] | None = None,
+                   cuda_graphs: bool = True) -> TiledDenoiser:
     """The prior as a whole-volume model-space denoiser ``D(x (B, I, J, K), sigma (B,))``.
 
     Patches of ``prior.patch_size`` (random-shift tiling by default, see
@@ -486,7 +488,9 @@ def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "shift", overla
     ``precision``: ``"bf16"`` (autocast: bf16 convolutions, float32 weights and normalisation),
     ``"bf16-full"`` (a bf16 copy of the network, GroupNorm and activations in bf16 too: fewer
     float32 round trips through memory), ``"fp32"``, or ``"auto"``: :data:`AUTO_PRECISION` on
-    CUDA, ``"bf16"`` on CPUs with bf16 in hardware, else ``"fp32"``.
+    CUDA, ``"bf16"`` on CPUs with bf16 in hardware, else ``"fp32"``. On CUDA the network
+    calls are replayed from CUDA graphs (:mod:`medrecon.sampling.graphs`) unless
+    ``cuda_graphs=False``.
     """
     from medrecon.device import cpu_has_native_bf16
     from medrecon.priors import modality_id
@@ -514,7 +518,9 @@ def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "shift", overla
     def patch_fn(xp: torch.Tensor, sig: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
         labels = None if mod is None else torch.full((xp.shape[0],), mod, dtype=torch.long,
                                                      device=xp.device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        # no autocast weight cache: a CUDA graph must recompute its casts at every replay
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16,
+                            cache_enabled=False):
             out = net(xp.float(), sig.float(), modality=labels, position=pos,
                       spacing=spacing.expand(xp.shape[0], 3))
         return out.float()
@@ -531,7 +537,10 @@ def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "shift", overla
             max_batch = patches_for_memory(0.5 * free, prior.patch_size)
         else:
             max_batch = 2
-    return TiledDenoiser(patch_fn, prior.patch_size, mode=tiling, overlap=overlap,
+    fn: PatchDenoiser = patch_fn
+    if cuda_graphs and device.type == "cuda":
+        fn = GraphedPatchDenoiser(patch_fn)
+    return TiledDenoiser(fn, prior.patch_size, mode=tiling, overlap=overlap,
                          max_batch=max_batch, uses_position=prior.uses_position,
                          generator=torch.Generator().manual_seed(int(seed) + 7919),
                          size_multiple=factor, min_tile=min_tile)
