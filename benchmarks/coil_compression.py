@@ -90,8 +90,9 @@ def _run(m: Any, ref: np.ndarray, prior: Any, dev: torch.device, args: argparse.
          spec: str, spacing: tuple[float, float, float]) -> dict[str, Any]:
     from medrecon.metrics import psnr, ssim
     from medrecon.sampling import SamplerOptions
-    from medrecon.sampling.api import prior_denoiser, sample_problem
+    from medrecon.sampling.api import sample_problem
     from medrecon.sampling.consistency import LinearProblem
+    from medrecon.sampling.denoiser import prior_denoiser
 
     var = _parse(spec)
     physics = _physics(m, prior, dev, var)

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from medrecon.priors import load_prior, modality_id
-    from medrecon.sampling.api import prior_denoiser
+    from medrecon.sampling.denoiser import prior_denoiser
 
     dev = torch.device(args.device)
     prior = load_prior(args.prior, device=dev)

@@ -82,7 +82,7 @@ def _region(vol: Any) -> np.ndarray:
 def part_denoiser(cases: list[tuple[str, Any, str]], prior: Any, dev: torch.device,
                   shortest: list[int], emit: Any) -> None:
     from medrecon.metrics import psnr
-    from medrecon.sampling.api import prior_denoiser
+    from medrecon.sampling.denoiser import prior_denoiser
 
     for name, vol, note in cases:
         if vol is None:

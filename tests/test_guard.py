@@ -74,7 +74,7 @@ def ct() -> tuple[Measurement, np.ndarray]:
 
 class _WholeVolume:
     """A whole-volume model-space denoiser in place of the tiled network (what
-    :func:`medrecon.sampling.api.prior_denoiser` returns), counting its calls."""
+    :func:`medrecon.sampling.denoiser.prior_denoiser` returns), counting its calls."""
 
     def __init__(self, fn: Any) -> None:
         self.fn, self.calls, self.patches = fn, 0, 1

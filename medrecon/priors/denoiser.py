@@ -136,7 +136,7 @@ class EDMDenoiser(torch.nn.Module):
             lab = torch.zeros(b, device=x.device) if labels is None else labels.float()
             kwargs["class_labels"] = torch.cat([lab[:, None], sp], dim=1)
         # The network's own precision (a bf16 copy runs bf16 end to end, see
-        # medrecon.sampling.api.prior_denoiser); the preconditioning stays float32.
+        # medrecon.sampling.denoiser.prior_denoiser); the preconditioning stays float32.
         dtype = next(self.network.parameters()).dtype
         f = self.network(net_in.to(dtype), self.noise_embed_scale * self.c_noise(sigma_t),
                          **kwargs)

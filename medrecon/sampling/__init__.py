@@ -24,12 +24,11 @@ from medrecon.sampling.api import (
     SamplerOptions,
     calibration,
     posterior_sample,
-    prior_denoiser,
-    prior_on_device,
     sample_problem,
 )
 from medrecon.sampling.config import DiffusionConfig
 from medrecon.sampling.consistency import LinearProblem, ProximalDenoiser
+from medrecon.sampling.denoiser import prior_denoiser, prior_on_device
 from medrecon.sampling.tiling import TiledDenoiser
 
 __all__ = [

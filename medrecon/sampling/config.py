@@ -49,7 +49,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from medrecon.config import option
-from medrecon.sampling.api import PRECISIONS, SAMPLERS, SamplerOptions
+from medrecon.sampling.api import SAMPLERS, SamplerOptions
+from medrecon.sampling.denoiser import PRECISIONS
 from medrecon.sampling.tiling import TILINGS
 
 __all__ = ["TILINGS", "DiffusionConfig"]

@@ -35,7 +35,7 @@ tilings are offered:
 Along an axis shorter than the patch, the tile is only as long as the axis rounded up to a
 multiple of ``size_multiple`` (what the network needs: 8 for the default prior's four levels)
 and at least ``min_tile`` long; with ``size_multiple=None`` such axes are padded to the full
-patch. :func:`~medrecon.sampling.api.prior_denoiser` sets ``min_tile`` to half the training
+patch. :func:`~medrecon.sampling.denoiser.prior_denoiser` sets ``min_tile`` to half the training
 patch (32): a single slice or a 24-slice slab then costs a 64 x 64 x 32 tile per patch instead
 of 64^3, a 40-slice slab a 40-deep one. Shorter tiles would cost less still, but the network,
 trained on 64^3 patches, denoises them differently: on a real CT slice 8-deep tiles lost 2.1 dB

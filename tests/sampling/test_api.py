@@ -161,7 +161,7 @@ def test_dds_cg_schedule_applies_only_to_steps_followed_by_high_noise() -> None:
 
 
 def test_posterior_sample_leaves_the_callers_objects_alone(ct_measurement, tiny_prior) -> None:
-    from medrecon.sampling.api import prior_on_device
+    from medrecon.sampling.denoiser import prior_on_device
 
     m, _ = ct_measurement
     weights = {k: v.clone() for k, v in tiny_prior.denoiser.state_dict().items()}

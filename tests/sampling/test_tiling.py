@@ -259,7 +259,7 @@ def test_prior_denoiser_tiles_thin_volumes_from_half_the_patch(tmp_path) -> None
     from prior_factory import export_tiny_prior
 
     from medrecon.priors import load_prior
-    from medrecon.sampling.api import prior_denoiser
+    from medrecon.sampling.denoiser import prior_denoiser
 
     den = prior_denoiser(load_prior(export_tiny_prior(tmp_path)), "MR")
     assert (den.size_multiple, den.min_tile) == (1, 4)
@@ -302,7 +302,7 @@ def test_prior_denoiser_precisions(tmp_path) -> None:
 
     from medrecon.errors import InputError
     from medrecon.priors import load_prior
-    from medrecon.sampling.api import prior_denoiser
+    from medrecon.sampling.denoiser import prior_denoiser
 
     prior = load_prior(export_tiny_prior(tmp_path))
     g = torch.Generator().manual_seed(0)
