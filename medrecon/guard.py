@@ -15,8 +15,11 @@ the calibration box (MR) or every 7th view (CT). With ``err(x) = ||M_h (A x - y)
    samples (unlike the classical MR rule of :mod:`medrecon.recon.autotune`, a 1.18x factor at
    most, below the grid's resolution).
 2. **Guard** (``guard`` on): the self-tuned classical method of the modality (:data:`GUARD_METHODS`:
-   MR l1-wavelet, CT tv) is run on the same training part with its chosen weight and scored the
-   same way. If diffusion predicts the held-out data at least as well, the result is diffusion.
+   MR l1-wavelet, CT tv) is run on the same training part with its chosen weight and the coil
+   maps of its final run (MR without maps in the file: its two ESPIRiT map sets, estimated
+   once from all the data), and scored the same way, through its own operator (with map
+   sets, on the per-set images), so its error is the one its self-tuning saw at that weight.
+   If diffusion predicts the held-out data at least as well, the result is diffusion.
    Otherwise the blend ``w x_diffusion + (1 - w) x_classical`` whose held-out residual is
    smallest is taken (``w`` in [0, 1] in closed form, :func:`blend_weight`), provided it
    predicts the held-out data at least :data:`MIN_GAIN` (1 %) better than the classical result
@@ -158,7 +161,8 @@ class HoldoutSplit:
 
     Attributes:
         train: the measurement without the held-out part (MR: the training mask and the coil
-            maps of the full data, so every run uses the same maps; CT: the training views).
+            maps of the full data, so every run uses the same maps, map sets included; CT:
+            the training views).
         held: the held-out data and their prediction.
         text: what was held out, in words.
         problem: the physics problem of all the data (residuals of a blend).
@@ -170,9 +174,15 @@ class HoldoutSplit:
     problem: Problem
 
 
-def holdout_split(measurement: Measurement, device: torch.device) -> HoldoutSplit:
+def holdout_split(measurement: Measurement, device: torch.device, *,
+                  maps_method: str = "espirit", map_sets: int = 1) -> HoldoutSplit:
     """The split of the classical self-tuning (:func:`medrecon.recon.mri` ``_weight``,
-    :func:`medrecon.recon.ct.holdout_masks`): same seed, same samples or views held out."""
+    :func:`medrecon.recon.ct.holdout_masks`): same seed, same samples or views held out.
+
+    MR: ``maps_method`` and ``map_sets`` build the coil maps as
+    :func:`~medrecon.problem.measurement_problem` does (estimated once here when the file has
+    none, and carried by ``train``); the held-out prediction uses that operator (with map
+    sets, of an ``(M, I, J, K)`` image)."""
     acq = measurement.acquisition or {}
     seed = int(acq.get("seed", 0) or 0)
     if measurement.modality == "CT":
@@ -181,7 +191,8 @@ def holdout_split(measurement: Measurement, device: torch.device) -> HoldoutSpli
         return HoldoutSplit(dataclasses.replace(measurement, mask=train),
                             HeldOut(held_problem.op.forward, held_problem.y), text,
                             measurement_problem(measurement, device))
-    problem = measurement_problem(measurement, device)
+    problem = measurement_problem(measurement, device, maps_method=maps_method,
+                                  map_sets=map_sets)
     op = problem.op
     mask = op.mask.detach().cpu().numpy()  # type: ignore[union-attr]
     calib = acq.get("calibration")
@@ -324,16 +335,20 @@ def guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior: 
         return _diffusion_output(res, config, info, t0, device)
 
     # The classical method: self-tuned on all data (its own hold-out, the same split), then
-    # once more from the training part with the weight it chose there, for the comparison.
+    # once more from the training part with the weight it chose there, for the comparison;
+    # both runs with the same coil maps (MR: its own map sets, estimated once).
     name = GUARD_METHODS[mod]
     run = _CLASSICAL[mod]
-    full = run(measurement, ReconOptions(tol=tol), device)
+    csplit = _classical_split(measurement, split, device)
+    cmeas = (measurement if csplit is split
+             else dataclasses.replace(measurement, coil_maps=csplit.train.coil_maps))
+    full = run(cmeas, ReconOptions(tol=tol), device)
     tuned = full.info.get("autotune") or {}
     c_lam = float(full.info["lam"])
     train_lam = c_lam / float(tuned.get("scale", 1.0))
-    part = run(split.train, ReconOptions(lam=train_lam, tol=tol), device)
+    part = run(csplit.train, ReconOptions(lam=train_lam, tol=tol), device)
     assert part.solution is not None and full.solution is not None
-    d_err, c_err = float(best["error"]), split.held.error(part.solution)
+    d_err, c_err = float(best["error"]), csplit.held.error(part.solution)
     a = split.held.predict(best["image"])
     chains = 1
     if d_err > c_err and config.samples > 1:
@@ -348,7 +363,7 @@ def guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior: 
     if d_err <= c_err:
         choice, w, b_err = "diffusion", 1.0, d_err
     else:
-        b = split.held.predict(part.solution)
+        b = csplit.held.predict(part.solution)
         w = blend_weight(a, b, split.held.y)
         b_err = split.held.prediction_error(w * a + (1 - w) * b)
         choice = "blend" if b_err < (1.0 - MIN_GAIN) * c_err else "classical"
@@ -369,10 +384,26 @@ def guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior: 
         out.image = (w * out.image + (1 - w) * full.image).astype(np.float32)
         if "std_image" in out.info:
             out.info["std_image"] = (w * out.info["std_image"]).astype(np.float32)
-        x = w * res.image + (1 - w) * full.solution.to(res.image.device)
+        # the blended image's residual under the diffusion's operator (one map set)
+        x = w * res.image + (1 - w) * mri.combine_sets(full.solution).to(res.image.device)
         out.residual = split.problem.residual(x.to(split.problem.y.device))
         out.solution = x.detach().cpu()
     return out
+
+
+def _classical_split(measurement: Measurement, split: HoldoutSplit,
+                     device: torch.device) -> HoldoutSplit:
+    """The split with the coil maps of the guard's classical method: MR l1-wavelet with its
+    default settings (:class:`~medrecon.recon.mri.L1WaveletSettings`: ESPIRiT, two map sets)
+    where the file has no maps or has map sets; else (CT, single-set maps, one coil) the
+    diffusion's ``split``, whose maps are the same."""
+    maps = measurement.coil_maps
+    if measurement.modality != "MR" or measurement.n_coils == 1 or (
+            maps is not None and np.ndim(maps) == 4):
+        return split
+    settings = mri.L1WaveletSettings()  # the guard runs the method with its defaults
+    return holdout_split(measurement, device, maps_method=settings.maps_method,
+                         map_sets=settings.map_sets)
 
 
 def _sample(measurement: Measurement, prior: Prior, config: DiffusionConfig, lam: float,

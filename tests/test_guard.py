@@ -134,6 +134,38 @@ def test_guard_falls_back_to_the_classical_result_for_a_garbage_prior(
     assert min(tuned["heldout_errors"]) == pytest.approx(guard["diffusion_error"])
 
 
+def test_guard_scores_the_classical_method_with_its_own_map_sets(
+        prior: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file without coil maps of an object wider than the field of view: the final
+    l1-wavelet uses two ESPIRiT map sets (one cannot fit the fold-over), so its training-part
+    run must too, scored through that operator: its held-out error is then the one the
+    classical self-tuning saw at the chosen weight (with one set it is far larger)."""
+    from medrecon.phantoms import shepp_logan_3d
+    from tests.operators.test_coils import _folded_scene
+
+    x = shepp_logan_3d((32, 24, 2)).astype(np.float32)
+    sim = simulate(Volume(x, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR"), SimulationConfig(mri=MRISettings(
+        coils=6, acceleration=2.0, calibration=12, snr=1000.0, dims="2d", mask="equispaced")))
+    data = (_folded_scene()["kspace"].numpy() * np.asarray(sim.mask)).astype(np.complex64)
+    m = Measurement("MR", data, sim.mask, sim.reference, coil_maps=None, operator=sim.operator,
+                    acquisition=dict(sim.acquisition))
+    _use_denoiser(monkeypatch, _garbage)
+    out = guarded_diffusion(m, _config(), prior, CPU)
+    guard = out.info["guard"]
+    classical = get_method("MR", "l1-wavelet")(m, ReconOptions(), CPU)
+    assert classical.info["map_sets"] == 2
+    assert guard["classical_lam"] == classical.info["lam"]  # the same maps, estimated once
+    assert guard["classical_error"] == pytest.approx(
+        min(classical.info["autotune"]["heldout_errors"]), rel=1e-4)
+    # The diffusion's training part keeps one set, the classical one carries both.
+    one, two = holdout_split(m, CPU), holdout_split(m, CPU, map_sets=2)
+    assert one.train.coil_maps.ndim == 4 and two.train.coil_maps.shape[0] == 2
+    part = get_method("MR", "l1-wavelet")(two.train, ReconOptions(lam=1e-4), CPU)
+    assert part.info["map_sets"] == 2 and part.solution.shape == (2, *m.image_shape)
+    single = get_method("MR", "l1-wavelet")(one.train, ReconOptions(lam=1e-4), CPU)
+    assert two.held.error(part.solution) < 0.5 * one.held.error(single.solution)
+
+
 def test_guard_keeps_diffusion_when_it_predicts_better_and_uses_all_data(
         ct: tuple[Measurement, np.ndarray], prior: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
