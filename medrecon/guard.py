@@ -348,7 +348,9 @@ def guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior: 
     train_lam = c_lam / float(tuned.get("scale", 1.0))
     part = run(csplit.train, ReconOptions(lam=train_lam, tol=tol), device)
     assert part.solution is not None and full.solution is not None
-    d_err, c_err = float(best["error"]), csplit.held.error(part.solution)
+    b = csplit.held.predict(part.solution)
+    d_err, c_err = float(best["error"]), csplit.held.prediction_error(b)
+    del csplit, cmeas  # MR: the map sets need not stay in memory through the sampling runs
     a = split.held.predict(best["image"])
     chains = 1
     if d_err > c_err and config.samples > 1:
@@ -363,7 +365,6 @@ def guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior: 
     if d_err <= c_err:
         choice, w, b_err = "diffusion", 1.0, d_err
     else:
-        b = csplit.held.predict(part.solution)
         w = blend_weight(a, b, split.held.y)
         b_err = split.held.prediction_error(w * a + (1 - w) * b)
         choice = "blend" if b_err < (1.0 - MIN_GAIN) * c_err else "classical"
