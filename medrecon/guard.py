@@ -8,14 +8,18 @@ the calibration box (MR) or every 7th view (CT). With ``err(x) = ||M_h (A x - y)
 1. **Weight** (``lam`` auto, samplers with a weight: dds, diffpir): one posterior sample (K = 1,
    the run's seed and steps, so every candidate sees the same noise) from the training part for
    each ``lam`` in ``centre * (1/4, 1, 4)`` around the modality default (MR 0.05, CT 1), one
-   more step of 4 outwards when the best lies at an end; the smallest ``err`` wins. At most 4
-   sampling runs on the training data. The weight is not rescaled for all the data: it weighs
+   more step of 4 outwards when the best lies at an end; the smallest ``err`` wins
+   (:func:`medrecon.recon.autotune.tune_weight` without its midpoints). At most 4 sampling
+   runs on the training data. The weight is not rescaled for all the data: it weighs
    the prior against the likelihood, whose noise model does not change with the number of
    samples (unlike the classical MR rule of :mod:`medrecon.recon.autotune`, a 1.18x factor at
    most, below the grid's resolution).
 2. **Guard** (``guard`` on): the self-tuned classical method of the modality (:data:`GUARD_METHODS`:
-   MR l1-wavelet, CT tv) is run on the same training part with its chosen weight and scored the
-   same way. If diffusion predicts the held-out data at least as well, the result is diffusion.
+   MR l1-wavelet, CT tv) is run on the same training part with its chosen weight and the coil
+   maps of its final run (MR without maps in the file: its two ESPIRiT map sets, estimated
+   once from all the data), and scored the same way, through its own operator (with map
+   sets, on the per-set images), so its error is the one its self-tuning saw at that weight.
+   If diffusion predicts the held-out data at least as well, the result is diffusion.
    Otherwise the blend ``w x_diffusion + (1 - w) x_classical`` whose held-out residual is
    smallest is taken (``w`` in [0, 1] in closed form, :func:`blend_weight`), provided it
    predicts the held-out data at least :data:`MIN_GAIN` (1 %) better than the classical result
@@ -40,7 +44,7 @@ on a loaded CPU, 6 steps, tiny volumes: 4.6x (CT) and 10x (MR) the wall time of 
 The weight is scored on one sample (K = 1) per candidate. The output is the mean of K samples,
 which averages most of one sample's posterior spread away, so where that one sample predicts
 the held-out data worse than the classical result and K > 1, a pair of chains at the chosen
-weight estimates the error of the mean of K (:func:`mean_heldout_error`) from two fresh
+weight estimates the error of the mean of K (:meth:`HeldOut.mean_error`) from two fresh
 chains, and the guard compares that (two more sampling runs on the training part). On the real brain at R = 8
 (benchmarks/RESULTS_autotune.md, H100) the single-sample comparison fell back to L1-wavelet,
 1.2 dB under oracle TV, where the 4-sample mean of diffusion at the default weight was 0.7 dB
@@ -67,7 +71,7 @@ import torch
 
 from medrecon.problem import Problem, measurement_problem
 from medrecon.recon import ct, mri
-from medrecon.recon.autotune import TuneReport, mr_holdout_masks
+from medrecon.recon.autotune import TuneReport, mr_holdout_masks, tune_weight
 from medrecon.recon.base import ReconOptions, ReconOutput
 
 if TYPE_CHECKING:
@@ -85,7 +89,6 @@ __all__ = [
     "HeldOut",
     "blend_weight",
     "guarded_diffusion",
-    "mean_heldout_error",
     "holdout_split",
 ]
 
@@ -105,8 +108,9 @@ class HeldOut:
     """The held-out data and how an image predicts them.
 
     ``predict(x)`` is ``M_h A x`` for an image ``x`` in the operator's units (MR complex, CT mu
-    in 1/mm, on any device), ``y`` the held-out data ``M_h y``; :meth:`error` is the relative
-    residual that the classical self-tuning minimises.
+    in 1/mm, on any device), ``y`` the held-out data ``M_h y``. Every held-out error the guard
+    reports is relative, ``||p - M_h y|| / ||M_h y||`` for a prediction ``p``
+    (:meth:`prediction_error`): the residual that the classical self-tuning minimises.
     """
 
     def __init__(self, predict: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor) -> None:
@@ -118,9 +122,37 @@ class HeldOut:
         with torch.no_grad():
             return self._predict(x.to(self.y.device))
 
+    def prediction_error(self, p: torch.Tensor) -> float:
+        """``||p - M_h y|| / ||M_h y||`` for a prediction ``p`` of the held-out data (a blend's
+        predictions, say: the prediction is linear in the image)."""
+        return float(torch.linalg.vector_norm(p - self.y)) / self.norm
+
     def error(self, x: torch.Tensor) -> float:
-        """``||M_h (A x - y)|| / ||M_h y||``."""
-        return float(torch.linalg.vector_norm(self.predict(x) - self.y)) / self.norm
+        """``||M_h (A x - y)|| / ||M_h y||`` for an image ``x``."""
+        return self.prediction_error(self.predict(x))
+
+    def mean_error(self, p1: torch.Tensor, p2: torch.Tensor,
+                   samples: int) -> tuple[float, torch.Tensor]:
+        """The relative held-out error expected of the mean of ``samples`` posterior samples,
+        from the predictions ``p1``, ``p2`` of two independent chains, and the two chains'
+        mean prediction.
+
+        With chains ``p_k = m + e_k`` (independent spread of total variance ``v``), the mean
+        of K has ``E||mean_K - y||^2 = ||m - y||^2 + v / K``. Two chains give
+        ``||mean_2 - y||^2`` (expectation ``||m - y||^2 + v / 2``) and the unbiased
+        ``v ~ ||p1 - p2||^2 / 2``, so ``||mean_2 - y||^2 - v / 2 + v / K`` estimates it
+        (clipped at 0). K = 1 gives one chain's expected error, K = 2 the two-chain mean's own.
+        Both terms are relative to ``||M_h y||^2`` here, as :meth:`prediction_error` is.
+
+        Returns:
+            (the estimated relative error; the mean prediction ``(p1 + p2) / 2``).
+        """
+        mean = 0.5 * (p1 + p2)
+        # the chains' spread relative to the data, as (half the squared) prediction_error of
+        # one chain against the other
+        v = 0.5 * (float(torch.linalg.vector_norm(p1 - p2)) / self.norm) ** 2
+        e2 = self.prediction_error(mean) ** 2 - v / 2 + v / max(int(samples), 1)
+        return max(e2, 0.0) ** 0.5, mean
 
 
 @dataclass(frozen=True)
@@ -129,7 +161,8 @@ class HoldoutSplit:
 
     Attributes:
         train: the measurement without the held-out part (MR: the training mask and the coil
-            maps of the full data, so every run uses the same maps; CT: the training views).
+            maps of the full data, so every run uses the same maps, map sets included; CT:
+            the training views).
         held: the held-out data and their prediction.
         text: what was held out, in words.
         problem: the physics problem of all the data (residuals of a blend).
@@ -141,9 +174,15 @@ class HoldoutSplit:
     problem: Problem
 
 
-def holdout_split(measurement: Measurement, device: torch.device) -> HoldoutSplit:
+def holdout_split(measurement: Measurement, device: torch.device, *,
+                  maps_method: str = "espirit", map_sets: int = 1) -> HoldoutSplit:
     """The split of the classical self-tuning (:func:`medrecon.recon.mri` ``_weight``,
-    :func:`medrecon.recon.ct.holdout_masks`): same seed, same samples or views held out."""
+    :func:`medrecon.recon.ct.holdout_masks`): same seed, same samples or views held out.
+
+    MR: ``maps_method`` and ``map_sets`` build the coil maps as
+    :func:`~medrecon.problem.measurement_problem` does (estimated once here when the file has
+    none, and carried by ``train``); the held-out prediction uses that operator (with map
+    sets, of an ``(M, I, J, K)`` image)."""
     acq = measurement.acquisition or {}
     seed = int(acq.get("seed", 0) or 0)
     if measurement.modality == "CT":
@@ -152,7 +191,8 @@ def holdout_split(measurement: Measurement, device: torch.device) -> HoldoutSpli
         return HoldoutSplit(dataclasses.replace(measurement, mask=train),
                             HeldOut(held_problem.op.forward, held_problem.y), text,
                             measurement_problem(measurement, device))
-    problem = measurement_problem(measurement, device)
+    problem = measurement_problem(measurement, device, maps_method=maps_method,
+                                  map_sets=map_sets)
     op = problem.op
     mask = op.mask.detach().cpu().numpy()  # type: ignore[union-attr]
     calib = acq.get("calibration")
@@ -199,7 +239,7 @@ class GuardReport:
         holdout: what was held out, in words.
         samples: K, the samples whose mean is the output.
         chains: chains the diffusion error was estimated from: 1 (that chain's error) or 2
-            (the error expected of the mean of K, :func:`mean_heldout_error`).
+            (the error expected of the mean of K, :meth:`HeldOut.mean_error`).
     """
 
     method: str
@@ -246,42 +286,6 @@ class GuardReport:
                 "chains": int(self.chains)}
 
 
-def mean_heldout_error(a1: torch.Tensor, a2: torch.Tensor, y: torch.Tensor,
-                       samples: int) -> tuple[float, torch.Tensor]:
-    """The held-out residual expected of the mean of ``samples`` posterior samples, from the
-    predictions ``a1``, ``a2`` of two independent chains, and the two chains' mean prediction.
-
-    With chains ``a_k = m + e_k`` (independent spread of total variance ``v``), the mean of K
-    has ``E||mean_K - y||^2 = ||m - y||^2 + v / K``. Two chains give ``||mean_2 - y||^2``
-    (expectation ``||m - y||^2 + v / 2``) and the unbiased ``v ~ ||a1 - a2||^2 / 2``, so
-    ``||mean_2 - y||^2 - v / 2 + v / K`` estimates it (clipped at 0). K = 1 gives one chain's
-    expected error, K = 2 the two-chain mean's own.
-
-    Returns:
-        (the estimated residual norm, not relative; the mean prediction ``(a1 + a2) / 2``).
-    """
-    mean = 0.5 * (a1 + a2)
-    v = 0.5 * float(torch.sum(torch.abs(a1 - a2) ** 2))
-    e2 = float(torch.sum(torch.abs(mean - y) ** 2)) - v / 2 + v / max(int(samples), 1)
-    return max(e2, 0.0) ** 0.5, mean
-
-
-def _tune(heldout_error: Callable[[float], float], centre: float) -> tuple[float, list[float],
-                                                                              list[float]]:
-    """Minimise over ``centre * DIFFUSION_FACTORS``, then one step outwards when the best lies
-    at an end of the grid (at most ``len(DIFFUSION_FACTORS) + 1`` evaluations)."""
-    tried = {centre * f: heldout_error(centre * f) for f in DIFFUSION_FACTORS}
-    grid = sorted(tried)
-    best = min(grid, key=tried.__getitem__)
-    step = DIFFUSION_FACTORS[-1] / DIFFUSION_FACTORS[-2]
-    if best == grid[0] or best == grid[-1]:
-        out = best / step if best == grid[0] else best * step
-        tried[out] = heldout_error(out)
-    grid = sorted(tried)
-    errors = [tried[g] for g in grid]
-    return grid[int(np.argmin(errors))], grid, errors
-
-
 def guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior: Prior,
                       device: torch.device, *, tol: float = 1e-4,
                       progress: bool = False) -> ReconOutput:
@@ -317,7 +321,8 @@ def guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior: 
         return err
 
     if tune:
-        lam, grid, errors = _tune(heldout_error, centre)
+        lam, grid, errors = tune_weight(heldout_error, centre, DIFFUSION_FACTORS,
+                                        refine=False)
         report = TuneReport("lam", lam, tuple(grid), tuple(errors), 1.0, split.text)
         info.update(lam=lam, autotune=report.as_dict(), autotune_line=report.line())
     else:
@@ -330,16 +335,22 @@ def guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior: 
         return _diffusion_output(res, config, info, t0, device)
 
     # The classical method: self-tuned on all data (its own hold-out, the same split), then
-    # once more from the training part with the weight it chose there, for the comparison.
+    # once more from the training part with the weight it chose there, for the comparison;
+    # both runs with the same coil maps (MR: its own map sets, estimated once).
     name = GUARD_METHODS[mod]
     run = _CLASSICAL[mod]
-    full = run(measurement, ReconOptions(tol=tol), device)
+    csplit = _classical_split(measurement, split, device)
+    cmeas = (measurement if csplit is split
+             else dataclasses.replace(measurement, coil_maps=csplit.train.coil_maps))
+    full = run(cmeas, ReconOptions(tol=tol), device)
     tuned = full.info.get("autotune") or {}
     c_lam = float(full.info["lam"])
     train_lam = c_lam / float(tuned.get("scale", 1.0))
-    part = run(split.train, ReconOptions(lam=train_lam, tol=tol), device)
+    part = run(csplit.train, ReconOptions(lam=train_lam, tol=tol), device)
     assert part.solution is not None and full.solution is not None
-    d_err, c_err = float(best["error"]), split.held.error(part.solution)
+    b = csplit.held.predict(part.solution)
+    d_err, c_err = float(best["error"]), csplit.held.prediction_error(b)
+    del csplit, cmeas  # MR: the map sets need not stay in memory through the sampling runs
     a = split.held.predict(best["image"])
     chains = 1
     if d_err > c_err and config.samples > 1:
@@ -349,16 +360,13 @@ def guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior: 
         a1, a2 = (split.held.predict(_sample(
             split.train, prior, dataclasses.replace(config, seed=config.seed + i), lam, 1,
             device, progress, first=False).image) for i in (1, 2))
-        d_err, a = mean_heldout_error(a1, a2, split.held.y, config.samples)
-        d_err /= split.held.norm
+        d_err, a = split.held.mean_error(a1, a2, config.samples)
         chains = 2
     if d_err <= c_err:
         choice, w, b_err = "diffusion", 1.0, d_err
     else:
-        b = split.held.predict(part.solution)
         w = blend_weight(a, b, split.held.y)
-        b_err = float(torch.linalg.vector_norm(w * a + (1 - w) * b - split.held.y)
-                      ) / split.held.norm
+        b_err = split.held.prediction_error(w * a + (1 - w) * b)
         choice = "blend" if b_err < (1.0 - MIN_GAIN) * c_err else "classical"
         if choice == "classical":
             w, b_err = 0.0, c_err
@@ -377,10 +385,26 @@ def guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior: 
         out.image = (w * out.image + (1 - w) * full.image).astype(np.float32)
         if "std_image" in out.info:
             out.info["std_image"] = (w * out.info["std_image"]).astype(np.float32)
-        x = w * res.image + (1 - w) * full.solution.to(res.image.device)
+        # the blended image's residual under the diffusion's operator (one map set)
+        x = w * res.image + (1 - w) * mri.combine_sets(full.solution).to(res.image.device)
         out.residual = split.problem.residual(x.to(split.problem.y.device))
         out.solution = x.detach().cpu()
     return out
+
+
+def _classical_split(measurement: Measurement, split: HoldoutSplit,
+                     device: torch.device) -> HoldoutSplit:
+    """The split with the coil maps of the guard's classical method: MR l1-wavelet with its
+    default settings (:class:`~medrecon.recon.mri.L1WaveletSettings`: ESPIRiT, two map sets)
+    where the file has no maps or has map sets; else (CT, single-set maps, one coil) the
+    diffusion's ``split``, whose maps are the same."""
+    maps = measurement.coil_maps
+    if measurement.modality != "MR" or measurement.n_coils == 1 or (
+            maps is not None and np.ndim(maps) == 4):
+        return split
+    settings = mri.L1WaveletSettings()  # the guard runs the method with its defaults
+    return holdout_split(measurement, device, maps_method=settings.maps_method,
+                         map_sets=settings.map_sets)
 
 
 def _sample(measurement: Measurement, prior: Prior, config: DiffusionConfig, lam: float,

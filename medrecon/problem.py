@@ -238,8 +238,9 @@ def measurement_problem(measurement: Measurement, device: torch.device | str = "
             fraction of the signal energy (:mod:`medrecon.operators.coil_compression`;
             ``info["virtual_coils"]``); None or 1: all coils.
         dtype: CT real dtype of the projector and data.
-        map_sets: MR with estimated ESPIRiT maps: up to this many map sets (soft SENSE); with
-            more than one the operator's image is ``(M, I, J, K)``, one image per set.
+        map_sets: MR with estimated ESPIRiT maps or map sets in the file: up to this many map
+            sets (soft SENSE); with more than one the operator's image is ``(M, I, J, K)``,
+            one image per set (1: plain ``(C, I, J, K)`` maps, the first set of the file's).
 
     Raises:
         MeasurementError: the operator description does not fit the data.
@@ -292,7 +293,12 @@ def _mr_problem(m: Measurement, device: torch.device, model: ModelRange | None,
     y = kspace_tensor(m, device)
     maps: Tensor | None
     if m.coil_maps is not None:
-        maps, source = torch.from_numpy(np.asarray(m.coil_maps, np.complex64)).to(device), "file"
+        maps, source = torch.from_numpy(np.asarray(m.coil_maps, np.complex64)), "file"
+        if maps.ndim == 5:  # map sets in the file: up to map_sets of them, as when estimated
+            maps = maps[:map_sets] if map_sets > 1 else maps[0]
+            source = (f"file ({maps.shape[0]} map sets)" if maps.ndim == 5
+                      else "file (first map set)")
+        maps = maps.to(device)
     elif m.n_coils == 1:
         maps, source = None, "none (single coil)"
     else:

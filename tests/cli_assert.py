@@ -1,8 +1,19 @@
-"""The check every CLI error-path test makes: exit code 2, one sentence, no traceback."""
+"""The check every CLI error-path test makes (exit code 2, one sentence, no traceback), and
+what those tests share: the small simulation's options and a folder listing."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from typer.testing import Result
+
+#: ``medrecon simulate`` options of the small MR measurement the error-path tests start from.
+SIM = ["--coils", "2", "--acceleration", "2", "--calibration", "4", "--device", "cpu"]
+
+
+def files_in(folder: Path) -> set[str]:
+    """The names in ``folder`` (to show that nothing was written)."""
+    return {p.name for p in folder.iterdir()}
 
 
 def assert_user_error(result: Result, *fragments: str, endings: tuple[str, ...] = (".", ":"),

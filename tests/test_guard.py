@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from medrecon.guard import (
     GUARD_METHODS,
+    HeldOut,
     blend_weight,
     guarded_diffusion,
     holdout_split,
-    mean_heldout_error,
 )
 from medrecon.io import Volume, load_volume
 from medrecon.io.measurement import Measurement, write_measurement
@@ -132,6 +132,38 @@ def test_guard_falls_back_to_the_classical_result_for_a_garbage_prior(
     tuned = out.info["autotune"]
     assert tuned["chosen"] == out.info["lam"] and len(tuned["grid"]) == 4
     assert min(tuned["heldout_errors"]) == pytest.approx(guard["diffusion_error"])
+
+
+def test_guard_scores_the_classical_method_with_its_own_map_sets(
+        prior: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file without coil maps of an object wider than the field of view: the final
+    l1-wavelet uses two ESPIRiT map sets (one cannot fit the fold-over), so its training-part
+    run must too, scored through that operator: its held-out error is then the one the
+    classical self-tuning saw at the chosen weight (with one set it is far larger)."""
+    from medrecon.phantoms import shepp_logan_3d
+    from tests.operators.test_coils import _folded_scene
+
+    x = shepp_logan_3d((32, 24, 2)).astype(np.float32)
+    sim = simulate(Volume(x, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR"), SimulationConfig(mri=MRISettings(
+        coils=6, acceleration=2.0, calibration=12, snr=1000.0, dims="2d", mask="equispaced")))
+    data = (_folded_scene()["kspace"].numpy() * np.asarray(sim.mask)).astype(np.complex64)
+    m = Measurement("MR", data, sim.mask, sim.reference, coil_maps=None, operator=sim.operator,
+                    acquisition=dict(sim.acquisition))
+    _use_denoiser(monkeypatch, _garbage)
+    out = guarded_diffusion(m, _config(), prior, CPU)
+    guard = out.info["guard"]
+    classical = get_method("MR", "l1-wavelet")(m, ReconOptions(), CPU)
+    assert classical.info["map_sets"] == 2
+    assert guard["classical_lam"] == classical.info["lam"]  # the same maps, estimated once
+    assert guard["classical_error"] == pytest.approx(
+        min(classical.info["autotune"]["heldout_errors"]), rel=1e-4)
+    # The diffusion's training part keeps one set, the classical one carries both.
+    one, two = holdout_split(m, CPU), holdout_split(m, CPU, map_sets=2)
+    assert one.train.coil_maps.ndim == 4 and two.train.coil_maps.shape[0] == 2
+    part = get_method("MR", "l1-wavelet")(two.train, ReconOptions(lam=1e-4), CPU)
+    assert part.info["map_sets"] == 2 and part.solution.shape == (2, *m.image_shape)
+    single = get_method("MR", "l1-wavelet")(one.train, ReconOptions(lam=1e-4), CPU)
+    assert two.held.error(part.solution) < 0.5 * one.held.error(single.solution)
 
 
 def test_guard_keeps_diffusion_when_it_predicts_better_and_uses_all_data(
@@ -261,24 +293,38 @@ def test_reconstruct_api_and_settings_repeat_the_run(ct: tuple[Measurement, np.n
     np.testing.assert_array_equal(again.volume.data, res.volume.data)
 
 
-def test_mean_heldout_error_estimates_the_mean_of_k() -> None:
+def test_heldout_mean_error_estimates_the_mean_of_k() -> None:
     """Chains m + e_k with independent spread: the two-chain estimate of the K-sample mean's
-    held-out error matches its expectation ||m - y||^2 + v / K on average."""
+    held-out error matches its expectation ||m - y||^2 + v / K on average, relative to
+    ||y||^2 as every held-out error is."""
     g = torch.Generator().manual_seed(0)
     n, v_per = 4000, 0.5
     y = torch.randn(n, generator=g, dtype=torch.complex64)
+    held = HeldOut(lambda x: x, 3.0 * y)  # a scale of the data, to catch an unscaled term
     m = y + 0.3 * torch.randn(n, generator=g, dtype=torch.complex64)
     bias2 = float(torch.sum(torch.abs(m - y) ** 2))
     for k in (1, 2, 4, 16):
         est = []
         for _ in range(20):
-            a1, a2 = (m + v_per ** 0.5 * torch.randn(n, generator=g, dtype=torch.complex64)
+            a1, a2 = (3.0 * (m + v_per ** 0.5 * torch.randn(n, generator=g,
+                                                            dtype=torch.complex64))
                       for _ in range(2))
-            e, mean = mean_heldout_error(a1, a2, y, k)
+            e, mean = held.mean_error(a1, a2, k)
             est.append(e**2)
             torch.testing.assert_close(mean, 0.5 * (a1 + a2))
-        expected = bias2 + n * v_per / k  # complex randn: unit variance per entry
+        expected = (bias2 + n * v_per / k) / float(torch.sum(torch.abs(y) ** 2))
         assert abs(np.mean(est) / expected - 1.0) < 0.03, (k, np.mean(est), expected)
+
+
+def test_heldout_errors_of_images_and_predictions_agree() -> None:
+    g = torch.Generator().manual_seed(1)
+    y = torch.randn(30, generator=g, dtype=torch.complex64)
+    x = torch.randn(30, generator=g, dtype=torch.complex64)
+    held = HeldOut(lambda v: 2.0 * v, y)
+    expected = float(torch.linalg.vector_norm(2.0 * x - y) / torch.linalg.vector_norm(y))
+    assert held.error(x) == pytest.approx(expected, rel=1e-6)
+    assert held.prediction_error(held.predict(x)) == held.error(x)
+    assert held.prediction_error(y) == 0.0
 
 
 def test_guard_scores_the_mean_of_k_not_one_noisy_sample(

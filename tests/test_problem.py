@@ -76,6 +76,22 @@ def test_mr_without_maps_estimates_them_and_leaves_the_measurement_alone(
     assert "noise_estimated" not in lowres.info
 
 
+def test_map_sets_in_the_file_are_used_up_to_map_sets(mr: tuple[Measurement, Volume]) -> None:
+    """File maps with sets (M, C, I, J, K): up to ``map_sets`` of them, as when estimated;
+    one set (the default, and the diffusion path's) is the first set's plain maps."""
+    m, _ = mr
+    sets = np.stack([m.coil_maps, 0.5 * m.coil_maps, 0.25 * m.coil_maps])
+    soft = copy.deepcopy(m)
+    soft.coil_maps = sets
+    one = measurement_problem(soft, CPU)
+    assert one.op.sets is None and one.info["coil_maps"] == "file (first map set)"
+    assert torch.equal(one.op.maps, torch.from_numpy(m.coil_maps))
+    two = measurement_problem(soft, CPU, map_sets=2)
+    assert two.op.sets == 2 and two.info["coil_maps"] == "file (2 map sets)"
+    assert two.op.ishape == (2, *m.image_shape)
+    torch.testing.assert_close(two.op.maps, torch.from_numpy(sets[:2]))
+
+
 def test_single_coil_without_maps(mr: tuple[Measurement, Volume]) -> None:
     m, _ = mr
     one = Measurement("MR", m.data[:1], m.mask, m.reference, noise=m.noise,

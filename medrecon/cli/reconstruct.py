@@ -9,6 +9,38 @@ import typer
 
 from medrecon.cli.common import check_output, check_volume_output, user_errors, warn
 
+# Options that `medrecon reconstruct-many` shares: one definition for both commands.
+METHOD = typer.Option(
+    ..., help="MR: zero-filled, cg-sense, l1-wavelet, tv; CT: fbp, fdk, sirt, cgls, tv; "
+              "both: diffusion (learned prior + posterior sampling).")
+LAM = typer.Option(
+    "auto", help="cg-sense, l1-wavelet, tv: regularisation weight; auto (default): "
+                 "l1-wavelet and tv choose it on held-out data, cg-sense uses its "
+                 "rule; diffusion: prior weight against the data, < 1 trusts the data "
+                 "more; auto: chosen on held-out data around MR 0.05, CT 1.")
+ITERATIONS = typer.Option(
+    None, min=1, help="Iterative methods: maximum solver iterations (default: the "
+                      "method's own; diffusion: same as --steps).")
+TOL = typer.Option(
+    1e-4, min=0.0, help="Iterative methods: stop when the relative change (CG: relative "
+                        "residual) falls below this; 0 runs every iteration.")
+SETTINGS = typer.Option(
+    [], "--set", metavar="KEY=VALUE",
+    help="Method option, repeatable (e.g. wavelet=db2, tv_axes=[0,1], filter=hann for fbp, "
+         "tiling=roll, eta=0.85, cg_iters=10, coil_energy=0.99 or zeta=1 for diffusion).")
+PRIOR = typer.Option(
+    None, help="diffusion: prior name (see `medrecon priors`), its .json file or its "
+               "folder (default: default, the shipped prior).")
+SAMPLER = typer.Option(None, help="diffusion: dds (default), dps, pc or diffpir.")
+STEPS = typer.Option(None, min=1, help="diffusion: sampling steps (default 50).")
+SAMPLES = typer.Option(
+    None, min=1, help="diffusion: posterior samples; 2 or more also write a std volume.")
+SEED = typer.Option(None, min=0, help="diffusion: random seed (default 0).")
+GUARD = typer.Option(
+    None, help="diffusion: on (default): compare with the self-tuned classical method "
+               "(MR l1-wavelet, CT tv) on held-out data and fall back to it, or blend, "
+               "where diffusion predicts them worse; off: diffusion as sampled.")
+
 
 def register(app: typer.Typer) -> None:
     app.command("reconstruct", short_help="Reconstruct a measurement: classical methods or diffusion.")(reconstruct)
@@ -46,48 +78,36 @@ def method_extra(method: str, settings: list[str], flags: dict[str, Any]) -> dic
     return extra
 
 
+def diffusion_flags(prior: str | None, sampler: str | None, steps: int | None,
+                    samples: int | None, seed: int | None, guard: str | None) -> dict[str, Any]:
+    """The diffusion flags of both commands for :func:`method_extra` (None: not given)."""
+    return {"prior": prior, "sampler": sampler, "steps": steps, "samples": samples,
+            "seed": seed, "guard": parse_switch(guard, "--guard")}
+
+
 @user_errors
 def reconstruct(
     measurement: Path = typer.Argument(..., metavar="MEASUREMENT",
                                        help="Measurement file (.h5, medrecon or fastMRI)."),
     out: Path = typer.Argument(..., metavar="OUT",
                                help="Output: .nii/.nii.gz file or a DICOM folder."),
-    method: str = typer.Option(
-        ..., help="MR: zero-filled, cg-sense, l1-wavelet, tv; CT: fbp, fdk, sirt, cgls, tv; "
-                  "both: diffusion (learned prior + posterior sampling)."),
-    lam: str = typer.Option(
-        "auto", help="cg-sense, l1-wavelet, tv: regularisation weight; auto (default): "
-                     "l1-wavelet and tv choose it on held-out data, cg-sense uses its "
-                     "rule; diffusion: prior weight against the data, < 1 trusts the data "
-                     "more; auto: chosen on held-out data around MR 0.05, CT 1."),
-    iterations: int | None = typer.Option(
-        None, min=1, help="Iterative methods: maximum solver iterations (default: the "
-                          "method's own; diffusion: same as --steps)."),
-    tol: float = typer.Option(
-        1e-4, min=0.0, help="Iterative methods: stop when the relative change (CG: relative "
-                            "residual) falls below this; 0 runs every iteration."),
+    method: str = METHOD,
+    lam: str = LAM,
+    iterations: int | None = ITERATIONS,
+    tol: float = TOL,
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     format: str = typer.Option(
         "auto", "--format", help="auto (NIfTI for .nii/.nii.gz, else DICOM), nifti or dicom."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    settings: list[str] = typer.Option(
-        [], "--set", metavar="KEY=VALUE",
-        help="Method option, repeatable (e.g. wavelet=db2, tv_axes=[0,1], filter=hann for fbp, "
-             "tiling=roll, eta=0.85, cg_iters=10, coil_energy=0.99 or zeta=1 for diffusion)."),
-    prior: str | None = typer.Option(
-        None, help="diffusion: prior name (see `medrecon priors`), its .json file or its "
-                   "folder (default: default, the shipped prior)."),
-    sampler: str | None = typer.Option(None, help="diffusion: dds (default), dps, pc or diffpir."),
-    steps: int | None = typer.Option(None, min=1, help="diffusion: sampling steps (default 50)."),
-    samples: int | None = typer.Option(
-        None, min=1, help="diffusion: posterior samples; 2 or more also write a std volume."),
-    seed: int | None = typer.Option(None, min=0, help="diffusion: random seed (default 0)."),
+    settings: list[str] = SETTINGS,
+    prior: str | None = PRIOR,
+    sampler: str | None = SAMPLER,
+    steps: int | None = STEPS,
+    samples: int | None = SAMPLES,
+    seed: int | None = SEED,
     std_out: Path | None = typer.Option(
         None, "--std-out", help="diffusion: where to write the std volume (default: OUT_std)."),
-    guard: str | None = typer.Option(
-        None, help="diffusion: on (default): compare with the self-tuned classical method "
-                   "(MR l1-wavelet, CT tv) on held-out data and fall back to it, or blend, "
-                   "where diffusion predicts them worse; off: diffusion as sampled."),
+    guard: str | None = GUARD,
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Replace existing outputs (an input never)."),
 ) -> None:
@@ -112,9 +132,8 @@ def reconstruct(
     fmt = check_volume_output(out, format, inputs=[measurement], overwrite=overwrite)
     cfg_out = settings_path(out)
     check_output(cfg_out, "file", inputs=[measurement], overwrite=overwrite)
-    extra = method_extra(name, settings, {"prior": prior, "sampler": sampler, "steps": steps,
-                                          "samples": samples, "seed": seed, "std-out": std_out,
-                                          "guard": parse_switch(guard, "--guard")})
+    extra = method_extra(name, settings, {**diffusion_flags(prior, sampler, steps, samples,
+                                                            seed, guard), "std-out": std_out})
     n_samples = extra.get("samples", 1)  # a non-integer is the library's error to report
     several = isinstance(n_samples, int) and n_samples >= 2
     if std_out is not None and not several:

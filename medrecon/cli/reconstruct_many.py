@@ -8,7 +8,22 @@ from pathlib import Path
 import typer
 
 from medrecon.cli.common import EXIT_USER_ERROR, check_output, user_errors
-from medrecon.cli.reconstruct import method_extra, parse_switch, parse_weight
+from medrecon.cli.reconstruct import (
+    GUARD,
+    ITERATIONS,
+    LAM,
+    METHOD,
+    PRIOR,
+    SAMPLER,
+    SAMPLES,
+    SEED,
+    SETTINGS,
+    STEPS,
+    TOL,
+    diffusion_flags,
+    method_extra,
+    parse_weight,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -24,12 +39,10 @@ def reconstruct_many(
         help="Measurement files (.h5), folders of them, or CSV manifests with the columns "
              "measurement, reference (optional) and output (optional name)."),
     out_dir: Path = typer.Option(..., "--out-dir", help="Folder for the outputs and summary."),
-    method: str = typer.Option(
-        ..., help="MR: zero-filled, cg-sense, l1-wavelet, tv; CT: fbp, fdk, sirt, cgls, tv; "
-                  "both: diffusion (learned prior + posterior sampling)."),
-    lam: str = typer.Option("auto", help="As for `medrecon reconstruct` (a number or auto)."),
-    iterations: int | None = typer.Option(None, min=1, help="As for `medrecon reconstruct`."),
-    tol: float = typer.Option(1e-4, min=0.0, help="As for `medrecon reconstruct`."),
+    method: str = METHOD,
+    lam: str = LAM,
+    iterations: int | None = ITERATIONS,
+    tol: float = TOL,
     device: str = typer.Option(
         "auto", help="auto, cpu, cuda or cuda:N; under torchrun auto and cuda mean each "
                      "rank's GPU cuda:LOCAL_RANK."),
@@ -37,16 +50,13 @@ def reconstruct_many(
                                help="nifti (<name>.nii.gz) or dicom (a folder <name>)."),
     progress: bool = typer.Option(False, "--progress/--no-progress",
                                   help="Show each reconstruction's progress bar."),
-    settings: list[str] = typer.Option(
-        [], "--set", metavar="KEY=VALUE", help="Method option, repeatable (as for reconstruct)."),
-    prior: str | None = typer.Option(None, help="diffusion: prior name, .json file or folder."),
-    sampler: str | None = typer.Option(None, help="diffusion: dds (default), dps, pc or diffpir."),
-    steps: int | None = typer.Option(None, min=1, help="diffusion: sampling steps (default 50)."),
-    samples: int | None = typer.Option(
-        None, min=1, help="diffusion: posterior samples; 2 or more also write <name>_std."),
-    seed: int | None = typer.Option(None, min=0, help="diffusion: random seed (default 0)."),
-    guard: str | None = typer.Option(
-        None, help="diffusion: on (default) or off, as for `medrecon reconstruct`."),
+    settings: list[str] = SETTINGS,
+    prior: str | None = PRIOR,
+    sampler: str | None = SAMPLER,
+    steps: int | None = STEPS,
+    samples: int | None = SAMPLES,
+    seed: int | None = SEED,
+    guard: str | None = GUARD,
 ) -> None:
     """Reconstruct every INPUT with one method into --out-dir, as `medrecon reconstruct` would
     one by one (same outputs and settings files), loading the prior once.
@@ -66,9 +76,8 @@ def reconstruct_many(
         raise InputError(f"Unknown output format {format!r}; use nifti or dicom.")
     check_output(out_dir, "folder", flag="--out-dir", inputs=inputs)
     name = method.strip().lower()
-    extra = method_extra(name, settings, {"prior": prior, "sampler": sampler, "steps": steps,
-                                          "samples": samples, "seed": seed,
-                                          "guard": parse_switch(guard, "--guard")})
+    extra = method_extra(name, settings,
+                         diffusion_flags(prior, sampler, steps, samples, seed, guard))
     items = collect_items(inputs)
     options = ReconOptions(lam=parse_weight(lam), iterations=iterations, tol=tol, device=device,
                            progress=progress, extra=extra)

@@ -125,7 +125,9 @@ class Measurement:
             (views,) or None.
         reference: the geometry the reconstruction is written in.
         coil_maps: MR only: complex64 (C, I, J, K) sensitivities with sum_c |S_c|^2 = 1 inside
-            the object, or None (estimated from the calibration region when needed).
+            the object, or (M, C, I, J, K) for M map sets (soft SENSE, e.g. ESPIRiT's; each
+            method uses up to its ``map_sets`` of them), or None (estimated from the
+            calibration region when needed).
         noise: noise model, e.g. ``{"model": "gaussian", "sigma": 0.01, "snr": 30.0}`` for MR
             (sigma: std of the real and of the imaginary part per k-space sample) or
             ``{"model": "poisson", "i0": 1e5, "electronic_sigma": 0.0}`` for CT.
@@ -205,10 +207,11 @@ class Measurement:
                 raise MeasurementError("The sampling mask selects no k-space samples.")
             if self.coil_maps is not None:
                 maps = np.asarray(self.coil_maps)
-                if maps.shape != data.shape:
+                if maps.shape[-4:] != data.shape or maps.ndim not in (4, 5) or not maps.size:
                     raise MeasurementError(
-                        f"Coil maps of shape {maps.shape} do not match the k-space shape "
-                        f"{data.shape}.")
+                        f"Coil maps of shape {maps.shape} match neither the k-space shape "
+                        f"{data.shape} nor (M, {', '.join(map(str, data.shape))}) for M map "
+                        f"sets.")
                 if not np.all(np.isfinite(maps)):
                     raise MeasurementError("The coil maps hold NaN or infinite values.")
                 self.coil_maps = maps.astype(np.complex64, copy=False)

@@ -115,8 +115,15 @@ class TuneReport:
 def tune_weight(heldout_error: Callable[[float], float], centre: float,
                 factors: Sequence[float] = COARSE_FACTORS,
                 refine: bool = True) -> tuple[float, list[float], list[float]]:
-    """Minimise ``heldout_error(lam)`` over ``centre * factors``, then (``refine``) at the
-    geometric midpoints beside the best value.
+    """Minimise ``heldout_error(lam)`` over ``centre * factors`` (ascending, log-spaced), then
+    once at the neighbours of the best value that are not tried yet.
+
+    A neighbour lies one step beside the best on the log axis: half a grid step with
+    ``refine`` (the geometric midpoints, and half a step outwards when the best lies at an end
+    of the grid: ``len(factors) + 2`` evaluations), a whole grid step without (only outwards,
+    and only when the best lies at an end: at most ``len(factors) + 1`` evaluations, the
+    diffusion weight's budget in :mod:`medrecon.guard`). The grid step is
+    ``factors[1] / factors[0]``, the same at both ends on a log-spaced grid.
 
     Returns:
         (best lam, the weights tried ascending, their errors).
@@ -125,17 +132,19 @@ def tune_weight(heldout_error: Callable[[float], float], centre: float,
     for f in factors:
         lam = float(centre * f)
         tried[lam] = float(heldout_error(lam))
-    if refine and len(factors) > 1:
+    if len(factors) > 1:
         grid = sorted(tried)
         i = int(np.argmin([tried[g] for g in grid]))
         for j in (i - 1, i + 1):
             if 0 <= j < len(grid):
-                mid = math.sqrt(grid[i] * grid[j])
-                tried[mid] = float(heldout_error(mid))
-            else:  # the best is at the end of the grid: step once more outwards
-                step = math.sqrt(grid[1] / grid[0])
-                out = grid[i] * (step if j > i else 1.0 / step)
-                tried[out] = float(heldout_error(out))
+                if refine:  # without refine, the neighbour is a grid point, tried already
+                    mid = math.sqrt(grid[i] * grid[j])
+                    tried[mid] = float(heldout_error(mid))
+                continue
+            # the best is at an end of the grid: step once more outwards
+            step = math.sqrt(grid[1] / grid[0]) if refine else grid[1] / grid[0]
+            out = grid[i] * (step if j > i else 1.0 / step)
+            tried[out] = float(heldout_error(out))
     grid = sorted(tried)
     errors = [tried[g] for g in grid]
     return grid[int(np.argmin(errors))], grid, errors

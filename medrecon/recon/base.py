@@ -96,8 +96,9 @@ class ReconOutput:
             timing, ...); JSON-serialisable values, except the optional ``"std_image"``
             (float32 (I, J, K) per-voxel standard deviation of sampling methods).
         solution: the estimate in the units the operator acts on (MR: complex image, CT: mu
-            in 1/mm), a CPU tensor (I, J, K), or None; the diffusion guard predicts held-out
-            data from it (:mod:`medrecon.guard`), which the magnitude ``image`` cannot do.
+            in 1/mm), a CPU tensor (I, J, K) (MR with M map sets: (M, I, J, K), one image per
+            set), or None; the diffusion guard predicts held-out data from it
+            (:mod:`medrecon.guard`), which the magnitude ``image`` cannot do.
     """
 
     image: np.ndarray

@@ -22,8 +22,9 @@ empty and nothing changes. The output is one complex image (:func:`combine_sets`
 the root-sum-of-squares over the sets, phase the first set's. RSS because the second set holds
 signal that the first set's sensitivities cannot explain (where the calibration admits two
 sensitivity vectors), so the magnitudes add in quadrature, as BART users combine ``pics``
-output; the first set's phase because its image is the object's. Maps from the file and the
-diffusion path keep one set.
+output; the first set's phase because its image is the object's (``ReconOutput.solution``
+keeps the sets: it is what the operator acts on). Maps from the file are used as they are
+(map sets in the file: up to ``map_sets`` of them); the diffusion path keeps one set.
 
 =============  ===========================================================  ===================
 method         problem                                                      solver
@@ -221,12 +222,13 @@ def _output(problem: Problem, x: torch.Tensor, iterations: int,
         x = x * problem.support
         info["unsupported_fraction"] = problem.info["unsupported_fraction"]
     residual = problem.residual(x)
-    if x.ndim == 4:  # map sets: the residual is that of the sets; image and solution combined
+    solution = x.detach().cpu()  # what the operator acts on: with map sets, the sets
+    if x.ndim == 4:  # map sets: the residual is that of the sets; the image is combined
         info["map_sets"] = int(x.shape[0])
         x = combine_sets(x)
     img = problem.units.to_reference(x).cpu().numpy()
     return ReconOutput(image=img, residual=residual, iterations=iterations, info=info,
-                       solution=x.detach().cpu())
+                       solution=solution)
 
 
 def _setup(m: Measurement, settings: SenseSettings,

@@ -16,27 +16,10 @@ import pytest
 from typer.testing import CliRunner
 
 from medrecon.cli.main import app
-from medrecon.io import Volume, save_volume
-from medrecon.phantoms import shepp_logan_3d
-from tests.cli_assert import assert_user_error
+from medrecon.io import Volume
+from tests.cli_assert import SIM, assert_user_error, files_in
 
 runner = CliRunner()
-SIM = ["--coils", "2", "--acceleration", "2", "--calibration", "4", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ref.nii.gz (MR, 12 x 12 x 8 at 2 mm) and m.h5, its MR measurement."""
-    d = tmp_path_factory.mktemp("hostile")
-    data = shepp_logan_3d((12, 12, 8)).astype(np.float32)
-    save_volume(Volume(data, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR"), d / "ref.nii.gz")
-    r = runner.invoke(app, ["simulate", str(d / "ref.nii.gz"), str(d / "m.h5"), *SIM])
-    assert r.exit_code == 0, r.output
-    return d
-
-
-def _files(folder: Path) -> set[str]:
-    return {p.name for p in folder.iterdir()}
 
 
 def _huge(f: h5py.File) -> None:
@@ -84,11 +67,11 @@ def test_hostile_measurement_files_end_in_one_sentence(
     shutil.copy(study / "m.h5", bad)
     with h5py.File(bad, "a") as f:
         edit(f)
-    before = _files(tmp_path)
+    before = files_in(tmp_path)
     r = runner.invoke(app, ["reconstruct", str(bad), str(tmp_path / "r.nii.gz"),
                             "--method", "zero-filled"])
     assert_user_error(r, fragment)
-    assert _files(tmp_path) == before
+    assert files_in(tmp_path) == before
 
 
 def _nifti_with_sform(path: Path, data: np.ndarray, sform: np.ndarray) -> None:
@@ -118,7 +101,7 @@ def test_bad_nifti_is_refused_on_input(tmp_path: Path, command: str, kind: str) 
             "convert": ["convert", str(src), str(tmp_path / "o.nii.gz")]}[command]
     r = runner.invoke(app, args)
     assert_user_error(r, "colour (RGB)" if kind == "rgb" else "zero or singular affine")
-    assert _files(tmp_path) == {"in.nii.gz"}
+    assert files_in(tmp_path) == {"in.nii.gz"}
 
 
 def test_simulate_api_refuses_a_singular_affine() -> None:
@@ -143,7 +126,7 @@ def test_dicom_rows_columns_not_matching_pixel_data(tmp_path: Path, side: int,
         edit(f, Rows=side, Columns=side)
     r = runner.invoke(app, ["convert", str(tmp_path / "dcm"), str(tmp_path / "o.nii.gz")])
     assert_user_error(r, fragment)
-    assert _files(tmp_path) == {"dcm"}
+    assert files_in(tmp_path) == {"dcm"}
 
 
 DEEP = "[" * 100_000 + "]" * 100_000
@@ -163,7 +146,7 @@ def _deep_safetensors(prior_json: Path) -> None:
     (lambda js: js.write_text(DEEP), "nested more than 64 levels deep"),
     (_deep_safetensors, "nested more than 64 levels deep"),
 ])
-def test_hostile_prior_files(study: Path, tmp_path: Path, damage: Callable[[Path], None],
+def test_hostile_priorfiles_in(study: Path, tmp_path: Path, damage: Callable[[Path], None],
                              fragment: str) -> None:
     from tests.prior_factory import export_tiny_prior
 
@@ -185,7 +168,7 @@ def test_deeply_nested_config_is_refused(study: Path, tmp_path: Path, text: str)
     r = runner.invoke(app, ["simulate", str(study / "ref.nii.gz"), str(tmp_path / "m.h5"),
                             "--config", str(cfg), *SIM])
     assert_user_error(r, "nested more than 64 levels deep")
-    assert _files(tmp_path) == {"deep.yaml"}
+    assert files_in(tmp_path) == {"deep.yaml"}
 
 
 @pytest.mark.parametrize(("args", "fragment"), [

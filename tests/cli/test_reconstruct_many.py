@@ -90,3 +90,19 @@ def test_user_mistakes_are_one_sentence(data: Path, tmp_path: Path, args: list[s
     assert r.stderr.startswith("Error: ") and fragment in r.stderr, r.stderr
     assert "Traceback" not in r.output
     assert not (tmp_path / "o" / "summary.csv").exists()
+
+
+def test_shares_reconstructs_method_and_diffusion_options() -> None:
+    """One definition serves both commands: same flags, defaults and help."""
+    from typer.main import get_command
+
+    commands = get_command(app).commands  # type: ignore[attr-defined]
+    one = {p.name: p for p in commands["reconstruct"].params}
+    many = {p.name: p for p in commands["reconstruct-many"].params}
+    shared = ("method", "lam", "iterations", "tol", "settings", "prior", "sampler", "steps",
+              "samples", "seed", "guard")
+    for name in shared:
+        a, b = one[name], many[name]
+        assert (a.opts, a.default, a.help, a.required) == (
+            b.opts, b.default, b.help, b.required), name
+    assert "std_out" in one and "std_out" not in many

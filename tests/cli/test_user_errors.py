@@ -8,38 +8,16 @@ import gzip
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
 
 from medrecon.cli.common import user_errors
 from medrecon.cli.main import app
-from medrecon.io import Volume, save_volume
-from medrecon.phantoms import shepp_logan_3d
-from tests.cli_assert import assert_user_error
+from tests.cli_assert import SIM, assert_user_error, files_in
 from tests.prior_factory import export_broken_priors, export_tiny_prior
 
 runner = CliRunner()
-SIM = ["--coils", "2", "--acceleration", "2", "--calibration", "4", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ref.nii.gz (MR, 12 x 12 x 8 at 2 mm), ct.nii.gz (CT), m.h5 (its MR measurement)."""
-    d = tmp_path_factory.mktemp("ux")
-    data = shepp_logan_3d((12, 12, 8)).astype(np.float32)
-    save_volume(Volume(data, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR"), d / "ref.nii.gz")
-    save_volume(Volume(1000 * data - 1000, np.diag([2.0, 2.0, 2.0, 1.0]), modality="CT",
-                       units="HU"), d / "ct.nii.gz")
-    r = runner.invoke(app, ["simulate", str(d / "ref.nii.gz"), str(d / "m.h5"), *SIM])
-    assert r.exit_code == 0, r.output
-    (d / "notes.txt").write_text("not a folder")
-    return d
-
-
-def _files(folder: Path) -> set[str]:
-    return {p.name for p in folder.iterdir()}
 
 
 # ---- file-system errors: one sentence, never a traceback ----------------------------------
@@ -51,11 +29,11 @@ def _files(folder: Path) -> set[str]:
     ["evaluate", "{d}/ref.nii.gz", "{d}/ref.nii.gz", "--json", "{d}/notes.txt/e.json"],
 ])
 def test_output_under_a_file_is_refused_before_any_work(study: Path, args: list[str]) -> None:
-    before = _files(study)
+    before = files_in(study)
     r = runner.invoke(app, [a.format(d=study) for a in args])
     assert_user_error(r, "notes.txt is a file, not a folder")
     assert r.stdout == ""  # refused before anything was computed or printed
-    assert _files(study) == before
+    assert files_in(study) == before
 
 
 @pytest.mark.parametrize(("code", "fragment"), [
@@ -111,7 +89,7 @@ def test_phantom_options(tmp_path: Path) -> None:
         assert_user_error(r, fragment)
     r = runner.invoke(app, ["phantom", str(tmp_path / "c.txt"), "--size", "8"])
     assert_user_error(r, "give a .nii or .nii.gz file")
-    assert _files(tmp_path) == {"a.nii.gz"}
+    assert files_in(tmp_path) == {"a.nii.gz"}
 
 
 # ---- simulate ------------------------------------------------------------------------------

@@ -88,6 +88,14 @@ def test_round_trip_keeps_everything(tmp_path: Path, rng: np.random.Generator) -
     assert vol.modality == "MR" and vol.series_description == "recon"
 
 
+def test_map_sets_round_trip(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Coil maps with map sets (M, C, I, J, K), soft SENSE, are kept as they are."""
+    m = _mr(rng)
+    sets = np.stack([m.coil_maps, 0.5 * m.coil_maps])
+    r = read_measurement(write_measurement(_mr(rng, coil_maps=sets), tmp_path / "s.h5"))
+    assert r.coil_maps.shape == (2, 3, *SHAPE) and np.array_equal(r.coil_maps, sets)
+
+
 def test_reference_geometry_has_every_volume_field_but_the_data() -> None:
     names = {f.name for f in fields(ReferenceGeometry)}
     assert names - {"shape"} == {f.name for f in fields(Volume)} - {"data"}
@@ -140,6 +148,8 @@ def test_ct_round_trip(tmp_path: Path, rng: np.random.Generator) -> None:
     ({"mask": np.zeros((1, 5, 4), np.uint8)}, "selects no"),
     ({"mask": None}, "needs a sampling mask"),
     ({"coil_maps": np.ones((2, *SHAPE), np.complex64)}, "Coil maps"),
+    ({"coil_maps": np.ones((2, 2, *SHAPE), np.complex64)}, "nor \\(M, 3, 6, 5, 4\\)"),
+    ({"coil_maps": np.ones((1, 2, 3, *SHAPE), np.complex64)}, "Coil maps"),
     ({"noise_covariance": np.eye(2)}, "noise covariance"),
     ({"operator": {"fft_dims": [1, 2]}}, "fft_dims"),
     ({"modality": "PET"}, "modality"),

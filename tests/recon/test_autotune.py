@@ -13,6 +13,7 @@ from medrecon.io.measurement import Measurement
 from medrecon.methods import get_method
 from medrecon.phantoms import shepp_logan_3d
 from medrecon.recon.autotune import (
+    COARSE_FACTORS,
     best_iteration,
     ct_holdout_views,
     mr_holdout_masks,
@@ -81,6 +82,53 @@ def test_tune_weight_finds_the_minimum_and_refines() -> None:
     assert abs(math.log(best / 0.37)) < math.log(8 ** 0.25) + 1e-9
     assert errors[grid.index(best)] == min(errors)
     assert best_iteration([3.0, 2.0, 1.5, 1.7]) == 3
+
+
+@pytest.mark.parametrize(("target", "extra"), [
+    (0.37, [8 ** -0.75, 8 ** -0.25]),  # inside: the two midpoints beside 8 ** -0.5
+    (100.0, [8 ** 0.75, 8 ** 1.25]),  # at the top end: the midpoint and half a step beyond
+    (1e-3, [8 ** -1.25, 8 ** -0.75]),  # at the bottom end, likewise
+])
+def test_tune_weight_refines_at_half_steps(target: float, extra: list[float]) -> None:
+    """The classical methods' search: the coarse grid, then two values half a step beside
+    the best."""
+    calls: list[float] = []
+
+    def dist(lam: float) -> float:
+        return abs(math.log(lam / target))
+
+    def err(lam: float) -> float:
+        calls.append(lam)
+        return dist(lam)
+
+    best, grid, _ = tune_weight(err, 1.0)
+    assert calls[:5] == [float(f) for f in COARSE_FACTORS]
+    assert sorted(calls[5:]) == pytest.approx(extra, rel=1e-12)
+    assert grid == sorted(calls) and best == min(calls, key=dist)
+
+
+@pytest.mark.parametrize(("target", "extra"), [
+    (1.3, []),  # the best inside the grid: its neighbours are grid points, tried already
+    (0.1, [0.25 / 4]),  # at the bottom end: one whole step further down
+    (9.0, [16.0]),  # at the top end: one whole step further up
+])
+def test_tune_weight_without_refine_steps_outwards_only(target: float,
+                                                        extra: list[float]) -> None:
+    """The diffusion weight's search (medrecon.guard): centre * (1/4, 1, 4), then one step of
+    4 outwards when the best lies at an end; at most 4 evaluations (sampling runs)."""
+    calls: list[float] = []
+
+    def dist(lam: float) -> float:
+        return abs(math.log(lam / target))
+
+    def err(lam: float) -> float:
+        calls.append(lam)
+        return dist(lam)
+
+    best, grid, errors = tune_weight(err, 2.0, (0.25, 1.0, 4.0), refine=False)
+    assert calls == [0.5, 2.0, 8.0] + [2.0 * e for e in extra]
+    assert grid == sorted(calls) and errors == [dist(g) for g in grid]
+    assert best == min(grid, key=dist)
 
 
 def test_mr_auto_weight_near_the_oracle_and_uses_all_data(
