@@ -457,7 +457,7 @@ def _unconstrained_std(units: UnitMap, sigma_data: float) -> float:
 def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "dds",
                      steps: int = 50, samples: int = 1, seed: int = 0,
                      device: torch.device | str = "auto", options: SamplerOptions | None = None,
-                     tiling: str = "shift", memory_budget_gb: float | None = None,
+                     tiling: str = "fit", memory_budget_gb: float | None = None,
                      noise_std: float | None = None, keep_samples: bool = False,
                      progress: bool = False, precision: str = "auto") -> PosteriorResult:
     """Reconstruct an MR or CT measurement by posterior sampling with a learned prior.
@@ -472,7 +472,7 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
         seed: same seed and device -> same result.
         device: "auto", "cpu", "cuda" or "cuda:N".
         options: sampler settings; default ``SamplerOptions.defaults(modality, sampler)``.
-        tiling: "shift", "roll" or "blend" (see :mod:`medrecon.sampling.tiling`).
+        tiling: "fit", "shift", "roll" or "blend" (see :mod:`medrecon.sampling.tiling`).
         memory_budget_gb: bound on network activation memory (patch batch size).
         noise_std: override the measurement noise std (per real component, data units).
         precision: the network's precision, see :func:`prior_denoiser`.

@@ -19,7 +19,7 @@ sampler            dds, dps, pc or diffpir                      "dds"
 steps              diffusion steps                              50
 samples            posterior samples K (K >= 2: std map)         1
 seed               random seed                                  0
-tiling             shift, roll, fit or blend                    "shift"
+tiling             fit, shift, roll or blend                    "fit"
 precision          network precision: auto, bf16 (autocast),    auto: bf16 on CUDA and on
                    bf16-full (bf16 network) or fp32             CPUs with bf16, else fp32
 memory_budget_gb   bound on network activation memory (GB)      automatic
@@ -73,7 +73,7 @@ class DiffusionConfig:
     steps: int = option(50, ge=1, help="Diffusion steps.")
     samples: int = option(1, ge=1, help="Posterior samples; 2 or more give a std map.")
     seed: int = option(0, ge=0, help="Random seed: same seed and device, same result.")
-    tiling: str = option("shift", help="shift, roll, fit or blend.")
+    tiling: str = option("fit", help="fit, shift, roll or blend.")
     precision: str = option("auto", help="Network precision: auto, bf16 (autocast), "
                                          "bf16-full or fp32.")
     memory_budget_gb: float | None = option(None, gt=0.0, help="Network activation memory.")

@@ -1,32 +1,33 @@
 """Denoising volumes larger than the prior's training patch.
 
 The prior is trained on patches (e.g. 64^3) and is a convolutional U-Net, so a whole 256^3
-volume does not fit its receptive field statistics and does not fit memory either. Two
+volume does not fit its receptive field statistics and does not fit memory either. Four
 tilings are offered:
 
-* ``"shift"`` (default): at every call the volume is cut into *non-overlapping* patches on a
-  grid whose origin is shifted by a random offset in [0, patch) per axis (PaDIS, Hu et al.
-  2024; DiffusionBlend, Song et al. 2024). Each voxel is denoised exactly once per call, so
-  the cost is that of one pass over the (padded) volume, and seams move from step to step, so
-  the reverse process averages them out instead of accumulating them. This is what makes a
-  50-step 256^3 reconstruction cost only ~1.2-1.5x the network work of the volume itself.
-* ``"roll"``: the same random-shift tiling without the extra row of patches: the volume
+* ``"fit"`` (default): random-offset non-overlapping tiles fitted to the volume instead of
+  padded around it: each axis is cut at ``o, o + patch, o + 2 patch, ...`` (``o`` random, a
+  multiple of ``min_tile``, or of ``size_multiple`` without one), and an end piece shorter
+  than ``min_tile`` joins its neighbour, so the end tiles are between ``min_tile`` and
+  ``patch + min_tile`` long. Every voxel is denoised once per call, in a tile of real
+  neighbours (no wrap-around as in ``roll``), at 1x the network work of the volume, and the
+  seams move from step to step, so the reverse process averages them out instead of
+  accumulating them (PaDIS, Hu et al. 2024; DiffusionBlend, Song et al. 2024). The tiles of one
+  shape go to the network together. Offsets on the coarse ``min_tile`` grid (0 or 32 for 64^3
+  patches) keep the tile shapes few (lengths 32, 64 and the volume's remainder): every new
+  input shape costs the GPU convolution libraries a plan search, and offsets in steps of 8
+  gave tiles of up to 8 lengths per axis, 3 patches per network call and 2-4x the time of
+  ``shift`` on an H100. On the coarse grid, against ``shift`` on the same H100 (50 steps,
+  K = 4, test head): the same quality (MR R = 8 +0.05 dB, CT 30 views -0.02 dB) and 256^3 in
+  14-16 s instead of 29-34 s (``benchmarks/RESULTS_sampling.md`` section 3c).
+* ``"shift"``: the same random grid padded around the volume instead of fitted to it: the
+  volume is cut into full patches on a grid whose origin is shifted by a random offset in
+  [0, patch) per axis, so every tile has the training size, at up to (1 + patch / size)^3 the
+  network work of the volume (3.4x for 128^3 with 64^3 patches, 2x for 256^3).
+* ``"roll"``: random-shift tiling without the extra row of patches: the volume
   (reflect-padded to a multiple of the patch) is rolled circularly by the random offset, cut
-  into exactly ceil(size / patch) patches per axis and rolled back. Cost 1x instead of up to
-  (1 + patch / size)^3 for ``"shift"`` (3.4x for 128^3 with 64^3 patches, 2x for 256^3), at the
-  price of border patches that join the two opposite faces of the volume (usually air) for
-  that step.
-* ``"fit"``: random-offset non-overlapping tiles fitted to the volume instead of padded
-  around it: each axis is cut at ``o, o + patch, o + 2 patch, ...`` (``o`` random, a multiple
-  of ``min_tile``, or of ``size_multiple`` without one), and an end piece shorter than
-  ``min_tile`` joins its neighbour, so the end tiles are between ``min_tile`` and ``patch +
-  min_tile`` long. Every voxel is denoised once, in a tile of real neighbours (no wrap-around
-  as in ``roll``), at 1x the network work of the volume (``shift``: up to (1 + patch / size)^3
-  x); the tiles of one shape go to the network together. Offsets on the coarse ``min_tile``
-  grid (0 or 32 for 64^3 patches) keep the tile shapes few (lengths 32, 64 and the volume's
-  remainder): every new input shape costs the GPU convolution libraries a plan search, and
-  offsets in steps of 8 gave tiles of up to 8 lengths per axis, 3 patches per network call
-  and 2-4x the time of ``shift`` on an H100 (``benchmarks/RESULTS_sampling.md`` section 3b).
+  into exactly ceil(size / patch) patches per axis and rolled back. Cost 1x, one tile shape,
+  at the price of border patches that join the two opposite faces of the volume (usually air)
+  for that step (-0.13 dB MR, -0.49 dB CT against ``shift``).
 * ``"blend"``: overlapping patches (stride = patch * (1 - overlap)) combined with raised-cosine
   weights normalised to sum to one at every voxel. Deterministic and seam-free at a single
   call, at (1 / (1 - overlap))^3 times the network cost (2.4x for overlap 0.25); use it for a
@@ -172,7 +173,7 @@ class TiledDenoiser:
     Args:
         patch_denoiser: the prior on patches, see :data:`PatchDenoiser`.
         patch_size: (X, Y, Z) training patch size.
-        mode: ``"shift"`` (random non-overlapping tiling per call), ``"roll"``, ``"fit"`` or
+        mode: ``"fit"`` (random non-overlapping tiling per call), ``"shift"``, ``"roll"`` or
             ``"blend"``.
         overlap: fraction of the patch shared by neighbours in ``"blend"`` mode.
         max_batch: full-size patches per network call (memory budget,
@@ -193,7 +194,7 @@ class TiledDenoiser:
     """
 
     def __init__(self, patch_denoiser: PatchDenoiser, patch_size: Sequence[int],
-                 mode: str = "shift", overlap: float = 0.25, max_batch: int = 8,
+                 mode: str = "fit", overlap: float = 0.25, max_batch: int = 8,
                  uses_position: bool = False, generator: torch.Generator | None = None,
                  checkpoint: bool = True, size_multiple: int | None = None,
                  min_tile: int = 0) -> None:
@@ -283,7 +284,7 @@ class TiledDenoiser:
             self.patches += int(args[0].shape[0])
         return torch.cat(outs, dim=0)
 
-    # -- the two tilings ----------------------------------------------------------------------
+    # -- the tilings --------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
             raise ValueError(f"TiledDenoiser expects (B, I, J, K), got {tuple(x.shape)}")

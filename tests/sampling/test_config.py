@@ -14,8 +14,8 @@ from medrecon.sampling.config import DiffusionConfig
 
 def test_defaults_and_sampler_options_per_modality() -> None:
     cfg = DiffusionConfig()
-    assert (cfg.prior, cfg.sampler, cfg.steps, cfg.samples, cfg.tiling) == (
-        "default", "dds", 50, 1, "shift")
+    assert (cfg.prior, cfg.sampler, cfg.steps, cfg.samples, cfg.tiling, cfg.precision) == (
+        "default", "dds", 50, 1, "fit", "auto")
     assert cfg.sampler_options("MR") == SamplerOptions.defaults("MR", "dds")
     assert cfg.sampler_options("CT") == SamplerOptions()
     mr = cfg.resolved("MR")
@@ -48,6 +48,7 @@ def test_coil_energy_reaches_the_mr_problem_only() -> None:
 @pytest.mark.parametrize(("data", "fragment"), [
     ({"tilling": "roll"}, "Did you mean 'tiling'?"),
     ({"tiling": "foo"}, "Unknown diffusion tiling 'foo'"),
+    ({"precision": "fp16"}, "Unknown network precision 'fp16'"),
     ({"sampler": "ddpm"}, "Unknown sampler 'ddpm'"),
     ({"eta": 2}, "key 'eta' must be <= 1.0"),
     ({"cg_iters": 0}, "key 'cg_iters' must be >= 1"),
