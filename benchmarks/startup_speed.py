@@ -1,0 +1,99 @@
+"""Where a fresh process spends its time before and after sampling (issue 14 item 3).
+
+``end_to_end_speed.py`` showed ``medrecon reconstruct`` in a fresh process 15 s slower inside
+the reconstruction than the warmed-up sampling benchmark, and 7-19 s outside it. This script
+is that fresh process, split into stages, each timed once in order (CUDA synchronised):
+
+* ``import``: torch, medrecon;
+* ``cuda_init``: the CUDA context and a first kernel;
+* ``read``: ``read_measurement`` of the file;
+* ``load_prior``: ``load_prior`` (imports MONAI, builds the U-Net, reads the weights);
+* ``first_run`` / ``second_run``: the same ``posterior_sample`` twice (``--steps``, one
+  sample, the modality's default weight): the difference is the first call's set-up (cuDNN
+  plans for every tile shape and batch, lazy kernel loading, CUDA graph captures);
+* ``write``: ``save_volume`` of the mean as gzipped NIfTI.
+
+    python benchmarks/startup_speed.py FILE.h5 --out startup.jsonl [--device cuda] [--steps 50]
+
+Run it once per file, in a fresh process each time (the measurement files come from
+``end_to_end_speed.py``'s work folder or ``medrecon simulate``).
+"""
+
+from __future__ import annotations
+
+import time
+
+T0 = time.perf_counter()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+import medrecon  # noqa: E402, F401
+
+
+def main(argv: list[str] | None = None) -> int:
+    stages: dict[str, float] = {"import": time.perf_counter() - T0}
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("file", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--prior", default="default")
+    args = ap.parse_args(argv)
+    dev = torch.device(args.device)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    def stage(name: str, fn):  # noqa: ANN001, ANN202
+        sync()
+        t = time.perf_counter()
+        out = fn()
+        sync()
+        stages[name] = time.perf_counter() - t
+        return out
+
+    from medrecon.io import save_volume
+    from medrecon.io.measurement import read_measurement
+    from medrecon.priors import load_prior
+    from medrecon.sampling import posterior_sample
+    from medrecon.sampling.api import MODALITY_DEFAULTS, SamplerOptions
+
+    stage("cuda_init", lambda: torch.ones(1, device=dev).add_(1))
+    m = stage("read", lambda: read_measurement(args.file))
+    prior = stage("load_prior", lambda: load_prior(args.prior, device=dev))
+    lam = MODALITY_DEFAULTS[(m.modality, "dds")]["lam"]
+    opt = SamplerOptions.defaults(m.modality, "dds", lam=lam)
+
+    def run():  # noqa: ANN202
+        return posterior_sample(m, prior, steps=args.steps, samples=1, seed=0, device=dev,
+                                options=opt)
+
+    stage("first_run", run)
+    res = stage("second_run", run)
+    vol = m.reference.volume(res.mean)
+    with tempfile.TemporaryDirectory() as tmp:
+        stage("write", lambda: save_volume(vol, Path(tmp) / "mean.nii.gz"))
+    row = {"file": str(args.file), "modality": m.modality, "steps": args.steps,
+           "stages": {k: round(v, 3) for k, v in stages.items()},
+           "process_seconds": round(time.perf_counter() - T0, 2),
+           "device": (torch.cuda.get_device_name(dev) if dev.type == "cuda"
+                      else platform.processor()),
+           "torch": torch.__version__, "date": datetime.now(UTC).isoformat(timespec="seconds"),
+           "command": " ".join(sys.argv)}
+    print(json.dumps(row), flush=True)
+    with args.out.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
