@@ -1,11 +1,13 @@
 """CUDA graphs of the patch network: one launch per call instead of hundreds.
 
-In eager mode every network call costs the CPU a few hundred kernel launches (the default
-prior's U-Net: about 35 ms per call on the H200 host, whatever the batch). Large batches hide
-that behind the GPU's own work, but small volumes and the ``fit`` tiling's groups of a few
-tiles are bound by it: at 128^3 ``fit`` made 3.6 network calls of about 4 tiles per step and
-spent 40 ms on each (``benchmarks/RESULTS_sampling.md``). A CUDA graph records the kernels of
-one call once and replays them with a single launch.
+In eager mode every network call costs the CPU a few hundred kernel launches. Large batches
+hide that behind the GPU's own work, but small volumes and the ``fit`` tiling's groups of a
+few tiles do not: at 128^3 ``fit`` made 3.6 network calls of about 4 tiles per step and spent
+41 ms on each (H200), about what a call of 26 full patches costs. A CUDA graph records the
+kernels of one call once and replays them with a single launch; on an H100 that took 0.9 s
+off a 50-step 128^3 run and 0.6-1.0 s off 256^3 ones (``benchmarks/RESULTS_sampling.md`` 3c).
+Each capture empties PyTorch's cached GPU memory first (``torch.cuda.graph`` does), a cost
+not measured apart yet.
 
 :class:`GraphedPatchDenoiser` wraps a :data:`~medrecon.sampling.tiling.PatchDenoiser`. The
 first call with a given input signature (batch, tile shape, dtype, device) runs eagerly (it
