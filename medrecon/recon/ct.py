@@ -33,7 +33,6 @@ the solvers, which keeps the regularisation weight dimensionless):
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -49,8 +48,9 @@ from medrecon.operators.ct_geometry import CTGeometry
 from medrecon.operators.finite_difference import divergence, finite_difference
 from medrecon.operators.functional.projectors import sample_detector_2d, sample_detector_3d
 from medrecon.problem import Problem, measurement_problem
-from medrecon.recon.autotune import TuneReport, best_iteration, ct_holdout_views, tune_weight
+from medrecon.recon.autotune import TuneReport, best_iteration
 from medrecon.recon.base import ReconOptions, ReconOutput, method_settings
+from medrecon.recon.ct_tune import holdout_masks, holdout_problems, tune_tv_weight
 from medrecon.solvers import (
     SolverResult,
     cgls,
@@ -503,32 +503,6 @@ def _scaled(problem: Problem) -> tuple[Callable[[Tensor], Tensor], Callable[[Ten
     return forward, adjoint, y, x0
 
 
-def holdout_masks(measurement: Measurement) -> tuple[np.ndarray, np.ndarray, str]:
-    """(training mask, held-out mask, what was held out) of a CT measurement: every k-th view
-    set aside (:func:`~medrecon.recon.autotune.ct_holdout_views`) through the file's view
-    mask, or zeroed in its per-pixel weights; either mask replaces ``measurement.mask``."""
-    data = np.asarray(measurement.data)
-    train, held = ct_holdout_views(data.shape[0],
-                                   seed=int((measurement.acquisition or {}).get("seed", 0) or 0))
-    mask = None if measurement.mask is None else np.asarray(measurement.mask, np.float32)
-    if mask is not None and mask.shape == (data.shape[0],):
-        train, held = train * mask, held * mask
-    elif mask is not None:  # per-pixel weights: zero the other part's views
-        train, held = train[:, None, None] * mask, held[:, None, None] * mask
-    if not (np.any(held > 0) and np.any(train > 0)):
-        raise InputError("Too few views to hold some out for self-tuning; give lam or "
-                         "iterations.")
-    n_held = int(np.count_nonzero(held.reshape(held.shape[0], -1).any(axis=1)))
-    return train, held, f"{n_held} of {data.shape[0]} views held out"
-
-
-def _holdout(measurement: Measurement, device: torch.device) -> tuple[Problem, Problem, str]:
-    """(training problem, held-out problem, what was held out) of :func:`holdout_masks`."""
-    train, held, text = holdout_masks(measurement)
-    parts = [_problem(dataclasses.replace(measurement, mask=k), device) for k in (train, held)]
-    return parts[0], parts[1], text
-
-
 def _iterative(measurement: Measurement, options: ReconOptions, device: torch.device,
                algorithm: str, solver: Callable[..., SolverResult], default_iterations: int,
                **solver_options: Any) -> ReconOutput:
@@ -540,7 +514,7 @@ def _iterative(measurement: Measurement, options: ReconOptions, device: torch.de
     report = None
     iterations = options.iterations
     if iterations is None:
-        sub, held, text = _holdout(measurement, device)
+        sub, held, text = holdout_problems(measurement, device)
         f, a, y, x0 = _scaled(sub)
         mw = problem.units.mu_water
         errors: list[float] = []
@@ -591,17 +565,9 @@ def tv_method(measurement: Measurement, options: ReconOptions,
     iters = options.iterations or DEFAULT_ITERATIONS["tv"]
     report = None
     if options.lam is None:
-        # Hold-out over a log grid around DEFAULT_TV_LAM; the data term is divided by
-        # ||A||^2, which grows with the views as ||A x - y||^2 does, so the weight chosen on
-        # the training views carries over unscaled.
-        sub, held, text = _holdout(measurement, device)
-        mw = problem.units.mu_water
-
-        def heldout_error(lam: float) -> float:
-            return held.residual(_tv_solve(sub, lam, iters, options.tol, settings)[0].x * mw)
-
-        lam, grid, errors = tune_weight(heldout_error, DEFAULT_TV_LAM)
-        report = TuneReport("lam", lam, tuple(grid), tuple(errors), 1.0, text)
+        lam, report = tune_tv_weight(
+            measurement, problem, DEFAULT_TV_LAM, device,
+            lambda p, w: _tv_solve(p, w, iters, options.tol, settings)[0].x)
     else:
         lam = float(options.lam)
     res, lip, warm = _tv_solve(problem, lam, iters, options.tol, settings, options.progress)
