@@ -77,6 +77,7 @@ class TuneReport:
         errors: relative held-out residual of each value in ``grid``.
         scale: ``chosen = best training value * scale`` (see the module docstring).
         holdout: what was held out, in words.
+        note: a rule that overrode the held-out choice, in words ("" for none).
     """
 
     parameter: str
@@ -85,6 +86,7 @@ class TuneReport:
     errors: tuple[float, ...]
     scale: float
     holdout: str
+    note: str = ""
 
     @property
     def best_error(self) -> float:
@@ -98,8 +100,9 @@ class TuneReport:
         else:
             tried = ", ".join(f"{g:.3g}" for g in self.grid)
         scaled = f" (x{self.scale:.3g} for all data)" if self.scale != 1.0 else ""
+        note = f"; {self.note}" if self.note else ""
         return (f"{self.parameter} auto = {self.chosen:.4g}{scaled}: held-out error "
-                f"{self.best_error:.4g}, {self.holdout}; tried {tried}")
+                f"{self.best_error:.4g}, {self.holdout}; tried {tried}{note}")
 
     def short(self) -> str:
         """A few characters for a series description."""
@@ -109,7 +112,7 @@ class TuneReport:
         return {"parameter": self.parameter, "chosen": float(self.chosen),
                 "grid": [float(g) for g in self.grid],
                 "heldout_errors": [float(e) for e in self.errors],
-                "scale": float(self.scale), "holdout": self.holdout}
+                "scale": float(self.scale), "holdout": self.holdout, "note": self.note}
 
 
 def tune_weight(heldout_error: Callable[[float], float], centre: float,

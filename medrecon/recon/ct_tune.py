@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,7 +22,13 @@ if TYPE_CHECKING:
 
 Tensor = torch.Tensor
 
-__all__ = ["holdout_masks", "holdout_problems", "tune_tv_weight"]
+__all__ = [
+    "discrepancy",
+    "discrepancy_weight",
+    "holdout_masks",
+    "holdout_problems",
+    "tune_tv_weight",
+]
 
 
 def holdout_masks(measurement: Measurement) -> tuple[np.ndarray, np.ndarray, str]:
@@ -52,10 +59,43 @@ def holdout_problems(measurement: Measurement,
     return parts[0], parts[1], text
 
 
+def discrepancy(problem: Problem, x: Tensor) -> float:
+    """``||A x - y||^2 / E||n||^2``: the data misfit of ``x`` (mu in 1/mm) in units of the
+    expected noise energy ``sigma^2 sum_i w_i^2`` (``w`` the pixel weights, else 1; ``sigma^2``
+    the ray-averaged variance of :func:`medrecon.problem.measurement_problem`); inf without a
+    noise model."""
+    if problem.noise_std <= 0.0:
+        return math.inf
+    with torch.no_grad():
+        r = (problem.op(x) - problem.y).double()
+        count = (float(problem.y.numel()) if problem.weights is None
+                 else float((problem.weights.double() ** 2).sum()))
+        return float((r * r).sum()) / (problem.noise_std ** 2 * max(count, 1.0))
+
+
+def discrepancy_weight(lams: Sequence[float], ratios: Sequence[float],
+                       below: float = math.inf) -> float | None:
+    """Where the misfit ratio crosses 1 (Morozov's discrepancy principle) below ``below``:
+    the largest tried weight ``<= below`` with a ratio under 1 and its upper neighbour,
+    interpolated linearly in (log lam, log ratio) (the largest weight itself when it fits
+    already); None when no weight up to ``below`` fits
+    the data to the noise level (then the model cannot explain the data, e.g. an object
+    larger than the grid, and the principle does not apply)."""
+    pairs = sorted((lam, r) for lam, r in zip(lams, ratios, strict=True) if lam <= below)
+    if pairs and pairs[-1][1] < 1.0:
+        return pairs[-1][0]
+    for (l0, r0), (l1, r1) in zip(pairs[-2::-1], pairs[::-1], strict=False):
+        if r0 < 1.0:  # the first weight under the noise level, going down (r1 >= 1 > r0)
+            t = -math.log(max(r0, 1e-300)) / (math.log(r1) - math.log(max(r0, 1e-300)))
+            return float(math.exp(math.log(l0) + t * (math.log(l1) - math.log(l0))))
+    return None
+
+
 def tune_tv_weight(measurement: Measurement, problem: Problem, centre: float,
                    device: torch.device,
                    solve: Callable[[Problem, float], Tensor]) -> tuple[float, TuneReport]:
-    """The TV weight for all the data of ``measurement`` (its ``problem``).
+    """The TV weight for all the data of ``measurement`` (its ``problem``): the held-out
+    choice, capped at the discrepancy weight of the training views (module docstring).
 
     Args:
         centre: the method's fixed weight; the search grid lies around it.
@@ -67,9 +107,31 @@ def tune_tv_weight(measurement: Measurement, problem: Problem, centre: float,
     sub, held, text = holdout_problems(measurement, device)
     mw = problem.units.mu_water
     assert mw is not None
+    misfit: dict[float, float] = {}
 
     def heldout_error(lam: float) -> float:
-        return held.residual(solve(sub, lam) * mw)
+        x = solve(sub, lam) * mw
+        misfit[lam] = discrepancy(sub, x)
+        return held.residual(x)
 
     lam, grid, errors = tune_weight(heldout_error, centre)
-    return lam, TuneReport("lam", lam, tuple(grid), tuple(errors), 1.0, text)
+    note = ""
+    if math.isfinite(misfit[lam]) and misfit[lam] > 1.0:
+        # The held-out views prefer a weight whose fit is worse than the noise: cap it at the
+        # discrepancy weight below it, stepping down (at most 3 grid steps, while the misfit
+        # still falls) until some weight fits to the noise level; these extra solves score
+        # the misfit only, the report's grid stays the held-out search's.
+        step = math.sqrt(grid[1] / grid[0]) if len(grid) > 1 else 2.0
+        for _ in range(3):
+            low = sorted(misfit)
+            if (any(misfit[g] < 1.0 for g in low if g <= lam)
+                    or (len(low) > 1 and misfit[low[0]] >= misfit[low[1]])):
+                break
+            heldout_error(low[0] / step)
+        cap = discrepancy_weight(list(misfit), list(misfit.values()), below=lam)
+        if cap is not None:
+            note = (f"capped at the discrepancy weight (training misfit = noise level; "
+                    f"held-out pick {lam:.3g}, misfit {misfit[lam]:.3g})")
+            lam = cap
+    report = TuneReport("lam", lam, tuple(grid), tuple(errors), 1.0, text, note)
+    return lam, report
