@@ -29,6 +29,9 @@ the solvers, which keeps the regularisation weight dimensionless):
   regularises);
 * ``tv``: min_x>=0 1/2 ||A x - y||^2 / L + lam TV(x) by PDHG (Chambolle & Pock 2011), with
   L = ||A||^2 from a power iteration and isotropic 3D TV.
+
+Without ``lam`` TV's weight, and without ``iterations`` the count of SIRT and CGLS, are chosen
+from the measurement alone on held-out views (:mod:`medrecon.recon.ct_tune`).
 """
 
 from __future__ import annotations
