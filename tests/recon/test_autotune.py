@@ -21,6 +21,7 @@ from medrecon.recon.autotune import (
     tune_weight,
 )
 from medrecon.recon.base import ReconOptions
+from medrecon.recon.ct_tune import discrepancy_weight
 from medrecon.simulate import CTSettings, MRISettings, SimulationConfig, simulate
 
 CPU = torch.device("cpu")
@@ -130,6 +131,17 @@ def test_ct_tv_auto_weight_records_grid(ct_case: Measurement) -> None:
     pick = tuned["grid"][int(np.argmin(tuned["heldout_errors"]))]
     assert (tuned["chosen"] == pick) != tuned["note"].startswith("capped")
     assert tuned["chosen"] <= pick
+
+
+def test_discrepancy_weight_interpolates_the_crossing_below_the_pick() -> None:
+    lams = [1e-4, 4e-4, 1.6e-3, 6.4e-3]
+    ratios = [0.25, 0.5, 2.0, 8.0]  # ratio = (lam / 8e-4)^1 in log-log
+    assert discrepancy_weight(lams, ratios) == pytest.approx(8e-4)
+    assert discrepancy_weight(lams, ratios, below=4e-4) == 4e-4  # the pick fits already
+    assert discrepancy_weight(lams, [1.5, 1.2, 2.0, 8.0]) is None  # nothing fits the noise
+    # a dip under 1 far below a misfit plateau: the crossing nearest the pick counts
+    assert discrepancy_weight(lams, [0.5, 1.5, 0.9, 3.0]) == pytest.approx(
+        1.6e-3 * 4 ** (math.log(0.9) / math.log(0.9 / 3.0)))
 
 
 def test_ct_tv_discrepancy_cap_on_sparse_views_near_the_oracle() -> None:
