@@ -15,12 +15,12 @@ CT NIfTI in HU (the real validation files: check only, never tune on them). Para
 From these curves: the oracle (best PSNR on the grid), the held-out pick alone (the former
 rule) and the held-out pick capped at the training misfit's crossing of 1 (the rule of
 :mod:`medrecon.recon.ct_tune`), each with its loss against the oracle (PSNR interpolated in
-log lam). With ``--default`` the library's own default (``tv`` without lam: its coarse grid)
-is run as well and scored. One JSON line per run.
+log lam). With ``--default`` the library's own default (``tv`` without lam: its coarse grid;
+``--cap``: with ``discrepancy_cap=true``) is run as well and scored. One JSON line per run.
 
-    python benchmarks/autotune_ct_holdout.py --size 256 --spacing 0.75 --views 30 --default --out ct.jsonl
+    python benchmarks/autotune_ct_holdout.py --size 256 --spacing 0.75 --views 30 --default --cap --out ct.jsonl
     python benchmarks/autotune_ct_holdout.py --volume .devrun/real_cases/ct_abdomen.nii.gz \
-        --views 30 --default --out ct.jsonl
+        --slices 1 --views 30 --default --cap --no-curves --emin -8 --emax 2 --out ct.jsonl
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--emin", type=int, default=-10)
     ap.add_argument("--emax", type=int, default=6)
     ap.add_argument("--default", action="store_true", help="also run the library's default")
+    ap.add_argument("--cap", action="store_true",
+                    help="run the default with discrepancy_cap=true")
     ap.add_argument("--no-curves", action="store_true",
                     help="skip the fine-grid training curves (only PSNR and the default)")
     ap.add_argument("--out", type=Path, required=True)
@@ -125,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                         "loss_db": top - _at(lams, row["psnr"], lam)}
     if args.default:
         t0 = time.perf_counter()
-        out = ct.tv_method(m, ReconOptions(iterations=args.iterations), CPU)
+        out = ct.tv_method(m, ReconOptions(iterations=args.iterations,
+                                           extra={"discrepancy_cap": args.cap}), CPU)
         tuned = out.info["autotune"]
         former = tuned["grid"][int(np.argmin(tuned["heldout_errors"]))]
         row["default"] = {"lam": out.info["lam"], "ratio": out.info["lam"] / oracle,

@@ -172,8 +172,7 @@ _SPECS: tuple[MethodSpec, ...] = (
     MethodSpec("cgls", "CT", ct.cgls_method, False, True, None, ct.DEFAULT_ITERATIONS["cgls"],
                ct.CGLSSettings, "least squares by CG, regularised by early stopping"),
     MethodSpec("tv", "CT", ct.tv_method, True, True,
-               f"auto: held-out views over x1/8..x8 of {ct.DEFAULT_TV_LAM:g}, capped at "
-               "the discrepancy weight",
+               f"auto: held-out views over x1/8..x8 of {ct.DEFAULT_TV_LAM:g}",
                ct.DEFAULT_ITERATIONS["tv"], ct.TVSettings,
                "min 1/2 ||Ax - y||^2 / ||A||^2 + lam TV(x), x >= 0, by PDHG"),
     *(MethodSpec("diffusion", mod, diffusion_method, True, True,

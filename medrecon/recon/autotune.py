@@ -21,7 +21,7 @@ reconstruction predicts the held-out data best wins::
   there they mimic the unsampled lines, and single samples chose TV weights up to 2 dB
   under the oracle on the cases of benchmarks/RESULTS_autotune.md.
 * CT: every k-th view (k = 7, offset from the seed); see :func:`ct_holdout_views`. TV's
-  choice is capped at the discrepancy weight (:mod:`medrecon.recon.ct_tune`).
+  choice can be capped at the discrepancy weight (:mod:`medrecon.recon.ct_tune`).
 
 Weights are searched on a log grid around the method's fixed rule (x1/8 .. x8 in five steps,
 then the two geometric midpoints beside the best, :func:`tune_weight`); iteration counts by
@@ -40,8 +40,8 @@ a Monte-Carlo divergence per grid point and a Gaussian white noise model, wrong 
 and weighted data), and it works the same for any method, noise model and operator, including
 the diffusion sampler's data-consistency weight later. The one exception is CT TV with sparse
 views on fine grids, where held-out views are biased toward strong weights (up to 16x, 3.7 dB)
-and CT files carry their Poisson noise level (I0): there the discrepancy principle caps the
-choice (:mod:`medrecon.recon.ct_tune`).
+and CT files carry their Poisson noise level (I0): there the discrepancy principle can cap the
+choice (:mod:`medrecon.recon.ct_tune`; off by default, it hurt on a real head slice).
 """
 
 from __future__ import annotations

@@ -456,10 +456,12 @@ class CGLSSettings:
 
 @dataclass(frozen=True)
 class TVSettings:
-    """tv: the FBP/FDK warm start and the ratio of PDHG's primal and dual steps."""
+    """tv: the FBP/FDK warm start, PDHG's step ratio, and the self-tuned weight's discrepancy
+    cap (off: :mod:`medrecon.recon.ct_tune` says where it helps and where it hurts)."""
 
     warm_start: bool = True
     step_ratio: float = option(0.1, gt=0.0)
+    discrepancy_cap: bool = False
 
 
 def _analytic(measurement: Measurement, options: ReconOptions, device: torch.device,
@@ -559,8 +561,8 @@ def tv_method(measurement: Measurement, options: ReconOptions,
     """Isotropic 3D TV with non-negativity by PDHG, warm-started from FBP/FDK when possible.
 
     ``lam`` (default :data:`DEFAULT_TV_LAM`) weighs TV of the image in units of water against
-    ``1/2 ||A x - y||^2 / ||A||^2``; ``iterations`` default 200; ``extra["step_ratio"]``
-    (0.1) balances PDHG's primal and dual steps (:class:`TVSettings`).
+    ``1/2 ||A x - y||^2 / ||A||^2`` (none: self-tuned); ``iterations`` default 200; ``extra``:
+    :class:`TVSettings`.
     """
     settings = method_settings(TVSettings, options.extra, "tv")
     t0 = time.perf_counter()
@@ -570,7 +572,8 @@ def tv_method(measurement: Measurement, options: ReconOptions,
     if options.lam is None:
         lam, report = tune_tv_weight(
             measurement, problem, DEFAULT_TV_LAM, device,
-            lambda p, w: _tv_solve(p, w, iters, options.tol, settings)[0].x)
+            lambda p, w: _tv_solve(p, w, iters, options.tol, settings)[0].x,
+            cap=settings.discrepancy_cap)
     else:
         lam = float(options.lam)
     res, lip, warm = _tv_solve(problem, lam, iters, options.tol, settings, options.progress)

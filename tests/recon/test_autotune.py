@@ -157,11 +157,14 @@ def test_ct_tv_discrepancy_cap_on_sparse_views_near_the_oracle() -> None:
     tv = get_method("CT", "tv")
 
     def score(lam: float | None) -> tuple[float, dict]:
-        out = tv(m, ReconOptions(lam=lam), CPU)
+        out = tv(m, ReconOptions(lam=lam, extra={"discrepancy_cap": True}), CPU)
         return metrics_psnr(out.image, ref, data_range=data_range, mask=region), out.info
 
     auto, info = score(None)
     tuned = info["autotune"]
+    default = tv(m, ReconOptions(), CPU).info["autotune"]  # the cap is off by default
+    assert default["note"] == "" and default["chosen"] == tuned["grid"][
+        int(np.argmin(tuned["heldout_errors"]))]
     assert tuned["note"].startswith("capped at the discrepancy weight")
     pick = tuned["grid"][int(np.argmin(tuned["heldout_errors"]))]
     lams = [1e-3 * 2 ** (e / 2) for e in range(-6, 4)]
