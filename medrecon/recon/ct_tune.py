@@ -53,13 +53,13 @@ to 0.04-0.28 dB under the oracle on the three 0.75 mm cases measured. Left: 0.64
 Real check (once, after the rule was fixed on synthetic data; the real validation slices of
 benchmarks/real_quality.py, 1 slice, ct30 / ct60, oracle on 2^(e/2) x 1e-3, e = -8..2): on the
 abdomen (0.86 mm) the cap does not engage (held-out pick 2x the oracle: 0.17 / 0.76 dB); on the
-head (0.39 mm) it engages and hurts: 2.2 / 1.6 dB under the oracle, where the held-out pick
-alone was 0.35 dB above the grid's best (the oracle lies at or beyond the grid's top, 2e-3) and
-0.45 dB under it. There the best image fits the data far worse than the noise (the held-out
-pick's misfit 7.8 / 3.0): a real slice holds fine detail that 30-60 views cannot resolve, and
-fitting it to the noise level brings back streaks; the synthetic heads, textured ones included,
-hold too little of it. The cap therefore stays off by default until a criterion is found that
-tells the two apart from the data alone.
+spine (0.29 mm, 30 views) it gains 1.7 dB (held-out pick 4x the oracle, 1.44 dB; capped 0.28 dB
+above the grid's best); on the head (0.39 mm) it loses 2.5 / 1.1 dB (capped 2.2 / 1.6 dB under
+the oracle, the held-out pick 0.35 dB above the grid's best / 0.45 dB under it). There the best
+image fits the data far worse than the noise (the held-out pick's misfit 7.8 / 3.0): the slice
+holds fine detail that 30-60 views cannot resolve, and fitting it to the noise level brings back
+streaks; no synthetic head showed this, textured ones and 512^2 at 0.39 mm included. The cap
+therefore stays off by default until a criterion tells the cases apart from the data alone.
 
 Tried and not adopted (same benchmark): scoring the held-out views only below the angular
 Nyquist frequency of the training views (4x the optimum, 3.7 dB, at 1 mm; 1-4x elsewhere), a
