@@ -53,8 +53,8 @@ to 0.04-0.28 dB under the oracle on the three 0.75 mm cases measured. Left: 0.64
 Real check (once, after the rule was fixed on synthetic data; the real validation slices of
 benchmarks/real_quality.py, 1 slice, ct30 / ct60, oracle on 2^(e/2) x 1e-3, e = -8..2): on the
 abdomen (0.86 mm) the cap does not engage (held-out pick 2x the oracle: 0.17 / 0.76 dB); on the
-spine (0.29 mm, 30 views) it gains 1.7 dB (held-out pick 4x the oracle, 1.44 dB; capped 0.28 dB
-above the grid's best); on the head (0.39 mm) it loses 2.5 / 1.1 dB (capped 2.2 / 1.6 dB under
+spine (0.29 mm) it gains 1.7 dB at 30 views (held-out pick 4x the oracle, 1.44 dB; capped 0.28 dB
+above the grid's best) and does not engage at 60 (1.7x, 0.47 dB); on the head (0.39 mm) it loses 2.5 / 1.1 dB (capped 2.2 / 1.6 dB under
 the oracle, the held-out pick 0.35 dB above the grid's best / 0.45 dB under it). There the best
 image fits the data far worse than the noise (the held-out pick's misfit 7.8 / 3.0): the slice
 holds fine detail that 30-60 views cannot resolve, and fitting it to the noise level brings back
