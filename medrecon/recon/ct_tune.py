@@ -46,7 +46,7 @@ Why the smaller of the two: both err toward too strong a weight, for different r
 Measured (benchmarks/RESULTS_autotune.md, synthetic test heads, I0 = 1e5, 200 PDHG iterations,
 PSNR above -900 HU): on the fine weight grid the capped pick is within 0.32 dB of the oracle on
 all eight cases (128^2 at 1 mm and 256^2 at 0.75 mm, 30 and 60 views, 256^2 at 0.5 mm), where
-the held-out pick alone lost up to 3.7 dB; the default itself (coarse grid) went from 0.7-3.9 dB
+the held-out pick alone lost up to 3.7 dB; the capped self-tuning (coarse grid) went from 0.7-3.9 dB
 to 0.04-0.28 dB under the oracle on the three 0.75 mm cases measured. Left: 0.64 dB at 1 mm,
 30 views, one head, from the hold-out's variance (which views are held out), not its bias.
 
