@@ -1,17 +1,26 @@
-"""Where CT TV's held-out views put the weight, against the PSNR optimum (issue 13, item 1).
+"""CT TV's self-tuned weight against the PSNR optimum (issue 13, item 1).
 
-On a synthetic head slab (test seeds, never trained on; 2 slices of ``--size``^2 at
-``--spacing`` mm, parallel beam, I0 = 1e5) TV is solved on a fine weight grid (2^(e/2) x the
-default 1e-3, e = -10..6, 200 PDHG iterations): on all views for the PSNR curve (region above
--900 HU, data range the reference's max - min), and on the training views of the self-tuning's
-split (every 7th view held out, as :func:`medrecon.recon.autotune.ct_holdout_views`; with
-``--every-4th`` also every 4th view, about twice the share), for their held-out error curves:
-the relative residual ``||M_h (A x - y)|| / ||M_h y||`` and the same after a half-ramp filter
-``sqrt|w|`` along the detector (``ramp``: by the Fourier slice theorem the ramp-weighted norm of
-a projection residual over all angles is the image-domain error, which PSNR measures, where the
-plain norm weighs low frequencies by 1 / |w|). One JSON line per run.
+A case is a synthetic head slab (test seeds, never trained on; ``--slices`` slices of
+``--size``^2 at ``--spacing`` mm) or, with ``--volume``, the central ``--slices`` slices of a
+CT NIfTI in HU (the real validation files: check only, never tune on them). Parallel beam,
+``--views`` views over 180 deg, I0 = 1e5 (the ``ct30`` / ``ct60`` settings of
+``benchmarks/real_quality.py``). TV is solved on a fine weight grid (2^(e/2) x the default
+1e-3, e = ``--emin``..``--emax``, 200 PDHG iterations):
 
-    python benchmarks/autotune_ct_holdout.py --size 128 --spacing 1.0 --views 30 --out ct_holdout.jsonl
+* on all views: PSNR (region above -900 HU, data range the reference's max - min) and the
+  misfit ``||A x - y||^2 / E||n||^2`` (:func:`medrecon.recon.ct_tune.discrepancy`);
+* on the training views of the self-tuning's split (every 7th view held out): the held-out
+  error ``||M_h (A x - y)|| / ||M_h y||`` and the training misfit.
+
+From these curves: the oracle (best PSNR on the grid), the held-out pick alone (the former
+rule) and the held-out pick capped at the training misfit's crossing of 1 (the rule of
+:mod:`medrecon.recon.ct_tune`), each with its loss against the oracle (PSNR interpolated in
+log lam). With ``--default`` the library's own default (``tv`` without lam: its coarse grid;
+``--cap``: with ``discrepancy_cap=true``) is run as well and scored. One JSON line per run.
+
+    python benchmarks/autotune_ct_holdout.py --size 256 --spacing 0.75 --views 30 --default --cap --out ct.jsonl
+    python benchmarks/autotune_ct_holdout.py --volume .devrun/real_cases/ct_abdomen.nii.gz \
+        --slices 1 --views 30 --default --cap --no-curves --emin -8 --emax 2 --out ct.jsonl
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,76 +36,113 @@ import numpy as np
 import torch
 
 from medrecon.metrics import psnr
-from medrecon.priors.synthetic import generate_head, split_seeds
 from medrecon.recon import ct
-from medrecon.recon.autotune import ct_holdout_views
+from medrecon.recon.base import ReconOptions
+from medrecon.recon.ct_tune import discrepancy, discrepancy_weight, holdout_problems
 from medrecon.simulate import CTSettings, SimulationConfig, simulate
 
 CPU = torch.device("cpu")
 
 
-def ramp_residual(problem: ct.Problem, x: torch.Tensor) -> float:
-    """``||sqrt(ramp) (A x - y)|| / ||sqrt(ramp) y||`` along the detector's last axis."""
-    spacing = float(problem.geometry.pixel_cols_mm)  # type: ignore[union-attr]
-    with torch.no_grad():
-        r, y = problem.op(x) - problem.y, problem.y
-        n = r.shape[-1]
-        half = torch.as_tensor(np.sqrt(np.clip(ct.ramp_filter(n, spacing), 0.0, None)),
-                               dtype=r.dtype)
-        f = half[: half.numel() // 2 + 1]
-        norm = [float(torch.linalg.vector_norm(torch.fft.rfft(v, n=half.numel(), dim=-1) * f))
-                for v in (r, y)]
-    return norm[0] / max(norm[1], 1e-30)
+def _case(args: argparse.Namespace) -> tuple[object, int]:
+    """(reference Volume in HU, simulation seed)."""
+    if args.volume is not None:
+        from medrecon.io import load_volume
+
+        vol = load_volume(args.volume)
+        k0 = max(0, vol.shape[2] // 2 - args.slices // 2)
+        data = np.ascontiguousarray(vol.data[:, :, k0:k0 + args.slices], dtype=np.float32)
+        return dataclasses.replace(vol, data=data, modality="CT", units="HU"), 0
+    from medrecon.priors.synthetic import generate_head, split_seeds
+
+    seed = split_seeds("test")[args.head]
+    return generate_head((args.size, args.size, args.slices), args.spacing, "CT", seed=seed,
+                         noise=False), seed
+
+
+def _at(lams: list[float], psnrs: list[float], lam: float) -> float:
+    """PSNR at ``lam``, interpolated in log lam (clamped to the grid)."""
+    return float(np.interp(np.log(lam), np.log(lams), psnrs))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--spacing", type=float, default=1.0)
+    ap.add_argument("--slices", type=int, default=2)
+    ap.add_argument("--volume", type=Path, default=None, help="a CT NIfTI in HU instead")
     ap.add_argument("--views", type=int, default=30)
     ap.add_argument("--head", type=int, default=0, help="index into the test seeds")
     ap.add_argument("--iterations", type=int, default=200)
-    ap.add_argument("--every-4th", action="store_true", help="also hold out every 4th view")
+    ap.add_argument("--emin", type=int, default=-10)
+    ap.add_argument("--emax", type=int, default=6)
+    ap.add_argument("--default", action="store_true", help="also run the library's default")
+    ap.add_argument("--cap", action="store_true",
+                    help="run the default with discrepancy_cap=true")
+    ap.add_argument("--no-curves", action="store_true",
+                    help="skip the fine-grid training curves (only PSNR and the default)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
 
-    seed = split_seeds("test")[args.head]
-    vol = generate_head((args.size, args.size, 2), args.spacing, "CT", seed=seed, noise=False)
-    ref = vol.data
+    vol, seed = _case(args)
+    ref = vol.data  # type: ignore[attr-defined]
     m = simulate(vol, SimulationConfig(modality="ct", seed=seed,  # type: ignore[arg-type]
                                        ct=CTSettings(views=args.views, dose_i0=1e5)))
     region, data_range = ref > -900.0, float(ref.max() - ref.min())
     settings = ct.method_settings(ct.TVSettings, {}, "tv")
-    lams = [ct.DEFAULT_TV_LAM * 2 ** (e / 2) for e in range(-10, 7)]
-
-    def solve(problem: ct.Problem, lam: float) -> torch.Tensor:
-        return ct._tv_solve(problem, lam, args.iterations, 1e-4, settings)[0].x
-
+    lams = [ct.DEFAULT_TV_LAM * 2 ** (e / 2) for e in range(args.emin, args.emax + 1)]
     full = ct._problem(m, CPU)
     mw = full.units.mu_water
-    row: dict = {"size": args.size, "spacing_mm": args.spacing, "views": args.views,
-                 "head_seed": seed, "lams": lams,
-                 "psnr": [psnr(full.units.to_reference((solve(full, lam) * mw).numpy()), ref,
-                               data_range=data_range, mask=region) for lam in lams]}
-    for share in (1 / 7, 2 / 7) if args.every_4th else (1 / 7,):
-        train, held = ct_holdout_views(args.views, seed=0, fraction=share)
-        sub, hp = (ct._problem(dataclasses.replace(m, mask=k), CPU) for k in (train, held))
-        plain, ramp = [], []
-        for lam in lams:
-            x = solve(sub, lam) * mw
-            plain.append(hp.residual(x))
-            ramp.append(ramp_residual(hp, x))
-        row[f"heldout_{share:.2f}"], row[f"heldout_ramp_{share:.2f}"] = plain, ramp
-        row[f"views_held_{share:.2f}"] = int(held.sum())
+    assert mw is not None
+
+    def solve(problem: ct.Problem, lam: float) -> torch.Tensor:
+        return ct._tv_solve(problem, lam, args.iterations, 1e-4, settings)[0].x * mw
+
+    def score(x: torch.Tensor) -> float:
+        return psnr(full.units.to_reference(x.numpy()), ref, data_range=data_range,
+                    mask=region)
+
+    row: dict = {"case": str(args.volume) if args.volume else "synthetic head",
+                 "shape": list(ref.shape), "spacing_mm": [float(s) for s in full.spacing_mm],
+                 "views": args.views, "seed": seed, "lams": lams, "psnr": [], "misfit": []}
+    for lam in lams:
+        x = solve(full, lam)
+        row["psnr"].append(score(x))
+        row["misfit"].append(discrepancy(full, x))
     best = int(np.argmax(row["psnr"]))
-    for key in [k for k in row if k.startswith("heldout_")]:
-        pick = int(np.argmin(row[key]))
-        row[key + "_pick"] = {"lam_ratio_to_psnr_optimum": lams[pick] / lams[best],
-                              "psnr_loss_db": row["psnr"][best] - row["psnr"][pick]}
+    oracle, top = lams[best], row["psnr"][best]
+    row["oracle"] = {"lam": oracle, "psnr": top}
+    if not args.no_curves:
+        sub, held, _ = holdout_problems(m, CPU)
+        row["heldout"], row["train_misfit"] = [], []
+        for lam in lams:
+            x = solve(sub, lam)
+            row["heldout"].append(held.residual(x))
+            row["train_misfit"].append(discrepancy(sub, x))
+        pick = lams[int(np.argmin(row["heldout"]))]
+        cap = discrepancy_weight(lams, row["train_misfit"], below=pick)
+        capped = min(pick, cap) if cap is not None else pick
+        for key, lam in (("heldout_pick", pick), ("capped_pick", capped)):
+            row[key] = {"lam": lam, "ratio": lam / oracle,
+                        "loss_db": top - _at(lams, row["psnr"], lam)}
+    if args.default:
+        t0 = time.perf_counter()
+        out = ct.tv_method(m, ReconOptions(iterations=args.iterations,
+                                           extra={"discrepancy_cap": args.cap}), CPU)
+        tuned = out.info["autotune"]
+        former = tuned["grid"][int(np.argmin(tuned["heldout_errors"]))]
+        row["default"] = {"lam": out.info["lam"], "ratio": out.info["lam"] / oracle,
+                          "psnr": score(torch.as_tensor(out.solution)),
+                          "note": tuned["note"], "former_lam": former,
+                          "seconds": round(time.perf_counter() - t0, 1)}
+        row["default"]["loss_db"] = top - row["default"]["psnr"]
+        x = solve(full, former)  # the former rule's weight on its own grid
+        row["default"]["former_loss_db"] = top - score(x)
     row["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     with args.out.open("a") as f:
         f.write(json.dumps(row) + "\n")
-    print(json.dumps({k: v for k, v in row.items() if k.endswith("_pick") or k == "views"}))
+    print(json.dumps({k: row[k] for k in ("case", "shape", "views", "oracle", "heldout_pick",
+                                          "capped_pick", "default") if k in row}))
     return 0
 
 

@@ -20,7 +20,8 @@ reconstruction predicts the held-out data best wins::
   (Yaman et al., MRM 84:3172, 2020). On random and Poisson-disc patterns whole lines stay:
   there they mimic the unsampled lines, and single samples chose TV weights up to 2 dB
   under the oracle on the cases of benchmarks/RESULTS_autotune.md.
-* CT: every k-th view (k = 7, offset from the seed); see :func:`ct_holdout_views`.
+* CT: every k-th view (k = 7, offset from the seed); see :func:`ct_holdout_views`. TV's
+  choice can be capped at the discrepancy weight (:mod:`medrecon.recon.ct_tune`).
 
 Weights are searched on a log grid around the method's fixed rule (x1/8 .. x8 in five steps,
 then the two geometric midpoints beside the best, :func:`tune_weight`); iteration counts by
@@ -37,7 +38,10 @@ discrepancy principle trusts the noise level, which fastMRI files do not carry a
 background estimate gets wrong under coil correlation), no divergence of the method (SURE needs
 a Monte-Carlo divergence per grid point and a Gaussian white noise model, wrong for Poisson CT
 and weighted data), and it works the same for any method, noise model and operator, including
-the diffusion sampler's data-consistency weight later.
+the diffusion sampler's data-consistency weight later. The one exception is CT TV with sparse
+views on fine grids, where held-out views are biased toward strong weights (up to 16x, 3.7 dB)
+and CT files carry their Poisson noise level (I0): there the discrepancy principle can cap the
+choice (:mod:`medrecon.recon.ct_tune`; off by default, it hurt on a real head slice).
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ class TuneReport:
         errors: relative held-out residual of each value in ``grid``.
         scale: ``chosen = best training value * scale`` (see the module docstring).
         holdout: what was held out, in words.
+        note: a rule that overrode the held-out choice, in words ("" for none).
     """
 
     parameter: str
@@ -85,6 +90,7 @@ class TuneReport:
     errors: tuple[float, ...]
     scale: float
     holdout: str
+    note: str = ""
 
     @property
     def best_error(self) -> float:
@@ -98,8 +104,9 @@ class TuneReport:
         else:
             tried = ", ".join(f"{g:.3g}" for g in self.grid)
         scaled = f" (x{self.scale:.3g} for all data)" if self.scale != 1.0 else ""
+        note = f"; {self.note}" if self.note else ""
         return (f"{self.parameter} auto = {self.chosen:.4g}{scaled}: held-out error "
-                f"{self.best_error:.4g}, {self.holdout}; tried {tried}")
+                f"{self.best_error:.4g}, {self.holdout}; tried {tried}{note}")
 
     def short(self) -> str:
         """A few characters for a series description."""
@@ -109,7 +116,7 @@ class TuneReport:
         return {"parameter": self.parameter, "chosen": float(self.chosen),
                 "grid": [float(g) for g in self.grid],
                 "heldout_errors": [float(e) for e in self.errors],
-                "scale": float(self.scale), "holdout": self.holdout}
+                "scale": float(self.scale), "holdout": self.holdout, "note": self.note}
 
 
 def tune_weight(heldout_error: Callable[[float], float], centre: float,

@@ -29,11 +29,13 @@ the solvers, which keeps the regularisation weight dimensionless):
   regularises);
 * ``tv``: min_x>=0 1/2 ||A x - y||^2 / L + lam TV(x) by PDHG (Chambolle & Pock 2011), with
   L = ||A||^2 from a power iteration and isotropic 3D TV.
+
+Without ``lam`` TV's weight, and without ``iterations`` the count of SIRT and CGLS, are chosen
+from the measurement alone on held-out views (:mod:`medrecon.recon.ct_tune`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -49,8 +51,9 @@ from medrecon.operators.ct_geometry import CTGeometry
 from medrecon.operators.finite_difference import divergence, finite_difference
 from medrecon.operators.functional.projectors import sample_detector_2d, sample_detector_3d
 from medrecon.problem import Problem, measurement_problem
-from medrecon.recon.autotune import TuneReport, best_iteration, ct_holdout_views, tune_weight
+from medrecon.recon.autotune import TuneReport, best_iteration
 from medrecon.recon.base import ReconOptions, ReconOutput, method_settings
+from medrecon.recon.ct_tune import holdout_masks, holdout_problems, tune_tv_weight
 from medrecon.solvers import (
     SolverResult,
     cgls,
@@ -453,10 +456,12 @@ class CGLSSettings:
 
 @dataclass(frozen=True)
 class TVSettings:
-    """tv: the FBP/FDK warm start and the ratio of PDHG's primal and dual steps."""
+    """tv: the FBP/FDK warm start, PDHG's step ratio, and the self-tuned weight's discrepancy
+    cap (off: :mod:`medrecon.recon.ct_tune` says where it helps and where it hurts)."""
 
     warm_start: bool = True
     step_ratio: float = option(0.1, gt=0.0)
+    discrepancy_cap: bool = False
 
 
 def _analytic(measurement: Measurement, options: ReconOptions, device: torch.device,
@@ -503,32 +508,6 @@ def _scaled(problem: Problem) -> tuple[Callable[[Tensor], Tensor], Callable[[Ten
     return forward, adjoint, y, x0
 
 
-def holdout_masks(measurement: Measurement) -> tuple[np.ndarray, np.ndarray, str]:
-    """(training mask, held-out mask, what was held out) of a CT measurement: every k-th view
-    set aside (:func:`~medrecon.recon.autotune.ct_holdout_views`) through the file's view
-    mask, or zeroed in its per-pixel weights; either mask replaces ``measurement.mask``."""
-    data = np.asarray(measurement.data)
-    train, held = ct_holdout_views(data.shape[0],
-                                   seed=int((measurement.acquisition or {}).get("seed", 0) or 0))
-    mask = None if measurement.mask is None else np.asarray(measurement.mask, np.float32)
-    if mask is not None and mask.shape == (data.shape[0],):
-        train, held = train * mask, held * mask
-    elif mask is not None:  # per-pixel weights: zero the other part's views
-        train, held = train[:, None, None] * mask, held[:, None, None] * mask
-    if not (np.any(held > 0) and np.any(train > 0)):
-        raise InputError("Too few views to hold some out for self-tuning; give lam or "
-                         "iterations.")
-    n_held = int(np.count_nonzero(held.reshape(held.shape[0], -1).any(axis=1)))
-    return train, held, f"{n_held} of {data.shape[0]} views held out"
-
-
-def _holdout(measurement: Measurement, device: torch.device) -> tuple[Problem, Problem, str]:
-    """(training problem, held-out problem, what was held out) of :func:`holdout_masks`."""
-    train, held, text = holdout_masks(measurement)
-    parts = [_problem(dataclasses.replace(measurement, mask=k), device) for k in (train, held)]
-    return parts[0], parts[1], text
-
-
 def _iterative(measurement: Measurement, options: ReconOptions, device: torch.device,
                algorithm: str, solver: Callable[..., SolverResult], default_iterations: int,
                **solver_options: Any) -> ReconOutput:
@@ -540,7 +519,7 @@ def _iterative(measurement: Measurement, options: ReconOptions, device: torch.de
     report = None
     iterations = options.iterations
     if iterations is None:
-        sub, held, text = _holdout(measurement, device)
+        sub, held, text = holdout_problems(measurement, device)
         f, a, y, x0 = _scaled(sub)
         mw = problem.units.mu_water
         errors: list[float] = []
@@ -582,8 +561,8 @@ def tv_method(measurement: Measurement, options: ReconOptions,
     """Isotropic 3D TV with non-negativity by PDHG, warm-started from FBP/FDK when possible.
 
     ``lam`` (default :data:`DEFAULT_TV_LAM`) weighs TV of the image in units of water against
-    ``1/2 ||A x - y||^2 / ||A||^2``; ``iterations`` default 200; ``extra["step_ratio"]``
-    (0.1) balances PDHG's primal and dual steps (:class:`TVSettings`).
+    ``1/2 ||A x - y||^2 / ||A||^2`` (none: self-tuned); ``iterations`` default 200; ``extra``:
+    :class:`TVSettings`.
     """
     settings = method_settings(TVSettings, options.extra, "tv")
     t0 = time.perf_counter()
@@ -591,17 +570,10 @@ def tv_method(measurement: Measurement, options: ReconOptions,
     iters = options.iterations or DEFAULT_ITERATIONS["tv"]
     report = None
     if options.lam is None:
-        # Hold-out over a log grid around DEFAULT_TV_LAM; the data term is divided by
-        # ||A||^2, which grows with the views as ||A x - y||^2 does, so the weight chosen on
-        # the training views carries over unscaled.
-        sub, held, text = _holdout(measurement, device)
-        mw = problem.units.mu_water
-
-        def heldout_error(lam: float) -> float:
-            return held.residual(_tv_solve(sub, lam, iters, options.tol, settings)[0].x * mw)
-
-        lam, grid, errors = tune_weight(heldout_error, DEFAULT_TV_LAM)
-        report = TuneReport("lam", lam, tuple(grid), tuple(errors), 1.0, text)
+        lam, report = tune_tv_weight(
+            measurement, problem, DEFAULT_TV_LAM, device,
+            lambda p, w: _tv_solve(p, w, iters, options.tol, settings)[0].x,
+            cap=settings.discrepancy_cap)
     else:
         lam = float(options.lam)
     res, lip, warm = _tv_solve(problem, lam, iters, options.tol, settings, options.progress)

@@ -11,7 +11,9 @@ import torch
 from medrecon.io import Volume
 from medrecon.io.measurement import Measurement
 from medrecon.methods import get_method
+from medrecon.metrics import psnr as metrics_psnr
 from medrecon.phantoms import shepp_logan_3d
+from medrecon.priors.synthetic import generate_head, split_seeds
 from medrecon.recon.autotune import (
     COARSE_FACTORS,
     best_iteration,
@@ -20,6 +22,7 @@ from medrecon.recon.autotune import (
     tune_weight,
 )
 from medrecon.recon.base import ReconOptions
+from medrecon.recon.ct_tune import discrepancy_weight
 from medrecon.simulate import CTSettings, MRISettings, SimulationConfig, simulate
 
 CPU = torch.device("cpu")
@@ -172,7 +175,53 @@ def test_ct_tv_auto_weight_records_grid(ct_case: Measurement) -> None:
     tuned = out.info["autotune"]
     assert out.info["lam"] == tuned["chosen"] and tuned["scale"] == 1.0
     assert min(tuned["grid"]) < 1e-3 < max(tuned["grid"])  # around the fixed rule
-    assert tuned["chosen"] in tuned["grid"]
+    # the held-out pick, or below it where the discrepancy cap applies (and says so)
+    pick = tuned["grid"][int(np.argmin(tuned["heldout_errors"]))]
+    assert (tuned["chosen"] == pick) != tuned["note"].startswith("capped")
+    assert tuned["chosen"] <= pick
+
+
+def test_discrepancy_weight_interpolates_the_crossing_below_the_pick() -> None:
+    lams = [1e-4, 4e-4, 1.6e-3, 6.4e-3]
+    ratios = [0.25, 0.5, 2.0, 8.0]  # ratio = (lam / 8e-4)^1 in log-log
+    assert discrepancy_weight(lams, ratios) == pytest.approx(8e-4)
+    assert discrepancy_weight(lams, ratios, below=4e-4) == 4e-4  # the pick fits already
+    assert discrepancy_weight(lams, [1.5, 1.2, 2.0, 8.0]) is None  # nothing fits the noise
+    # a dip under 1 far below a misfit plateau: the crossing nearest the pick counts
+    assert discrepancy_weight(lams, [0.5, 1.5, 0.9, 3.0]) == pytest.approx(
+        1.6e-3 * 4 ** (math.log(0.9) / math.log(0.9 / 3.0)))
+
+
+def test_ct_tv_discrepancy_cap_on_sparse_views_near_the_oracle() -> None:
+    """A synthetic head, 64^2 at 2 mm, 10 views (far fewer than the grid needs): the held-out
+    views alone choose 4x the PSNR-optimal weight (1.4 dB under it); capped at the
+    discrepancy weight the choice is within 2x of the optimum and 0.5 dB of its PSNR."""
+    seed = split_seeds("test")[0]
+    vol = generate_head((64, 64, 2), 2.0, "CT", seed=seed, noise=False)
+    m = simulate(vol, SimulationConfig(modality="ct", seed=seed,  # type: ignore[arg-type]
+                                       ct=CTSettings(views=10, dose_i0=1e5)))
+    ref = vol.data
+    region, data_range = ref > -900.0, float(ref.max() - ref.min())
+    tv = get_method("CT", "tv")
+
+    def score(lam: float | None) -> tuple[float, dict]:
+        out = tv(m, ReconOptions(lam=lam, extra={"discrepancy_cap": True}), CPU)
+        return metrics_psnr(out.image, ref, data_range=data_range, mask=region), out.info
+
+    auto, info = score(None)
+    tuned = info["autotune"]
+    default = tv(m, ReconOptions(), CPU).info["autotune"]  # the cap is off by default
+    assert default["note"] == "" and default["chosen"] == tuned["grid"][
+        int(np.argmin(tuned["heldout_errors"]))]
+    assert tuned["note"].startswith("capped at the discrepancy weight")
+    pick = tuned["grid"][int(np.argmin(tuned["heldout_errors"]))]
+    lams = [1e-3 * 2 ** (e / 2) for e in range(-6, 4)]
+    scores = {lam: score(lam)[0] for lam in [*lams, pick]}
+    oracle = max(lams, key=lambda lam: scores[lam])
+    assert abs(math.log(info["lam"] / oracle)) <= math.log(2.0), (info["lam"], oracle)
+    assert scores[oracle] - auto < 0.5
+    # ... where the held-out pick alone was far off (the former rule)
+    assert pick / oracle > 2.5 and scores[oracle] - scores[pick] > 1.0
 
 
 def test_lam_auto_spelling() -> None:
