@@ -73,6 +73,7 @@ from medrecon.problem import Problem, measurement_problem
 from medrecon.recon import ct, mri
 from medrecon.recon.autotune import TuneReport, mr_holdout_masks, tune_weight
 from medrecon.recon.base import ReconOptions, ReconOutput
+from medrecon.recon.ct_tune import holdout_masks as ct_holdout_masks
 
 if TYPE_CHECKING:
     from medrecon.io.measurement import Measurement
@@ -177,7 +178,7 @@ class HoldoutSplit:
 def holdout_split(measurement: Measurement, device: torch.device, *,
                   maps_method: str = "espirit", map_sets: int = 1) -> HoldoutSplit:
     """The split of the classical self-tuning (:func:`medrecon.recon.mri` ``_weight``,
-    :func:`medrecon.recon.ct.holdout_masks`): same seed, same samples or views held out.
+    :func:`medrecon.recon.ct_tune.holdout_masks`): same seed, same samples or views held out.
 
     MR: ``maps_method`` and ``map_sets`` build the coil maps as
     :func:`~medrecon.problem.measurement_problem` does (estimated once here when the file has
@@ -186,7 +187,7 @@ def holdout_split(measurement: Measurement, device: torch.device, *,
     acq = measurement.acquisition or {}
     seed = int(acq.get("seed", 0) or 0)
     if measurement.modality == "CT":
-        train, held, text = ct.holdout_masks(measurement)
+        train, held, text = ct_holdout_masks(measurement)
         held_problem = measurement_problem(dataclasses.replace(measurement, mask=held), device)
         return HoldoutSplit(dataclasses.replace(measurement, mask=train),
                             HeldOut(held_problem.op.forward, held_problem.y), text,

@@ -53,7 +53,7 @@ from medrecon.operators.functional.projectors import sample_detector_2d, sample_
 from medrecon.problem import Problem, measurement_problem
 from medrecon.recon.autotune import TuneReport, best_iteration
 from medrecon.recon.base import ReconOptions, ReconOutput, method_settings
-from medrecon.recon.ct_tune import holdout_masks, holdout_problems, tune_tv_weight
+from medrecon.recon.ct_tune import holdout_problems, tune_tv_weight
 from medrecon.solvers import (
     SolverResult,
     cgls,
@@ -75,7 +75,6 @@ __all__ = [
     "fbp",
     "fdk",
     "analytic_reconstruction",
-    "holdout_masks",
     "sirt",
     "cgls",
     "tv_reconstruction",
