@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -87,14 +88,9 @@ def test_tune_weight_finds_the_minimum_and_refines() -> None:
     assert best_iteration([3.0, 2.0, 1.5, 1.7]) == 3
 
 
-@pytest.mark.parametrize(("target", "extra"), [
-    (0.37, [8 ** -0.75, 8 ** -0.25]),  # inside: the two midpoints beside 8 ** -0.5
-    (100.0, [8 ** 0.75, 8 ** 1.25]),  # at the top end: the midpoint and half a step beyond
-    (1e-3, [8 ** -1.25, 8 ** -0.75]),  # at the bottom end, likewise
-])
-def test_tune_weight_refines_at_half_steps(target: float, extra: list[float]) -> None:
-    """The classical methods' search: the coarse grid, then two values half a step beside
-    the best."""
+def _log_distance(target: float) -> tuple[list[float], Callable[[float], float],
+                                         Callable[[float], float]]:
+    """A held-out error |log(lam / target)| that records the weights it is asked for."""
     calls: list[float] = []
 
     def dist(lam: float) -> float:
@@ -103,6 +99,19 @@ def test_tune_weight_refines_at_half_steps(target: float, extra: list[float]) ->
     def err(lam: float) -> float:
         calls.append(lam)
         return dist(lam)
+
+    return calls, dist, err
+
+
+@pytest.mark.parametrize(("target", "extra"), [
+    (0.37, [8 ** -0.75, 8 ** -0.25]),  # inside: the two midpoints beside 8 ** -0.5
+    (100.0, [8 ** 0.75, 8 ** 1.25]),  # at the top end: the midpoint and half a step beyond
+    (1e-3, [8 ** -1.25, 8 ** -0.75]),  # at the bottom end, likewise
+])
+def test_tune_weight_refines_at_half_steps(target: float, extra: list[float]) -> None:
+    """The classical methods' search: the coarse grid, then two values half a step beside
+    the best."""
+    calls, dist, err = _log_distance(target)
 
     best, grid, _ = tune_weight(err, 1.0)
     assert calls[:5] == [float(f) for f in COARSE_FACTORS]
@@ -119,14 +128,7 @@ def test_tune_weight_without_refine_steps_outwards_only(target: float,
                                                         extra: list[float]) -> None:
     """The diffusion weight's search (medrecon.guard): centre * (1/4, 1, 4), then one step of
     4 outwards when the best lies at an end; at most 4 evaluations (sampling runs)."""
-    calls: list[float] = []
-
-    def dist(lam: float) -> float:
-        return abs(math.log(lam / target))
-
-    def err(lam: float) -> float:
-        calls.append(lam)
-        return dist(lam)
+    calls, dist, err = _log_distance(target)
 
     best, grid, errors = tune_weight(err, 2.0, (0.25, 1.0, 4.0), refine=False)
     assert calls == [0.5, 2.0, 8.0] + [2.0 * e for e in extra]
