@@ -189,10 +189,6 @@ class SenseOperator(LinearOperator):
         self._fwd_dims = tuple(d - 3 for d in self.fft_dims)
         # In A^H A the FFT along an axis where the mask is constant cancels (see module docs).
         self._normal_dims = tuple(d - 3 for d in self.fft_dims if self.mask.shape[d] != 1)
-        # ... and the centring shifts cancel too: ifftc(fftc(x) w) = ifftn(fftn(x) ifftshift(w))
-        # (the image-side shifts commute with the circular convolution), so the normal
-        # operator uses plain FFTs and a pre-shifted weight: 4 fewer copies per coil image.
-        self._normal_shift = tuple(d for d in self.fft_dims if self.mask.shape[d] != 1)
         # (device, dtype) -> (maps, mask weight, ifftshift(weight^2) for the normal operator)
         self._cache: dict[tuple[torch.device, torch.dtype],
                           tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]] = {}
@@ -203,26 +199,25 @@ class SenseOperator(LinearOperator):
             return complex_dtype_for(t.dtype)
         return complex_dtype_for(t.dtype, self.maps.dtype)
 
-    def _resources(self, t: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.dtype]:
-        """Maps and real mask weights on ``t``'s device in the working precision (cached)."""
+    def _resources(self, t: torch.Tensor
+                   ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.dtype]:
+        """Maps, real mask weights and the normal operator's weight on ``t``'s device in the
+        working precision (cached)."""
         cdtype = self._dtype_for(t)
         key = (t.device, cdtype)
         if key not in self._cache:
             rdtype = torch.float64 if cdtype == torch.complex128 else torch.float32
             maps = None if self.maps is None else self.maps.to(device=t.device, dtype=cdtype)
             weight = self.mask.to(device=t.device, dtype=rdtype)
+            # The centring shifts cancel in A^H A too: ifftc(fftc(x) w) = ifftn(fftn(x)
+            # ifftshift(w)) (the image-side shifts commute with the circular convolution), so
+            # the normal operator runs plain FFTs with this pre-shifted weight^2.
             w2 = weight * weight
-            if self._normal_shift:
-                w2 = torch.fft.ifftshift(w2, dim=self._normal_shift).contiguous()
+            if self._normal_dims:
+                w2 = torch.fft.ifftshift(w2, dim=self._normal_dims).contiguous()
             # One cached copy is enough: switching device or precision mid-run is rare.
             self._cache = {key: (maps, weight, w2)}
-        maps, weight, _ = self._cache[key]
-        return maps, weight, cdtype
-
-    def _normal_weight(self, t: torch.Tensor) -> torch.Tensor:
-        """``ifftshift(mask^2)`` over the normal operator's FFT axes (cached with the maps)."""
-        self._resources(t)
-        return self._cache[(t.device, self._dtype_for(t))][2]
+        return (*self._cache[key], cdtype)
 
     def _chunks(self) -> list[slice]:
         step = self.coil_batch or self.n_coils
@@ -251,7 +246,7 @@ class SenseOperator(LinearOperator):
         return torch.sum(maps[:, sl].conj() * coil.unsqueeze(-5), dim=-4)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        maps, weight, cdtype = self._resources(x)
+        maps, weight, _, cdtype = self._resources(x)
         x = x.to(cdtype).unsqueeze(-4)  # (..., 1, I, J, K) or (..., M, 1, I, J, K)
         if maps is None:
             return fftc(x, self._fwd_dims) * weight
@@ -265,7 +260,7 @@ class SenseOperator(LinearOperator):
         return out
 
     def _adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        maps, weight, cdtype = self._resources(y)
+        maps, weight, _, cdtype = self._resources(y)
         y = y.to(cdtype)
         if maps is None:
             return ifftc(y * weight, self._fwd_dims).squeeze(-4)
@@ -277,8 +272,7 @@ class SenseOperator(LinearOperator):
         return out
 
     def _normal(self, x: torch.Tensor) -> torch.Tensor:
-        maps, _, cdtype = self._resources(x)
-        w2 = self._normal_weight(x)
+        maps, _, w2, cdtype = self._resources(x)
         x = x.to(cdtype)
         dims = self._normal_dims
 
