@@ -180,7 +180,8 @@ def tune_tv_weight(measurement: Measurement, problem: Problem, centre: float,
 
     def heldout_error(lam: float) -> float:
         x = solve(sub, lam) * mw
-        misfit[lam] = discrepancy(sub, x)
+        if cap:  # the misfit costs a projection per weight: only when it is used
+            misfit[lam] = discrepancy(sub, x)
         return held.residual(x)
 
     lam, grid, errors = tune_weight(heldout_error, centre)
@@ -197,10 +198,10 @@ def tune_tv_weight(measurement: Measurement, problem: Problem, centre: float,
                     or (len(low) > 1 and misfit[low[0]] >= misfit[low[1]])):
                 break
             heldout_error(low[0] / step)
-        cap = discrepancy_weight(list(misfit), list(misfit.values()), below=lam)
-        if cap is not None:
+        capped = discrepancy_weight(list(misfit), list(misfit.values()), below=lam)
+        if capped is not None:
             note = (f"capped at the discrepancy weight (training misfit = noise level; "
                     f"held-out pick {lam:.3g}, misfit {misfit[lam]:.3g})")
-            lam = cap
+            lam = capped
     report = TuneReport("lam", lam, tuple(grid), tuple(errors), 1.0, text, note)
     return lam, report
