@@ -254,6 +254,13 @@ class TiledDenoiser:
         pos = (2.0 * (o + half) / size - 1.0).clamp(-1.0, 1.0)
         return pos.to(device=device, dtype=torch.float32)
 
+    def _call(self, args: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+              need_grad: bool) -> torch.Tensor:
+        """One network call, recomputed in the backward pass when gradients are needed."""
+        if need_grad and self.checkpoint:
+            return _checkpoint(self.patch_denoiser, *args, use_reentrant=False)
+        return self.patch_denoiser(*args)
+
     def _run(self, patches: torch.Tensor, sigma: torch.Tensor,
              position: torch.Tensor | None) -> torch.Tensor:
         """Evaluate (P, 1, X, Y, Z) patches in chunks of ``max_batch`` full patches' voxels."""
@@ -264,20 +271,15 @@ class TiledDenoiser:
             sl = slice(i, i + per)
             pos = None if position is None else position[sl]
             args = (patches[sl], sigma[sl], pos)
-            cuda = patches.is_cuda
-            if cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
-                    enable_timing=True)
+            if patches.is_cuda:  # timed by events, read later: no wait on the hot path
+                start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
                 start.record()
-            t0 = time.perf_counter()
-            if need_grad and self.checkpoint:
-                out = _checkpoint(self.patch_denoiser, *args, use_reentrant=False)
-            else:
-                out = self.patch_denoiser(*args)
-            if cuda:
+                out = self._call(args, need_grad)
                 end.record()
                 self._events.append((start, end))
             else:
+                t0 = time.perf_counter()
+                out = self._call(args, need_grad)
                 self._seconds += time.perf_counter() - t0
             outs.append(out.to(patches.dtype))
             self.calls += 1
