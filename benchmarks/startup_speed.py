@@ -13,7 +13,13 @@ is that fresh process, split into stages, each timed once in order (CUDA synchro
   plans for every tile shape and batch, lazy kernel loading, CUDA graph captures);
 * ``write``: ``save_volume`` of the mean as gzipped NIfTI.
 
-    python benchmarks/startup_speed.py FILE.h5 --out startup.jsonl [--device cuda] [--steps 50]
+With ``--trace`` the first run is also split by network-call signature (batch, tile shape):
+every call of the graphed patch network is synchronised and timed as the signature's eager
+first call, its graph capture, or a replay, and the run is profiled with cProfile (the top
+functions by own time go into the JSON line). The synchronisation and the profiler slow the
+traced run down, so its stage times are not the untraced ones: run once without and once with.
+
+    python benchmarks/startup_speed.py FILE.h5 --out startup.jsonl [--device cuda] [--steps 50] [--trace]
 
 Run it once per file, in a fresh process each time (the measurement files come from
 ``end_to_end_speed.py``'s work folder or ``medrecon simulate``).
@@ -26,16 +32,73 @@ import time
 T0 = time.perf_counter()
 
 import argparse  # noqa: E402
+import cProfile  # noqa: E402
+import io  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import pstats  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
 import medrecon  # noqa: E402, F401
+
+
+class _Trace:
+    """Times every call of :class:`GraphedPatchDenoiser` by signature and kind, and cProfiles
+    the traced block (a context manager; patches the class while active)."""
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        self.sync = sync
+        self.calls: dict[tuple[str, str], list[float]] = {}
+        self.profile = cProfile.Profile()
+
+    def __enter__(self) -> _Trace:
+        from medrecon.sampling.graphs import GraphedPatchDenoiser
+
+        original = self._original = GraphedPatchDenoiser.__call__
+        trace = self
+
+        def timed(den: GraphedPatchDenoiser, x: torch.Tensor, sigma: torch.Tensor,
+                  position: torch.Tensor | None) -> torch.Tensor:
+            key = (tuple(x.shape), x.dtype, x.device, position is not None)
+            kind = ("replay" if key in den._graphs else "capture" if key in den._seen
+                    else "eager_first")
+            trace.sync()
+            t = time.perf_counter()
+            out = original(den, x, sigma, position)
+            trace.sync()
+            sig = "x".join(str(n) for n in x.shape)
+            trace.calls.setdefault((sig, kind), []).append(time.perf_counter() - t)
+            return out
+
+        GraphedPatchDenoiser.__call__ = timed  # type: ignore[method-assign]
+        self.profile.enable()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from medrecon.sampling.graphs import GraphedPatchDenoiser
+
+        self.profile.disable()
+        GraphedPatchDenoiser.__call__ = self._original  # type: ignore[method-assign]
+
+    def summary(self, top: int = 25) -> dict:
+        kinds: dict[str, dict[str, float]] = {}
+        for (_, kind), times in self.calls.items():
+            k = kinds.setdefault(kind, {"calls": 0, "seconds": 0.0})
+            k["calls"] += len(times)
+            k["seconds"] = round(k["seconds"] + sum(times), 3)
+        per_sig = sorted(((sig, kind, len(t), round(sum(t), 3))
+                          for (sig, kind), t in self.calls.items()), key=lambda r: -r[3])
+        text = io.StringIO()
+        pstats.Stats(self.profile, stream=text).sort_stats("tottime").print_stats(top)
+        lines = [ln for ln in text.getvalue().splitlines() if ln.strip()]
+        return {"signatures": len({sig for sig, _ in self.calls}), "by_kind": kinds,
+                "by_signature": per_sig, "profile_tottime": lines[-top - 1:]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--prior", default="default")
+    ap.add_argument("--trace", action="store_true", help="per-signature times and a profile "
+                    "of the first run (see the module docstring)")
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
 
@@ -77,7 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         return posterior_sample(m, prior, steps=args.steps, samples=1, seed=0, device=dev,
                                 options=opt)
 
-    stage("first_run", run)
+    trace = _Trace(sync) if args.trace else None
+    if trace is not None:
+        with trace:
+            stage("first_run", run)
+    else:
+        stage("first_run", run)
     res = stage("second_run", run)
     vol = m.reference.volume(res.mean)
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                       else platform.processor()),
            "torch": torch.__version__, "date": datetime.now(UTC).isoformat(timespec="seconds"),
            "command": " ".join(sys.argv)}
+    if trace is not None:
+        row["trace"] = trace.summary()
     print(json.dumps(row), flush=True)
     with args.out.open("a") as f:
         f.write(json.dumps(row) + "\n")
