@@ -28,6 +28,7 @@ import numpy as np
 from medrecon import __version__
 from medrecon.errors import MeasurementError
 from medrecon.io.atomic import atomic_file
+from medrecon.io.parallel_zlib import read_dataset
 from medrecon.io.operator_schema import mri_operator_description
 from medrecon.io.volume import Volume, check_affine
 from medrecon.jsonutil import jsonable as _jsonable
@@ -377,7 +378,7 @@ def _numeric(node: Any, name: str, path: Path) -> np.ndarray:
             f"{path}: dataset {name!r} declares shape {tuple(node.shape)} "
             f"({nbytes / 2**30:,.1f} GiB), more than half of this machine's memory "
             f"({limit / 2**30:,.1f} GiB).")
-    return node[()]
+    return read_dataset(node)
 
 
 def _int_attr(attrs: Any, key: str, default: int, path: Path) -> int:

@@ -9,6 +9,7 @@ import numpy as np
 from medrecon.errors import InputError
 from medrecon.intensity import looks_like_hu
 from medrecon.io.atomic import atomic_file
+from medrecon.io.parallel_zlib import gzip_bytes
 from medrecon.io.volume import Volume, check_affine
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -138,5 +139,8 @@ def write_nifti(volume: Volume, path: str | Path) -> Path:
     text = f"medrecon:{volume.modality}:{volume.units}:{volume.series_description}"
     img.header["descrip"] = text.encode("ascii", "ignore")[:79]
     with atomic_file(path) as tmp:
-        nib.save(img, str(tmp))
+        if str(path).lower().endswith(".gz"):  # deflated on all cores (nibabel: one core)
+            tmp.write_bytes(gzip_bytes(img.to_bytes()))
+        else:
+            nib.save(img, str(tmp))
     return path
