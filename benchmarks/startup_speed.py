@@ -11,7 +11,10 @@ is that fresh process, split into stages, each timed once in order (CUDA synchro
 * ``first_run`` / ``second_run``: the same ``posterior_sample`` twice (``--steps``, one
   sample, the modality's default weight): the difference is the first call's set-up (cuDNN
   plans for every tile shape and batch, lazy kernel loading, CUDA graph captures);
-* ``write``: ``save_volume`` of the mean as gzipped NIfTI.
+* ``write``: ``save_volume`` of the mean as gzipped NIfTI;
+* ``read_one_core`` / ``write_one_core``: the same read and write on one core (h5py's own
+  chunk reading, nibabel's gzip), as before :mod:`medrecon.io.parallel_zlib`; the file is in
+  the page cache by then, as it is for ``read`` when the file was just written.
 
 With ``--trace`` the first run is also split by network-call signature (batch, tile shape):
 every call of the graphed patch network is synchronised and timed as the signature's eager
@@ -32,6 +35,7 @@ import time
 T0 = time.perf_counter()
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import cProfile  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
@@ -39,13 +43,24 @@ import platform  # noqa: E402
 import pstats  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
 import medrecon  # noqa: E402, F401
+
+
+@contextlib.contextmanager
+def _patched(module: object, name: str, value: object) -> Iterator[None]:
+    """``module.name`` set to ``value`` inside the block."""
+    old = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, old)
 
 
 class _Trace:
@@ -152,6 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     vol = m.reference.volume(res.mean)
     with tempfile.TemporaryDirectory() as tmp:
         stage("write", lambda: save_volume(vol, Path(tmp) / "mean.nii.gz"))
+        # the same on one core, as before medrecon.io.parallel_zlib (file now in the page cache)
+        import nibabel as nib
+
+        import medrecon.io.measurement as measurement_io
+
+        with _patched(measurement_io, "read_dataset", lambda ds: ds[()]):
+            stage("read_one_core", lambda: read_measurement(args.file))
+        img = nib.Nifti1Image(vol.data, vol.affine)
+        stage("write_one_core", lambda: nib.save(img, str(Path(tmp) / "b.nii.gz")))
     row = {"file": str(args.file), "modality": m.modality, "steps": args.steps,
            "stages": {k: round(v, 3) for k, v in stages.items()},
            "process_seconds": round(time.perf_counter() - T0, 2),

@@ -1,24 +1,42 @@
 #!/bin/bash
 # Issue 14: what load_prior's 11-18 s in a fresh process is (startup_speed.py, H100,
 # 2026-12-06): import times of torch, MONAI and medrecon in fresh processes, MONAI's slowest
-# imports (-X importtime), the CUDA context, and load_prior profiled once MONAI is imported.
-# Device tool, carry [".whl"].
-set -u
-source benchmarks/device/common.sh
-nproc; python3 -c "import h5py; print('h5py', h5py.__version__, hasattr(h5py.h5d.DatasetID, 'chunk_iter'))"
-for m in torch monai.networks.nets.diffusion_model_unet medrecon medrecon.priors; do
-  python3 -c "import time; t=time.perf_counter(); import torch; t1=time.perf_counter(); import $m; print('$m', round(t1-t,2), round(time.perf_counter()-t1,2))"
+# imports (-X importtime), the same MONAI import with the optional packages medrecon never
+# uses made unimportable, the CUDA context, and load_prior once MONAI is imported.
+# Sourced by startup.sh after common.sh, or run alone with it: carry [".whl"].
+[ -n "${LOGS:-}" ] || source benchmarks/device/common.sh
+nproc; python3 -c "import h5py; print('h5py', h5py.__version__, h5py.version.hdf5_version)"
+for m in monai.networks.nets.diffusion_model_unet medrecon.cli.main; do
+  python3 -c "import time; t=time.perf_counter(); import torch; t1=time.perf_counter(); import $m; print('import torch', round(t1-t,2), '$m', round(time.perf_counter()-t1,2))"
 done
-python3 -c "import time; t=time.perf_counter(); import torch; t1=time.perf_counter(); torch.zeros(1, device='cuda'); torch.cuda.synchronize(); print('cuda ctx', round(time.perf_counter()-t1,2))"
-python3 -X importtime -c "import monai.networks.nets.diffusion_model_unet" 2> /tmp/imp.txt
-sort -t'|' -k2 -n -r /tmp/imp.txt | head -40
 python3 - <<'PY'
-import cProfile, pstats, time, torch
-import monai.networks.nets.diffusion_model_unet
-torch.zeros(1, device="cuda")
+import sys, time
+t = time.perf_counter(); import torch; t1 = time.perf_counter()
+torch.zeros(1, device="cuda"); torch.cuda.synchronize()
+print("cuda context", round(time.perf_counter() - t1, 2))
+before = {m.split(".")[0] for m in sys.modules}
+t = time.perf_counter(); import monai.networks.nets.diffusion_model_unet  # noqa
+print("monai", round(time.perf_counter() - t, 2), "new top-level packages:",
+      sorted({m.split(".")[0] for m in sys.modules} - before))
 from medrecon.priors import load_prior
-pr = cProfile.Profile(); t = time.perf_counter(); pr.enable()
-p = load_prior("default", device="cuda"); torch.cuda.synchronize()
-pr.disable(); print("load_prior after imports", round(time.perf_counter() - t, 2))
-pstats.Stats(pr).sort_stats("cumtime").print_stats(25)
+t = time.perf_counter(); p = load_prior("default", device="cuda"); torch.cuda.synchronize()
+print("load_prior after the imports", round(time.perf_counter() - t, 2))
 PY
+python3 - <<'PY'
+import importlib.abc, sys, time
+BLOCK = {"cupy", "cupyx", "transformers", "torchvision", "pandas", "tensorboard", "tensorflow",
+         "huggingface_hub", "onnx", "onnxruntime", "cv2", "sklearn", "lightning",
+         "pytorch_lightning", "ignite", "tensorrt", "polygraphy", "pynvml", "jax", "cucim",
+         "itk", "nni", "zarr", "torchio", "kvikio", "apex", "fire", "nrrd", "numba"}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BLOCK:
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+import torch
+sys.meta_path.insert(0, Block())
+t = time.perf_counter(); import monai.networks.nets.diffusion_model_unet  # noqa
+print("monai with the optional packages blocked", round(time.perf_counter() - t, 2))
+PY
+python3 -X importtime -c "import torch; import monai.networks.nets.diffusion_model_unet" 2> /tmp/imp.txt
+sort -t'|' -k2 -n -r /tmp/imp.txt | grep -v "torch\b" | head -30 | cut -c1-120

@@ -1,8 +1,9 @@
 #!/bin/bash
 # Issue 14 item 3: where a fresh process spends its time. The three end_to_end_speed.py cases'
-# files (written, not timed), startup_speed.py on each (plain, then --trace on two), the end to
-# end wall of the default path (self-tuned weight + guard), and in the time left the real
-# validation cases that the last quality call did not reach (issue 13; not timed).
+# files (written, not timed), the import diagnosis (diag_startup.sh), startup_speed.py on each
+# (TRACE=1: then --trace on two), the end to end wall of the default path (self-tuned weight +
+# guard) until QUALITY_S seconds are left, then real validation cases REAL_CASES (issue 13;
+# not timed).
 # Device tool, carry [".whl", ".devrun"].
 set -u
 source benchmarks/device/common.sh
@@ -10,16 +11,19 @@ LIMIT=${LIMIT:-580}
 left() { echo $(( LIMIT - $(elapsed) )); }
 E2E="python3 benchmarks/end_to_end_speed.py --out $OUT/e2e.jsonl --work /tmp/e2e"
 timeout 150 $E2E --cases mr128,ct256,mr256 --variants "" > "$LOGS/e2e.log" 2>&1
+source benchmarks/device/diag_startup.sh > "$LOGS/diag.log" 2>&1; cat "$LOGS/diag.log"
 echo "files done at $(elapsed) s"
 ST="python3 benchmarks/startup_speed.py --out $OUT/startup.jsonl"
 for c in ct256 mr128 mr256; do timeout 90 $ST /tmp/e2e/$c.h5; done > "$LOGS/startup.log" 2>&1
 echo "startup done at $(elapsed) s"
-for c in ct256 mr128; do timeout 120 $ST /tmp/e2e/$c.h5 --trace; done >> "$LOGS/startup.log" 2>&1
+[ -n "${TRACE:-}" ] && for c in ct256 mr128; do timeout 120 $ST /tmp/e2e/$c.h5 --trace; done \
+  >> "$LOGS/startup.log" 2>&1
 echo "trace done at $(elapsed) s"
-timeout $(( $(left) - 200 )) $E2E --cases mr128,ct256 --variants "defaults=" >> "$LOGS/e2e.log" 2>&1
+timeout $(( $(left) - ${QUALITY_S:-200} )) $E2E --cases ${E2E_CASES:-ct256} --variants "defaults=" \
+  >> "$LOGS/e2e.log" 2>&1
 echo "e2e defaults done at $(elapsed) s"
 timeout $(( $(left) - 10 )) python3 benchmarks/real_quality.py --cases-dir .devrun/real_cases \
-  --out "$OUT/real.jsonl" --device cuda --samples 4 --cases ct_spine,ct_head_ect,mr_abdomen \
+  --out "$OUT/real.jsonl" --device cuda --samples 4 --cases ${REAL_CASES:-mr_abdomen} \
   > "$LOGS/real.log" 2>&1
 echo "real done at $(elapsed) s"
 python3 - "$OUT" <<'PY'
