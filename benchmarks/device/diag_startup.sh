@@ -23,20 +23,14 @@ t = time.perf_counter(); p = load_prior("default", device="cuda"); torch.cuda.sy
 print("load_prior after the imports", round(time.perf_counter() - t, 2))
 PY
 python3 - <<'PY'
-import importlib.abc, sys, time
-BLOCK = {"cupy", "cupyx", "transformers", "torchvision", "pandas", "tensorboard", "tensorflow",
-         "huggingface_hub", "onnx", "onnxruntime", "cv2", "sklearn", "lightning",
-         "pytorch_lightning", "ignite", "tensorrt", "polygraphy", "pynvml", "jax", "cucim",
-         "itk", "nni", "zarr", "torchio", "kvikio", "apex", "fire", "nrrd", "numba"}
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in BLOCK:
-            raise ModuleNotFoundError(f"No module named {name!r}")
-        return None
+import sys, time
 import torch
-sys.meta_path.insert(0, Block())
-t = time.perf_counter(); import monai.networks.nets.diffusion_model_unet  # noqa
-print("monai with the optional packages blocked", round(time.perf_counter() - t, 2))
+from medrecon.monai_import import lean_monai_import, monai_import_context
+lean_monai_import()
+t = time.perf_counter()
+with monai_import_context():
+    import monai.networks.nets.diffusion_model_unet  # noqa
+print("monai, lean (the command line's import)", round(time.perf_counter() - t, 2))
 PY
 python3 -X importtime -c "import torch; import monai.networks.nets.diffusion_model_unet" 2> /tmp/imp.txt
 sort -t'|' -k2 -n -r /tmp/imp.txt | grep -v "torch\b" | head -30 | cut -c1-120

@@ -65,6 +65,9 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
+    from medrecon.monai_import import lean_monai_import
+
+    lean_monai_import()  # this process is ours: MONAI serves only the U-Net here
     app()
 
 

@@ -28,8 +28,8 @@ import numpy as np
 from medrecon import __version__
 from medrecon.errors import MeasurementError
 from medrecon.io.atomic import atomic_file
-from medrecon.io.parallel_zlib import read_dataset
 from medrecon.io.operator_schema import mri_operator_description
+from medrecon.io.parallel_zlib import read_dataset
 from medrecon.io.volume import Volume, check_affine
 from medrecon.jsonutil import jsonable as _jsonable
 from medrecon.jsonutil import parse_bounded

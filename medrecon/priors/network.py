@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from medrecon.errors import ConfigError
+from medrecon.monai_import import monai_import_context
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,8 @@ def build_network(config: NetworkConfig, device: torch.device | str = "cpu") -> 
     :class:`ModalitySpacingEmbedding`); output (B, 1, X, Y, Z). Flash attention is enabled
     when ``device`` is CUDA.
     """
-    from monai.networks.nets import DiffusionModelUNet
+    with monai_import_context():
+        from monai.networks.nets import DiffusionModelUNet
 
     device = torch.device(device)
     classes = config.num_modalities or (1 if config.uses_spacing else None)
@@ -205,7 +207,8 @@ def size_multiple(module: torch.nn.Module) -> int:
     encoder and decoder maps of equal size only at such sizes. Attention, GroupNorm, the
     position maps and the embeddings accept any size.
     """
-    from monai.networks.nets.diffusion_model_unet import DiffusionUnetDownsample
+    with monai_import_context():
+        from monai.networks.nets.diffusion_model_unet import DiffusionUnetDownsample
 
     return 2 ** sum(isinstance(m, DiffusionUnetDownsample) for m in module.modules())
 
