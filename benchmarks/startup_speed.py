@@ -7,7 +7,9 @@ is that fresh process, split into stages, each timed once in order (CUDA synchro
 * ``import``: torch, medrecon;
 * ``cuda_init``: the CUDA context and a first kernel;
 * ``read``: ``read_measurement`` of the file;
-* ``load_prior``: ``load_prior`` (imports MONAI, builds the U-Net, reads the weights);
+* ``load_prior``: ``load_prior`` (imports MONAI as the command line does, without the
+  optional packages medrecon never uses, :mod:`medrecon.monai_import`; builds the U-Net,
+  reads the weights);
 * ``first_run`` / ``second_run``: the same ``posterior_sample`` twice (``--steps``, one
   sample, the modality's default weight): the difference is the first call's set-up (cuDNN
   plans for every tile shape and batch, lazy kernel loading, CUDA graph captures);
@@ -141,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         stages[name] = time.perf_counter() - t
         return out
 
+    from medrecon.monai_import import lean_monai_import
+
+    lean_monai_import()  # as medrecon's command line does
     from medrecon.io import save_volume
     from medrecon.io.measurement import read_measurement
     from medrecon.priors import load_prior
