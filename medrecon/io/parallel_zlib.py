@@ -3,8 +3,9 @@
 A 256^3 8-coil measurement file holds 2 GB of k-space and coil maps, written by
 :func:`~medrecon.io.measurement.write_measurement` with HDF5's gzip (deflate) and shuffle
 filters. HDF5 inflates the chunks one after another on one core: 11.2 s to read that file on
-the GPU machine (``benchmarks/startup_speed.py``, H100, 2026-12-06), most of a fresh
-process's time outside sampling. The chunks are independent deflate streams, and zlib releases
+the GPU machine (``benchmarks/startup_speed.py``, H100, 2026-12-06), 2.9 s with 16 threads;
+gzipped NIfTI output of a 256^3 volume took 3.2-3.3 s on one core, 0.6 s threaded
+(``benchmarks/RESULTS_sampling.md`` 3d). The chunks are independent deflate streams, and zlib releases
 the GIL while it works, so :func:`read_dataset` reads each chunk's stored bytes straight from
 the file (the chunk index from HDF5, the bytes by ``os.pread``) and inflates and unshuffles
 them in a thread pool. Anything else (other filters, a file driver other than the default, a

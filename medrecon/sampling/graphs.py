@@ -6,8 +6,10 @@ few tiles do not: at 128^3 ``fit`` made 3.6 network calls of about 4 tiles per s
 41 ms on each (H200), about what a call of 26 full patches costs. A CUDA graph records the
 kernels of one call once and replays them with a single launch; on an H100 that took 0.9 s
 off a 50-step 128^3 run and 0.6-1.0 s off 256^3 ones (``benchmarks/RESULTS_sampling.md`` 3c).
-Each capture empties PyTorch's cached GPU memory first (``torch.cuda.graph`` does), a cost
-not measured apart yet.
+The first calls cost more: in a fresh process a 256^3 CT run met 21 call signatures, whose
+eager first calls took 3.4 s (cuDNN plans and kernel loading per shape) and whose captures
+(each empties PyTorch's cached GPU memory first, as ``torch.cuda.graph`` does) 1.4 s, against
+9.3 s for the 166 replays (H100, ``benchmarks/RESULTS_sampling.md`` 3d).
 
 :class:`GraphedPatchDenoiser` wraps a :data:`~medrecon.sampling.tiling.PatchDenoiser`. The
 first call with a given input signature (batch, tile shape, dtype, device) runs eagerly (it
