@@ -29,7 +29,7 @@ from medrecon import __version__
 from medrecon.errors import MeasurementError
 from medrecon.io.atomic import atomic_file
 from medrecon.io.operator_schema import mri_operator_description
-from medrecon.io.parallel_zlib import read_dataset
+from medrecon.io.parallel_zlib import read_dataset, write_dataset
 from medrecon.io.volume import Volume, check_affine
 from medrecon.jsonutil import jsonable as _jsonable
 from medrecon.jsonutil import parse_bounded
@@ -293,16 +293,14 @@ def write_measurement(m: Measurement, path: str | Path) -> Path:
         f.attrs["operator"] = json.dumps(_jsonable(m.operator))
         f.attrs["noise"] = json.dumps(_jsonable(m.noise))
         f.attrs["acquisition"] = json.dumps(_jsonable(m.acquisition))
-        comp = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
-        f.create_dataset("data", data=m.data, chunks=True, **comp)
+        write_dataset(f, "data", np.asarray(m.data))  # gzip 4 + shuffle, on all cores
         if m.mask is not None:
             mask = np.asarray(m.mask)
             if mask.dtype == bool:
                 mask = mask.astype(np.uint8)
             f.create_dataset("mask", data=mask)
         if m.coil_maps is not None:
-            f.create_dataset("coil_maps", data=np.asarray(m.coil_maps, np.complex64),
-                             chunks=True, **comp)
+            write_dataset(f, "coil_maps", np.asarray(m.coil_maps, np.complex64))
         if m.noise_covariance is not None:
             f.create_dataset("noise_covariance",
                              data=np.asarray(m.noise_covariance, np.complex64))

@@ -109,3 +109,19 @@ def test_gzipped_nifti_holds_the_bytes_of_the_plain_one(tmp_path: Path) -> None:
     write_nifti(vol, tmp_path / "a.nii.gz")
     assert gzip.decompress((tmp_path / "a.nii.gz").read_bytes()) == (
         tmp_path / "a.nii").read_bytes()
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "float32", ">i2"])
+def test_threaded_write_is_a_gzip_shuffle_dataset_any_reader_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str) -> None:
+    monkeypatch.setattr(parallel_zlib, "MIN_PARALLEL_BYTES", 0)  # the threaded path
+    x = _data((3, 33, 20, 9), dtype)  # edge chunks along every axis
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        ds = parallel_zlib.write_dataset(f, "x", x, threads=3)
+        assert ds.compression == "gzip" and ds.compression_opts == 4 and ds.shuffle
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["x"][()], x)  # HDF5's own filters decode it
+        assert f["x"].dtype == x.dtype
+        assert f["x"].id.get_num_chunks() == int(np.prod(
+            [-(-s // c) for s, c in zip(x.shape, f["x"].chunks, strict=True)]))
