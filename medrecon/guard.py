@@ -297,7 +297,18 @@ def guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior: 
     ``ReconOutput.image`` is the result in reference units, ``info["std_image"]`` its std map
     (when there is one); ``info`` records ``autotune`` / ``autotune_line`` (the weight) and
     ``guard`` / ``guard_line`` (the decision). ``tol`` is the classical method's tolerance.
+    The sampling runs share the network's patch function and, on CUDA, its graphs
+    (:func:`~medrecon.sampling.denoiser.shared_network_calls`).
     """
+    from medrecon.sampling.denoiser import prior_on_device, shared_network_calls
+
+    prior = prior_on_device(prior, device)  # moved once, not once per sampling run
+    with shared_network_calls():
+        return _guarded_diffusion(measurement, config, prior, device, tol, progress)
+
+
+def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior: Prior,
+                       device: torch.device, tol: float, progress: bool) -> ReconOutput:
     from medrecon.sampling.api import check_sample_memory
 
     t0 = time.perf_counter()

@@ -28,7 +28,7 @@ from medrecon.sampling.api import (
 )
 from medrecon.sampling.config import DiffusionConfig
 from medrecon.sampling.consistency import LinearProblem, ProximalDenoiser
-from medrecon.sampling.denoiser import prior_denoiser, prior_on_device
+from medrecon.sampling.denoiser import prior_denoiser, prior_on_device, shared_network_calls
 from medrecon.sampling.tiling import TiledDenoiser
 
 __all__ = [
@@ -44,4 +44,5 @@ __all__ = [
     "prior_denoiser",
     "prior_on_device",
     "sample_problem",
+    "shared_network_calls",
 ]

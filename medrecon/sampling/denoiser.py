@@ -6,13 +6,24 @@ of the training size (:mod:`medrecon.sampling.tiling`), the modality, position a
 conditions, the network precision (:data:`PRECISIONS`) and, on CUDA, graph replays of the
 network calls (:mod:`medrecon.sampling.graphs`). :func:`prior_on_device` gives the prior on the
 sampling device without moving the caller's.
+
+Inside :func:`shared_network_calls`, sampling runs of one prior on one device, modality and
+voxel size share one patch function: its bf16 copy of the network, and on CUDA its graphs,
+which the first run captures and later runs replay. The guard's runs use it (up to 7 sampling
+runs on volumes of one shape, :mod:`medrecon.guard`): in a fresh process each new call
+signature cost 0.15-0.5 s of eager set-up and about 0.07 s of capture per run, 21 signatures
+for a 256^3 CT run (``benchmarks/RESULTS_sampling.md`` 3d). Outside the block nothing is
+kept, so a caller's GPU memory is never held by graphs after a run returns.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import dataclasses
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,7 +34,8 @@ from medrecon.sampling.tiling import PatchDenoiser, TiledDenoiser, patches_for_m
 if TYPE_CHECKING:
     from medrecon.priors import Prior
 
-__all__ = ["AUTO_PRECISION", "PRECISIONS", "prior_denoiser", "prior_on_device"]
+__all__ = ["AUTO_PRECISION", "PRECISIONS", "prior_denoiser", "prior_on_device",
+           "shared_network_calls"]
 
 #: Network precisions of :func:`prior_denoiser`.
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "bf16-full", "fp32")
@@ -32,6 +44,32 @@ PRECISIONS: tuple[str, ...] = ("auto", "bf16", "bf16-full", "fp32")
 #: K = 4, test head, H100: MR R = 8 34.856 dB either way, CT 30 views 30.086 against 30.084;
 #: benchmarks/RESULTS_sampling.md section 3c).
 AUTO_PRECISION = "bf16-full"
+
+
+#: The patch functions shared inside :func:`shared_network_calls` (None outside), by key
+#: (network, device, precision, modality label, voxel size, graphs), with the memory-derived
+#: batch of the first run; each value keeps its network alive, so the key's ``id`` cannot be
+#: reused while the entry exists.
+_SHARED: contextvars.ContextVar[
+    dict[tuple[Any, ...], tuple[torch.nn.Module, PatchDenoiser, int]] | None] = (
+        contextvars.ContextVar("medrecon_shared_patch_fns", default=None))
+
+
+@contextlib.contextmanager
+def shared_network_calls() -> Iterator[None]:
+    """Let the sampling runs inside the block share their patch functions (module docstring);
+    nested blocks join the outer one, which frees everything when it ends."""
+    if _SHARED.get() is not None:
+        yield
+        return
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        shared = _SHARED.get()
+        _SHARED.reset(token)
+        if shared:
+            shared.clear()
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -95,11 +133,44 @@ def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "fit", overlap:
         # (benchmarks/RESULTS.md).
         precision = (AUTO_PRECISION if device.type == "cuda" else
                      "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32")
+    spacing_mm = tuple(float(v) for v in (spacing_mm or prior.spacing_mm))
+    graphs = cuda_graphs and device.type == "cuda"
+    if max_batch is None and memory_budget_gb is not None:
+        max_batch = patches_for_memory(memory_budget_gb * 2**30, prior.patch_size)
+    shared = _SHARED.get()
+    key = (id(net), str(device), precision, mod, spacing_mm, graphs)
+    if shared is not None and key in shared:
+        # the first run's batch too: the memory its graphs hold would shrink a new estimate
+        # and give every call a new signature
+        _, fn, auto_batch = shared[key]
+    else:
+        fn = _patch_function(net, precision, mod, spacing_mm, device, graphs)
+        auto_batch = 2
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            auto_batch = patches_for_memory(0.5 * free, prior.patch_size)
+        if shared is not None:
+            shared[key] = (net, fn, auto_batch)
+    # Thin volumes: tiles as short as the network allows, but not under half the training
+    # patch, where the denoiser drifts from its full-patch output (see medrecon.sampling.tiling).
+    factor = size_multiple(net)
+    min_tile = -(-(min(prior.patch_size) // 2) // factor) * factor
+    return TiledDenoiser(fn, prior.patch_size, mode=tiling, overlap=overlap,
+                         max_batch=auto_batch if max_batch is None else max_batch,
+                         uses_position=prior.uses_position,
+                         generator=torch.Generator().manual_seed(int(seed) + 7919),
+                         size_multiple=factor, min_tile=min_tile)
+
+
+def _patch_function(net: torch.nn.Module, precision: str, mod: int | None,
+                    spacing_mm: tuple[float, ...], device: torch.device,
+                    graphs: bool) -> PatchDenoiser:
+    """``fn(patches, sigma, position)`` of :func:`prior_denoiser` for a resolved precision."""
     use_bf16 = precision == "bf16"
     if precision == "bf16-full":
         net = copy.deepcopy(net)
         net.network.to(torch.bfloat16)
-    spacing = torch.tensor(spacing_mm or prior.spacing_mm, dtype=torch.float32, device=device)
+    spacing = torch.tensor(spacing_mm, dtype=torch.float32, device=device)
 
     def patch_fn(xp: torch.Tensor, sig: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
         labels = None if mod is None else torch.full((xp.shape[0],), mod, dtype=torch.long,
@@ -111,22 +182,4 @@ def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "fit", overlap:
                       spacing=spacing.expand(xp.shape[0], 3))
         return out.float()
 
-    # Thin volumes: tiles as short as the network allows, but not under half the training
-    # patch, where the denoiser drifts from its full-patch output (see medrecon.sampling.tiling).
-    factor = size_multiple(net)
-    min_tile = -(-(min(prior.patch_size) // 2) // factor) * factor
-    if max_batch is None:
-        if memory_budget_gb is not None:
-            max_batch = patches_for_memory(memory_budget_gb * 2**30, prior.patch_size)
-        elif device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            max_batch = patches_for_memory(0.5 * free, prior.patch_size)
-        else:
-            max_batch = 2
-    fn: PatchDenoiser = patch_fn
-    if cuda_graphs and device.type == "cuda":
-        fn = GraphedPatchDenoiser(patch_fn)
-    return TiledDenoiser(fn, prior.patch_size, mode=tiling, overlap=overlap,
-                         max_batch=max_batch, uses_position=prior.uses_position,
-                         generator=torch.Generator().manual_seed(int(seed) + 7919),
-                         size_multiple=factor, min_tile=min_tile)
+    return GraphedPatchDenoiser(patch_fn) if graphs else patch_fn
