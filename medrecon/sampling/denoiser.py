@@ -8,12 +8,14 @@ network calls (:mod:`medrecon.sampling.graphs`). :func:`prior_on_device` gives t
 sampling device without moving the caller's.
 
 Inside :func:`shared_network_calls`, sampling runs of one prior on one device, modality and
-voxel size share one patch function: its bf16 copy of the network, and on CUDA its graphs,
-which the first run captures and later runs replay. The guard's runs use it (up to 7 sampling
-runs on volumes of one shape, :mod:`medrecon.guard`): in a fresh process each new call
-signature cost 0.15-0.5 s of eager set-up and about 0.07 s of capture per run, 21 signatures
-for a 256^3 CT run (``benchmarks/RESULTS_sampling.md`` 3d). Outside the block nothing is
-kept, so a caller's GPU memory is never held by graphs after a run returns.
+voxel size share one patch function: its bf16 copy of the network and, on CUDA, its graphs,
+which the first run captures and later runs replay. A run of another prior, device, modality
+or voxel size replaces it (one is kept at a time). The guard's runs use it (up to 7 sampling
+runs on volumes of one shape, :mod:`medrecon.guard`), and so do the studies of
+``reconstruct-many`` (:mod:`medrecon.batch`): in a fresh process each new call signature cost
+0.15-0.5 s of eager set-up and about 0.07 s of capture per run, 21 signatures for a 256^3 CT
+run (``benchmarks/RESULTS_sampling.md`` 3d). Outside the block nothing is kept, so a caller's
+GPU memory is never held by graphs after a run returns.
 """
 
 from __future__ import annotations
@@ -149,7 +151,8 @@ def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "fit", overlap:
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             auto_batch = patches_for_memory(0.5 * free, prior.patch_size)
-        if shared is not None:
+        if shared is not None:  # the latest key only: another's graphs are freed
+            shared.clear()
             shared[key] = (net, fn, auto_batch)
     # Thin volumes: tiles as short as the network allows, but not under half the training
     # patch, where the denoiser drifts from its full-patch output (see medrecon.sampling.tiling).

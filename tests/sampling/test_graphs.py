@@ -70,10 +70,12 @@ def test_runs_share_the_patch_function_only_inside_the_block(tiny_prior_path) ->
         with shared_network_calls():  # a nested block joins the outer one
             b = prior_denoiser(prior, mod, seed=1)
         other = prior_denoiser(prior, mod, seed=0, spacing_mm=(1.0, 1.0, 1.0))
+        again = prior_denoiser(prior, mod, seed=0)  # one key kept at a time: built anew
     after = prior_denoiser(prior, mod, seed=0)
     assert a.patch_denoiser is b.patch_denoiser  # one network function for both runs
     assert a.generator is not b.generator  # each run its own tiling offsets
     assert other.patch_denoiser is not a.patch_denoiser  # another voxel size: its own
+    assert again.patch_denoiser is not a.patch_denoiser
     assert after.patch_denoiser is not a.patch_denoiser  # nothing kept after the block
 
 
