@@ -131,7 +131,15 @@ def test_guard_falls_back_to_the_classical_result_for_a_garbage_prior(
     # The weight was still tuned on the held-out samples and recorded.
     tuned = out.info["autotune"]
     assert tuned["chosen"] == out.info["lam"] and len(tuned["grid"]) == 4
-    assert min(tuned["heldout_errors"]) == pytest.approx(guard["diffusion_error"])
+    # One chain predicted worse than l1-wavelet and K = 2, so the guard's diffusion error is
+    # the mean's, estimated from two fresh chains (seeds 1, 2), not the tuning chain's. For a
+    # prior that ignores its input every chain is the same image up to the sampler's seeded
+    # noise (~1e-5 of the image apart, measured), so the errors agree to ~1e-6, on either side
+    # of 1e-6 as float32 rounding of the simulated k-space moves (the module fixture simulates
+    # before the test's one-thread fixture: 1 or 2 threads, 7e-8 apart); the next grid
+    # weight's error is 3 % away.
+    assert guard["chains"] == 2
+    assert min(tuned["heldout_errors"]) == pytest.approx(guard["diffusion_error"], rel=1e-4)
 
 
 def test_guard_scores_the_classical_method_with_its_own_map_sets(
