@@ -71,7 +71,12 @@ import torch
 
 from medrecon.problem import Problem, measurement_problem
 from medrecon.recon import ct, mri
-from medrecon.recon.autotune import TuneReport, mr_holdout_masks, tune_weight
+from medrecon.recon.autotune import (
+    TuneReport,
+    mr_holdout_masks,
+    mr_holdout_text,
+    tune_weight,
+)
 from medrecon.recon.base import ReconOptions, ReconOutput
 from medrecon.recon.ct_tune import holdout_masks as ct_holdout_masks
 
@@ -209,9 +214,8 @@ def holdout_split(measurement: Measurement, device: torch.device, *,
     def predict(x: torch.Tensor) -> torch.Tensor:
         return op.forward(x.to(problem.y.dtype)) * held_t
 
-    frac = 100.0 * float((held_mask > 0).sum()) / max(1.0, float((train_mask + held_mask > 0).sum()))
     return HoldoutSplit(train, HeldOut(predict, problem.y * held_t),
-                        f"{frac:.0f} % of k-space samples held out", problem)
+                        mr_holdout_text(mask, train_mask, held_mask), problem)
 
 
 def blend_weight(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> float:

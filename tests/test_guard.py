@@ -165,6 +165,7 @@ def test_guard_scores_the_classical_method_with_its_own_map_sets(
     assert guard["classical_lam"] == classical.info["lam"]  # the same maps, estimated once
     assert guard["classical_error"] == pytest.approx(
         min(classical.info["autotune"]["heldout_errors"]), rel=1e-4)
+    assert guard["holdout"] == classical.info["autotune"]["holdout"]  # the same words
     # The diffusion's training part keeps one set, the classical one carries both.
     one, two = holdout_split(m, CPU), holdout_split(m, CPU, map_sets=2)
     assert one.train.coil_maps.ndim == 4 and two.train.coil_maps.shape[0] == 2
@@ -172,6 +173,20 @@ def test_guard_scores_the_classical_method_with_its_own_map_sets(
     assert part.info["map_sets"] == 2 and part.solution.shape == (2, *m.image_shape)
     single = get_method("MR", "l1-wavelet")(one.train, ReconOptions(lam=1e-4), CPU)
     assert two.held.error(part.solution) < 0.5 * one.held.error(single.solution)
+
+
+def test_holdout_split_describes_single_samples_as_the_classical_tuning_does() -> None:
+    """An equispaced line mask (a regular pattern): single samples are held out, and the
+    guard's split says so in the classical self-tuning's words."""
+    x = _head((16, 24, 4)) * 100.0
+    m = simulate(Volume(x, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR"), SimulationConfig(
+        seed=0, mri=MRISettings(coils=2, acceleration=3.0, calibration=4, snr=40.0, dims="2d",
+                                mask="equispaced")))
+    split = holdout_split(m, CPU)
+    classical = get_method("MR", "l1-wavelet")(m, ReconOptions(iterations=2), CPU)
+    assert split.text == classical.info["autotune"]["holdout"]
+    assert split.text.endswith("% of k-space samples held out (single samples: regular line "
+                               "pattern)")
 
 
 def test_guard_keeps_diffusion_when_it_predicts_better_and_uses_all_data(
