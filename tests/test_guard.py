@@ -189,6 +189,75 @@ def test_holdout_split_describes_single_samples_as_the_classical_tuning_does() -
                                "pattern)")
 
 
+@pytest.fixture(scope="module")
+def mr_no_maps() -> Measurement:
+    """Like a fastMRI file: k-space without coil maps (4 coils, an 8-line calibration box)."""
+    vol = Volume(_head((16, 14, 12)) * 100.0, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR")
+    sim = simulate(vol, SimulationConfig(modality="mri", seed=1, mri=MRISettings(
+        coils=4, acceleration=2.0, calibration=8, snr=40.0)))
+    return Measurement("MR", sim.data, sim.mask, sim.reference, coil_maps=None,
+                       operator=sim.operator, acquisition=dict(sim.acquisition))
+
+
+def _count_estimates(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The map sets asked of each coil-map estimate from now on."""
+    from medrecon.operators import coils
+
+    calls: list[int] = []
+    real = coils.estimate_coil_maps
+
+    def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(int(kwargs.get("map_sets", 1)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(coils, "estimate_coil_maps", counting)
+    return calls
+
+
+def test_guard_estimates_the_coil_maps_once(mr_no_maps: Measurement, prior: Any,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without maps in the file, one ESPIRiT estimate (l1-wavelet's two map sets) serves every
+    run of the guarded path, diffusion's on its first set, which is diffusion's own one-set
+    estimate: the results are bit for bit those of runs that estimate their maps themselves
+    (before, the path estimated 1, 2 and again 1 set)."""
+    import medrecon.guard
+
+    m = mr_no_maps
+    calls = _count_estimates(monkeypatch)
+    draws: list[int] = []
+    real_draw = medrecon.guard.mr_holdout_masks
+
+    def counting_draw(*args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+        draws.append(1)
+        return real_draw(*args, **kwargs)
+
+    monkeypatch.setattr(medrecon.guard, "mr_holdout_masks", counting_draw)
+    ref = torch.from_numpy(_head(m.image_shape))
+    _use_denoiser(monkeypatch, lambda x: ref.expand_as(x).clone())  # right, up to the phase
+    out = guarded_diffusion(m, _config(), prior, CPU)
+    assert calls == [2]
+    assert draws == [1]  # the held-out samples too: one draw for both splits
+    guard = out.info["guard"]
+    assert guard["choice"] == "blend", guard  # a final sampling run, and the classical result
+    assert out.info["coil_maps"] == "estimated (espirit)"  # what diffusion alone would say
+    # Runs that estimate their own maps: a plain diffusion run at the chosen weight (one set)
+    # and the self-tuned l1-wavelet (two sets) give the blend's parts, bit for bit.
+    calls.clear()
+    plain = guarded_diffusion(m, _config(lam=out.info["lam"], guard=False), prior, CPU)
+    classical = get_method("MR", "l1-wavelet")(m, ReconOptions(), CPU)
+    assert calls == [1, 2] and plain.info["coil_maps"] == "estimated (espirit)"
+    assert guard["classical_lam"] == classical.info["lam"]
+    w = guard["weight"]
+    np.testing.assert_array_equal(out.image, (w * plain.image + (1 - w) * classical.image))
+    np.testing.assert_array_equal(out.info["std_image"], w * plain.info["std_image"])
+    # Without the guard: the weight's tuning and the final run share one one-set estimate.
+    calls.clear()
+    tuned = guarded_diffusion(m, _config(guard=False), prior, CPU)
+    assert calls == [1] and tuned.info["coil_maps"] == "estimated (espirit)"
+    again = guarded_diffusion(m, _config(lam=tuned.info["lam"], guard=False), prior, CPU)
+    np.testing.assert_array_equal(tuned.image, again.image)
+
+
 def test_guard_keeps_diffusion_when_it_predicts_better_and_uses_all_data(
         ct: tuple[Measurement, np.ndarray], prior: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
