@@ -16,9 +16,9 @@ the calibration box (MR) or every 7th view (CT). With ``err(x) = ||M_h (A x - y)
    most, below the grid's resolution).
 2. **Guard** (``guard`` on): the self-tuned classical method of the modality (:data:`GUARD_METHODS`:
    MR l1-wavelet, CT tv) is run on the same training part with its chosen weight and the coil
-   maps of its final run (MR without maps in the file: its two ESPIRiT map sets, estimated
-   once from all the data), and scored the same way, through its own operator (with map
-   sets, on the per-set images), so its error is the one its self-tuning saw at that weight.
+   maps of its final run (MR without maps in the file: its two ESPIRiT map sets), and scored
+   the same way, through its own operator (with map sets, on the per-set images), so its
+   error is the one its self-tuning saw at that weight.
    If diffusion predicts the held-out data at least as well, the result is diffusion.
    Otherwise the blend ``w x_diffusion + (1 - w) x_classical`` whose held-out residual is
    smallest is taken (``w`` in [0, 1] in closed form, :func:`blend_weight`), provided it
@@ -26,6 +26,14 @@ the calibration box (MR) or every 7th view (CT). With ``err(x) = ||M_h (A x - y)
    alone; else the classical result alone (``w = 0``), and no final sampling run is made (a
    sampling run for a smaller gain is not worth its cost, and its std map would describe a
    result made almost wholly of the classical one).
+
+MR without coil maps in the file (fastMRI): the ESPIRiT maps are estimated once, from all the
+data, before anything else, with the classical method's two map sets; diffusion (the tuning's
+runs and the final one) uses the first set, which is ESPIRiT's one-set estimate bit for bit
+(:func:`_estimate_maps_once`), so every run sees the maps it would have estimated itself (the
+path used to estimate them three times: 1, 2 and again 1 set; 1.6 + 3.5 + 1.6 s on the
+fastMRI-format brain of benchmarks/kspace_fastmri.py, 128 x 96 x 24 with 8 coils, loaded
+CPU). The held-out samples are drawn once for both splits too.
 
 The final result always uses all the data: diffusion with the chosen weight and the run's K
 samples, the classical method with its own self-tuned weight, blended with ``w`` (MR: the
@@ -69,9 +77,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from medrecon.problem import Problem, measurement_problem
+from medrecon.problem import (
+    Problem,
+    estimate_maps,
+    estimated_maps_source,
+    measurement_problem,
+)
 from medrecon.recon import ct, mri
-from medrecon.recon.autotune import TuneReport, mr_holdout_masks, tune_weight
+from medrecon.recon.autotune import (
+    TuneReport,
+    mr_holdout_masks,
+    mr_holdout_text,
+    tune_weight,
+)
 from medrecon.recon.base import ReconOptions, ReconOutput
 from medrecon.recon.ct_tune import holdout_masks as ct_holdout_masks
 
@@ -167,23 +185,30 @@ class HoldoutSplit:
         held: the held-out data and their prediction.
         text: what was held out, in words.
         problem: the physics problem of all the data (residuals of a blend).
+        masks: MR: the (training, held-out) sample masks, for another split of the same
+            measurement (:func:`holdout_split` ``masks``); CT: None.
     """
 
     train: Measurement
     held: HeldOut
     text: str
     problem: Problem
+    masks: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def holdout_split(measurement: Measurement, device: torch.device, *,
-                  maps_method: str = "espirit", map_sets: int = 1) -> HoldoutSplit:
+                  maps_method: str = "espirit", map_sets: int = 1,
+                  masks: tuple[np.ndarray, np.ndarray] | None = None) -> HoldoutSplit:
     """The split of the classical self-tuning (:func:`medrecon.recon.mri` ``_weight``,
     :func:`medrecon.recon.ct_tune.holdout_masks`): same seed, same samples or views held out.
 
     MR: ``maps_method`` and ``map_sets`` build the coil maps as
-    :func:`~medrecon.problem.measurement_problem` does (estimated once here when the file has
+    :func:`~medrecon.problem.measurement_problem` does (estimated here when the file has
     none, and carried by ``train``); the held-out prediction uses that operator (with map
-    sets, of an ``(M, I, J, K)`` image)."""
+    sets, of an ``(M, I, J, K)`` image). ``masks``: the ``masks`` of a split of the same
+    measurement, used instead of drawing them again (the same ones: the draw depends only
+    on the sampling mask, the calibration and the seed; full-size single-sample masks of a
+    regular pattern took 3.9 s at 256^3 on a loaded CPU)."""
     acq = measurement.acquisition or {}
     seed = int(acq.get("seed", 0) or 0)
     if measurement.modality == "CT":
@@ -197,9 +222,9 @@ def holdout_split(measurement: Measurement, device: torch.device, *,
     op = problem.op
     mask = op.mask.detach().cpu().numpy()  # type: ignore[union-attr]
     calib = acq.get("calibration")
-    train_mask, held_mask = mr_holdout_masks(mask, measurement.fft_dims,
-                                             int(calib) if calib else None, seed=seed,
-                                             image_shape=op.image_shape)  # type: ignore[union-attr]
+    train_mask, held_mask = masks if masks is not None else mr_holdout_masks(
+        mask, measurement.fft_dims, int(calib) if calib else None, seed=seed,
+        image_shape=op.image_shape)  # type: ignore[union-attr]
     maps = measurement.coil_maps
     if maps is None and op.maps is not None:  # type: ignore[union-attr]
         maps = op.maps.detach().cpu().numpy()  # type: ignore[union-attr]  # estimated once
@@ -209,9 +234,9 @@ def holdout_split(measurement: Measurement, device: torch.device, *,
     def predict(x: torch.Tensor) -> torch.Tensor:
         return op.forward(x.to(problem.y.dtype)) * held_t
 
-    frac = 100.0 * float((held_mask > 0).sum()) / max(1.0, float((train_mask + held_mask > 0).sum()))
     return HoldoutSplit(train, HeldOut(predict, problem.y * held_t),
-                        f"{frac:.0f} % of k-space samples held out", problem)
+                        mr_holdout_text(mask, train_mask, held_mask), problem,
+                        (train_mask, held_mask))
 
 
 def blend_weight(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> float:
@@ -322,7 +347,8 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
         res = _sample(measurement, prior, config, centre, config.samples, device, progress)
         return _diffusion_output(res, config, info, t0, device)
 
-    split = holdout_split(measurement, device)
+    dmeas, cmeas, maps_info = _estimate_maps_once(measurement, device, config.guard)
+    split = holdout_split(dmeas, device)
     best: dict[str, Any] = {}
 
     def heldout_error(lam: float) -> float:
@@ -342,18 +368,16 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
         heldout_error(lam)
     info["tuning_seconds"] = time.perf_counter() - t0
     if not config.guard:
-        res = _sample(measurement, prior, config, lam, config.samples, device, progress,
+        res = _sample(dmeas, prior, config, lam, config.samples, device, progress,
                       first=False)
-        return _diffusion_output(res, config, info, t0, device)
+        return _diffusion_output(res, config, {**info, **maps_info}, t0, device)
 
     # The classical method: self-tuned on all data (its own hold-out, the same split), then
     # once more from the training part with the weight it chose there, for the comparison;
-    # both runs with the same coil maps (MR: its own map sets, estimated once).
+    # both runs with the same coil maps (MR: its own map sets, estimated once, above).
     name = GUARD_METHODS[mod]
     run = _CLASSICAL[mod]
-    csplit = _classical_split(measurement, split, device)
-    cmeas = (measurement if csplit is split
-             else dataclasses.replace(measurement, coil_maps=csplit.train.coil_maps))
+    csplit = _classical_split(measurement, cmeas, split, device)
     full = run(cmeas, ReconOptions(tol=tol), device)
     tuned = full.info.get("autotune") or {}
     c_lam = float(full.info["lam"])
@@ -390,9 +414,9 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
         info.update(seconds=time.perf_counter() - t0, device=str(device))
         return ReconOutput(image=full.image, residual=full.residual,
                            iterations=config.steps, info=info, solution=full.solution)
-    res = _sample(measurement, prior, config, lam, config.samples, device, progress,
+    res = _sample(dmeas, prior, config, lam, config.samples, device, progress,
                   first=False)
-    out = _diffusion_output(res, config, info, t0, device)
+    out = _diffusion_output(res, config, {**info, **maps_info}, t0, device)
     if choice == "blend":
         out.image = (w * out.image + (1 - w) * full.image).astype(np.float32)
         if "std_image" in out.info:
@@ -404,19 +428,49 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
     return out
 
 
-def _classical_split(measurement: Measurement, split: HoldoutSplit,
+def _estimate_maps_once(measurement: Measurement, device: torch.device,
+                        guard: bool) -> tuple[Measurement, Measurement, dict[str, str]]:
+    """The measurements of the guarded path's runs: (diffusion's, the classical method's,
+    the diffusion output's ``info["coil_maps"]`` where it must be said).
+
+    MR without coil maps in the file, several coils: the ESPIRiT maps are estimated here,
+    once, for every run (the tuning's, the classical method's, the final one); with the guard
+    the classical method's map sets (:class:`~medrecon.recon.mri.L1WaveletSettings`: two),
+    whose first set is diffusion's one-set estimate bit for bit (:func:`~medrecon.operators.
+    coils.espirit` finds the first eigenvector before it deflates for the next; measured
+    equal on simulated 2D and 3D cases and the fastMRI-format brain at R = 3.3, 4, 8), so
+    one estimate serves both; without the guard one set. The info keeps the label of the
+    maps diffusion would have estimated itself (its measurement carries them as "file"
+    maps). Else (CT, maps in the file, one coil): the measurement itself, no info."""
+    if (measurement.modality != "MR" or measurement.coil_maps is not None
+            or measurement.n_coils == 1):
+        return measurement, measurement, {}
+    settings = mri.L1WaveletSettings()  # the guard runs the method with its defaults
+    # on the host, as the file's maps would be (each run moves what it uses to the device)
+    maps = estimate_maps(measurement, device, maps_method=settings.maps_method,
+                         map_sets=settings.map_sets if guard else 1).cpu().numpy()
+    # diffusion's own copy of the first set: the sets need not stay through its sampling
+    first = maps[0].copy() if maps.ndim == 5 else maps
+    dmeas = dataclasses.replace(measurement, coil_maps=first)
+    cmeas = dataclasses.replace(measurement, coil_maps=maps) if guard else dmeas
+    return dmeas, cmeas, {"coil_maps": estimated_maps_source(settings.maps_method,
+                                                             first.shape)}
+
+
+def _classical_split(measurement: Measurement, cmeas: Measurement, split: HoldoutSplit,
                      device: torch.device) -> HoldoutSplit:
-    """The split with the coil maps of the guard's classical method: MR l1-wavelet with its
-    default settings (:class:`~medrecon.recon.mri.L1WaveletSettings`: ESPIRiT, two map sets)
-    where the file has no maps or has map sets; else (CT, single-set maps, one coil) the
-    diffusion's ``split``, whose maps are the same."""
+    """The split with the coil maps of the guard's classical method (those of ``cmeas``,
+    :func:`_estimate_maps_once`): MR l1-wavelet with its default settings
+    (:class:`~medrecon.recon.mri.L1WaveletSettings`: ESPIRiT, two map sets) where the file
+    has no maps or has map sets, with the sample masks of ``split``; else (CT, single-set
+    maps, one coil) the diffusion's ``split``, whose maps are the same."""
     maps = measurement.coil_maps
     if measurement.modality != "MR" or measurement.n_coils == 1 or (
             maps is not None and np.ndim(maps) == 4):
         return split
-    settings = mri.L1WaveletSettings()  # the guard runs the method with its defaults
-    return holdout_split(measurement, device, maps_method=settings.maps_method,
-                         map_sets=settings.map_sets)
+    settings = mri.L1WaveletSettings()
+    return holdout_split(cmeas, device, maps_method=settings.maps_method,
+                         map_sets=settings.map_sets, masks=split.masks)
 
 
 def _sample(measurement: Measurement, prior: Prior, config: DiffusionConfig, lam: float,

@@ -73,8 +73,8 @@ if TYPE_CHECKING:
 
 Tensor = torch.Tensor
 
-__all__ = ["ModelRange", "Problem", "UnitMap", "kspace_tensor", "measurement_problem",
-           "operator_support"]
+__all__ = ["ModelRange", "Problem", "UnitMap", "estimate_maps", "estimated_maps_source",
+           "kspace_tensor", "measurement_problem", "operator_support"]
 
 
 class ModelRange(Protocol):
@@ -283,6 +283,36 @@ def _mr_noise_estimate(y: Tensor, mask: Tensor) -> float:
     return float(1.4826 * (parts - parts.median()).abs().median())
 
 
+def estimate_maps(m: Measurement, device: torch.device | str = "cpu", *,
+                  maps_method: str = "espirit", map_sets: int = 1,
+                  kspace: Tensor | None = None) -> Tensor:
+    """Coil maps of a multi-coil MR measurement, estimated from its calibration region as
+    :func:`measurement_problem` estimates them for a file without maps: complex64 on
+    ``device``, ``(C, I, J, K)``, or ``(M, C, I, J, K)`` for ``map_sets > 1`` (``1 <= M <=
+    map_sets``; :func:`~medrecon.operators.coils.estimate_coil_maps`). ``kspace``: ``m``'s
+    :func:`kspace_tensor` on ``device``, where the caller has it already."""
+    from medrecon.operators.coils import estimate_coil_maps
+
+    device = torch.device(device)
+    y = kspace_tensor(m, device) if kspace is None else kspace
+    calib = m.acquisition.get("calibration")
+    kwargs: dict[str, Any] = {"method": maps_method, "fft_dims": m.fft_dims,
+                              "map_sets": map_sets}
+    if calib is not None:
+        kwargs["calibration"] = int(calib)
+    est = estimate_coil_maps(y, torch.as_tensor(m.mask).to(device), **kwargs)
+    return est.to(device=device, dtype=torch.complex64)
+
+
+def estimated_maps_source(maps_method: str, shape: tuple[int, ...]) -> str:
+    """``info["coil_maps"]`` of maps estimated by ``maps_method`` of ``shape`` ``(C, I, J,
+    K)`` (one set: "estimated (espirit)") or ``(M, C, I, J, K)`` (map sets: "estimated
+    (espirit, 2 map sets)")."""
+    if len(shape) == 5:
+        return f"estimated ({maps_method}, {shape[0]} map sets)"
+    return f"estimated ({maps_method})"
+
+
 def _mr_problem(m: Measurement, device: torch.device, model: ModelRange | None,
                 noise_std: float | None, maps_method: str,
                 coil_batch: int | None, map_sets: int = 1,
@@ -303,17 +333,8 @@ def _mr_problem(m: Measurement, device: torch.device, model: ModelRange | None,
         maps, source = None, "none (single coil)"
     else:
         # fastMRI files carry no maps: estimate them from the calibration region, once, here.
-        from medrecon.operators.coils import estimate_coil_maps
-
-        calib = m.acquisition.get("calibration")
-        kwargs: dict[str, Any] = {"method": maps_method, "fft_dims": m.fft_dims,
-                                  "map_sets": map_sets}
-        if calib is not None:
-            kwargs["calibration"] = int(calib)
-        est = estimate_coil_maps(y, torch.as_tensor(m.mask).to(device), **kwargs)
-        maps, source = est.to(device=device, dtype=torch.complex64), f"estimated ({maps_method})"
-        if est.ndim == 5:
-            source = f"estimated ({maps_method}, {est.shape[0]} map sets)"
+        maps = estimate_maps(m, device, maps_method=maps_method, map_sets=map_sets, kspace=y)
+        source = estimated_maps_source(maps_method, tuple(maps.shape))
     op = SenseOperator(maps, torch.as_tensor(np.asarray(m.mask)).to(device),
                        fft_dims=m.fft_dims, coil_batch=coil_batch, image_shape=m.image_shape)
     info: dict[str, Any] = {"coil_maps": source}

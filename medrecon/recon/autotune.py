@@ -60,6 +60,7 @@ __all__ = [
     "best_iteration",
     "ct_holdout_views",
     "mr_holdout_masks",
+    "mr_holdout_text",
     "regular_pattern",
     "tune_weight",
 ]
@@ -257,6 +258,18 @@ def mr_holdout_masks(mask: np.ndarray, fft_dims: Sequence[int], calibration: int
     held = np.zeros_like(m)
     held.flat[held_idx] = m.flat[held_idx]
     return m - held, held
+
+
+def mr_holdout_text(mask: np.ndarray, train: np.ndarray, held: np.ndarray) -> str:
+    """What :func:`mr_holdout_masks` held out of ``mask``, in words, e.g. "15 % of k-space
+    samples held out (single samples: regular line pattern)": the share of the sampled points
+    in ``held``, and the reason where single samples were held out (the masks then come out
+    full-size, unlike a line mask)."""
+    n_held = float((np.asarray(held) > 0).sum())
+    n_all = float((np.asarray(train) > 0).sum()) + n_held
+    single = np.shape(train) != np.shape(mask)
+    return (f"{100.0 * n_held / max(n_all, 1.0):.0f} % of k-space samples held out"
+            + (" (single samples: regular line pattern)" if single else ""))
 
 
 def ct_holdout_views(views: int, seed: int = 0,

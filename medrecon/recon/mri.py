@@ -68,7 +68,12 @@ from medrecon.operators.functional.fft import ifftc
 from medrecon.operators.mri import SenseOperator
 from medrecon.operators.wavelets import WaveletTransform, wavelet_filters
 from medrecon.problem import Problem, kspace_tensor, measurement_problem
-from medrecon.recon.autotune import TuneReport, mr_holdout_masks, tune_weight
+from medrecon.recon.autotune import (
+    TuneReport,
+    mr_holdout_masks,
+    mr_holdout_text,
+    tune_weight,
+)
 from medrecon.recon.base import ReconOptions, ReconOutput, method_settings
 from medrecon.solvers import (
     conjugate_gradient,
@@ -476,9 +481,6 @@ def _weight(m: Measurement, problem: Problem, options: ReconOptions, method: str
     n_train = float((train > 0).sum())
     n_all = n_train + float((held > 0).sum())
     scale = n_all / n_train
-    frac = 100.0 * float((held > 0).sum()) / n_all
-    single = train.shape != mask.shape  # a regular pattern: single samples, not lines
     report = TuneReport("lam", best * scale, tuple(grid), tuple(errors), scale,
-                        f"{frac:.0f} % of k-space samples held out"
-                        + (" (single samples: regular line pattern)" if single else ""))
+                        mr_holdout_text(mask, train, held))
     return best * scale, report

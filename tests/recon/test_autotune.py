@@ -20,6 +20,7 @@ from medrecon.recon.autotune import (
     best_iteration,
     ct_holdout_views,
     mr_holdout_masks,
+    mr_holdout_text,
     tune_weight,
 )
 from medrecon.recon.base import ReconOptions
@@ -278,11 +279,15 @@ def test_regular_mask_holds_out_single_samples_along_the_readout() -> None:
     per_line = (held > 0).sum(axis=0)  # (J, K): held samples of each readout line
     assert per_line.max() < shape[0]  # no line is held out whole ...
     assert (per_line > 0).sum() > 0.5 * (mask[0, :, 0] > 0).sum()  # ... and most lines give some
+    text = mr_holdout_text(mask, train, held)
+    assert text.endswith("held out (single samples: regular line pattern)")
+    assert text.startswith(f"{100 * (held > 0).sum() / (full > 0).sum():.0f} % of k-space")
     # a random (irregular) pattern keeps whole-line hold-out, in the mask's own shape
     rand = np.asarray(make_mask("random", shape, 3.0, calibration=6, dims="2d",
                                 seed=2).mask).astype(np.float32)
     train_r, held_r = mr_holdout_masks(rand, (0, 1), 6, seed=1, image_shape=shape)
     assert train_r.shape == rand.shape
+    assert mr_holdout_text(rand, train_r, held_r).endswith("% of k-space samples held out")
 
 
 def test_auto_weight_on_a_regular_mask() -> None:
