@@ -90,10 +90,14 @@ if TYPE_CHECKING:
 Tensor = torch.Tensor
 
 __all__ = [
+    "SureProbe",
     "discrepancy",
     "discrepancy_weight",
     "holdout_masks",
+    "heldout_risk",
     "holdout_problems",
+    "sure",
+    "sure_probe",
     "tune_tv_weight",
 ]
 
@@ -126,6 +130,13 @@ def holdout_problems(measurement: Measurement,
     return parts[0], parts[1], text
 
 
+def _noise_count(problem: Problem) -> float:
+    """``sum_i w_i^2`` (the number of rays without pixel weights): ``E||n||^2 / sigma^2``."""
+    count = (float(problem.y.numel()) if problem.weights is None
+             else float((problem.weights.double() ** 2).sum()))
+    return max(count, 1.0)
+
+
 def discrepancy(problem: Problem, x: Tensor) -> float:
     """``||A x - y||^2 / E||n||^2``: the data misfit of ``x`` (mu in 1/mm) in units of the
     expected noise energy ``sigma^2 sum_i w_i^2`` (``w`` the pixel weights, else 1; ``sigma^2``
@@ -135,9 +146,58 @@ def discrepancy(problem: Problem, x: Tensor) -> float:
         return math.inf
     with torch.no_grad():
         r = (problem.op(x) - problem.y).double()
-        count = (float(problem.y.numel()) if problem.weights is None
-                 else float((problem.weights.double() ** 2).sum()))
-        return float((r * r).sum()) / (problem.noise_std ** 2 * max(count, 1.0))
+        return float((r * r).sum()) / (problem.noise_std ** 2 * _noise_count(problem))
+
+
+@dataclasses.dataclass(frozen=True)
+class SureProbe:
+    """A fixed Gaussian nudge of a problem's data for the Monte-Carlo divergence of SURE.
+
+    Attributes:
+        nudged: the problem with data ``y + eps * d``.
+        direction: ``d = w * b`` (b standard normal, w the pixel weights or 1), data shape.
+        eps: the step, a tenth of the noise level (1/mm, the data's units).
+    """
+
+    nudged: Problem
+    direction: Tensor
+    eps: float
+
+
+def sure_probe(problem: Problem, seed: int = 0) -> SureProbe | None:
+    """The nudge of :func:`sure` for ``problem`` (None without a noise model); ``seed`` fixes
+    ``b`` so that the choice is reproducible."""
+    if problem.noise_std <= 0.0:
+        return None
+    b = torch.randn(tuple(problem.y.shape), generator=torch.Generator().manual_seed(seed),
+                    dtype=torch.float32).to(device=problem.y.device, dtype=problem.y.dtype)
+    direction = b if problem.weights is None else b * problem.weights  # weighted data: W n
+    eps = 0.1 * problem.noise_std
+    nudged = dataclasses.replace(problem, y=problem.y + eps * direction)
+    return SureProbe(nudged, direction, eps)
+
+
+def heldout_risk(problem: Problem, x: Tensor) -> float:
+    """The held-out views' estimate of the squared prediction error per ray,
+    ``||A x - y||^2 / sum_i w_i^2 - sigma^2`` ((1/mm)^2; x: mu in 1/mm, from the other
+    views): the residual's mean square less the noise variance."""
+    with torch.no_grad():
+        r = (problem.op(x) - problem.y).double()
+        return float((r * r).sum()) / _noise_count(problem) - problem.noise_std ** 2
+
+
+def sure(problem: Problem, x: Tensor, x_nudged: Tensor, probe: SureProbe) -> float:
+    """Stein's unbiased estimate of the in-sample risk ``||A (x - x_true)||^2 / E||n||^2``
+    (x, x_nudged: the method's results from the data and from ``probe.nudged``, mu in 1/mm)::
+
+        misfit - 1 + 2 tr(Sigma J) / E||n||^2,   tr(Sigma J) ~ sigma^2 d . (A x' - A x) / eps
+
+    (``J`` the Jacobian of the predicted data ``A x`` in the data, one Monte-Carlo probe).
+    """
+    with torch.no_grad():
+        change = (problem.op(x_nudged) - problem.op(x)).double()
+        div = float((probe.direction.double() * change).sum()) / probe.eps
+    return discrepancy(problem, x) - 1.0 + 2.0 * div / _noise_count(problem)
 
 
 def discrepancy_weight(lams: Sequence[float], ratios: Sequence[float],
@@ -161,10 +221,11 @@ def discrepancy_weight(lams: Sequence[float], ratios: Sequence[float],
 def tune_tv_weight(measurement: Measurement, problem: Problem, centre: float,
                    device: torch.device,
                    solve: Callable[[Problem, float], Tensor],
-                   cap: bool = False) -> tuple[float, TuneReport]:
-    """The TV weight for all the data of ``measurement`` (its ``problem``): the held-out
-    choice, with ``cap`` capped at the discrepancy weight of the training views (module
-    docstring).
+                   cap: bool = False, use_sure: bool = True) -> tuple[float, TuneReport]:
+    """The TV weight for all the data of ``measurement`` (its ``problem``): with ``use_sure``
+    (and a noise model) the minimum of the summed per-ray risks of the training views (SURE)
+    and the held-out views, else the held-out views' choice; with ``cap`` capped at the
+    discrepancy weight of the training views (module docstring).
 
     Args:
         centre: the method's fixed weight; the search grid lies around it.
@@ -177,31 +238,42 @@ def tune_tv_weight(measurement: Measurement, problem: Problem, centre: float,
     mw = problem.units.mu_water
     assert mw is not None
     misfit: dict[float, float] = {}
+    relative: dict[float, float] = {}  # the held-out views' relative residual (the report's)
+    seed = int((measurement.acquisition or {}).get("seed", 0) or 0)
+    probe = sure_probe(sub, seed) if use_sure else None
 
-    def heldout_error(lam: float) -> float:
+    def criterion(lam: float) -> float:
         x = solve(sub, lam) * mw
         if cap:  # the misfit costs a projection per weight: only when it is used
             misfit[lam] = discrepancy(sub, x)
-        return held.residual(x)
+        relative[lam] = held.residual(x)
+        if probe is None:
+            return relative[lam]
+        # one more solve per weight, from the nudged training data
+        in_sample = sub.noise_std ** 2 * sure(sub, x, solve(probe.nudged, lam) * mw, probe)
+        return in_sample + heldout_risk(held, x)
 
-    lam, grid, errors = tune_weight(heldout_error, centre)
-    note = ""
+    lam, grid, _ = tune_weight(criterion, centre)
+    errors = [relative[g] for g in grid]
+    pick = grid[int(np.argmin(errors))]
+    note = "" if pick == lam else f"held-out + SURE risk (held-out views alone: {pick:.3g})"
     if cap and math.isfinite(misfit[lam]) and misfit[lam] > 1.0:
-        # The held-out views prefer a weight whose fit is worse than the noise: cap it at the
-        # discrepancy weight below it, stepping down (at most 3 grid steps, while the misfit
-        # still falls) until some weight fits to the noise level; these extra solves score
-        # the misfit only, the report's grid stays the held-out search's.
+        # The choice's fit is worse than the noise: cap it at the discrepancy weight below
+        # it, stepping down (at most 3 grid steps, while the misfit still falls) until some
+        # weight fits to the noise level; these extra solves score the misfit only, the
+        # report's grid stays the search's.
         step = math.sqrt(grid[1] / grid[0]) if len(grid) > 1 else 2.0
         for _ in range(3):
             low = sorted(misfit)
             if (any(misfit[g] < 1.0 for g in low if g <= lam)
                     or (len(low) > 1 and misfit[low[0]] >= misfit[low[1]])):
                 break
-            heldout_error(low[0] / step)
+            criterion(low[0] / step)
         capped = discrepancy_weight(list(misfit), list(misfit.values()), below=lam)
         if capped is not None:
-            note = (f"capped at the discrepancy weight (training misfit = noise level; "
-                    f"held-out pick {lam:.3g}, misfit {misfit[lam]:.3g})")
+            note = "; ".join(t for t in (
+                note, f"capped at the discrepancy weight (training misfit = noise level; "
+                      f"uncapped {lam:.3g}, misfit {misfit[lam]:.3g})") if t)
             lam = capped
     report = TuneReport("lam", lam, tuple(grid), tuple(errors), 1.0, text, note)
     return lam, report
