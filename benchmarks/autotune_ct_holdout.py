@@ -7,20 +7,27 @@ CT NIfTI in HU (the real validation files: check only, never tune on them). Para
 ``benchmarks/real_quality.py``). TV is solved on a fine weight grid (2^(e/2) x the default
 1e-3, e = ``--emin``..``--emax``, 200 PDHG iterations):
 
-* on all views: PSNR (region above -900 HU, data range the reference's max - min) and the
-  misfit ``||A x - y||^2 / E||n||^2`` (:func:`medrecon.recon.ct_tune.discrepancy`);
-* on the training views of the self-tuning's split (every 7th view held out): the held-out
-  error ``||M_h (A x - y)|| / ||M_h y||`` and the training misfit.
+* on all views: PSNR (region above -900 HU, data range the reference's max - min), the
+  misfit ``||A x - y||^2 / E||n||^2`` (:func:`medrecon.recon.ct_tune.discrepancy`) and, with
+  ``--sure``, SURE's in-sample risk (one more solve per weight from nudged data);
+* on the training views of ``--splits`` interleaved splits (every 7th view held out; split 0
+  is the library's, split j starts 2 j views later): the held-out error
+  ``||M_h (A x - y)|| / ||M_h y||``, the training misfit, the power spectrum of the held-out
+  residual along the detector and its energy per held-out view and slice; with ``--sure``
+  also split 0's SURE on its training views (the library's criterion).
 
 From these curves: the oracle (best PSNR on the grid), the held-out pick alone (the former
-rule) and the held-out pick capped at the training misfit's crossing of 1 (the rule of
-:mod:`medrecon.recon.ct_tune`), each with its loss against the oracle (PSNR interpolated in
-log lam). With ``--default`` the library's own default (``tv`` without lam: its coarse grid;
-``--cap``: with ``discrepancy_cap=true``) is run as well and scored. One JSON line per run.
+rule) and the held-out pick capped at the training misfit's crossing of 1, each with its loss
+against the oracle (PSNR interpolated in log lam); ``benchmarks/autotune_ct_rules.py`` scores
+more rules on the stored curves. With ``--default`` the library's own default (``tv`` without
+lam: the summed risk of :mod:`medrecon.recon.ct_tune` on its coarse grid; ``--cap``: with
+``discrepancy_cap=true``) is run as well and scored, with the held-out pick on the same grid
+(``former``). ``--texture`` adds the generator's CT texture and noise. One JSON line per run.
 
-    python benchmarks/autotune_ct_holdout.py --size 256 --spacing 0.75 --views 30 --default --cap --out ct.jsonl
+    python benchmarks/autotune_ct_holdout.py --size 256 --spacing 0.75 --views 30 --splits 3 --sure --out ct.jsonl
+    python benchmarks/autotune_ct_rules.py ct.jsonl
     python benchmarks/autotune_ct_holdout.py --volume .devrun/real_cases/ct_abdomen.nii.gz \
-        --slices 1 --views 30 --default --cap --no-curves --emin -8 --emax 2 --out ct.jsonl
+        --slices 1 --views 30 --default --no-curves --emin -6 --emax 2 --out ct.jsonl
 """
 
 from __future__ import annotations

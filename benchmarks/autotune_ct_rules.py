@@ -187,12 +187,12 @@ def _loss(row: dict, lam: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("files", type=Path, nargs="+")
-    ap.add_argument("--rules", default="", help="comma-separated rule names (default: all)")
+    ap.add_argument("--rules", default="", help="rule names separated by ; (default: all)")
     args = ap.parse_args(argv)
     rows = [json.loads(line) for f in args.files for line in f.read_text().splitlines()
             if line.strip()]
     rows = [r for r in rows if "splits" in r and "sure" in r]
-    names = [n for n in RULES if not args.rules or n in args.rules.split(",")]
+    names = [n for n in RULES if not args.rules or n in args.rules.split(";")]
     if not all("sure" in r["splits"][0] for r in rows):
         names = [n for n in names if "SURE_t" not in n and "training" not in n]
     heads = [f"{r['shape'][0]}^2 {r['spacing_mm'][0]:.2g} mm {r['views']}v s{r['seed'] % 10}"
