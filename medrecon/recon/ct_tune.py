@@ -34,8 +34,8 @@ criterion alone errs, in opposite directions:
   the smoothest image predicts it best, and the score never sees the detail along the
   measured views that PSNR rewards. Their curve is then flat (2.3e-3 to 2.7e-3 per ray over
   a 128x range of weights on 256^2 at 0.75 mm, 30 views) and, with 30 views, picked 4-23x the
-  PSNR optimum there (1.5-3.9 dB). Averaging two or three interleaved splits, or a parabola through the minimum,
-  does not remove this (a bias, not variance): 16x stays 16x.
+  PSNR optimum there (1.5-3.9 dB). Averaging two or three interleaved splits, or a parabola
+  through the minimum, does not remove this (a bias, not variance): 16x stays 16x.
 * SURE alone (an in-sample risk) is blind to the unmeasured angles and picks too sharp an image
   where they dominate; on the synthetic heads it picked 0.35-1.4x the optimum (up to 0.5 dB),
   and the discrepancy principle (its cruder relative, below) cost 1.6-2.2 dB on a real head
@@ -48,10 +48,10 @@ Measured (benchmarks/RESULTS_autotune.md, "SURE plus held-out views", synthetic 
 I0 = 1e5, 200 PDHG iterations, PSNR above -900 HU; the fine weight grid 2^(e/2) x 1e-3): the
 summed risk is within 0.45 dB of the oracle on all six cases with curves (128^2 at 1 mm,
 256^2 at 0.75 mm with and without the generator's texture, 30 and 60 views), where the
-held-out views alone lost up to 3.9 dB. The library's search (coarse grid x1/8..x8, refined once): 0.14 / 0.06 dB under the oracle on
-256^2 at 0.75 mm, 30 views (the held-out pick: 1.45 / 3.89 dB); at 1 mm 0.00-0.64 dB (the
-held-out pick: 0.00-1.72 dB; the picks sit a coarse step above the optimum, the summed risk
-being flat near its minimum).
+held-out views alone lost up to 3.9 dB. The library's search (coarse grid x1/8..x8, refined
+once): 0.14 / 0.06 dB under the oracle on 256^2 at 0.75 mm, 30 views (the held-out pick:
+1.45 / 3.89 dB); at 1 mm 0.00-0.64 dB (the held-out pick: 0.00-1.72 dB; the picks sit a
+coarse step above the optimum, the summed risk being flat near its minimum).
 
 Real check (once, after the rule was fixed on synthetic data; the real validation slices of
 benchmarks/real_quality.py, central slice, ct30 / ct60; oracles from the fine curves of
