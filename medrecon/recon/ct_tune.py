@@ -59,8 +59,9 @@ benchmarks/RESULTS_autotune.md): the summed risk kept the held-out pick on the a
 views: 2x the oracle, 0.17 dB) and on the head (30 views: 0.35 dB above the grid's best; 60
 views: 1.7x, 0.45 dB), where the held-out term dominates and where the discrepancy cap lost
 1.6-2.2 dB, and moved the spine at 30 views from 8e-3 (1.44 dB under the grid's best) to
-4.8e-3 (0.22 dB under it). Not run for lack of time: the spine and abdomen at 60 views (the
-held-out pick: 0.47 / 0.76 dB).
+4.8e-3 (0.22 dB under it), at 60 views the abdomen from 2x to 1.19x the oracle (0.76 ->
+0.09 dB) and the spine from 1.7x to 1.0x (0.47 -> 0.00 dB): all six within 0.5 dB of the
+oracle grid's best.
 
 The discrepancy cap (``--set discrepancy_cap=true``, off by default): the chosen weight
 capped at the weight whose misfit to the training views equals their noise energy
