@@ -7,20 +7,27 @@ CT NIfTI in HU (the real validation files: check only, never tune on them). Para
 ``benchmarks/real_quality.py``). TV is solved on a fine weight grid (2^(e/2) x the default
 1e-3, e = ``--emin``..``--emax``, 200 PDHG iterations):
 
-* on all views: PSNR (region above -900 HU, data range the reference's max - min) and the
-  misfit ``||A x - y||^2 / E||n||^2`` (:func:`medrecon.recon.ct_tune.discrepancy`);
-* on the training views of the self-tuning's split (every 7th view held out): the held-out
-  error ``||M_h (A x - y)|| / ||M_h y||`` and the training misfit.
+* on all views: PSNR (region above -900 HU, data range the reference's max - min), the
+  misfit ``||A x - y||^2 / E||n||^2`` (:func:`medrecon.recon.ct_tune.discrepancy`) and, with
+  ``--sure``, SURE's in-sample risk (one more solve per weight from nudged data);
+* on the training views of ``--splits`` interleaved splits (every 7th view held out; split 0
+  is the library's, split j starts 2 j views later): the held-out error
+  ``||M_h (A x - y)|| / ||M_h y||``, the training misfit, the power spectrum of the held-out
+  residual along the detector and its energy per held-out view and slice; with ``--sure``
+  also split 0's SURE on its training views (the library's criterion).
 
 From these curves: the oracle (best PSNR on the grid), the held-out pick alone (the former
-rule) and the held-out pick capped at the training misfit's crossing of 1 (the rule of
-:mod:`medrecon.recon.ct_tune`), each with its loss against the oracle (PSNR interpolated in
-log lam). With ``--default`` the library's own default (``tv`` without lam: its coarse grid;
-``--cap``: with ``discrepancy_cap=true``) is run as well and scored. One JSON line per run.
+rule) and the held-out pick capped at the training misfit's crossing of 1, each with its loss
+against the oracle (PSNR interpolated in log lam); ``benchmarks/autotune_ct_rules.py`` scores
+more rules on the stored curves. With ``--default`` the library's own default (``tv`` without
+lam: the summed risk of :mod:`medrecon.recon.ct_tune` on its coarse grid; ``--cap``: with
+``discrepancy_cap=true``) is run as well and scored, with the held-out pick on the same grid
+(``former``). ``--texture`` adds the generator's CT texture and noise. One JSON line per run.
 
-    python benchmarks/autotune_ct_holdout.py --size 256 --spacing 0.75 --views 30 --default --cap --out ct.jsonl
+    python benchmarks/autotune_ct_holdout.py --size 256 --spacing 0.75 --views 30 --splits 3 --sure --out ct.jsonl
+    python benchmarks/autotune_ct_rules.py ct.jsonl
     python benchmarks/autotune_ct_holdout.py --volume .devrun/real_cases/ct_abdomen.nii.gz \
-        --slices 1 --views 30 --default --cap --no-curves --emin -8 --emax 2 --out ct.jsonl
+        --slices 1 --views 30 --default --no-curves --emin -6 --emax 2 --out ct.jsonl
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import argparse
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,9 +44,11 @@ import numpy as np
 import torch
 
 from medrecon.metrics import psnr
+from medrecon.problem import measurement_problem
 from medrecon.recon import ct
+from medrecon.recon.autotune import HOLDOUT_FRACTION, ct_holdout_views
 from medrecon.recon.base import ReconOptions
-from medrecon.recon.ct_tune import discrepancy, discrepancy_weight, holdout_problems
+from medrecon.recon.ct_tune import discrepancy, discrepancy_weight
 from medrecon.simulate import CTSettings, SimulationConfig, simulate
 
 CPU = torch.device("cpu")
@@ -57,7 +67,51 @@ def _case(args: argparse.Namespace) -> tuple[object, int]:
 
     seed = split_seeds("test")[args.head]
     return generate_head((args.size, args.size, args.slices), args.spacing, "CT", seed=seed,
-                         noise=False), seed
+                         noise=args.texture), seed
+
+
+def _split_curves(m: object, j: int, lams: list[float],
+                  solve: Callable[[ct.Problem, float], torch.Tensor], sure: bool = False) -> dict:
+    """Held-out curves of the j-th interleaved split (every k-th view from the library's offset
+    plus 2 j): the relative held-out error, the training misfit and the power spectrum of the
+    held-out residual along the detector (summed over views and slices, one list per weight;
+    ``y_spec`` that of the held-out data)."""
+    views = int(np.asarray(m.data).shape[0])  # type: ignore[attr-defined]
+    train0, held0 = ct_holdout_views(views, seed=int((m.acquisition or {})  # type: ignore[attr-defined]
+                                                     .get("seed", 0) or 0))
+    k = views // max(1, int(held0.sum()))
+    k = int(round(1.0 / HOLDOUT_FRACTION)) if views >= 2 * round(1.0 / HOLDOUT_FRACTION) else k
+    offset = (int(np.flatnonzero(held0)[0]) + 2 * j) % k
+    held_mask = np.zeros(views, np.float32)
+    held_mask[offset::k] = 1.0
+    sub, held = (measurement_problem(dataclasses.replace(m, mask=w), CPU)  # type: ignore[type-var]
+                 for w in (1.0 - held_mask, held_mask))
+
+    def spectrum(r: torch.Tensor) -> list[float]:
+        p = (torch.fft.rfft(r.double(), dim=-1).abs() ** 2).sum(dim=tuple(range(r.ndim - 1)))
+        return [float(f"{v:.5g}") for v in p.tolist()]
+
+    out: dict = {"offset": offset, "heldout": [], "train_misfit": [], "spec": [], "view_err": [],
+                 "y_spec": spectrum(held.y)}
+    if sure:  # SURE of the training views' in-sample risk, as for all views in main()
+        probe = torch.randn(sub.y.shape, generator=torch.Generator().manual_seed(1),
+                            dtype=sub.y.dtype)
+        eps = 0.1 * sub.noise_std
+        nudged = dataclasses.replace(sub, y=sub.y + eps * probe)
+        out["sure"] = []
+    for lam in lams:
+        x = solve(sub, lam)
+        with torch.no_grad():
+            r = held.op(x) - held.y
+            if sure:
+                div = float((probe * (sub.op(solve(nudged, lam)) - sub.op(x))).sum()) / eps
+                out["sure"].append(discrepancy(sub, x) - 1.0 + 2.0 * div / sub.y.numel())
+        out["heldout"].append(held.residual(x))
+        out["train_misfit"].append(discrepancy(sub, x))
+        out["spec"].append(spectrum(r))
+        out["view_err"].append([float(f"{v:.6g}") for v in  # per held-out view and slice
+                                (r.double() ** 2).sum(dim=-1).flatten().tolist()])
+    return out
 
 
 def _at(lams: list[float], psnrs: list[float], lam: float) -> float:
@@ -79,10 +133,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--default", action="store_true", help="also run the library's default")
     ap.add_argument("--cap", action="store_true",
                     help="run the default with discrepancy_cap=true")
+    ap.add_argument("--texture", action="store_true",
+                    help="synthetic head with the generator's CT texture and noise")
+    ap.add_argument("--splits", type=int, default=1,
+                    help="held-out curves for this many interleaved splits (offsets o, o+2, ..)")
+    ap.add_argument("--sure", action="store_true",
+                    help="Monte-Carlo SURE of the in-sample risk (one more solve per weight)")
     ap.add_argument("--no-curves", action="store_true",
                     help="skip the fine-grid training curves (only PSNR and the default)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
+    torch.set_num_threads(1)  # shared cores
 
     vol, seed = _case(args)
     ref = vol.data  # type: ignore[attr-defined]
@@ -104,21 +165,33 @@ def main(argv: list[str] | None = None) -> int:
 
     row: dict = {"case": str(args.volume) if args.volume else "synthetic head",
                  "shape": list(ref.shape), "spacing_mm": [float(s) for s in full.spacing_mm],
-                 "views": args.views, "seed": seed, "lams": lams, "psnr": [], "misfit": []}
+                 "views": args.views, "seed": seed, "texture": args.texture, "lams": lams,
+                 "psnr": [], "misfit": []}
+    if args.sure:  # one fixed Gaussian probe; the step a tenth of the noise level
+        probe = torch.randn(full.y.shape, generator=torch.Generator().manual_seed(1),
+                            dtype=full.y.dtype)
+        eps = 0.1 * full.noise_std
+        nudged = dataclasses.replace(full, y=full.y + eps * probe)
+        row["sure"] = []
     for lam in lams:
         x = solve(full, lam)
         row["psnr"].append(score(x))
         row["misfit"].append(discrepancy(full, x))
+        if args.sure:
+            with torch.no_grad():
+                div = float((probe * (full.op(solve(nudged, lam)) - full.op(x))).sum()) / eps
+            row["sure"].append(row["misfit"][-1] - 1.0 + 2.0 * div / full.y.numel())
     best = int(np.argmax(row["psnr"]))
     oracle, top = lams[best], row["psnr"][best]
     row["oracle"] = {"lam": oracle, "psnr": top}
+    row["noise_std"] = full.noise_std
     if not args.no_curves:
-        sub, held, _ = holdout_problems(m, CPU)
-        row["heldout"], row["train_misfit"] = [], []
-        for lam in lams:
-            x = solve(sub, lam)
-            row["heldout"].append(held.residual(x))
-            row["train_misfit"].append(discrepancy(sub, x))
+        # split 0 is the library's (holdout_problems)
+        row["splits"] = [_split_curves(m, j, lams, solve, args.sure and j == 0)
+                         for j in range(max(1, args.splits))]
+        row["heldout"] = row["splits"][0]["heldout"]
+        row["train_misfit"] = row["splits"][0]["train_misfit"]
+        row["det_mm"] = float(full.geometry.pixel_cols_mm)  # type: ignore[union-attr]
         pick = lams[int(np.argmin(row["heldout"]))]
         cap = discrepancy_weight(lams, row["train_misfit"], below=pick)
         capped = min(pick, cap) if cap is not None else pick

@@ -455,12 +455,15 @@ class CGLSSettings:
 
 @dataclass(frozen=True)
 class TVSettings:
-    """tv: the FBP/FDK warm start, PDHG's step ratio, and the self-tuned weight's discrepancy
-    cap (off: :mod:`medrecon.recon.ct_tune` says where it helps and where it hurts)."""
+    """tv: the FBP/FDK warm start, PDHG's step ratio, and the self-tuned weight's criteria:
+    ``sure`` adds SURE's in-sample risk to the held-out views' (one more solve per weight),
+    ``discrepancy_cap`` caps the choice at the discrepancy weight (off:
+    :mod:`medrecon.recon.ct_tune` says where each helps and where it hurts)."""
 
     warm_start: bool = True
     step_ratio: float = option(0.1, gt=0.0)
     discrepancy_cap: bool = False
+    sure: bool = True
 
 
 def _analytic(measurement: Measurement, options: ReconOptions, device: torch.device,
@@ -572,7 +575,7 @@ def tv_method(measurement: Measurement, options: ReconOptions,
         lam, report = tune_tv_weight(
             measurement, problem, DEFAULT_TV_LAM, device,
             lambda p, w: _tv_solve(p, w, iters, options.tol, settings)[0].x,
-            cap=settings.discrepancy_cap)
+            cap=settings.discrepancy_cap, use_sure=settings.sure)
     else:
         lam = float(options.lam)
     res, lip, warm = _tv_solve(problem, lam, iters, options.tol, settings, options.progress)

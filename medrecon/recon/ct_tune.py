@@ -4,70 +4,87 @@ SIRT and CGLS choose their iteration count by early stopping on held-out views, 
 by the rule below (issue 13, item 1); the diffusion guard (:mod:`medrecon.guard`) uses the same
 split (:func:`holdout_masks`: every 7th view, offset by the seed).
 
-TV's weight: the held-out pick, and with ``discrepancy_cap`` (``--set discrepancy_cap=true``,
-off by default, see "Real check" below) the smaller of two estimates::
+TV's weight minimises, over the held-out search's weights (the log grid around the fixed weight
+of :func:`~medrecon.recon.autotune.tune_weight`, refined once), the summed per-ray risk of the
+training views and of the held-out views (x_lam: TV from the training views, (1/mm)^2)::
 
-    lam_h = argmin_lam ||M_h (A x_lam - y)|| / ||M_h y||     x_lam: TV from the training views
-    m(lam) = ||M_t (A x_lam - y)||^2 / (sigma^2 n_t)          misfit in units of the noise
-    lam   = lam_h                 if m(lam_h) <= 1
-            lam_d: m(lam_d) = 1   otherwise (below lam_h)
+    R(lam) = sigma_t^2 SURE_t(lam)  +  ( ||M_h (A x_lam - y)||^2 / n_h - sigma_h^2 )
+             in-sample risk (SURE)      held-out views: squared prediction error less noise
 
-1. Held-out views (``lam_h``): TV on the training views over the log grid around the fixed
-   weight (:func:`~medrecon.recon.autotune.tune_weight`), scored on the held-out views.
-2. The discrepancy cap (``lam_d``, Morozov's principle): the same training solves also give
-   their misfit to the training data in units of the expected noise energy (:func:`discrepancy`;
-   ``sigma^2`` the ray-averaged variance ``exp(p) / I0`` (+ electronic noise) of the log
-   transform, from the file's noise model, ``n_t`` the training rays). When the held-out pick
-   fits the training views worse than the noise, the weight becomes the one whose misfit
-   equals 1 (:func:`discrepancy_weight`, interpolated in log-log between tried weights; up to
-   three more solves below the grid when none of them fits). No cap without a noise model
-   (noiseless or unknown-dose data), nor where no weight fits to the noise level (data the
-   model cannot explain, e.g. an object larger than the image grid).
-3. The weight carries over to all views unscaled (the data term is normalised by ||A||^2,
-   which grows with the views as ||A x - y||^2 does). The cap costs no extra solve unless the
-   grid must be extended downwards.
+* ``SURE_t`` (:func:`sure`): Stein's unbiased estimate of ``||M_t A (x_lam - x_true)||^2`` in
+  units of the noise energy, the divergence by one Monte-Carlo probe: one more TV solve per
+  weight from the training data nudged by ``0.1 sigma b`` (b fixed by the seed;
+  :func:`sure_probe`). ``sigma^2`` is the ray-averaged variance ``exp(p) / I0`` of the log
+  transform from the file's noise model. Cost: two training solves per weight (14 instead of 7
+  for the default grid); ``--set sure=false`` keeps the held-out choice alone, as does data
+  without a noise model (noiseless or unknown dose).
+* The held-out term (:func:`heldout_risk`) is the same split's residual, the former rule's
+  score (its relative form is still what the report lists as the held-out errors).
+* The weight carries over to all views unscaled (the data term is normalised by ||A||^2).
 
-Why the smaller of the two: both err toward too strong a weight, for different reasons.
+Why the sum. A ray at a random angle lies between two measured views; its prediction error
+grows from the in-sample risk at a measured angle (what SURE estimates) to its value mid-way
+between two views (what a held-out view estimates: it sits mid-way in a gap of twice the
+view spacing of its training views). Averaged over the angle, with a linear growth, the risk
+is half the sum (a trapezoid rule; a quadratic growth would weigh the held-out term 1/3). Each
+criterion alone errs, in opposite directions:
 
-* Held-out views: the training views leave a gap of twice the view spacing around each
-  held-out view, and above the angular Nyquist frequency of the training views (about
-  ``n / (4 pi R)`` for n views and an object of radius R: 0.02 /mm for 30 views on a 20 cm
-  head, against a detector Nyquist of 0.67 /mm at 0.75 mm) a held-out projection cannot be
-  predicted from them; there the smoothest reconstruction predicts it best (nothing, where a
-  sharper one predicts streaks), and the score never sees the detail along the measured views
-  that PSNR rewards. With 1 mm pixels on 128^2 the bias stays within half an octave; with 30
-  views on 256^2 at 0.75 mm the held-out pick was 11x and 16x the PSNR optimum (2.8 and 3.7 dB),
-  with 60 views 2x (1.1 dB); on the real abdomen slice 2x (30 views).
-* The discrepancy principle over-smooths: the best reconstruction fits part of the noise (its
-  degrees of freedom), so its misfit is below 1 (0.53-1.01 on the synthetic heads) and the
-  weight whose misfit is 1 lies above the optimum (1.1-2.1x on the heads; it alone lost up to
-  1.4 dB at 1 mm, where the held-out pick is better).
+* Held-out views alone (the former rule) pick too smooth an image on sparse views: above the
+  angular Nyquist frequency of the training views a held-out projection cannot be predicted,
+  the smoothest image predicts it best, and the score never sees the detail along the
+  measured views that PSNR rewards. Their curve is then flat (2.3e-3 to 2.7e-3 per ray over
+  a 128x range of weights on 256^2 at 0.75 mm, 30 views) and, with 30 views, picked 4-23x the
+  PSNR optimum there (1.5-3.9 dB). Averaging two or three interleaved splits, or a parabola
+  through the minimum, does not remove this (a bias, not variance): 16x stays 16x.
+* SURE alone (an in-sample risk) is blind to the unmeasured angles and picks too sharp an image
+  where they dominate; on the synthetic heads it picked 0.35-1.4x the optimum (up to 0.5 dB),
+  and the discrepancy principle (its cruder relative, below) cost 1.6-2.2 dB on a real head
+  slice whose detail the views cannot resolve.
+* In the sum each term counts by how much it changes with the weight: where the held-out curve
+  is flat, SURE decides; where the unmeasured angles' error grows fast with a smaller weight,
+  the held-out views do.
 
-Measured (benchmarks/RESULTS_autotune.md, synthetic test heads, I0 = 1e5, 200 PDHG iterations,
-PSNR above -900 HU): on the fine weight grid the capped pick is within 0.32 dB of the oracle on
-all eight cases (128^2 at 1 mm and 256^2 at 0.75 mm, 30 and 60 views, 256^2 at 0.5 mm), where
-the held-out pick alone lost up to 3.7 dB; the capped self-tuning (coarse grid) went from 0.7-3.9 dB
-to 0.04-0.28 dB under the oracle on the three 0.75 mm cases measured. Left: 0.64 dB at 1 mm,
-30 views, one head, from the hold-out's variance (which views are held out), not its bias.
+Measured (benchmarks/RESULTS_autotune.md, "SURE plus held-out views", synthetic test heads,
+I0 = 1e5, 200 PDHG iterations, PSNR above -900 HU; the fine weight grid 2^(e/2) x 1e-3): the
+summed risk is within 0.45 dB of the oracle on all six cases with curves (128^2 at 1 mm,
+256^2 at 0.75 mm with and without the generator's texture, 30 and 60 views), where the
+held-out views alone lost up to 3.9 dB. The library's search (coarse grid x1/8..x8, refined
+once): 0.14 / 0.06 dB under the oracle on 256^2 at 0.75 mm, 30 views (the held-out pick:
+1.45 / 3.89 dB); at 1 mm 0.00-0.64 dB (the held-out pick: 0.00-1.72 dB; the picks sit a
+coarse step above the optimum, the summed risk being flat near its minimum).
 
 Real check (once, after the rule was fixed on synthetic data; the real validation slices of
-benchmarks/real_quality.py, 1 slice, ct30 / ct60, oracle on 2^(e/2) x 1e-3, e = -8..2): on the
-abdomen (0.86 mm) the cap does not engage (held-out pick 2x the oracle: 0.17 / 0.76 dB); on the
-spine (0.29 mm) it gains 1.7 dB at 30 views (held-out pick 4x the oracle, 1.44 dB; capped 0.28 dB
-above the grid's best) and does not engage at 60 (1.7x, 0.47 dB); on the head (0.39 mm) it loses 2.5 / 1.1 dB (capped 2.2 / 1.6 dB under
-the oracle, the held-out pick 0.35 dB above the grid's best / 0.45 dB under it). There the best
-image fits the data far worse than the noise (the held-out pick's misfit 7.8 / 3.0): the slice
-holds fine detail that 30-60 views cannot resolve, and fitting it to the noise level brings back
-streaks; no synthetic head showed this, textured ones and 512^2 at 0.39 mm included. The cap
-therefore stays off by default until a criterion tells the cases apart from the data alone.
+benchmarks/real_quality.py, central slice, ct30 / ct60; oracles from the fine curves of
+benchmarks/RESULTS_autotune.md): the summed risk kept the held-out pick on the abdomen (30
+views: 2x the oracle, 0.17 dB) and on the head (30 views: 0.35 dB above the grid's best; 60
+views: 1.7x, 0.45 dB), where the held-out term dominates and where the discrepancy cap lost
+1.6-2.2 dB, and moved the spine at 30 views from 8e-3 (1.44 dB under the grid's best) to
+4.8e-3 (0.22 dB under it), at 60 views the abdomen from 2x to 1.19x the oracle (0.76 ->
+0.09 dB) and the spine from 1.7x to 1.0x (0.47 -> 0.00 dB): all six within 0.5 dB of the
+oracle grid's best.
 
-Tried and not adopted (same benchmark): scoring the held-out views only below the angular
-Nyquist frequency of the training views (4x the optimum, 3.7 dB, at 1 mm; 1-4x elsewhere), a
-half-ramp weighting of the held-out residual (the same picks as the plain one), holding out
-more views (every 4th: pushes the pick up, 2x at 1 mm), the discrepancy principle alone (up to
-1.4 dB at 1 mm). Holding out random detector pixels instead of whole views (all angles stay in
-training, as MR holds out single samples of regular patterns) chose 1.41x (0.25 dB) at 1 mm,
-30 views; not measured on the fine grids for lack of time.
+The discrepancy cap (``--set discrepancy_cap=true``, off by default): the chosen weight
+capped at the weight whose misfit to the training views equals their noise energy
+(:func:`discrepancy`, :func:`discrepancy_weight`; Morozov's principle)::
+
+    m(lam) = ||M_t (A x_lam - y)||^2 / (sigma^2 n_t)          misfit in units of the noise
+    lam    = lam_d: m(lam_d) = 1 (below the choice)   where m(choice) > 1
+
+(interpolated in log-log between tried weights; up to three more solves below the grid when
+none of them fits; none where no weight fits, e.g. an object larger than the grid). It brought
+the held-out pick within 0.3 dB of the oracle on the sparse synthetic heads but, on the real
+validation slices (once, after the rule was fixed), gained 1.7 dB on the spine at 30 views and
+lost 1.1-2.5 dB on the head (0.39 mm), whose best image fits the data far worse than the noise
+(misfit 7.8 / 3.0 at 30 / 60 views): fine detail that 30-60 views cannot resolve, which fitting
+to the noise level turns into streaks.
+
+Tried and not adopted (same benchmarks): scoring the held-out views only below the angular
+Nyquist frequency of the training views ``n_t / (pi FOV)`` (2.8x the optimum, 2.6 dB, at 1 mm;
+below twice that frequency also 2.6 dB at 1 mm), the half-ramp weighted held-out residual,
+holding out more views (every 4th), two or three interleaved splits, a parabola through the
+held-out minimum, SURE alone (up to 0.5 dB at 60 views on 256^2), SURE unless the held-out
+views prefer their pick by two standard errors of the per-view difference (they do, on the
+biased cases: 1.45 dB), and the geometric mean of the SURE and held-out picks (1.0 dB).
 """
 
 from __future__ import annotations
@@ -90,10 +107,14 @@ if TYPE_CHECKING:
 Tensor = torch.Tensor
 
 __all__ = [
+    "SureProbe",
     "discrepancy",
     "discrepancy_weight",
     "holdout_masks",
+    "heldout_risk",
     "holdout_problems",
+    "sure",
+    "sure_probe",
     "tune_tv_weight",
 ]
 
@@ -126,6 +147,13 @@ def holdout_problems(measurement: Measurement,
     return parts[0], parts[1], text
 
 
+def _noise_count(problem: Problem) -> float:
+    """``sum_i w_i^2`` (the number of rays without pixel weights): ``E||n||^2 / sigma^2``."""
+    count = (float(problem.y.numel()) if problem.weights is None
+             else float((problem.weights.double() ** 2).sum()))
+    return max(count, 1.0)
+
+
 def discrepancy(problem: Problem, x: Tensor) -> float:
     """``||A x - y||^2 / E||n||^2``: the data misfit of ``x`` (mu in 1/mm) in units of the
     expected noise energy ``sigma^2 sum_i w_i^2`` (``w`` the pixel weights, else 1; ``sigma^2``
@@ -135,9 +163,58 @@ def discrepancy(problem: Problem, x: Tensor) -> float:
         return math.inf
     with torch.no_grad():
         r = (problem.op(x) - problem.y).double()
-        count = (float(problem.y.numel()) if problem.weights is None
-                 else float((problem.weights.double() ** 2).sum()))
-        return float((r * r).sum()) / (problem.noise_std ** 2 * max(count, 1.0))
+        return float((r * r).sum()) / (problem.noise_std ** 2 * _noise_count(problem))
+
+
+@dataclasses.dataclass(frozen=True)
+class SureProbe:
+    """A fixed Gaussian nudge of a problem's data for the Monte-Carlo divergence of SURE.
+
+    Attributes:
+        nudged: the problem with data ``y + eps * d``.
+        direction: ``d = w * b`` (b standard normal, w the pixel weights or 1), data shape.
+        eps: the step, a tenth of the noise level (1/mm, the data's units).
+    """
+
+    nudged: Problem
+    direction: Tensor
+    eps: float
+
+
+def sure_probe(problem: Problem, seed: int = 0) -> SureProbe | None:
+    """The nudge of :func:`sure` for ``problem`` (None without a noise model); ``seed`` fixes
+    ``b`` so that the choice is reproducible."""
+    if problem.noise_std <= 0.0:
+        return None
+    b = torch.randn(tuple(problem.y.shape), generator=torch.Generator().manual_seed(seed),
+                    dtype=torch.float32).to(device=problem.y.device, dtype=problem.y.dtype)
+    direction = b if problem.weights is None else b * problem.weights  # weighted data: W n
+    eps = 0.1 * problem.noise_std
+    nudged = dataclasses.replace(problem, y=problem.y + eps * direction)
+    return SureProbe(nudged, direction, eps)
+
+
+def heldout_risk(problem: Problem, x: Tensor) -> float:
+    """The held-out views' estimate of the squared prediction error per ray,
+    ``||A x - y||^2 / sum_i w_i^2 - sigma^2`` ((1/mm)^2; x: mu in 1/mm, from the other
+    views): the residual's mean square less the noise variance."""
+    with torch.no_grad():
+        r = (problem.op(x) - problem.y).double()
+        return float((r * r).sum()) / _noise_count(problem) - problem.noise_std ** 2
+
+
+def sure(problem: Problem, x: Tensor, x_nudged: Tensor, probe: SureProbe) -> float:
+    """Stein's unbiased estimate of the in-sample risk ``||A (x - x_true)||^2 / E||n||^2``
+    (x, x_nudged: the method's results from the data and from ``probe.nudged``, mu in 1/mm)::
+
+        misfit - 1 + 2 tr(Sigma J) / E||n||^2,   tr(Sigma J) ~ sigma^2 d . (A x' - A x) / eps
+
+    (``J`` the Jacobian of the predicted data ``A x`` in the data, one Monte-Carlo probe).
+    """
+    with torch.no_grad():
+        change = (problem.op(x_nudged) - problem.op(x)).double()
+        div = float((probe.direction.double() * change).sum()) / probe.eps
+    return discrepancy(problem, x) - 1.0 + 2.0 * div / _noise_count(problem)
 
 
 def discrepancy_weight(lams: Sequence[float], ratios: Sequence[float],
@@ -161,10 +238,11 @@ def discrepancy_weight(lams: Sequence[float], ratios: Sequence[float],
 def tune_tv_weight(measurement: Measurement, problem: Problem, centre: float,
                    device: torch.device,
                    solve: Callable[[Problem, float], Tensor],
-                   cap: bool = False) -> tuple[float, TuneReport]:
-    """The TV weight for all the data of ``measurement`` (its ``problem``): the held-out
-    choice, with ``cap`` capped at the discrepancy weight of the training views (module
-    docstring).
+                   cap: bool = False, use_sure: bool = True) -> tuple[float, TuneReport]:
+    """The TV weight for all the data of ``measurement`` (its ``problem``): with ``use_sure``
+    (and a noise model) the minimum of the summed per-ray risks of the training views (SURE)
+    and the held-out views, else the held-out views' choice; with ``cap`` capped at the
+    discrepancy weight of the training views (module docstring).
 
     Args:
         centre: the method's fixed weight; the search grid lies around it.
@@ -177,31 +255,42 @@ def tune_tv_weight(measurement: Measurement, problem: Problem, centre: float,
     mw = problem.units.mu_water
     assert mw is not None
     misfit: dict[float, float] = {}
+    relative: dict[float, float] = {}  # the held-out views' relative residual (the report's)
+    seed = int((measurement.acquisition or {}).get("seed", 0) or 0)
+    probe = sure_probe(sub, seed) if use_sure else None
 
-    def heldout_error(lam: float) -> float:
+    def criterion(lam: float) -> float:
         x = solve(sub, lam) * mw
         if cap:  # the misfit costs a projection per weight: only when it is used
             misfit[lam] = discrepancy(sub, x)
-        return held.residual(x)
+        relative[lam] = held.residual(x)
+        if probe is None:
+            return relative[lam]
+        # one more solve per weight, from the nudged training data
+        in_sample = sub.noise_std ** 2 * sure(sub, x, solve(probe.nudged, lam) * mw, probe)
+        return in_sample + heldout_risk(held, x)
 
-    lam, grid, errors = tune_weight(heldout_error, centre)
-    note = ""
+    lam, grid, _ = tune_weight(criterion, centre)
+    errors = [relative[g] for g in grid]
+    pick = grid[int(np.argmin(errors))]
+    note = "" if pick == lam else f"held-out + SURE risk (held-out views alone: {pick:.3g})"
     if cap and math.isfinite(misfit[lam]) and misfit[lam] > 1.0:
-        # The held-out views prefer a weight whose fit is worse than the noise: cap it at the
-        # discrepancy weight below it, stepping down (at most 3 grid steps, while the misfit
-        # still falls) until some weight fits to the noise level; these extra solves score
-        # the misfit only, the report's grid stays the held-out search's.
+        # The choice's fit is worse than the noise: cap it at the discrepancy weight below
+        # it, stepping down (at most 3 grid steps, while the misfit still falls) until some
+        # weight fits to the noise level; these extra solves score the misfit only, the
+        # report's grid stays the search's.
         step = math.sqrt(grid[1] / grid[0]) if len(grid) > 1 else 2.0
         for _ in range(3):
             low = sorted(misfit)
             if (any(misfit[g] < 1.0 for g in low if g <= lam)
                     or (len(low) > 1 and misfit[low[0]] >= misfit[low[1]])):
                 break
-            heldout_error(low[0] / step)
+            criterion(low[0] / step)
         capped = discrepancy_weight(list(misfit), list(misfit.values()), below=lam)
         if capped is not None:
-            note = (f"capped at the discrepancy weight (training misfit = noise level; "
-                    f"held-out pick {lam:.3g}, misfit {misfit[lam]:.3g})")
+            note = "; ".join(t for t in (
+                note, f"capped at the discrepancy weight (training misfit = noise level; "
+                      f"uncapped {lam:.3g}, misfit {misfit[lam]:.3g})") if t)
             lam = capped
     report = TuneReport("lam", lam, tuple(grid), tuple(errors), 1.0, text, note)
     return lam, report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -178,10 +179,15 @@ def test_ct_tv_auto_weight_records_grid(ct_case: Measurement) -> None:
     tuned = out.info["autotune"]
     assert out.info["lam"] == tuned["chosen"] and tuned["scale"] == 1.0
     assert min(tuned["grid"]) < 1e-3 < max(tuned["grid"])  # around the fixed rule
-    # the held-out pick, or below it where the discrepancy cap applies (and says so)
+    # the summed risk's minimum among the tried weights; the note names the held-out pick
+    # where the two differ
     pick = tuned["grid"][int(np.argmin(tuned["heldout_errors"]))]
-    assert (tuned["chosen"] == pick) != tuned["note"].startswith("capped")
-    assert tuned["chosen"] <= pick
+    assert tuned["chosen"] in tuned["grid"]
+    assert (tuned["chosen"] == pick) == (tuned["note"] == ""), tuned["note"]
+    alone = get_method("CT", "tv")(ct_case, ReconOptions(iterations=20, extra={"sure": False}),
+                                   CPU).info["autotune"]
+    assert alone["note"] == ""
+    assert alone["chosen"] == alone["grid"][int(np.argmin(alone["heldout_errors"]))]
 
 
 def test_discrepancy_weight_interpolates_the_crossing_below_the_pick() -> None:
@@ -195,10 +201,12 @@ def test_discrepancy_weight_interpolates_the_crossing_below_the_pick() -> None:
         1.6e-3 * 4 ** (math.log(0.9) / math.log(0.9 / 3.0)))
 
 
-def test_ct_tv_discrepancy_cap_on_sparse_views_near_the_oracle() -> None:
+def test_ct_tv_self_tuning_on_sparse_views_near_the_oracle() -> None:
     """A synthetic head, 64^2 at 2 mm, 10 views (far fewer than the grid needs): the held-out
-    views alone choose 4x the PSNR-optimal weight (1.4 dB under it); capped at the
-    discrepancy weight the choice is within 2x of the optimum and 0.5 dB of its PSNR."""
+    views alone choose 4x the PSNR-optimal weight (1.4 dB under it). The default, the summed
+    risk of the training views (SURE) and the held-out views, chooses a weight between the
+    optimum and that pick and gains over 0.5 dB on it; capped at the discrepancy weight
+    (opt-in) the held-out pick is within 2x of the optimum and 0.5 dB of its PSNR."""
     seed = split_seeds("test")[0]
     vol = generate_head((64, 64, 2), 2.0, "CT", seed=seed, noise=False)
     m = simulate(vol, SimulationConfig(modality="ct", seed=seed,  # type: ignore[arg-type]
@@ -207,24 +215,57 @@ def test_ct_tv_discrepancy_cap_on_sparse_views_near_the_oracle() -> None:
     region, data_range = ref > -900.0, float(ref.max() - ref.min())
     tv = get_method("CT", "tv")
 
-    def score(lam: float | None) -> tuple[float, dict]:
-        out = tv(m, ReconOptions(lam=lam, extra={"discrepancy_cap": True}), CPU)
+    def score(lam: float | None, **extra: bool) -> tuple[float, dict]:
+        out = tv(m, ReconOptions(lam=lam, extra=extra), CPU)
         return metrics_psnr(out.image, ref, data_range=data_range, mask=region), out.info
 
     auto, info = score(None)
-    tuned = info["autotune"]
-    default = tv(m, ReconOptions(), CPU).info["autotune"]  # the cap is off by default
-    assert default["note"] == "" and default["chosen"] == tuned["grid"][
-        int(np.argmin(tuned["heldout_errors"]))]
-    assert tuned["note"].startswith("capped at the discrepancy weight")
+    capped, cap_info = score(None, discrepancy_cap=True, sure=False)
+    tuned = cap_info["autotune"]
+    alone = tv(m, ReconOptions(extra={"sure": False}), CPU).info["autotune"]
     pick = tuned["grid"][int(np.argmin(tuned["heldout_errors"]))]
+    assert alone["note"] == "" and alone["chosen"] == pick  # the cap is off by default
+    assert tuned["note"].startswith("capped at the discrepancy weight")
     lams = [1e-3 * 2 ** (e / 2) for e in range(-6, 4)]
     scores = {lam: score(lam)[0] for lam in [*lams, pick]}
     oracle = max(lams, key=lambda lam: scores[lam])
-    assert abs(math.log(info["lam"] / oracle)) <= math.log(2.0), (info["lam"], oracle)
-    assert scores[oracle] - auto < 0.5
-    # ... where the held-out pick alone was far off (the former rule)
+    # the held-out pick alone is far off (the former default)
     assert pick / oracle > 2.5 and scores[oracle] - scores[pick] > 1.0
+    # the default: below the held-out pick, above the optimum's lower neighbour, > 0.5 dB better
+    assert info["autotune"]["note"].startswith("held-out + SURE risk")
+    assert oracle / 1.5 < info["lam"] < pick and auto - scores[pick] > 0.5, (info["lam"], auto)
+    assert abs(math.log(cap_info["lam"] / oracle)) <= math.log(2.0), (cap_info["lam"], oracle)
+    assert scores[oracle] - capped < 0.5
+
+
+def test_sure_estimates_the_in_sample_risk_of_tv(ct_case: Measurement) -> None:
+    """SURE of TV (one Monte-Carlo probe) against the true in-sample risk
+    ``||A (x - x_true)||^2 / (sigma^2 n)`` on data with known Gaussian noise, over weights from
+    under- to over-smoothed: within 0.1 + 10 % (the risk itself spans more than 3x)."""
+    from medrecon.recon import ct
+    from medrecon.recon.ct_tune import sure, sure_probe
+
+    clean = ct._problem(ct_case, CPU)
+    x_true = torch.as_tensor(shepp_logan_3d((20, 20, 2)) * 1000.0 - 1000.0)
+    x_true = (x_true / 1000.0 + 1.0) * clean.units.mu_water  # HU -> mu (1/mm)
+    sigma = 0.02
+    noise = torch.randn(clean.y.shape, generator=torch.Generator().manual_seed(5))
+    problem = dataclasses.replace(clean, y=clean.op(x_true.to(clean.y.dtype)) + sigma * noise,
+                                  noise_std=sigma)
+    probe = sure_probe(problem, seed=1)
+    assert probe is not None and sure_probe(dataclasses.replace(problem, noise_std=0.0)) is None
+    settings = ct.method_settings(ct.TVSettings, {}, "tv")
+    mw = problem.units.mu_water
+    risks, estimates = [], []
+    for lam in (1e-5, 1e-2, 1e-1):
+        x = ct._tv_solve(problem, lam, 100, 1e-6, settings)[0].x * mw
+        x2 = ct._tv_solve(probe.nudged, lam, 100, 1e-6, settings)[0].x * mw
+        err = problem.op(x) - problem.op(x_true.to(x.dtype))
+        risks.append(float((err.double() ** 2).sum()) / (sigma ** 2 * problem.y.numel()))
+        estimates.append(sure(problem, x, x2, probe))
+    assert max(risks) > 3 * min(risks), (risks, estimates)
+    for r, e in zip(risks, estimates, strict=True):
+        assert abs(e - r) < 0.1 + 0.1 * r, (risks, estimates)
 
 
 def test_lam_auto_spelling() -> None:
