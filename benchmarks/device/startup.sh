@@ -1,5 +1,6 @@
 #!/bin/bash
-# Issue 14 item 3: where a fresh process spends its time. The three end_to_end_speed.py cases'
+# Issue 14 item 3: where a fresh process spends its time. GPU_TESTS=1: the GPU tests first
+# (pytest -m gpu, needs the carried pytest wheel). The three end_to_end_speed.py cases'
 # files (written, not timed), the import diagnosis (diag_startup.sh), startup_speed.py on each
 # (TRACE=1: then --trace on two), the end to end wall of the default path (self-tuned weight +
 # guard) until QUALITY_S seconds are left, then real validation cases REAL_CASES (issue 13;
@@ -10,6 +11,8 @@ source benchmarks/device/common.sh
 LIMIT=${LIMIT:-580}
 left() { echo $(( LIMIT - $(elapsed) )); }
 E2E="python3 benchmarks/end_to_end_speed.py --out $OUT/e2e.jsonl --work /tmp/e2e"
+[ -n "${GPU_TESTS:-}" ] && timeout 150 python3 -m pytest -q -m gpu tests -p no:cacheprovider \
+  > "$LOGS/gpu_tests.log" 2>&1; [ -n "${GPU_TESTS:-}" ] && tail -n 3 "$LOGS/gpu_tests.log"
 timeout 150 $E2E --cases mr128,ct256,mr256 --variants "" > "$LOGS/e2e.log" 2>&1
 source benchmarks/device/diag_startup.sh > "$LOGS/diag.log" 2>&1; cat "$LOGS/diag.log"
 echo "files done at $(elapsed) s"
