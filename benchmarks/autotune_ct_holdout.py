@@ -48,7 +48,8 @@ from medrecon.problem import measurement_problem
 from medrecon.recon import ct
 from medrecon.recon.autotune import HOLDOUT_FRACTION, ct_holdout_views
 from medrecon.recon.base import ReconOptions
-from medrecon.recon.ct_tune import discrepancy, discrepancy_weight
+from medrecon.recon.ct_tune import discrepancy, discrepancy_weight, sure_probe
+from medrecon.recon.ct_tune import sure as sure_risk
 from medrecon.simulate import CTSettings, SimulationConfig, simulate
 
 CPU = torch.device("cpu")
@@ -93,19 +94,15 @@ def _split_curves(m: object, j: int, lams: list[float],
 
     out: dict = {"offset": offset, "heldout": [], "train_misfit": [], "spec": [], "view_err": [],
                  "y_spec": spectrum(held.y)}
-    if sure:  # SURE of the training views' in-sample risk, as for all views in main()
-        probe = torch.randn(sub.y.shape, generator=torch.Generator().manual_seed(1),
-                            dtype=sub.y.dtype)
-        eps = 0.1 * sub.noise_std
-        nudged = dataclasses.replace(sub, y=sub.y + eps * probe)
+    probe = sure_probe(sub, seed=1) if sure else None  # as for all views in main()
+    if probe is not None:
         out["sure"] = []
     for lam in lams:
         x = solve(sub, lam)
         with torch.no_grad():
             r = held.op(x) - held.y
-            if sure:
-                div = float((probe * (sub.op(solve(nudged, lam)) - sub.op(x))).sum()) / eps
-                out["sure"].append(discrepancy(sub, x) - 1.0 + 2.0 * div / sub.y.numel())
+        if probe is not None:  # SURE of the training views' in-sample risk
+            out["sure"].append(sure_risk(sub, x, solve(probe.nudged, lam), probe))
         out["heldout"].append(held.residual(x))
         out["train_misfit"].append(discrepancy(sub, x))
         out["spec"].append(spectrum(r))
@@ -167,20 +164,16 @@ def main(argv: list[str] | None = None) -> int:
                  "shape": list(ref.shape), "spacing_mm": [float(s) for s in full.spacing_mm],
                  "views": args.views, "seed": seed, "texture": args.texture, "lams": lams,
                  "psnr": [], "misfit": []}
-    if args.sure:  # one fixed Gaussian probe; the step a tenth of the noise level
-        probe = torch.randn(full.y.shape, generator=torch.Generator().manual_seed(1),
-                            dtype=full.y.dtype)
-        eps = 0.1 * full.noise_std
-        nudged = dataclasses.replace(full, y=full.y + eps * probe)
+    # the library's SURE (one fixed Gaussian probe, the step a tenth of the noise level)
+    probe = sure_probe(full, seed=1) if args.sure else None
+    if probe is not None:
         row["sure"] = []
     for lam in lams:
         x = solve(full, lam)
         row["psnr"].append(score(x))
         row["misfit"].append(discrepancy(full, x))
-        if args.sure:
-            with torch.no_grad():
-                div = float((probe * (full.op(solve(nudged, lam)) - full.op(x))).sum()) / eps
-            row["sure"].append(row["misfit"][-1] - 1.0 + 2.0 * div / full.y.numel())
+        if probe is not None:
+            row["sure"].append(sure_risk(full, x, solve(probe.nudged, lam), probe))
     best = int(np.argmax(row["psnr"]))
     oracle, top = lams[best], row["psnr"][best]
     row["oracle"] = {"lam": oracle, "psnr": top}
