@@ -367,7 +367,7 @@ class TiledDenoiser:
             n = -(-s // m) * m  # padded to the network's multiple
             step = max(self.min_tile, m)  # a coarse offset grid: few tile shapes (docstring)
             o = step * int(torch.randint(max(1, p // step), (1,), generator=self.generator))
-            segs.append(fit_segments(n, p, o, max(self.min_tile, m)))
+            segs.append(fit_segments(n, p, o, step))
             sizes.append(n)
         xp = _pad(x, [(0, n - s) for n, s in zip(sizes, shape, strict=True)])
         out = torch.empty_like(xp)
