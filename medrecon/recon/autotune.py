@@ -20,8 +20,8 @@ reconstruction predicts the held-out data best wins::
   (Yaman et al., MRM 84:3172, 2020). On random and Poisson-disc patterns whole lines stay:
   there they mimic the unsampled lines, and single samples chose TV weights up to 2 dB
   under the oracle on the cases of benchmarks/RESULTS_autotune.md.
-* CT: every k-th view (k = 7, offset from the seed); see :func:`ct_holdout_views`. TV's
-  choice can be capped at the discrepancy weight (:mod:`medrecon.recon.ct_tune`).
+* CT: every k-th view (k = 7, offset from the seed); see :func:`ct_holdout_views`. TV adds
+  SURE's risk on the training views to the held-out views' (:mod:`medrecon.recon.ct_tune`).
 
 Weights are searched on a log grid around the method's fixed rule (x1/8 .. x8 in five steps,
 then the two geometric midpoints beside the best, :func:`tune_weight`); iteration counts by
@@ -38,10 +38,12 @@ discrepancy principle trusts the noise level, which fastMRI files do not carry a
 background estimate gets wrong under coil correlation), no divergence of the method (SURE needs
 a Monte-Carlo divergence per grid point and a Gaussian white noise model, wrong for Poisson CT
 and weighted data), and it works the same for any method, noise model and operator, including
-the diffusion sampler's data-consistency weight later. The one exception is CT TV with sparse
-views on fine grids, where held-out views are biased toward strong weights (up to 16x, 3.7 dB)
-and CT files carry their Poisson noise level (I0): there the discrepancy principle can cap the
-choice (:mod:`medrecon.recon.ct_tune`; off by default, it hurt on a real head slice).
+the diffusion sampler's data-consistency weight later. The one exception is CT TV, whose
+held-out views are biased toward strong weights on sparse views and fine grids (up to 23x,
+3.9 dB) and whose files carry their Poisson noise level (I0): there the held-out views' risk
+is summed with SURE's on the training views (one Monte-Carlo divergence per weight, with the
+ray-averaged variance of the log transform), and the discrepancy principle can cap the choice
+(:mod:`medrecon.recon.ct_tune`; the cap is off by default, it hurt on a real head slice).
 """
 
 from __future__ import annotations
