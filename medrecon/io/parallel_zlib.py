@@ -22,6 +22,7 @@ member (the scheme of pigz ``--independent``); any gzip reader reads it.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import zlib
@@ -137,9 +138,8 @@ def write_dataset(group: Any, name: str, data: np.ndarray, level: int = 4,
         return ds
     cshape = tuple(int(c) for c in ds.chunks)
     itemsize = data.dtype.itemsize
-    grid = [range(0, s, c) for s, c in zip(data.shape, cshape, strict=True)]
-    offsets = [tuple(int(v) for v in o) for o in np.array(np.meshgrid(
-        *[np.asarray(g) for g in grid], indexing="ij")).reshape(data.ndim, -1).T]
+    offsets = list(itertools.product(*(range(0, s, c)
+                                       for s, c in zip(data.shape, cshape, strict=True))))
 
     def encode(offset: tuple[int, ...]) -> bytes:
         block = data[tuple(slice(o, o + c) for o, c in zip(offset, cshape, strict=True))]
