@@ -4,7 +4,7 @@
 # files (written, not timed), the import diagnosis (diag_startup.sh), startup_speed.py on each
 # (TRACE=1: then --trace on two), the end to end wall of the default path (self-tuned weight +
 # guard) until QUALITY_S seconds are left, then real validation cases REAL_CASES (issue 13;
-# not timed).
+# not timed). NO_STAGES=1 skips the import diagnosis and the stages; FILE_CASES picks the files.
 # Device tool, carry [".whl", ".devrun"].
 set -u
 source benchmarks/device/common.sh
@@ -13,11 +13,12 @@ left() { echo $(( LIMIT - $(elapsed) )); }
 E2E="python3 benchmarks/end_to_end_speed.py --out $OUT/e2e.jsonl --work /tmp/e2e"
 [ -n "${GPU_TESTS:-}" ] && timeout 150 python3 -m pytest -q -m gpu tests -p no:cacheprovider \
   > "$LOGS/gpu_tests.log" 2>&1; [ -n "${GPU_TESTS:-}" ] && tail -n 3 "$LOGS/gpu_tests.log"
-timeout 150 $E2E --cases mr128,ct256,mr256 --variants "" > "$LOGS/e2e.log" 2>&1
-source benchmarks/device/diag_startup.sh > "$LOGS/diag.log" 2>&1; cat "$LOGS/diag.log"
+timeout 150 $E2E --cases ${FILE_CASES:-mr128,ct256,mr256} --variants "" > "$LOGS/e2e.log" 2>&1
+[ -z "${NO_STAGES:-}" ] && source benchmarks/device/diag_startup.sh > "$LOGS/diag.log" 2>&1; cat "$LOGS/diag.log"
 echo "files done at $(elapsed) s"
 ST="python3 benchmarks/startup_speed.py --out $OUT/startup.jsonl"
-for c in ct256 mr128 mr256; do timeout 90 $ST /tmp/e2e/$c.h5; done > "$LOGS/startup.log" 2>&1
+[ -z "${NO_STAGES:-}" ] && for c in ct256 mr128 mr256; do timeout 90 $ST /tmp/e2e/$c.h5; done \
+  > "$LOGS/startup.log" 2>&1
 echo "startup done at $(elapsed) s"
 [ -n "${TRACE:-}" ] && for c in ct256 mr128; do timeout 120 $ST /tmp/e2e/$c.h5 --trace; done \
   >> "$LOGS/startup.log" 2>&1
