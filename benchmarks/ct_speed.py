@@ -31,7 +31,7 @@ import torch
 from medrecon.errors import MedreconError
 from medrecon.operators.ct_geometry import GEOMETRY_KINDS, default_geometry
 from medrecon.operators.ct_projector import PROJECTOR_METHODS, make_projector
-from medrecon.recon.ct import analytic_reconstruction
+from medrecon.recon.ct_analytic import analytic_reconstruction
 
 
 def _timed(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> float:

@@ -15,7 +15,7 @@ Data (built here, reproducibly, nothing downloaded)
     layout -- ``kspace`` [slices, coils, kx, ky] (zeros off the mask), ``mask`` [ky], an ISMRMRD
     header with the encoded field of view -- *without coil maps or noise level*, so every
     reader estimates both, as on a real fastMRI file. ``medrecon reconstruct`` reads it with
-    :func:`medrecon.io.measurement.read_fastmri`.
+    :func:`medrecon.io.fastmri.read_fastmri`.
 
 Methods
     medrecon CG-SENSE (its defaults), L1-wavelet (``--lam auto`` and a grid of weights), both

@@ -175,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         # the same on one core, as before medrecon.io.parallel_zlib (file now in the page cache)
         import nibabel as nib
 
-        import medrecon.io.measurement as measurement_io
+        import medrecon.io.hdf5_read as hdf5_read
 
-        with _patched(measurement_io, "read_dataset", lambda ds: ds[()]):
+        with _patched(hdf5_read, "read_dataset", lambda ds: ds[()]):
             stage("read_one_core", lambda: read_measurement(args.file))
         img = nib.Nifti1Image(vol.data, vol.affine)
         stage("write_one_core", lambda: nib.save(img, str(Path(tmp) / "b.nii.gz")))

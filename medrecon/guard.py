@@ -33,7 +33,9 @@ runs and the final one) uses the first set, which is ESPIRiT's one-set estimate 
 (:func:`_estimate_maps_once`), so every run sees the maps it would have estimated itself (the
 path used to estimate them three times: 1, 2 and again 1 set; 1.6 + 3.5 + 1.6 s on the
 fastMRI-format brain of benchmarks/kspace_fastmri.py, 128 x 96 x 24 with 8 coils, loaded
-CPU). The held-out samples are drawn once for both splits too.
+CPU). The held-out samples are drawn once too, for both splits and the classical method's
+self-tuning (the same draw: it depends only on the sampling mask, the calibration and the
+seed).
 
 The final result always uses all the data: diffusion with the chosen weight and the run's K
 samples, the classical method with its own self-tuned weight, blended with ``w`` (MR: the
@@ -113,7 +115,7 @@ __all__ = [
 
 #: The classical method the guard compares with, per modality (self-tuned, see the docstring).
 GUARD_METHODS: dict[str, str] = {"MR": "l1-wavelet", "CT": "tv"}
-_CLASSICAL = {"MR": mri.l1_wavelet, "CT": ct.tv_method}
+_CLASSICAL: dict[str, Callable[..., ReconOutput]] = {"MR": mri.l1_wavelet, "CT": ct.tv_method}
 #: Grid of the diffusion weight, as factors of the modality default.
 DIFFUSION_FACTORS = (0.25, 1.0, 4.0)
 #: Samplers whose data-consistency weight ``lam`` is self-tuned (dps and pc do not use it).
@@ -378,7 +380,9 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
     name = GUARD_METHODS[mod]
     run = _CLASSICAL[mod]
     csplit = _classical_split(measurement, cmeas, split, device)
-    full = run(cmeas, ReconOptions(tol=tol), device)
+    # MR: its self-tuning holds out the samples of ``split`` (drawn above), not a new draw
+    shared = {} if split.masks is None else {"holdout_masks": split.masks}
+    full = run(cmeas, ReconOptions(tol=tol), device, **shared)
     tuned = full.info.get("autotune") or {}
     c_lam = float(full.info["lam"])
     train_lam = c_lam / float(tuned.get("scale", 1.0))

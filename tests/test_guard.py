@@ -189,6 +189,28 @@ def test_holdout_split_describes_single_samples_as_the_classical_tuning_does() -
                                "pattern)")
 
 
+def test_l1_wavelet_tuned_on_the_guards_split_is_the_self_drawn_run() -> None:
+    """The guard hands its split's masks to l1-wavelet's self-tuning instead of a second draw:
+    on a regular 2D line pattern (full-size single-sample masks, the costly draw) and a 3D
+    Poisson-disc one (whole readout lines), the run on the handed-over masks is the run that
+    draws its own, bit for bit."""
+    from medrecon.recon import mri
+
+    x = _head((16, 24, 4)) * 100.0
+    for dims, mask, seed in (("2d", "equispaced", 0), ("3d", "poisson", 1)):
+        m = simulate(Volume(x, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR"), SimulationConfig(
+            seed=seed, mri=MRISettings(coils=2, acceleration=3.0, calibration=4, snr=40.0,
+                                       dims=dims, mask=mask)))  # type: ignore[arg-type]
+        split = holdout_split(m, CPU)
+        assert split.masks is not None
+        options = ReconOptions(iterations=5)
+        own = mri.l1_wavelet(m, options, CPU)
+        shared = mri.l1_wavelet(m, options, CPU, holdout_masks=split.masks)
+        assert ("single samples" in own.info["autotune"]["holdout"]) == (dims == "2d")
+        assert shared.info["autotune"] == own.info["autotune"]
+        np.testing.assert_array_equal(shared.image, own.image)
+
+
 @pytest.fixture(scope="module")
 def mr_no_maps() -> Measurement:
     """Like a fastMRI file: k-space without coil maps (4 coils, an 8-line calibration box)."""
@@ -218,25 +240,30 @@ def test_guard_estimates_the_coil_maps_once(mr_no_maps: Measurement, prior: Any,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Without maps in the file, one ESPIRiT estimate (l1-wavelet's two map sets) serves every
     run of the guarded path, diffusion's on its first set, which is diffusion's own one-set
-    estimate: the results are bit for bit those of runs that estimate their maps themselves
-    (before, the path estimated 1, 2 and again 1 set)."""
+    estimate, and one draw of the held-out samples serves both splits and l1-wavelet's
+    self-tuning: the results are bit for bit those of runs that estimate their maps and draw
+    their samples themselves (before, the path estimated 1, 2 and again 1 set, and drew the
+    samples twice)."""
     import medrecon.guard
+    import medrecon.recon.mri
 
     m = mr_no_maps
     calls = _count_estimates(monkeypatch)
-    draws: list[int] = []
+    draws: list[str] = []
     real_draw = medrecon.guard.mr_holdout_masks
+    for module in (medrecon.guard, medrecon.recon.mri):
 
-    def counting_draw(*args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
-        draws.append(1)
-        return real_draw(*args, **kwargs)
+        def counting_draw(*args: Any, _name: str = module.__name__,
+                          **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+            draws.append(_name)
+            return real_draw(*args, **kwargs)
 
-    monkeypatch.setattr(medrecon.guard, "mr_holdout_masks", counting_draw)
+        monkeypatch.setattr(module, "mr_holdout_masks", counting_draw)
     ref = torch.from_numpy(_head(m.image_shape))
     _use_denoiser(monkeypatch, lambda x: ref.expand_as(x).clone())  # right, up to the phase
     out = guarded_diffusion(m, _config(), prior, CPU)
     assert calls == [2]
-    assert draws == [1]  # the held-out samples too: one draw for both splits
+    assert draws == ["medrecon.guard"]  # one draw for both splits and l1-wavelet's tuning
     guard = out.info["guard"]
     assert guard["choice"] == "blend", guard  # a final sampling run, and the classical result
     assert out.info["coil_maps"] == "estimated (espirit)"  # what diffusion alone would say
@@ -246,6 +273,8 @@ def test_guard_estimates_the_coil_maps_once(mr_no_maps: Measurement, prior: Any,
     plain = guarded_diffusion(m, _config(lam=out.info["lam"], guard=False), prior, CPU)
     classical = get_method("MR", "l1-wavelet")(m, ReconOptions(), CPU)
     assert calls == [1, 2] and plain.info["coil_maps"] == "estimated (espirit)"
+    assert draws[1:] == ["medrecon.recon.mri"]  # the stand-alone run drew its own
+    assert guard["holdout"] == classical.info["autotune"]["holdout"]
     assert guard["classical_lam"] == classical.info["lam"]
     w = guard["weight"]
     np.testing.assert_array_equal(out.image, (w * plain.image + (1 - w) * classical.image))

@@ -5,7 +5,8 @@ through them so that the CLI and the Python API read and write identically. Modu
 :mod:`~medrecon.io.volume` (the Volume), :mod:`~medrecon.io.nifti`,
 :mod:`~medrecon.io.dicom_scan` (finding series), :mod:`~medrecon.io.dicom_read`,
 :mod:`~medrecon.io.dicom_write` (derived series), :mod:`~medrecon.io.measurement` (the HDF5
-measurement container and fastMRI import) with :mod:`~medrecon.io.operator_schema`. ``io`` is
+measurement container) with :mod:`~medrecon.io.operator_schema`, :mod:`~medrecon.io.fastmri`
+(fastMRI import) and :mod:`~medrecon.io.hdf5_read` (checked reading of either). ``io`` is
 file formats only: it imports nothing from :mod:`medrecon.operators`.
 """
 

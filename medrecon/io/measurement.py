@@ -6,8 +6,9 @@ the sampling mask, optional coil maps, the noise level, a description of the for
 modality, units, the reference DICOM header) so that reconstructions land where the reference
 study was. The on-disk layout is specified in ``docs/formats.md`` so other tools can write it.
 
-Also here: :func:`read_fastmri`, which reads raw fastMRI HDF5 files as 2D multi-slice
-measurements. :func:`read_measurement` dispatches to it when it sees a fastMRI file.
+:func:`read_measurement` also reads raw fastMRI HDF5 files: it hands them to
+:func:`medrecon.io.fastmri.read_fastmri`. What a file declares is checked before it is trusted
+(:mod:`medrecon.io.hdf5_read`).
 
 This module is a file format, no physics: it reads and writes what a file holds (coil maps
 only when the file has them) and imports nothing from :mod:`medrecon.operators`. The
@@ -17,7 +18,6 @@ only when the file has them) and imports nothing from :mod:`medrecon.operators`.
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,11 +28,10 @@ import numpy as np
 from medrecon import __version__
 from medrecon.errors import MeasurementError
 from medrecon.io.atomic import atomic_file
-from medrecon.io.operator_schema import mri_operator_description
-from medrecon.io.parallel_zlib import read_dataset, write_dataset
+from medrecon.io.hdf5_read import as_str, int_attr, json_attr, read_numeric
+from medrecon.io.parallel_zlib import write_dataset
 from medrecon.io.volume import Volume, check_affine
 from medrecon.jsonutil import jsonable as _jsonable
-from medrecon.jsonutil import parse_bounded
 
 __all__ = [
     "FORMAT_NAME",
@@ -41,8 +40,6 @@ __all__ = [
     "ReferenceGeometry",
     "write_measurement",
     "read_measurement",
-    "read_fastmri",
-    "is_fastmri_file",
 ]
 
 FORMAT_NAME = "medrecon-measurement"
@@ -326,78 +323,11 @@ def write_measurement(m: Measurement, path: str | Path) -> Path:
 # -------------------------------------------------------------------------------------------
 # Reading
 # -------------------------------------------------------------------------------------------
-def _json_attr(attrs: Any, key: str, path: Path) -> dict[str, Any]:
-    raw = attrs.get(key)
-    if raw is None:
-        return {}
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8")
-    try:
-        value = parse_bounded(json.loads, raw, f"{path} (attribute {key!r})",
-                              MeasurementError)
-    except json.JSONDecodeError:
-        raise MeasurementError(f"{path}: attribute {key!r} is not valid JSON.") from None
-    if not isinstance(value, dict):
-        raise MeasurementError(f"{path}: attribute {key!r} must be a JSON object.")
-    return value
-
-
-def _str(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    return str(value)
-
-
 def _require(f: Any, name: str, path: Path) -> Any:
     if name not in f:
         raise MeasurementError(f"{path} has no {name!r} dataset; it is not a complete "
                                f"medrecon measurement file.")
     return f[name]
-
-
-def _numeric(node: Any, name: str, path: Path) -> np.ndarray:
-    """Read the numeric dataset ``node`` after checking its dtype and declared size.
-
-    Shapes and dtypes come from the header, so a file declaring terabytes or holding strings
-    is refused before anything is allocated (HDF5 can declare any size in a few bytes).
-    """
-    import h5py
-
-    from medrecon.device import host_memory_bytes
-
-    if not isinstance(node, h5py.Dataset):
-        raise MeasurementError(f"{path}: {name!r} is not a dataset.")
-    if node.dtype.kind not in "biufc":
-        raise MeasurementError(f"{path}: dataset {name!r} holds {node.dtype} values, not numbers.")
-    nbytes = int(np.prod([int(s) for s in node.shape], dtype=object)) * int(node.dtype.itemsize)
-    limit = host_memory_bytes() // 2
-    if nbytes > limit:
-        raise MeasurementError(
-            f"{path}: dataset {name!r} declares shape {tuple(node.shape)} "
-            f"({nbytes / 2**30:,.1f} GiB), more than half of this machine's memory "
-            f"({limit / 2**30:,.1f} GiB).")
-    return read_dataset(node)
-
-
-def _int_attr(attrs: Any, key: str, default: int, path: Path) -> int:
-    """An integer attribute; anything else (a string, a float, an array) is refused."""
-    value = attrs.get(key, default)
-    if isinstance(value, np.ndarray) and value.shape == ():
-        value = value.item()
-    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
-        raise MeasurementError(f"{path}: attribute {key!r} must be an integer, got {value!r}.")
-    return int(value)
-
-
-def is_fastmri_file(path: str | Path) -> bool:
-    """True for an HDF5 file with a fastMRI ``kspace`` dataset and no medrecon format tag."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            return "kspace" in f and f.attrs.get("format") is None
-    except OSError:
-        return False
 
 
 def read_measurement(path: str | Path) -> Measurement:
@@ -434,21 +364,24 @@ def _read_hdf5_measurement(path: Path) -> Measurement:
         fmt = f.attrs.get("format")
         if fmt is None:
             if "kspace" in f:
+                # imported here: medrecon.io.fastmri builds on this module's Measurement
+                from medrecon.io.fastmri import read_fastmri
+
                 return read_fastmri(path)
             raise MeasurementError(
                 f"{path} is an HDF5 file but neither a medrecon measurement nor a fastMRI file.")
-        if _str(fmt) != FORMAT_NAME:
-            raise MeasurementError(f"{path} has format {_str(fmt)!r}, not {FORMAT_NAME!r}.")
-        version = _int_attr(f.attrs, "format_version", 0, path)
+        if as_str(fmt) != FORMAT_NAME:
+            raise MeasurementError(f"{path} has format {as_str(fmt)!r}, not {FORMAT_NAME!r}.")
+        version = int_attr(f.attrs, "format_version", 0, path)
         if version > FORMAT_VERSION:
             raise MeasurementError(
                 f"{path} uses measurement format version {version}; this medrecon reads up to "
                 f"version {FORMAT_VERSION}, so upgrade medrecon.")
-        modality = _str(f.attrs.get("modality", ""))
-        data = _numeric(_require(f, "data", path), "data", path)
-        mask = _numeric(f["mask"], "mask", path) if "mask" in f else None
-        maps = _numeric(f["coil_maps"], "coil_maps", path) if "coil_maps" in f else None
-        cov = (_numeric(f["noise_covariance"], "noise_covariance", path)
+        modality = as_str(f.attrs.get("modality", ""))
+        data = read_numeric(_require(f, "data", path), "data", path)
+        mask = read_numeric(f["mask"], "mask", path) if "mask" in f else None
+        maps = read_numeric(f["coil_maps"], "coil_maps", path) if "coil_maps" in f else None
+        cov = (read_numeric(f["noise_covariance"], "noise_covariance", path)
                if "noise_covariance" in f else None)
         ref = _require(f, "reference", path)
         if "affine" not in ref:
@@ -456,137 +389,24 @@ def _read_hdf5_measurement(path: Path) -> Measurement:
         if "shape" not in ref.attrs:
             raise MeasurementError(f"{path} has no 'shape' attribute in 'reference'.")
         dicom = _dicom_from_json(
-            _str(ref["dicom_json"][()]) if "dicom_json" in ref else None,
-            _str(ref["dicom_file_meta_json"][()]) if "dicom_file_meta_json" in ref else None)
-        affine = _numeric(ref["affine"], "reference/affine", path)
+            as_str(ref["dicom_json"][()]) if "dicom_json" in ref else None,
+            as_str(ref["dicom_file_meta_json"][()]) if "dicom_file_meta_json" in ref else None)
+        affine = read_numeric(ref["affine"], "reference/affine", path)
         check_affine(affine, f"{path} (reference/affine)")
         try:
             reference = ReferenceGeometry(
                 affine=affine, shape=tuple(int(s) for s in ref.attrs["shape"]),
-                modality=_str(ref.attrs.get("modality", "OT")),
-                units=_str(ref.attrs.get("units", "a.u.")),
-                series_description=_str(ref.attrs.get("series_description", "")),
-                dicom_header=dicom, meta=_json_attr(ref.attrs, "meta", path))
+                modality=as_str(ref.attrs.get("modality", "OT")),
+                units=as_str(ref.attrs.get("units", "a.u.")),
+                series_description=as_str(ref.attrs.get("series_description", "")),
+                dicom_header=dicom, meta=json_attr(ref.attrs, "meta", path))
         except ValueError as exc:
             raise MeasurementError(f"{path}: invalid reference geometry ({exc}).") from None
-        arrays = ({name: _numeric(f["aux"][name], f"aux/{name}", path) for name in f["aux"]}
+        arrays = ({name: read_numeric(f["aux"][name], f"aux/{name}", path) for name in f["aux"]}
                   if "aux" in f else {})
-        operator = _json_attr(f.attrs, "operator", path)
-        noise = _json_attr(f.attrs, "noise", path)
-        acquisition = _json_attr(f.attrs, "acquisition", path)
+        operator = json_attr(f.attrs, "operator", path)
+        noise = json_attr(f.attrs, "noise", path)
+        acquisition = json_attr(f.attrs, "acquisition", path)
     return Measurement(modality=modality, data=data, mask=mask, reference=reference,
                        coil_maps=maps, noise=noise, noise_covariance=cov, operator=operator,
                        acquisition=acquisition, arrays=arrays)
-
-
-# -------------------------------------------------------------------------------------------
-# fastMRI
-# -------------------------------------------------------------------------------------------
-def _ismrmrd_geometry(header: str | None) -> tuple[tuple[float, float, float] | None, str]:
-    """Voxel size (mm) along (kx, ky, slice) from the ISMRMRD header's encoded space."""
-    if not header:
-        return None, "the file has no ismrmrd_header"
-    import xml.etree.ElementTree as ET
-
-    try:
-        root = ET.fromstring(header)
-    except ET.ParseError:
-        return None, "its ismrmrd_header is not valid XML"
-
-    def find(node: Any, *names: str) -> Any:
-        for name in names:
-            nxt = None
-            for child in node:
-                if child.tag.split("}")[-1] == name:
-                    nxt = child
-                    break
-            if nxt is None:
-                return None
-            node = nxt
-        return node
-
-    enc = find(root, "encoding", "encodedSpace")
-    if enc is None:
-        return None, "its ismrmrd_header has no encoding/encodedSpace"
-    try:
-        fov = [float(find(enc, "fieldOfView_mm", a).text) for a in ("x", "y", "z")]
-        mat = [int(find(enc, "matrixSize", a).text) for a in ("x", "y", "z")]
-    except (AttributeError, TypeError, ValueError):
-        return None, "its ismrmrd_header lacks the encoded field of view or matrix size"
-    if any(v <= 0 for v in fov) or any(v <= 0 for v in mat):
-        return None, "its ismrmrd_header gives a non-positive field of view or matrix size"
-    return (fov[0] / mat[0], fov[1] / mat[1], fov[2] / mat[2]), ""
-
-
-def read_fastmri(path: str | Path) -> Measurement:
-    """Read a raw fastMRI HDF5 file as a 2D multi-slice MR measurement.
-
-    fastMRI stores ``kspace`` as [slices, coils, kx, ky] (multi-coil) or [slices, kx, ky]
-    (single-coil) with the same centred orthonormal FFT convention as medrecon. Axes map onto
-    ours as C = coils, I = kx (readout, fully sampled), J = ky (phase encode), K = slices, i.e.
-    ``data[c, i, j, k] = kspace[k, c, i, j]``, operator ``fft_dims = (0, 1)``.
-
-    The mask is the file's ``mask`` dataset (over ky, as in fastMRI's test sets) when present,
-    else the ky lines holding non-zero samples. Voxel sizes come from the ISMRMRD header's
-    encoded field of view divided by the encoded matrix (readout oversampling included, since
-    the image grid is the encoded one); without them 1 mm is used and a warning says so. The
-    image is centred on the scanner origin: fastMRI files carry no patient position.
-
-    Coil maps are not in fastMRI files, so ``coil_maps`` is None; building the reconstruction
-    problem estimates them (ESPIRiT from the fully sampled centre) when it needs them.
-    """
-    import h5py
-
-    path = Path(path)
-    with h5py.File(path, "r") as f:
-        if "kspace" not in f:
-            raise MeasurementError(f"{path} has no 'kspace' dataset; it is not a fastMRI file.")
-        ks = _numeric(f["kspace"], "kspace", path)
-        mask_1d = _numeric(f["mask"], "mask", path) if "mask" in f else None
-        header = f["ismrmrd_header"][()] if "ismrmrd_header" in f else None
-        attrs = {k: _jsonable(v.decode() if isinstance(v, bytes) else v)
-                 for k, v in f.attrs.items()}
-    if not np.iscomplexobj(ks):
-        raise MeasurementError(f"{path}: fastMRI k-space must be complex, got {ks.dtype}.")
-    if ks.ndim == 3:
-        ks = ks[:, None]
-    if ks.ndim != 4:
-        raise MeasurementError(
-            f"{path}: fastMRI k-space must be [slices, coils, kx, ky] or [slices, kx, ky], "
-            f"got shape {ks.shape}.")
-    if not np.all(np.isfinite(ks)):
-        raise MeasurementError(f"{path}: the k-space holds NaN or infinite values.")
-    n_slices, n_coils, nx, ny = ks.shape
-    data = np.ascontiguousarray(np.transpose(ks, (1, 2, 3, 0))).astype(np.complex64)
-    if mask_1d is not None:
-        mask_1d = np.asarray(mask_1d).reshape(-1)
-        if mask_1d.shape[0] != ny:
-            raise MeasurementError(
-                f"{path}: the mask has {mask_1d.shape[0]} entries but k-space has {ny} ky lines.")
-        sampled = mask_1d.astype(bool)
-    else:
-        sampled = np.any(np.abs(data) > 0, axis=(0, 1, 3))
-    mask = sampled.astype(np.uint8).reshape(1, ny, 1)
-    data = data * mask  # zeros where not sampled, as our files store them
-
-    if isinstance(header, bytes | np.bytes_):
-        header = header.decode("utf-8", "replace")
-    spacing, why = _ismrmrd_geometry(None if header is None else str(header))
-    if spacing is None:
-        warnings.warn(f"{path.name}: no voxel size available ({why}); using 1 mm.",
-                      stacklevel=2)
-        spacing = (1.0, 1.0, 1.0)
-    affine = np.diag([*spacing, 1.0])
-    affine[:3, 3] = -affine[:3, :3] @ ((np.array([nx, ny, n_slices]) - 1) / 2.0)
-    reference = ReferenceGeometry(affine, (nx, ny, n_slices), modality="MR", units="a.u.",
-                                  series_description=f"fastMRI {path.stem}",
-                                  meta={"source": str(path), "fastmri_attrs": attrs})
-    n_acq = int(sampled.sum())
-    acquisition = {"source": "fastmri", "acceleration": float(ny / max(n_acq, 1)),
-                   "acquired_lines": n_acq, "version": __version__}
-    if "acceleration" in attrs:
-        acquisition["nominal_acceleration"] = attrs["acceleration"]
-    operator = mri_operator_description((nx, ny, n_slices), n_coils, "2d")
-    return Measurement("MR", data, mask, reference, noise={"model": "unknown"},
-                       operator=operator, acquisition=acquisition)
-

@@ -259,10 +259,14 @@ def tune_tv_weight(measurement: Measurement, problem: Problem, centre: float,
     seed = int((measurement.acquisition or {}).get("seed", 0) or 0)
     probe = sure_probe(sub, seed) if use_sure else None
 
-    def criterion(lam: float) -> float:
+    def fit(lam: float) -> Tensor:
         x = solve(sub, lam) * mw
         if cap:  # the misfit costs a projection per weight: only when it is used
             misfit[lam] = discrepancy(sub, x)
+        return x
+
+    def criterion(lam: float) -> float:
+        x = fit(lam)
         relative[lam] = held.residual(x)
         if probe is None:
             return relative[lam]
@@ -277,15 +281,16 @@ def tune_tv_weight(measurement: Measurement, problem: Problem, centre: float,
     if cap and math.isfinite(misfit[lam]) and misfit[lam] > 1.0:
         # The choice's fit is worse than the noise: cap it at the discrepancy weight below
         # it, stepping down (at most 3 grid steps, while the misfit still falls) until some
-        # weight fits to the noise level; these extra solves score the misfit only, the
-        # report's grid stays the search's.
+        # weight fits to the noise level; these extra weights need their misfit only (one
+        # solve each: no held-out residual, no SURE solve), the report's grid stays the
+        # search's.
         step = math.sqrt(grid[1] / grid[0]) if len(grid) > 1 else 2.0
         for _ in range(3):
             low = sorted(misfit)
             if (any(misfit[g] < 1.0 for g in low if g <= lam)
                     or (len(low) > 1 and misfit[low[0]] >= misfit[low[1]])):
                 break
-            criterion(low[0] / step)
+            fit(low[0] / step)
         capped = discrepancy_weight(list(misfit), list(misfit.values()), below=lam)
         if capped is not None:
             note = "; ".join(t for t in (

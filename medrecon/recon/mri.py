@@ -305,7 +305,8 @@ def cg_sense(m: Measurement, options: ReconOptions, device: torch.device) -> Rec
     return _output(problem, res.x, res.iterations, info)
 
 
-def l1_wavelet(m: Measurement, options: ReconOptions, device: torch.device) -> ReconOutput:
+def l1_wavelet(m: Measurement, options: ReconOptions, device: torch.device, *,
+               holdout_masks: tuple[np.ndarray, np.ndarray] | None = None) -> ReconOutput:
     """L1-wavelet compressed sensing: argmin 1/2 ||A x - y||^2 + lam ||W x||_1.
 
     FISTA with step 1/L, L = ||A^H A|| by power iteration; the prox of the analysis term is
@@ -316,7 +317,9 @@ def l1_wavelet(m: Measurement, options: ReconOptions, device: torch.device) -> R
     wavelet grid is shifted by a random (seeded) offset at every iteration (BART's random cycle
     spinning; ``cycle_spin=False`` is BART's ``-n``). 2D multi-slice data get in-plane
     wavelets. Options (:class:`L1WaveletSettings`) change all of these. Starts from A^H y;
-    default 100 iterations.
+    default 100 iterations. ``holdout_masks``: the self-tuning's (training, held-out) masks
+    when they are drawn already (the guard's split of ``m``, :mod:`medrecon.guard`), the
+    ones :func:`~medrecon.recon.autotune.mr_holdout_masks` would draw here.
     """
     settings = method_settings(L1WaveletSettings, options.extra, "l1-wavelet")
     t0 = time.perf_counter()
@@ -326,7 +329,7 @@ def l1_wavelet(m: Measurement, options: ReconOptions, device: torch.device) -> R
     def solve(p: Problem, lam: float, progress: bool = False) -> tuple[Any, dict[str, Any]]:
         return _l1_solve(p, lam, settings, iters, options.tol, progress, device)
 
-    lam, report = _weight(m, problem, options, "l1-wavelet", solve)
+    lam, report = _weight(m, problem, options, "l1-wavelet", solve, holdout_masks)
     res, extra = solve(problem, lam, options.progress)
     info.update(lam=lam, lam_default=options.lam is None, **extra, converged=res.converged,
                 history=res.history, seconds=time.perf_counter() - t0)
@@ -448,20 +451,22 @@ def _tv_solve(problem: Problem, lam: float, settings: TVSettings, axes: tuple[in
 
 def _weight(m: Measurement, problem: Problem, options: ReconOptions, method: str,
             solve: Callable[[Problem, float], tuple[Any, dict[str, Any]]],
+            masks: tuple[np.ndarray, np.ndarray] | None = None,
             ) -> tuple[float, TuneReport | None]:
     """``options.lam``, or (None) the self-tuned weight by k-space hold-out
     (:mod:`medrecon.recon.autotune`): the same operator with a training mask, each grid weight
     scored by the relative residual on the held-out samples, the best one scaled by
-    n_all / n_train for the full data term."""
+    n_all / n_train for the full data term. ``masks``: (training, held-out) masks drawn
+    already for ``m`` (else drawn here)."""
     if options.lam is not None:
         return float(options.lam), None
     op = problem.op
     assert isinstance(op, SenseOperator)
     mask = op.mask.detach().cpu().numpy()
     calib = (m.acquisition or {}).get("calibration")
-    train, held = mr_holdout_masks(mask, m.fft_dims, int(calib) if calib else None,
-                                   seed=int((m.acquisition or {}).get("seed", 0) or 0),
-                                   image_shape=op.image_shape)
+    train, held = masks if masks is not None else mr_holdout_masks(
+        mask, m.fft_dims, int(calib) if calib else None,
+        seed=int((m.acquisition or {}).get("seed", 0) or 0), image_shape=op.image_shape)
     dev = problem.y.device
     train_t = torch.from_numpy(train).to(dev)
     held_t = torch.from_numpy(held).to(dev)

@@ -25,14 +25,13 @@ from medrecon.operators.ct_projector import make_projector
 from medrecon.phantoms import SHEPP_LOGAN_3D, Ellipsoid, ellipsoid_phantom
 from medrecon.problem import measurement_problem
 from medrecon.recon.base import ReconOptions
-from medrecon.recon.ct import (
+from medrecon.recon.ct import cgls, sirt
+from medrecon.recon.ct_analytic import (
     FILTERS,
     analytic_reconstruction,
-    cgls,
     fbp,
     fdk,
     ramp_filter,
-    sirt,
 )
 from medrecon.simulate import simulate_sinogram
 

@@ -201,6 +201,38 @@ def test_discrepancy_weight_interpolates_the_crossing_below_the_pick() -> None:
         1.6e-3 * 4 ** (math.log(0.9) / math.log(0.9 / 3.0)))
 
 
+def test_discrepancy_cap_steps_below_the_grid_without_sure_solves(ct_case: Measurement) -> None:
+    """With SURE and the cap on, the weights tried below the grid need their misfit only: one
+    solve on the training views each, no Monte-Carlo probe solve (which the grid's weights get).
+    The stand-in method's image is the truth scaled by ``1 + 10 lam / centre``: the misfit
+    falls toward the noise level with the weight but stays above it on the grid, so the cap
+    steps below it all three times."""
+    from medrecon.problem import measurement_problem
+    from medrecon.recon.ct_tune import holdout_problems, tune_tv_weight
+
+    problem = measurement_problem(ct_case, CPU)
+    sub, _, _ = holdout_problems(ct_case, CPU)
+    mw = problem.units.mu_water
+    assert mw is not None
+    hu = torch.as_tensor(shepp_logan_3d((20, 20, 2)) * 1000.0 - 1000.0, dtype=sub.y.dtype)
+    truth = hu / 1000.0 + 1.0  # water units, as the method returns
+    centre = 1e-3
+    solves: dict[str, list[float]] = {"train": [], "probe": []}
+
+    def solve(p: object, lam: float) -> torch.Tensor:
+        training = torch.equal(p.y, sub.y)  # type: ignore[attr-defined]
+        solves["train" if training else "probe"].append(lam)
+        return truth * (1.0 + 10.0 * lam / centre)
+
+    lam, report = tune_tv_weight(ct_case, problem, centre, CPU, solve, cap=True, use_sure=True)
+    below = [g for g in solves["train"] if g < min(report.grid)]
+    assert len(below) == 3, solves  # the cap stepped below the grid (the path under test)
+    assert sorted(solves["probe"]) == sorted(report.grid), solves  # SURE: the grid only
+    assert len(solves["train"]) == len(report.grid) + len(below)
+    assert "capped at the discrepancy weight" not in report.note  # nothing fits the noise
+    assert lam in report.grid
+
+
 def test_ct_tv_self_tuning_on_sparse_views_near_the_oracle() -> None:
     """A synthetic head, 64^2 at 2 mm, 10 views (far fewer than the grid needs): the held-out
     views alone choose 4x the PSNR-optimal weight (1.4 dB under it). The default, the summed
