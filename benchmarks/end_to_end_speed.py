@@ -11,8 +11,8 @@ start-up, loading and writing.
 Cases: ``mr128`` / ``mr256`` (8 coils, 3D Poisson R = 8, coil maps in the file) and ``ct256``
 (60 parallel views, I0 = 1e5). A variant is ``NAME=ARGS``, the extra CLI arguments; the
 sampling-only runs use one sample, the modality's default weight and no guard
-(``--guard off --lam ...``), as ``sampling_speed.py`` does; ``defaults`` adds nothing (self-tuned
-weight, guard, one sample: what a user gets).
+(``--guard off --lam ...``), as ``sampling_speed.py`` does; a variant named ``defaults...``
+adds only its own arguments (self-tuned weight, guard, one sample: what a user gets).
 
     python benchmarks/end_to_end_speed.py --out e2e.jsonl --work /tmp/e2e --cases mr128,ct256,mr256 \
         --variants "shift=;fit=--set tiling=fit" [--device cuda]
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [*MEDRECON, "reconstruct", str(meas), str(out), "--method", "diffusion",
                    "--steps", str(args.steps), "--device", args.device, "--overwrite",
                    "--no-progress", *shlex.split(extra)]
-            if name != "defaults":
+            if not name.startswith("defaults"):
                 lam = MODALITY_DEFAULTS[(modality, "dds")]["lam"]
                 cmd += ["--guard", "off", "--lam", str(lam)]
             wall, proc = _run(cmd)
@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             else:  # "Wrote ... (50 steps, lam 0.05, 7.3 s on cuda)": the reconstruction itself
                 found = re.search(r"([\d.]+) s on ", proc.stdout + proc.stderr)
                 row["reconstruct_seconds"] = float(found.group(1)) if found else None
-                row["guard_line"] = next((ln for ln in (proc.stdout + proc.stderr).splitlines()
-                                          if ln.startswith("Guard")), None)
+                lines = (proc.stdout + proc.stderr).splitlines()
+                for key, head in (("tune_line", "Self-tuned"), ("guard_line", "Guard")):
+                    row[key] = next((ln for ln in lines if ln.startswith(head)), None)
             row.update(device=card, torch=torch.__version__, steps=args.steps,
                        date=datetime.now(UTC).isoformat(timespec="seconds"),
                        command=" ".join(cmd))

@@ -264,7 +264,8 @@ def _run_case(vol: Any, setting: str, args: argparse.Namespace) -> dict:
         best["edge_of_sweep"] = best["lam_factor"] in (factors[0], factors[-1])
         classical[name] = best
     steps, samples = (2, 1) if args.quick else (args.steps, args.samples)
-    extra = {"prior": args.prior, "steps": steps, "samples": samples, "seed": 0}
+    extra = {"prior": args.prior, "steps": steps, "samples": samples, "seed": 0,
+             "tune_steps": args.tune_steps}
     t0 = time.perf_counter()
     r = reconstruct(m, "diffusion", ReconOptions(device=args.device, extra=extra))
     info = r.output.info
@@ -274,6 +275,7 @@ def _run_case(vol: Any, setting: str, args: argparse.Namespace) -> dict:
                  "samples": samples, "nfe": info.get("nfe"), "lam": info.get("lam"),
                  "lam_grid": (info.get("autotune") or {}).get("grid"),
                  "lam_heldout_errors": (info.get("autotune") or {}).get("heldout_errors"),
+                 "tune_steps": args.tune_steps,
                  "guard": guard.get("choice"), "guard_weight": guard.get("weight"),
                  "guard_method": guard.get("method"),
                  "guard_errors": [guard.get("diffusion_error"), guard.get("classical_error")],
@@ -327,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--tune-steps", type=int, default=None,
+                    help="steps of the weight tuning's runs (default: --steps)")
     ap.add_argument("--quick", action="store_true", help="CPU smoke test: tiny crops, few steps")
     ap.add_argument("--plain-steps", default="",
                     help="with --plain: these step counts (e.g. 10,20,50; default --steps)")

@@ -10,7 +10,9 @@ the calibration box (MR) or every 7th view (CT). With ``err(x) = ||M_h (A x - y)
    each ``lam`` in ``centre * (1/4, 1, 4)`` around the modality default (MR 0.05, CT 1), one
    more step of 4 outwards when the best lies at an end; the smallest ``err`` wins
    (:func:`medrecon.recon.autotune.tune_weight` without its midpoints). At most 4 sampling
-   runs on the training data. The weight is not rescaled for all the data: it weighs
+   runs on the training data. ``tune_steps`` below ``steps`` ranks the candidates on shorter
+   runs; the guard then scores one more training-part run at the chosen weight and the
+   run's own steps, so its comparison is the one it would make with that weight given. The weight is not rescaled for all the data: it weighs
    the prior against the likelihood, whose noise model does not change with the number of
    samples (unlike the classical MR rule of :mod:`medrecon.recon.autotune`, a 1.18x factor at
    most, below the grid's resolution).
@@ -353,18 +355,24 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
     split = holdout_split(dmeas, device)
     best: dict[str, Any] = {}
 
-    def heldout_error(lam: float) -> float:
-        x = _sample(split.train, prior, config, lam, 1, device, progress, not best).image
+    def heldout_error(lam: float, cfg: DiffusionConfig = config) -> float:
+        x = _sample(split.train, prior, cfg, lam, 1, device, progress, not best).image
         err = split.held.error(x)
         if not best or err < best["error"]:
             best.update(error=err, lam=lam, image=x)
         return err
 
     if tune:
-        lam, grid, errors = tune_weight(heldout_error, centre, DIFFUSION_FACTORS,
-                                        refine=False)
-        report = TuneReport("lam", lam, tuple(grid), tuple(errors), 1.0, split.text)
+        short = config.tune_steps is not None and config.tune_steps < config.steps
+        tcfg = dataclasses.replace(config, steps=config.tune_steps) if short else config
+        lam, grid, errors = tune_weight(lambda v: heldout_error(v, tcfg), centre,
+                                        DIFFUSION_FACTORS, refine=False)
+        report = TuneReport("lam", lam, tuple(grid), tuple(errors), 1.0, split.text,
+                            f"ranked on {tcfg.steps}-step runs" if short else "")
         info.update(lam=lam, autotune=report.as_dict(), autotune_line=report.line())
+        if short and config.guard:  # the guard scores a sample of the output's step count
+            best.clear()
+            heldout_error(lam)
     else:
         lam = centre
         heldout_error(lam)

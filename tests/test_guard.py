@@ -12,6 +12,7 @@ import torch
 from prior_factory import export_tiny_prior
 from typer.testing import CliRunner
 
+from medrecon import guard as guard_module
 from medrecon.guard import (
     GUARD_METHODS,
     HeldOut,
@@ -476,3 +477,34 @@ def test_guard_scores_the_mean_of_k_not_one_noisy_sample(
     assert "mean of 16, estimated from 2 chains" in many.info["guard_line"]
     one = guarded_diffusion(m, DiffusionConfig(steps=STEPS, samples=1, seed=0), prior, CPU)
     assert one.info["guard"]["chains"] == 1 and one.info["guard"]["choice"] != "diffusion"
+
+
+def test_weight_ranked_on_shorter_runs_guard_scores_a_full_run(
+        ct: tuple[Measurement, np.ndarray], prior: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tune_steps``: the weight's candidates are sampled with fewer steps; the guard's
+    comparison and the output use the run's own steps, as with that weight given."""
+    m, hu = ct
+    lo, hi = prior.normalisation.ct_hu_min, prior.normalisation.ct_hu_max
+    truth = torch.from_numpy((hu - lo) / (hi - lo)).float()
+    _use_denoiser(monkeypatch, lambda x: truth.expand_as(x).clone())
+    steps: list[tuple[int, bool]] = []
+    sample = guard_module._sample
+
+    def counting(meas: Measurement, p: Any, config: DiffusionConfig, *a: Any,
+                 **k: Any) -> Any:
+        steps.append((config.steps, meas is m))
+        return sample(meas, p, config, *a, **k)
+
+    monkeypatch.setattr(guard_module, "_sample", counting)
+    out = guarded_diffusion(m, _config(tune_steps=1), prior, CPU)
+    tuning, rest = steps[:-2], steps[-2:]
+    assert len(tuning) >= 3 and {s for s, _ in tuning} == {1}
+    assert rest[0][0] == rest[1][0] == STEPS  # the guard's training-part run, the final run
+    assert not any(full for _, full in tuning + rest[:1]) and rest[1][1]  # training, then all
+    assert "ranked on 1-step runs" in out.info["autotune_line"]
+    steps.clear()
+    given = guarded_diffusion(m, _config(lam=out.info["lam"]), prior, CPU)
+    assert [s for s, _ in steps] == [STEPS, STEPS]
+    assert out.info["guard"] == given.info["guard"]
+    np.testing.assert_array_equal(out.image, given.image)

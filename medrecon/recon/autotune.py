@@ -84,7 +84,8 @@ class TuneReport:
         errors: relative held-out residual of each value in ``grid``.
         scale: ``chosen = best training value * scale`` (see the module docstring).
         holdout: what was held out, in words.
-        note: a rule that overrode the held-out choice, in words ("" for none).
+        note: a rule that overrode the held-out choice, or how the candidates were run, in
+            words ("" for none).
     """
 
     parameter: str
