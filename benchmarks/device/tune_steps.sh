@@ -24,7 +24,7 @@ if [ -n "${E2E_CASES:-}" ]; then
   E2E="python3 benchmarks/end_to_end_speed.py --out $OUT/e2e.jsonl --work /tmp/e2e"
   timeout 100 $E2E --cases $E2E_CASES --variants "" > "$LOGS/e2e.log" 2>&1  # files only
   timeout $(( $(left) - ${REAL_EXTRA_S:-0} )) $E2E --cases $E2E_CASES \
-    --variants "defaults=;defaults_t20=--set tune_steps=20" >> "$LOGS/e2e.log" 2>&1
+    --variants "${E2E_VARIANTS:-defaults=;defaults_t20=--set tune_steps=20}" >> "$LOGS/e2e.log" 2>&1
   echo "e2e done at $(elapsed) s"
 fi
 [ -n "${REAL_EXTRA:-}" ] && timeout $(( $(left) - 10 )) $RQ --out $OUT/real_extra.jsonl \
