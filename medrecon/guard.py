@@ -46,26 +46,32 @@ outright there is no std map (a map of the rejected diffusion posterior would de
 that is not the output). ``info["guard"]`` and ``info["guard_line"]`` record the errors, the
 choice and ``w``.
 
-Cost: at most 4 sampling runs of one chain on the training part, the classical method's
+Cost: at most 4 sampling runs of one chain on the training part, each classical method's
 self-tuning (7-9 solves on the training part, one on all the data) and one more solve on the
 training part, on top of the final run (skipped when the classical result is chosen). Measured
-on a loaded CPU, 6 steps, tiny volumes: 4.6x (CT) and 10x (MR) the wall time of one plain run
-(benchmarks/RESULTS_autotune.md); at full size on a GPU the sampling runs dominate.
+on a loaded CPU, 6 steps, tiny volumes, with one classical method: 4.6x (CT) and 10x (MR) the
+wall time of one plain run (benchmarks/RESULTS_autotune.md); MR's second method, TV (300-step
+PDHG solves), costs 0.9-4.5x l1-wavelet's on the real MR files there. At full size on a GPU
+the sampling runs dominate.
 
 The weight is scored on one sample (K = 1) per candidate. The output is the mean of K samples,
 which averages most of one sample's posterior spread away, so where that one sample predicts
 the held-out data worse than the classical result and K > 1, a pair of chains at the chosen
 weight estimates the error of the mean of K (:meth:`HeldOut.mean_error`) from two fresh
-chains, and the guard compares that (two more sampling runs on the training part). On the real brain at R = 8
-(benchmarks/RESULTS_autotune.md, H100) the single-sample comparison fell back to L1-wavelet,
-1.2 dB under oracle TV, where the 4-sample mean of diffusion at the default weight was 0.7 dB
-above it; whether the two-chain estimate changes that decision is not measured yet (GPU).
+chains, and the guard compares that (two more sampling runs on the training part). On the
+real brain at R = 8 (benchmarks/RESULTS_autotune.md, H100) the single-sample comparison fell
+back to L1-wavelet, 1.2 dB under oracle TV; the two-chain estimate kept diffusion there (+0.37
+dB over oracle TV, with l1-wavelet as the only MR classical method).
 
-MR l1-wavelet, not TV, is the guard's classical method: in benchmarks/RESULTS_autotune.md the
-self-tuned l1-wavelet is as good as or better than self-tuned TV on all four synthetic MR cases
-(up to +2.8 dB on the head), and it is the method of BART's ``pics -l1``, the strongest
-classical reference on the real fastMRI-format brain; running both would double the guard's
-classical cost for little.
+MR runs both l1-wavelet and TV because neither is best everywhere: self-tuned l1-wavelet is
+as good as or better than self-tuned TV on the synthetic MR cases (up to +2.8 dB on the head)
+and the real brain at R = 4, TV better on the real brain at R = 8 (+1.2 dB) and the DWI volume
+(+0.3 / +0.6 dB) (benchmarks/RESULTS_autotune.md). The held-out choice picked the method with
+the better PSNR on 8 of 10 MR cases there, not on the DWI volume, where the held-out samples
+prefer l1-wavelet by 16-19 %. CT keeps TV alone: at 256^2 with its default 300 iterations
+SIRT and CGLS lie 8-12 dB under it (benchmarks/RESULTS_ct.md); only on a 24^2 slab with TV
+cut to 80 iterations did self-tuned SIRT lead (by 1.0 / 0.4 dB, RESULTS_autotune.md's first
+table). Neither is measured on the real CT slices.
 """
 
 from __future__ import annotations
