@@ -41,11 +41,14 @@ What is measured, per case and setting (one JSON line each, also appended to ``-
   Methods: CG-SENSE; L1-wavelet and TV with lam swept over 2^-4 .. 2^4 times the method's
   default and the best PSNR kept (oracle tuning on the reference: it favours them);
   diffusion with the default prior and sampler, 50 steps, K = 4 samples, seed 0, on the
-  default path: the weight self-tuned on held-out k-space and the guard against self-tuned
-  L1-wavelet (:mod:`medrecon.guard`); each row records the weight, the guard's branch
-  (``diffusion``, ``blend`` or ``classical``), its weight and both held-out errors. ``--plain``
-  adds diffusion at the fixed modality weight without the guard (``diffusion.plain``), and
-  with ``--plain-steps 10,20`` at those step counts too (``diffusion.plain_10``, ...).
+  default path: the weight self-tuned on held-out k-space and the guard against the better
+  held-out predictor of self-tuned L1-wavelet and TV (:mod:`medrecon.guard`); each row records
+  the weight, the guard's branch (``diffusion``, ``blend`` or ``classical``), its weight, the
+  classical method it compared with (``guard_method``) and the held-out errors (diffusion's
+  and that method's in ``guard_errors``, every classical method's in
+  ``guard_classical_errors``). ``--plain`` adds diffusion at the fixed modality weight
+  without the guard (``diffusion.plain``), and with ``--plain-steps 10,20`` at those step
+  counts too (``diffusion.plain_10``, ...).
 * **CT**, 30 and 60 views: parallel beam over 180 deg, I0 = 1e5 photons per ray, seed 0.
   Methods: FBP; TV with lam swept likewise; diffusion as above (guard against self-tuned TV).
 * **Metrics**: PSNR over the region, SSIM as the mean over region voxels of 2D per-slice SSIM
@@ -279,6 +282,7 @@ def _run_case(vol: Any, setting: str, args: argparse.Namespace) -> dict:
                  "guard": guard.get("choice"), "guard_weight": guard.get("weight"),
                  "guard_method": guard.get("method"),
                  "guard_errors": [guard.get("diffusion_error"), guard.get("classical_error")],
+                 "guard_classical_errors": guard.get("classical_errors"),
                  "guard_line": info.get("guard_line")}
     if args.plain:  # the former default: the modality's fixed weight, no guard
         from medrecon.sampling.config import DiffusionConfig

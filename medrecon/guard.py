@@ -16,11 +16,12 @@ the calibration box (MR) or every 7th view (CT). With ``err(x) = ||M_h (A x - y)
    the prior against the likelihood, whose noise model does not change with the number of
    samples (unlike the classical MR rule of :mod:`medrecon.recon.autotune`, a 1.18x factor at
    most, below the grid's resolution).
-2. **Guard** (``guard`` on): the self-tuned classical method of the modality (:data:`GUARD_METHODS`:
-   MR l1-wavelet, CT tv) is run on the same training part with its chosen weight and the coil
-   maps of its final run (MR without maps in the file: its two ESPIRiT map sets), and scored
-   the same way, through its own operator (with map sets, on the per-set images), so its
-   error is the one its self-tuning saw at that weight.
+2. **Guard** (``guard`` on): the classical baseline is the self-tuned classical method of the
+   modality (:data:`GUARD_METHODS`: MR l1-wavelet and TV, CT TV) that predicts the held-out
+   data best (:func:`classical_runs`): each is run on the same training part with its chosen
+   weight and the coil maps of its final run (MR without maps in the file: the two ESPIRiT
+   map sets both methods use), and scored the same way, through its own operator (with map
+   sets, on the per-set images), so its error is the one its self-tuning saw at that weight.
    If diffusion predicts the held-out data at least as well, the result is diffusion.
    Otherwise the blend ``w x_diffusion + (1 - w) x_classical`` whose held-out residual is
    smallest is taken (``w`` in [0, 1] in closed form, :func:`blend_weight`), provided it
@@ -30,12 +31,12 @@ the calibration box (MR) or every 7th view (CT). With ``err(x) = ||M_h (A x - y)
    result made almost wholly of the classical one).
 
 MR without coil maps in the file (fastMRI): the ESPIRiT maps are estimated once, from all the
-data, before anything else, with the classical method's two map sets; diffusion (the tuning's
+data, before anything else, with the classical methods' two map sets; diffusion (the tuning's
 runs and the final one) uses the first set, which is ESPIRiT's one-set estimate bit for bit
 (:func:`_estimate_maps_once`), so every run sees the maps it would have estimated itself (the
 path used to estimate them three times: 1, 2 and again 1 set; 1.6 + 3.5 + 1.6 s on the
 fastMRI-format brain of benchmarks/kspace_fastmri.py, 128 x 96 x 24 with 8 coils, loaded
-CPU). The held-out samples are drawn once too, for both splits and the classical method's
+CPU). The held-out samples are drawn once too, for both splits and both classical methods'
 self-tuning (the same draw: it depends only on the sampling mask, the calibration and the
 seed).
 
@@ -47,26 +48,32 @@ outright there is no std map (a map of the rejected diffusion posterior would de
 that is not the output). ``info["guard"]`` and ``info["guard_line"]`` record the errors, the
 choice and ``w``.
 
-Cost: at most 4 sampling runs of one chain on the training part, the classical method's
+Cost: at most 4 sampling runs of one chain on the training part, each classical method's
 self-tuning (7-9 solves on the training part, one on all the data) and one more solve on the
 training part, on top of the final run (skipped when the classical result is chosen). Measured
-on a loaded CPU, 6 steps, tiny volumes: 4.6x (CT) and 10x (MR) the wall time of one plain run
-(benchmarks/RESULTS_autotune.md); at full size on a GPU the sampling runs dominate.
+on a loaded CPU, 6 steps, tiny volumes, with one classical method: 4.6x (CT) and 10x (MR) the
+wall time of one plain run (benchmarks/RESULTS_autotune.md); MR's second method, TV (300-step
+PDHG solves), costs 0.9-4.5x l1-wavelet's on the real MR files there. At full size on a GPU
+the sampling runs dominate.
 
 The weight is scored on one sample (K = 1) per candidate. The output is the mean of K samples,
 which averages most of one sample's posterior spread away, so where that one sample predicts
 the held-out data worse than the classical result and K > 1, a pair of chains at the chosen
 weight estimates the error of the mean of K (:meth:`HeldOut.mean_error`) from two fresh
-chains, and the guard compares that (two more sampling runs on the training part). On the real brain at R = 8
-(benchmarks/RESULTS_autotune.md, H100) the single-sample comparison fell back to L1-wavelet,
-1.2 dB under oracle TV, where the 4-sample mean of diffusion at the default weight was 0.7 dB
-above it; whether the two-chain estimate changes that decision is not measured yet (GPU).
+chains, and the guard compares that (two more sampling runs on the training part). On the
+real brain at R = 8 (benchmarks/RESULTS_autotune.md, H100) the single-sample comparison fell
+back to L1-wavelet, 1.2 dB under oracle TV; the two-chain estimate kept diffusion there (+0.37
+dB over oracle TV, with l1-wavelet as the only MR classical method).
 
-MR l1-wavelet, not TV, is the guard's classical method: in benchmarks/RESULTS_autotune.md the
-self-tuned l1-wavelet is as good as or better than self-tuned TV on all four synthetic MR cases
-(up to +2.8 dB on the head), and it is the method of BART's ``pics -l1``, the strongest
-classical reference on the real fastMRI-format brain; running both would double the guard's
-classical cost for little.
+MR runs both l1-wavelet and TV because neither is best everywhere: self-tuned l1-wavelet is
+as good as or better than self-tuned TV on the synthetic MR cases (up to +2.8 dB on the head)
+and the real brain at R = 4, TV better on the real brain at R = 8 (+1.2 dB) and the DWI volume
+(+0.3 / +0.6 dB) (benchmarks/RESULTS_autotune.md). The held-out choice picked the method with
+the better PSNR on 8 of 10 MR cases there, not on the DWI volume, where the held-out samples
+prefer l1-wavelet by 16-19 %. CT keeps TV alone: at 256^2 with its default 300 iterations
+SIRT and CGLS lie 8-12 dB under it (benchmarks/RESULTS_ct.md); only on a 24^2 slab with TV
+cut to 80 iterations did self-tuned SIRT lead (by 1.0 / 0.4 dB, RESULTS_autotune.md's first
+table). Neither is measured on the real CT slices.
 """
 
 from __future__ import annotations
@@ -107,17 +114,25 @@ __all__ = [
     "DIFFUSION_FACTORS",
     "GUARD_METHODS",
     "MIN_GAIN",
+    "ClassicalRun",
     "TUNED_SAMPLERS",
     "GuardReport",
     "HeldOut",
     "blend_weight",
+    "classical_runs",
     "guarded_diffusion",
     "holdout_split",
 ]
 
-#: The classical method the guard compares with, per modality (self-tuned, see the docstring).
-GUARD_METHODS: dict[str, str] = {"MR": "l1-wavelet", "CT": "tv"}
-_CLASSICAL: dict[str, Callable[..., ReconOutput]] = {"MR": mri.l1_wavelet, "CT": ct.tv_method}
+#: The classical methods the guard may compare with, per modality (each self-tuned; MR: the
+#: one that predicts the held-out data better, see the docstring).
+GUARD_METHODS: dict[str, tuple[str, ...]] = {"MR": ("l1-wavelet", "tv"), "CT": ("tv",)}
+_CLASSICAL: dict[tuple[str, str], Callable[..., ReconOutput]] = {
+    ("MR", "l1-wavelet"): mri.l1_wavelet, ("MR", "tv"): mri.total_variation,
+    ("CT", "tv"): ct.tv_method}
+#: The default settings of the MR guard methods: the same coil maps (ESPIRiT, two map sets)
+#: for both, so one estimate and one split serve both (:func:`_classical_maps`).
+_MR_SETTINGS = {"l1-wavelet": mri.L1WaveletSettings, "tv": mri.TVSettings}
 #: Grid of the diffusion weight, as factors of the modality default.
 DIFFUSION_FACTORS = (0.25, 1.0, 4.0)
 #: Samplers whose data-consistency weight ``lam`` is self-tuned (dps and pc do not use it).
@@ -259,7 +274,8 @@ class GuardReport:
     """What the guard compared and chose (JSON-ready through :meth:`as_dict`).
 
     Attributes:
-        method: the classical method compared with (:data:`GUARD_METHODS`).
+        method: the classical method compared with: of :data:`GUARD_METHODS`, the one with
+            the smallest held-out error.
         classical_lam: its self-tuned weight on all data.
         diffusion_error, classical_error: relative held-out residuals of the two, each
             reconstructed from the training part.
@@ -270,6 +286,8 @@ class GuardReport:
         samples: K, the samples whose mean is the output.
         chains: chains the diffusion error was estimated from: 1 (that chain's error) or 2
             (the error expected of the mean of K, :meth:`HeldOut.mean_error`).
+        classical_errors: the held-out error of every classical method scored (``method``'s
+            is ``classical_error``), by name.
     """
 
     method: str
@@ -282,13 +300,16 @@ class GuardReport:
     holdout: str
     samples: int = 1
     chains: int = 1
+    classical_errors: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def line(self) -> str:
         """One line for the CLI and the DICOM derivation text."""
         basis = (f" (mean of {self.samples}, estimated from 2 chains)" if self.chains == 2
                  else "")
+        others = ", ".join(f"{k} {v:.4g}" for k, v in self.classical_errors.items()
+                           if k != self.method)
         errors = (f"held-out error diffusion {self.diffusion_error:.4g}{basis}, {self.method} "
-                  f"{self.classical_error:.4g}")
+                  f"{self.classical_error:.4g}" + (f" (chosen over {others})" if others else ""))
         if self.choice == "diffusion":
             return f"guard kept diffusion: {errors} ({self.holdout})"
         if self.choice == "classical":
@@ -313,7 +334,61 @@ class GuardReport:
                 "classical_error": float(self.classical_error), "choice": self.choice,
                 "weight": float(self.weight), "blend_error": float(self.blend_error),
                 "holdout": self.holdout, "samples": int(self.samples),
-                "chains": int(self.chains)}
+                "chains": int(self.chains),
+                "classical_errors": {k: float(v) for k, v in self.classical_errors.items()}}
+
+
+@dataclass(frozen=True)
+class ClassicalRun:
+    """One self-tuned classical method as the guard scores it (:func:`classical_runs`).
+
+    Attributes:
+        method: its name (of :data:`GUARD_METHODS`).
+        output: its self-tuned reconstruction from all the data.
+        lam: the weight it chose for all the data.
+        prediction: the held-out prediction of its run on the training part at the weight
+            its self-tuning chose there.
+        error: that prediction's relative held-out error (:meth:`HeldOut.prediction_error`).
+        seconds: wall time of both runs.
+    """
+
+    method: str
+    output: ReconOutput
+    lam: float
+    prediction: torch.Tensor
+    error: float
+    seconds: float
+
+
+def classical_runs(measurement: Measurement, split: HoldoutSplit, device: torch.device, *,
+                   tol: float = 1e-4, cmeas: Measurement | None = None) -> list[ClassicalRun]:
+    """Each classical method of :data:`GUARD_METHODS` for ``measurement``'s modality,
+    self-tuned on all the data (its own hold-out: MR the samples of ``split``, handed over;
+    CT the same views, drawn the same way), then run on the training part of the split with
+    the weight it chose there and scored on the held-out data, through its own operator
+    (with map sets, on the per-set images), so its error is the one its self-tuning saw at
+    that weight. ``cmeas``: the measurement carrying the classical methods' coil maps
+    (:func:`_estimate_maps_once`; default ``measurement``). In the order of
+    :data:`GUARD_METHODS`."""
+    cmeas = measurement if cmeas is None else cmeas
+    mod = measurement.modality
+    csplit = _classical_split(measurement, cmeas, split, device)
+    # MR: the self-tuning holds out the samples of ``split`` (drawn already), not a new draw
+    shared = {} if split.masks is None else {"holdout_masks": split.masks}
+    runs = []
+    for name in GUARD_METHODS[mod]:
+        t0 = time.perf_counter()
+        run = _CLASSICAL[(mod, name)]
+        full = run(cmeas, ReconOptions(tol=tol), device, **shared)
+        tuned = full.info.get("autotune") or {}
+        lam = float(full.info["lam"])
+        part = run(csplit.train, ReconOptions(lam=lam / float(tuned.get("scale", 1.0)),
+                                              tol=tol), device)
+        assert part.solution is not None and full.solution is not None
+        b = csplit.held.predict(part.solution)
+        runs.append(ClassicalRun(name, full, lam, b, csplit.held.prediction_error(b),
+                                 time.perf_counter() - t0))
+    return runs
 
 
 def guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior: Prior,
@@ -382,23 +457,15 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
                       first=False)
         return _diffusion_output(res, config, {**info, **maps_info}, t0, device)
 
-    # The classical method: self-tuned on all data (its own hold-out, the same split), then
-    # once more from the training part with the weight it chose there, for the comparison;
-    # both runs with the same coil maps (MR: its own map sets, estimated once, above).
-    name = GUARD_METHODS[mod]
-    run = _CLASSICAL[mod]
-    csplit = _classical_split(measurement, cmeas, split, device)
-    # MR: its self-tuning holds out the samples of ``split`` (drawn above), not a new draw
-    shared = {} if split.masks is None else {"holdout_masks": split.masks}
-    full = run(cmeas, ReconOptions(tol=tol), device, **shared)
-    tuned = full.info.get("autotune") or {}
-    c_lam = float(full.info["lam"])
-    train_lam = c_lam / float(tuned.get("scale", 1.0))
-    part = run(csplit.train, ReconOptions(lam=train_lam, tol=tol), device)
-    assert part.solution is not None and full.solution is not None
-    b = csplit.held.predict(part.solution)
-    d_err, c_err = float(best["error"]), csplit.held.prediction_error(b)
-    del csplit, cmeas  # MR: the map sets need not stay in memory through the sampling runs
+    # The classical baseline: each of the modality's methods self-tuned on all data (its own
+    # hold-out, the same split), then once more from the training part with the weight it
+    # chose there; the best predictor of the held-out data is compared with and blended with.
+    runs = classical_runs(measurement, split, device, tol=tol, cmeas=cmeas)
+    chosen = min(runs, key=lambda r: r.error)  # ties: the first of GUARD_METHODS
+    errors = {r.method: r.error for r in runs}
+    del runs, cmeas  # the other method's result and the map sets: not through the sampling
+    name, full, b, c_lam = chosen.method, chosen.output, chosen.prediction, chosen.lam
+    d_err, c_err = float(best["error"]), chosen.error
     a = split.held.predict(best["image"])
     chains = 1
     if d_err > c_err and config.samples > 1:
@@ -419,7 +486,7 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
         if choice == "classical":
             w, b_err = 0.0, c_err
     guard = GuardReport(name, c_lam, d_err, c_err, choice, w, b_err, split.text,
-                        samples=config.samples, chains=chains)
+                        samples=config.samples, chains=chains, classical_errors=errors)
     info.update(guard=guard.as_dict(), guard_line=guard.line(), classical_lam=c_lam,
                 classical_iterations=full.iterations)
     if choice == "classical":  # no final sampling run: its result would not be used
@@ -442,12 +509,12 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
 
 def _estimate_maps_once(measurement: Measurement, device: torch.device,
                         guard: bool) -> tuple[Measurement, Measurement, dict[str, str]]:
-    """The measurements of the guarded path's runs: (diffusion's, the classical method's,
+    """The measurements of the guarded path's runs: (diffusion's, the classical methods',
     the diffusion output's ``info["coil_maps"]`` where it must be said).
 
     MR without coil maps in the file, several coils: the ESPIRiT maps are estimated here,
-    once, for every run (the tuning's, the classical method's, the final one); with the guard
-    the classical method's map sets (:class:`~medrecon.recon.mri.L1WaveletSettings`: two),
+    once, for every run (the tuning's, the classical methods', the final one); with the guard
+    the classical methods' map sets (:func:`_classical_maps`: two),
     whose first set is diffusion's one-set estimate bit for bit (:func:`~medrecon.operators.
     coils.espirit` finds the first eigenvector before it deflates for the next; measured
     equal on simulated 2D and 3D cases and the fastMRI-format brain at R = 3.3, 4, 8), so
@@ -457,32 +524,40 @@ def _estimate_maps_once(measurement: Measurement, device: torch.device,
     if (measurement.modality != "MR" or measurement.coil_maps is not None
             or measurement.n_coils == 1):
         return measurement, measurement, {}
-    settings = mri.L1WaveletSettings()  # the guard runs the method with its defaults
+    maps_method, map_sets = _classical_maps()
     # on the host, as the file's maps would be (each run moves what it uses to the device)
-    maps = estimate_maps(measurement, device, maps_method=settings.maps_method,
-                         map_sets=settings.map_sets if guard else 1).cpu().numpy()
+    maps = estimate_maps(measurement, device, maps_method=maps_method,
+                         map_sets=map_sets if guard else 1).cpu().numpy()
     # diffusion's own copy of the first set: the sets need not stay through its sampling
     first = maps[0].copy() if maps.ndim == 5 else maps
     dmeas = dataclasses.replace(measurement, coil_maps=first)
     cmeas = dataclasses.replace(measurement, coil_maps=maps) if guard else dmeas
-    return dmeas, cmeas, {"coil_maps": estimated_maps_source(settings.maps_method,
-                                                             first.shape)}
+    return dmeas, cmeas, {"coil_maps": estimated_maps_source(maps_method, first.shape)}
+
+
+def _classical_maps() -> tuple[str, int]:
+    """(maps_method, map_sets) of the MR guard methods run with their default settings
+    (ESPIRiT, two map sets for both l1-wavelet and tv): the same maps, so one estimate and
+    one split serve every classical run of the guard."""
+    found = {(s.maps_method, s.map_sets) for s in (c() for c in _MR_SETTINGS.values())}
+    assert len(found) == 1, f"the MR guard methods' default coil maps differ: {found}"
+    return found.pop()
 
 
 def _classical_split(measurement: Measurement, cmeas: Measurement, split: HoldoutSplit,
                      device: torch.device) -> HoldoutSplit:
-    """The split with the coil maps of the guard's classical method (those of ``cmeas``,
-    :func:`_estimate_maps_once`): MR l1-wavelet with its default settings
-    (:class:`~medrecon.recon.mri.L1WaveletSettings`: ESPIRiT, two map sets) where the file
-    has no maps or has map sets, with the sample masks of ``split``; else (CT, single-set
-    maps, one coil) the diffusion's ``split``, whose maps are the same."""
+    """The split with the coil maps of the guard's classical methods (those of ``cmeas``,
+    :func:`_estimate_maps_once`): MR l1-wavelet and tv with their default settings
+    (:func:`_classical_maps`: ESPIRiT, two map sets) where the file has no maps or has map
+    sets, with the sample masks of ``split``; else (CT, single-set maps, one coil) the
+    diffusion's ``split``, whose maps are the same."""
     maps = measurement.coil_maps
     if measurement.modality != "MR" or measurement.n_coils == 1 or (
             maps is not None and np.ndim(maps) == 4):
         return split
-    settings = mri.L1WaveletSettings()
-    return holdout_split(cmeas, device, maps_method=settings.maps_method,
-                         map_sets=settings.map_sets, masks=split.masks)
+    maps_method, map_sets = _classical_maps()
+    return holdout_split(cmeas, device, maps_method=maps_method, map_sets=map_sets,
+                         masks=split.masks)
 
 
 def _sample(measurement: Measurement, prior: Prior, config: DiffusionConfig, lam: float,

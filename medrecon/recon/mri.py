@@ -381,7 +381,8 @@ def _l1_solve(problem: Problem, lam: float, settings: L1WaveletSettings, iters: 
                  "cycle_spin": settings.cycle_spin, "lipschitz": lipschitz}
 
 
-def total_variation(m: Measurement, options: ReconOptions, device: torch.device) -> ReconOutput:
+def total_variation(m: Measurement, options: ReconOptions, device: torch.device, *,
+                    holdout_masks: tuple[np.ndarray, np.ndarray] | None = None) -> ReconOutput:
     """Isotropic total variation: argmin 1/2 ||A x - y||^2 + lam sum_voxels |grad x|_2.
 
     Primal-dual (PDHG) with ``K = D`` (forward differences, Neumann boundary), ``f = lam
@@ -392,6 +393,7 @@ def total_variation(m: Measurement, options: ReconOptions, device: torch.device)
     ``sigma = 0.95 (1 / tau - L / 2) / ||D||^2`` with ``||D||^2 = 4 * (number of TV axes)``.
     For 2D multi-slice data the gradient is in-plane only unless ``extra={"tv_axes": (0, 1,
     2)}`` (:class:`TVSettings`). Starts from A^H y; default 300 iterations.
+    ``holdout_masks``: the self-tuning's (training, held-out) masks, as for :func:`l1_wavelet`.
     """
     settings = method_settings(TVSettings, options.extra, "tv")
     t0 = time.perf_counter()
@@ -403,7 +405,7 @@ def total_variation(m: Measurement, options: ReconOptions, device: torch.device)
         return _tv_solve(p, lam, settings, settings.tv_axes or default_axes, iters,
                          options.tol, progress, device)
 
-    lam, report = _weight(m, problem, options, "tv", solve)
+    lam, report = _weight(m, problem, options, "tv", solve, holdout_masks)
     res, extra = solve(problem, lam, options.progress)
     info.update(lam=lam, lam_default=options.lam is None, **extra, converged=res.converged,
                 history=res.history, seconds=time.perf_counter() - t0)
