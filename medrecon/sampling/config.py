@@ -89,8 +89,8 @@ class DiffusionConfig:
                                        help="MR: compress the coils onto the fewest virtual "
                                             "coils keeping this fraction of the signal energy "
                                             "(1: all coils).")
-    tune_steps: int | None = option(None, ge=1, help="Steps of the weight tuning's sampling "
-                                                     "runs (None: steps).")
+    tune_steps: int | None = option(20, ge=1, help="Steps of the auto weight's candidate "
+                                                   "runs, when fewer than steps (None: steps).")
     guard: bool = option(True, help="Fall back to (or blend with) the self-tuned classical "
                                     "result where it predicts held-out data better.")
 
