@@ -66,6 +66,7 @@ import torch
 from medrecon.errors import InputError, MeasurementError
 from medrecon.intensity import MU_WATER_PER_MM, mu_to_hu
 from medrecon.operators.base import LinearOperator
+from medrecon.operators.coils import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:
     from medrecon.io.measurement import Measurement
@@ -284,8 +285,8 @@ def _mr_noise_estimate(y: Tensor, mask: Tensor) -> float:
 
 
 #: ESPIRiT singular-value thresholds tried for a narrow calibration region (kernel under 6);
-#: the last is the coil-map default (:data:`~medrecon.operators.coils.DEFAULT_THRESHOLD`).
-ESPIRIT_THRESHOLDS = (0.002, 0.004, 0.01, 0.02)
+#: the last is the coil-map default.
+ESPIRIT_THRESHOLDS = (0.002, 0.004, 0.01, DEFAULT_THRESHOLD)
 #: Fraction of the sampled k-space held out for that choice (single samples, fixed seed).
 THRESHOLD_HOLDOUT = 0.15
 
@@ -324,7 +325,7 @@ def estimate_maps(m: Measurement, device: torch.device | str = "cpu", *,
     if maps_method == "espirit" and m.n_coils > 1:
         width = int(calib) if calib is not None else min(
             detect_calibration(mask, y.shape[1:], m.fft_dims), MAX_AUTO_CALIBRATION)
-        if 0 < width and default_kernel(width) < 6:
+        if width > 0 and default_kernel(width) < 6:
             kwargs["threshold"], support = espirit_threshold(m, y, mask, kwargs)
     est = estimate_coil_maps(y, mask, map_sets=map_sets, **kwargs)
     if support is not None:
@@ -340,7 +341,7 @@ def espirit_threshold(m: Measurement, y: Tensor, mask: Tensor,
     A seeded :data:`THRESHOLD_HOLDOUT` of the sampled samples of ``y`` ``(C, I, J, K)`` is held
     out; CG-SENSE (lam 1e-3, 30 iterations: the cg-sense defaults) reconstructs from the rest
     with each threshold's maps (one set, on that support), and the relative error of ``A x``
-    on the held-out samples decides (the first threshold on ties). ``kwargs`` go to
+    on the held-out samples decides (the lower threshold on ties). ``kwargs`` go to
     :func:`~medrecon.operators.coils.estimate_coil_maps` (``threshold`` excepted).
 
     Single samples, as the self-tuned weight holds out for regular line patterns: every line
