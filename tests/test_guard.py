@@ -269,17 +269,30 @@ def mr_no_maps() -> Measurement:
 
 
 def _count_estimates(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The map sets asked of each coil-map estimate from now on."""
+    """The map sets asked of each coil-map estimate from now on (not counting the one-set
+    candidates of the ESPIRiT threshold's choice for a narrow calibration region, which
+    ``problem.espirit_threshold`` makes inside an estimate)."""
+    from medrecon import problem
     from medrecon.operators import coils
 
     calls: list[int] = []
-    real = coils.estimate_coil_maps
+    choosing: list[bool] = []
+    real, real_choice = coils.estimate_coil_maps, problem.espirit_threshold
 
     def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
-        calls.append(int(kwargs.get("map_sets", 1)))
+        if not choosing:
+            calls.append(int(kwargs.get("map_sets", 1)))
         return real(*args, **kwargs)
 
+    def choice(*args: Any, **kwargs: Any) -> Any:
+        choosing.append(True)
+        try:
+            return real_choice(*args, **kwargs)
+        finally:
+            choosing.pop()
+
     monkeypatch.setattr(coils, "estimate_coil_maps", counting)
+    monkeypatch.setattr(problem, "espirit_threshold", choice)
     return calls
 
 

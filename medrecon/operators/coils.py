@@ -36,7 +36,9 @@ ESPIRiT (:func:`espirit`, Uecker et al., MRM 71:990, 2014)
     the (I, J) plane. Defaults (kernel 6, calibration 24, threshold 0.02, crop 0.95) follow the
     paper and SigPy's ``EspiritCalib``; :func:`estimate_coil_maps` narrows the kernel for narrow
     calibration regions and, for 2D multi-slice data, extends the region along the fully
-    sampled readout (as BART's ``ecalib`` does).
+    sampled readout (as BART's ``ecalib`` does). For narrow regions the threshold 0.02 can cut
+    signal too; :func:`medrecon.problem.estimate_maps` (the maps of a file without maps) then
+    chooses it on held-out k-space.
 
 Low resolution (:func:`lowres_maps`)
     Coil images from the Hann-windowed calibration region, divided by their root-sum-of-squares,
@@ -59,6 +61,7 @@ from medrecon.operators.functional.fft import fftc, ifftc
 from medrecon.operators.masks import calibration_slice
 
 __all__ = [
+    "DEFAULT_THRESHOLD",
     "EspiritResult",
     "default_kernel",
     "detect_calibration",
@@ -74,6 +77,8 @@ __all__ = [
 MAX_AUTO_CALIBRATION = 32
 #: Readout extent of the calibration region of 2D multi-slice data (BART ecalib's limit).
 READOUT_CALIBRATION = 24
+#: ESPIRiT singular-value threshold (relative to the largest), SigPy's ``EspiritCalib`` default.
+DEFAULT_THRESHOLD = 0.02
 
 
 def default_kernel(calibration: int) -> int:
@@ -340,7 +345,7 @@ def espirit(
     kspace: torch.Tensor,
     calibration: int | Sequence[int] = 24,
     kernel: int | Sequence[int] = 6,
-    threshold: float = 0.02,
+    threshold: float = DEFAULT_THRESHOLD,
     crop: float = 0.95,
     fft_dims: Sequence[int] = (0, 1, 2),
     slices_per_chunk: int | None = None,
@@ -407,7 +412,7 @@ def espirit_maps(
     kspace: torch.Tensor,
     calibration: int | Sequence[int] = 24,
     kernel: int | Sequence[int] = 6,
-    threshold: float = 0.02,
+    threshold: float = DEFAULT_THRESHOLD,
     crop: float = 0.95,
     fft_dims: Sequence[int] = (0, 1, 2),
 ) -> torch.Tensor:
