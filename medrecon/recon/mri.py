@@ -44,9 +44,10 @@ defaults scale with the data: ``lam = alpha * s`` with ``s`` the 99th percentile
 robust maximum of the zero-filled image) and ``alpha = 1e-3`` (L1-wavelet) or ``5e-4`` (TV),
 chosen on simulated Shepp-Logan and brain-like phantoms at R = 4..12 with 8 coils and SNR 30
 (see benchmarks/RESULTS_mri.md). For L1-wavelet and TV this rule is only the centre of the
-self-tuning: without ``lam`` the weight is chosen on held-out k-space samples
-(:mod:`medrecon.recon.autotune`, :func:`_weight`). ``--lam`` always overrides it, in absolute
-units.
+self-tuning: without ``lam`` the weight is chosen on held-out k-space samples plus, where the
+file gives its noise level, SURE's risk on the training samples (:mod:`medrecon.recon.autotune`,
+:mod:`medrecon.recon.sure`, :func:`_weight`; two solves per tried weight, ``--set sure=false``
+for the held-out samples alone). ``--lam`` always overrides it, in absolute units.
 """
 
 from __future__ import annotations
