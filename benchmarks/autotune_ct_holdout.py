@@ -8,7 +8,7 @@ CT NIfTI in HU (the real validation files: check only, never tune on them). Para
 1e-3, e = ``--emin``..``--emax``, 200 PDHG iterations):
 
 * on all views: PSNR (region above -900 HU, data range the reference's max - min), the
-  misfit ``||A x - y||^2 / E||n||^2`` (:func:`medrecon.recon.ct_tune.discrepancy`) and, with
+  misfit ``||A x - y||^2 / E||n||^2`` (:func:`medrecon.recon.sure.discrepancy`) and, with
   ``--sure``, SURE's in-sample risk (one more solve per weight from nudged data);
 * on the training views of ``--splits`` interleaved splits (every 7th view held out; split 0
   is the library's, split j starts 2 j views later): the held-out error
@@ -48,8 +48,8 @@ from medrecon.problem import measurement_problem
 from medrecon.recon import ct
 from medrecon.recon.autotune import HOLDOUT_FRACTION, ct_holdout_views
 from medrecon.recon.base import ReconOptions
-from medrecon.recon.ct_tune import discrepancy, discrepancy_weight, sure_probe
-from medrecon.recon.ct_tune import sure as sure_risk
+from medrecon.recon.sure import discrepancy, discrepancy_weight, sure_probe
+from medrecon.recon.sure import sure as sure_risk
 from medrecon.simulate import CTSettings, SimulationConfig, simulate
 
 CPU = torch.device("cpu")

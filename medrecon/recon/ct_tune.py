@@ -11,15 +11,17 @@ training views and of the held-out views (x_lam: TV from the training views, (1/
     R(lam) = sigma_t^2 SURE_t(lam)  +  ( ||M_h (A x_lam - y)||^2 / n_h - sigma_h^2 )
              in-sample risk (SURE)      held-out views: squared prediction error less noise
 
-* ``SURE_t`` (:func:`sure`): Stein's unbiased estimate of ``||M_t A (x_lam - x_true)||^2`` in
-  units of the noise energy, the divergence by one Monte-Carlo probe: one more TV solve per
-  weight from the training data nudged by ``0.1 sigma b`` (b fixed by the seed;
-  :func:`sure_probe`). ``sigma^2`` is the ray-averaged variance ``exp(p) / I0`` of the log
-  transform from the file's noise model. Cost: two training solves per weight (14 instead of 7
-  for the default grid); ``--set sure=false`` keeps the held-out choice alone, as does data
-  without a noise model (noiseless or unknown dose).
-* The held-out term (:func:`heldout_risk`) is the same split's residual, the former rule's
-  score (its relative form is still what the report lists as the held-out errors).
+* ``SURE_t`` (:func:`~medrecon.recon.sure.sure`): Stein's unbiased estimate of
+  ``||M_t A (x_lam - x_true)||^2`` in units of the noise energy, the divergence by one
+  Monte-Carlo probe: one more TV solve per weight from the training data nudged by
+  ``0.1 sigma b`` (b fixed by the seed; :func:`~medrecon.recon.sure.sure_probe`). ``sigma^2``
+  is the ray-averaged variance ``exp(p) / I0`` of the log transform from the file's noise
+  model. Cost: two training solves per weight (14 instead of 7 for the default grid);
+  ``--set sure=false`` keeps the held-out choice alone, as does data without a noise model
+  (noiseless or unknown dose).
+* The held-out term (:func:`~medrecon.recon.sure.heldout_risk`) is the same split's
+  residual, the former rule's score (its relative form is still what the report lists as
+  the held-out errors).
 * The weight carries over to all views unscaled (the data term is normalised by ||A||^2).
 
 Why the sum. A ray at a random angle lies between two measured views; its prediction error
@@ -65,7 +67,7 @@ oracle grid's best.
 
 The discrepancy cap (``--set discrepancy_cap=true``, off by default): the chosen weight
 capped at the weight whose misfit to the training views equals their noise energy
-(:func:`discrepancy`, :func:`discrepancy_weight`; Morozov's principle)::
+(:mod:`medrecon.recon.sure`: ``discrepancy``, ``discrepancy_weight``; Morozov's principle)::
 
     m(lam) = ||M_t (A x_lam - y)||^2 / (sigma^2 n_t)          misfit in units of the noise
     lam    = lam_d: m(lam_d) = 1 (below the choice)   where m(choice) > 1
@@ -91,7 +93,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -100,6 +102,7 @@ import torch
 from medrecon.errors import InputError
 from medrecon.problem import Problem, measurement_problem
 from medrecon.recon.autotune import TuneReport, ct_holdout_views, tune_weight
+from medrecon.recon.sure import discrepancy, discrepancy_weight, heldout_risk, sure, sure_probe
 
 if TYPE_CHECKING:
     from medrecon.io.measurement import Measurement
@@ -107,14 +110,8 @@ if TYPE_CHECKING:
 Tensor = torch.Tensor
 
 __all__ = [
-    "SureProbe",
-    "discrepancy",
-    "discrepancy_weight",
     "holdout_masks",
-    "heldout_risk",
     "holdout_problems",
-    "sure",
-    "sure_probe",
     "tune_tv_weight",
 ]
 
@@ -145,94 +142,6 @@ def holdout_problems(measurement: Measurement,
     parts = [measurement_problem(dataclasses.replace(measurement, mask=k), device)
              for k in (train, held)]
     return parts[0], parts[1], text
-
-
-def _noise_count(problem: Problem) -> float:
-    """``sum_i w_i^2`` (the number of rays without pixel weights): ``E||n||^2 / sigma^2``."""
-    count = (float(problem.y.numel()) if problem.weights is None
-             else float((problem.weights.double() ** 2).sum()))
-    return max(count, 1.0)
-
-
-def discrepancy(problem: Problem, x: Tensor) -> float:
-    """``||A x - y||^2 / E||n||^2``: the data misfit of ``x`` (mu in 1/mm) in units of the
-    expected noise energy ``sigma^2 sum_i w_i^2`` (``w`` the pixel weights, else 1; ``sigma^2``
-    the ray-averaged variance of :func:`medrecon.problem.measurement_problem`); inf without a
-    noise model."""
-    if problem.noise_std <= 0.0:
-        return math.inf
-    with torch.no_grad():
-        r = (problem.op(x) - problem.y).double()
-        return float((r * r).sum()) / (problem.noise_std ** 2 * _noise_count(problem))
-
-
-@dataclasses.dataclass(frozen=True)
-class SureProbe:
-    """A fixed Gaussian nudge of a problem's data for the Monte-Carlo divergence of SURE.
-
-    Attributes:
-        nudged: the problem with data ``y + eps * d``.
-        direction: ``d = w * b`` (b standard normal, w the pixel weights or 1), data shape.
-        eps: the step, a tenth of the noise level (1/mm, the data's units).
-    """
-
-    nudged: Problem
-    direction: Tensor
-    eps: float
-
-
-def sure_probe(problem: Problem, seed: int = 0) -> SureProbe | None:
-    """The nudge of :func:`sure` for ``problem`` (None without a noise model); ``seed`` fixes
-    ``b`` so that the choice is reproducible."""
-    if problem.noise_std <= 0.0:
-        return None
-    b = torch.randn(tuple(problem.y.shape), generator=torch.Generator().manual_seed(seed),
-                    dtype=torch.float32).to(device=problem.y.device, dtype=problem.y.dtype)
-    direction = b if problem.weights is None else b * problem.weights  # weighted data: W n
-    eps = 0.1 * problem.noise_std
-    nudged = dataclasses.replace(problem, y=problem.y + eps * direction)
-    return SureProbe(nudged, direction, eps)
-
-
-def heldout_risk(problem: Problem, x: Tensor) -> float:
-    """The held-out views' estimate of the squared prediction error per ray,
-    ``||A x - y||^2 / sum_i w_i^2 - sigma^2`` ((1/mm)^2; x: mu in 1/mm, from the other
-    views): the residual's mean square less the noise variance."""
-    with torch.no_grad():
-        r = (problem.op(x) - problem.y).double()
-        return float((r * r).sum()) / _noise_count(problem) - problem.noise_std ** 2
-
-
-def sure(problem: Problem, x: Tensor, x_nudged: Tensor, probe: SureProbe) -> float:
-    """Stein's unbiased estimate of the in-sample risk ``||A (x - x_true)||^2 / E||n||^2``
-    (x, x_nudged: the method's results from the data and from ``probe.nudged``, mu in 1/mm)::
-
-        misfit - 1 + 2 tr(Sigma J) / E||n||^2,   tr(Sigma J) ~ sigma^2 d . (A x' - A x) / eps
-
-    (``J`` the Jacobian of the predicted data ``A x`` in the data, one Monte-Carlo probe).
-    """
-    with torch.no_grad():
-        change = (problem.op(x_nudged) - problem.op(x)).double()
-        div = float((probe.direction.double() * change).sum()) / probe.eps
-    return discrepancy(problem, x) - 1.0 + 2.0 * div / _noise_count(problem)
-
-
-def discrepancy_weight(lams: Sequence[float], ratios: Sequence[float],
-                       below: float = math.inf) -> float | None:
-    """Where the misfit ratio crosses 1 (Morozov's discrepancy principle) below ``below``:
-    the largest tried weight ``<= below`` with a ratio under 1 and its upper neighbour,
-    interpolated linearly in (log lam, log ratio) (the largest weight itself when it fits
-    already); None when no weight up to ``below`` fits
-    the data to the noise level (then the model cannot explain the data, e.g. an object
-    larger than the grid, and the principle does not apply)."""
-    pairs = sorted((lam, r) for lam, r in zip(lams, ratios, strict=True) if lam <= below)
-    if pairs and pairs[-1][1] < 1.0:
-        return pairs[-1][0]
-    for (l0, r0), (l1, r1) in zip(pairs[-2::-1], pairs[::-1], strict=False):
-        if r0 < 1.0:  # the first weight under the noise level, going down (r1 >= 1 > r0)
-            t = -math.log(max(r0, 1e-300)) / (math.log(r1) - math.log(max(r0, 1e-300)))
-            return float(math.exp(math.log(l0) + t * (math.log(l1) - math.log(l0))))
-    return None
 
 
 def tune_tv_weight(measurement: Measurement, problem: Problem, centre: float,

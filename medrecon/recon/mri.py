@@ -44,14 +44,16 @@ defaults scale with the data: ``lam = alpha * s`` with ``s`` the 99th percentile
 robust maximum of the zero-filled image) and ``alpha = 1e-3`` (L1-wavelet) or ``5e-4`` (TV),
 chosen on simulated Shepp-Logan and brain-like phantoms at R = 4..12 with 8 coils and SNR 30
 (see benchmarks/RESULTS_mri.md). For L1-wavelet and TV this rule is only the centre of the
-self-tuning: without ``lam`` the weight is chosen on held-out k-space samples
-(:mod:`medrecon.recon.autotune`, :func:`_weight`). ``--lam`` always overrides it, in absolute
-units.
+self-tuning: without ``lam`` the weight is chosen on held-out k-space samples plus, where the
+file gives its noise level, SURE's risk on the training samples (:mod:`medrecon.recon.autotune`,
+:mod:`medrecon.recon.sure`, :func:`_weight`; two solves per tried weight, ``--set sure=false``
+for the held-out samples alone). ``--lam`` always overrides it, in absolute units.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,6 +77,7 @@ from medrecon.recon.autotune import (
     tune_weight,
 )
 from medrecon.recon.base import ReconOptions, ReconOutput, method_settings
+from medrecon.recon.sure import heldout_risk, sure, sure_probe
 from medrecon.solvers import (
     conjugate_gradient,
     fista,
@@ -151,6 +154,9 @@ class L1WaveletSettings(SenseSettings):
     penalise_approximation: bool = False
     cycle_spin: bool = option(True, help="Shift the wavelet grid by a random (seeded) offset "
                                          "at every iteration, as BART's pics does.")
+    sure: bool = option(True, help="Self-tuned weight: add SURE's risk on the training "
+                                   "samples to the held-out samples' (one more solve per "
+                                   "weight); false: the held-out samples alone.")
 
     def __post_init__(self) -> None:
         if self.wavelet_axes is not None:
@@ -168,6 +174,9 @@ class TVSettings(SenseSettings):
     tv_axes: tuple[int, ...] | None = None
     tau: float | None = option(None, gt=0)
     sigma: float | None = option(None, gt=0)
+    sure: bool = option(True, help="Self-tuned weight: add SURE's risk on the training "
+                                   "samples to the held-out samples' (one more solve per "
+                                   "weight); false: the held-out samples alone.")
 
     def __post_init__(self) -> None:
         if self.tv_axes is not None:
@@ -329,7 +338,8 @@ def l1_wavelet(m: Measurement, options: ReconOptions, device: torch.device, *,
     def solve(p: Problem, lam: float, progress: bool = False) -> tuple[Any, dict[str, Any]]:
         return _l1_solve(p, lam, settings, iters, options.tol, progress, device)
 
-    lam, report = _weight(m, problem, options, "l1-wavelet", solve, holdout_masks)
+    lam, report = _weight(m, problem, options, "l1-wavelet", solve, holdout_masks,
+                          use_sure=settings.sure)
     res, extra = solve(problem, lam, options.progress)
     info.update(lam=lam, lam_default=options.lam is None, **extra, converged=res.converged,
                 history=res.history, seconds=time.perf_counter() - t0)
@@ -405,7 +415,8 @@ def total_variation(m: Measurement, options: ReconOptions, device: torch.device,
         return _tv_solve(p, lam, settings, settings.tv_axes or default_axes, iters,
                          options.tol, progress, device)
 
-    lam, report = _weight(m, problem, options, "tv", solve, holdout_masks)
+    lam, report = _weight(m, problem, options, "tv", solve, holdout_masks,
+                          use_sure=settings.sure)
     res, extra = solve(problem, lam, options.progress)
     info.update(lam=lam, lam_default=options.lam is None, **extra, converged=res.converged,
                 history=res.history, seconds=time.perf_counter() - t0)
@@ -451,43 +462,88 @@ def _tv_solve(problem: Problem, lam: float, settings: TVSettings, axes: tuple[in
                  "sigma": sigma}
 
 
+def _noise_per_part(m: Measurement) -> float | None:
+    """The noise std of each real component of ``m``'s k-space samples from the file's noise
+    model (units of the data), None where the file has none (fastMRI files: then
+    :func:`~medrecon.problem.measurement_problem` estimates it from the outer k-space, an
+    estimate that coil correlation biases, so the self-tuning does not trust it). The
+    simulator records ``sigma`` as the RMS complex std (``E|n|^2 = sigma^2``, its
+    ``sigma_definition``): each part then has ``sigma / sqrt(2)``; otherwise ``sigma`` is per
+    part, as :class:`~medrecon.io.measurement.Measurement` documents it."""
+    sigma = m.noise_sigma
+    if sigma is None:
+        return None
+    if "RMS complex" in str((m.noise or {}).get("sigma_definition", "")):
+        return float(sigma) / math.sqrt(2.0)
+    return float(sigma)
+
+
 def _weight(m: Measurement, problem: Problem, options: ReconOptions, method: str,
             solve: Callable[[Problem, float], tuple[Any, dict[str, Any]]],
-            masks: tuple[np.ndarray, np.ndarray] | None = None,
+            masks: tuple[np.ndarray, np.ndarray] | None = None, use_sure: bool = True,
             ) -> tuple[float, TuneReport | None]:
-    """``options.lam``, or (None) the self-tuned weight by k-space hold-out
-    (:mod:`medrecon.recon.autotune`): the same operator with a training mask, each grid weight
-    scored by the relative residual on the held-out samples, the best one scaled by
-    n_all / n_train for the full data term. ``masks``: (training, held-out) masks drawn
-    already for ``m`` (else drawn here)."""
+    """``options.lam``, or (None) the self-tuned weight (:mod:`medrecon.recon.autotune`): the
+    same operator with a training mask, each grid weight scored by the summed per-sample risk
+    of the training samples (SURE, one more solve per weight from nudged data) and of the
+    held-out samples (their residual less the noise; :mod:`medrecon.recon.sure`, the rule of
+    CT TV in :mod:`medrecon.recon.ct_tune`), the best one scaled by n_all / n_train for the
+    full data term. Without the file's noise level, noiseless data or ``use_sure`` False:
+    the held-out samples' relative residual alone (the report says which). ``masks``:
+    (training, held-out) masks drawn already for ``m`` (else drawn here)."""
     if options.lam is not None:
         return float(options.lam), None
     op = problem.op
     assert isinstance(op, SenseOperator)
     mask = op.mask.detach().cpu().numpy()
-    calib = (m.acquisition or {}).get("calibration")
+    acq = m.acquisition or {}
+    calib = acq.get("calibration")
+    seed = int(acq.get("seed", 0) or 0)
     train, held = masks if masks is not None else mr_holdout_masks(
-        mask, m.fft_dims, int(calib) if calib else None,
-        seed=int((m.acquisition or {}).get("seed", 0) or 0), image_shape=op.image_shape)
+        mask, m.fft_dims, int(calib) if calib else None, seed=seed,
+        image_shape=op.image_shape)
     dev = problem.y.device
-    train_t = torch.from_numpy(train).to(dev)
-    held_t = torch.from_numpy(held).to(dev)
-    train_op = SenseOperator(op.maps, train_t, fft_dims=op.fft_dims, coil_batch=op.coil_batch,
-                             image_shape=op.image_shape)
-    sub = dataclasses.replace(problem, op=train_op, y=problem.y * (train_t > 0))
-    y_held = problem.y * (held_t > 0)
-    y_held_norm = float(torch.linalg.vector_norm(y_held).clamp_min(1e-30))
+    parts = []
+    for k in (train, held):
+        k_t = torch.from_numpy(k).to(dev)
+        part_op = SenseOperator(op.maps, k_t, fft_dims=op.fft_dims, coil_batch=op.coil_batch,
+                                image_shape=op.image_shape)
+        parts.append(dataclasses.replace(problem, op=part_op, y=problem.y * (k_t > 0)))
+    sub, held_p = parts
+    y_held_norm = float(torch.linalg.vector_norm(held_p.y).clamp_min(1e-30))
+    sigma = _noise_per_part(m) if use_sure else None
+    probe = None
+    if sigma is not None and sigma > 0.0:
+        sub = dataclasses.replace(sub, noise_std=sigma)
+        held_p = dataclasses.replace(held_p, noise_std=sigma)
+        probe = sure_probe(sub, seed)
+    relative: dict[float, float] = {}  # the held-out relative residual (the report's errors)
 
-    def heldout_error(lam: float) -> float:
+    def criterion(lam: float) -> float:
         x = solve(sub, lam)[0].x
-        r = (op.forward(x) - problem.y) * (held_t > 0)
-        return float(torch.linalg.vector_norm(r)) / y_held_norm
+        with torch.no_grad():
+            relative[lam] = float(torch.linalg.vector_norm(held_p.op(x) - held_p.y)) / y_held_norm
+        if probe is None:
+            return relative[lam]
+        # one more solve per weight, from the nudged training data
+        in_sample = sub.noise_std ** 2 * sure(sub, x, solve(probe.nudged, lam)[0].x, probe)
+        return in_sample + heldout_risk(held_p, x)
 
-    centre = default_lam(method, train_op.adjoint(sub.y))
-    best, grid, errors = tune_weight(heldout_error, centre)
+    centre = default_lam(method, sub.op.adjoint(sub.y))
+    best, grid, _ = tune_weight(criterion, centre)
+    errors = [relative[g] for g in grid]
     n_train = float((train > 0).sum())
     n_all = n_train + float((held > 0).sum())
     scale = n_all / n_train
+    if probe is not None:
+        pick = grid[int(np.argmin(errors))]
+        note = "held-out + SURE risk" + (
+            "" if pick == best else f" (held-out samples alone: {pick * scale:.3g})")
+    elif not use_sure:
+        note = "held-out samples alone (sure=false)"
+    elif sigma is None:
+        note = "held-out samples alone: no noise level in the file"
+    else:
+        note = "held-out samples alone: noiseless data"
     report = TuneReport("lam", best * scale, tuple(grid), tuple(errors), scale,
-                        mr_holdout_text(mask, train, held))
+                        mr_holdout_text(mask, train, held), note)
     return best * scale, report

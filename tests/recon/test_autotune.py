@@ -25,7 +25,7 @@ from medrecon.recon.autotune import (
     tune_weight,
 )
 from medrecon.recon.base import ReconOptions
-from medrecon.recon.ct_tune import discrepancy_weight
+from medrecon.recon.sure import discrepancy_weight
 from medrecon.simulate import CTSettings, MRISettings, SimulationConfig, simulate
 
 CPU = torch.device("cpu")
@@ -275,7 +275,7 @@ def test_sure_estimates_the_in_sample_risk_of_tv(ct_case: Measurement) -> None:
     ``||A (x - x_true)||^2 / (sigma^2 n)`` on data with known Gaussian noise, over weights from
     under- to over-smoothed: within 0.1 + 10 % (the risk itself spans more than 3x)."""
     from medrecon.recon import ct
-    from medrecon.recon.ct_tune import sure, sure_probe
+    from medrecon.recon.sure import sure, sure_probe
 
     clean = ct._problem(ct_case, CPU)
     x_true = torch.as_tensor(shepp_logan_3d((20, 20, 2)) * 1000.0 - 1000.0)

@@ -1,0 +1,157 @@
+"""Risk estimates from the measurement alone for the self-tuned weights: SURE, the held-out
+residual's risk and the discrepancy principle, for any :class:`~medrecon.problem.Problem`.
+
+Used by CT TV (:mod:`medrecon.recon.ct_tune`) and MR L1-wavelet / TV
+(:mod:`medrecon.recon.mri`): both minimise the summed per-sample risk of the training data
+(:func:`sure`, Stein's unbiased estimate with a Monte-Carlo divergence, one more solve per
+weight from data nudged by :func:`sure_probe`) and of the held-out data
+(:func:`heldout_risk`); the module docstring of :mod:`medrecon.recon.ct_tune` says why.
+
+Everything counts the data as real components: a complex k-space sample is two of them
+(real and imaginary part), each with the noise standard deviation ``problem.noise_std``
+(units of y). Only measured samples count: CT rays with their pixel weights ``w`` (``sum_i
+w_i^2``), MR samples on the SENSE operator's mask (times the coils; the data are zero off
+the mask).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import torch
+
+from medrecon.operators.mri import SenseOperator
+from medrecon.problem import Problem
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "SureProbe",
+    "discrepancy",
+    "discrepancy_weight",
+    "heldout_risk",
+    "noise_count",
+    "sure",
+    "sure_probe",
+]
+
+
+def _parts(t: Tensor) -> Tensor:
+    """``t`` as float64 real components (complex: real and imaginary parts, last axis)."""
+    return torch.view_as_real(t.contiguous()).double() if t.is_complex() else t.double()
+
+
+def _sampled(problem: Problem) -> Tensor | None:
+    """MR: where the data are measured, boolean, broadcast to the data's shape (None: all)."""
+    if isinstance(problem.op, SenseOperator):
+        return (problem.op.mask.to(problem.y.device) > 0).expand(tuple(problem.y.shape))
+    return None
+
+
+def noise_count(problem: Problem) -> float:
+    """``E||n||^2 / sigma^2``: the number of measured real data components (CT: ``sum_i
+    w_i^2``, the number of rays without pixel weights; MR: 2 x coils x sampled points)."""
+    if problem.weights is not None:
+        count = float((problem.weights.double() ** 2).sum())
+    else:
+        sampled = _sampled(problem)
+        count = float(problem.y.numel() if sampled is None else sampled.sum())
+        count *= 2.0 if problem.y.is_complex() else 1.0
+    return max(count, 1.0)
+
+
+def _energy(problem: Problem, x: Tensor) -> float:
+    """``||A x - y||^2`` (units of y squared)."""
+    with torch.no_grad():
+        r = _parts(problem.op(x) - problem.y)
+        return float((r * r).sum())
+
+
+def discrepancy(problem: Problem, x: Tensor) -> float:
+    """``||A x - y||^2 / E||n||^2``: the data misfit of ``x`` (the image the operator acts on)
+    in units of the expected noise energy ``sigma^2`` x :func:`noise_count`; inf without a
+    noise model."""
+    if problem.noise_std <= 0.0:
+        return math.inf
+    return _energy(problem, x) / (problem.noise_std ** 2 * noise_count(problem))
+
+
+@dataclasses.dataclass(frozen=True)
+class SureProbe:
+    """A fixed Gaussian nudge of a problem's data for the Monte-Carlo divergence of SURE.
+
+    Attributes:
+        nudged: the problem with data ``y + eps * d``.
+        direction: ``d`` (data shape): ``w * b`` with ``b`` standard normal per real component
+            and ``w`` the pixel weights (CT) or the sampling mask (MR), else 1.
+        eps: the step, a tenth of the noise level (the data's units).
+    """
+
+    nudged: Problem
+    direction: Tensor
+    eps: float
+
+
+def sure_probe(problem: Problem, seed: int = 0) -> SureProbe | None:
+    """The nudge of :func:`sure` for ``problem`` (None without a noise model); ``seed`` fixes
+    ``b`` so that the choice is reproducible."""
+    if problem.noise_std <= 0.0:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    shape = tuple(problem.y.shape)
+    b = torch.randn(shape, generator=gen, dtype=torch.float32)
+    if problem.y.is_complex():  # each real component standard normal
+        b = torch.complex(b, torch.randn(shape, generator=gen, dtype=torch.float32))
+    b = b.to(device=problem.y.device, dtype=problem.y.dtype)
+    sampled = _sampled(problem)
+    if problem.weights is not None:  # weighted data: W n
+        direction = b * problem.weights
+    elif sampled is not None:  # MR: noise only where sampled (the data are 0 elsewhere)
+        direction = b * sampled
+    else:
+        direction = b
+    eps = 0.1 * problem.noise_std
+    nudged = dataclasses.replace(problem, y=problem.y + eps * direction)
+    return SureProbe(nudged, direction, eps)
+
+
+def heldout_risk(problem: Problem, x: Tensor) -> float:
+    """The held-out data's estimate of the squared prediction error per real data component,
+    ``||A x - y||^2 / n - sigma^2`` (units of y squared; ``n`` :func:`noise_count`; x from the
+    other data): the residual's mean square less the noise variance."""
+    return _energy(problem, x) / noise_count(problem) - problem.noise_std ** 2
+
+
+def sure(problem: Problem, x: Tensor, x_nudged: Tensor, probe: SureProbe) -> float:
+    """Stein's unbiased estimate of the in-sample risk ``||A (x - x_true)||^2 / E||n||^2``
+    (x, x_nudged: the method's results from the data and from ``probe.nudged``)::
+
+        misfit - 1 + 2 tr(Sigma J) / E||n||^2,   tr(Sigma J) ~ sigma^2 d . (A x' - A x) / eps
+
+    (``J`` the Jacobian of the predicted data ``A x`` in the data, one Monte-Carlo probe; the
+    dot product over real components, ``Re(d^H v)`` for complex data).
+    """
+    with torch.no_grad():
+        change = _parts(problem.op(x_nudged) - problem.op(x))
+        div = float((_parts(probe.direction) * change).sum()) / probe.eps
+    return discrepancy(problem, x) - 1.0 + 2.0 * div / noise_count(problem)
+
+
+def discrepancy_weight(lams: Sequence[float], ratios: Sequence[float],
+                       below: float = math.inf) -> float | None:
+    """Where the misfit ratio crosses 1 (Morozov's discrepancy principle) below ``below``:
+    the largest tried weight ``<= below`` with a ratio under 1 and its upper neighbour,
+    interpolated linearly in (log lam, log ratio) (the largest weight itself when it fits
+    already); None when no weight up to ``below`` fits
+    the data to the noise level (then the model cannot explain the data, e.g. an object
+    larger than the grid, and the principle does not apply)."""
+    pairs = sorted((lam, r) for lam, r in zip(lams, ratios, strict=True) if lam <= below)
+    if pairs and pairs[-1][1] < 1.0:
+        return pairs[-1][0]
+    for (l0, r0), (l1, r1) in zip(pairs[-2::-1], pairs[::-1], strict=False):
+        if r0 < 1.0:  # the first weight under the noise level, going down (r1 >= 1 > r0)
+            t = -math.log(max(r0, 1e-300)) / (math.log(r1) - math.log(max(r0, 1e-300)))
+            return float(math.exp(math.log(l0) + t * (math.log(l1) - math.log(l0))))
+    return None
