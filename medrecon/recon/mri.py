@@ -338,14 +338,8 @@ def l1_wavelet(m: Measurement, options: ReconOptions, device: torch.device, *,
     def solve(p: Problem, lam: float, progress: bool = False) -> tuple[Any, dict[str, Any]]:
         return _l1_solve(p, lam, settings, iters, options.tol, progress, device)
 
-    lam, report = _weight(m, problem, options, "l1-wavelet", solve, holdout_masks,
-                          use_sure=settings.sure)
-    res, extra = solve(problem, lam, options.progress)
-    info.update(lam=lam, lam_default=options.lam is None, **extra, converged=res.converged,
-                history=res.history, seconds=time.perf_counter() - t0)
-    if report is not None:
-        info.update(autotune=report.as_dict(), autotune_line=report.line())
-    return _output(problem, res.x, res.iterations, info)
+    return _tuned_solve(m, problem, info, options, "l1-wavelet", solve, holdout_masks,
+                        settings.sure, t0)
 
 
 def _l1_solve(problem: Problem, lam: float, settings: L1WaveletSettings, iters: int,
@@ -415,8 +409,19 @@ def total_variation(m: Measurement, options: ReconOptions, device: torch.device,
         return _tv_solve(p, lam, settings, settings.tv_axes or default_axes, iters,
                          options.tol, progress, device)
 
-    lam, report = _weight(m, problem, options, "tv", solve, holdout_masks,
-                          use_sure=settings.sure)
+    return _tuned_solve(m, problem, info, options, "tv", solve, holdout_masks,
+                        settings.sure, t0)
+
+
+def _tuned_solve(m: Measurement, problem: Problem, info: dict[str, Any],
+                 options: ReconOptions, method: str,
+                 solve: Callable[..., tuple[Any, dict[str, Any]]],
+                 holdout_masks: tuple[np.ndarray, np.ndarray] | None, use_sure: bool,
+                 t0: float) -> ReconOutput:
+    """l1-wavelet's and TV's common end: the weight (given, or self-tuned by :func:`_weight`),
+    the all-data solve, and ``info`` with the weight, the solver's record and the tuning's."""
+    lam, report = _weight(m, problem, options, method, solve, holdout_masks,
+                          use_sure=use_sure)
     res, extra = solve(problem, lam, options.progress)
     info.update(lam=lam, lam_default=options.lam is None, **extra, converged=res.converged,
                 history=res.history, seconds=time.perf_counter() - t0)
