@@ -52,9 +52,11 @@ outright there is no std map (a map of the rejected diffusion posterior would de
 that is not the output). ``info["guard"]`` and ``info["guard_line"]`` record the errors, the
 choice and ``w``.
 
-Cost: at most 4 sampling runs of one chain on the training part, each classical method's
-self-tuning (7-9 solves on the training part, one on all the data) and one more solve on the
-training part, on top of the final run (skipped when the classical result is chosen). Measured
+Cost: at most 4 sampling runs of one chain on the training part (at ``tune_steps``), one at
+the run's steps when those differ, two more chains where one sample loses (below), each
+classical method's self-tuning (7-9 training solves, twice that with SURE, one on all the
+data) and one more solve on the training part, on top of the final run (skipped when the
+classical result is chosen). Measured
 on a loaded CPU, 6 steps, tiny volumes, with one classical method: 4.6x (CT) and 10x (MR) the
 wall time of one plain run (benchmarks/RESULTS_autotune.md); MR's second method, TV (300-step
 PDHG solves), costs 0.9-4.5x l1-wavelet's on the real MR files there. At full size on a GPU
