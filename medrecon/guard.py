@@ -452,8 +452,8 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
                             f"ranked on {tcfg.steps}-step runs" if short else "")
         info.update(lam=lam, autotune=report.as_dict(), autotune_line=report.line())
         if short and config.guard:  # the guard scores a sample of the output's step count
-            best.clear()
-            heldout_error(lam)
+            x = _sample(split.train, prior, config, lam, 1, device, progress, first=False).image
+            best.update(error=split.held.error(x), lam=lam, image=x)
     else:
         lam = centre
         heldout_error(lam)
