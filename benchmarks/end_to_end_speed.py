@@ -6,7 +6,9 @@ simulated measurement once (``medrecon phantom`` + ``medrecon simulate``, not ti
 outside (Python start-up, imports, CUDA start-up, reading the file, loading the prior,
 sampling, writing the NIfTI and its settings file) beside the reconstruction's own seconds
 that the CLI prints (``reconstruct_seconds``: problem set-up and sampling); the difference is
-start-up, loading and writing.
+start-up, loading and writing. The default path's rows add ``stage_seconds`` from the settings
+file: the maps and hold-out split, the weight's runs, the guard's runs and classical methods,
+and the final run.
 
 Cases: ``mr128`` / ``mr256`` (8 coils, 3D Poisson R = 8, coil maps in the file) and ``ct256``
 (60 parallel views, I0 = 1e5). A variant is ``NAME=ARGS``, the extra CLI arguments; the
@@ -34,6 +36,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+import yaml
+
+from medrecon.reconstruct import settings_path
 
 MEDRECON = [sys.executable, "-m", "medrecon"]  # works from a source tree on PYTHONPATH too
 CASES = {
@@ -109,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                 lines = (proc.stdout + proc.stderr).splitlines()
                 for key, head in (("tune_line", "Self-tuned"), ("guard_line", "Guard")):
                     row[key] = next((ln for ln in lines if ln.startswith(head)), None)
+                # the default path's wall seconds per stage (weight, guard, final run)
+                written = yaml.safe_load(settings_path(out).read_text())
+                row["stage_seconds"] = (written.get("resolved") or {}).get("stage_seconds")
             row.update(device=card, torch=torch.__version__, steps=args.steps,
                        date=datetime.now(UTC).isoformat(timespec="seconds"),
                        command=" ".join(cmd))

@@ -432,8 +432,18 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
         res = _sample(measurement, prior, config, centre, config.samples, device, progress)
         return _diffusion_output(res, config, info, t0, device)
 
+    # Wall seconds per stage of the default path (info["stage_seconds"]; issue 14's profile).
+    stages: dict[str, float] = {}
+    lap = [time.perf_counter()]
+
+    def stage(name: str) -> None:
+        now = time.perf_counter()
+        stages[name] = stages.get(name, 0.0) + now - lap[0]
+        lap[0] = now
+
     dmeas, cmeas, maps_info = _estimate_maps_once(measurement, device, config.guard)
     split = holdout_split(dmeas, device)
+    stage("maps and split")
     best: dict[str, Any] = {}
 
     def heldout_error(lam: float, cfg: DiffusionConfig = config) -> float:
@@ -451,22 +461,28 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
         report = TuneReport("lam", lam, tuple(grid), tuple(errors), 1.0, split.text,
                             f"ranked on {tcfg.steps}-step runs" if short else "")
         info.update(lam=lam, autotune=report.as_dict(), autotune_line=report.line())
+        stage(f"weight ({len(grid)} runs, {tcfg.steps} steps)")
         if short and config.guard:  # the guard scores a sample of the output's step count
             x = _sample(split.train, prior, config, lam, 1, device, progress, first=False).image
             best.update(error=split.held.error(x), lam=lam, image=x)
+            stage(f"guard: rescore at {config.steps} steps")
     else:
         lam = centre
         heldout_error(lam)
+        stage("guard: training-part run")
     info["tuning_seconds"] = time.perf_counter() - t0
     if not config.guard:
         res = _sample(dmeas, prior, config, lam, config.samples, device, progress,
                       first=False)
-        return _diffusion_output(res, config, {**info, **maps_info}, t0, device)
+        stage("final run")
+        return _diffusion_output(res, config, {**info, **maps_info, "stage_seconds": stages},
+                                 t0, device)
 
     # The classical baseline: each of the modality's methods self-tuned on all data (its own
     # hold-out, the same split), then once more from the training part with the weight it
     # chose there; the best predictor of the held-out data is compared with and blended with.
     runs = classical_runs(measurement, split, device, tol=tol, cmeas=cmeas)
+    stage("guard: classical methods")
     chosen = min(runs, key=lambda r: r.error)  # ties: the first of GUARD_METHODS
     errors = {r.method: r.error for r in runs}
     del runs, cmeas  # the other method's result and the map sets: not through the sampling
@@ -483,6 +499,7 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
             device, progress, first=False).image) for i in (1, 2))
         d_err, a = split.held.mean_error(a1, a2, config.samples)
         chains = 2
+        stage("guard: two more chains")
     if d_err <= c_err:
         choice, w, b_err = "diffusion", 1.0, d_err
     else:
@@ -494,13 +511,14 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
     guard = GuardReport(name, c_lam, d_err, c_err, choice, w, b_err, split.text,
                         samples=config.samples, chains=chains, classical_errors=errors)
     info.update(guard=guard.as_dict(), guard_line=guard.line(), classical_lam=c_lam,
-                classical_iterations=full.iterations)
+                classical_iterations=full.iterations, stage_seconds=stages)
     if choice == "classical":  # no final sampling run: its result would not be used
         info.update(seconds=time.perf_counter() - t0, device=str(device))
         return ReconOutput(image=full.image, residual=full.residual,
                            iterations=config.steps, info=info, solution=full.solution)
     res = _sample(dmeas, prior, config, lam, config.samples, device, progress,
                   first=False)
+    stage("final run")
     out = _diffusion_output(res, config, {**info, **maps_info}, t0, device)
     if choice == "blend":
         out.image = (w * out.image + (1 - w) * full.image).astype(np.float32)

@@ -247,6 +247,9 @@ def reconstruct(measurement: Measurement, method: str, options: ReconOptions | N
         resolved={"lam": output.info.get("lam"), "iterations": output.iterations,
                   **({"autotune": tuned} if isinstance(tuned, dict) else {}),
                   **({"guard": guard} if isinstance(guard, dict) else {}),
+                  **({"stage_seconds": {k: round(v, 2) for k, v in
+                                        output.info["stage_seconds"].items()}}
+                     if "stage_seconds" in output.info else {}),
                   **{k: output.info[k] for k in ("virtual_coils", "coil_energy_kept")
                      if k in output.info},
                   **({"std_calibration": std_line, "std_factor": output.info.get("std_factor")}

@@ -436,6 +436,9 @@ def test_cli_records_the_choice_everywhere(ct: tuple[Measurement, np.ndarray], p
     assert settings["resolved"]["guard"]["method"] == "tv"
     assert settings["options"]["guard"] is True
     assert settings["options"]["lam"] == settings["resolved"]["autotune"]["chosen"]
+    stages = settings["resolved"]["stage_seconds"]  # the profile of the default path
+    assert list(stages)[0] == "maps and split" and "guard: classical methods" in stages
+    assert "final run" not in stages and all(v >= 0 for v in stages.values())
     assert "guard: tv" in load_volume(tmp_path / "g.nii.gz").series_description
     # DICOM: the derivation text carries the weight's and the guard's lines.
     result = CliRunner().invoke(app, [*args[:2], str(tmp_path / "dcm"), *args[2:],
@@ -565,6 +568,9 @@ def test_weight_ranked_on_shorter_runs_guard_scores_a_full_run(
     assert rest[0][0] == rest[1][0] == STEPS  # the guard's training-part run, the final run
     assert not any(full for _, full in tuning + rest[:1]) and rest[1][1]  # training, then all
     assert "ranked on 1-step runs" in out.info["autotune_line"]
+    assert [k for k in out.info["stage_seconds"] if k.startswith(("weight", "guard: rescore",
+                                                                  "final"))] == [
+        f"weight ({len(tuning)} runs, 1 steps)", f"guard: rescore at {STEPS} steps", "final run"]
     steps.clear()
     given = guarded_diffusion(m, _config(lam=out.info["lam"]), prior, CPU)
     assert [s for s, _ in steps] == [STEPS, STEPS]
