@@ -33,6 +33,9 @@ Commands (results and machine: ``benchmarks/RESULTS_std_calibration.md``)::
     # GPU, the CLI's default steps (50); the check at the whole head (96 x 112 x 112)
     python benchmarks/std_calibration.py fit --size 64 --steps 50 --heads 4 --chains 8 \\
         --device cuda --write medrecon/priors/weights/default.json
+    # the self-tuned weight's other candidates (one entry per weight)
+    python benchmarks/std_calibration.py fit --size 64 --steps 50 --heads 2 --chains 4 \\
+        --lam-factors 0.0625,0.25,4,16 --device cuda --write medrecon/priors/weights/default.json
     python benchmarks/std_calibration.py check --shape 96,112,112 --steps 50 --heads 2 \\
         --samples 4 --device cuda --real --cases-dir out/real_cases
 
@@ -76,11 +79,13 @@ def _head(modality: str, shape: tuple[int, ...], spacing: float, seed: int, devi
                          lesions=True, noise=False, device=device)
 
 
-def _sample(meas: Any, prior: Any, args: argparse.Namespace, samples: int, seed: int) -> Any:
+def _sample(meas: Any, prior: Any, args: argparse.Namespace, samples: int, seed: int,
+            options: Any = None) -> Any:
     from medrecon.sampling import posterior_sample
 
     return posterior_sample(meas, prior, sampler=args.sampler, steps=args.steps,
-                            samples=samples, seed=seed, device=args.device, keep_samples=True)
+                            samples=samples, seed=seed, device=args.device, keep_samples=True,
+                            options=options)
 
 
 def _shape(args: argparse.Namespace) -> tuple[int, int, int]:
@@ -118,7 +123,10 @@ def fit(args: argparse.Namespace, prior: Any, common: dict[str, Any]) -> int:
     spacing = float(prior.spacing_mm[0])
     groups = list(range(2, args.chains + 1))
     entries = []
-    for modality in args.modalities:
+    for modality, factor in ((m, f) for m in args.modalities for f in args.lam_factors):
+        opt = SamplerOptions.defaults(modality, args.sampler)
+        if factor != 1.0:  # the self-tuned weight's other candidates (guard.DIFFUSION_FACTORS)
+            opt = dataclasses.replace(opt, lam=opt.lam * factor)
         ratios: dict[int, list[np.ndarray]] = {g: [] for g in groups}
         cases = []
         for setting in SETTINGS[modality]:
@@ -127,11 +135,12 @@ def fit(args: argparse.Namespace, prior: Any, common: dict[str, Any]) -> int:
                 t0 = time.perf_counter()
                 ref = _head(modality, shape, spacing, seed, args.device)
                 meas = simulate(ref, _config(modality, setting, shape, i), device=args.device)
-                res = _sample(meas, prior, args, args.chains, seed=i)
+                res = _sample(meas, prior, args, args.chains, seed=i, options=opt)
                 mask = foreground_mask(ref.data, modality=modality)
                 x = res.samples[:, mask]
                 t = ref.data[mask]
                 row = {"step": "fit", "modality": modality, "setting": setting, "head": seed,
+                       "lam": opt.lam,
                        "seconds": round(time.perf_counter() - t0, 1), "voxels": int(mask.sum())}
                 for g in groups:
                     r = error_ratios(x, t, g)
@@ -145,7 +154,6 @@ def fit(args: argparse.Namespace, prior: Any, common: dict[str, Any]) -> int:
         per_k_alpha = {g: fit_alpha({g: pooled[g]}) for g in groups}
         for row in cases:  # calibrated coverage per case, with the pooled alpha
             _emit(args.out, {**row, "alpha": alpha, **common})
-        opt = SamplerOptions.defaults(modality, args.sampler)
         options = {k: v for k, v in dataclasses.asdict(opt).items()
                    if k in SPREAD_OPTIONS[args.sampler]}
         entry = CalibrationEntry(
@@ -159,7 +167,8 @@ def fit(args: argparse.Namespace, prior: Any, common: dict[str, Any]) -> int:
                    f"{args.chains} chains in groups of K = 2..{args.chains}"),
             fitted=f"{common['date'][:10]}, {common['device']}")
         entries.append(entry)
-        _emit(args.out, {"step": "fit-summary", "modality": modality, "alpha": alpha,
+        _emit(args.out, {"step": "fit-summary", "modality": modality, "lam": opt.lam,
+                         "alpha": alpha,
                          "coverage_by_samples": by_k, "alpha_by_samples": per_k_alpha,
                          "entry": entry.to_dict(), **common})
     if args.write is not None:
@@ -294,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modalities", default="MR,CT")
     ap.add_argument("--settings", default="", help="check: only these, e.g. mr8,ct30")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--lam-factors", default="1",
+                    help="fit: one entry per weight, these multiples of the modality's "
+                         "default (e.g. 0.0625,0.25,4,16: the self-tuned weight's candidates)")
     ap.add_argument("--write", type=Path, help="fit: store the entries in this prior JSON")
     ap.add_argument("--real", action="store_true", help="check: the real validation files")
     ap.add_argument("--real-crop", type=int, default=0, help="check: crop real files to N x N")
@@ -303,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.modalities = [m.strip().upper() for m in args.modalities.split(",") if m.strip()]
     args.settings = [v.strip() for v in args.settings.split(",") if v.strip()]
+    args.lam_factors = [float(v) for v in args.lam_factors.split(",") if v.strip()]
 
     import torch
 
