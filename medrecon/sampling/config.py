@@ -25,7 +25,7 @@ precision          network precision: auto, bf16 (autocast),    auto: bf16 on CU
 memory_budget_gb   bound on network activation memory (GB)      automatic
 noise_std          measurement noise std override               from the file
 lam                prior weight vs data (< 1 trusts the data)   auto: on held-out data
-                                                                around MR 0.05, CT 1
+                                                                around MR 0.1, CT 1
 guard              compare with the self-tuned classical result  on
                    on held-out data; fall back or blend if worse
 eta                DDS re-noising stochasticity in [0, 1]       0.85
