@@ -2,8 +2,9 @@
 
 One held-out synthetic head (test seed range, 2 mm) of ``--size``^3, 8 simulated birdcage coils,
 a 3D Poisson-disc mask at each ``--accel`` (the default calibration for the matrix), SNR 30,
-smooth phase. For every variant the same DDS run (MR weight lam 0.05, eta 0.85; seed 0,
-``--samples`` chains) is repeated with only the data consistency changed, and the row records:
+smooth phase. For every variant the same DDS run (the MR default weight, lam 0.1, eta 0.85;
+seed 0, ``--samples`` chains) is repeated with only the data consistency changed, and the row
+records:
 
 * PSNR / SSIM of the posterior mean inside the head (reference > 5 % of its max, data range the
   reference max), and the PSNR change against the first variant of the list (``d_psnr``);

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                          "simulate_seconds": sim_s or None, "returncode": proc.returncode}
             if proc.returncode:
                 row["error"] = (proc.stderr or proc.stdout)[-800:]
-            else:  # "Wrote ... (50 steps, lam 0.05, 7.3 s on cuda)": the reconstruction itself
+            else:  # "Wrote ... (50 steps, lam 0.1, 7.3 s on cuda)": the reconstruction itself
                 found = re.search(r"([\d.]+) s on ", proc.stdout + proc.stderr)
                 row["reconstruct_seconds"] = float(found.group(1)) if found else None
                 lines = (proc.stdout + proc.stderr).splitlines()

@@ -7,7 +7,7 @@ the calibration box (MR) or every 7th view (CT). With ``err(x) = ||M_h (A x - y)
 
 1. **Weight** (``lam`` auto, samplers with a weight: dds, diffpir): one posterior sample (K = 1,
    the run's seed and steps, so every candidate sees the same noise) from the training part for
-   each ``lam`` in ``centre * (1/4, 1, 4)`` around the modality default (MR 0.05, CT 1), one
+   each ``lam`` in ``centre * (1/4, 1, 4)`` around the modality default (MR 0.1, CT 1), one
    more step of 4 outwards when the best lies at an end; the smallest ``err`` wins
    (:func:`medrecon.recon.autotune.tune_weight` without its midpoints). At most 4 sampling
    runs on the training data. ``tune_steps`` (default 20) below ``steps`` ranks the candidates

@@ -22,10 +22,10 @@ A      SENSE ``M F S`` (:mod:`medrecon.operators.mri`);      ray-driven projecto
        calibration region (ESPIRiT, ``info["coil_maps"]``)   weights W: ``W A``
 y      k-space (C, I, J, K), zeros off the mask               sinogram (V, R, C) of line integrals
                                                               (with weights: ``W y``)
-noise  ``noise.sigma`` of the file, else the robust           Gaussian ``sigma_line_integral``, or
-       spread of the outer 20 % of sampled k-space            for Poisson data the ray-averaged
-       (``info["noise_estimated"]``)                          variance ``mean(exp(p) / I0)`` of the
-                                                              log transform; else 0
+noise  per real part: the file's ``noise.sigma``            Gaussian ``sigma_line_integral``, or
+       (``Measurement.noise_std``: RMS complex / sqrt 2),    for Poisson data the ray-averaged
+       else the robust spread of the outer 20 % of sampled   variance ``mean(exp(p) / I0)`` of the
+       k-space (``info["noise_estimated"]``)                 log transform; else 0
 units  x complex, reference = |x|                             x = mu (1/mm), reference = HU =
                                                               1000 (mu - mu_water) / mu_water
 =====  ===================================================  ======================================
@@ -427,7 +427,7 @@ def _mr_problem(m: Measurement, device: torch.device, model: ModelRange | None,
         ls = conjugate_gradient(op.normal, rhs, max_iter=10, tol=0.0, batched=True).x[0]
         scale = float(model.mr_scale(ls.abs()))
     if noise_std is None:
-        noise_std = m.noise_sigma
+        noise_std = m.noise_std  # per real part (the file's RMS complex sigma / sqrt 2)
         if noise_std is None:
             mask = torch.as_tensor(np.asarray(m.mask), device=device)
             noise_std = _mr_noise_estimate(y, mask.float())

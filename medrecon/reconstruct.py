@@ -215,7 +215,7 @@ def reconstruct(measurement: Measurement, method: str, options: ReconOptions | N
     tuned = output.info.get("autotune")
     guard = output.info.get("guard")
     tags = []
-    if isinstance(tuned, dict):  # e.g. "auto lam 0.00312" in the series description
+    if isinstance(tuned, dict):  # e.g. "auto lam 0.00625" in the series description
         tags.append(f"auto {tuned['parameter']} {tuned['chosen']:.3g}")
     if isinstance(guard, dict):  # e.g. "guard blend 0.62"
         tags.append(GuardReport(**guard).short())

@@ -32,7 +32,9 @@ MRI model (k-space of shape (C, I, J, K), operator of :mod:`medrecon.operators.m
   calibration used are stored.
 * Noise: :func:`medrecon.operators.noise.add_noise`, complex Gaussian per coil with either a
   target ``snr`` (RMS of the fully sampled noise-free k-space over sigma) or an explicit
-  ``noise_sigma`` (complex standard deviation per sample), seeded.
+  ``noise_sigma`` (RMS complex standard deviation per sample, recorded as such in the file:
+  each real part has ``sigma / sqrt(2)``, :attr:`~medrecon.io.measurement.Measurement.noise_std`),
+  seeded.
 
 CT model (sinogram of shape (views, detector rows, detector columns)): :func:`simulate_sinogram`
 maps HU to attenuation, projects it with the :func:`~medrecon.operators.ct_geometry.default_geometry`
@@ -54,7 +56,7 @@ from medrecon import __version__
 from medrecon.config import option
 from medrecon.errors import InputError
 from medrecon.intensity import looks_like_hu
-from medrecon.io.measurement import Measurement, ReferenceGeometry
+from medrecon.io.measurement import RMS_COMPLEX_SIGMA, Measurement, ReferenceGeometry
 from medrecon.io.operator_schema import ct_operator_description, mri_operator_description
 from medrecon.io.volume import Volume, check_affine
 
@@ -312,7 +314,7 @@ def _simulate_mri(volume: Volume, config: SimulationConfig, reference: Reference
                                  generator=gen)
     del kspace
     noise = {"model": "complex-gaussian", "sigma": float(sigma),
-             "sigma_definition": "RMS complex std per k-space sample (E|n|^2 = sigma^2)"}
+             "sigma_definition": RMS_COMPLEX_SIGMA}
     if s.snr is not None:
         noise["snr"] = float(s.snr)
         noise["snr_definition"] = "sqrt(mean |y_full|^2) / sigma over the noise-free, fully " \

@@ -79,7 +79,7 @@ def test_demo_api_both_modalities(tmp_path: Path, tiny_prior_path: Path) -> None
     again = reconstruct(read_measurement(out / "mri" / "measurement.h5"), "diffusion",
                         ReconOptions(device="cpu", extra={
                             "prior": str(tiny_prior_path), "steps": 3, "samples": 2,
-                            "seed": 1, "lam": 0.05, "guard": False}))  # the demo's fixed path
+                            "seed": 1, "lam": 0.1, "guard": False}))  # the demo's fixed path
     assert again.std_volume is not None
     np.testing.assert_array_equal(again.volume.data,
                                   load_volume(out / "mri" / "diffusion_mean.nii.gz").data)

@@ -403,10 +403,10 @@ def test_blend_is_consistent_with_its_parts(mr: Measurement, prior: Any,
 def test_explicit_weight_switches_tuning_off_guard_off_keeps_diffusion(
         mr: Measurement, prior: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     _use_denoiser(monkeypatch, _garbage)
-    fixed = guarded_diffusion(mr, _config(lam=0.05), prior, CPU)
-    assert "autotune" not in fixed.info and fixed.info["lam"] == 0.05
+    fixed = guarded_diffusion(mr, _config(lam=0.1), prior, CPU)
+    assert "autotune" not in fixed.info and fixed.info["lam"] == 0.1
     assert fixed.info["guard"]["choice"] == "classical"  # the guard still runs
-    off = guarded_diffusion(mr, _config(lam=0.05, guard=False), prior, CPU)
+    off = guarded_diffusion(mr, _config(lam=0.1, guard=False), prior, CPU)
     assert "guard" not in off.info and "std_image" in off.info
     assert not np.array_equal(off.image, fixed.image)  # garbage kept, as asked
 

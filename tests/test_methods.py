@@ -40,7 +40,7 @@ def test_defaults_are_the_methods_own() -> None:
     assert get_method("CT", "sirt").default_iterations == 100
     assert str(get_method("CT", "tv").default_lam).startswith("auto: held-out views")
     assert str(get_method("MR", "tv").default_lam).startswith("auto: held-out k-space")
-    assert get_method("MR", "diffusion").default_lam == "auto: held-out k-space over x1/4..x4 of 0.05"
+    assert get_method("MR", "diffusion").default_lam == "auto: held-out k-space over x1/4..x4 of 0.1"
     assert get_method("CT", "diffusion").default_lam == "auto: held-out views over x1/4..x4 of 1"
     assert get_method("CT", "diffusion").settings is DiffusionConfig
     assert get_method("CT", "fbp").option_names == ("filter",)

@@ -48,7 +48,9 @@ def test_mr_problem_from_the_file(mr: tuple[Measurement, Volume]) -> None:
     p = measurement_problem(m, CPU)
     assert p.modality == "MR" and p.image_shape == vol.shape and p.op.oshape == m.data.shape
     assert torch.equal(p.y, kspace_tensor(m, CPU))
-    assert p.noise_std == pytest.approx(m.noise_sigma) and p.info["coil_maps"] == "file"
+    # per real part: the simulator's RMS complex sigma / sqrt 2
+    assert p.noise_std == pytest.approx(m.noise["sigma"] / np.sqrt(2.0))
+    assert p.info["coil_maps"] == "file"
     assert "noise_estimated" not in p.info and p.spacing_mm == (2.0, 2.0, 2.0)
     # No model: model space is the image itself; the reference is its magnitude.
     assert (p.units.scale, p.units.offset) == (1.0, 0.0)
@@ -70,7 +72,7 @@ def test_mr_without_maps_estimates_them_and_leaves_the_measurement_alone(
     assert bare.coil_maps is None and bare.acquisition == before.acquisition
     assert bare.noise == {} and np.array_equal(bare.data, before.data)
     # The estimated maps explain the data about as well as the true ones.
-    assert 0.0 < p.noise_std < 10 * m.noise_sigma
+    assert 0.0 < p.noise_std < 10 * m.noise["sigma"]
     lowres = measurement_problem(bare, CPU, maps_method="lowres", noise_std=0.5)
     assert lowres.info["coil_maps"] == "estimated (lowres)" and lowres.noise_std == 0.5
     assert "noise_estimated" not in lowres.info

@@ -17,7 +17,7 @@ LAM = typer.Option(
     "auto", help="cg-sense, l1-wavelet, tv: regularisation weight; auto (default): "
                  "l1-wavelet and tv choose it on held-out data, cg-sense uses its "
                  "rule; diffusion: prior weight against the data, < 1 trusts the data "
-                 "more; auto: chosen on held-out data around MR 0.05, CT 1.")
+                 "more; auto: chosen on held-out data around MR 0.1, CT 1.")
 ITERATIONS = typer.Option(
     None, min=1, help="Iterative methods: maximum solver iterations (default: the "
                       "method's own; diffusion: same as --steps).")

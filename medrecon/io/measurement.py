@@ -18,6 +18,7 @@ only when the file has them) and imports nothing from :mod:`medrecon.operators`.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +37,7 @@ from medrecon.jsonutil import jsonable as _jsonable
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "RMS_COMPLEX_SIGMA",
     "Measurement",
     "ReferenceGeometry",
     "write_measurement",
@@ -44,6 +46,9 @@ __all__ = [
 
 FORMAT_NAME = "medrecon-measurement"
 FORMAT_VERSION = 1
+#: The MR ``noise["sigma_definition"]`` of ``medrecon simulate``: ``sigma`` is the RMS complex
+#: std, each real part has ``sigma / sqrt(2)`` (:attr:`Measurement.noise_std`).
+RMS_COMPLEX_SIGMA = "RMS complex std per k-space sample (E|n|^2 = sigma^2)"
 
 
 # -------------------------------------------------------------------------------------------
@@ -126,9 +131,12 @@ class Measurement:
             the object, or (M, C, I, J, K) for M map sets (soft SENSE, e.g. ESPIRiT's; each
             method uses up to its ``map_sets`` of them), or None (estimated from the
             calibration region when needed).
-        noise: noise model, e.g. ``{"model": "gaussian", "sigma": 0.01, "snr": 30.0}`` for MR
-            (sigma: std of the real and of the imaginary part per k-space sample) or
-            ``{"model": "poisson", "i0": 1e5, "electronic_sigma": 0.0}`` for CT.
+        noise: noise model. MR: ``{"model": "complex-gaussian", "sigma": 0.01,
+            "sigma_definition": RMS_COMPLEX_SIGMA, "snr": 30.0}`` as ``medrecon simulate``
+            writes it (sigma: the RMS complex std per k-space sample, ``E|n|^2 = sigma^2``);
+            without that definition ``sigma`` is the std of the real and of the imaginary
+            part. :attr:`noise_std` reads either as the std per real part. CT: e.g.
+            ``{"model": "poisson", "i0": 1e5, "electronic_sigma": 0.0}``.
         noise_covariance: optional (C, C) complex coil noise covariance.
         operator: forward-operator description. MR: ``{"kind": "sense", "fft": "centred-orthonormal",
             "fft_dims": [0, 1, 2], "dims": "3d", "image_shape": [I, J, K],
@@ -172,9 +180,18 @@ class Measurement:
         return tuple(int(d) for d in self.operator.get("fft_dims", (0, 1, 2)))
 
     @property
-    def noise_sigma(self) -> float | None:
+    def noise_std(self) -> float | None:
+        """MR: the noise std of each real component (real and imaginary part) of a k-space
+        sample, in the units of the data, from ``noise["sigma"]``: ``sigma / sqrt(2)`` where
+        ``noise["sigma_definition"]`` declares it the RMS complex std (:data:`RMS_COMPLEX_SIGMA`,
+        what ``medrecon simulate`` writes), else ``sigma`` as it is; None without a sigma
+        (fastMRI files). The one place that reads the file's convention."""
         s = self.noise.get("sigma")
-        return None if s is None else float(s)
+        if s is None:
+            return None
+        if "RMS complex" in str(self.noise.get("sigma_definition", "")):
+            return float(s) / math.sqrt(2.0)
+        return float(s)
 
     def validate(self) -> None:
         """Check shapes, dtypes and values; raise :class:`MeasurementError` with one sentence."""

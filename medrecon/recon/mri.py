@@ -53,7 +53,6 @@ for the held-out samples alone). ``--lam`` always overrides it, in absolute unit
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -467,22 +466,6 @@ def _tv_solve(problem: Problem, lam: float, settings: TVSettings, axes: tuple[in
                  "sigma": sigma}
 
 
-def _noise_per_part(m: Measurement) -> float | None:
-    """The noise std of each real component of ``m``'s k-space samples from the file's noise
-    model (units of the data), None where the file has none (fastMRI files: then
-    :func:`~medrecon.problem.measurement_problem` estimates it from the outer k-space, an
-    estimate that coil correlation biases, so the self-tuning does not trust it). The
-    simulator records ``sigma`` as the RMS complex std (``E|n|^2 = sigma^2``, its
-    ``sigma_definition``): each part then has ``sigma / sqrt(2)``; otherwise ``sigma`` is per
-    part, as :class:`~medrecon.io.measurement.Measurement` documents it."""
-    sigma = m.noise_sigma
-    if sigma is None:
-        return None
-    if "RMS complex" in str((m.noise or {}).get("sigma_definition", "")):
-        return float(sigma) / math.sqrt(2.0)
-    return float(sigma)
-
-
 def _weight(m: Measurement, problem: Problem, options: ReconOptions, method: str,
             solve: Callable[[Problem, float], tuple[Any, dict[str, Any]]],
             masks: tuple[np.ndarray, np.ndarray] | None = None, use_sure: bool = True,
@@ -515,11 +498,12 @@ def _weight(m: Measurement, problem: Problem, options: ReconOptions, method: str
         parts.append(dataclasses.replace(problem, op=part_op, y=problem.y * (k_t > 0)))
     sub, held_p = parts
     y_held_norm = float(torch.linalg.vector_norm(held_p.y).clamp_min(1e-30))
-    sigma = _noise_per_part(m) if use_sure else None
+    # the file's noise level (per real part); an estimate from the outer k-space (fastMRI
+    # files) is biased by coil correlation, so the self-tuning does not trust it
+    sigma = (problem.noise_std if use_sure and not problem.info.get("noise_estimated")
+             else None)
     probe = None
-    if sigma is not None and sigma > 0.0:
-        sub = dataclasses.replace(sub, noise_std=sigma)
-        held_p = dataclasses.replace(held_p, noise_std=sigma)
+    if sigma is not None and sigma > 0.0:  # sub and held_p carry it (replaced from problem)
         probe = sure_probe(sub, seed)
     relative: dict[float, float] = {}  # the held-out relative residual (the report's errors)
 

@@ -24,7 +24,7 @@ this)::
 Default hyper-parameters (``SamplerOptions``): the operator and data are divided by ||A|| (a
 power iteration) so that ``A^H A`` has unit norm and step sizes transfer between MRI, CT and
 geometries. :func:`posterior_sample` starts from the per-modality DDS defaults of
-:data:`MODALITY_DEFAULTS` (MR: lam 0.05, 10 CG steps, 2 before sigma > 5; CT: lam 1, 5),
+:data:`MODALITY_DEFAULTS` (MR: lam 0.1, 10 CG steps, 2 before sigma > 5; CT: lam 1, 5),
 measured on held-out heads.
 
 ========  ==========================================================================  =========
@@ -159,14 +159,23 @@ class SamplerOptions:
 #: Per-modality defaults of the DDS sampler, tuned on one held-out synthetic head per modality
 #: (benchmarks/RESULTS_sampling.md, NVIDIA H200, 2026-11-26). For MRI the learned prior is less
 #: certain than the isotropic-Gaussian variance ``c_out^2`` assumes, and trusting the data more
-#: pays: at R = 8, +1.73 dB over tuned TV with lam 1 and 5 CG steps, +3.93 dB with lam 0.05 and
+#: pays: at R = 8, +1.73 dB over tuned TV with lam 1 and 5 CG steps, +3.93 dB with lam 0.1 and
 #: 10. For CT, lam 0.3 adds only ~0.3 dB PSNR but lets the Poisson noise into the soft tissue
 #: (SSIM 0.974 -> 0.962 at 60 views), so CT keeps the exact-Gaussian weight lam = 1. MR runs
 #: 2 CG iterations instead of 10 at the steps followed by sigma > 5 (40 % of 50 steps): about
 #: 30 % less data consistency for <= 0.01 dB on two synthetic heads at R = 4 and 8
 #: (benchmarks/RESULTS_coil_compression.md).
+#:
+#: MR weights are twice those of results before 2026-12-06: the data term's weight goes as
+#: ``lam * noise_std^2``, and until then a simulated file's noise_std was its RMS complex sigma,
+#: sqrt(2) times the per-part std it means. The MR weights of every sampler whose weight
+#: multiplies that term (dds, diffpir, pc's "score" mode) were doubled when it was fixed, so
+#: simulated files sample as before; pc's "projection" mode has no such weight (its noised
+#: projection now uses the right noise level).
 MODALITY_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
-    ("MR", "dds"): {"lam": 0.05, "cg_iters": 10, "cg_iters_high": 2},
+    ("MR", "dds"): {"lam": 0.1, "cg_iters": 10, "cg_iters_high": 2},
+    ("MR", "diffpir"): {"lam": 2.0},
+    ("MR", "pc"): {"lam": 2.0},
     ("CT", "dds"): {"lam": 1.0, "cg_iters": 5},
 }
 

@@ -23,9 +23,10 @@ tiling             fit, shift, roll or blend                    "fit"
 precision          network precision: auto, bf16 (autocast),    auto: bf16 on CUDA and on
                    bf16-full (bf16 network) or fp32             CPUs with bf16, else fp32
 memory_budget_gb   bound on network activation memory (GB)      automatic
-noise_std          measurement noise std override               from the file
+noise_std          measurement noise std override (per real     from the file
+                   part of the data; MR: complex std / sqrt 2)
 lam                prior weight vs data (< 1 trusts the data)   auto: on held-out data
-                                                                around MR 0.05, CT 1
+                                                                around MR 0.1, CT 1
 guard              compare with the self-tuned classical result  on
                    on held-out data; fall back or blend if worse
 eta                DDS re-noising stochasticity in [0, 1]       0.85
@@ -77,7 +78,8 @@ class DiffusionConfig:
     precision: str = option("auto", help="Network precision: auto, bf16 (autocast), "
                                          "bf16-full or fp32.")
     memory_budget_gb: float | None = option(None, gt=0.0, help="Network activation memory.")
-    noise_std: float | None = option(None, ge=0.0, help="Measurement noise std override.")
+    noise_std: float | None = option(None, ge=0.0, help="Measurement noise std override, "
+                                                        "per real part of the data.")
     lam: float | None = option(None, gt=0.0, help="Prior weight against the data "
                                                   "(None: chosen on held-out data).")
     eta: float | None = option(None, ge=0.0, le=1.0, help="DDS re-noising stochasticity.")

@@ -319,6 +319,6 @@ def test_progress_bar_is_quiet_when_stderr_is_not_a_terminal(study: Path, tmp_pa
     prior = export_tiny_prior(tmp_path / "prior")
     r = runner.invoke(app, ["reconstruct", str(study / "m.h5"), str(tmp_path / "r.nii.gz"),
                             "--method", "diffusion", "--prior", str(prior), "--steps", "2",
-                            "--progress", "--device", "cpu", "--lam", "0.05", "--guard", "off"])
+                            "--progress", "--device", "cpu", "--lam", "0.1", "--guard", "off"])
     assert r.exit_code == 0, r.output
     assert "diffusion (" not in r.stderr and "step" not in r.stderr, r.stderr

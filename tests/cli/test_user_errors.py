@@ -173,7 +173,7 @@ def test_diffusion_warns_when_the_voxel_size_differs_from_the_prior(study: Path,
     prior = export_tiny_prior(tmp_path / "prior", spacing_mm=4.0)  # the study is at 2 mm
     r = runner.invoke(app, ["reconstruct", str(study / "m.h5"), str(tmp_path / "r.nii.gz"),
                             "--method", "diffusion", "--prior", str(prior), "--steps", "1",
-                            "--no-progress", "--device", "cpu", "--lam", "0.05"])
+                            "--no-progress", "--device", "cpu", "--lam", "0.1"])
     assert r.exit_code == 0, r.output
     # Once, although the guard samples twice (the training part, then all the data).
     lines = r.stderr.strip().splitlines()
@@ -190,9 +190,9 @@ def test_diffusion_sampler_settings(study: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, [*base, "--lam", "0.5", "--set", "eta=0.5", "--set", "cg_iters=2"])
     assert r.exit_code == 0, r.output
     assert "(2 steps, lam 0.5," in r.stdout
-    r = runner.invoke(app, base)  # the default: lam chosen around MR 0.05, then the guard
+    r = runner.invoke(app, base)  # the default: lam chosen around MR 0.1, then the guard
     assert r.exit_code == 0, r.output
-    assert "Self-tuned: lam auto = " in r.stdout and "0.0125, 0.05, 0.2" in r.stdout
+    assert "Self-tuned: lam auto = " in r.stdout and "0.025, 0.1, 0.4" in r.stdout
     assert sum(line.startswith("Guard: ") for line in r.stdout.splitlines()) == 1
     r = runner.invoke(app, [*base, "--set", "eta=2"])
     assert_user_error(r, "key 'eta' must be <= 1.0, got 2.")

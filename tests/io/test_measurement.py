@@ -73,7 +73,7 @@ def test_round_trip_keeps_everything(tmp_path: Path, rng: np.random.Generator) -
     assert np.array_equal(r.reference.affine, AFFINE) and r.reference.shape == SHAPE
     assert r.reference.series_description == "T1 sag" and r.reference.units == "a.u."
     assert r.reference.meta == {"source": "/data/t1.nii.gz", "uid": "1.2"}
-    assert r.noise == m.noise and r.noise_sigma == 0.01
+    assert r.noise == m.noise and r.noise_std == 0.01
     assert r.operator["fft_dims"] == [0, 1, 2] and r.fft_dims == (0, 1, 2)
     assert r.operator["fft"] == "centred-orthonormal"
     assert r.acquisition == {"acceleration": 2.1, "seed": 3, "mask": "poisson"}
@@ -269,4 +269,4 @@ def test_minimal_file_written_by_another_tool(tmp_path: Path) -> None:
         f["reference"].attrs["shape"] = kspace.shape[1:]
     m = read_measurement(tmp_path / "scan.h5")
     assert m.image_shape == (4, 5, 6) and m.fft_dims == (0, 1, 2) and m.coil_maps is None
-    assert m.reference.modality == "OT" and m.noise_sigma is None
+    assert m.reference.modality == "OT" and m.noise_std is None

@@ -30,20 +30,22 @@ def case() -> tuple[Measurement, np.ndarray]:
     return simulate(ref, cfg), ref.data
 
 
-def test_noise_per_part_and_count_match_the_simulated_noise(
+def test_noise_std_per_part_and_count_match_the_simulated_noise(
         case: tuple[Measurement, np.ndarray]) -> None:
-    """The simulator's sigma is the RMS complex std: each part has sigma / sqrt(2), and the
-    misfit of the true image in those units is ~1 over 2 x coils x sampled points."""
+    """The simulator's sigma is the RMS complex std: the problem's noise_std is that of each
+    part, sigma / sqrt(2), and the misfit of the true image in those units is ~1 over
+    2 x coils x sampled points (it would be 1/2 with the file's sigma taken per part)."""
     m, ref = case
-    sigma = mri._noise_per_part(m)
-    assert sigma == pytest.approx(m.noise_sigma / np.sqrt(2.0))
-    problem = dataclasses.replace(measurement_problem(m, CPU), noise_std=sigma)
+    problem = measurement_problem(m, CPU)
+    assert problem.noise_std == pytest.approx(m.noise["sigma"] / np.sqrt(2.0))
+    assert problem.noise_std == pytest.approx(m.noise_std)
     assert noise_count(problem) == 2 * 4 * 16 * float((np.asarray(m.mask) > 0).sum())
     x_true = torch.as_tensor(ref).to(torch.complex64)
     assert discrepancy(problem, x_true) == pytest.approx(1.0, abs=0.06)
+    # Without the RMS complex definition, sigma is per part (the Measurement's own meaning).
     per_part = dataclasses.replace(m, noise={"model": "gaussian", "sigma": 0.5})
-    assert mri._noise_per_part(per_part) == 0.5  # the Measurement's own definition
-    assert mri._noise_per_part(dataclasses.replace(m, noise={})) is None
+    assert per_part.noise_std == 0.5 and measurement_problem(per_part, CPU).noise_std == 0.5
+    assert dataclasses.replace(m, noise={}).noise_std is None
 
 
 def test_sure_estimates_the_in_sample_risk_of_l1_wavelet(

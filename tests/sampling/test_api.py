@@ -84,7 +84,7 @@ def test_mr_scale_matches_reference(mr_measurement, tiny_prior) -> None:
                                                           model=tiny_prior.normalisation))
     ref_scale = tiny_prior.normalisation.mr_scale(vol.data)
     assert prob.scale == pytest.approx(ref_scale, rel=0.3) and prob.complex_image
-    assert prob.noise_std == pytest.approx(float(m.noise_sigma))
+    assert prob.noise_std == pytest.approx(float(m.noise["sigma"]) / np.sqrt(2.0))  # per part
     z = torch.rand(2, *vol.shape)
     phase = prob.init_phase(2)
     assert phase is not None and phase.shape == (2, *vol.shape)
@@ -124,7 +124,7 @@ def test_posterior_sample_mr(mr_measurement, tiny_prior) -> None:
     # DDS's proximal step keeps the estimate close to the data even with a random prior.
     assert res.residual < 0.2
     assert res.info["modality"] == "MR" and res.info["patches"] > 0
-    assert (res.info["lam"], res.info["cg_iters"]) == (0.05, 10)  # the MR defaults
+    assert (res.info["lam"], res.info["cg_iters"]) == (0.1, 10)  # the MR defaults
 
 
 def test_posterior_sample_mr_on_virtual_coils(mr_measurement, tiny_prior) -> None:
@@ -222,7 +222,7 @@ def test_coil_energy_reaches_the_run_and_its_settings(mr_measurement, tiny_prior
 
     m, _ = mr_measurement
     opts = ReconOptions(device="cpu", extra={"prior": str(tiny_prior_path), "steps": 2,
-                                             "lam": 0.05, "guard": False,
+                                             "lam": 0.1, "guard": False,
                                              "coil_energy": 0.5})
     result = reconstruct(m, "diffusion", opts)
     assert result.settings.options["coil_energy"] == 0.5
@@ -242,11 +242,32 @@ def test_sampler_defaults_per_modality() -> None:
     from medrecon.sampling.api import SamplerOptions
 
     mr = SamplerOptions.defaults("MR", "dds")
-    assert (mr.lam, mr.cg_iters) == (0.05, 10)
+    assert (mr.lam, mr.cg_iters) == (0.1, 10)
     assert SamplerOptions.defaults("CT", "dds") == SamplerOptions()
-    assert SamplerOptions.defaults("MR", "pc") == SamplerOptions()
+    # MR weights doubled with noise_std per real part (MODALITY_DEFAULTS): the rest as usual
+    for name in ("pc", "diffpir"):
+        assert SamplerOptions.defaults("MR", name) == SamplerOptions(lam=2.0)
+    assert SamplerOptions.defaults("MR", "dps") == SamplerOptions()
     assert SamplerOptions.defaults(None) == SamplerOptions()
     assert SamplerOptions.defaults("mr", "dds", lam=2.0).lam == 2.0
+
+
+@pytest.mark.parametrize("sampler, mode", [("dds", "projection"), ("diffpir", "projection"),
+                                           ("pc", "score")])
+def test_simulated_mr_samples_as_before_the_per_part_noise_fix(
+        mr_measurement, tiny_prior, sampler: str, mode: str) -> None:
+    """The data term's weight goes as lam * noise_std^2: the MR defaults (doubled when
+    noise_std became the per-part std, the simulator's RMS complex sigma / sqrt 2) sample a
+    simulated file exactly as the former pair (noise_std = sigma, half the weight) did."""
+    m, _ = mr_measurement
+    kw = {"sampler": sampler, "steps": 3, "samples": 2, "seed": 4, "device": "cpu"}
+    now = SamplerOptions.defaults("MR", sampler, pc_mode=mode)
+    new = posterior_sample(m, tiny_prior, options=now, **kw)
+    old = posterior_sample(m, tiny_prior, noise_std=float(m.noise["sigma"]),
+                           options=dataclasses.replace(now, lam=now.lam / 2), **kw)
+    assert new.info["noise_std"] == pytest.approx(old.info["noise_std"] / np.sqrt(2.0))
+    np.testing.assert_allclose(new.mean, old.mean, rtol=1e-4, atol=1e-5 * float(old.mean.max()))
+    np.testing.assert_allclose(new.std, old.std, rtol=1e-3, atol=1e-5 * float(old.std.max()))
 
 
 def test_dps_step_keeps_the_papers_per_value_guidance() -> None:

@@ -74,7 +74,7 @@ def test_cli_diffusion_with_the_shipped_default_prior(which: str, mr_measurement
     out = tmp_path / "recon.nii.gz"
     result = CliRunner().invoke(app, [
         "reconstruct", str(meas), str(out), "--method", "diffusion", "--steps", "1",
-        "--lam", "0.05" if which == "mr" else "1", "--guard", "off", "--device", "cpu",
+        "--lam", "0.1" if which == "mr" else "1", "--guard", "off", "--device", "cpu",
         "--no-progress"])
     assert result.exit_code == 0, result.output
     rec = load_volume(out)

@@ -19,7 +19,7 @@ def test_defaults_and_sampler_options_per_modality() -> None:
     assert cfg.sampler_options("MR") == SamplerOptions.defaults("MR", "dds")
     assert cfg.sampler_options("CT") == SamplerOptions()
     mr = cfg.resolved("MR")
-    assert (mr.lam, mr.cg_iters, mr.eta, mr.zeta) == (0.05, 10, 0.85, 1.0)
+    assert (mr.lam, mr.cg_iters, mr.eta, mr.zeta) == (0.1, 10, 0.85, 1.0)
     assert DiffusionConfig(sampler="diffpir").resolved("CT").zeta == 0.3
 
 

@@ -34,7 +34,7 @@ from tests.sampling.gaussian import GaussianPrior, MatrixOperator, gaussian_post
 def _entry(modality: str = "CT", alpha: float = 3.0, steps: int = 3, **options: float
            ) -> CalibrationEntry:
     opts = {"lam": 1.0, "eta": 0.85, "cg_iters": 5} if modality == "CT" else \
-        {"lam": 0.05, "eta": 0.85, "cg_iters": 10}
+        {"lam": 0.1, "eta": 0.85, "cg_iters": 10}
     opts.update(options)
     return CalibrationEntry(modality=modality, sampler="dds", steps=steps, options=opts,
                             alpha=alpha, coverage=0.95, coverage_by_samples={2: 0.95},
