@@ -58,3 +58,26 @@ def test_default_prior_carries_a_std_calibration() -> None:
             assert 0.90 <= entry.coverage <= 0.98
             alphas.append(entry.alpha)
         assert alphas == sorted(alphas, reverse=True)
+
+
+def test_default_prior_calibrates_every_weight_the_self_tuning_can_pick() -> None:
+    # --lam auto picks one of DIFFUSION_FACTORS x the default, or one step beyond either end;
+    # the std map of the CLI's 50 steps must stay calibrated whichever it picks. Data-trusting
+    # weights narrow the chains, so alpha falls as lam grows.
+    from medrecon.guard import DIFFUSION_FACTORS
+    from medrecon.sampling import SamplerOptions
+
+    calib = load_prior("default", device="cpu").std_calibration
+    assert calib is not None
+    step = DIFFUSION_FACTORS[1] / DIFFUSION_FACTORS[0]
+    factors = (DIFFUSION_FACTORS[0] / step, *DIFFUSION_FACTORS, DIFFUSION_FACTORS[-1] * step)
+    for modality in ("MR", "CT"):
+        opts = SamplerOptions.defaults(modality, "dds")
+        alphas = []
+        for f in factors:
+            entry = calib.find(modality, "dds", 50, {"lam": opts.lam * f, "eta": opts.eta,
+                                                     "cg_iters": opts.cg_iters})
+            assert entry is not None and entry.steps == 50, (modality, f)
+            assert 0.90 <= entry.coverage <= 0.98
+            alphas.append(entry.alpha)
+        assert alphas == sorted(alphas, reverse=True), alphas
