@@ -1,0 +1,37 @@
+#!/bin/bash
+# The last call of a session: the default path on the real rows the session's CPU-only changes
+# touch (PAIRS="case:setting ..."), then the default path of the 256^3 MR file end to end with
+# its stage profile (issue 14) while time is left. Device tool, carry [".whl", ".devrun"].
+set -u
+source benchmarks/device/common.sh
+LIMIT=${LIMIT:-560}
+left() { echo $(( LIMIT - $(elapsed) )); }
+RQ="python3 benchmarks/real_quality.py --cases-dir .devrun/real_cases --device cuda --samples 4"
+for pair in ${PAIRS:-mr_dwi_b0:mr4 ct_spine:ct30 ct_spine:ct60 mr_brain_piesno:mr4}; do
+  [ "$(left)" -lt 60 ] && break
+  timeout $(( $(left) - 20 )) $RQ --out $OUT/real.jsonl --cases ${pair%%:*} \
+    --settings ${pair##*:} >> $LOGS/real.log 2>&1
+  echo "$pair done at $(elapsed) s"
+done
+if [ -n "${E2E_CASES:-mr256}" ] && [ "$(left)" -gt 200 ]; then
+  E2E="python3 benchmarks/end_to_end_speed.py --out $OUT/e2e.jsonl --work /tmp/e2e"
+  timeout 100 $E2E --cases ${E2E_CASES:-mr256} --variants "" > $LOGS/e2e.log 2>&1  # files
+  timeout $(( $(left) - 10 )) $E2E --cases ${E2E_CASES:-mr256} --variants "defaults=" \
+    >> $LOGS/e2e.log 2>&1
+  echo "e2e done at $(elapsed) s"
+fi
+python3 - "$OUT" <<'PY'
+import json, sys, pathlib
+for name in ("real.jsonl", "e2e.jsonl"):
+    p = pathlib.Path(sys.argv[1]) / name
+    for line in (p.read_text().splitlines() if p.exists() else []):
+        r = json.loads(line)
+        if "diffusion" in r:
+            d, c = r["diffusion"], r["classical"]
+            print(r["case"], r["setting"], "diffusion", round(d["psnr"], 2), "oracle tv",
+                  round(c["tv"]["psnr"], 2), "| default - oracle TV",
+                  round(d["psnr"] - c["tv"]["psnr"], 2), "|", d["guard_line"])
+        else:
+            print({k: v for k, v in r.items() if k not in ("command", "date", "torch")})
+PY
+pack
