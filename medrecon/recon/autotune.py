@@ -26,7 +26,8 @@ reconstruction predicts the held-out data best wins::
   noise level (:mod:`medrecon.recon.sure`, :mod:`medrecon.recon.mri`).
 
 Weights are searched on a log grid around the method's fixed rule (x1/8 .. x8 in five steps,
-then the two geometric midpoints beside the best, :func:`tune_weight`); iteration counts by
+then the two geometric midpoints beside the best, :func:`tune_weight`; CT TV then takes the
+parabola vertex between the tried weights, :func:`parabola_vertex`); iteration counts by
 early stopping along one training run (:func:`best_iteration`). The final reconstruction always
 uses all the data; how the chosen value carries over to it is the method's ``scale`` (MR: the
 data term sums over 1/(1-f) times more samples, so the weight is multiplied by n_all /
@@ -42,12 +43,12 @@ a Monte-Carlo divergence per grid point and a Gaussian white noise model, wrong 
 and weighted data), and it works the same for any method, noise model and operator, including
 the diffusion sampler's data-consistency weight later. The one exception is CT TV, whose
 held-out views are biased toward strong weights on sparse views and fine grids (up to 23x,
-3.9 dB) and whose files carry their Poisson noise level (I0): there the held-out views' risk
-is summed with SURE's on the training views (one Monte-Carlo divergence per weight, with the
-ray-averaged variance of the log transform), and the discrepancy principle can cap the choice
-(:mod:`medrecon.recon.ct_tune`; the cap is off by default, it hurt on a real head slice).
-MR L1-wavelet and TV sum the same two risks where the file gives the noise level (simulated
-data): where the held-out samples, all outside the calibration region, are mostly noise,
+3.9 dB) and whose files carry their Poisson noise level (I0): there a third of the held-out
+views' risk is added to SURE's on the training views (one Monte-Carlo divergence per weight,
+with the ray-averaged variance of the log transform), and the discrepancy principle can cap
+the choice (:mod:`medrecon.recon.ct_tune`; the cap is off by default, it hurt on a real head
+slice). MR L1-wavelet and TV sum the two risks (unweighted) where the file gives the noise
+level (simulated data): where the held-out samples, all outside the calibration region, are mostly noise,
 every weight predicts them about equally badly (relative errors 1.00 for all weights on a
 real brain volume at R = 8, SNR 30) and they alone chose 16x the best weight (1.2 dB under
 it); SURE's risk on the training samples then decides. Where the held-out samples carry
