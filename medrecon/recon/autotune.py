@@ -26,7 +26,8 @@ reconstruction predicts the held-out data best wins::
   noise level (:mod:`medrecon.recon.sure`, :mod:`medrecon.recon.mri`).
 
 Weights are searched on a log grid around the method's fixed rule (x1/8 .. x8 in five steps,
-then the two geometric midpoints beside the best, :func:`tune_weight`); iteration counts by
+then the two geometric midpoints beside the best, :func:`tune_weight`; CT TV then takes the
+parabola vertex between the tried weights, :func:`parabola_vertex`); iteration counts by
 early stopping along one training run (:func:`best_iteration`). The final reconstruction always
 uses all the data; how the chosen value carries over to it is the method's ``scale`` (MR: the
 data term sums over 1/(1-f) times more samples, so the weight is multiplied by n_all /
@@ -42,12 +43,12 @@ a Monte-Carlo divergence per grid point and a Gaussian white noise model, wrong 
 and weighted data), and it works the same for any method, noise model and operator, including
 the diffusion sampler's data-consistency weight later. The one exception is CT TV, whose
 held-out views are biased toward strong weights on sparse views and fine grids (up to 23x,
-3.9 dB) and whose files carry their Poisson noise level (I0): there the held-out views' risk
-is summed with SURE's on the training views (one Monte-Carlo divergence per weight, with the
-ray-averaged variance of the log transform), and the discrepancy principle can cap the choice
-(:mod:`medrecon.recon.ct_tune`; the cap is off by default, it hurt on a real head slice).
-MR L1-wavelet and TV sum the same two risks where the file gives the noise level (simulated
-data): where the held-out samples, all outside the calibration region, are mostly noise,
+3.9 dB) and whose files carry their Poisson noise level (I0): there a third of the held-out
+views' risk is added to SURE's on the training views (one Monte-Carlo divergence per weight,
+with the ray-averaged variance of the log transform), and the discrepancy principle can cap
+the choice (:mod:`medrecon.recon.ct_tune`; the cap is off by default, it hurt on a real head
+slice). MR L1-wavelet and TV sum the two risks (unweighted) where the file gives the noise
+level (simulated data): where the held-out samples, all outside the calibration region, are mostly noise,
 every weight predicts them about equally badly (relative errors 1.00 for all weights on a
 real brain volume at R = 8, SNR 30) and they alone chose 16x the best weight (1.2 dB under
 it); SURE's risk on the training samples then decides. Where the held-out samples carry
@@ -73,6 +74,7 @@ __all__ = [
     "ct_holdout_views",
     "mr_holdout_masks",
     "mr_holdout_text",
+    "parabola_vertex",
     "regular_pattern",
     "tune_weight",
 ]
@@ -133,9 +135,40 @@ class TuneReport:
                 "scale": float(self.scale), "holdout": self.holdout, "note": self.note}
 
 
+def parabola_vertex(lams: Sequence[float], errors: Sequence[float]) -> float:
+    """The minimum of ``errors`` over ``lams`` (ascending, > 0) refined between grid points:
+    the vertex of the parabola through the smallest error and its two neighbours on the
+    log-lam axis, kept within half the distance to each neighbour (the part of the axis
+    nearest the best point); the best point itself at an end of ``lams`` or where the three
+    errors are equal.
+
+    With the best point in the middle the vertex lies within that half-distance already (the
+    parabola's slope changes sign between the midpoints of the two intervals); the clamp guards
+    rounding and uneven spacing.
+    """
+    e = np.asarray(errors, dtype=np.float64)
+    i = int(np.argmin(e))
+    if i == 0 or i == len(lams) - 1:
+        return float(lams[i])
+    x0, x1, x2 = (math.log(lams[j]) for j in (i - 1, i, i + 1))
+    y0, y1, y2 = (float(e[j]) for j in (i - 1, i, i + 1))
+    # divided differences: curvature (> 0 unless all three errors are equal) and slope at x1
+    d01, d12 = (y1 - y0) / (x1 - x0), (y2 - y1) / (x2 - x1)
+    curvature = (d12 - d01) / (x2 - x0)
+    if not curvature > 0.0:
+        return float(lams[i])
+    # the parabola through the three points: y1 + s (x - x1) + curvature (x - x1)^2,
+    # s = d01 + curvature (x1 - x0): its slope at x1
+    slope = d01 + curvature * (x1 - x0)
+    x = x1 - slope / (2.0 * curvature)
+    x = min(max(x, 0.5 * (x0 + x1)), 0.5 * (x1 + x2))
+    return float(math.exp(x))
+
+
 def tune_weight(heldout_error: Callable[[float], float], centre: float,
                 factors: Sequence[float] = COARSE_FACTORS,
-                refine: bool = True) -> tuple[float, list[float], list[float]]:
+                refine: bool = True,
+                vertex: bool = False) -> tuple[float, list[float], list[float]]:
     """Minimise ``heldout_error(lam)`` over ``centre * factors`` (ascending, log-spaced), then
     once at the neighbours of the best value that are not tried yet.
 
@@ -146,8 +179,18 @@ def tune_weight(heldout_error: Callable[[float], float], centre: float,
     diffusion weight's budget in :mod:`medrecon.guard`). The grid step is
     ``factors[1] / factors[0]``, the same at both ends on a log-spaced grid.
 
+    With ``vertex`` the returned weight is :func:`parabola_vertex` of the tried weights: the
+    best tried weight moved by at most half the step to its neighbours (a quarter of the
+    coarse step with ``refine``) toward the side whose error is lower, at no extra
+    evaluation. A smooth error curve's minimum is then estimated to well below the tried
+    spacing instead of to within it; the caller's final solve runs at that weight (CT TV,
+    :mod:`medrecon.recon.ct_tune`). Off for the diffusion weight (:mod:`medrecon.guard`):
+    its errors come from single stochastic sampling runs, and its chosen weight's tuning run
+    is reused, so the weight must be one that was run.
+
     Returns:
-        (best lam, the weights tried ascending, their errors).
+        (best lam, the weights tried ascending, their errors); without ``vertex`` the best
+        lam is the tried weight with the smallest error.
     """
     tried: dict[float, float] = {}
     for f in factors:
@@ -168,7 +211,8 @@ def tune_weight(heldout_error: Callable[[float], float], centre: float,
             tried[out] = float(heldout_error(out))
     grid = sorted(tried)
     errors = [tried[g] for g in grid]
-    return grid[int(np.argmin(errors))], grid, errors
+    best = parabola_vertex(grid, errors) if vertex else grid[int(np.argmin(errors))]
+    return best, grid, errors
 
 
 def best_iteration(errors: Sequence[float]) -> int:

@@ -22,6 +22,7 @@ from medrecon.recon.autotune import (
     ct_holdout_views,
     mr_holdout_masks,
     mr_holdout_text,
+    parabola_vertex,
     tune_weight,
 )
 from medrecon.recon.base import ReconOptions
@@ -121,6 +122,46 @@ def test_tune_weight_refines_at_half_steps(target: float, extra: list[float]) ->
     assert grid == sorted(calls) and best == min(calls, key=dist)
 
 
+@pytest.mark.parametrize("target", [0.37, 0.6, 1.9, 5.0])
+def test_tune_weight_vertex_finds_a_minimum_between_grid_points(target: float) -> None:
+    """A smooth error whose minimum lies between the tried weights: the vertex lands far
+    closer to it than the best tried weight, with no extra evaluation."""
+    calls: list[float] = []
+
+    def err(lam: float) -> float:  # smooth, not a parabola in log lam (a flatter bottom)
+        calls.append(lam)
+        u = math.log(lam / target)
+        return math.log(math.cosh(u)) + 0.1 * u ** 4
+
+    grid_best, grid, errors = tune_weight(err, 1.0)
+    n_calls = len(calls)
+    best, grid_v, errors_v = tune_weight(err, 1.0, vertex=True)
+    assert len(calls) == 2 * n_calls  # the vertex costs no evaluation
+    assert (grid_v, errors_v) == (grid, errors) and grid_best in grid
+    half = 0.5 * math.log(8 ** 0.25)  # half the distance to the refined neighbours
+    assert abs(math.log(best / grid_best)) <= half + 1e-12
+    # the grid alone is off by up to a quarter octave here; the vertex by a few per cent
+    assert abs(math.log(best / target)) < 0.3 * abs(math.log(grid_best / target)) + 0.02
+    assert abs(math.log(best / target)) < 0.06
+
+
+def test_parabola_vertex_exact_ends_and_clamp() -> None:
+    """Exact on a parabola in log lam; the best weight itself at an end or where all are
+    equal; never beyond half the distance to a neighbour (uneven spacing)."""
+    lams = [0.5, 1.0, 2.0, 4.0]
+    target = 1.37
+    assert parabola_vertex(lams, [math.log(g / target) ** 2 for g in lams]) == \
+        pytest.approx(target, rel=1e-12)
+    assert parabola_vertex(lams, [3.0, 2.0, 1.0, 0.5]) == 4.0  # minimum at the end
+    assert parabola_vertex(lams, [1.0, 1.0, 1.0, 1.0]) == 0.5  # flat: the first minimum
+    # uneven spacing (ratio 2 below, 1.5 above): equal outer errors put the vertex mid-way
+    # between them in log lam; a neighbour as low as the best at most half-way to it
+    assert parabola_vertex([1.0, 2.0, 3.0], [5.0, 1.0, 5.0]) == pytest.approx(math.sqrt(3.0))
+    assert parabola_vertex([1.0, 2.0, 3.0], [100.0, 1.0, 1.0]) == pytest.approx(math.sqrt(6.0))
+    v = parabola_vertex([1.0, 2.0, 3.0], [1.0 + 1e-6, 1.0, 100.0])
+    assert math.sqrt(2.0) < v < 1.5
+
+
 @pytest.mark.parametrize(("target", "extra"), [
     (1.3, []),  # the best inside the grid: its neighbours are grid points, tried already
     (0.1, [0.25 / 4]),  # at the bottom end: one whole step further down
@@ -179,11 +220,13 @@ def test_ct_tv_auto_weight_records_grid(ct_case: Measurement) -> None:
     tuned = out.info["autotune"]
     assert out.info["lam"] == tuned["chosen"] and tuned["scale"] == 1.0
     assert min(tuned["grid"]) < 1e-3 < max(tuned["grid"])  # around the fixed rule
-    # the summed risk's minimum among the tried weights; the note names the held-out pick
-    # where the two differ
+    # the risk's minimum between the tried weights (the vertex beside the best tried weight,
+    # nearer to it than to its neighbours); the note names the held-out pick where it is not
+    # that tried weight
     pick = tuned["grid"][int(np.argmin(tuned["heldout_errors"]))]
-    assert tuned["chosen"] in tuned["grid"]
-    assert (tuned["chosen"] == pick) == (tuned["note"] == ""), tuned["note"]
+    tried = min(tuned["grid"], key=lambda g: abs(math.log(g / tuned["chosen"])))
+    assert min(tuned["grid"]) <= tuned["chosen"] <= max(tuned["grid"])
+    assert (tried == pick) == (tuned["note"] == ""), tuned["note"]
     alone = get_method("CT", "tv")(ct_case, ReconOptions(iterations=20, extra={"sure": False}),
                                    CPU).info["autotune"]
     assert alone["note"] == ""
