@@ -13,10 +13,11 @@ for pair in ${PAIRS:-mr_dwi_b0:mr4 ct_spine:ct30 ct_spine:ct60 mr_brain_piesno:m
     --settings ${pair##*:} >> $LOGS/real.log 2>&1
   echo "$pair done at $(elapsed) s"
 done
-if [ -n "${E2E_CASES:-mr256}" ] && [ "$(left)" -gt 200 ]; then
+E2E_CASES=${E2E_CASES-mr256}  # empty: no end-to-end run
+if [ -n "$E2E_CASES" ] && [ "$(left)" -gt 200 ]; then
   E2E="python3 benchmarks/end_to_end_speed.py --out $OUT/e2e.jsonl --work /tmp/e2e"
-  timeout 100 $E2E --cases ${E2E_CASES:-mr256} --variants "" > $LOGS/e2e.log 2>&1  # files
-  timeout $(( $(left) - 10 )) $E2E --cases ${E2E_CASES:-mr256} --variants "defaults=" \
+  timeout 100 $E2E --cases $E2E_CASES --variants "" > $LOGS/e2e.log 2>&1  # files
+  timeout $(( $(left) - 10 )) $E2E --cases $E2E_CASES --variants "defaults=" \
     >> $LOGS/e2e.log 2>&1
   echo "e2e done at $(elapsed) s"
 fi
