@@ -550,13 +550,14 @@ def _estimate_maps_once(measurement: Measurement, device: torch.device,
         return measurement, measurement, {}
     maps_method, map_sets = _classical_maps()
     # on the host, as the file's maps would be (each run moves what it uses to the device)
+    details: dict[str, Any] = {}
     maps = estimate_maps(measurement, device, maps_method=maps_method,
-                         map_sets=map_sets if guard else 1).cpu().numpy()
+                         map_sets=map_sets if guard else 1, details=details).cpu().numpy()
     # diffusion's own copy of the first set: the sets need not stay through its sampling
     first = maps[0].copy() if maps.ndim == 5 else maps
     dmeas = dataclasses.replace(measurement, coil_maps=first)
     cmeas = dataclasses.replace(measurement, coil_maps=maps) if guard else dmeas
-    return dmeas, cmeas, {"coil_maps": estimated_maps_source(maps_method, first.shape)}
+    return dmeas, cmeas, {"coil_maps": estimated_maps_source(maps_method, first.shape, details)}
 
 
 def _classical_maps() -> tuple[str, int]:

@@ -293,7 +293,8 @@ THRESHOLD_HOLDOUT = 0.15
 
 def estimate_maps(m: Measurement, device: torch.device | str = "cpu", *,
                   maps_method: str = "espirit", map_sets: int = 1,
-                  kspace: Tensor | None = None) -> Tensor:
+                  kspace: Tensor | None = None,
+                  details: dict[str, Any] | None = None) -> Tensor:
     """Coil maps of a multi-coil MR measurement, estimated from its calibration region as
     :func:`measurement_problem` estimates them for a file without maps: complex64 on
     ``device``, ``(C, I, J, K)``, or ``(M, C, I, J, K)`` for ``map_sets > 1`` (``1 <= M <=
@@ -306,6 +307,8 @@ def estimate_maps(m: Measurement, device: torch.device | str = "cpu", *,
     benchmarks/RESULTS_mri.md). There the maps' values come from the threshold of
     :data:`ESPIRIT_THRESHOLDS` that predicts held-out k-space best (:func:`espirit_threshold`)
     and their support from the default threshold, which crops more of the empty background.
+    ``details``, if given, receives ``espirit_threshold`` and ``threshold_errors`` (the
+    held-out error of each tried threshold) when the threshold was chosen so.
     """
     from medrecon.operators.coils import (
         MAX_AUTO_CALIBRATION,
@@ -326,15 +329,18 @@ def estimate_maps(m: Measurement, device: torch.device | str = "cpu", *,
         width = int(calib) if calib is not None else min(
             detect_calibration(mask, y.shape[1:], m.fft_dims), MAX_AUTO_CALIBRATION)
         if width > 0 and default_kernel(width) < 6:
-            kwargs["threshold"], support = espirit_threshold(m, y, mask, kwargs)
+            errors: dict[float, float] = {}
+            kwargs["threshold"], support = espirit_threshold(m, y, mask, kwargs, errors)
+            if details is not None:
+                details.update(espirit_threshold=kwargs["threshold"], threshold_errors=errors)
     est = estimate_coil_maps(y, mask, map_sets=map_sets, **kwargs)
     if support is not None:
         est = est * support
     return est.to(device=device, dtype=torch.complex64)
 
 
-def espirit_threshold(m: Measurement, y: Tensor, mask: Tensor,
-                      kwargs: Mapping[str, Any]) -> tuple[float, Tensor]:
+def espirit_threshold(m: Measurement, y: Tensor, mask: Tensor, kwargs: Mapping[str, Any],
+                      errors: dict[float, float] | None = None) -> tuple[float, Tensor]:
     """The ESPIRiT threshold of :data:`ESPIRIT_THRESHOLDS` whose maps predict held-out k-space
     best, and the support ``(I, J, K)`` (bool) of the maps of the default threshold (the last).
 
@@ -349,6 +355,7 @@ def espirit_threshold(m: Measurement, y: Tensor, mask: Tensor,
     inside the calibration region still enter the maps (ESPIRiT needs the region complete);
     they carry most of the held-out energy. On fastMRI-format brains with 4-8 calibration
     lines the choice gained 0.5-7 dB CG-SENSE and lost nowhere (RESULTS_mri.md).
+    ``errors``, if given, receives each threshold's held-out error.
     """
     import warnings
 
@@ -381,19 +388,28 @@ def espirit_threshold(m: Measurement, y: Tensor, mask: Tensor,
                              image_shape=m.image_shape).forward(x)
         err = float(torch.linalg.vector_norm(pred - y_held)
                     / torch.linalg.vector_norm(y_held).clamp_min(1e-30))
+        if errors is not None:
+            errors[threshold] = err
         if best is None or err <= best[0]:
             best = (err, threshold)
     assert best is not None and support is not None
     return best[1], support
 
 
-def estimated_maps_source(maps_method: str, shape: tuple[int, ...]) -> str:
+def estimated_maps_source(maps_method: str, shape: tuple[int, ...],
+                          details: Mapping[str, Any] | None = None) -> str:
     """``info["coil_maps"]`` of maps estimated by ``maps_method`` of ``shape`` ``(C, I, J,
     K)`` (one set: "estimated (espirit)") or ``(M, C, I, J, K)`` (map sets: "estimated
-    (espirit, 2 map sets)")."""
+    (espirit, 2 map sets)"), with the ESPIRiT threshold where :func:`estimate_maps` chose it
+    on held-out k-space (its ``details``)."""
+    parts = [maps_method]
     if len(shape) == 5:
-        return f"estimated ({maps_method}, {shape[0]} map sets)"
-    return f"estimated ({maps_method})"
+        parts.append(f"{shape[0]} map sets")
+    if details and "espirit_threshold" in details:
+        errs = ", ".join(f"{t:g}: {e:.4g}" for t, e in sorted(details["threshold_errors"].items()))
+        parts.append(f"threshold {details['espirit_threshold']:g} chosen on held-out k-space; "
+                     f"held-out errors {errs}")
+    return f"estimated ({', '.join(parts)})"
 
 
 def _mr_problem(m: Measurement, device: torch.device, model: ModelRange | None,
@@ -416,8 +432,10 @@ def _mr_problem(m: Measurement, device: torch.device, model: ModelRange | None,
         maps, source = None, "none (single coil)"
     else:
         # fastMRI files carry no maps: estimate them from the calibration region, once, here.
-        maps = estimate_maps(m, device, maps_method=maps_method, map_sets=map_sets, kspace=y)
-        source = estimated_maps_source(maps_method, tuple(maps.shape))
+        details: dict[str, Any] = {}
+        maps = estimate_maps(m, device, maps_method=maps_method, map_sets=map_sets, kspace=y,
+                             details=details)
+        source = estimated_maps_source(maps_method, tuple(maps.shape), details)
     op = SenseOperator(maps, torch.as_tensor(np.asarray(m.mask)).to(device),
                        fft_dims=m.fft_dims, coil_batch=coil_batch, image_shape=m.image_shape)
     info: dict[str, Any] = {"coil_maps": source}

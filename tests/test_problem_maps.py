@@ -17,7 +17,13 @@ from medrecon.metrics import psnr
 from medrecon.operators.coils import DEFAULT_THRESHOLD, estimate_coil_maps
 from medrecon.operators.functional.fft import ifftc
 from medrecon.operators.mri import SenseOperator
-from medrecon.problem import ESPIRIT_THRESHOLDS, espirit_threshold, estimate_maps, kspace_tensor
+from medrecon.problem import (
+    ESPIRIT_THRESHOLDS,
+    espirit_threshold,
+    estimate_maps,
+    estimated_maps_source,
+    kspace_tensor,
+)
 from medrecon.simulate import MRISettings, SimulationConfig, simulate
 from medrecon.solvers import conjugate_gradient
 
@@ -57,8 +63,15 @@ def test_four_calibration_lines_give_maps_that_beat_zero_filled() -> None:
     zf = psnr(zero_filled, ref, data_range=1.0)
     old = estimate_coil_maps(y, m.mask, fft_dims=m.fft_dims).to(torch.complex64)
     assert psnr(_cg_sense(m, old), ref, data_range=1.0) < zf - 1.0
-    new = estimate_maps(m)
+    details: dict = {}
+    new = estimate_maps(m, details=details)
     assert new.shape == old.shape
+    # The choice is recorded: the threshold and every tried threshold's held-out error.
+    assert set(details["threshold_errors"]) == set(ESPIRIT_THRESHOLDS)
+    assert details["threshold_errors"][details["espirit_threshold"]] == min(
+        details["threshold_errors"].values())
+    label = estimated_maps_source("espirit", tuple(new.shape), details)
+    assert f"threshold {details['espirit_threshold']:g} chosen on held-out k-space" in label
     assert psnr(_cg_sense(m, new), ref, data_range=1.0) > zf + 2.0
     # The support is the default threshold's (it crops the empty background); values differ.
     torch.testing.assert_close((new.abs() ** 2).sum(0) > 0, (old.abs() ** 2).sum(0) > 0,
@@ -77,4 +90,7 @@ def test_wide_calibration_keeps_the_default_threshold() -> None:
     m, _ = _brain(16, 2.0)
     y = kspace_tensor(m)
     expected = estimate_coil_maps(y, m.mask, fft_dims=m.fft_dims).to(torch.complex64)
-    assert torch.equal(estimate_maps(m), expected)
+    details: dict = {}
+    assert torch.equal(estimate_maps(m, details=details), expected)
+    assert details == {} and estimated_maps_source("espirit", tuple(expected.shape),
+                                                   details) == "estimated (espirit)"
