@@ -137,7 +137,7 @@ def collect(m: Any, method: str, iterations: int | None, x_true: torch.Tensor | 
                                     coil_batch=op.coil_batch, image_shape=op.image_shape)
         parts.append(dataclasses.replace(problem, op=part_op, y=problem.y * (k_t > 0)))
     sub, held_p = parts
-    sigma = mri._noise_per_part(m)
+    sigma = m.noise_std  # per real part (the file's RMS complex sigma / sqrt 2)
     sub = dataclasses.replace(sub, noise_std=sigma)
     held_p = dataclasses.replace(held_p, noise_std=sigma)
     probe = sure_probe(sub, seed)
