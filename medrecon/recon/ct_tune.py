@@ -130,7 +130,7 @@ import torch
 from medrecon.errors import InputError
 from medrecon.problem import Problem, measurement_problem
 from medrecon.recon.autotune import TuneReport, ct_holdout_views, tune_weight
-from medrecon.recon.sure import discrepancy, discrepancy_weight, heldout_risk, sure, sure_probe
+from medrecon.recon.sure import discrepancy, discrepancy_weight, risk_criterion, sure_probe
 
 if TYPE_CHECKING:
     from medrecon.io.measurement import Measurement
@@ -202,21 +202,13 @@ def tune_tv_weight(measurement: Measurement, problem: Problem, centre: float,
     seed = int((measurement.acquisition or {}).get("seed", 0) or 0)
     probe = sure_probe(sub, seed) if use_sure else None
 
-    def fit(lam: float) -> Tensor:
-        x = solve(sub, lam) * mw
-        if cap:  # the misfit costs a projection per weight: only when it is used
+    def fit(p: Problem, lam: float) -> Tensor:
+        x = solve(p, lam) * mw
+        if cap and p is sub:  # the misfit costs a projection per weight: only when used
             misfit[lam] = discrepancy(sub, x)
         return x
 
-    def criterion(lam: float) -> float:
-        x = fit(lam)
-        relative[lam] = held.residual(x)
-        if probe is None:
-            return relative[lam]
-        # one more solve per weight, from the nudged training data
-        in_sample = sub.noise_std ** 2 * sure(sub, x, solve(probe.nudged, lam) * mw, probe)
-        return in_sample + HELDOUT_SHARE * heldout_risk(held, x)
-
+    criterion = risk_criterion(sub, held, fit, probe, HELDOUT_SHARE, relative)
     # with the risk: the vertex of its parabola through the best tried weight and its
     # neighbours; the held-out views alone keep the former rule (the best tried weight)
     lam, grid, values = tune_weight(criterion, centre, vertex=probe is not None)
@@ -237,7 +229,7 @@ def tune_tv_weight(measurement: Measurement, problem: Problem, centre: float,
             if (any(misfit[g] < 1.0 for g in low if g <= lam)
                     or (len(low) > 1 and misfit[low[0]] >= misfit[low[1]])):
                 break
-            fit(low[0] / step)
+            fit(sub, low[0] / step)
         capped = discrepancy_weight(list(misfit), list(misfit.values()), below=lam)
         if capped is not None:
             note = "; ".join(t for t in (

@@ -76,7 +76,7 @@ from medrecon.recon.autotune import (
     tune_weight,
 )
 from medrecon.recon.base import ReconOptions, ReconOutput, method_settings
-from medrecon.recon.sure import heldout_risk, sure, sure_probe
+from medrecon.recon.sure import risk_criterion, sure_probe
 from medrecon.solvers import (
     conjugate_gradient,
     fista,
@@ -497,7 +497,6 @@ def _weight(m: Measurement, problem: Problem, options: ReconOptions, method: str
                                 image_shape=op.image_shape)
         parts.append(dataclasses.replace(problem, op=part_op, y=problem.y * (k_t > 0)))
     sub, held_p = parts
-    y_held_norm = float(torch.linalg.vector_norm(held_p.y).clamp_min(1e-30))
     # the file's noise level (per real part); an estimate from the outer k-space (fastMRI
     # files) is biased by coil correlation, so the self-tuning does not trust it
     sigma = (problem.noise_std if use_sure and not problem.info.get("noise_estimated")
@@ -506,17 +505,8 @@ def _weight(m: Measurement, problem: Problem, options: ReconOptions, method: str
     if sigma is not None and sigma > 0.0:  # sub and held_p carry it (replaced from problem)
         probe = sure_probe(sub, seed)
     relative: dict[float, float] = {}  # the held-out relative residual (the report's errors)
-
-    def criterion(lam: float) -> float:
-        x = solve(sub, lam)[0].x
-        with torch.no_grad():
-            relative[lam] = float(torch.linalg.vector_norm(held_p.op(x) - held_p.y)) / y_held_norm
-        if probe is None:
-            return relative[lam]
-        # one more solve per weight, from the nudged training data
-        in_sample = sub.noise_std ** 2 * sure(sub, x, solve(probe.nudged, lam)[0].x, probe)
-        return in_sample + heldout_risk(held_p, x)
-
+    criterion = risk_criterion(sub, held_p, lambda p, lam: solve(p, lam)[0].x, probe, 1.0,
+                               relative)
     centre = default_lam(method, sub.op.adjoint(sub.y))
     best, grid, _ = tune_weight(criterion, centre)
     errors = [relative[g] for g in grid]

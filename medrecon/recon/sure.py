@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -33,6 +33,7 @@ __all__ = [
     "discrepancy_weight",
     "heldout_risk",
     "noise_count",
+    "risk_criterion",
     "sure",
     "sure_probe",
 ]
@@ -137,6 +138,28 @@ def sure(problem: Problem, x: Tensor, x_nudged: Tensor, probe: SureProbe) -> flo
         change = _parts(problem.op(x_nudged) - problem.op(x))
         div = float((_parts(probe.direction) * change).sum()) / probe.eps
     return discrepancy(problem, x) - 1.0 + 2.0 * div / noise_count(problem)
+
+
+def risk_criterion(sub: Problem, held: Problem, solve: Callable[[Problem, float], Tensor],
+                   probe: SureProbe | None, heldout_share: float,
+                   relative: dict[float, float]) -> Callable[[float], float]:
+    """The self-tuned weight's criterion over ``lam`` (CT TV, MR l1-wavelet and TV): the
+    method's result ``x = solve(sub, lam)`` from the training data ``sub`` scored by SURE's
+    in-sample risk plus ``heldout_share`` times the held-out data's :func:`heldout_risk`
+    (per real data component, units of y squared; one more solve per weight from
+    ``probe.nudged``), or without ``probe`` (no noise model, or SURE off) by the held-out
+    data's relative residual alone. Every weight's relative residual goes into ``relative``
+    (the report's errors)."""
+
+    def criterion(lam: float) -> float:
+        x = solve(sub, lam)
+        relative[lam] = held.residual(x)
+        if probe is None:
+            return relative[lam]
+        in_sample = sub.noise_std ** 2 * sure(sub, x, solve(probe.nudged, lam), probe)
+        return in_sample + heldout_share * heldout_risk(held, x)
+
+    return criterion
 
 
 def discrepancy_weight(lams: Sequence[float], ratios: Sequence[float],
