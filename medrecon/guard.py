@@ -470,7 +470,6 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
         lam = centre
         heldout_error(lam)
         stage("guard: training-part run")
-    info["tuning_seconds"] = time.perf_counter() - t0
     if not config.guard:
         res = _sample(dmeas, prior, config, lam, config.samples, device, progress,
                       first=False)
