@@ -35,6 +35,8 @@ from medrecon.recon.base import ReconOptions
 from medrecon.simulate import MRISettings, SimulationConfig, simulate
 
 CPU = torch.device("cpu")
+#: The simulation seed of every case (mask, coils, noise).
+SIM_SEED = 1
 
 
 def head(size: int, noisy: bool) -> Volume:
@@ -47,6 +49,14 @@ def head(size: int, noisy: bool) -> Volume:
                         contrast="T1", seed=900000, lesions=True, noise=noisy)
     half = slice(size // 4, size // 4 + size // 2)  # a slab keeps the CPU time small
     return Volume(np.ascontiguousarray(vol.data[:, :, half]), vol.affine, modality="MR")
+
+
+def simulated(ref: Volume, accel: float, snr: float, mask: str) -> Any:
+    """The measurement of one case: 8 coils, ``mask`` "poisson" (3D Poisson-disc) or "lines"
+    (2D multi-slice random lines), a calibration region of a sixth of the grid (at least 6)."""
+    kw: dict[str, Any] = {"mask": "random", "dims": "2d"} if mask == "lines" else {}
+    return simulate(ref, SimulationConfig(seed=SIM_SEED, mri=MRISettings(
+        coils=8, acceleration=accel, snr=snr, calibration=max(6, ref.shape[0] // 6), **kw)))
 
 
 def run(m: Any, method: str, ref: np.ndarray, iters: int) -> dict[str, Any]:
@@ -88,12 +98,7 @@ def main() -> None:
     rows = []
     for accel in args.accel:
         for snr in args.snr:
-            kw: dict[str, Any] = ({"mask": "random", "dims": "2d"} if args.mask == "lines"
-                                  else {})
-            cfg = SimulationConfig(seed=1, mri=MRISettings(
-                coils=8, acceleration=accel, snr=snr, calibration=max(6, args.size // 6),
-                **kw))
-            m = simulate(ref, cfg)
+            m = simulated(ref, accel, snr, args.mask)
             for method in args.methods:
                 r = run(m, method, ref.data, args.iterations)
                 o = r["oracle"]

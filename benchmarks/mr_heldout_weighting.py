@@ -229,24 +229,18 @@ def simulated_image(vol: Any, seed: int) -> torch.Tensor:
 
 
 def synth(args: argparse.Namespace) -> None:
-    from autotune_mr_sure import head
+    from autotune_mr_sure import SIM_SEED, head, simulated
 
     from medrecon.methods import get_method
     from medrecon.metrics import psnr
-    from medrecon.simulate import MRISettings, SimulationConfig, simulate
 
     ref = head(args.size, args.noisy_reference)
     for accel in args.accel:
         for snr in args.snr:
-            kw: dict[str, Any] = ({"mask": "random", "dims": "2d"} if args.mask == "lines"
-                                  else {})
-            cfg = SimulationConfig(seed=1, mri=MRISettings(
-                coils=8, acceleration=accel, snr=snr, calibration=max(6, args.size // 6),
-                **kw))
-            m = simulate(ref, cfg)
+            m = simulated(ref, accel, snr, args.mask)
             for method in args.methods:
                 t0 = time.perf_counter()
-                xt = simulated_image(ref, 1) if args.truth else None
+                xt = simulated_image(ref, SIM_SEED) if args.truth else None
                 c = collect(m, method, args.iterations, xt, ref.data)
                 spec = get_method("MR", method)
                 full: dict[int, float] = {}
