@@ -2,10 +2,11 @@
 residual's risk and the discrepancy principle, for any :class:`~medrecon.problem.Problem`.
 
 Used by CT TV (:mod:`medrecon.recon.ct_tune`) and MR L1-wavelet / TV
-(:mod:`medrecon.recon.mri`): both minimise the summed per-sample risk of the training data
-(:func:`sure`, Stein's unbiased estimate with a Monte-Carlo divergence, one more solve per
-weight from data nudged by :func:`sure_probe`) and of the held-out data
-(:func:`heldout_risk`); the module docstring of :mod:`medrecon.recon.ct_tune` says why.
+(:mod:`medrecon.recon.mri`): both minimise :func:`risk_criterion`, the per-sample risk of the
+training data (:func:`sure`, Stein's unbiased estimate with a Monte-Carlo divergence, one more
+solve per weight from data nudged by :func:`sure_probe`) plus a share of the held-out data's
+(:func:`heldout_risk`; CT a third, MR all of it); the module docstring of
+:mod:`medrecon.recon.ct_tune` says why.
 
 Everything counts the data as real components: a complex k-space sample is two of them
 (real and imaginary part), each with the noise standard deviation ``problem.noise_std``
