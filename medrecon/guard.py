@@ -55,7 +55,8 @@ choice and ``w``.
 Cost: at most 4 sampling runs of one chain on the training part (at ``tune_steps``), one at
 the run's steps when those differ, two more chains where one sample loses (below), each
 classical method's self-tuning (7-9 training solves, twice that with SURE, one on all the
-data) and one more solve on the training part, on top of the final run (skipped when the
+data; its training-part solve at the chosen weight is scored, not made again, except CT TV's
+at a parabola vertex between the tried weights), on top of the final run (skipped when the
 classical result is chosen). Measured
 on a loaded CPU, 6 steps, tiny volumes, with one classical method: 4.6x (CT) and 10x (MR) the
 wall time of one plain run (benchmarks/RESULTS_autotune.md); MR's second method, TV (300-step
@@ -352,10 +353,10 @@ class ClassicalRun:
         method: its name (of :data:`GUARD_METHODS`).
         output: its self-tuned reconstruction from all the data.
         lam: the weight it chose for all the data.
-        prediction: the held-out prediction of its run on the training part at the weight
-            its self-tuning chose there.
+        prediction: the held-out prediction of its solution on the training part at the
+            weight its self-tuning chose there.
         error: that prediction's relative held-out error (:meth:`HeldOut.prediction_error`).
-        seconds: wall time of both runs.
+        seconds: wall time of its self-tuned run and, where made, the training-part run.
     """
 
     method: str
@@ -370,10 +371,13 @@ def classical_runs(measurement: Measurement, split: HoldoutSplit, device: torch.
                    tol: float = 1e-4, cmeas: Measurement | None = None) -> list[ClassicalRun]:
     """Each classical method of :data:`GUARD_METHODS` for ``measurement``'s modality,
     self-tuned on all the data (its own hold-out: MR the samples of ``split``, handed over;
-    CT the same views, drawn the same way), then run on the training part of the split with
-    the weight it chose there and scored on the held-out data, through its own operator
+    CT the same views, drawn the same way), and its solution on the training part of the
+    split at the weight it chose there scored on the held-out data, through its own operator
     (with map sets, on the per-set images), so its error is the one its self-tuning saw at
-    that weight. ``cmeas``: the measurement carrying the classical methods' coil maps
+    that weight. That solution is the tuning's own solve where it made one
+    (``ReconOutput.training_solution``: MR, whose weight is a tried one, and CT TV where the
+    weight is a tried one); else (CT TV's parabola vertex) the method runs once more on the
+    training part. ``cmeas``: the measurement carrying the classical methods' coil maps
     (:func:`_estimate_maps_once`; default ``measurement``). In the order of
     :data:`GUARD_METHODS`."""
     cmeas = measurement if cmeas is None else cmeas
@@ -385,13 +389,16 @@ def classical_runs(measurement: Measurement, split: HoldoutSplit, device: torch.
     for name in GUARD_METHODS[mod]:
         t0 = time.perf_counter()
         run = _CLASSICAL[(mod, name)]
-        full = run(cmeas, ReconOptions(tol=tol), device, **shared)
-        tuned = full.info.get("autotune") or {}
+        full = run(cmeas, ReconOptions(tol=tol), device, keep_training=True, **shared)
         lam = float(full.info["lam"])
-        part = run(csplit.train, ReconOptions(lam=lam / float(tuned.get("scale", 1.0)),
-                                              tol=tol), device)
-        assert part.solution is not None and full.solution is not None
-        b = csplit.held.predict(part.solution)
+        part = full.training_solution  # the tuning's own solve at that weight, if it made one
+        if part is None:  # CT TV's parabola vertex lies between the tried weights
+            tuned = full.info.get("autotune") or {}
+            part = run(csplit.train, ReconOptions(lam=lam / float(tuned.get("scale", 1.0)),
+                                                  tol=tol), device).solution
+        full.training_solution = None  # not kept past the scoring
+        assert part is not None and full.solution is not None
+        b = csplit.held.predict(part)
         runs.append(ClassicalRun(name, full, lam, b, csplit.held.prediction_error(b),
                                  time.perf_counter() - t0))
     return runs
@@ -478,7 +485,7 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
                                  t0, device)
 
     # The classical baseline: each of the modality's methods self-tuned on all data (its own
-    # hold-out, the same split), then once more from the training part with the weight it
+    # hold-out, the same split), scored by its solution on the training part at the weight it
     # chose there; the best predictor of the held-out data is compared with and blended with.
     runs = classical_runs(measurement, split, device, tol=tol, cmeas=cmeas)
     stage("guard: classical methods")

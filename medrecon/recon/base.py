@@ -99,6 +99,10 @@ class ReconOutput:
             in 1/mm), a CPU tensor (I, J, K) (MR with M map sets: (M, I, J, K), one image per
             set), or None; the diffusion guard predicts held-out data from it
             (:mod:`medrecon.guard`), which the magnitude ``image`` cannot do.
+        training_solution: like ``solution``, the self-tuning's own solve on its training
+            part at the weight it chose there, where the caller asked for it (MR l1-wavelet
+            and tv, CT tv: ``keep_training``) and the tuning made that solve; else None. The
+            guard scores it instead of solving the training part again.
     """
 
     image: np.ndarray
@@ -106,6 +110,7 @@ class ReconOutput:
     iterations: int = 0
     info: dict[str, Any] = field(default_factory=dict)
     solution: torch.Tensor | None = None
+    training_solution: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.image = np.asarray(self.image, dtype=np.float32)

@@ -42,6 +42,7 @@ from medrecon.recon.base import ReconOptions, ReconOutput, method_settings
 from medrecon.recon.ct_analytic import analytic_reconstruction, filter_name
 from medrecon.recon.ct_tune import holdout_problems, tune_tv_weight
 from medrecon.solvers import (
+    OperatorNorms,
     SolverResult,
     cgls,
     pdhg,
@@ -99,10 +100,7 @@ def tv_reconstruction(
     sparse-view problems with x in water units. Returns (result, L).
     """
     if lipschitz is None:
-        gen = torch.Generator(device=x0.device).manual_seed(0)
-        start = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device, generator=gen)
-        lipschitz = power_iteration(lambda v: adjoint(forward(v)), start,
-                                    iters=15).rayleigh * 1.05
+        lipschitz = _data_lipschitz(forward, adjoint, x0)
     sq = math.sqrt(max(lipschitz, 1e-30))
     ny = y.numel()
     shape = x0.shape
@@ -128,6 +126,15 @@ def tv_reconstruction(
                   sigma=step * step_ratio,
                   max_iter=max_iter, tol=tol, progress=progress)
     return result, float(lipschitz)
+
+
+def _data_lipschitz(forward: Callable[[Tensor], Tensor], adjoint: Callable[[Tensor], Tensor],
+                    like: Tensor) -> float:
+    """``||A^H A||`` (5 % margin) by 15 power iterations from a seeded start shaped like
+    ``like``: :func:`tv_reconstruction`'s ``L``."""
+    gen = torch.Generator(device=like.device).manual_seed(0)
+    start = torch.randn(like.shape, dtype=like.dtype, device=like.device, generator=gen)
+    return power_iteration(lambda v: adjoint(forward(v)), start, iters=15).rayleigh * 1.05
 
 
 # -------------------------------------------------------------------------------------------
@@ -280,37 +287,50 @@ def cgls_method(measurement: Measurement, options: ReconOptions,
 
 
 def tv_method(measurement: Measurement, options: ReconOptions,
-              device: torch.device) -> ReconOutput:
+              device: torch.device, *, keep_training: bool = False) -> ReconOutput:
     """Isotropic 3D TV with non-negativity by PDHG, warm-started from FBP/FDK when possible.
 
     ``lam`` (default :data:`DEFAULT_TV_LAM`) weighs TV of the image in units of water against
     ``1/2 ||A x - y||^2 / ||A||^2`` (none: self-tuned); ``iterations`` default 200; ``extra``:
-    :class:`TVSettings`.
+    :class:`TVSettings`. ``keep_training``: ``ReconOutput.training_solution`` is the
+    self-tuning's solve on its training views at the chosen weight, where the weight is a
+    tried one (not the parabola vertex between two: :func:`~medrecon.recon.ct_tune.
+    tune_tv_weight`), for the guard, which would otherwise solve it again.
     """
     settings = method_settings(TVSettings, options.extra, "tv")
     t0 = time.perf_counter()
     problem = _problem(measurement, device)
     iters = options.iterations or DEFAULT_ITERATIONS["tv"]
     report = None
+    kept: dict[float, Tensor] | None = {} if keep_training else None
+    norms = OperatorNorms()  # the training views' L: estimated once for all their solves
     if options.lam is None:
         lam, report = tune_tv_weight(
             measurement, problem, DEFAULT_TV_LAM, device,
-            lambda p, w: _tv_solve(p, w, iters, options.tol, settings)[0].x,
-            cap=settings.discrepancy_cap, use_sure=settings.sure)
+            lambda p, w: _tv_solve(p, w, iters, options.tol, settings, norms=norms)[0].x,
+            cap=settings.discrepancy_cap, use_sure=settings.sure, keep=kept)
     else:
         lam = float(options.lam)
-    res, lip, warm = _tv_solve(problem, lam, iters, options.tol, settings, options.progress)
+    training = None if kept is None else kept.pop(lam, None)
+    del kept
+    res, lip, warm = _tv_solve(problem, lam, iters, options.tol, settings, options.progress,
+                               norms)
     info: dict[str, Any] = {"algorithm": "tv-pdhg", "lam": lam, "lipschitz": lip,
                             "warm_start": warm, "history": res.history[-5:]}
     if report is not None:
         info.update(autotune=report.as_dict(), autotune_line=report.line())
     info["seconds"] = time.perf_counter() - t0
-    return _output(problem, res.x * problem.units.mu_water, res.iterations, info)
+    out = _output(problem, res.x * problem.units.mu_water, res.iterations, info)
+    out.training_solution = training
+    return out
 
 
 def _tv_solve(problem: Problem, lam: float, iters: int, tol: float, settings: TVSettings,
-              progress: bool = False) -> tuple[SolverResult, float, str]:
-    """TV-PDHG for one weight on ``problem`` (water units): (result, ||A||^2, warm start)."""
+              progress: bool = False,
+              norms: OperatorNorms | None = None) -> tuple[SolverResult, float, str]:
+    """TV-PDHG for one weight on ``problem`` (water units): (result, ||A||^2, warm start);
+    ``norms``: the method call's ``||A^H A||`` by operator (SURE's nudged problems keep the
+    operator and its units), else estimated here."""
     forward, adjoint, y, x0 = _scaled(problem)
     mw = problem.units.mu_water
     assert mw is not None and problem.geometry is not None
@@ -325,6 +345,9 @@ def _tv_solve(problem: Problem, lam: float, iters: int, tol: float, settings: TV
         except InputError:
             pass  # e.g. a short fan scan: start from zeros
     with torch.no_grad():
+        lip0 = (None if norms is None
+                else norms(problem.op, lambda: _data_lipschitz(forward, adjoint, x0)))
         res, lip = tv_reconstruction(forward, adjoint, y, x0, lam, max_iter=iters, tol=tol,
-                                     step_ratio=settings.step_ratio, progress=progress)
+                                     lipschitz=lip0, step_ratio=settings.step_ratio,
+                                     progress=progress)
     return res, lip, warm

@@ -181,7 +181,8 @@ def holdout_problems(measurement: Measurement,
 def tune_tv_weight(measurement: Measurement, problem: Problem, centre: float,
                    device: torch.device,
                    solve: Callable[[Problem, float], Tensor],
-                   cap: bool = False, use_sure: bool = True) -> tuple[float, TuneReport]:
+                   cap: bool = False, use_sure: bool = True,
+                   keep: dict[float, Tensor] | None = None) -> tuple[float, TuneReport]:
     """The TV weight for all the data of ``measurement`` (its ``problem``): with ``use_sure``
     (and a noise model) the minimum of the summed per-ray risks of the training views (SURE)
     and the held-out views, else the held-out views' choice; with ``cap`` capped at the
@@ -190,6 +191,8 @@ def tune_tv_weight(measurement: Measurement, problem: Problem, centre: float,
     Args:
         centre: the method's fixed weight; the search grid lies around it.
         solve: ``solve(problem, lam) -> x``, the method on a problem (x in units of water).
+        keep: filled with each tried weight's solution on the training views (mu in 1/mm,
+            on the host): the caller's for the weight it runs, where that is a tried one.
 
     Returns:
         (weight, what was tried and why).
@@ -206,6 +209,8 @@ def tune_tv_weight(measurement: Measurement, problem: Problem, centre: float,
         x = solve(p, lam) * mw
         if cap and p is sub:  # the misfit costs a projection per weight: only when used
             misfit[lam] = discrepancy(sub, x)
+        if keep is not None and p is sub:
+            keep[lam] = x.detach().cpu()
         return x
 
     criterion = risk_criterion(sub, held, fit, probe, HELDOUT_SHARE, relative)
