@@ -113,3 +113,28 @@ def test_wavelet_and_gradient_on_cuda_match_cpu() -> None:
     assert torch.allclose(w.forward(x.cuda()).cpu(), w.forward(x), atol=1e-5)
     assert torch.allclose(w.adjoint(w.forward(x.cuda())).cpu(), x, atol=1e-5)
     assert torch.allclose(finite_difference(x.cuda()).cpu(), finite_difference(x))
+
+
+def test_wavelet_builds_its_taps_and_indices_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside an iterative solver the transform runs twice per iteration: after its first
+    call per dtype and device it builds no tensor from host data (on a GPU each such tap
+    tensor is a copy that waits for the stream) and gives the fresh transform's result bit
+    for bit; another dtype gets taps of its own."""
+    x = torch.randn((12, 10, 9), dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
+    w = WaveletTransform(x.shape, "db2")
+    first = w.forward(x)
+    w.adjoint(first)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a tensor built inside the transform's loop")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(torch, "tensor", refuse)
+        mp.setattr(torch, "arange", refuse)
+        again, back = w.forward(x), w.adjoint(first)
+    fresh = WaveletTransform(x.shape, "db2")
+    assert torch.equal(again, fresh.forward(x)) and torch.equal(again, first)
+    assert torch.equal(back, fresh.adjoint(first))
+    real = w.forward(x.real)
+    assert real.dtype == torch.float32
+    assert torch.equal(real, fresh.forward(x.real))
