@@ -8,11 +8,15 @@ weight it chose there. This script runs exactly that stage on the files of
 diffusion, in two variants alternated in one process (same card, same load):
 
 * ``after``: the library as it is: the tuning's own training-part solve is scored
-  (``keep_training``), and each operator's Lipschitz constant is estimated once per method
-  call (:class:`medrecon.solvers.OperatorNorms`).
+  (``keep_training``), each operator's Lipschitz constant is estimated once per method
+  call (:class:`medrecon.solvers.OperatorNorms`), and the wavelet transform keeps its gather
+  indices and filter taps (:class:`medrecon.operators.wavelets.WaveletTransform`).
 * ``before``: the former path, emulated: the methods are called without ``keep_training``, so
-  the training part is solved once more at the chosen weight, and every solve estimates its
-  Lipschitz constant again (``OperatorNorms`` passes every call through).
+  the training part is solved once more at the chosen weight, every solve estimates its
+  Lipschitz constant again (``OperatorNorms`` passes every call through), and the wavelet
+  transform builds its indices and taps at every single-level pass (its caches emptied
+  before each use: on a GPU a tap tensor from Python floats is a copy that waits for the
+  stream).
 
 Per run: wall seconds per method, solver calls, solver iterations and power iterations (each
 one ``A^H A``, or a projection and a backprojection for CT), the weight and the held-out error
@@ -47,6 +51,7 @@ from end_to_end_speed import _prepare  # noqa: E402
 
 from medrecon import guard, solvers  # noqa: E402
 from medrecon.io.measurement import read_measurement  # noqa: E402
+from medrecon.operators.wavelets import WaveletTransform  # noqa: E402
 from medrecon.recon import ct, mri  # noqa: E402
 
 
@@ -97,7 +102,7 @@ def counted(counts: Counts) -> Iterator[None]:
 @contextlib.contextmanager
 def former_path() -> Iterator[None]:
     """The path before the cuts: no ``keep_training`` (the guard solves the training part
-    again) and no reuse of Lipschitz constants."""
+    again), no reuse of Lipschitz constants, wavelet indices and taps built at every use."""
     methods = dict(guard._CLASSICAL)
 
     def without_keep(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -106,14 +111,24 @@ def former_path() -> Iterator[None]:
             return fn(*args, **kwargs)
         return wrapped
 
+    def uncached(fn: Callable[..., Any], cache: str) -> Callable[..., Any]:
+        def wrapped(self: WaveletTransform, *args: Any) -> Any:
+            getattr(self, cache).clear()
+            return fn(self, *args)
+        return wrapped
+
     call = solvers.OperatorNorms.__call__
+    index, filters = WaveletTransform._index, WaveletTransform._filters
     guard._CLASSICAL.update({k: without_keep(v) for k, v in methods.items()})
     solvers.OperatorNorms.__call__ = lambda self, op, estimate: float(estimate())  # type: ignore[method-assign]
+    WaveletTransform._index = uncached(index, "_indices")  # type: ignore[method-assign]
+    WaveletTransform._filters = uncached(filters, "_taps")  # type: ignore[method-assign]
     try:
         yield
     finally:
         guard._CLASSICAL.update(methods)
         solvers.OperatorNorms.__call__ = call  # type: ignore[method-assign]
+        WaveletTransform._index, WaveletTransform._filters = index, filters  # type: ignore[method-assign]
 
 
 def run_stage(m: Any, device: torch.device, variant: str) -> dict[str, Any]:
@@ -141,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="folder for the case files (end_to_end_speed.py's, written once)")
     ap.add_argument("--cases", default="mr128,ct256")
     ap.add_argument("--variants", default="before,after")
-    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=2,
+                    help="rounds of all variants; the first includes start-up (CUDA, FFT plans)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true", help="CPU: 32^3 volumes")
     args = ap.parse_args(argv)
