@@ -345,8 +345,8 @@ def _tv_solve(problem: Problem, lam: float, iters: int, tol: float, settings: TV
         except InputError:
             pass  # e.g. a short fan scan: start from zeros
     with torch.no_grad():
-        lip0 = (None if norms is None
-                else norms(problem.op, lambda: _data_lipschitz(forward, adjoint, x0)))
+        lip0 = (norms or OperatorNorms())(problem.op,
+                                          lambda: _data_lipschitz(forward, adjoint, x0))
         res, lip = tv_reconstruction(forward, adjoint, y, x0, lam, max_iter=iters, tol=tol,
                                      lipschitz=lip0, step_ratio=settings.step_ratio,
                                      progress=progress)

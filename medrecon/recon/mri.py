@@ -367,8 +367,7 @@ def _l1_solve(problem: Problem, lam: float, settings: L1WaveletSettings, iters: 
                            levels=settings.levels, axes=axes)
     roll_dims = [a - 3 for a in axes]
     penalise_approx = settings.penalise_approximation
-    lipschitz = (norms(op, lambda: _lipschitz(op, x0, device)) if norms is not None
-                 else _lipschitz(op, x0, device))
+    lipschitz = (norms or OperatorNorms())(op, lambda: _lipschitz(op, x0, device))
     step = 1.0 / max(lipschitz * 1.01, 1e-12)  # 1 % margin for the power-iteration estimate
 
     def grad_f(x: torch.Tensor) -> torch.Tensor:
@@ -433,13 +432,10 @@ def _tuned_solve(m: Measurement, problem: Problem, info: dict[str, Any],
                  t0: float, keep_training: bool = False) -> ReconOutput:
     """l1-wavelet's and TV's common end: the weight (given, or self-tuned by :func:`_weight`),
     the all-data solve, and ``info`` with the weight, the solver's record and the tuning's.
-
-    ``keep_training`` (self-tuned, ``holdout_masks`` given): the tuning's solves on the
-    training part of those masks (:func:`_keeping`) are kept on the host until the weight is
-    chosen, and the one at the chosen training weight (``lam / scale``, a tried weight)
-    becomes ``ReconOutput.training_solution`` (as ``solution``: support applied); None where
-    the tuning made no such solve. Up to 9 images are held meanwhile (33 MB each at 128^3
-    with two map sets)."""
+    ``keep_training`` (self-tuned, ``holdout_masks`` given): the tuning's solves on their
+    training part (:func:`_keeping`; up to 9 images on the host, 33 MB each at 128^3 with
+    two map sets) until the weight is chosen, then the one at the chosen training weight
+    (``lam / scale``, a tried one) is ``ReconOutput.training_solution``, else None."""
     kept: dict[float, torch.Tensor] = {}
     if keep_training and holdout_masks is not None and options.lam is None:
         solve = _keeping(solve, problem, holdout_masks[0], kept)
@@ -465,10 +461,9 @@ def _keeping(solve: Callable[..., tuple[Any, dict[str, Any]]], problem: Problem,
              kept: dict[float, torch.Tensor]) -> Callable[..., tuple[Any, dict[str, Any]]]:
     """``solve`` that also puts into ``kept[lam]`` (on the host, support applied as
     :func:`_output` does) its estimate of every problem that is the training part of
-    ``problem``: its coil maps, the sample mask ``train_mask`` and its data on that mask,
-    not nudged (SURE's second solve has the same operator, other data). Recognised by what
-    it is, not by how the self-tuning builds it: any split of the tuning with this mask
-    counts, and a tuning that never solves it leaves ``kept`` empty."""
+    ``problem``: its coil maps, the mask ``train_mask``, its data on that mask, not nudged
+    (SURE's second solve has the same operator). Recognised by what it is, not by how the
+    tuning builds it: a tuning that never solves it leaves ``kept`` empty."""
     op = problem.op
     assert isinstance(op, SenseOperator)
     mask_t = torch.as_tensor(train_mask).to(op.mask.device)
@@ -499,8 +494,7 @@ def _tv_solve(problem: Problem, lam: float, settings: TVSettings, axes: tuple[in
     op = problem.op
     x0 = op.adjoint(problem.y)
     diff = FiniteDifference(problem.image_shape[-3:], dims=axes)
-    lipschitz = (norms(op, lambda: _lipschitz(op, x0, device)) if norms is not None
-                 else _lipschitz(op, x0, device)) * 1.01
+    lipschitz = (norms or OperatorNorms())(op, lambda: _lipschitz(op, x0, device)) * 1.01
     d_norm2 = 4.0 * len(diff.dims)  # ||D||^2 <= 4 per axis (tight for large grids)
     # The primal step is what moves the image, so take the gradient step 1/L and give the dual
     # what is left of Condat-Vu's bound 1/tau - sigma ||D||^2 >= L/2 (with a 5 % margin).
