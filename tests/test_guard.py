@@ -595,3 +595,38 @@ def test_weight_ranked_on_shorter_runs_guard_scores_a_full_run(
     given = guarded_diffusion(m, _config(lam=many.info["lam"]), prior, CPU)
     assert [s for s, _ in steps] == [STEPS] * 3
     assert many.info["guard"] == given.info["guard"]
+
+
+def test_std_map_is_calibrated_on_the_measurements_held_out_data(
+        prior: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prior whose chains spread a little around a biased image (an offset in one half of
+    the slab): the spread alone covers the truth poorly; the two chains the guard scores on
+    the training views give alpha from the held-out views, and the calibrated map covers it.
+    The test prior has no calibration of its own, so without the held-out data the map
+    would stay raw."""
+    hu = _head((14, 14, 3)) * 1000.0 - 1000.0
+    vol = Volume(hu, np.diag([2.0, 2.0, 2.0, 1.0]), modality="CT", units="HU")
+    m = simulate(vol, SimulationConfig(modality="ct", seed=2,  # type: ignore[arg-type]
+                                       ct=CTSettings(views=15, dose_i0=1e7)))
+    lo, hi = prior.normalisation.ct_hu_min, prior.normalisation.ct_hu_max
+    truth = torch.from_numpy((hu - lo) / (hi - lo)).float()
+    truth[:7] += 0.1  # the bias the chains share
+    noise = torch.Generator().manual_seed(5)
+
+    def biased(x: torch.Tensor) -> torch.Tensor:
+        return truth + 0.005 * torch.randn(x.shape, generator=noise)
+
+    _use_denoiser(monkeypatch, biased)
+    out = guarded_diffusion(m, DiffusionConfig(steps=STEPS, samples=4, seed=0), prior, CPU)
+    assert out.info["guard"]["choice"] != "classical", out.info["guard"]
+    cal = out.info["std_calibration"]
+    assert cal["basis"] == "held-out data" and cal["prior_factor"] is None
+    assert out.info["std_calibration_line"].startswith(
+        "std map calibrated on this measurement's held-out data")
+    std = out.info["std_image"]
+    raw = std / out.info["std_factor"]
+    region = hu > -900.0
+    covered = np.abs(out.image - hu)[region] <= 2.0 * std[region]
+    raw_covered = np.abs(out.image - hu)[region] <= 2.0 * raw[region]
+    assert covered.mean() > max(0.75, raw_covered.mean() + 0.2), (covered.mean(),
+                                                                  raw_covered.mean())
