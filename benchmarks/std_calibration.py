@@ -194,6 +194,38 @@ def _coverage_row(res: Any, truth: np.ndarray, region: np.ndarray) -> dict[str, 
             "region_voxels": int(region.sum())}
 
 
+def _guarded_row(meas: Any, prior: Any, args: argparse.Namespace, truth: np.ndarray,
+                 region: np.ndarray, seed: int) -> dict[str, Any]:
+    """``--guarded``: the default path (self-tuned weight, guard) of ``reconstruct``; the
+    coverage of its std map (calibrated on the measurement's held-out data where it could be)
+    and of the prior's synthetic-head calibration on the same run (``prior_factor``)."""
+    import torch
+
+    from medrecon.guard import guarded_diffusion
+    from medrecon.sampling import calibration
+    from medrecon.sampling.config import DiffusionConfig
+
+    cfg = DiffusionConfig(sampler=args.sampler, steps=args.steps, samples=args.samples,
+                          seed=seed)
+    out = guarded_diffusion(meas, cfg, prior, torch.device(args.device))
+    guard = out.info.get("guard", {})
+    row: dict[str, Any] = {"guard": guard.get("choice"), "weight": guard.get("weight"),
+                           "lam": out.info.get("lam")}
+    std = out.info.get("std_image")
+    if std is None:
+        return row
+    cal = out.info.get("std_calibration") or {}
+    row.update(alpha=cal.get("alpha"), std_factor=out.info.get("std_factor"),
+               line=out.info.get("std_calibration_line"),
+               coverage_2std=round(calibration(out.image, std, truth, 2.0, region), 4))
+    before, factor = cal.get("prior_factor"), out.info.get("std_factor")
+    if before and factor:  # the prior's factor (times the blend weight) instead
+        w = float(guard.get("weight", 1.0))
+        row["prior_coverage_2std"] = round(calibration(
+            out.image, std * (w * before / factor), truth, 2.0, region), 4)
+    return row
+
+
 def check(args: argparse.Namespace, prior: Any, common: dict[str, Any]) -> int:
     from medrecon.evaluation import foreground_mask
     from medrecon.simulate import simulate
@@ -211,9 +243,11 @@ def check(args: argparse.Namespace, prior: Any, common: dict[str, Any]) -> int:
                     ref = _head(modality, shape, spacing, seed, args.device)
                     meas = simulate(ref, _config(modality, setting, shape, i),
                                     device=args.device)
-                    res = _sample(meas, prior, args, args.samples, seed=i)
-                    row = _coverage_row(res, ref.data,
-                                       foreground_mask(ref.data, modality=modality))
+                    region = foreground_mask(ref.data, modality=modality)
+                    row = (_guarded_row(meas, prior, args, ref.data, region, i)
+                           if args.guarded else
+                           _coverage_row(_sample(meas, prior, args, args.samples, seed=i),
+                                         ref.data, region))
                     _emit(args.out, {"step": "check", "case": f"synthetic test head {seed}",
                                      "modality": modality, "setting": setting,
                                      "shape": list(shape), "samples": args.samples, **row,
@@ -222,7 +256,8 @@ def check(args: argparse.Namespace, prior: Any, common: dict[str, Any]) -> int:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import real_quality as rq
 
-        for name, vol, note in rq.load_cases(list(rq.CASES), args.cases_dir):
+        names = [c.strip() for c in args.cases.split(",") if c.strip()] or list(rq.CASES)
+        for name, vol, note in rq.load_cases(names, args.cases_dir):
             if vol is None or vol.modality not in args.modalities:
                 if vol is None:
                     _emit(args.out, {"step": "check", "case": name, "skipped": note, **common})
@@ -241,8 +276,9 @@ def check(args: argparse.Namespace, prior: Any, common: dict[str, Any]) -> int:
                     cfg = _config("CT", setting, vol.shape, 0)
                 try:
                     meas = simulate(vol, cfg, device=args.device)
-                    res = _sample(meas, prior, args, args.samples, seed=0)
-                    row = _coverage_row(res, ref, region)
+                    row = (_guarded_row(meas, prior, args, ref, region, 0) if args.guarded
+                           else _coverage_row(_sample(meas, prior, args, args.samples, seed=0),
+                                              ref, region))
                 except Exception as exc:  # record it, go on with the other cases
                     row = {"error": f"{type(exc).__name__}: {exc}"}
                 _emit(args.out, {"step": "check", "case": name, "modality": vol.modality,
@@ -308,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
                          "default (e.g. 0.0625,0.25,4,16: the self-tuned weight's candidates)")
     ap.add_argument("--write", type=Path, help="fit: store the entries in this prior JSON")
     ap.add_argument("--real", action="store_true", help="check: the real validation files")
+    ap.add_argument("--guarded", action="store_true",
+                    help="check: the default path (self-tuned weight, guard; the std map "
+                         "calibrated on held-out data) instead of plain sampling")
+    ap.add_argument("--cases", default="", help="check --real: only these files")
     ap.add_argument("--real-crop", type=int, default=0, help="check: crop real files to N x N")
     ap.add_argument("--cases-dir", type=Path, help="real files exported by real_quality.py")
     ap.add_argument("--out", type=Path, help="append the JSON lines to this file")

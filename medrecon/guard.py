@@ -46,31 +46,41 @@ seed).
 
 The final result always uses all the data: diffusion with the chosen weight and the run's K
 samples, the classical method with its own self-tuned weight, blended with ``w`` (MR: the
-magnitudes, CT: HU, which is affine in mu). The std map is that of the blended samples,
-``w * std`` (the classical part has no sampling spread); when the classical result is chosen
-outright there is no std map (a map of the rejected diffusion posterior would describe an image
-that is not the output). ``info["guard"]`` and ``info["guard_line"]`` record the errors, the
-choice and ``w``.
-
-Cost: at most 4 sampling runs of one chain on the training part (at ``tune_steps``), one at
-the run's steps when those differ, two more chains where one sample loses (below), each
-classical method's self-tuning (7-9 training solves, twice that with SURE, one on all the
-data; its training-part solve at the chosen weight is scored, not made again, except CT TV's
-at a parabola vertex between the tried weights), on top of the final run (skipped when the
-classical result is chosen). Measured
-on a loaded CPU, 6 steps, tiny volumes, with one classical method: 4.6x (CT) and 10x (MR) the
-wall time of one plain run (benchmarks/RESULTS_autotune.md); MR's second method, TV (300-step
-PDHG solves), costs 0.9-4.5x l1-wavelet's on the real MR files there. At full size on a GPU
-the sampling runs dominate.
+magnitudes, CT: HU, which is affine in mu). When the classical result is chosen outright there
+is no std map (a map of the rejected diffusion posterior would describe an image that is not
+the output). ``info["guard"]`` and ``info["guard_line"]`` record the errors, the choice and ``w``.
 
 The weight is scored on one sample (K = 1) per candidate. The output is the mean of K samples,
-which averages most of one sample's posterior spread away, so where that one sample predicts
-the held-out data worse than the classical result and K > 1, a pair of chains at the chosen
-weight estimates the error of the mean of K (:meth:`HeldOut.mean_error`) from two fresh
-chains, and the guard compares that (two more sampling runs on the training part). On the
-real brain at R = 8 (benchmarks/RESULTS_autotune.md, H100) the single-sample comparison fell
-back to L1-wavelet, 1.2 dB under oracle TV; the two-chain estimate kept diffusion there (+0.37
-dB over oracle TV, with l1-wavelet as the only MR classical method).
+which averages most of one sample's posterior spread away, so with K > 1 the guard scores two
+fresh chains at the chosen weight and the run's steps (the tuning's chain is the best of
+several, so its error is biased low) and compares the error they predict for the mean of K
+(:meth:`HeldOut.mean_error`); with K = 1 it scores one chain. On the real brain at R = 8
+(benchmarks/RESULTS_autotune.md, H100) the single-sample comparison fell back to L1-wavelet,
+1.2 dB under oracle TV; the two-chain estimate kept diffusion there (+0.37 dB over oracle TV,
+with l1-wavelet as the only MR classical method).
+
+**The std map** (K > 1, :func:`_heldout_std`). The same two chains calibrate it on this
+measurement: the module :mod:`medrecon.priors.calibration` models the output's error as
+``alpha`` times the chains' spread, and on the held-out data both are seen (the two chains'
+difference gives the spread, their blended mean's residual less the noise the error), so
+``alpha`` comes from the measurement itself (:meth:`HeldOut.std_alpha`) instead of from the
+synthetic heads of the prior's JSON, which a real scan need not resemble: on the real DWI volume
+(6 x 10 x 10 voxels of 2.5 mm, R = 4) the heads' alpha covered 60 % of the errors at 2 std; the
+held-out alpha was 13.3 against 11.6 measured in the image (CPU, 50 steps). The map is the
+blended samples' spread ``w * std`` with that factor; where the held-out data cannot tell
+``alpha`` (noise level unknown, an error within the noise, no spread) the prior's factor stays,
+and the line printed beside the std output says which.
+
+Cost: at most 4 sampling runs of one chain on the training part (at ``tune_steps``), two
+chains at the run's steps (one with K = 1), each classical method's self-tuning (7-9 training
+solves, twice that with SURE, one on all the data; its training-part solve at the chosen
+weight is scored, not made again, except CT TV's at a parabola vertex between the tried
+weights), on top of the final run (skipped when the classical result is chosen). Measured on
+a loaded CPU, 6 steps, tiny volumes, with one classical method: 4.6x (CT) and 10x (MR) the
+wall time of one plain run (benchmarks/RESULTS_autotune.md); MR's second method, TV (300-step
+PDHG solves), costs 0.9-4.5x l1-wavelet's on the real MR files there. On an H100 the
+classical self-tuning was 107 s of the 174 s default path of a 256^3 8-coil MR study
+(benchmarks/RESULTS_sampling.md 3e).
 
 MR runs both l1-wavelet and TV because neither is best everywhere: self-tuned l1-wavelet is
 as good as or better than self-tuned TV on the synthetic MR cases (up to +2.8 dB on the head)
@@ -110,6 +120,7 @@ from medrecon.recon.autotune import (
 )
 from medrecon.recon.base import ReconOptions, ReconOutput
 from medrecon.recon.ct_tune import holdout_masks as ct_holdout_masks
+from medrecon.recon.sure import noise_count
 
 if TYPE_CHECKING:
     from medrecon.io.measurement import Measurement
@@ -156,12 +167,19 @@ class HeldOut:
     in 1/mm, on any device), ``y`` the held-out data ``M_h y``. Every held-out error the guard
     reports is relative, ``||p - M_h y|| / ||M_h y||`` for a prediction ``p``
     (:meth:`prediction_error`): the residual that the classical self-tuning minimises.
+    ``noise_var`` and ``noise_count``: the noise variance per real component of ``y`` and the
+    number of those components (:func:`medrecon.recon.sure.noise_count`), or ``noise_var``
+    None where the noise level is unknown (MR files without it: the estimate from the outer
+    k-space is biased by coil correlation).
     """
 
-    def __init__(self, predict: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor) -> None:
+    def __init__(self, predict: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor,
+                 noise_var: float | None = None, noise_count: float = 0.0) -> None:
         self._predict = predict
         self.y = y
         self.norm = float(torch.linalg.vector_norm(y).clamp_min(1e-30))
+        self.noise_var = noise_var
+        self.noise_count = noise_count
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -198,6 +216,23 @@ class HeldOut:
         v = 0.5 * (float(torch.linalg.vector_norm(p1 - p2)) / self.norm) ** 2
         e2 = self.prediction_error(mean) ** 2 - v / 2 + v / max(int(samples), 1)
         return max(e2, 0.0) ** 0.5, mean
+
+    def std_alpha(self, p1: torch.Tensor, p2: torch.Tensor, weight: float = 1.0,
+                  b: torch.Tensor | None = None) -> float | None:
+        """The std map's ``alpha`` (:func:`medrecon.priors.calibration.heldout_alpha`) for the
+        output ``weight * mean + (1 - weight) * x_b`` from two chains' predictions ``p1``,
+        ``p2`` and the prediction ``b`` of the classical image ``x_b`` (with ``weight`` < 1);
+        None where the noise level is unknown or the held-out data cannot tell alpha."""
+        from medrecon.priors.calibration import heldout_alpha
+
+        if self.noise_var is None:
+            return None
+        q = 0.5 * weight * (p1 + p2) + ((1.0 - weight) * b if b is not None else 0.0)
+        return heldout_alpha(
+            float(torch.linalg.vector_norm(q - self.y)) ** 2,
+            0.5 * float(torch.linalg.vector_norm(p1 - p2)) ** 2,
+            self.noise_var * self.noise_count,
+            self.noise_var * (2.0 * self.noise_count) ** 0.5, weight)
 
 
 @dataclass(frozen=True)
@@ -241,8 +276,9 @@ def holdout_split(measurement: Measurement, device: torch.device, *,
         train, held, text = ct_holdout_masks(measurement)
         held_problem = measurement_problem(dataclasses.replace(measurement, mask=held), device)
         return HoldoutSplit(dataclasses.replace(measurement, mask=train),
-                            HeldOut(held_problem.op.forward, held_problem.y), text,
-                            measurement_problem(measurement, device))
+                            HeldOut(held_problem.op.forward, held_problem.y,
+                                    held_problem.noise_std ** 2, noise_count(held_problem)),
+                            text, measurement_problem(measurement, device))
     problem = measurement_problem(measurement, device, maps_method=maps_method,
                                   map_sets=map_sets)
     op = problem.op
@@ -260,7 +296,10 @@ def holdout_split(measurement: Measurement, device: torch.device, *,
     def predict(x: torch.Tensor) -> torch.Tensor:
         return op.forward(x.to(problem.y.dtype)) * held_t
 
-    return HoldoutSplit(train, HeldOut(predict, problem.y * held_t),
+    # the held-out samples' real components: two per coil and held-out k-space position
+    count = 2.0 * float(held_t.expand(tuple(problem.y.shape[1:])).sum()) * problem.y.shape[0]
+    var = None if problem.info.get("noise_estimated") else problem.noise_std ** 2
+    return HoldoutSplit(train, HeldOut(predict, problem.y * held_t, var, count),
                         mr_holdout_text(mask, train_mask, held_mask), problem,
                         (train_mask, held_mask))
 
@@ -448,6 +487,8 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
         stages[name] = stages.get(name, 0.0) + now - lap[0]
         lap[0] = now
 
+    # the guard scores the mean of K >= 2 samples on two chains (which also calibrate the std)
+    two = config.guard and config.samples > 1
     dmeas, cmeas, maps_info = _estimate_maps_once(measurement, device, config.guard)
     split = holdout_split(dmeas, device)
     stage("maps and split")
@@ -469,20 +510,35 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
                             f"ranked on {tcfg.steps}-step runs" if short else "")
         info.update(lam=lam, autotune=report.as_dict(), autotune_line=report.line())
         stage(f"weight ({len(grid)} runs, {tcfg.steps} steps)")
-        if short and config.guard:  # the guard scores a sample of the output's step count
+        if short and config.guard and not two:  # the guard scores a sample of the
+            # output's step count
             x = _sample(split.train, prior, config, lam, 1, device, progress, first=False).image
             best.update(error=split.held.error(x), lam=lam, image=x)
             stage(f"guard: rescore at {config.steps} steps")
     else:
         lam = centre
-        heldout_error(lam)
-        stage("guard: training-part run")
+        if not two:
+            heldout_error(lam)
+            stage("guard: training-part run")
     if not config.guard:
         res = _sample(dmeas, prior, config, lam, config.samples, device, progress,
                       first=False)
         stage("final run")
         return _diffusion_output(res, config, {**info, **maps_info, "stage_seconds": stages},
                                  t0, device)
+    if two:
+        # The output is the mean of K samples, which averages most of one sample's posterior
+        # spread away: its held-out error is estimated from two fresh chains at the run's
+        # steps (the tuning's chain is the best of several, so its error is biased low), and
+        # the same two chains calibrate the std map on this measurement (HeldOut.std_alpha).
+        a1, a2 = (split.held.predict(_sample(
+            split.train, prior, dataclasses.replace(config, seed=config.seed + i), lam, 1,
+            device, progress, first=False).image) for i in (1, 2))
+        d_err, a = split.held.mean_error(a1, a2, config.samples)
+        stage(f"guard: two chains at {config.steps} steps")
+    else:
+        d_err = float(best["error"])
+        a = split.held.predict(best["image"])
 
     # The classical baseline: each of the modality's methods self-tuned on all data (its own
     # hold-out, the same split), scored by its solution on the training part at the weight it
@@ -493,19 +549,7 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
     errors = {r.method: r.error for r in runs}
     del runs, cmeas  # the other method's result and the map sets: not through the sampling
     name, full, b, c_lam = chosen.method, chosen.output, chosen.prediction, chosen.lam
-    d_err, c_err = float(best["error"]), chosen.error
-    a = split.held.predict(best["image"])
-    chains = 1
-    if d_err > c_err and config.samples > 1:
-        # One sample carries the posterior spread that the output, a mean of K samples,
-        # mostly averages away: estimate the mean's error from two fresh chains instead (the
-        # tuning's chain is the best of several, so its error is biased low).
-        a1, a2 = (split.held.predict(_sample(
-            split.train, prior, dataclasses.replace(config, seed=config.seed + i), lam, 1,
-            device, progress, first=False).image) for i in (1, 2))
-        d_err, a = split.held.mean_error(a1, a2, config.samples)
-        chains = 2
-        stage("guard: two more chains")
+    c_err = chosen.error
     if d_err <= c_err:
         choice, w, b_err = "diffusion", 1.0, d_err
     else:
@@ -515,7 +559,8 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
         if choice == "classical":
             w, b_err = 0.0, c_err
     guard = GuardReport(name, c_lam, d_err, c_err, choice, w, b_err, split.text,
-                        samples=config.samples, chains=chains, classical_errors=errors)
+                        samples=config.samples, chains=2 if two else 1,
+                        classical_errors=errors)
     info.update(guard=guard.as_dict(), guard_line=guard.line(), classical_lam=c_lam,
                 classical_iterations=full.iterations, stage_seconds=stages)
     if choice == "classical":  # no final sampling run: its result would not be used
@@ -526,15 +571,53 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
                   first=False)
     stage("final run")
     out = _diffusion_output(res, config, {**info, **maps_info}, t0, device)
+    if two and "std_image" in out.info:
+        _heldout_std(out, split, w, split.held.std_alpha(a1, a2, w, b if w < 1.0 else None),
+                     config.samples)
     if choice == "blend":
         out.image = (w * out.image + (1 - w) * full.image).astype(np.float32)
-        if "std_image" in out.info:
-            out.info["std_image"] = (w * out.info["std_image"]).astype(np.float32)
         # the blended image's residual under the diffusion's operator (one map set)
         x = w * res.image + (1 - w) * mri.combine_sets(full.solution).to(res.image.device)
         out.residual = split.problem.residual(x.to(split.problem.y.device))
         out.solution = x.detach().cpu()
     return out
+
+
+def _heldout_std(out: ReconOutput, split: HoldoutSplit, weight: float, alpha: float | None,
+                 samples: int) -> None:
+    """The std map of ``out`` (``info["std_image"]``, the diffusion run's, calibrated by the
+    prior's synthetic-head entry or raw) for the output ``weight * diffusion + (1 - weight) *
+    classical``: the blended samples' spread ``weight * raw`` scaled by
+    :func:`~medrecon.priors.calibration.std_factor` of ``alpha``, this measurement's own
+    calibration from its held-out data (:meth:`HeldOut.std_alpha`); without one, the
+    prior's factor times ``weight``. Voxels outside the operator's support keep their
+    value (the prior's unconstrained spread, :mod:`medrecon.sampling.api`). In place."""
+    from medrecon.priors.calibration import COVERAGE_K, std_factor, target_coverage
+
+    info = out.info
+    std = np.asarray(info["std_image"], dtype=np.float32)
+    before = info.get("std_factor")
+    inside = (np.ones(std.shape, dtype=bool) if split.problem.support is None
+              else split.problem.support.cpu().numpy())
+    if alpha is None:
+        factor = weight * (before or 1.0)
+    else:
+        factor = weight * std_factor(alpha, samples)
+        blend = f", blend weight {weight:.2f}" if weight < 1.0 else ""
+        info["std_calibration_line"] = (
+            f"std map calibrated on this measurement's held-out data (alpha {alpha:.3g} from "
+            f"2 chains on the training part{blend}; x{factor:.3g} for K = {samples}): "
+            f"{COVERAGE_K:g} std aim at {100 * target_coverage():.0f} % of errors")
+        info["std_calibration"] = {
+            **(info.get("std_calibration") or {}), "calibrated": True, "basis": "held-out data",
+            "alpha": alpha, "factor": factor, "line": info["std_calibration_line"],
+            "prior_factor": before}
+    scale = factor / (before or 1.0)
+    info["std_image"] = np.where(inside, std * scale, std).astype(np.float32)
+    if alpha is not None or before is not None:  # else still the raw (blended) spread
+        info["std_factor"] = factor
+        if alpha is None and isinstance(info.get("std_calibration"), dict):
+            info["std_calibration"] = {**info["std_calibration"], "factor": factor}
 
 
 def _estimate_maps_once(measurement: Measurement, device: torch.device,

@@ -53,6 +53,7 @@ __all__ = [
     "coverage_by_samples",
     "error_ratios",
     "fit_alpha",
+    "heldout_alpha",
     "std_factor",
     "target_coverage",
     "write_calibration",
@@ -94,6 +95,40 @@ def std_factor(alpha: float, samples: int, k: float = COVERAGE_K) -> float:
         raise ValueError(f"alpha must be positive, got {alpha}")
     q = float(t.ppf(0.5 * (1.0 + target_coverage(k)), samples - 1))
     return math.sqrt(alpha**2 + 1.0 / samples) * q / k
+
+
+def heldout_alpha(error_energy: float, spread_energy: float, noise_energy: float,
+                  noise_sd: float, weight: float = 1.0) -> float | None:
+    """The module's ``alpha`` for one measurement, from data held out of it.
+
+    Two chains sampled from the rest of the data predict the held-out data as ``p1``, ``p2``;
+    the output predicts them as ``q = w (p1 + p2) / 2 + (1 - w) b`` (``w`` the weight of
+    diffusion in a blend with a classical prediction ``b``; 1 without). In the module's model
+    the output's error has variance ``(alpha^2 + 1/2) (w sigma)^2`` at two chains, so over the
+    held-out components::
+
+        E||q - y_h||^2 = (alpha^2 + 1/2) w^2 v + E||n_h||^2,    v = E||p1 - p2||^2 / 2,
+
+    and ``alpha^2 = (||q - y_h||^2 - E||n_h||^2) / (w^2 v) - 1/2``.
+
+    Args:
+        error_energy: ``||q - y_h||^2``.
+        spread_energy: ``v``, estimated by ``||p1 - p2||^2 / 2``.
+        noise_energy: ``E||n_h||^2``, the held-out data's expected noise energy.
+        noise_sd: the standard deviation of ``||n_h||^2`` (``sigma^2 sqrt(2 n)`` for ``n``
+            real Gaussian components).
+        weight: ``w`` in (0, 1].
+    Returns:
+        alpha, or None where the data cannot tell it: no spread, or an error above the noise
+        by less than two standard deviations of the noise energy (then the held-out data
+        measure the noise, not the error), or ``alpha^2 <= 0``.
+    """
+    excess = error_energy - noise_energy
+    spread = weight**2 * spread_energy
+    if not (spread > 0.0 and excess > 2.0 * noise_sd):
+        return None
+    alpha2 = excess / spread - 0.5
+    return math.sqrt(alpha2) if alpha2 > 0.0 else None
 
 
 def error_ratios(samples: np.ndarray, truth: np.ndarray, group: int) -> np.ndarray:

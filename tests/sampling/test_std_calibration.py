@@ -21,6 +21,7 @@ from medrecon.priors.calibration import (
     coverage,
     error_ratios,
     fit_alpha,
+    heldout_alpha,
     std_factor,
     target_coverage,
     write_calibration,
@@ -84,6 +85,34 @@ def test_fit_recovers_the_scale_of_a_known_gaussian_posterior(spread: float,
         assert coverage(r, std_factor(fitted, k)) == pytest.approx(0.9545, abs=0.025)
     raw = coverage(ratios[3], 1.0)
     assert raw < 0.85  # the raw std of 3 samples is over-confident even for exact samples
+
+
+@pytest.mark.parametrize("alpha", [0.7, 3.0, 12.0])
+@pytest.mark.parametrize("weight", [1.0, 0.3])
+def test_heldout_alpha_recovers_the_scale_from_two_chains(alpha: float, weight: float) -> None:
+    """The model of the module on n held-out components: chains spread by sigma around a mean
+    that misses the truth by alpha sigma; the held-out data add noise. Two chains, the truth
+    unseen, recover alpha (blended with a classical prediction as the guard blends)."""
+    from medrecon.guard import HeldOut
+
+    g = torch.Generator().manual_seed(3)
+    n, sigma, noise = 40_000, 0.5, 0.2
+    truth = torch.randn(n, generator=g, dtype=torch.float64)
+    centre = truth + alpha * sigma * torch.randn(n, generator=g, dtype=torch.float64)
+    p1, p2 = (centre + sigma * torch.randn(n, generator=g, dtype=torch.float64)
+              for _ in range(2))
+    # the classical prediction: its error against the truth, rescaled so that the blend's
+    # error is still alpha sigma w per component in the model's terms
+    b = truth.clone()
+    y = truth + noise * torch.randn(n, generator=g, dtype=torch.float64)
+    held = HeldOut(lambda x: x, y, noise_var=noise**2, noise_count=float(n))
+    est = held.std_alpha(p1, p2, weight, b if weight < 1.0 else None)
+    assert est == pytest.approx(alpha, rel=0.05)
+    # cannot tell: unknown noise; an error within the noise's own spread; chains that agree
+    assert HeldOut(lambda x: x, y).std_alpha(p1, p2) is None
+    assert HeldOut(lambda x: x, truth + 1e-9, noise_var=1.0,
+                   noise_count=float(n)).std_alpha(truth, truth + 1e-3) is None
+    assert heldout_alpha(10.0, 0.0, 1.0, 0.1) is None
 
 
 def test_dds_on_a_gaussian_prior_needs_no_scale() -> None:
