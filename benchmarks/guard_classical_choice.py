@@ -19,7 +19,7 @@ per case and acceleration::
 ``seconds`` (per method: its self-tuning on all data plus the training-part run) are wall
 times of this process; on a shared CPU they are inflated by the load. For comparison only
 (the guard does not do it), ``blend_psnr`` scores ``w l1 + (1 - w) tv`` with the ``w`` in
-[0, 1] that predicts the held-out data best (:func:`medrecon.guard.blend_weight`).
+[0, 1] that predicts the held-out data best (:func:`medrecon.holdout.blend_weight`).
 """
 
 from __future__ import annotations

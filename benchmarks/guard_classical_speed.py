@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from end_to_end_speed import _prepare  # noqa: E402
 
 from medrecon import guard, solvers  # noqa: E402
+from medrecon.holdout import holdout_split  # noqa: E402
 from medrecon.io.measurement import read_measurement  # noqa: E402
 from medrecon.operators.wavelets import WaveletTransform  # noqa: E402
 from medrecon.recon import ct, mri  # noqa: E402
@@ -134,7 +135,7 @@ def former_path() -> Iterator[None]:
 def run_stage(m: Any, device: torch.device, variant: str) -> dict[str, Any]:
     """One classical stage (:func:`medrecon.guard.classical_runs`) in ``variant``."""
     counts = Counts()
-    split = guard.holdout_split(m, device)
+    split = holdout_split(m, device)
     ctx = former_path() if variant == "before" else contextlib.nullcontext()
     with ctx, counted(counts):
         if device.type == "cuda":

@@ -13,13 +13,8 @@ from prior_factory import export_tiny_prior
 from typer.testing import CliRunner
 
 from medrecon import guard as guard_module
-from medrecon.guard import (
-    GUARD_METHODS,
-    HeldOut,
-    blend_weight,
-    guarded_diffusion,
-    holdout_split,
-)
+from medrecon.guard import GUARD_METHODS, guarded_diffusion
+from medrecon.holdout import HeldOut, blend_weight, holdout_split
 from medrecon.io import Volume, load_volume
 from medrecon.io.measurement import Measurement, write_measurement
 from medrecon.methods import get_method
@@ -304,14 +299,14 @@ def test_guard_estimates_the_coil_maps_once(mr_no_maps: Measurement, prior: Any,
     classical methods' self-tuning: the results are bit for bit those of runs that estimate their maps and draw
     their samples themselves (before, the path estimated 1, 2 and again 1 set, and drew the
     samples twice)."""
-    import medrecon.guard
+    import medrecon.holdout
     import medrecon.recon.mri
 
     m = mr_no_maps
     calls = _count_estimates(monkeypatch)
     draws: list[str] = []
-    real_draw = medrecon.guard.mr_holdout_masks
-    for module in (medrecon.guard, medrecon.recon.mri):
+    real_draw = medrecon.holdout.mr_holdout_masks
+    for module in (medrecon.holdout, medrecon.recon.mri):
 
         def counting_draw(*args: Any, _name: str = module.__name__,
                           **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -323,7 +318,7 @@ def test_guard_estimates_the_coil_maps_once(mr_no_maps: Measurement, prior: Any,
     _use_denoiser(monkeypatch, lambda x: ref.expand_as(x).clone())  # right, up to the phase
     out = guarded_diffusion(m, _config(), prior, CPU)
     assert calls == [2]
-    assert draws == ["medrecon.guard"]  # one draw for both splits and both tunings
+    assert draws == ["medrecon.holdout"]  # one draw for both splits and both tunings
     guard = out.info["guard"]
     assert set(guard["classical_errors"]) == {"l1-wavelet", "tv"}
     assert guard["choice"] == "blend", guard  # a final sampling run, and the classical result

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from medrecon import guard, solvers
+from medrecon.holdout import holdout_split
 from medrecon.io import Volume
 from medrecon.io.measurement import Measurement
 from medrecon.recon import ct, mri
@@ -74,7 +75,7 @@ def test_mr_guard_scores_the_tunings_own_training_solve(
     all data), not once per solve."""
     m = _mr(maps_in_file)
     dmeas, cmeas, _ = guard._estimate_maps_once(m, CPU, True)
-    split = guard.holdout_split(dmeas, CPU)
+    split = holdout_split(dmeas, CPU)
     calls = _count(monkeypatch, mri, ("fista", "pdhg", "_lipschitz"))
     runs = guard.classical_runs(m, split, CPU, cmeas=cmeas)
     assert [r.method for r in runs] == ["l1-wavelet", "tv"]
@@ -106,7 +107,7 @@ def test_mr_training_solution_only_when_asked_and_tuned() -> None:
     """``keep_training`` needs the handed-over masks and a self-tuned weight; without them
     there is no training part to keep, and the output is the same either way."""
     m = _mr(True)
-    split = guard.holdout_split(m, CPU)
+    split = holdout_split(m, CPU)
     opts = ReconOptions(iterations=5)
     kept = mri.l1_wavelet(m, opts, CPU, holdout_masks=split.masks, keep_training=True)
     plain = mri.l1_wavelet(m, opts, CPU, holdout_masks=split.masks)
@@ -133,7 +134,7 @@ def test_ct_tv_keeps_its_training_solve_only_at_a_tried_weight(
     out = ct.tv_method(m, opts, CPU, keep_training=True)
     lam = out.info["lam"]
     assert lam in out.info["autotune"]["grid"] and out.training_solution is not None
-    split = guard.holdout_split(m, CPU)
+    split = holdout_split(m, CPU)
     part = ct.tv_method(split.train, ReconOptions(lam=lam, iterations=30), CPU)
     assert part.solution is not None
     torch.testing.assert_close(out.training_solution, part.solution, rtol=0, atol=0)

@@ -46,6 +46,8 @@ FORBIDDEN = {
                  "medrecon.operators", "medrecon.priors", "medrecon.solvers"),
     "methods": ("medrecon.reconstruct", "medrecon.cli", "medrecon.demo"),
     "guard": ("medrecon.methods", "medrecon.reconstruct", "medrecon.cli", "medrecon.demo"),
+    "holdout": ("medrecon.guard", "medrecon.sampling", "medrecon.methods", "medrecon.reconstruct",
+                "medrecon.cli", "medrecon.demo"),
     "batch": ("medrecon.cli", "medrecon.demo"),
 }
 

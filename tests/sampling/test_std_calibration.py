@@ -93,7 +93,7 @@ def test_heldout_alpha_recovers_the_scale_from_two_chains(alpha: float, weight: 
     """The model of the module on n held-out components: chains spread by sigma around a mean
     that misses the truth by alpha sigma; the held-out data add noise. Two chains, the truth
     unseen, recover alpha (blended with a classical prediction as the guard blends)."""
-    from medrecon.guard import HeldOut
+    from medrecon.holdout import HeldOut
 
     g = torch.Generator().manual_seed(3)
     n, sigma, noise = 40_000, 0.5, 0.2
