@@ -521,7 +521,7 @@ def test_guard_scores_the_mean_of_k_not_one_noisy_sample(
     """A prior that is right on average but noisy per chain, on high-dose views (so the truth
     predicts them far better than TV): one sample predicts the held-out views worse than TV,
     the mean of 16 samples better. With K = 16 the guard must estimate the mean's error from
-    two more chains and keep diffusion; with K = 1 that one noisy sample is the output, and
+    two fresh chains and keep diffusion; with K = 1 that one noisy sample is the output, and
     the guard must not keep it alone."""
     hu = _head((14, 14, 3)) * 1000.0 - 1000.0
     vol = Volume(hu, np.diag([2.0, 2.0, 2.0, 1.0]), modality="CT", units="HU")
