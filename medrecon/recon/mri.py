@@ -47,7 +47,10 @@ chosen on simulated Shepp-Logan and brain-like phantoms at R = 4..12 with 8 coil
 self-tuning: without ``lam`` the weight is chosen on held-out k-space samples plus, where the
 file gives its noise level, SURE's risk on the training samples (:mod:`medrecon.recon.autotune`,
 :mod:`medrecon.recon.sure`, :func:`_weight`; two solves per tried weight, ``--set sure=false``
-for the held-out samples alone). ``--lam`` always overrides it, in absolute units.
+for the held-out samples alone), pooled over up to 7 disjoint held-out folds where one draw
+holds out fewer than 30 lines (one more solve per fold and weight;
+:func:`~medrecon.recon.autotune.mr_holdout_folds`). ``--lam`` always overrides it, in absolute
+units.
 """
 
 from __future__ import annotations
