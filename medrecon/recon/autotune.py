@@ -21,23 +21,23 @@ reconstruction predicts the held-out data best wins::
   there they mimic the unsampled lines, and single samples chose TV weights up to 2 dB
   under the oracle on the cases of benchmarks/RESULTS_autotune.md.
 
-  **Folds** (:func:`mr_holdout_folds`, k-fold cross-validation). The held-out risk is a
-  mean over held-out *units* (a line with all its readout samples and coils; a single
-  sample of a regular pattern), and it stands in for the mean over the units the training
-  data leave unmeasured (on random line masks the two are exchangeable). As an estimate of
-  that mean its standard error is ``s / sqrt(n)`` for ``n`` units of spread ``s``. A unit's
-  error follows the k-space energy, which falls as a power of |k| (about |k|^-2 per line of
-  a piecewise-smooth image), so over the band outside the calibration box (|k| from k_c to
-  6-12 k_c) a line's error has a coefficient of variation of 1.2-1.8 (|k|^-2 uniform over
-  the band): whether the few lines next to the box are drawn decides the ranking. A
-  standard error of a third of the mean needs ``n >= 9 x 1.8^2``, about 30 units
-  (:data:`MIN_HELDOUT_UNITS`; set from this estimate, not fitted to any case). A draw of 15 % holds out 1-3 lines of a 96-line 2D mask or
-  a 10 x 10 phase plane at R = 4-8 (off by 30x on a synthetic 48-line row, 1.2 dB on real
-  files: RESULTS_autotune.md, "Counting the unmeasured positions"), but hundreds of points
-  of a 3D Poisson mask on a 128^2 plane. So the units are split into ``k`` disjoint folds
-  of the same size, ``k`` the fewest that hold out 30 units together, at most
-  ``round(1 / fraction)`` = 7 (each unit outside the box held out about once) and at most
-  as many as the units fill (:func:`fold_count`); each weight is scored on all of them (one
+  **Folds** (:func:`mr_holdout_folds`, k-fold cross-validation). The held-out risk is a mean
+  over held-out *units* (a line with all its readout samples and coils; a single sample of a
+  regular pattern), and it stands in for the mean over the units the training data leave
+  unmeasured (on random line masks the two are exchangeable). As an estimate of that mean its
+  standard error is ``s / sqrt(n)`` for ``n`` units of spread ``s``. A unit's error follows
+  the k-space energy, which falls as a power of |k| (about |k|^-2 per line of a
+  piecewise-smooth image), so over the band outside the calibration box (|k| from k_c to 6-12
+  k_c) a line's error has a coefficient of variation of 1.2-1.8 (|k|^-2 uniform over the
+  band): whether the few lines next to the box are drawn decides the ranking. A standard error
+  of a third of the mean needs ``n >= 9 x 1.8^2``, about 30 units (:data:`MIN_HELDOUT_UNITS`;
+  set from this estimate, not fitted to any case). A draw of 15 % holds out 1-3 lines of a
+  96-line 2D mask or a 10 x 10 phase plane at R = 4-8 (off by 30x on a synthetic 48-line row,
+  1.2 dB on real files: RESULTS_autotune.md, "Counting the unmeasured positions"), but
+  hundreds of points of a 3D Poisson mask on a 128^2 plane. So the units are split into ``k``
+  disjoint folds of the same size, ``k`` the fewest that hold out 30 units together, at most
+  ``round(1 / fraction)`` = 7 (each unit outside the box held out about once) and at most as
+  many as the units fill (:func:`fold_count`); each weight is scored on all of them (one
   training solve per fold) and the held-out terms pooled. Fold 0 is the former single draw
   (the guard scores diffusion on it, :mod:`medrecon.guard`), so where it holds out 30 units
   already nothing changes: the same single solve per weight and the same pick. More folds
