@@ -6,8 +6,8 @@ as given; 3D Poisson-disc mask, or 2D multi-slice random lines with ``--mask lin
 method (l1-wavelet, tv), the self-tuned weight with ``sure=false`` (the former rule: held-out
 samples alone) and with the default (held-out + SURE, :mod:`medrecon.recon.sure`), each
 scored by PSNR against the reference (whole volume, data range = reference max - min), and the
-oracle: the best PSNR over ``2^(e/2)`` times the fixed rule, e = -10..4. Cost and picks go to
-stdout and, with ``--json``, to a file.
+oracle: the best PSNR over ``2^(e/2)`` times the fixed rule, e = -10..4 (``--no-oracle``: the
+picks only). Cost and picks go to stdout and, with ``--json``, to a file.
 
 Usage::
 
@@ -59,7 +59,8 @@ def simulated(ref: Volume, accel: float, snr: float, mask: str) -> Any:
         coils=8, acceleration=accel, snr=snr, calibration=max(6, ref.shape[0] // 6), **kw)))
 
 
-def run(m: Any, method: str, ref: np.ndarray, iters: int) -> dict[str, Any]:
+def run(m: Any, method: str, ref: np.ndarray, iters: int,
+        oracle: bool = True) -> dict[str, Any]:
     spec = get_method("MR", method)
     row: dict[str, Any] = {}
     for key, extra in (("heldout", {"sure": False}), ("sure", {})):
@@ -67,7 +68,10 @@ def run(m: Any, method: str, ref: np.ndarray, iters: int) -> dict[str, Any]:
         out = spec(m, ReconOptions(iterations=iters, extra=extra), CPU)
         row[key] = {"lam": out.info["lam"], "psnr": psnr(out.image, ref),
                     "seconds": round(time.perf_counter() - t0, 1),
-                    "line": out.info["autotune_line"]}
+                    "line": out.info["autotune_line"],
+                    "folds": out.info["autotune"].get("folds", 1)}
+    if not oracle:
+        return row
     tuned = out.info["autotune"]
     grid = tuned["grid"]  # the coarse grid is the rule x 8^(k/2), k = -2..2: find its centre
     rule = next(g for g in grid if any(abs(h / g - 8.0) < 1e-6 for h in grid)
@@ -92,6 +96,8 @@ def main() -> None:
     ap.add_argument("--noisy-reference", action="store_true",
                     help="the head with the generator's Rician noise (a textured reference)")
     ap.add_argument("--mask", choices=["poisson", "lines"], default="poisson")
+    ap.add_argument("--no-oracle", action="store_true",
+                    help="the two rules' picks only (no sweep of all-data weights)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     ref = head(args.size, args.noisy_reference)
@@ -100,7 +106,14 @@ def main() -> None:
         for snr in args.snr:
             m = simulated(ref, accel, snr, args.mask)
             for method in args.methods:
-                r = run(m, method, ref.data, args.iterations)
+                r = run(m, method, ref.data, args.iterations, not args.no_oracle)
+                if args.no_oracle:
+                    print(f"R={accel:g} SNR={snr:g} {method:<10} held-out "
+                          f"{r['heldout']['lam']:.4g} {r['heldout']['psnr']:.2f} dB | SURE "
+                          f"{r['sure']['lam']:.4g} {r['sure']['psnr']:.2f} dB "
+                          f"(folds {r['sure']['folds']})", flush=True)
+                    rows.append({"accel": accel, "snr": snr, "method": method, **r})
+                    continue
                 o = r["oracle"]
                 print(f"R={accel:g} SNR={snr:g} {method:<10} oracle {o['lam']:.4g} "
                       f"{o['psnr']:.2f} | held-out {r['heldout']['lam']:.4g} "

@@ -4,7 +4,10 @@ The diffusion guard (:mod:`medrecon.guard`) compares diffusion with the MR class
 (self-tuned l1-wavelet or TV) that predicts the guard's held-out k-space samples better
 (:func:`medrecon.guard.classical_runs`). This script runs exactly that classical step (no
 diffusion, CPU is enough) and scores both self-tuned results against the reference, so one can
-see whether the method with the smaller held-out error is the one with the higher PSNR.
+see whether the method with the smaller held-out error is the one with the higher PSNR:
+``picked`` on the split's error (the guard's rule), ``picked_on_folds`` on :func:`pooled_error`
+(the self-tuning's error at its weight, pooled over its folds where it has several: a
+candidate rule, not adopted; benchmarks/RESULTS_autotune.md).
 
 Cases: the real MR validation files of ``benchmarks/real_quality.py`` (read from a folder its
 ``--export`` wrote; never tuned on), simulated and scored as there (8 coils, SNR 30, seed 0,
@@ -37,7 +40,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_quality import _metrics, _mri_config, load_cases  # noqa: E402
 
-from medrecon.guard import blend_weight, classical_runs, holdout_split  # noqa: E402
+from medrecon.guard import (  # noqa: E402
+    ClassicalRun,
+    blend_weight,
+    classical_runs,
+    holdout_split,
+)
 from medrecon.io import Volume  # noqa: E402
 from medrecon.simulate import simulate  # noqa: E402
 
@@ -54,6 +62,18 @@ def synthetic_head(i: int, size: int = 32) -> Volume:
     return Volume(np.ascontiguousarray(vol.data[:, :, half]), vol.affine, modality="MR")
 
 
+def pooled_error(run: ClassicalRun) -> float:
+    """The held-out error the method's self-tuning reported at its chosen weight (pooled over
+    its folds, :func:`medrecon.recon.autotune.mr_holdout_folds`); the split's with one fold."""
+    tuned = run.output.info.get("autotune") or {}
+    if int(tuned.get("folds", 1)) <= 1:
+        return run.error
+    lam = run.lam / float(tuned["scale"])
+    grid = tuned["grid"]
+    i = min(range(len(grid)), key=lambda j: abs(np.log(grid[j] / lam)))
+    return float(tuned["heldout_errors"][i])
+
+
 def run_case(name: str, vol: Volume, setting: str, device: torch.device) -> dict[str, Any]:
     ref = vol.data.astype(np.float32)
     region = ref > 0.05 * ref.max()
@@ -62,9 +82,11 @@ def run_case(name: str, vol: Volume, setting: str, device: torch.device) -> dict
     split = holdout_split(m, device)
     runs = classical_runs(m, split, device)
     picked = min(runs, key=lambda r: r.error)
+    pooled = min(runs, key=pooled_error)
     rows = {r.method: {"psnr": _metrics(r.output.image, ref, region, data_range)["psnr"],
-                       "heldout_error": r.error, "lam": r.lam,
-                       "seconds": round(r.seconds, 2)} for r in runs}
+                       "heldout_error": r.error, "pooled_error": pooled_error(r),
+                       "folds": (r.output.info.get("autotune") or {}).get("folds", 1),
+                       "lam": r.lam, "seconds": round(r.seconds, 2)} for r in runs}
     better = max(rows, key=lambda k: rows[k]["psnr"])
     # Not what the guard does, for comparison: the blend of the two classical results with
     # the weight that predicts the held-out data best (as the guard blends with diffusion).
@@ -77,6 +99,8 @@ def run_case(name: str, vol: Volume, setting: str, device: torch.device) -> dict
             "picked": picked.method, "better_psnr": better,
             "right": picked.method == better,
             "cost_db": rows[better]["psnr"] - rows[picked.method]["psnr"],
+            "picked_on_folds": pooled.method, "right_on_folds": pooled.method == better,
+            "cost_db_on_folds": rows[better]["psnr"] - rows[pooled.method]["psnr"],
             "holdout": split.text, "blend_l1_weight": w, "blend_psnr": blend}
 
 

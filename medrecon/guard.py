@@ -25,16 +25,17 @@ predicts the held-out data) and :func:`blend_weight` live in :mod:`medrecon.hold
 2. **Guard** (``guard`` on): the classical baseline is the self-tuned classical method of the
    modality (:data:`GUARD_METHODS`: MR l1-wavelet and TV, CT TV) that predicts the held-out
    data best (:func:`classical_runs`): each is run on the same training part with its chosen
-   weight and the coil maps of its final run (MR without maps in the file: the two ESPIRiT
-   map sets both methods use), and scored the same way, through its own operator (with map
-   sets, on the per-set images), so its error is the one its self-tuning saw at that weight.
-   If diffusion predicts the held-out data at least as well, the result is diffusion.
-   Otherwise the blend ``w x_diffusion + (1 - w) x_classical`` whose held-out residual is
-   smallest is taken (``w`` in [0, 1] in closed form, :func:`blend_weight`), provided it
-   predicts the held-out data at least :data:`MIN_GAIN` (1 %) better than the classical result
-   alone; else the classical result alone (``w = 0``), and no final sampling run is made (a
-   sampling run for a smaller gain is not worth its cost, and its std map would describe a
-   result made almost wholly of the classical one).
+   weight and the coil maps of its final run (MR without maps in the file: the two ESPIRiT map
+   sets both methods use), and scored the same way, through its own operator (with map sets, on
+   the per-set images), so its error is the one its self-tuning saw at that weight on the split
+   (MR: its first fold, :func:`~medrecon.recon.autotune.mr_holdout_folds`; the self-tuning's
+   reported errors pool all its folds). If diffusion predicts the held-out data at least as
+   well, the result is diffusion. Otherwise the blend ``w x_diffusion + (1 - w) x_classical``
+   whose held-out residual is smallest is taken (``w`` in [0, 1] in closed form,
+   :func:`blend_weight`), provided it predicts the held-out data at least :data:`MIN_GAIN`
+   (1 %) better than the classical result alone; else the classical result alone (``w = 0``),
+   and no final sampling run is made (a sampling run for a smaller gain is not worth its cost,
+   and its std map would describe a result made almost wholly of the classical one).
 
 MR without coil maps in the file (fastMRI): the ESPIRiT maps are estimated once, from all the
 data, before anything else, with the classical methods' two map sets; diffusion (the tuning's

@@ -20,6 +20,29 @@ reconstruction predicts the held-out data best wins::
   (Yaman et al., MRM 84:3172, 2020). On random and Poisson-disc patterns whole lines stay:
   there they mimic the unsampled lines, and single samples chose TV weights up to 2 dB
   under the oracle on the cases of benchmarks/RESULTS_autotune.md.
+
+  **Folds** (:func:`mr_holdout_folds`, k-fold cross-validation). The held-out risk is a mean
+  over held-out *units* (a line with all its readout samples and coils; a single sample of a
+  regular pattern), and it stands in for the mean over the units the training data leave
+  unmeasured (on random line masks the two are exchangeable). As an estimate of that mean its
+  standard error is ``s / sqrt(n)`` for ``n`` units of spread ``s``. A unit's error follows
+  the k-space energy, which falls as a power of |k| (about |k|^-2 per line of a
+  piecewise-smooth image), so over the band outside the calibration box (|k| from k_c to 6-12
+  k_c) a line's error has a coefficient of variation of 1.2-1.8 (|k|^-2 uniform over the
+  band): whether the few lines next to the box are drawn decides the ranking. A standard error
+  of a third of the mean needs ``n >= 9 x 1.8^2``, about 30 units (:data:`MIN_HELDOUT_UNITS`;
+  set from this estimate, not fitted to any case). A draw of 15 % holds out 1-3 lines of a
+  96-line 2D mask or a 10 x 10 phase plane at R = 4-8 (off by 30x on a synthetic 48-line row,
+  1.2 dB on real files: RESULTS_autotune.md, "Counting the unmeasured positions"), but
+  hundreds of points of a 3D Poisson mask on a 128^2 plane. So the units are split into ``k``
+  disjoint folds of the same size, ``k`` the fewest that hold out 30 units together, at most
+  ``round(1 / fraction)`` = 7 (each unit outside the box held out about once) and at most as
+  many as the units fill (:func:`fold_count`); each weight is scored on all of them (one
+  training solve per fold) and the held-out terms pooled. Fold 0 is the former single draw
+  (the guard scores diffusion on it, :mod:`medrecon.guard`), so where it holds out 30 units
+  already nothing changes: the same single solve per weight and the same pick. More folds
+  reduce the sampling error only; the bias of the holes that held-out samples open in a
+  Poisson-disc pattern (twice its spacing; RESULTS_autotune.md) stays.
 * CT: every k-th view (k = 7, offset from the seed); see :func:`ct_holdout_views`. TV adds
   SURE's risk on the training views to the held-out views' (:mod:`medrecon.recon.ct_tune`);
   MR L1-wavelet and TV do the same with the training samples where the file carries its
@@ -69,9 +92,12 @@ import numpy as np
 __all__ = [
     "COARSE_FACTORS",
     "HOLDOUT_FRACTION",
+    "MIN_HELDOUT_UNITS",
     "TuneReport",
     "best_iteration",
     "ct_holdout_views",
+    "fold_count",
+    "mr_holdout_folds",
     "mr_holdout_masks",
     "mr_holdout_text",
     "parabola_vertex",
@@ -81,6 +107,11 @@ __all__ = [
 
 #: Fraction of the (non-calibration) data held out.
 HOLDOUT_FRACTION = 0.15
+#: MR: held-out units (lines; single samples of a regular pattern) that the folds of
+#: :func:`mr_holdout_folds` hold out together at least, where the mask has them (module
+#: docstring: a standard error of a third of the held-out mean for a per-unit spread of
+#: 1.8 times the mean).
+MIN_HELDOUT_UNITS = 30
 #: The coarse grid of weights, as factors of the method's fixed rule.
 COARSE_FACTORS = (1 / 8, 1 / 8 ** 0.5, 1.0, 8 ** 0.5, 8.0)
 
@@ -93,11 +124,13 @@ class TuneReport:
         parameter: "lam" or "iterations".
         chosen: the value the final, all-data reconstruction used.
         grid: the values tried on the training data (weights ascending; iterations 1..n).
-        errors: relative held-out residual of each value in ``grid``.
+        errors: relative held-out residual of each value in ``grid`` (over all ``folds``).
         scale: ``chosen = best training value * scale`` (see the module docstring).
         holdout: what was held out, in words.
         note: a rule that overrode the held-out choice, or how the candidates were run, in
             words ("" for none).
+        folds: the disjoint held-out parts ``errors`` were pooled over (MR,
+            :func:`mr_holdout_folds`; 1 elsewhere).
     """
 
     parameter: str
@@ -107,6 +140,7 @@ class TuneReport:
     scale: float
     holdout: str
     note: str = ""
+    folds: int = 1
 
     @property
     def best_error(self) -> float:
@@ -132,7 +166,8 @@ class TuneReport:
         return {"parameter": self.parameter, "chosen": float(self.chosen),
                 "grid": [float(g) for g in self.grid],
                 "heldout_errors": [float(e) for e in self.errors],
-                "scale": float(self.scale), "holdout": self.holdout, "note": self.note}
+                "scale": float(self.scale), "holdout": self.holdout, "note": self.note,
+                "folds": int(self.folds)}
 
 
 def parabola_vertex(lams: Sequence[float], errors: Sequence[float]) -> float:
@@ -277,10 +312,41 @@ def regular_pattern(mask: np.ndarray, fft_dims: Sequence[int], calibration: int 
     return undersampled
 
 
+def _resolved_calibration(m: np.ndarray, fft_dims: Sequence[int],
+                          calibration: int | None) -> int | None:
+    """``calibration``, or (None, a 3D mask: e.g. fastMRI files) the mask's largest fully
+    sampled central block (:func:`~medrecon.operators.coils.detect_calibration`)."""
+    if calibration is None and m.ndim == 3:
+        from medrecon.operators.coils import detect_calibration
+
+        calibration = detect_calibration(m, m.shape, fft_dims) or None
+    return calibration
+
+
+def _holdout_candidates(m: np.ndarray, fft_dims: Sequence[int],
+                        calibration: int | None) -> np.ndarray:
+    """Flat indices into ``m`` of the units that may be held out: the sampled points outside
+    the calibration block (all sampled points where fewer than two lie outside it)."""
+    phase_axes = [d for d in fft_dims if d != 0] or list(fft_dims)
+    calib = _calibration_box(m.shape, phase_axes, calibration)
+    candidates = np.flatnonzero((m > 0) & ~calib)
+    if candidates.size < 2:  # fully sampled centre only: hold out from all samples
+        candidates = np.flatnonzero(m > 0)
+    return candidates
+
+
+def _split(m: np.ndarray, held_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held) masks of ``m`` with the points ``held_idx`` held out."""
+    held = np.zeros(m.shape, dtype=np.float32)
+    held.flat[held_idx] = m.flat[held_idx]
+    return m - held, held
+
+
 def mr_holdout_masks(mask: np.ndarray, fft_dims: Sequence[int], calibration: int | None,
                      fraction: float = HOLDOUT_FRACTION, seed: int = 0,
                      image_shape: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Split a sampling mask into training and held-out masks.
+    """Split a sampling mask into training and held-out masks (the first fold of
+    :func:`mr_holdout_folds`, the split the guard scores diffusion on).
 
     Args:
         mask: the sampling mask, broadcastable to (I, J, K) (e.g. (1, J, K)); > 0 = sampled.
@@ -298,30 +364,71 @@ def mr_holdout_masks(mask: np.ndarray, fft_dims: Sequence[int], calibration: int
         ``train + held == mask`` where sampled; the calibration block is always in ``train``.
     """
     m = np.asarray(mask, dtype=np.float32)
-    if calibration is None and m.ndim == 3:  # e.g. fastMRI files: the centre from the mask
-        from medrecon.operators.coils import detect_calibration
-
-        calibration = detect_calibration(m, m.shape, fft_dims) or None
+    calibration = _resolved_calibration(m, fft_dims, calibration)
     if image_shape is not None and regular_pattern(m, fft_dims, calibration):
         m = np.ascontiguousarray(np.broadcast_to(m, tuple(int(n) for n in image_shape)))
-    phase_axes = [d for d in fft_dims if d != 0] or list(fft_dims)
-    calib = _calibration_box(m.shape, phase_axes, calibration)
-    candidates = np.flatnonzero((m > 0) & ~calib)
-    if candidates.size < 2:  # fully sampled centre only: hold out from all samples
-        candidates = np.flatnonzero(m > 0)
+    candidates = _holdout_candidates(m, fft_dims, calibration)
     n_held = max(1, int(round(fraction * candidates.size)))
     rng = np.random.default_rng(seed)
     held_idx = rng.choice(candidates, size=min(n_held, candidates.size - 1), replace=False)
-    held = np.zeros_like(m)
-    held.flat[held_idx] = m.flat[held_idx]
-    return m - held, held
+    return _split(m, held_idx)
+
+
+def fold_count(units: int, candidates: int, fraction: float = HOLDOUT_FRACTION,
+               min_units: int = MIN_HELDOUT_UNITS) -> int:
+    """How many disjoint folds of ``units`` held-out units each :func:`mr_holdout_folds`
+    draws from ``candidates`` units: enough that they hold out at least ``min_units``
+    together, at most ``round(1 / fraction)`` (every candidate held out about once) and at
+    most as many as the candidates fill; 1 where one fold holds out ``min_units`` already
+    (module docstring)."""
+    if units <= 0:
+        return 1
+    wanted = min(max(1, int(round(1.0 / fraction))), -(-int(min_units) // int(units)))
+    return max(1, min(wanted, int(candidates) // int(units)))
+
+
+def mr_holdout_folds(mask: np.ndarray, fft_dims: Sequence[int], calibration: int | None,
+                     fraction: float = HOLDOUT_FRACTION, seed: int = 0,
+                     image_shape: Sequence[int] | None = None,
+                     first: tuple[np.ndarray, np.ndarray] | None = None,
+                     min_units: int = MIN_HELDOUT_UNITS) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (train, held) masks of the MR hold-out's folds (k-fold cross-validation over the
+    sampled units outside the calibration block; module docstring).
+
+    Fold 0 is :func:`mr_holdout_masks` (``first`` where drawn already: the guard's split);
+    the others hold out as many units each, disjoint from it and from each other, drawn
+    from the remaining candidates (seeded by ``seed``); :func:`fold_count` says how many.
+    Arguments as :func:`mr_holdout_masks`; ``min_units``: the held-out units all the folds
+    together should reach.
+
+    Returns:
+        [(train, held), ...]: every fold's masks of fold 0's shape, ``train + held`` the
+        sampled mask; the calibration block always in ``train``; a single fold where fold 0
+        holds out ``min_units`` units already (then nothing else is computed).
+    """
+    train0, held0 = first if first is not None else mr_holdout_masks(
+        mask, fft_dims, calibration, fraction, seed, image_shape)
+    held_idx = np.flatnonzero(held0 > 0)
+    if held_idx.size == 0 or held_idx.size >= min_units:
+        return [(train0, held0)]  # one fold is enough: no candidates to count
+    m0 = np.asarray(mask, dtype=np.float32)
+    calibration = _resolved_calibration(m0, fft_dims, calibration)
+    m = np.ascontiguousarray(np.broadcast_to(m0, held0.shape))  # full-size: single samples
+    candidates = _holdout_candidates(m, fft_dims, calibration)
+    k = fold_count(held_idx.size, candidates.size, fraction, min_units)
+    # the rest in a seeded order; a generator of its own, so fold 0 is the former draw
+    rest = np.random.default_rng([int(seed), 1]).permutation(
+        np.setdiff1d(candidates, held_idx))
+    n = held_idx.size
+    return [(train0, held0)] + [_split(m, rest[(f - 1) * n:f * n]) for f in range(1, k)]
 
 
 def mr_holdout_text(mask: np.ndarray, train: np.ndarray, held: np.ndarray) -> str:
     """What :func:`mr_holdout_masks` held out of ``mask``, in words, e.g. "15 % of k-space
     samples held out (single samples: regular line pattern)": the share of the sampled points
     in ``held``, and the reason where single samples were held out (the masks then come out
-    full-size, unlike a line mask)."""
+    full-size, unlike a line mask). The same words for every fold of
+    :func:`mr_holdout_folds` (their number goes into the report's note)."""
     n_held = float((np.asarray(held) > 0).sum())
     n_all = float((np.asarray(train) > 0).sum()) + n_held
     single = np.shape(train) != np.shape(mask)

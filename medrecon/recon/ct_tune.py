@@ -130,7 +130,13 @@ import torch
 from medrecon.errors import InputError
 from medrecon.problem import Problem, measurement_problem
 from medrecon.recon.autotune import TuneReport, ct_holdout_views, tune_weight
-from medrecon.recon.sure import discrepancy, discrepancy_weight, risk_criterion, sure_probe
+from medrecon.recon.sure import (
+    Fold,
+    discrepancy,
+    discrepancy_weight,
+    risk_criterion,
+    sure_probe,
+)
 
 if TYPE_CHECKING:
     from medrecon.io.measurement import Measurement
@@ -213,7 +219,7 @@ def tune_tv_weight(measurement: Measurement, problem: Problem, centre: float,
             keep[lam] = x.detach().cpu()
         return x
 
-    criterion = risk_criterion(sub, held, fit, probe, HELDOUT_SHARE, relative)
+    criterion = risk_criterion([Fold(sub, held, probe)], fit, HELDOUT_SHARE, relative)
     # with the risk: the vertex of its parabola through the best tried weight and its
     # neighbours; the held-out views alone keep the former rule (the best tried weight)
     lam, grid, values = tune_weight(criterion, centre, vertex=probe is not None)

@@ -47,7 +47,10 @@ chosen on simulated Shepp-Logan and brain-like phantoms at R = 4..12 with 8 coil
 self-tuning: without ``lam`` the weight is chosen on held-out k-space samples plus, where the
 file gives its noise level, SURE's risk on the training samples (:mod:`medrecon.recon.autotune`,
 :mod:`medrecon.recon.sure`, :func:`_weight`; two solves per tried weight, ``--set sure=false``
-for the held-out samples alone). ``--lam`` always overrides it, in absolute units.
+for the held-out samples alone), pooled over up to 7 disjoint held-out folds where one draw
+holds out fewer than 30 lines (one more solve per fold and weight;
+:func:`~medrecon.recon.autotune.mr_holdout_folds`). ``--lam`` always overrides it, in absolute
+units.
 """
 
 from __future__ import annotations
@@ -72,12 +75,12 @@ from medrecon.operators.wavelets import WaveletTransform, wavelet_filters
 from medrecon.problem import Problem, kspace_tensor, measurement_problem
 from medrecon.recon.autotune import (
     TuneReport,
-    mr_holdout_masks,
+    mr_holdout_folds,
     mr_holdout_text,
     tune_weight,
 )
 from medrecon.recon.base import ReconOptions, ReconOutput, method_settings
-from medrecon.recon.sure import risk_criterion, sure_probe
+from medrecon.recon.sure import Fold, risk_criterion, sure_probe
 from medrecon.solvers import (
     OperatorNorms,
     conjugate_gradient,
@@ -534,8 +537,13 @@ def _weight(m: Measurement, problem: Problem, options: ReconOptions, method: str
     held-out samples (their residual less the noise; :mod:`medrecon.recon.sure`, the rule of
     CT TV in :mod:`medrecon.recon.ct_tune`), the best one scaled by n_all / n_train for the
     full data term. Without the file's noise level, noiseless data or ``use_sure`` False:
-    the held-out samples' relative residual alone (the report says which). ``masks``:
-    (training, held-out) masks drawn already for ``m`` (else drawn here)."""
+    the held-out samples' relative residual alone (the report says which). Where one draw
+    holds out few lines, the held-out terms are pooled over the disjoint folds of
+    :func:`~medrecon.recon.autotune.mr_holdout_folds` (one training solve per fold and
+    weight; SURE from the first fold only: it sums over every training sample already, and
+    the folds' training sets differ in 15 % of the lines outside the calibration box).
+    ``masks``: the first fold's (training, held-out) masks drawn already for ``m`` (else
+    drawn here)."""
     if options.lam is not None:
         return float(options.lam), None
     op = problem.op
@@ -544,33 +552,36 @@ def _weight(m: Measurement, problem: Problem, options: ReconOptions, method: str
     acq = m.acquisition or {}
     calib = acq.get("calibration")
     seed = int(acq.get("seed", 0) or 0)
-    train, held = masks if masks is not None else mr_holdout_masks(
-        mask, m.fft_dims, int(calib) if calib else None, seed=seed,
-        image_shape=op.image_shape)
+    folds = mr_holdout_folds(mask, m.fft_dims, int(calib) if calib else None, seed=seed,
+                             image_shape=op.image_shape, first=masks)
     dev = problem.y.device
-    parts = []
-    for k in (train, held):
+
+    def part(k: np.ndarray) -> Problem:
         k_t = torch.from_numpy(k).to(dev)
         part_op = SenseOperator(op.maps, k_t, fft_dims=op.fft_dims, coil_batch=op.coil_batch,
                                 image_shape=op.image_shape)
-        parts.append(dataclasses.replace(problem, op=part_op, y=problem.y * (k_t > 0)))
-    sub, held_p = parts
+        return dataclasses.replace(problem, op=part_op, y=problem.y * (k_t > 0))
+
+    train, held = folds[0]
+    sub = part(train)
     # the file's noise level (per real part); an estimate from the outer k-space (fastMRI
     # files) is biased by coil correlation, so the self-tuning does not trust it
     sigma = (problem.noise_std if use_sure and not problem.info.get("noise_estimated")
              else None)
     probe = None
-    if sigma is not None and sigma > 0.0:  # sub and held_p carry it (replaced from problem)
+    if sigma is not None and sigma > 0.0:  # sub and the held-out parts carry it
         probe = sure_probe(sub, seed)
+    # the other folds are built when scored (one fold's data in memory at a time)
+    scored: list[Fold | Callable[[], Fold]] = [Fold(sub, part(held), probe)] + [
+        lambda t=t, h=h: Fold(part(t), part(h)) for t, h in folds[1:]]
     relative: dict[float, float] = {}  # the held-out relative residual (the report's errors)
-    criterion = risk_criterion(sub, held_p, lambda p, lam: solve(p, lam)[0].x, probe, 1.0,
-                               relative)
+    criterion = risk_criterion(scored, lambda p, lam: solve(p, lam)[0].x, 1.0, relative)
     centre = default_lam(method, sub.op.adjoint(sub.y))
     best, grid, _ = tune_weight(criterion, centre)
     errors = [relative[g] for g in grid]
     n_train = float((train > 0).sum())
     n_all = n_train + float((held > 0).sum())
-    scale = n_all / n_train
+    scale = n_all / n_train  # the same for every fold (equal sizes)
     if probe is not None:
         pick = grid[int(np.argmin(errors))]
         note = "held-out + SURE risk" + (
@@ -581,6 +592,8 @@ def _weight(m: Measurement, problem: Problem, options: ReconOptions, method: str
         note = "held-out samples alone: no noise level in the file"
     else:
         note = "held-out samples alone: noiseless data"
+    if len(folds) > 1:
+        note += f"; held-out terms pooled over {len(folds)} disjoint folds"
     report = TuneReport("lam", best * scale, tuple(grid), tuple(errors), scale,
-                        mr_holdout_text(mask, train, held), note)
+                        mr_holdout_text(mask, train, held), note, len(folds))
     return best * scale, report

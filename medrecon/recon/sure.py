@@ -29,6 +29,7 @@ from medrecon.problem import Problem
 Tensor = torch.Tensor
 
 __all__ = [
+    "Fold",
     "SureProbe",
     "discrepancy",
     "discrepancy_weight",
@@ -141,24 +142,67 @@ def sure(problem: Problem, x: Tensor, x_nudged: Tensor, probe: SureProbe) -> flo
     return discrepancy(problem, x) - 1.0 + 2.0 * div / noise_count(problem)
 
 
-def risk_criterion(sub: Problem, held: Problem, solve: Callable[[Problem, float], Tensor],
-                   probe: SureProbe | None, heldout_share: float,
+@dataclasses.dataclass(frozen=True)
+class Fold:
+    """One split of the data for :func:`risk_criterion`.
+
+    Attributes:
+        sub: the training data (the method runs on them).
+        held: the held-out data (they score its result).
+        probe: SURE's nudge of ``sub`` (:func:`sure_probe`), or None: no in-sample risk
+            from this fold.
+    """
+
+    sub: Problem
+    held: Problem
+    probe: SureProbe | None = None
+
+
+def risk_criterion(folds: Sequence[Fold | Callable[[], Fold]],
+                   solve: Callable[[Problem, float], Tensor], heldout_share: float,
                    relative: dict[float, float]) -> Callable[[float], float]:
     """The self-tuned weight's criterion over ``lam`` (CT TV, MR l1-wavelet and TV): the
-    method's result ``x = solve(sub, lam)`` from the training data ``sub`` scored by SURE's
-    in-sample risk plus ``heldout_share`` times the held-out data's :func:`heldout_risk`
-    (per real data component, units of y squared; one more solve per weight from
-    ``probe.nudged``), or without ``probe`` (no noise model, or SURE off) by the held-out
-    data's relative residual alone. Every weight's relative residual goes into ``relative``
-    (the report's errors)."""
+    method's result ``x = solve(fold.sub, lam)`` from each fold's training data, scored by
+    SURE's in-sample risk (averaged over the folds with a ``probe``: one more solve each,
+    from ``probe.nudged``) plus ``heldout_share`` times the held-out data's
+    :func:`heldout_risk` averaged over all the folds (per real data component, units of y
+    squared; folds of equal size, so the mean is the pooled held-out risk), or where no fold
+    has a probe (no noise model, or SURE off) by the held-out relative residual alone,
+    pooled over the folds (``sqrt(sum ||A x_f - y_f||^2 / sum ||y_f||^2)``). Every weight's
+    pooled relative residual goes into ``relative`` (the report's errors).
+
+    ``folds``: :class:`Fold` s, or functions that build one (called once per weight, so that
+    only one fold's data need be held at a time). With one fold the criterion is that fold's
+    risk, or its relative residual, as they are.
+    """
 
     def criterion(lam: float) -> float:
-        x = solve(sub, lam)
-        relative[lam] = held.residual(x)
-        if probe is None:
+        in_sample: list[float] = []
+        held_risk: list[float] = []
+        rel: list[float] = []
+        norm2: list[float] = []
+        for item in folds:
+            fold = item if isinstance(item, Fold) else item()
+            x = solve(fold.sub, lam)
+            rel.append(fold.held.residual(x))
+            if len(folds) > 1:
+                with torch.no_grad():
+                    norm2.append(float((_parts(fold.held.y) ** 2).sum()))
+            if fold.probe is not None:
+                x_nudged = solve(fold.probe.nudged, lam)
+                in_sample.append(fold.sub.noise_std ** 2
+                                 * sure(fold.sub, x, x_nudged, fold.probe))
+            held_risk.append(heldout_risk(fold.held, x))
+        if len(folds) == 1:
+            relative[lam] = rel[0]
+        else:  # the relative residual of all the held-out data, each fold's from its x
+            total = sum(norm2)
+            relative[lam] = math.sqrt(sum(r * r * n for r, n in zip(rel, norm2, strict=True))
+                                      / max(total, 1e-300))
+        if not in_sample:
             return relative[lam]
-        in_sample = sub.noise_std ** 2 * sure(sub, x, solve(probe.nudged, lam), probe)
-        return in_sample + heldout_share * heldout_risk(held, x)
+        return (sum(in_sample) / len(in_sample)
+                + heldout_share * (sum(held_risk) / len(held_risk)))
 
     return criterion
 
