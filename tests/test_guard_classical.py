@@ -69,7 +69,7 @@ def test_mr_guard_scores_the_tunings_own_training_solve(
     """MR l1-wavelet and tv: the guard's training-part solution at each method's chosen
     weight is the one the self-tuning solved already (its weight is a tried one): no solve
     is made again (7 weights x 2 with SURE + all data = 15 solver calls per method, not 16;
-    without a noise level 8, not 9),
+    without a noise level 8, not 9; one more per weight and further fold),
     and the held-out error and weight are those of the former extra run on the training
     part, bit for bit. The Lipschitz constant is estimated once per operator (training part,
     all data), not once per solve."""
@@ -83,11 +83,15 @@ def test_mr_guard_scores_the_tunings_own_training_solve(
         tuned = run.output.info["autotune"]
         # with the file's noise level SURE's nudged solve doubles the weights' solves
         assert ("SURE" in tuned["note"]) == maps_in_file, tuned["note"]
-        per_weight = 2 if maps_in_file else 1
+        # and every further fold (few held-out lines: mr_holdout_folds) one more
+        folds = tuned["folds"]
+        per_weight = (2 if maps_in_file else 1) + folds - 1
         solver = "fista" if run.method == "l1-wavelet" else "pdhg"
         assert calls.count(solver) == per_weight * len(tuned["grid"]) + 1
         assert run.output.training_solution is None  # not kept past the scoring
-    assert calls.count("_lipschitz") == 2 * len(runs)  # training part and all data
+    # one estimate per training operator (one per fold) and one for all data
+    assert calls.count("_lipschitz") == sum(r.output.info["autotune"]["folds"] + 1
+                                            for r in runs)
     monkeypatch.undo()
     # The former path: each method once more on the guard's training part at the weight it
     # chose there (lam / scale), scored the same way.
@@ -100,7 +104,8 @@ def test_mr_guard_scores_the_tunings_own_training_solve(
         assert run.error == csplit.held.error(part.solution), run.method
         torch.testing.assert_close(run.prediction, csplit.held.predict(part.solution),
                                    rtol=0, atol=0)
-        assert run.error == pytest.approx(min(tuned["heldout_errors"]), rel=1e-5)
+        if tuned["folds"] == 1:  # else the reported errors pool every fold's held-out data
+            assert run.error == pytest.approx(min(tuned["heldout_errors"]), rel=1e-5)
 
 
 def test_mr_training_solution_only_when_asked_and_tuned() -> None:

@@ -556,11 +556,13 @@ def _weight(m: Measurement, problem: Problem, options: ReconOptions, method: str
                              image_shape=op.image_shape, first=masks)
     dev = problem.y.device
 
-    def part(k: np.ndarray) -> Problem:
-        k_t = torch.from_numpy(k).to(dev)
-        part_op = SenseOperator(op.maps, k_t, fft_dims=op.fft_dims, coil_batch=op.coil_batch,
-                                image_shape=op.image_shape)
-        return dataclasses.replace(problem, op=part_op, y=problem.y * (k_t > 0))
+    def part_op(k: np.ndarray) -> SenseOperator:
+        return SenseOperator(op.maps, torch.from_numpy(k).to(dev), fft_dims=op.fft_dims,
+                             coil_batch=op.coil_batch, image_shape=op.image_shape)
+
+    def part(k: np.ndarray | SenseOperator) -> Problem:
+        p_op = k if isinstance(k, SenseOperator) else part_op(k)
+        return dataclasses.replace(problem, op=p_op, y=problem.y * (p_op.mask > 0))
 
     train, held = folds[0]
     sub = part(train)
@@ -571,9 +573,13 @@ def _weight(m: Measurement, problem: Problem, options: ReconOptions, method: str
     probe = None
     if sigma is not None and sigma > 0.0:  # sub and the held-out parts carry it
         probe = sure_probe(sub, seed)
-    # the other folds are built when scored (one fold's data in memory at a time)
+    # the other folds' data are built when scored (one fold's data in memory at a time); their
+    # training operators once (the maps are shared), so the solver's Lipschitz estimate per
+    # operator (OperatorNorms) is made once per fold, not once per fold and weight
+    train_ops = [part_op(t) for t, _ in folds[1:]]
     scored: list[Fold | Callable[[], Fold]] = [Fold(sub, part(held), probe)] + [
-        lambda t=t, h=h: Fold(part(t), part(h)) for t, h in folds[1:]]
+        lambda t=t, h=h: Fold(part(t), part(h)) for t, (_, h) in zip(train_ops, folds[1:],
+                                                                     strict=True)]
     relative: dict[float, float] = {}  # the held-out relative residual (the report's errors)
     criterion = risk_criterion(scored, lambda p, lam: solve(p, lam)[0].x, 1.0, relative)
     centre = default_lam(method, sub.op.adjoint(sub.y))
