@@ -535,6 +535,17 @@ def test_heldout_errors_of_images_and_predictions_agree() -> None:
     assert held.prediction_error(y) == 0.0
 
 
+def _high_dose_ct(prior: Any) -> tuple[Measurement, np.ndarray, torch.Tensor]:
+    """A tiny CT slab at high dose (15 views, I0 = 1e7): the measurement, the HU volume and the
+    truth in the prior's model range."""
+    hu = _head((14, 14, 3)) * 1000.0 - 1000.0
+    vol = Volume(hu, np.diag([2.0, 2.0, 2.0, 1.0]), modality="CT", units="HU")
+    m = simulate(vol, SimulationConfig(modality="ct", seed=2,  # type: ignore[arg-type]
+                                       ct=CTSettings(views=15, dose_i0=1e7)))
+    lo, hi = prior.normalisation.ct_hu_min, prior.normalisation.ct_hu_max
+    return m, hu, torch.from_numpy((hu - lo) / (hi - lo)).float()
+
+
 def test_guard_scores_the_mean_of_k_not_one_noisy_sample(
         prior: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A prior that is right on average but noisy per chain, on high-dose views (so the truth
@@ -542,12 +553,7 @@ def test_guard_scores_the_mean_of_k_not_one_noisy_sample(
     the mean of 16 samples better. With K = 16 the guard must estimate the mean's error from
     two fresh chains and keep diffusion; with K = 1 that one noisy sample is the output, and
     the guard must not keep it alone."""
-    hu = _head((14, 14, 3)) * 1000.0 - 1000.0
-    vol = Volume(hu, np.diag([2.0, 2.0, 2.0, 1.0]), modality="CT", units="HU")
-    m = simulate(vol, SimulationConfig(modality="ct", seed=2,  # type: ignore[arg-type]
-                                       ct=CTSettings(views=15, dose_i0=1e7)))
-    lo, hi = prior.normalisation.ct_hu_min, prior.normalisation.ct_hu_max
-    truth = torch.from_numpy((hu - lo) / (hi - lo)).float()
+    m, hu, truth = _high_dose_ct(prior)
     noise = torch.Generator().manual_seed(5)
 
     def noisy_truth(x: torch.Tensor) -> torch.Tensor:
@@ -618,12 +624,7 @@ def test_std_map_is_calibrated_on_the_measurements_held_out_data(
     the training views give alpha from the held-out views, and the calibrated map covers it.
     The test prior has no calibration of its own, so without the held-out data the map
     would stay raw."""
-    hu = _head((14, 14, 3)) * 1000.0 - 1000.0
-    vol = Volume(hu, np.diag([2.0, 2.0, 2.0, 1.0]), modality="CT", units="HU")
-    m = simulate(vol, SimulationConfig(modality="ct", seed=2,  # type: ignore[arg-type]
-                                       ct=CTSettings(views=15, dose_i0=1e7)))
-    lo, hi = prior.normalisation.ct_hu_min, prior.normalisation.ct_hu_max
-    truth = torch.from_numpy((hu - lo) / (hi - lo)).float()
+    m, hu, truth = _high_dose_ct(prior)
     truth[:7] += 0.1  # the bias the chains share
     noise = torch.Generator().manual_seed(5)
 
