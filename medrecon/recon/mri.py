@@ -56,7 +56,6 @@ units.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -435,20 +434,16 @@ def _tuned_solve(m: Measurement, problem: Problem, info: dict[str, Any],
                  t0: float, keep_training: bool = False) -> ReconOutput:
     """l1-wavelet's and TV's common end: the weight (given, or self-tuned by :func:`_weight`),
     the all-data solve, and ``info`` with the weight, the solver's record and the tuning's.
-    ``keep_training`` (self-tuned, ``holdout_masks`` given): the tuning's solves on their
-    training part (:func:`_keeping`; up to 9 images on the host, 33 MB each at 128^3 with
-    two map sets) until the weight is chosen, then the one at the chosen training weight
-    (``lam / scale``, a tried one) is ``ReconOutput.training_solution``, else None."""
-    kept: dict[float, torch.Tensor] = {}
-    if keep_training and holdout_masks is not None and options.lam is None:
-        solve = _keeping(solve, problem, holdout_masks[0], kept)
+    ``keep_training`` (self-tuned, ``holdout_masks`` given): ``ReconOutput.training_solution``
+    is the tuning's solve on their training part at the chosen weight (``_weight``'s
+    ``keep``; up to 9 images on the host, 33 MB each at 128^3 with two map sets, until the
+    weight is chosen), else None."""
+    kept: dict[float, torch.Tensor] | None = (
+        {} if keep_training and holdout_masks is not None else None)
     lam, report = _weight(m, problem, options, method, solve, holdout_masks,
-                          use_sure=use_sure)
-    training = None
-    if report is not None:  # the tried training weight that the weight for all data scales
-        training = next((x for g, x in kept.items()
-                         if math.isclose(g * report.scale, lam, rel_tol=1e-12)), None)
-    kept.clear()
+                          use_sure=use_sure, keep=kept)
+    training = None if kept is None else kept.pop(lam, None)
+    del kept
     res, extra = solve(problem, lam, options.progress)
     info.update(lam=lam, lam_default=options.lam is None, **extra, converged=res.converged,
                 history=res.history, seconds=time.perf_counter() - t0)
@@ -457,36 +452,6 @@ def _tuned_solve(m: Measurement, problem: Problem, info: dict[str, Any],
     out = _output(problem, res.x, res.iterations, info)
     out.training_solution = training
     return out
-
-
-def _keeping(solve: Callable[..., tuple[Any, dict[str, Any]]], problem: Problem,
-             train_mask: np.ndarray,
-             kept: dict[float, torch.Tensor]) -> Callable[..., tuple[Any, dict[str, Any]]]:
-    """``solve`` that also puts into ``kept[lam]`` (on the host, support applied as
-    :func:`_output` does) its estimate of every problem that is the training part of
-    ``problem``: its coil maps, the mask ``train_mask``, its data on that mask, not nudged
-    (SURE's second solve has the same operator). Recognised by what it is, not by how the
-    tuning builds it: a tuning that never solves it leaves ``kept`` empty."""
-    op = problem.op
-    assert isinstance(op, SenseOperator)
-    mask_t = torch.as_tensor(train_mask).to(op.mask.device)
-    mask_t = mask_t.reshape((1,) * (3 - mask_t.ndim) + tuple(mask_t.shape))
-
-    def training_part(p: Problem) -> bool:
-        q = p.op
-        if not (isinstance(q, SenseOperator) and q.maps is op.maps
-                and q.mask.shape == mask_t.shape and torch.equal(q.mask, mask_t.to(q.mask))):
-            return False
-        return torch.equal(p.y, problem.y * (mask_t.to(p.y.device) > 0))
-
-    def keeping(p: Problem, lam: float, progress: bool = False) -> tuple[Any, dict[str, Any]]:
-        res, extra = solve(p, lam, progress)
-        if training_part(p):
-            x = res.x if p.support is None else res.x * p.support
-            kept[lam] = x.detach().cpu()
-        return res, extra
-
-    return keeping
 
 
 def _tv_solve(problem: Problem, lam: float, settings: TVSettings, axes: tuple[int, ...],
@@ -530,7 +495,7 @@ def _tv_solve(problem: Problem, lam: float, settings: TVSettings, axes: tuple[in
 def _weight(m: Measurement, problem: Problem, options: ReconOptions, method: str,
             solve: Callable[[Problem, float], tuple[Any, dict[str, Any]]],
             masks: tuple[np.ndarray, np.ndarray] | None = None, use_sure: bool = True,
-            ) -> tuple[float, TuneReport | None]:
+            keep: dict[float, torch.Tensor] | None = None) -> tuple[float, TuneReport | None]:
     """``options.lam``, or (None) the self-tuned weight (:mod:`medrecon.recon.autotune`): the
     same operator with a training mask, each grid weight scored by the summed per-sample risk
     of the training samples (SURE, one more solve per weight from nudged data) and of the
@@ -543,7 +508,9 @@ def _weight(m: Measurement, problem: Problem, options: ReconOptions, method: str
     weight; SURE from the first fold only: it sums over every training sample already, and
     the folds' training sets differ in 15 % of the lines outside the calibration box).
     ``masks``: the first fold's (training, held-out) masks drawn already for ``m`` (else
-    drawn here)."""
+    drawn here). ``keep``: filled with each tried weight's solution on the first fold's
+    training part (on the host, the support applied as :func:`_output` does), keyed by the
+    weight for all the data it stands for (the tried weight x n_all / n_train)."""
     if options.lam is not None:
         return float(options.lam), None
     op = problem.op
@@ -566,6 +533,8 @@ def _weight(m: Measurement, problem: Problem, options: ReconOptions, method: str
 
     train, held = folds[0]
     sub = part(train)
+    n_train = float((train > 0).sum())
+    scale = (n_train + float((held > 0).sum())) / n_train  # the same for every fold (equal sizes)
     # the file's noise level (per real part); an estimate from the outer k-space (fastMRI
     # files) is biased by coil correlation, so the self-tuning does not trust it
     sigma = (problem.noise_std if use_sure and not problem.info.get("noise_estimated")
@@ -581,13 +550,17 @@ def _weight(m: Measurement, problem: Problem, options: ReconOptions, method: str
         lambda t=t, h=h: Fold(part(t), part(h)) for t, (_, h) in zip(train_ops, folds[1:],
                                                                      strict=True)]
     relative: dict[float, float] = {}  # the held-out relative residual (the report's errors)
-    criterion = risk_criterion(scored, lambda p, lam: solve(p, lam)[0].x, 1.0, relative)
+
+    def fit(p: Problem, lam: float) -> torch.Tensor:
+        x = solve(p, lam)[0].x
+        if keep is not None and p is sub:
+            keep[lam * scale] = (x if sub.support is None else x * sub.support).detach().cpu()
+        return x
+
+    criterion = risk_criterion(scored, fit, 1.0, relative)
     centre = default_lam(method, sub.op.adjoint(sub.y))
     best, grid, _ = tune_weight(criterion, centre)
     errors = [relative[g] for g in grid]
-    n_train = float((train > 0).sum())
-    n_all = n_train + float((held > 0).sum())
-    scale = n_all / n_train  # the same for every fold (equal sizes)
     if probe is not None:
         pick = grid[int(np.argmin(errors))]
         note = "held-out + SURE risk" + (
