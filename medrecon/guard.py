@@ -344,8 +344,9 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
                             f"ranked on {tcfg.steps}-step runs" if short else "")
         info.update(lam=lam, autotune=report.as_dict(), autotune_line=report.line())
         stage(f"weight ({len(grid)} runs, {tcfg.steps} steps)")
-        if short and config.guard and not two:  # the guard scores a sample of the
-            # output's step count
+        if two:  # the two chains below replace the tuning's best sample: not kept on
+            best.clear()  # the device through them and the classical methods
+        elif short and config.guard:  # K = 1: the guard scores a sample at the run's steps
             x = _sample(split.train, prior, config, lam, 1, device, progress, first=False).image
             best.update(error=split.held.error(x), lam=lam, image=x)
             stage(f"guard: rescore at {config.steps} steps")
