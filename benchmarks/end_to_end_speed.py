@@ -8,7 +8,8 @@ sampling, writing the NIfTI and its settings file) beside the reconstruction's o
 that the CLI prints (``reconstruct_seconds``: problem set-up and sampling); the difference is
 start-up, loading and writing. The default path's rows add ``stage_seconds`` from the settings
 file: the maps and hold-out split, the weight's runs, the guard's runs and classical methods,
-and the final run.
+and the final run. Each row also carries the output's PSNR and SSIM against the head it was
+simulated from (``compare_volumes``, region ``auto``), so a faster variant shows what it costs.
 
 Cases: ``mr128`` / ``mr256`` (8 coils, 3D Poisson R = 8, coil maps in the file) and ``ct256``
 (60 parallel views, I0 = 1e5). A variant is ``NAME=ARGS``, the extra CLI arguments; the
@@ -75,6 +76,15 @@ def _prepare(case: str, work: Path, device: str, quick: bool) -> tuple[Path, flo
     return meas, sec
 
 
+def _quality(out: Path, ref: Path) -> dict[str, float]:
+    """PSNR and SSIM of the output ``out`` against the reference head ``ref`` (region auto)."""
+    from medrecon.evaluation import compare_volumes
+    from medrecon.io import load_volume
+
+    result, _ = compare_volumes(load_volume(out), load_volume(ref), mask="auto")
+    return {"psnr": float(result.volume["psnr"]), "ssim": float(result.volume["ssim"])}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -117,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 # the default path's wall seconds per stage (weight, guard, final run)
                 written = yaml.safe_load(settings_path(out).read_text())
                 row["stage_seconds"] = (written.get("resolved") or {}).get("stage_seconds")
+                row.update(_quality(out, meas.with_name(f"{case}_ref.nii.gz")))
             row.update(device=card, torch=torch.__version__, steps=args.steps,
                        date=datetime.now(UTC).isoformat(timespec="seconds"),
                        command=" ".join(cmd))
