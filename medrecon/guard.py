@@ -53,6 +53,18 @@ magnitudes, CT: HU, which is affine in mu). When the classical result is chosen 
 is no std map (a map of the rejected diffusion posterior would describe an image that is not
 the output). ``info["guard"]`` and ``info["guard_line"]`` record the errors, the choice and ``w``.
 
+**Long volumes: choose on a slab** (``tune_slab``, default 64 rows on MR volumes over 96
+rows along the readout, 3D, or the slices, 2D multi-slice; :mod:`medrecon.slab`). A slab of a
+separable acquisition is an exact sub-problem of the measurement (same mask, same noise per
+sample, the coil maps' rows), and the weights are absolute (per sample against per voxel), so
+everything that chooses runs on the slab of the rows holding the most signal: the split, the
+weight's runs, the two chains (and with them the std map's ``alpha``, a ratio of error to
+spread, applied to the whole), both classical methods' self-tuning and the comparison. All the
+data serve only the result: the final sampling run (unless the classical result is chosen)
+and the chosen classical method's one solve at its slab-chosen weight, only where it is used
+(fallback or blend). The lines say which rows (``info["tune_slab"]``). Small volumes, CT and
+``--set tune_slab=0`` run on the whole volume.
+
 The weight is scored on one sample (K = 1) per candidate. The output is the mean of K samples,
 which averages most of one sample's posterior spread away, so with K > 1 the guard scores two
 fresh chains at the chosen weight and the run's steps (the tuning's chain is the best of
@@ -78,7 +90,9 @@ Cost: at most 4 sampling runs of one chain on the training part (at ``tune_steps
 chains at the run's steps (one with K = 1), each classical method's self-tuning (7-9 training
 solves, twice that with SURE, one on all the data; its training-part solve at the chosen
 weight is scored, not made again, except CT TV's at a parabola vertex between the tried
-weights), on top of the final run (skipped when the classical result is chosen). Measured on
+weights), on top of the final run (skipped when the classical result is chosen); on a slab
+all but the final run are the slab's size, plus the chosen classical method's all-data solve
+where it is used. Measured on
 a loaded CPU, 6 steps, tiny volumes, with one classical method: 4.6x (CT) and 10x (MR) the
 wall time of one plain run (benchmarks/RESULTS_autotune.md); MR's second method, TV (300-step
 PDHG solves), costs 0.9-4.5x l1-wavelet's on the real MR files there. On an H100 the

@@ -136,10 +136,20 @@ class ZeroFilledSettings(SenseSettings):
     combine: Literal["rss", "sense"] | None = None
 
 
-_TUNE_SLAB_HELP = ("Self-tuned weight on volumes more than 1.5x this many rows long (3D: "
-                   "readout, 2D multi-slice: slices): chosen on the slab of this many rows "
-                   "holding the most signal (medrecon.slab), then one solve on all the data; "
-                   "0: chosen on the whole volume.")
+@dataclass(frozen=True)
+class _TunedSettings(SenseSettings):
+    """The options of the self-tuned methods (l1-wavelet, tv): two map sets by default and
+    how the weight is chosen (SURE, the slab of :mod:`medrecon.slab`)."""
+
+    map_sets: int = option(2, ge=1, le=4, help="ESPIRiT map sets (soft SENSE); see "
+                                               "SenseSettings.")
+    sure: bool = option(True, help="Self-tuned weight: add SURE's risk on the training "
+                                   "samples to the held-out samples' (one more solve per "
+                                   "weight); false: the held-out samples alone.")
+    tune_slab: int = option(SLAB_ROWS, ge=0, help=(
+        "Self-tuned weight on volumes more than 1.5x this many rows long (3D: readout, 2D "
+        "multi-slice: slices): chosen on the slab of this many rows holding the most signal "
+        "(medrecon.slab), then one solve on all the data; 0: on the whole volume."))
 
 
 def _check_axes(axes: tuple[int, ...], key: str) -> None:
@@ -149,12 +159,10 @@ def _check_axes(axes: tuple[int, ...], key: str) -> None:
 
 
 @dataclass(frozen=True)
-class L1WaveletSettings(SenseSettings):
+class L1WaveletSettings(_TunedSettings):
     """l1-wavelet: the transform (orthogonal PyWavelets name, levels, axes) and whether the
     coarsest approximation band is penalised."""
 
-    map_sets: int = option(2, ge=1, le=4, help="ESPIRiT map sets (soft SENSE); see "
-                                               "SenseSettings.")
     wavelet: str = option("db2", help="Orthogonal wavelet: haar, dbN, symN or coifN.")
     levels: int | None = option(None, ge=1, help="Decomposition levels (default: as many as "
                                                  "keep the coarsest band longer than the filter).")
@@ -164,10 +172,6 @@ class L1WaveletSettings(SenseSettings):
     penalise_approximation: bool = False
     cycle_spin: bool = option(True, help="Shift the wavelet grid by a random (seeded) offset "
                                          "at every iteration, as BART's pics does.")
-    sure: bool = option(True, help="Self-tuned weight: add SURE's risk on the training "
-                                   "samples to the held-out samples' (one more solve per "
-                                   "weight); false: the held-out samples alone.")
-    tune_slab: int = option(SLAB_ROWS, ge=0, help=_TUNE_SLAB_HELP)
 
     def __post_init__(self) -> None:
         if self.wavelet_axes is not None:
@@ -176,19 +180,13 @@ class L1WaveletSettings(SenseSettings):
 
 
 @dataclass(frozen=True)
-class TVSettings(SenseSettings):
+class TVSettings(_TunedSettings):
     """tv: the gradient axes (default: all three for 3D data, in-plane for 2D multi-slice)
     and PDHG's steps (default: tau = 1 / L, sigma from Condat-Vu's bound)."""
 
-    map_sets: int = option(2, ge=1, le=4, help="ESPIRiT map sets (soft SENSE); see "
-                                               "SenseSettings.")
     tv_axes: tuple[int, ...] | None = None
     tau: float | None = option(None, gt=0)
     sigma: float | None = option(None, gt=0)
-    sure: bool = option(True, help="Self-tuned weight: add SURE's risk on the training "
-                                   "samples to the held-out samples' (one more solve per "
-                                   "weight); false: the held-out samples alone.")
-    tune_slab: int = option(SLAB_ROWS, ge=0, help=_TUNE_SLAB_HELP)
 
     def __post_init__(self) -> None:
         if self.tv_axes is not None:
@@ -440,14 +438,12 @@ def _tuned_solve(m: Measurement, problem: Problem, info: dict[str, Any],
                  options: ReconOptions, method: str,
                  solve: Callable[..., tuple[Any, dict[str, Any]]],
                  holdout_masks: tuple[np.ndarray, np.ndarray] | None,
-                 settings: L1WaveletSettings | TVSettings, t0: float,
+                 settings: _TunedSettings, t0: float,
                  keep_training: bool = False) -> ReconOutput:
-    """l1-wavelet's and TV's common end: the weight (given, or self-tuned by :func:`_weight`),
+    """l1-wavelet's and TV's common end: the weight (given, or self-tuned by :func:`_weight`:
+    without ``holdout_masks``, which the guard gives for a slab it has cut already, on the
+    slab of :func:`~medrecon.slab.measurement_slab` where one applies, ``info["tune_slab"]``),
     the all-data solve, and ``info`` with the weight, the solver's record and the tuning's.
-    Self-tuned without ``holdout_masks`` on a volume long enough (``settings.tune_slab``,
-    :func:`~medrecon.slab.measurement_slab`): the weight is chosen on the slab's exact
-    sub-problem (the problem's coil maps sliced), ``info["tune_slab"]`` says which rows.
-    The guard hands over ``holdout_masks`` of a measurement it has sliced already.
     ``keep_training`` (self-tuned, ``holdout_masks`` given): ``ReconOutput.training_solution``
     is the tuning's solve on their training part at the chosen weight (``_weight``'s
     ``keep``; up to 9 images on the host, 33 MB each at 128^3 with two map sets, until the
@@ -466,10 +462,8 @@ def _tuned_solve(m: Measurement, problem: Problem, info: dict[str, Any],
                           use_sure=settings.sure, keep=kept)
     del tm, tp
     if slab is not None and report is not None:
-        info["tune_slab"] = slab.as_dict()
-        where = f"weight chosen on {slab.text}"
-        report = dataclasses.replace(
-            report, note=f"{report.note}; {where}" if report.note else where)
+        info["tune_slab"] = slab.as_dict()  # _weight's note is never empty
+        report = dataclasses.replace(report, note=f"{report.note}; weight chosen on {slab.text}")
     training = None if kept is None else kept.pop(lam, None)
     del kept
     res, extra = solve(problem, lam, options.progress)
