@@ -8,7 +8,8 @@ sampling, writing the NIfTI and its settings file) beside the reconstruction's o
 that the CLI prints (``reconstruct_seconds``: problem set-up and sampling); the difference is
 start-up, loading and writing. The default path's rows add ``stage_seconds`` from the settings
 file: the maps and hold-out split, the weight's runs, the guard's runs and classical methods,
-and the final run.
+and the final run; ``psnr`` is the output's against the case's reference (the synthetic head),
+whole volume, data range the reference's max - min.
 
 Cases: ``mr128`` / ``mr256`` (8 coils, 3D Poisson R = 8, coil maps in the file) and ``ct256``
 (60 parallel views, I0 = 1e5). A variant is ``NAME=ARGS``, the extra CLI arguments; the
@@ -75,6 +76,17 @@ def _prepare(case: str, work: Path, device: str, quick: bool) -> tuple[Path, flo
     return meas, sec
 
 
+def _psnr(out: Path, ref: Path) -> float | None:
+    """PSNR of the output against the case's reference (whole volume, data range the
+    reference's max - min, :func:`medrecon.metrics.psnr`), None without the reference."""
+    from medrecon.io import load_volume
+    from medrecon.metrics import psnr
+
+    if not ref.exists():
+        return None
+    return round(psnr(load_volume(out).data, load_volume(ref).data), 3)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -117,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 # the default path's wall seconds per stage (weight, guard, final run)
                 written = yaml.safe_load(settings_path(out).read_text())
                 row["stage_seconds"] = (written.get("resolved") or {}).get("stage_seconds")
+                row["psnr"] = _psnr(out, args.work / f"{case}_ref.nii.gz")
             row.update(device=card, torch=torch.__version__, steps=args.steps,
                        date=datetime.now(UTC).isoformat(timespec="seconds"),
                        command=" ".join(cmd))

@@ -72,7 +72,7 @@ def main() -> None:
     rows_out = []
     for r in args.accelerations:
         m = simulate(vol, SimulationConfig(seed=1, mri=MRISettings(
-            coils=8, acceleration=r, snr=30.0)))
+            coils=8, acceleration=r, snr=30.0)), device=device)
         for method in args.methods:
             whole = run(m, method, 0, ref, device)
             slab = run(m, method, args.rows, ref, device)

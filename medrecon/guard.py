@@ -239,8 +239,9 @@ class ClassicalRun:
 
     Attributes:
         method: its name (of :data:`GUARD_METHODS`).
-        output: its self-tuned reconstruction from all the data.
-        lam: the weight it chose for all the data.
+        output: its self-tuned reconstruction from all the data of the measurement it was
+            run on (the guard's slab, where it chose on one: then not the output's).
+        lam: the weight it chose for all the data (the whole volume's too: it is absolute).
         prediction: the held-out prediction of its solution on the training part at the
             weight its self-tuning chose there.
         error: that prediction's relative held-out error (:meth:`HeldOut.prediction_error`).
