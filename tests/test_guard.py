@@ -670,7 +670,9 @@ def test_guard_chooses_on_a_slab_and_solves_the_chosen_method_on_all_data(
     assert guard["choice"] == "classical" and slab["stop"] - slab["start"] == 8
     assert f"on {slab['text']}" in out.info["guard_line"]
     assert f"weight chosen on {slab['text']}" in out.info["autotune_line"]
-    assert "guard: classical all-data solve" in out.info["stage_seconds"]
+    stages = out.info["stage_seconds"]
+    assert list(stages)[:2] == ["maps", f"slab ({slab['text']}) and split"]
+    assert "guard: classical all-data solve" in stages and "final run" not in stages
     name, lam = guard["method"], guard["classical_lam"]
     tuned = get_method("MR", name)(mr_long, ReconOptions(extra={"tune_slab": 8}), CPU)
     assert tuned.info["tune_slab"] == slab and tuned.info["lam"] == pytest.approx(lam,
