@@ -53,6 +53,18 @@ magnitudes, CT: HU, which is affine in mu). When the classical result is chosen 
 is no std map (a map of the rejected diffusion posterior would describe an image that is not
 the output). ``info["guard"]`` and ``info["guard_line"]`` record the errors, the choice and ``w``.
 
+**Long volumes: choose on a slab** (``tune_slab``, default 64 rows on MR volumes over 96
+rows along the readout, 3D, or the slices, 2D multi-slice; :mod:`medrecon.slab`). A slab of a
+separable acquisition is an exact sub-problem of the measurement (same mask, same noise per
+sample, the coil maps' rows), and the weights are absolute (per sample against per voxel), so
+everything that chooses runs on the slab of the rows holding the most signal: the split, the
+weight's runs, the two chains (and with them the std map's ``alpha``, a ratio of error to
+spread, applied to the whole), both classical methods' self-tuning and the comparison. All the
+data serve only the result: the final sampling run (unless the classical result is chosen)
+and the chosen classical method's one solve at its slab-chosen weight, only where it is used
+(fallback or blend). The lines say which rows (``info["tune_slab"]``). Small volumes, CT and
+``--set tune_slab=0`` run on the whole volume.
+
 The weight is scored on one sample (K = 1) per candidate. The output is the mean of K samples,
 which averages most of one sample's posterior spread away, so with K > 1 the guard scores two
 fresh chains at the chosen weight and the run's steps (the tuning's chain is the best of
@@ -62,7 +74,7 @@ several, so its error is biased low) and compares the error they predict for the
 1.2 dB under oracle TV; the two-chain estimate kept diffusion there (+0.37 dB over oracle TV,
 with l1-wavelet as the only MR classical method).
 
-**The std map** (K > 1, :func:`_heldout_std`). The same two chains calibrate it on this
+**The std map** (K > 1, :func:`~medrecon.holdout.heldout_std`). The same two chains calibrate it on this
 measurement: the module :mod:`medrecon.priors.calibration` models the output's error as
 ``alpha`` times the chains' spread, and on the held-out data both are seen (the two chains'
 difference gives the spread, their blended mean's residual less the noise the error), so
@@ -78,7 +90,9 @@ Cost: at most 4 sampling runs of one chain on the training part (at ``tune_steps
 chains at the run's steps (one with K = 1), each classical method's self-tuning (7-9 training
 solves, twice that with SURE, one on all the data; its training-part solve at the chosen
 weight is scored, not made again, except CT TV's at a parabola vertex between the tried
-weights), on top of the final run (skipped when the classical result is chosen). Measured on
+weights), on top of the final run (skipped when the classical result is chosen); on a slab
+all but the final run are the slab's size, plus the chosen classical method's all-data solve
+where it is used. Measured on
 a loaded CPU, 6 steps, tiny volumes, with one classical method: 4.6x (CT) and 10x (MR) the
 wall time of one plain run (benchmarks/RESULTS_autotune.md); MR's second method, TV (300-step
 PDHG solves), costs 0.9-4.5x l1-wavelet's on the real MR files there. On an H100 the
@@ -108,11 +122,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from medrecon.holdout import HoldoutSplit, blend_weight, holdout_split
-from medrecon.problem import estimate_maps, estimated_maps_source
+from medrecon.holdout import HoldoutSplit, blend_weight, heldout_std, holdout_split
+from medrecon.problem import estimate_maps, estimated_maps_source, measurement_problem
 from medrecon.recon import ct, mri
 from medrecon.recon.autotune import TuneReport, tune_weight
 from medrecon.recon.base import ReconOptions, ReconOutput
+from medrecon.slab import Slab, measurement_slab
 
 if TYPE_CHECKING:
     from medrecon.io.measurement import Measurement
@@ -224,8 +239,9 @@ class ClassicalRun:
 
     Attributes:
         method: its name (of :data:`GUARD_METHODS`).
-        output: its self-tuned reconstruction from all the data.
-        lam: the weight it chose for all the data.
+        output: its self-tuned reconstruction from all the data of the measurement it was
+            run on (the guard's slab, where it chose on one: then not the output's).
+        lam: the weight it chose for all the data (the whole volume's too: it is absolute).
         prediction: the held-out prediction of its solution on the training part at the
             weight its self-tuning chose there.
         error: that prediction's relative held-out error (:meth:`HeldOut.prediction_error`).
@@ -324,8 +340,19 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
     # the guard scores the mean of K >= 2 samples on two chains (which also calibrate the std)
     two = config.guard and config.samples > 1
     dmeas, cmeas, maps_info = _estimate_maps_once(measurement, device, config.guard)
-    split = holdout_split(dmeas, device)
-    stage("maps and split")
+    # Long volumes: everything that chooses (weights, chains, classical tuning, the guard's
+    # comparison) runs on the exact sub-problem of a slab; all the data only for the result.
+    mapped = time.perf_counter()
+    sdmeas, scmeas, slab = _tuning_slab(dmeas, cmeas, device, config.tune_slab)
+    split_stage = "maps and split"
+    if slab is not None:  # the maps' seconds apart from the slab's
+        stages["maps"], lap[0] = mapped - lap[0], mapped
+        split_stage = f"slab ({slab.text}) and split"
+    split = holdout_split(sdmeas, device)
+    held_text = split.text if slab is None else f"{split.text}, on {slab.text}"
+    if slab is not None:
+        info["tune_slab"] = slab.as_dict()
+    stage(split_stage)
     best: dict[str, Any] = {}
 
     def heldout_error(lam: float, cfg: DiffusionConfig = config) -> float:
@@ -340,8 +367,10 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
         tcfg = dataclasses.replace(config, steps=config.tune_steps) if short else config
         lam, grid, errors = tune_weight(lambda v: heldout_error(v, tcfg), centre,
                                         DIFFUSION_FACTORS, refine=False)
-        report = TuneReport("lam", lam, tuple(grid), tuple(errors), 1.0, split.text,
-                            f"ranked on {tcfg.steps}-step runs" if short else "")
+        notes = ([f"ranked on {tcfg.steps}-step runs"] if short else []) + (
+            [f"weight chosen on {slab.text}"] if slab is not None else [])
+        report = TuneReport("lam", lam, tuple(grid), tuple(errors), 1.0, held_text,
+                            "; ".join(notes))
         info.update(lam=lam, autotune=report.as_dict(), autotune_line=report.line())
         stage(f"weight ({len(grid)} runs, {tcfg.steps} steps)")
         if two:  # the two chains below replace the tuning's best sample: not kept on
@@ -378,11 +407,11 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
     # The classical baseline: each of the modality's methods self-tuned on all data (its own
     # hold-out, the same split), scored by its solution on the training part at the weight it
     # chose there; the best predictor of the held-out data is compared with and blended with.
-    runs = classical_runs(measurement, split, device, tol=tol, cmeas=cmeas)
+    runs = classical_runs(measurement, split, device, tol=tol, cmeas=scmeas)
     stage("guard: classical methods")
     chosen = min(runs, key=lambda r: r.error)  # ties: the first of GUARD_METHODS
     errors = {r.method: r.error for r in runs}
-    del runs, cmeas  # the other method's result and the map sets: not through the sampling
+    del runs, scmeas  # the other method's result and the slab: not through the sampling
     name, full, b, c_lam = chosen.method, chosen.output, chosen.prediction, chosen.lam
     c_err = chosen.error
     if d_err <= c_err:
@@ -393,9 +422,13 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
         choice = "blend" if b_err < (1.0 - MIN_GAIN) * c_err else "classical"
         if choice == "classical":
             w, b_err = 0.0, c_err
-    guard = GuardReport(name, c_lam, d_err, c_err, choice, w, b_err, split.text,
+    guard = GuardReport(name, c_lam, d_err, c_err, choice, w, b_err, held_text,
                         samples=config.samples, chains=2 if two else 1,
                         classical_errors=errors)
+    if slab is not None and choice != "diffusion":  # used: its one solve on all the data
+        full = _CLASSICAL[(mod, name)](cmeas, ReconOptions(lam=c_lam, tol=tol), device)
+        stage("guard: classical all-data solve")
+    del cmeas
     info.update(guard=guard.as_dict(), guard_line=guard.line(), classical_lam=c_lam,
                 classical_iterations=full.iterations, stage_seconds=stages)
     if choice == "classical":  # no final sampling run: its result would not be used
@@ -406,53 +439,34 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
                   first=False)
     stage("final run")
     out = _diffusion_output(res, config, {**info, **maps_info}, t0, device)
+    # the whole volume's problem (support, residual): the split's unless it is the slab's
+    whole = split.problem if slab is None or not (two or choice == "blend") else (
+        measurement_problem(dmeas, device))
     if two and "std_image" in out.info:
-        _heldout_std(out, split, w, split.held.std_alpha(a1, a2, w, b if w < 1.0 else None),
-                     config.samples)
+        heldout_std(out, whole.support, w,
+                    split.held.std_alpha(a1, a2, w, b if w < 1.0 else None), config.samples)
     if choice == "blend":
         out.image = (w * out.image + (1 - w) * full.image).astype(np.float32)
         # the blended image's residual under the diffusion's operator (one map set)
         x = w * res.image + (1 - w) * mri.combine_sets(full.solution).to(res.image.device)
-        out.residual = split.problem.residual(x.to(split.problem.y.device))
+        out.residual = whole.residual(x.to(whole.y.device))
         out.solution = x.detach().cpu()
     return out
 
 
-def _heldout_std(out: ReconOutput, split: HoldoutSplit, weight: float, alpha: float | None,
-                 samples: int) -> None:
-    """The std map of ``out`` (``info["std_image"]``, the diffusion run's, calibrated by the
-    prior's synthetic-head entry or raw) for the output ``weight * diffusion + (1 - weight) *
-    classical``: the blended samples' spread ``weight * raw`` scaled by
-    :func:`~medrecon.priors.calibration.std_factor` of ``alpha``, this measurement's own
-    calibration from its held-out data (:meth:`HeldOut.std_alpha`); without one, the
-    prior's factor times ``weight``. Voxels outside the operator's support keep their
-    value (the prior's unconstrained spread, :mod:`medrecon.sampling.api`). In place."""
-    from medrecon.priors.calibration import COVERAGE_K, std_factor, target_coverage
-
-    info = out.info
-    std = np.asarray(info["std_image"], dtype=np.float32)
-    before = info.get("std_factor")
-    inside = (np.ones(std.shape, dtype=bool) if split.problem.support is None
-              else split.problem.support.cpu().numpy())
-    if alpha is None:
-        factor = weight * (before or 1.0)
-    else:
-        factor = weight * std_factor(alpha, samples)
-        blend = f", blend weight {weight:.2f}" if weight < 1.0 else ""
-        info["std_calibration_line"] = (
-            f"std map calibrated on this measurement's held-out data (alpha {alpha:.3g} from "
-            f"2 chains on the training part{blend}; x{factor:.3g} for K = {samples}): "
-            f"{COVERAGE_K:g} std aim at {100 * target_coverage():.0f} % of errors")
-        info["std_calibration"] = {
-            **(info.get("std_calibration") or {}), "calibrated": True, "basis": "held-out data",
-            "alpha": alpha, "factor": factor, "line": info["std_calibration_line"],
-            "prior_factor": before}
-    scale = factor / (before or 1.0)
-    info["std_image"] = np.where(inside, std * scale, std).astype(np.float32)
-    if alpha is not None or before is not None:  # else still the raw (blended) spread
-        info["std_factor"] = factor
-        if alpha is None and isinstance(info.get("std_calibration"), dict):
-            info["std_calibration"] = {**info["std_calibration"], "factor": factor}
+def _tuning_slab(dmeas: Measurement, cmeas: Measurement, device: torch.device,
+                 rows: int) -> tuple[Measurement, Measurement, Slab | None]:
+    """The measurements the guarded path chooses on: the slabs of diffusion's ``dmeas`` and
+    the classical methods' ``cmeas`` (the same rows; :func:`~medrecon.slab.measurement_slab`)
+    and the rows, where one of ``rows`` applies; else the two as they are and None."""
+    found = measurement_slab(dmeas, device, rows)
+    if found is None:
+        return dmeas, cmeas, None
+    sub, slab = found
+    if cmeas is dmeas:
+        return sub, sub, slab
+    maps = np.ascontiguousarray(slab.take(cmeas.coil_maps))  # not a view of the full maps
+    return sub, dataclasses.replace(sub, coil_maps=maps), slab
 
 
 def _estimate_maps_once(measurement: Measurement, device: torch.device,

@@ -27,8 +27,9 @@ from medrecon.recon.sure import noise_count
 
 if TYPE_CHECKING:
     from medrecon.io.measurement import Measurement
+    from medrecon.recon.base import ReconOutput
 
-__all__ = ["HeldOut", "HoldoutSplit", "blend_weight", "holdout_split"]
+__all__ = ["HeldOut", "HoldoutSplit", "blend_weight", "heldout_std", "holdout_split"]
 
 
 class HeldOut:
@@ -184,3 +185,43 @@ def blend_weight(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> float:
         return 1.0
     num = float(torch.sum((d.conj() * (y - b).flatten()).real))
     return float(min(1.0, max(0.0, num / den)))
+
+
+def heldout_std(out: ReconOutput, support: torch.Tensor | None, weight: float,
+                alpha: float | None, samples: int) -> None:
+    """The std map of ``out`` (``info["std_image"]``, the diffusion run's, calibrated by the
+    prior's synthetic-head entry or raw) for the output ``weight * diffusion + (1 - weight) *
+    classical``: the blended samples' spread ``weight * raw`` scaled by
+    :func:`~medrecon.priors.calibration.std_factor` of ``alpha``, this measurement's own
+    calibration from its held-out data (:meth:`HeldOut.std_alpha`); without one, the
+    prior's factor times ``weight``. Voxels outside the operator's support keep their
+    value (the prior's unconstrained spread, :mod:`medrecon.sampling.api`); ``support``: the
+    whole output's (I, J, K) operator support, None for every voxel. ``alpha`` is a ratio
+    (the error over the chains' spread), so one measured on a slab of the volume
+    (:mod:`medrecon.slab`: the rows holding the most signal) is applied to the whole. In
+    place."""
+    from medrecon.priors.calibration import COVERAGE_K, std_factor, target_coverage
+
+    info = out.info
+    std = np.asarray(info["std_image"], dtype=np.float32)
+    before = info.get("std_factor")
+    inside = np.ones(std.shape, dtype=bool) if support is None else support.cpu().numpy()
+    if alpha is None:
+        factor = weight * (before or 1.0)
+    else:
+        factor = weight * std_factor(alpha, samples)
+        blend = f", blend weight {weight:.2f}" if weight < 1.0 else ""
+        info["std_calibration_line"] = (
+            f"std map calibrated on this measurement's held-out data (alpha {alpha:.3g} from "
+            f"2 chains on the training part{blend}; x{factor:.3g} for K = {samples}): "
+            f"{COVERAGE_K:g} std aim at {100 * target_coverage():.0f} % of errors")
+        info["std_calibration"] = {
+            **(info.get("std_calibration") or {}), "calibrated": True, "basis": "held-out data",
+            "alpha": alpha, "factor": factor, "line": info["std_calibration_line"],
+            "prior_factor": before}
+    scale = factor / (before or 1.0)
+    info["std_image"] = np.where(inside, std * scale, std).astype(np.float32)
+    if alpha is not None or before is not None:  # else still the raw (blended) spread
+        info["std_factor"] = factor
+        if alpha is None and isinstance(info.get("std_calibration"), dict):
+            info["std_calibration"] = {**info["std_calibration"], "factor": factor}

@@ -645,3 +645,75 @@ def test_std_map_is_calibrated_on_the_measurements_held_out_data(
     raw_covered = np.abs(out.image - hu)[region] <= 2.0 * raw[region]
     assert covered.mean() > max(0.75, raw_covered.mean() + 0.2), (covered.mean(),
                                                                   raw_covered.mean())
+
+
+@pytest.fixture(scope="module")
+def mr_long() -> Measurement:
+    """A head 2x longer along the readout than across: an 8-row slab applies (20 > 12)."""
+    vol = Volume(_head((20, 12, 10)) * 100.0, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR")
+    cfg = SimulationConfig(modality="mri", seed=1, mri=MRISettings(
+        coils=2, acceleration=2.0, calibration=4, snr=40.0, coil_model="birdcage"))
+    return simulate(vol, cfg)
+
+
+def test_guard_chooses_on_a_slab_and_solves_the_chosen_method_on_all_data(
+        mr_long: Measurement, prior: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tune_slab``: the weight, the chains and both classical methods' tuning run on the
+    slab; the fallback is the chosen method's one solve on all the data at the weight its
+    slab tuning chose (the one its own self-tuning on that slab chooses), and the lines
+    say which rows."""
+    from medrecon.slab import measurement_slab
+
+    _use_denoiser(monkeypatch, _garbage)
+    out = guarded_diffusion(mr_long, _config(tune_slab=8), prior, CPU)
+    guard, slab = out.info["guard"], out.info["tune_slab"]
+    assert guard["choice"] == "classical" and slab["stop"] - slab["start"] == 8
+    assert f"on {slab['text']}" in out.info["guard_line"]
+    assert f"weight chosen on {slab['text']}" in out.info["autotune_line"]
+    stages = out.info["stage_seconds"]
+    assert list(stages)[:2] == ["maps", f"slab ({slab['text']}) and split"]
+    assert "guard: classical all-data solve" in stages and "final run" not in stages
+    name, lam = guard["method"], guard["classical_lam"]
+    tuned = get_method("MR", name)(mr_long, ReconOptions(extra={"tune_slab": 8}), CPU)
+    assert tuned.info["tune_slab"] == slab and tuned.info["lam"] == pytest.approx(lam,
+                                                                                  rel=1e-6)
+    fixed = get_method("MR", name)(mr_long, ReconOptions(lam=lam), CPU)
+    assert out.image.shape == mr_long.image_shape
+    np.testing.assert_array_equal(out.image, fixed.image)
+    # the guard's errors are those of the slab's split
+    sub, _ = measurement_slab(mr_long, CPU, 8) or (None, None)
+    assert sub is not None and holdout_split(sub, CPU).text in guard["holdout"]
+    # off: the whole volume, as before
+    whole = guarded_diffusion(mr_long, _config(tune_slab=0), prior, CPU)
+    assert "tune_slab" not in whole.info and " on rows " not in whole.info["guard_line"]
+
+
+def test_guard_on_a_slab_blends_with_all_data_results(
+        mr_long: Measurement, prior: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partly blurred true head (on the slab: its rows): the guard blends; the blend is
+    the all-data diffusion run and the chosen method's all-data solve with the recorded
+    weight, its std map covers the whole volume and its residual is the whole data's."""
+    from medrecon.slab import measurement_slab
+
+    sub, slab = measurement_slab(mr_long, CPU, 8) or (None, None)
+    assert sub is not None and slab is not None
+    ref = torch.nn.functional.avg_pool3d(
+        torch.from_numpy(_head(mr_long.image_shape))[None, None], 5, stride=1, padding=2)[0, 0]
+    ref = 0.3 * ref + 0.7 * torch.from_numpy(_head(mr_long.image_shape))
+
+    def blurred(x: torch.Tensor) -> torch.Tensor:
+        z = ref if tuple(x.shape[-3:]) == mr_long.image_shape else slab.take(ref)
+        return z.expand_as(x).clone()
+
+    _use_denoiser(monkeypatch, blurred)
+    out = guarded_diffusion(mr_long, _config(tune_slab=8), prior, CPU)
+    guard = out.info["guard"]
+    assert guard["choice"] == "blend", guard
+    w = guard["weight"]
+    plain = guarded_diffusion(mr_long, _config(lam=out.info["lam"], guard=False), prior, CPU)
+    classical = get_method("MR", guard["method"])(mr_long, ReconOptions(
+        lam=guard["classical_lam"]), CPU)
+    np.testing.assert_allclose(out.image, w * plain.image + (1 - w) * classical.image,
+                               rtol=1e-5, atol=1e-5)
+    assert out.info["std_image"].shape == mr_long.image_shape
+    assert 0.0 < out.residual < 1.0

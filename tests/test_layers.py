@@ -38,6 +38,8 @@ FORBIDDEN = {
     "sampling": ("medrecon.recon", "medrecon.methods", "medrecon.reconstruct", "medrecon.cli"),
     "problem": ("medrecon.recon", "medrecon.sampling", "medrecon.priors", "medrecon.methods",
                 "medrecon.reconstruct"),
+    "slab": ("medrecon.recon", "medrecon.sampling", "medrecon.priors", "medrecon.methods",
+             "medrecon.reconstruct", "medrecon.guard", "medrecon.holdout"),
     "solvers": ("medrecon.recon", "medrecon.sampling", "medrecon.problem", "medrecon.io",
                 "medrecon.priors"),
     "device": ("medrecon.recon", "medrecon.sampling", "medrecon.problem", "medrecon.io",

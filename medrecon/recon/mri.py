@@ -80,6 +80,7 @@ from medrecon.recon.autotune import (
 )
 from medrecon.recon.base import ReconOptions, ReconOutput, method_settings
 from medrecon.recon.sure import Fold, risk_criterion, sure_probe
+from medrecon.slab import SLAB_ROWS, measurement_slab
 from medrecon.solvers import (
     OperatorNorms,
     conjugate_gradient,
@@ -135,6 +136,22 @@ class ZeroFilledSettings(SenseSettings):
     combine: Literal["rss", "sense"] | None = None
 
 
+@dataclass(frozen=True)
+class _TunedSettings(SenseSettings):
+    """The options of the self-tuned methods (l1-wavelet, tv): two map sets by default and
+    how the weight is chosen (SURE, the slab of :mod:`medrecon.slab`)."""
+
+    map_sets: int = option(2, ge=1, le=4, help="ESPIRiT map sets (soft SENSE); see "
+                                               "SenseSettings.")
+    sure: bool = option(True, help="Self-tuned weight: add SURE's risk on the training "
+                                   "samples to the held-out samples' (one more solve per "
+                                   "weight); false: the held-out samples alone.")
+    tune_slab: int = option(SLAB_ROWS, ge=0, help=(
+        "Self-tuned weight on volumes more than 1.5x this many rows long (3D: readout, 2D "
+        "multi-slice: slices): chosen on the slab of this many rows holding the most signal "
+        "(medrecon.slab), then one solve on all the data; 0: on the whole volume."))
+
+
 def _check_axes(axes: tuple[int, ...], key: str) -> None:
     if not axes or any(a not in (0, 1, 2) for a in axes) or len(set(axes)) != len(axes):
         raise ValueError(f"{key} must list distinct image axes among 0, 1 and 2, got "
@@ -142,12 +159,10 @@ def _check_axes(axes: tuple[int, ...], key: str) -> None:
 
 
 @dataclass(frozen=True)
-class L1WaveletSettings(SenseSettings):
+class L1WaveletSettings(_TunedSettings):
     """l1-wavelet: the transform (orthogonal PyWavelets name, levels, axes) and whether the
     coarsest approximation band is penalised."""
 
-    map_sets: int = option(2, ge=1, le=4, help="ESPIRiT map sets (soft SENSE); see "
-                                               "SenseSettings.")
     wavelet: str = option("db2", help="Orthogonal wavelet: haar, dbN, symN or coifN.")
     levels: int | None = option(None, ge=1, help="Decomposition levels (default: as many as "
                                                  "keep the coarsest band longer than the filter).")
@@ -157,9 +172,6 @@ class L1WaveletSettings(SenseSettings):
     penalise_approximation: bool = False
     cycle_spin: bool = option(True, help="Shift the wavelet grid by a random (seeded) offset "
                                          "at every iteration, as BART's pics does.")
-    sure: bool = option(True, help="Self-tuned weight: add SURE's risk on the training "
-                                   "samples to the held-out samples' (one more solve per "
-                                   "weight); false: the held-out samples alone.")
 
     def __post_init__(self) -> None:
         if self.wavelet_axes is not None:
@@ -168,18 +180,13 @@ class L1WaveletSettings(SenseSettings):
 
 
 @dataclass(frozen=True)
-class TVSettings(SenseSettings):
+class TVSettings(_TunedSettings):
     """tv: the gradient axes (default: all three for 3D data, in-plane for 2D multi-slice)
     and PDHG's steps (default: tau = 1 / L, sigma from Condat-Vu's bound)."""
 
-    map_sets: int = option(2, ge=1, le=4, help="ESPIRiT map sets (soft SENSE); see "
-                                               "SenseSettings.")
     tv_axes: tuple[int, ...] | None = None
     tau: float | None = option(None, gt=0)
     sigma: float | None = option(None, gt=0)
-    sure: bool = option(True, help="Self-tuned weight: add SURE's risk on the training "
-                                   "samples to the held-out samples' (one more solve per "
-                                   "weight); false: the held-out samples alone.")
 
     def __post_init__(self) -> None:
         if self.tv_axes is not None:
@@ -347,7 +354,7 @@ def l1_wavelet(m: Measurement, options: ReconOptions, device: torch.device, *,
         return _l1_solve(p, lam, settings, iters, options.tol, progress, device, norms)
 
     return _tuned_solve(m, problem, info, options, "l1-wavelet", solve, holdout_masks,
-                        settings.sure, t0, keep_training)
+                        settings, t0, keep_training)
 
 
 def _l1_solve(problem: Problem, lam: float, settings: L1WaveletSettings, iters: int,
@@ -424,15 +431,18 @@ def total_variation(m: Measurement, options: ReconOptions, device: torch.device,
                          options.tol, progress, device, norms)
 
     return _tuned_solve(m, problem, info, options, "tv", solve, holdout_masks,
-                        settings.sure, t0, keep_training)
+                        settings, t0, keep_training)
 
 
 def _tuned_solve(m: Measurement, problem: Problem, info: dict[str, Any],
                  options: ReconOptions, method: str,
                  solve: Callable[..., tuple[Any, dict[str, Any]]],
-                 holdout_masks: tuple[np.ndarray, np.ndarray] | None, use_sure: bool,
-                 t0: float, keep_training: bool = False) -> ReconOutput:
-    """l1-wavelet's and TV's common end: the weight (given, or self-tuned by :func:`_weight`),
+                 holdout_masks: tuple[np.ndarray, np.ndarray] | None,
+                 settings: _TunedSettings, t0: float,
+                 keep_training: bool = False) -> ReconOutput:
+    """l1-wavelet's and TV's common end: the weight (given, or self-tuned by :func:`_weight`:
+    without ``holdout_masks``, which the guard gives for a slab it has cut already, on the
+    slab of :func:`~medrecon.slab.measurement_slab` where one applies, ``info["tune_slab"]``),
     the all-data solve, and ``info`` with the weight, the solver's record and the tuning's.
     ``keep_training`` (self-tuned, ``holdout_masks`` given): ``ReconOutput.training_solution``
     is the tuning's solve on their training part at the chosen weight (``_weight``'s
@@ -440,8 +450,20 @@ def _tuned_solve(m: Measurement, problem: Problem, info: dict[str, Any],
     weight is chosen), else None."""
     kept: dict[float, torch.Tensor] | None = (
         {} if keep_training and holdout_masks is not None else None)
-    lam, report = _weight(m, problem, options, method, solve, holdout_masks,
-                          use_sure=use_sure, keep=kept)
+    tm, tp, slab = m, problem, None
+    if options.lam is None and holdout_masks is None:
+        maps = problem.op.maps if isinstance(problem.op, SenseOperator) else None
+        found = measurement_slab(m, problem.y.device, settings.tune_slab, maps)
+        if found is not None:
+            tm, slab = found
+            tp = measurement_problem(tm, problem.y.device, coil_batch=settings.coil_batch,
+                                     map_sets=settings.map_sets)
+    lam, report = _weight(tm, tp, options, method, solve, holdout_masks,
+                          use_sure=settings.sure, keep=kept)
+    del tm, tp
+    if slab is not None and report is not None:
+        info["tune_slab"] = slab.as_dict()  # _weight's note is never empty
+        report = dataclasses.replace(report, note=f"{report.note}; weight chosen on {slab.text}")
     training = None if kept is None else kept.pop(lam, None)
     del kept
     res, extra = solve(problem, lam, options.progress)

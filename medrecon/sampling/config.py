@@ -29,6 +29,9 @@ lam                prior weight vs data (< 1 trusts the data)   auto: on held-ou
                                                                 around MR 0.1, CT 1
 guard              compare with the self-tuned classical result  on
                    on held-out data; fall back or blend if worse
+tune_steps         steps of the auto weight's candidate runs    20
+tune_slab          MR: rows of the slab that the weight, the    64 (volumes over 96
+                   guard and the classical tuning run on        rows; 0: off)
 eta                DDS re-noising stochasticity in [0, 1]       0.85
 cg_iters           CG iterations per data-consistency step      per modality (MR 10, CT 5)
 cg_iters_high      DDS: CG iterations at the steps followed by  per modality: MR 2,
@@ -53,6 +56,7 @@ from medrecon.config import option
 from medrecon.sampling.api import SAMPLERS, SamplerOptions
 from medrecon.sampling.denoiser import PRECISIONS
 from medrecon.sampling.tiling import TILINGS
+from medrecon.slab import SLAB_ROWS
 
 __all__ = ["TILINGS", "DiffusionConfig"]
 
@@ -93,6 +97,11 @@ class DiffusionConfig:
                                             "(1: all coils).")
     tune_steps: int | None = option(20, ge=1, help="Steps of the auto weight's candidate "
                                                    "runs, when fewer than steps (None: steps).")
+    tune_slab: int = option(SLAB_ROWS, ge=0, help="MR volumes more than 1.5x this many rows "
+                                                  "long (3D: readout, 2D: slices): the weight, "
+                                                  "the guard's runs and the classical tuning "
+                                                  "on the slab of this many rows holding the "
+                                                  "most signal; 0: on the whole volume.")
     guard: bool = option(True, help="Fall back to (or blend with) the self-tuned classical "
                                     "result where it predicts held-out data better.")
 
