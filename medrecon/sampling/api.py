@@ -511,9 +511,13 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
     warning = prior.voxel_size_warning(spacing)
     if warning:
         warnings.warn(warning, UserWarning, stacklevel=2)
+    # CT air that the data carve out (rays without attenuation): the prior, trained on volumes
+    # the head fills, has never seen a patch of pure air and would fill it with tissue-like
+    # mass; there its estimate is air, the model value of x = 0 (the data term still acts).
     den = prior_denoiser(prior, measurement.modality, tiling=tiling,
                          memory_budget_gb=memory_budget_gb, seed=seed, device=dev,
-                         spacing_mm=spacing, precision=precision)
+                         spacing_mm=spacing, precision=precision, empty=physics.empty,
+                         empty_value=-units.offset / units.scale)
     res = sample_problem(den, problem, tuple(problem.op.ishape), sampler=sampler, steps=steps,
                          samples=samples, seed=seed, sigma_data=prior.sigma_data,
                          sigma_min=prior.sigma_min, sigma_max=prior.sigma_max, options=opt,
