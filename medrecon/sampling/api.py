@@ -51,6 +51,12 @@ background; CT: voxels no measured ray passes), every sample holds the minimum-n
 (MR 0, CT x = 0) instead of what the prior would invent, and the std map holds the prior's
 own spread ``sigma_data`` in output units there (not calibrated: it marks the region as
 unmeasured; ``info["unsupported_fraction"]`` says how much of the grid it is).
+
+CT air that the data carve out (voxels crossed by a measured ray attenuated less than 3 mm of
+water, :mod:`medrecon.operators.empty_space`; ``info["empty_fraction"]``): the denoiser's
+estimate there is air, not the network's (a prior trained on grids the head fills puts
+tissue-like mass into patches of pure air; benchmarks/RESULTS_ct.md, "Wide field of view"),
+and the ``fit`` tiling skips tiles wholly inside it. The data term still acts there.
 """
 
 from __future__ import annotations
