@@ -572,7 +572,7 @@ def _ct_problem(m: Measurement, device: torch.device, model: ModelRange | None,
     y = torch.as_tensor(data, dtype=dtype, device=device)
     if noise_std is None:
         noise_std = _ct_noise(m, y)
-    empty = empty_voxels(op, y, empty_threshold(mu_water, _ct_air_noise(m)),
+    empty = empty_voxels(op, y, empty_threshold(mu_water, _ct_air_noise(m), spacing),
                          valid=None if weights is None else weights > 0)
     if weights is not None:
         op, y = _Weighted(op, weights), weights * y

@@ -8,6 +8,8 @@ backprojection of the indicator of those rays::
 
     empty = A^T [p < threshold] > 0,   then the object (the rest) dilated by ``margin`` voxels
 
+with the threshold 3 mm of water (at most two voxels of it) plus 4 noise std of an air ray.
+
 The dilation gives back the voxels that a ray passing just outside the object reaches through
 the projector's interpolation (one voxel) and keeps a safety band around the skin.
 
@@ -20,32 +22,42 @@ the network's guess; the data term still acts everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
 from medrecon.operators.base import LinearOperator
 
-__all__ = ["EMPTY_MARGIN", "EMPTY_NOISE_K", "EMPTY_WATER_MM", "empty_threshold", "empty_voxels"]
+__all__ = ["EMPTY_MARGIN", "EMPTY_NOISE_K", "EMPTY_WATER_MM", "EMPTY_WATER_VOXELS",
+           "empty_threshold", "empty_voxels"]
 
-#: A ray attenuated less than this many mm of water (plus the noise margin) counts as crossing
-#: only air. Rays that touch a head cross centimetres of tissue (a line through a voxel 1 mm
-#: under the skin of a head of 90 mm radius: ~27 mm), so the margin to the object is wide; 3 mm
-#: keeps thin low-density sheets (foam, blankets, the positive part of HU noise that a
-#: synthetic phantom carries in its air: line integrals up to ~0.05 across 512 mm) out of the
-#: object without reaching an ear's 4-5 mm. The carving only replaces the prior's estimate
-#: there; the data still decide the values.
+#: A ray attenuated less than this many mm of water (and less than :data:`EMPTY_WATER_VOXELS`
+#: voxels of it; plus the noise margin) counts as crossing only air. Rays that touch a head
+#: cross centimetres of tissue (a line through a voxel 1 mm under the skin of a head of 90 mm
+#: radius: ~27 mm), so the margin to the object is wide; 3 mm keeps thin low-density sheets
+#: (foam, blankets, the positive part of HU noise that a synthetic phantom carries in its air:
+#: line integrals up to ~0.05 across 512 mm) out of the object without reaching an ear's
+#: 4-5 mm. The carving only replaces the prior's estimate there; the data still decide the
+#: values.
 EMPTY_WATER_MM = 3.0
+#: ... but at most this many of the finest voxels of water, so that on fine grids an object a
+#: few voxels thin (a 1.5 mm insert at 0.25 mm) is not taken for air.
+EMPTY_WATER_VOXELS = 2.0
 #: Noise margin, in standard deviations of an air ray's line integral.
 EMPTY_NOISE_K = 4.0
 #: Voxels by which the carved object is dilated back (interpolation reach and a safety band).
 EMPTY_MARGIN = 2
 
 
-def empty_threshold(mu_water_per_mm: float, air_noise_std: float) -> float:
-    """Line integral below which a ray crosses only air: :data:`EMPTY_WATER_MM` of water
-    (``mu_water_per_mm`` in 1/mm) plus :data:`EMPTY_NOISE_K` times the noise std of a ray
-    through air (dimensionless line-integral units)."""
-    return EMPTY_WATER_MM * float(mu_water_per_mm) + EMPTY_NOISE_K * float(air_noise_std)
+def empty_threshold(mu_water_per_mm: float, air_noise_std: float,
+                    spacing_mm: Sequence[float]) -> float:
+    """Line integral below which a ray crosses only air: ``min(`` :data:`EMPTY_WATER_MM`,
+    :data:`EMPTY_WATER_VOXELS` ``x`` the finest of ``spacing_mm)`` of water (``mu_water_per_mm``
+    in 1/mm) plus :data:`EMPTY_NOISE_K` times the noise std of a ray through air
+    (dimensionless line-integral units)."""
+    water_mm = min(EMPTY_WATER_MM, EMPTY_WATER_VOXELS * min(float(v) for v in spacing_mm))
+    return water_mm * float(mu_water_per_mm) + EMPTY_NOISE_K * float(air_noise_std)
 
 
 def empty_voxels(op: LinearOperator, p: torch.Tensor, threshold: float,

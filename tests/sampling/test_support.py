@@ -142,6 +142,16 @@ def test_ct_problem_carves_the_air_around_the_object(air_hu: float, dose: float 
     assert measurement_problem(full, "cpu").empty is None
 
 
+def test_empty_threshold_is_a_few_mm_of_water_and_at_most_two_voxels() -> None:
+    from medrecon.operators.empty_space import empty_threshold
+
+    mu = 0.02
+    assert empty_threshold(mu, 0.0, (2.0, 2.0, 2.0)) == pytest.approx(3.0 * mu)
+    assert empty_threshold(mu, 0.01, (2.0, 2.0, 2.0)) == pytest.approx(3.0 * mu + 0.04)
+    # fine grids: a 1.5 mm object at 0.25 mm is 6 voxels, not air
+    assert empty_threshold(mu, 0.0, (0.25, 0.25, 1.0)) == pytest.approx(0.5 * mu)
+
+
 def test_tiled_denoiser_holds_air_where_empty_and_skips_empty_tiles() -> None:
     from medrecon.sampling.tiling import TiledDenoiser
 
