@@ -226,6 +226,8 @@ class TiledDenoiser:
         self.checkpoint = checkpoint
         self.empty = empty
         self.empty_value = float(empty_value)
+        # the tile tests on the host: a device mask would wait for the GPU at every tile
+        self._empty_host = None if empty is None else empty.detach().cpu()
         self.calls = 0
         self.patches = 0
         self._seconds = 0.0
@@ -386,7 +388,7 @@ class TiledDenoiser:
             sizes.append(n)
         xp = _pad(x, [(0, n - s) for n, s in zip(sizes, shape, strict=True)])
         # tiles wholly inside the empty mask are not denoised (__call__ fills them)
-        empty = None if self.empty is None else self.empty.to(x.device)
+        empty = self._empty_host
         out = torch.empty_like(xp) if empty is None else torch.full_like(xp, self.empty_value)
         groups: dict[tuple[int, int, int], list[tuple[int, int, int]]] = {}
         for a, la in segs[0]:
