@@ -67,6 +67,7 @@ from medrecon.errors import InputError, MeasurementError
 from medrecon.intensity import MU_WATER_PER_MM, mu_to_hu
 from medrecon.operators.base import LinearOperator
 from medrecon.operators.coils import DEFAULT_THRESHOLD
+from medrecon.operators.empty_space import empty_threshold, empty_voxels
 
 if TYPE_CHECKING:
     from medrecon.io.measurement import Measurement
@@ -156,6 +157,10 @@ class Problem:
             reaches every voxel. Outside it ``A x`` does not depend on x, so the data say
             nothing there: reconstructions hold the minimum-norm value (x = 0) there, not
             what a regulariser or a prior would invent (see :func:`operator_support`).
+        empty: CT: boolean ``(I, J, K)`` mask of the voxels a measured ray with (within noise)
+            no attenuation crosses (:func:`~medrecon.operators.empty_space.empty_voxels`):
+            air, where a prior need not guess; None for MR or when there are none. The
+            classical methods do not use it.
     """
 
     modality: str
@@ -168,6 +173,7 @@ class Problem:
     geometry: CTGeometry | None = None
     spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
     support: Tensor | None = None
+    empty: Tensor | None = None
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -478,6 +484,18 @@ def _operator_geometry(operator: dict[str, Any]) -> dict[str, Any]:
     return operator  # flat layout: the geometry keys sit in the operator description itself
 
 
+def _ct_air_noise(m: Measurement) -> float:
+    """Noise std of the line integral of a ray through air (p = 0) from the file's noise
+    model: Poisson ``sqrt(I0 + e^2) / I0``, Gaussian its sigma, else 0."""
+    nd = m.noise or {}
+    if nd.get("model") == "gaussian":
+        return float(nd.get("sigma_line_integral", 0.0))
+    if nd.get("model") == "poisson":
+        i0 = float(nd["i0"])
+        return float((i0 + float(nd.get("electronic_sigma_counts", 0.0)) ** 2) ** 0.5 / i0)
+    return 0.0
+
+
 def _ct_noise(m: Measurement, y: Tensor) -> float:
     """Noise std of the line integrals ``y`` (unweighted) from the file's noise model."""
     nd = m.noise or {}
@@ -554,6 +572,8 @@ def _ct_problem(m: Measurement, device: torch.device, model: ModelRange | None,
     y = torch.as_tensor(data, dtype=dtype, device=device)
     if noise_std is None:
         noise_std = _ct_noise(m, y)
+    empty = empty_voxels(op, y, empty_threshold(mu_water, _ct_air_noise(m), spacing),
+                         valid=None if weights is None else weights > 0)
     if weights is not None:
         op, y = _Weighted(op, weights), weights * y
     if model is not None:
@@ -569,5 +589,8 @@ def _ct_problem(m: Measurement, device: torch.device, model: ModelRange | None,
         support = operator_support(op.adjoint(torch.ones_like(y)).abs())
     if support is not None:
         info["unsupported_fraction"] = round(1.0 - float(support.float().mean()), 4)
+    if empty is not None:
+        info["empty_fraction"] = round(float(empty.float().mean()), 4)
     return Problem("CT", op, y, float(noise_std), units, info, weights=weights,
-                   geometry=geometry, spacing_mm=spacing, support=support)  # type: ignore[arg-type]
+                   geometry=geometry, spacing_mm=spacing, support=support,  # type: ignore[arg-type]
+                   empty=empty)

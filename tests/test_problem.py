@@ -136,7 +136,10 @@ def test_ct_problem_units_reproduce_the_sinogram(ct: tuple[Measurement, Volume])
     norm = Normalisation()
     p = measurement_problem(m, CPU, model=norm)
     assert p.modality == "CT" and p.weights is None and p.geometry is not None
-    assert p.info == {"mu_water_per_mm": p.units.mu_water, "geometry": "parallel", "views": 16}
+    # empty_fraction: the air that rays without attenuation carve out (empty_space)
+    assert p.info == {"mu_water_per_mm": p.units.mu_water, "geometry": "parallel", "views": 16,
+                      "empty_fraction": pytest.approx(float(p.empty.float().mean()), abs=1e-4)}
+    assert not bool(p.empty[torch.from_numpy(np.asarray(vol.data) > -900.0)].any())
     assert p.noise_std == 0.0  # noiseless simulation
     z = torch.as_tensor(norm.to_model(vol.data, "CT"))
     mu = p.units.to_physical(z)

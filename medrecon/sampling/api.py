@@ -51,6 +51,12 @@ background; CT: voxels no measured ray passes), every sample holds the minimum-n
 (MR 0, CT x = 0) instead of what the prior would invent, and the std map holds the prior's
 own spread ``sigma_data`` in output units there (not calibrated: it marks the region as
 unmeasured; ``info["unsupported_fraction"]`` says how much of the grid it is).
+
+CT air that the data carve out (voxels crossed by a measured ray attenuated less than 3 mm of
+water, :mod:`medrecon.operators.empty_space`; ``info["empty_fraction"]``): the denoiser's
+estimate there is air, not the network's (a prior trained on grids the head fills puts
+tissue-like mass into patches of pure air; benchmarks/RESULTS_ct.md, "Wide field of view"),
+and the ``fit`` tiling skips tiles wholly inside it. The data term still acts there.
 """
 
 from __future__ import annotations
@@ -511,9 +517,13 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
     warning = prior.voxel_size_warning(spacing)
     if warning:
         warnings.warn(warning, UserWarning, stacklevel=2)
+    # CT air that the data carve out (rays without attenuation): the prior, trained on volumes
+    # the head fills, has never seen a patch of pure air and would fill it with tissue-like
+    # mass; there its estimate is air, the model value of x = 0 (the data term still acts).
     den = prior_denoiser(prior, measurement.modality, tiling=tiling,
                          memory_budget_gb=memory_budget_gb, seed=seed, device=dev,
-                         spacing_mm=spacing, precision=precision)
+                         spacing_mm=spacing, precision=precision, empty=physics.empty,
+                         empty_value=-units.offset / units.scale)
     res = sample_problem(den, problem, tuple(problem.op.ishape), sampler=sampler, steps=steps,
                          samples=samples, seed=seed, sigma_data=prior.sigma_data,
                          sigma_min=prior.sigma_min, sigma_max=prior.sigma_max, options=opt,

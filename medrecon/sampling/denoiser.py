@@ -102,7 +102,8 @@ def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "fit", overlap:
                    seed: int = 0, precision: str = "auto",
                    device: torch.device | str = "cpu",
                    spacing_mm: tuple[float, float, float] | None = None,
-                   cuda_graphs: bool = True) -> TiledDenoiser:
+                   cuda_graphs: bool = True, empty: torch.Tensor | None = None,
+                   empty_value: float = 0.0) -> TiledDenoiser:
     """The prior as a whole-volume model-space denoiser ``D(x (B, I, J, K), sigma (B,))``.
 
     Patches of ``prior.patch_size`` (``fit`` tiling by default, see
@@ -116,7 +117,9 @@ def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "fit", overlap:
     float32 round trips through memory), ``"fp32"``, or ``"auto"``: :data:`AUTO_PRECISION` on
     CUDA, ``"bf16"`` on CPUs with bf16 in hardware, else ``"fp32"``. On CUDA the network
     calls are replayed from CUDA graphs (:mod:`medrecon.sampling.graphs`) unless
-    ``cuda_graphs=False``.
+    ``cuda_graphs=False``. ``empty`` (boolean (I, J, K), e.g. CT air carved out by the
+    data) holds ``empty_value`` instead of the network's estimate, see
+    :class:`~medrecon.sampling.tiling.TiledDenoiser`.
     """
     from medrecon.device import cpu_has_native_bf16
     from medrecon.priors import modality_id
@@ -162,7 +165,8 @@ def prior_denoiser(prior: Prior, modality: str, *, tiling: str = "fit", overlap:
                          max_batch=auto_batch if max_batch is None else max_batch,
                          uses_position=prior.uses_position,
                          generator=torch.Generator().manual_seed(int(seed) + 7919),
-                         size_multiple=factor, min_tile=min_tile)
+                         size_multiple=factor, min_tile=min_tile, empty=empty,
+                         empty_value=empty_value)
 
 
 def _patch_function(net: torch.nn.Module, precision: str, mod: int | None,

@@ -186,6 +186,11 @@ class TiledDenoiser:
         uses_position: pass the normalised patch centres to the patch denoiser.
         generator: source of the random grid shifts (CPU generator; seeded for reproducibility).
         checkpoint: recompute each patch batch in the backward pass when gradients are needed.
+        empty: optional boolean (I, J, K) mask of voxels known to be empty (CT: air that the
+            data carve out, :func:`medrecon.operators.empty_space.empty_voxels`): the output
+            holds ``empty_value`` there instead of the network's estimate, and ``fit`` skips
+            the tiles that lie wholly inside it (no network call).
+        empty_value: the model-space value of empty space (the prior's background, 0).
     Attributes:
         calls, patches: network calls and patches evaluated so far (for NFE/timing reports).
         network_seconds: time inside ``patch_denoiser`` so far, so that the caller can tell
@@ -197,7 +202,8 @@ class TiledDenoiser:
                  mode: str = "fit", overlap: float = 0.25, max_batch: int = 8,
                  uses_position: bool = False, generator: torch.Generator | None = None,
                  checkpoint: bool = True, size_multiple: int | None = None,
-                 min_tile: int = 0) -> None:
+                 min_tile: int = 0, empty: torch.Tensor | None = None,
+                 empty_value: float = 0.0) -> None:
         if mode not in TILINGS:
             raise ValueError(f"tiling mode must be one of {', '.join(TILINGS)}, got {mode!r}")
         if not 0.0 <= overlap < 1.0:
@@ -218,6 +224,10 @@ class TiledDenoiser:
         self.uses_position = uses_position
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.checkpoint = checkpoint
+        self.empty = empty
+        self.empty_value = float(empty_value)
+        # the tile tests on the host: a device mask would wait for the GPU at every tile
+        self._empty_host = None if empty is None else empty.detach().cpu()
         self.calls = 0
         self.patches = 0
         self._seconds = 0.0
@@ -292,13 +302,20 @@ class TiledDenoiser:
             raise ValueError(f"TiledDenoiser expects (B, I, J, K), got {tuple(x.shape)}")
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1)
         sigma = sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
+        if self.empty is not None and tuple(self.empty.shape) != tuple(x.shape[1:]):
+            raise ValueError(f"the empty mask {tuple(self.empty.shape)} does not match the "
+                             f"volume {tuple(x.shape[1:])}")
         if self.mode == "shift":
-            return self._shift(x, sigma)
-        if self.mode == "roll":
-            return self._roll(x, sigma)
-        if self.mode == "fit":
-            return self._fit(x, sigma)
-        return self._blend(x, sigma)
+            out = self._shift(x, sigma)
+        elif self.mode == "roll":
+            out = self._roll(x, sigma)
+        elif self.mode == "fit":
+            out = self._fit(x, sigma)
+        else:
+            out = self._blend(x, sigma)
+        if self.empty is None:
+            return out
+        return torch.where(self.empty.to(out.device), self.empty_value, out)
 
     def _tiles(self, xp: torch.Tensor, sigma: torch.Tensor, patch: tuple[int, int, int],
                origins_of: list[list[int]], shape: Sequence[int]) -> torch.Tensor:
@@ -370,11 +387,15 @@ class TiledDenoiser:
             segs.append(fit_segments(n, p, o, step))
             sizes.append(n)
         xp = _pad(x, [(0, n - s) for n, s in zip(sizes, shape, strict=True)])
-        out = torch.empty_like(xp)
+        # tiles wholly inside the empty mask are not denoised (__call__ fills them)
+        empty = self._empty_host
+        out = torch.empty_like(xp) if empty is None else torch.full_like(xp, self.empty_value)
         groups: dict[tuple[int, int, int], list[tuple[int, int, int]]] = {}
         for a, la in segs[0]:
             for c, lc in segs[1]:
                 for d, ld in segs[2]:
+                    if empty is not None and bool(empty[a:a + la, c:c + lc, d:d + ld].all()):
+                        continue
                     groups.setdefault((la, lc, ld), []).append((a, c, d))
         for (la, lc, ld), origins in groups.items():
             blocks = torch.stack([xp[:, a:a + la, c:c + lc, d:d + ld] for a, c, d in origins],
