@@ -116,7 +116,8 @@ def test_reconstruct_writes_its_resolved_settings(meas: Path, tmp_path: Path) ->
     assert (settings.method, settings.modality, settings.device) == ("tv", "MR", "cpu")
     assert settings.iterations == 4 and settings.lam is None
     assert settings.options == {"maps_method": "espirit", "map_sets": 2, "coil_batch": None,
-                                "tv_axes": [0, 1], "tau": None, "sigma": None, "sure": True}
+                                "tv_axes": [0, 1], "tau": None, "sigma": None, "sure": True,
+                                "tune_slab": 64}
     assert settings.resolved["iterations"] == 4 and settings.resolved["lam"] > 0
     # The file repeats the run exactly.
     again = reconstruct(read_measurement(meas), settings.method, settings.recon_options())
