@@ -54,16 +54,18 @@ is no std map (a map of the rejected diffusion posterior would describe an image
 the output). ``info["guard"]`` and ``info["guard_line"]`` record the errors, the choice and ``w``.
 
 **Long volumes: choose on a slab** (``tune_slab``, default 64 rows on MR volumes over 96
-rows along the readout, 3D, or the slices, 2D multi-slice; :mod:`medrecon.slab`). A slab of a
-separable acquisition is an exact sub-problem of the measurement (same mask, same noise per
-sample, the coil maps' rows), and the weights are absolute (per sample against per voxel), so
+rows along the readout, 3D, or the slices, 2D multi-slice, and on parallel- and fan-beam CT
+volumes over 96 slices; :mod:`medrecon.slab`). A slab of a separable acquisition is an exact
+sub-problem of the measurement (MR: same mask, same noise per sample, the coil maps' rows; CT:
+the slices' detector rows, the same views and dose), and the weights are absolute (per sample
+against per voxel), so
 everything that chooses runs on the slab of the rows holding the most signal: the split, the
 weight's runs, the two chains (and with them the std map's ``alpha``, a ratio of error to
 spread, applied to the whole), both classical methods' self-tuning and the comparison. All the
 data serve only the result: the final sampling run (unless the classical result is chosen)
 and the chosen classical method's one solve at its slab-chosen weight, only where it is used
-(fallback or blend). The lines say which rows (``info["tune_slab"]``). Small volumes, CT and
-``--set tune_slab=0`` run on the whole volume.
+(fallback or blend). The lines say which rows (``info["tune_slab"]``). Small volumes, cone-beam
+CT and ``--set tune_slab=0`` run on the whole volume.
 
 The weight is scored on one sample (K = 1) per candidate. The output is the mean of K samples,
 which averages most of one sample's posterior spread away, so with K > 1 the guard scores two

@@ -20,11 +20,15 @@ the solvers, which keeps the regularisation weight dimensionless):
   L = ||A||^2 from a power iteration and isotropic 3D TV.
 
 Without ``lam`` TV's weight, and without ``iterations`` the count of SIRT and CGLS, are chosen
-from the measurement alone on held-out views (:mod:`medrecon.recon.ct_tune`).
+from the measurement alone on held-out views (:mod:`medrecon.recon.ct_tune`); TV's weight on
+long parallel- and fan-beam volumes on a slab of 64 slices (``tune_slab``,
+:mod:`medrecon.slab`), then one solve on all the data. SIRT's and CGLS's early stopping runs on
+the whole volume.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -41,6 +45,7 @@ from medrecon.recon.autotune import TuneReport, best_iteration
 from medrecon.recon.base import ReconOptions, ReconOutput, method_settings
 from medrecon.recon.ct_analytic import analytic_reconstruction, filter_name
 from medrecon.recon.ct_tune import holdout_problems, tune_tv_weight
+from medrecon.slab import SLAB_ROWS, measurement_slab
 from medrecon.solvers import (
     OperatorNorms,
     SolverResult,
@@ -186,12 +191,18 @@ class TVSettings:
     """tv: the FBP/FDK warm start, PDHG's step ratio, and the self-tuned weight's criteria:
     ``sure`` adds SURE's in-sample risk to the held-out views' (one more solve per weight),
     ``discrepancy_cap`` caps the choice at the discrepancy weight (off:
-    :mod:`medrecon.recon.ct_tune` says where each helps and where it hurts)."""
+    :mod:`medrecon.recon.ct_tune` says where each helps and where it hurts), ``tune_slab``
+    where it is chosen (the slab of :mod:`medrecon.slab`)."""
 
     warm_start: bool = True
     step_ratio: float = option(0.1, gt=0.0)
     discrepancy_cap: bool = False
     sure: bool = True
+    tune_slab: int = option(SLAB_ROWS, ge=0, help=(
+        "Self-tuned weight on parallel- and fan-beam volumes of more than 1.5x this many "
+        "slices: chosen on the slab of this many slices whose detector rows hold the largest "
+        "line integrals (medrecon.slab), then one solve on all the data; 0: on the whole "
+        "volume."))
 
 
 def _analytic(measurement: Measurement, options: ReconOptions, device: torch.device,
@@ -292,10 +303,14 @@ def tv_method(measurement: Measurement, options: ReconOptions,
 
     ``lam`` (default :data:`DEFAULT_TV_LAM`) weighs TV of the image in units of water against
     ``1/2 ||A x - y||^2 / ||A||^2`` (none: self-tuned); ``iterations`` default 200; ``extra``:
-    :class:`TVSettings`. ``keep_training``: ``ReconOutput.training_solution`` is the
+    :class:`TVSettings`. Self-tuned on a volume of more than 1.5x ``tune_slab`` slices
+    (parallel and fan beam): the weight is chosen on the slab of :func:`~medrecon.slab.
+    measurement_slab` (``info["tune_slab"]``, the report's note says which slices), then one
+    solve on all the data. ``keep_training``: ``ReconOutput.training_solution`` is the
     self-tuning's solve on its training views at the chosen weight, where the weight is a
     tried one (not the parabola vertex between two: :func:`~medrecon.recon.ct_tune.
-    tune_tv_weight`), for the guard, which would otherwise solve it again.
+    tune_tv_weight`), for the guard, which would otherwise solve it again; the guard cuts its
+    own slab, so with ``keep_training`` the weight is chosen on ``measurement`` as given.
     """
     settings = method_settings(TVSettings, options.extra, "tv")
     t0 = time.perf_counter()
@@ -304,11 +319,26 @@ def tv_method(measurement: Measurement, options: ReconOptions,
     report = None
     kept: dict[float, Tensor] | None = {} if keep_training else None
     norms = OperatorNorms()  # the training views' L: estimated once for all their solves
+    slab = None
     if options.lam is None:
+        # Long parallel- and fan-beam volumes: the weight is chosen on the exact sub-problem of
+        # a slab of slices (absolute: it carries over, medrecon.slab). Not where the caller
+        # keeps the training solution (the guard, which scores it on its own split: on the
+        # slab it has cut already, or on the whole volume where it cut none).
+        tm, tp = measurement, problem
+        found = None if keep_training else measurement_slab(measurement, device,
+                                                            settings.tune_slab)
+        if found is not None:
+            tm, slab = found
+            tp = _problem(tm, device)
         lam, report = tune_tv_weight(
-            measurement, problem, DEFAULT_TV_LAM, device,
+            tm, tp, DEFAULT_TV_LAM, device,
             lambda p, w: _tv_solve(p, w, iters, options.tol, settings, norms=norms)[0].x,
             cap=settings.discrepancy_cap, use_sure=settings.sure, keep=kept)
+        del tm, tp
+        if slab is not None:
+            note = "; ".join(t for t in (report.note, f"weight chosen on {slab.text}") if t)
+            report = dataclasses.replace(report, note=note)
     else:
         lam = float(options.lam)
     training = None if kept is None else kept.pop(lam, None)
@@ -317,6 +347,8 @@ def tv_method(measurement: Measurement, options: ReconOptions,
                                norms)
     info: dict[str, Any] = {"algorithm": "tv-pdhg", "lam": lam, "lipschitz": lip,
                             "warm_start": warm, "history": res.history[-5:]}
+    if slab is not None:
+        info["tune_slab"] = slab.as_dict()
     if report is not None:
         info.update(autotune=report.as_dict(), autotune_line=report.line())
     info["seconds"] = time.perf_counter() - t0

@@ -23,7 +23,10 @@ the training views and the held-out views (x_lam: TV from the training views, (1
 * The held-out term (:func:`~medrecon.recon.sure.heldout_risk`) is the same split's
   residual, the former rule's score (its relative form is still what the report lists as
   the held-out errors).
-* The weight carries over to all views unscaled (the data term is normalised by ||A||^2).
+* The weight carries over to all views unscaled (the data term is normalised by ||A||^2),
+  and from a slab of slices to the whole volume (:mod:`medrecon.slab`: parallel and fan
+  beam are block diagonal over the slices with identical blocks, so the slab's ||A||^2 is
+  the whole volume's).
 
 Why a third of the held-out risk. A ray at a random angle lies between two measured views,
 at a distance d of at most half the view spacing D from one of them (all views, the data the
