@@ -64,8 +64,11 @@ weight's runs, the two chains (and with them the std map's ``alpha``, a ratio of
 spread, applied to the whole), both classical methods' self-tuning and the comparison. All the
 data serve only the result: the final sampling run (unless the classical result is chosen)
 and the chosen classical method's one solve at its slab-chosen weight, only where it is used
-(fallback or blend). The lines say which rows (``info["tune_slab"]``). Small volumes, cone-beam
-CT and ``--set tune_slab=0`` run on the whole volume.
+(fallback or blend). The lines say which rows (``info["tune_slab"]``). CT's sampling runs on
+the slab weigh the data by the whole volume's noise std (the sampler's one std for all rays,
+the RMS over them: what the final run uses; the slab's own, over its most attenuating rows, is
+larger and would shift the weight chosen there); the held-out statistics keep the slab's.
+Small volumes, cone-beam CT and ``--set tune_slab=0`` run on the whole volume.
 
 The weight is scored on one sample (K = 1) per candidate. The output is the mean of K samples,
 which averages most of one sample's posterior spread away, so with K > 1 the guard scores two
@@ -125,7 +128,12 @@ import numpy as np
 import torch
 
 from medrecon.holdout import HoldoutSplit, blend_weight, heldout_std, holdout_split
-from medrecon.problem import estimate_maps, estimated_maps_source, measurement_problem
+from medrecon.problem import (
+    ct_noise_std,
+    estimate_maps,
+    estimated_maps_source,
+    measurement_problem,
+)
 from medrecon.recon import ct, mri
 from medrecon.recon.autotune import TuneReport, tune_weight
 from medrecon.recon.base import ReconOptions, ReconOutput
@@ -350,6 +358,12 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
     if slab is not None:  # the maps' seconds apart from the slab's
         stages["maps"], lap[0] = mapped - lap[0], mapped
         split_stage = f"slab ({slab.text}) and split"
+    if slab is not None and mod == "CT" and config.noise_std is None:
+        # The sampler weighs the data by one noise std for all rays (the RMS over them): the
+        # whole volume's, so that a run on the slab is the rows' part of the final run (the
+        # slab's own RMS, over its most attenuating rows, is larger and would shift the
+        # weight chosen there). The held-out statistics keep the slab's own noise.
+        config = dataclasses.replace(config, noise_std=ct_noise_std(dmeas))
     split = holdout_split(sdmeas, device)
     held_text = split.text if slab is None else f"{split.text}, on {slab.text}"
     if slab is not None:

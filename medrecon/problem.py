@@ -75,8 +75,9 @@ if TYPE_CHECKING:
 
 Tensor = torch.Tensor
 
-__all__ = ["ModelRange", "Problem", "UnitMap", "espirit_threshold", "estimate_maps",
-           "estimated_maps_source", "kspace_tensor", "measurement_problem", "operator_support"]
+__all__ = ["ModelRange", "Problem", "UnitMap", "ct_noise_std", "espirit_threshold",
+           "estimate_maps", "estimated_maps_source", "kspace_tensor", "measurement_problem",
+           "operator_support"]
 
 
 class ModelRange(Protocol):
@@ -496,8 +497,15 @@ def _ct_air_noise(m: Measurement) -> float:
     return 0.0
 
 
-def _ct_noise(m: Measurement, y: Tensor) -> float:
-    """Noise std of the line integrals ``y`` (unweighted) from the file's noise model."""
+def ct_noise_std(m: Measurement, y: Tensor | None = None) -> float:
+    """Noise std of the line integrals ``y`` (unweighted; default: ``m``'s sinogram of the
+    views its mask keeps, as its problem has them) from the file's noise model: Poisson the
+    RMS over the rays of ``sqrt(I0 e^p + e^2) / (I0 e^p)``, Gaussian its sigma, else 0."""
+    if y is None:
+        data, mask = np.asarray(m.data, np.float32), m.mask
+        if mask is not None and np.shape(mask) == (data.shape[0],):
+            data = data[np.asarray(mask) > 0]
+        y = torch.from_numpy(np.ascontiguousarray(data))
     nd = m.noise or {}
     if nd.get("model") == "gaussian":
         return float(nd.get("sigma_line_integral", 0.0))
@@ -571,7 +579,7 @@ def _ct_problem(m: Measurement, device: torch.device, model: ModelRange | None,
                                            device, dtype)
     y = torch.as_tensor(data, dtype=dtype, device=device)
     if noise_std is None:
-        noise_std = _ct_noise(m, y)
+        noise_std = ct_noise_std(m, y)
     empty = empty_voxels(op, y, empty_threshold(mu_water, _ct_air_noise(m), spacing),
                          valid=None if weights is None else weights > 0)
     if weights is not None:

@@ -12,10 +12,12 @@ import pytest
 import torch
 from prior_factory import export_tiny_prior
 
+from medrecon import guard as guard_module
 from medrecon.guard import guarded_diffusion
 from medrecon.holdout import holdout_split
 from medrecon.io import Volume
 from medrecon.io.measurement import Measurement
+from medrecon.problem import measurement_problem
 from medrecon.recon import ct
 from medrecon.recon.base import ReconOptions
 from medrecon.sampling import api
@@ -66,9 +68,25 @@ def _ct_long() -> Measurement:
 def test_ct_guard_chooses_on_a_slab_and_solves_tv_on_all_data(
         prior: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(api, "prior_denoiser", lambda *a, **k: _Checkerboard())
+    runs: list[tuple[tuple[int, ...], float | None]] = []
+    sample = guard_module._sample
+
+    def recording(measurement: Measurement, prior: Any, config: DiffusionConfig,
+                  *args: Any, **kwargs: Any) -> Any:
+        runs.append((measurement.image_shape, config.noise_std))
+        return sample(measurement, prior, config, *args, **kwargs)
+
+    monkeypatch.setattr(guard_module, "_sample", recording)
     m = _ct_long()
     cfg = DiffusionConfig(steps=4, samples=2, seed=0, tune_slab=8)
     out = guarded_diffusion(m, cfg, prior, CPU)
+    # the slab's sampling runs weigh the data by the whole volume's noise std, which is
+    # smaller than the slab's own (its rows hold the matter)
+    whole_std = measurement_problem(m, CPU).noise_std
+    assert runs and all(shape == (14, 14, 8) for shape, _ in runs)
+    assert all(std == pytest.approx(whole_std, rel=1e-6) for _, std in runs)
+    sub_std = measurement_problem(measurement_slab(m, CPU, 8)[0], CPU).noise_std  # type: ignore[index]
+    assert sub_std > 1.02 * whole_std
     guard, slab = out.info["guard"], out.info["tune_slab"]
     assert guard["choice"] == "classical" and guard["method"] == "tv"
     assert (slab["axis"], slab["stop"] - slab["start"], slab["length"]) == (2, 8, 20)

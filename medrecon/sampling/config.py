@@ -30,8 +30,9 @@ lam                prior weight vs data (< 1 trusts the data)   auto: on held-ou
 guard              compare with the self-tuned classical result  on
                    on held-out data; fall back or blend if worse
 tune_steps         steps of the auto weight's candidate runs    20
-tune_slab          MR: rows of the slab that the weight, the    64 (volumes over 96
-                   guard and the classical tuning run on        rows; 0: off)
+tune_slab          MR, parallel/fan CT: rows (CT: slices) of    64 (volumes over 96
+                   the slab that the weight, the guard and the  rows; 0: off)
+                   classical tuning run on
 eta                DDS re-noising stochasticity in [0, 1]       0.85
 cg_iters           CG iterations per data-consistency step      per modality (MR 10, CT 5)
 cg_iters_high      DDS: CG iterations at the steps followed by  per modality: MR 2,
@@ -98,7 +99,9 @@ class DiffusionConfig:
     tune_steps: int | None = option(20, ge=1, help="Steps of the auto weight's candidate "
                                                    "runs, when fewer than steps (None: steps).")
     tune_slab: int = option(SLAB_ROWS, ge=0, help="MR volumes more than 1.5x this many rows "
-                                                  "long (3D: readout, 2D: slices): the weight, "
+                                                  "long (3D: readout, 2D: slices) and "
+                                                  "parallel/fan CT volumes of more slices: "
+                                                  "the weight, "
                                                   "the guard's runs and the classical tuning "
                                                   "on the slab of this many rows holding the "
                                                   "most signal; 0: on the whole volume.")
