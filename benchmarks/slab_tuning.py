@@ -17,6 +17,12 @@ the file) at each ``--accelerations``::
     OMP_NUM_THREADS=2 python benchmarks/slab_tuning.py --shape 64 48 48 --spacing 4 \
         --rows 24 --accelerations 4 8 --methods l1-wavelet tv --json slab.json
 
+``--modality ct`` runs CT TV instead (the slab along K, the slices: parallel or fan beam,
+``--geometry``), on a CT head simulated at each of ``--views`` with ``--dose`` photons per ray::
+
+    OMP_NUM_THREADS=2 python benchmarks/slab_tuning.py --modality ct --shape 48 48 64 \
+        --spacing 4 --rows 24 --views 30 60 --methods tv --json slab_ct.json
+
 One JSON object per (R, method) row; ``--device cuda`` runs the solves on a GPU.
 """
 
@@ -35,20 +41,21 @@ import torch
 from medrecon.methods import get_method
 from medrecon.metrics import psnr
 from medrecon.recon.base import ReconOptions
-from medrecon.simulate import MRISettings, SimulationConfig, simulate
+from medrecon.simulate import CTSettings, MRISettings, SimulationConfig, simulate
 
 
-def head(shape: tuple[int, int, int], spacing: float, device: torch.device) -> Any:
+def head(shape: tuple[int, int, int], spacing: float, device: torch.device,
+         modality: str = "MR") -> Any:
     from medrecon.priors.synthetic import generate_head, split_seeds
 
-    return generate_head(shape, spacing_mm=spacing, modality="MR", contrast="T1",
+    return generate_head(shape, spacing_mm=spacing, modality=modality, contrast="T1",
                          seed=int(split_seeds("test")[0]), device=device)
 
 
 def run(m: Any, method: str, rows: int, ref: np.ndarray, device: torch.device
         ) -> dict[str, Any]:
     t0 = time.perf_counter()
-    out = get_method("MR", method)(m, ReconOptions(extra={"tune_slab": rows}), device)
+    out = get_method(m.modality, method)(m, ReconOptions(extra={"tune_slab": rows}), device)
     seconds = time.perf_counter() - t0
     tuned = out.info["autotune"]
     return {"lam": float(out.info["lam"]), "psnr": psnr(out.image, ref), "seconds": seconds,
@@ -63,26 +70,37 @@ def main() -> None:
     ap.add_argument("--spacing", type=float, default=2.0, help="Voxel size in mm.")
     ap.add_argument("--accelerations", type=float, nargs="+", default=(4.0, 8.0))
     ap.add_argument("--methods", nargs="+", default=("l1-wavelet", "tv"))
+    ap.add_argument("--modality", choices=("mr", "ct"), default="mr")
+    ap.add_argument("--views", type=int, nargs="+", default=(60,),
+                    help="CT: projection counts (in place of --accelerations).")
+    ap.add_argument("--geometry", choices=("parallel", "fan"), default="parallel",
+                    help="CT geometry.")
+    ap.add_argument("--dose", type=float, default=1e5, help="CT: photons per ray (I0).")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     device = torch.device(args.device)
-    vol = head(tuple(args.shape), args.spacing, device)
+    ct = args.modality == "ct"
+    vol = head(tuple(args.shape), args.spacing, device, "CT" if ct else "MR")
     ref = vol.data
     rows_out = []
-    for r in args.accelerations:
-        m = simulate(vol, SimulationConfig(seed=1, mri=MRISettings(
-            coils=8, acceleration=r, snr=30.0)), device=device)
+    for r in (args.views if ct else args.accelerations):
+        if ct:
+            m = simulate(vol, SimulationConfig(modality="ct", seed=1, ct=CTSettings(
+                geometry=args.geometry, views=int(r), dose_i0=args.dose)), device=device)
+        else:
+            m = simulate(vol, SimulationConfig(seed=1, mri=MRISettings(
+                coils=8, acceleration=r, snr=30.0)), device=device)
         for method in args.methods:
             whole = run(m, method, 0, ref, device)
             slab = run(m, method, args.rows, ref, device)
-            row = {"R": r, "method": method, "shape": list(args.shape), "rows": args.rows,
+            row = {"views" if ct else "R": r, "modality": m.modality, "method": method, "shape": list(args.shape), "rows": args.rows,
                    "whole": whole, "slab": slab, "lam_ratio": slab["lam"] / whole["lam"],
                    "psnr_diff": slab["psnr"] - whole["psnr"], "device": str(device),
                    "torch_threads": torch.get_num_threads(), "host": platform.node(),
                    "date": datetime.now(UTC).isoformat(timespec="seconds")}
             rows_out.append(row)
-            print(f"R={r:g} {method:10s} whole: lam {whole['lam']:.4g} {whole['psnr']:.2f} dB "
+            print(f"{'views' if ct else 'R'}={r:g} {method:10s} whole: lam {whole['lam']:.4g} {whole['psnr']:.2f} dB "
                   f"{whole['seconds']:.1f} s | {slab['slab']}: lam {slab['lam']:.4g} "
                   f"{slab['psnr']:.2f} dB {slab['seconds']:.1f} s | ratio "
                   f"{row['lam_ratio']:.3f}, {row['psnr_diff']:+.2f} dB", flush=True)
