@@ -356,7 +356,7 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
     sdmeas, scmeas, slab = _tuning_slab(dmeas, cmeas, device, config.tune_slab)
     split_stage = "maps and split"
     if slab is not None:  # the maps' seconds apart from the slab's
-        stages["maps"], lap[0] = mapped - lap[0], mapped
+        stages["maps" if mod == "MR" else "set-up"], lap[0] = mapped - lap[0], mapped
         split_stage = f"slab ({slab.text}) and split"
     if slab is not None and mod == "CT" and config.noise_std is None:
         # The sampler weighs the data by one noise std for all rays (the RMS over them): the

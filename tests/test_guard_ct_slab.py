@@ -92,7 +92,7 @@ def test_ct_guard_chooses_on_a_slab_and_solves_tv_on_all_data(
     assert (slab["axis"], slab["stop"] - slab["start"], slab["length"]) == (2, 8, 20)
     assert f"on {slab['text']}" in out.info["guard_line"]
     assert f"weight chosen on {slab['text']}" in out.info["autotune_line"]
-    assert list(out.info["stage_seconds"])[:2] == ["maps", f"slab ({slab['text']}) and split"]
+    assert list(out.info["stage_seconds"])[:2] == ["set-up", f"slab ({slab['text']}) and split"]
     assert "guard: classical all-data solve" in out.info["stage_seconds"]
     lam = guard["classical_lam"]
     tuned = ct.tv_method(m, ReconOptions(tol=1e-4, extra={"tune_slab": 8}), CPU)
