@@ -11,6 +11,7 @@ import pytest
 import torch
 from prior_factory import export_tiny_prior
 from typer.testing import CliRunner
+from volume_factory import blob_head
 
 from medrecon import guard as guard_module
 from medrecon.guard import GUARD_METHODS, guarded_diffusion
@@ -33,13 +34,6 @@ def _one_thread(one_thread: None) -> None:
     """Tiny tensors: one torch thread is faster on a shared runner."""
 
 
-def _head(shape: tuple[int, int, int]) -> np.ndarray:
-    i, j, k = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    r = np.sqrt(i**2 + j**2 + k**2)
-    inner = np.sqrt((i - 0.2) ** 2 + j**2 + k**2) < 0.35
-    return ((r < 0.8) * (1.0 + 0.6 * inner + 0.3 * (np.abs(j) < 0.15))).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def prior_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_tiny_prior(tmp_path_factory.mktemp("prior"))
@@ -54,7 +48,7 @@ def prior(prior_path: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def mr() -> Measurement:
-    vol = Volume(_head((14, 12, 10)) * 100.0, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR")
+    vol = Volume(blob_head((14, 12, 10)) * 100.0, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR")
     cfg = SimulationConfig(modality="mri", seed=1, mri=MRISettings(
         coils=2, acceleration=2.0, calibration=4, snr=40.0, coil_model="birdcage"))
     return simulate(vol, cfg)
@@ -62,7 +56,7 @@ def mr() -> Measurement:
 
 @pytest.fixture(scope="module")
 def ct() -> tuple[Measurement, np.ndarray]:
-    hu = _head((14, 14, 3)) * 1000.0 - 1000.0
+    hu = blob_head((14, 14, 3)) * 1000.0 - 1000.0
     vol = Volume(hu, np.diag([2.0, 2.0, 2.0, 1.0]), modality="CT", units="HU")
     return simulate(vol, SimulationConfig(modality="ct", seed=2,  # type: ignore[arg-type]
                                           ct=CTSettings(views=21, dose_i0=1e5))), hu
@@ -162,7 +156,7 @@ def _smooth(shape: tuple[int, int, int]) -> np.ndarray:
             + 0.5 * np.cos(7 * k + 3 * i)).astype(np.float32)
 
 
-@pytest.mark.parametrize(("phantom", "expected"), [(_head, "tv"), (_smooth, "l1-wavelet")])
+@pytest.mark.parametrize(("phantom", "expected"), [(blob_head, "tv"), (_smooth, "l1-wavelet")])
 def test_guard_takes_the_classical_method_that_predicts_held_out_data_better(
         phantom: Any, expected: str, prior: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """MR: the guard's classical baseline is whichever of self-tuned l1-wavelet and tv
@@ -233,7 +227,7 @@ def test_guard_scores_the_classical_methods_with_their_own_map_sets(
 def test_holdout_split_describes_single_samples_as_the_classical_tuning_does() -> None:
     """An equispaced line mask (a regular pattern): single samples are held out, and the
     guard's split says so in the classical self-tuning's words."""
-    x = _head((16, 24, 4)) * 100.0
+    x = blob_head((16, 24, 4)) * 100.0
     m = simulate(Volume(x, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR"), SimulationConfig(
         seed=0, mri=MRISettings(coils=2, acceleration=3.0, calibration=4, snr=40.0, dims="2d",
                                 mask="equispaced")))
@@ -252,7 +246,7 @@ def test_classical_method_tuned_on_the_guards_split_is_the_self_drawn_run(method
     is the run that draws its own, bit for bit."""
     from medrecon.recon import mri
 
-    x = _head((16, 24, 4)) * 100.0
+    x = blob_head((16, 24, 4)) * 100.0
     for dims, mask, seed in (("2d", "equispaced", 0), ("3d", "poisson", 1)):
         m = simulate(Volume(x, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR"), SimulationConfig(
             seed=seed, mri=MRISettings(coils=2, acceleration=3.0, calibration=4, snr=40.0,
@@ -271,7 +265,7 @@ def test_classical_method_tuned_on_the_guards_split_is_the_self_drawn_run(method
 @pytest.fixture(scope="module")
 def mr_no_maps() -> Measurement:
     """Like a fastMRI file: k-space without coil maps (4 coils, an 8-line calibration box)."""
-    vol = Volume(_head((16, 14, 12)) * 100.0, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR")
+    vol = Volume(blob_head((16, 14, 12)) * 100.0, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR")
     sim = simulate(vol, SimulationConfig(modality="mri", seed=1, mri=MRISettings(
         coils=4, acceleration=2.0, calibration=8, snr=40.0)))
     return Measurement("MR", sim.data, sim.mask, sim.reference, coil_maps=None,
@@ -333,7 +327,7 @@ def test_guard_estimates_the_coil_maps_once(mr_no_maps: Measurement, prior: Any,
 
     monkeypatch.setattr(medrecon.holdout, "mr_holdout_masks", counting_draw)
     monkeypatch.setattr(medrecon.recon.mri, "mr_holdout_folds", counting_folds)
-    ref = torch.from_numpy(_head(m.image_shape))
+    ref = torch.from_numpy(blob_head(m.image_shape))
     _use_denoiser(monkeypatch, lambda x: ref.expand_as(x).clone())  # right, up to the phase
     out = guarded_diffusion(m, _config(), prior, CPU)
     assert calls == [2]
@@ -401,7 +395,7 @@ def test_blend_is_consistent_with_its_parts(mr: Measurement, prior: Any,
     error is close to the classical one's, with other errors): the guard blends, and the
     blend, its std map and its residual follow from the two all-data results with the
     recorded weight."""
-    ref = torch.from_numpy(_head(mr.image_shape))
+    ref = torch.from_numpy(blob_head(mr.image_shape))
 
     def blurred(x: torch.Tensor) -> torch.Tensor:
         z = torch.nn.functional.avg_pool3d(ref[None, None], 5, stride=1, padding=2)[0, 0]
@@ -538,7 +532,7 @@ def test_heldout_errors_of_images_and_predictions_agree() -> None:
 def _high_dose_ct(prior: Any) -> tuple[Measurement, np.ndarray, torch.Tensor]:
     """A tiny CT slab at high dose (15 views, I0 = 1e7): the measurement, the HU volume and the
     truth in the prior's model range."""
-    hu = _head((14, 14, 3)) * 1000.0 - 1000.0
+    hu = blob_head((14, 14, 3)) * 1000.0 - 1000.0
     vol = Volume(hu, np.diag([2.0, 2.0, 2.0, 1.0]), modality="CT", units="HU")
     m = simulate(vol, SimulationConfig(modality="ct", seed=2,  # type: ignore[arg-type]
                                        ct=CTSettings(views=15, dose_i0=1e7)))
@@ -650,7 +644,7 @@ def test_std_map_is_calibrated_on_the_measurements_held_out_data(
 @pytest.fixture(scope="module")
 def mr_long() -> Measurement:
     """A head 2x longer along the readout than across: an 8-row slab applies (20 > 12)."""
-    vol = Volume(_head((20, 12, 10)) * 100.0, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR")
+    vol = Volume(blob_head((20, 12, 10)) * 100.0, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR")
     cfg = SimulationConfig(modality="mri", seed=1, mri=MRISettings(
         coils=2, acceleration=2.0, calibration=4, snr=40.0, coil_model="birdcage"))
     return simulate(vol, cfg)
@@ -698,8 +692,8 @@ def test_guard_on_a_slab_blends_with_all_data_results(
     sub, slab = measurement_slab(mr_long, CPU, 8) or (None, None)
     assert sub is not None and slab is not None
     ref = torch.nn.functional.avg_pool3d(
-        torch.from_numpy(_head(mr_long.image_shape))[None, None], 5, stride=1, padding=2)[0, 0]
-    ref = 0.3 * ref + 0.7 * torch.from_numpy(_head(mr_long.image_shape))
+        torch.from_numpy(blob_head(mr_long.image_shape))[None, None], 5, stride=1, padding=2)[0, 0]
+    ref = 0.3 * ref + 0.7 * torch.from_numpy(blob_head(mr_long.image_shape))
 
     def blurred(x: torch.Tensor) -> torch.Tensor:
         z = ref if tuple(x.shape[-3:]) == mr_long.image_shape else slab.take(ref)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from volume_factory import blob_head
 
 from medrecon import guard, solvers
 from medrecon.holdout import holdout_split
@@ -28,18 +29,11 @@ def _one_thread(one_thread: None) -> None:
     """Tiny tensors: one torch thread is faster on a shared runner."""
 
 
-def _head(shape: tuple[int, int, int]) -> np.ndarray:
-    i, j, k = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
-    r = np.sqrt(i**2 + j**2 + k**2)
-    inner = np.sqrt((i - 0.2) ** 2 + j**2 + k**2) < 0.35
-    return ((r < 0.8) * (1.0 + 0.6 * inner + 0.3 * (np.abs(j) < 0.15))).astype(np.float32)
-
-
 def _mr(maps_in_file: bool) -> Measurement:
     """A tiny MR measurement with its noise level (SURE on); without maps like a fastMRI
     file (the guard then estimates two ESPIRiT map sets, cropped to a support; no noise
     level either: the held-out samples alone)."""
-    vol = Volume(_head((16, 14, 12)) * 100.0, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR")
+    vol = Volume(blob_head((16, 14, 12)) * 100.0, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR")
     sim = simulate(vol, SimulationConfig(modality="mri", seed=1, mri=MRISettings(
         coils=4, acceleration=2.0, calibration=8, snr=40.0)))
     if maps_in_file:
@@ -131,7 +125,7 @@ def test_ct_tv_keeps_its_training_solve_only_at_a_tried_weight(
     the kept training solution is the run on the training views at that weight, bit for
     bit; with SURE the weight is the parabola vertex between tried weights, so nothing is
     kept and the guard solves the training views once more (7 x 2 + 1 + 1 solves)."""
-    hu = _head((14, 14, 3)) * 1000.0 - 1000.0
+    hu = blob_head((14, 14, 3)) * 1000.0 - 1000.0
     vol = Volume(hu, np.diag([2.0, 2.0, 2.0, 1.0]), modality="CT", units="HU")
     m = simulate(vol, SimulationConfig(modality="ct", seed=2,  # type: ignore[arg-type]
                                        ct=CTSettings(views=21, dose_i0=1e4)))
