@@ -128,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
                 written = yaml.safe_load(settings_path(out).read_text())
                 row["stage_seconds"] = (written.get("resolved") or {}).get("stage_seconds")
                 row.update(_quality(out, meas.with_name(f"{case}_ref.nii.gz")))
-            row.update(device=card, torch=torch.__version__, steps=args.steps,
+            given = shlex.split(extra)  # a variant's own --steps overrides --steps
+            steps = (int(given[given.index("--steps") + 1]) if "--steps" in given[:-1]
+                     else args.steps)
+            row.update(device=card, torch=torch.__version__, steps=steps,
                        date=datetime.now(UTC).isoformat(timespec="seconds"),
                        command=" ".join(cmd))
             print(json.dumps(row), flush=True)
