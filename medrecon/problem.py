@@ -485,18 +485,6 @@ def _operator_geometry(operator: dict[str, Any]) -> dict[str, Any]:
     return operator  # flat layout: the geometry keys sit in the operator description itself
 
 
-def _ct_air_noise(m: Measurement) -> float:
-    """Noise std of the line integral of a ray through air (p = 0) from the file's noise
-    model: Poisson ``sqrt(I0 + e^2) / I0``, Gaussian its sigma, else 0."""
-    nd = m.noise or {}
-    if nd.get("model") == "gaussian":
-        return float(nd.get("sigma_line_integral", 0.0))
-    if nd.get("model") == "poisson":
-        i0 = float(nd["i0"])
-        return float((i0 + float(nd.get("electronic_sigma_counts", 0.0)) ** 2) ** 0.5 / i0)
-    return 0.0
-
-
 def ct_noise_std(m: Measurement, y: Tensor | None = None) -> float:
     """Noise std of the line integrals ``y`` (unweighted; default: ``m``'s sinogram of the
     views its mask keeps, as its problem has them) from the file's noise model: Poisson the
@@ -580,7 +568,8 @@ def _ct_problem(m: Measurement, device: torch.device, model: ModelRange | None,
     y = torch.as_tensor(data, dtype=dtype, device=device)
     if noise_std is None:
         noise_std = ct_noise_std(m, y)
-    empty = empty_voxels(op, y, empty_threshold(mu_water, _ct_air_noise(m), spacing),
+    air_noise = ct_noise_std(m, torch.zeros(1))  # the noise of a ray through air (p = 0)
+    empty = empty_voxels(op, y, empty_threshold(mu_water, air_noise, spacing),
                          valid=None if weights is None else weights > 0)
     if weights is not None:
         op, y = _Weighted(op, weights), weights * y
