@@ -75,9 +75,9 @@ if TYPE_CHECKING:
 
 Tensor = torch.Tensor
 
-__all__ = ["ModelRange", "Problem", "UnitMap", "ct_noise_std", "espirit_threshold",
-           "estimate_maps", "estimated_maps_source", "kspace_tensor", "measurement_problem",
-           "operator_support"]
+__all__ = ["ModelRange", "Problem", "UnitMap", "affine_spacing", "ct_geometry_keys",
+           "ct_noise_std", "espirit_threshold", "estimate_maps", "estimated_maps_source",
+           "kspace_tensor", "measurement_problem", "operator_support"]
 
 
 class ModelRange(Protocol):
@@ -267,7 +267,8 @@ def measurement_problem(measurement: Measurement, device: torch.device | str = "
 # -------------------------------------------------------------------------------------------
 # MR
 # -------------------------------------------------------------------------------------------
-def _spacing(m: Measurement) -> tuple[float, float, float]:
+def affine_spacing(m: Measurement) -> tuple[float, float, float]:
+    """Voxel size (mm) along the three image axes from ``m``'s reference affine."""
     return tuple(float(s) for s in  # type: ignore[return-value]
                  np.linalg.norm(np.asarray(m.reference.affine)[:3, :3], axis=0))
 
@@ -472,13 +473,15 @@ def _mr_problem(m: Measurement, device: torch.device, model: ModelRange | None,
                            image_shape=m.image_shape)
         info.update(virtual_coils=cc.n_virtual, coil_energy_kept=round(cc.kept, 5))
     return Problem("MR", op, y, float(noise_std), UnitMap("MR", scale=scale, offset=0.0), info,
-                   spacing_mm=_spacing(m), support=support)
+                   spacing_mm=affine_spacing(m), support=support)
 
 
 # -------------------------------------------------------------------------------------------
 # CT
 # -------------------------------------------------------------------------------------------
-def _operator_geometry(operator: dict[str, Any]) -> dict[str, Any]:
+def ct_geometry_keys(operator: dict[str, Any]) -> dict[str, Any]:
+    """The geometry keys of a CT operator description: nested under ``geometry``, or in the
+    description itself (flat layout)."""
     g = operator.get("geometry")
     if isinstance(g, dict):
         return g
@@ -533,7 +536,7 @@ def _ct_problem(m: Measurement, device: torch.device, model: ModelRange | None,
     from medrecon.operators.ct_geometry import CTGeometry
 
     op_desc = dict(m.operator or {})
-    geometry = CTGeometry.from_dict(_operator_geometry(op_desc))
+    geometry = CTGeometry.from_dict(ct_geometry_keys(op_desc))
     shape = tuple(int(n) for n in op_desc.get("image_shape", m.reference.shape))
     if shape != tuple(m.reference.shape):
         raise MeasurementError(f"The CT operator's image shape {shape} does not match the "
@@ -541,13 +544,13 @@ def _ct_problem(m: Measurement, device: torch.device, model: ModelRange | None,
     if "spacing_mm" in op_desc:
         spacing = tuple(float(s) for s in op_desc["spacing_mm"])
     else:
-        spacing = _spacing(m)
+        spacing = affine_spacing(m)
     data = np.asarray(m.data, dtype=np.float32)
     if data.shape != geometry.sinogram_shape:
         raise MeasurementError(f"The sinogram of shape {data.shape} does not match its "
                                f"geometry {geometry.sinogram_shape}.")
     mu_water = float(op_desc.get("mu_water_per_mm",
-                                 _operator_geometry(op_desc).get("mu_water_per_mm",
+                                 ct_geometry_keys(op_desc).get("mu_water_per_mm",
                                                                  MU_WATER_PER_MM)))
     weights = None
     if m.mask is not None:

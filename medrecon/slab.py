@@ -106,13 +106,6 @@ def slab_axis(m: Measurement) -> int | None:
     return axis if np.asarray(m.mask).shape[axis] == 1 else None
 
 
-def _ct_geometry_dict(operator: dict[str, Any]) -> dict[str, Any]:
-    """The geometry keys of a CT operator description: nested under ``geometry``, or in the
-    description itself (the flat layout :mod:`medrecon.problem` also reads)."""
-    g = operator.get("geometry")
-    return g if isinstance(g, dict) else operator
-
-
 def _ct_rows_are_slices(m: Measurement) -> bool:
     """Whether detector row ``r`` of ``m``'s sinogram sees image slice ``k = r`` alone: a
     parallel- or fan-beam geometry (:class:`~medrecon.operators.ct_geometry.CTGeometry`) with
@@ -120,17 +113,16 @@ def _ct_rows_are_slices(m: Measurement) -> bool:
     the reference affine's) and no row offset, so the row centres are the slice centres."""
     from medrecon.errors import GeometryError
     from medrecon.operators.ct_geometry import CTGeometry
+    from medrecon.problem import affine_spacing, ct_geometry_keys
 
     operator = dict(m.operator or {})
     try:
-        g = CTGeometry.from_dict(_ct_geometry_dict(operator))
+        g = CTGeometry.from_dict(ct_geometry_keys(operator))
     except GeometryError:
         return False  # the problem's own build says what is wrong
     shape = tuple(int(n) for n in operator.get("image_shape", m.image_shape))
-    if "spacing_mm" in operator:
-        spacing_k = float(operator["spacing_mm"][2])
-    else:
-        spacing_k = float(np.linalg.norm(np.asarray(m.reference.affine)[:3, 2]))
+    spacing_k = float(operator["spacing_mm"][2] if "spacing_mm" in operator
+                      else affine_spacing(m)[2])
     return (g.is_2d and shape == tuple(m.image_shape) and g.detector_rows == shape[2]
             and np.asarray(m.data).shape[1] == shape[2] and g.offset_rows_mm == 0.0
             and bool(np.isclose(g.pixel_rows_mm, spacing_k, rtol=1e-6, atol=0.0)))
