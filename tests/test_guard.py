@@ -46,12 +46,17 @@ def prior(prior_path: Path) -> Any:
     return load_prior(prior_path)
 
 
-@pytest.fixture(scope="module")
-def mr() -> Measurement:
-    vol = Volume(blob_head((14, 12, 10)) * 100.0, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR")
+def _mr(shape: tuple[int, int, int]) -> Measurement:
+    """The blob head of ``shape`` at 2 mm, 2 birdcage coils, R = 2, SNR 40."""
+    vol = Volume(blob_head(shape) * 100.0, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR")
     cfg = SimulationConfig(modality="mri", seed=1, mri=MRISettings(
         coils=2, acceleration=2.0, calibration=4, snr=40.0, coil_model="birdcage"))
     return simulate(vol, cfg)
+
+
+@pytest.fixture(scope="module")
+def mr() -> Measurement:
+    return _mr((14, 12, 10))
 
 
 @pytest.fixture(scope="module")
@@ -644,10 +649,7 @@ def test_std_map_is_calibrated_on_the_measurements_held_out_data(
 @pytest.fixture(scope="module")
 def mr_long() -> Measurement:
     """A head 2x longer along the readout than across: an 8-row slab applies (20 > 12)."""
-    vol = Volume(blob_head((20, 12, 10)) * 100.0, np.diag([2.0, 2.0, 2.0, 1.0]), modality="MR")
-    cfg = SimulationConfig(modality="mri", seed=1, mri=MRISettings(
-        coils=2, acceleration=2.0, calibration=4, snr=40.0, coil_model="birdcage"))
-    return simulate(vol, cfg)
+    return _mr((20, 12, 10))
 
 
 def test_guard_chooses_on_a_slab_and_solves_the_chosen_method_on_all_data(
