@@ -1,4 +1,5 @@
-"""Device resolution: turn the user's ``--device`` text into a :class:`torch.device`.
+"""Device resolution: turn the user's ``--device`` text into a :class:`torch.device`; and
+:class:`Beside`, independent GPU work run beside the caller's on a second stream.
 
 Every command and API entry point that accepts ``device="auto"`` resolves it here, so "auto",
 "cpu", "cuda" and "cuda:N" mean the same everywhere and an unavailable GPU is one clear
@@ -7,14 +8,18 @@ Every command and API entry point that accepts ``device="auto"`` resolves it her
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from medrecon.errors import InputError
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:  # torch is imported inside the function: this module stays light
     import torch
 
-__all__ = ["cpu_has_native_bf16", "host_memory_bytes", "resolve_device"]
+__all__ = ["Beside", "cpu_has_native_bf16", "host_memory_bytes", "resolve_device"]
 
 
 def resolve_device(device: str | None = "auto") -> torch.device:
@@ -62,3 +67,61 @@ def host_memory_bytes() -> int:
         return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return 64 * 2**30
+
+
+class Beside(Generic[T]):
+    """``fn()`` run beside the caller's GPU work: on CUDA, from :meth:`start` on, in a worker
+    thread on its own stream, so that its kernels fill what the caller's leave of the GPU;
+    elsewhere (or never started) in the caller's thread when :meth:`result` asks for it.
+
+    The worker's stream first waits for everything queued on the caller's stream when
+    :meth:`start` ran (its inputs), and the worker runs under the caller's grad mode (thread
+    local in torch). :meth:`result` returns once the worker's stream is drained, so its
+    tensors are ready on any stream; an exception in ``fn`` is raised there. The thread is a
+    daemon: an interrupted caller does not wait for it at exit.
+    """
+
+    def __init__(self, fn: Callable[[], T], device: torch.device) -> None:
+        self._fn: Callable[[], T] | None = fn
+        self._device = device
+        self._thread: threading.Thread | None = None
+        self._out: list[T] = []
+        self._error: list[BaseException] = []
+
+    def start(self) -> None:
+        import torch
+
+        if self._thread is not None or self._fn is None or self._device.type != "cuda":
+            return
+        fn = self._fn
+        # the caller's current device where the device names none (thread local too)
+        index = torch.cuda.current_device() if self._device.index is None else self._device.index
+        inputs_ready = torch.cuda.current_stream(index).record_event()
+        grad = torch.is_grad_enabled()
+
+        def work() -> None:
+            try:
+                torch.cuda.set_device(index)
+                stream = torch.cuda.Stream(index)
+                stream.wait_event(inputs_ready)
+                with torch.cuda.stream(stream), torch.set_grad_enabled(grad):
+                    self._out.append(fn())
+                stream.synchronize()
+            except BaseException as exc:  # handed to result()
+                self._error.append(exc)
+
+        self._thread = threading.Thread(target=work, name="medrecon-beside", daemon=True)
+        self._thread.start()
+
+    def result(self) -> T:
+        """``fn()``'s value (once: ``fn`` and the value are not kept, so what they hold can
+        be freed)."""
+        fn, self._fn = self._fn, None
+        if self._thread is None:
+            if fn is None:
+                raise RuntimeError("Beside.result() was called twice.")
+            return fn()
+        self._thread.join()
+        if self._error:
+            raise self._error.pop()
+        return self._out.pop()

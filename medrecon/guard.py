@@ -118,6 +118,7 @@ table). Neither is measured on the real CT slices.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import warnings
 from collections.abc import Callable
@@ -127,6 +128,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from medrecon.device import Beside
 from medrecon.holdout import HoldoutSplit, blend_weight, heldout_std, holdout_split
 from medrecon.problem import (
     ct_noise_std,
@@ -370,9 +372,16 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
         info["tune_slab"] = slab.as_dict()
     stage(split_stage)
     best: dict[str, Any] = {}
+    # The classical baseline needs only the split. On CUDA it runs beside the sampling runs
+    # (second stream, worker thread), from the end of the first one on: that run sizes the
+    # network's batches from the free memory and captures its graphs with the GPU to itself.
+    classical = Beside(functools.partial(classical_runs, measurement, split, device, tol=tol,
+                                         cmeas=scmeas), device) if config.guard else None
 
     def heldout_error(lam: float, cfg: DiffusionConfig = config) -> float:
         x = _sample(split.train, prior, cfg, lam, 1, device, progress, not best).image
+        if classical is not None:
+            classical.start()
         err = split.held.error(x)
         if not best or err < best["error"]:
             best.update(error=err, lam=lam, image=x)
@@ -406,14 +415,19 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
         stage("final run")
         return _diffusion_output(res, config, {**info, **maps_info, "stage_seconds": stages},
                                  t0, device)
+    assert classical is not None  # the guard is on
     if two:
         # The output is the mean of K samples, which averages most of one sample's posterior
         # spread away: its held-out error is estimated from two fresh chains at the run's
         # steps (the tuning's chain is the best of several, so its error is biased low), and
         # the same two chains calibrate the std map on this measurement (HeldOut.std_alpha).
-        a1, a2 = (split.held.predict(_sample(
-            split.train, prior, dataclasses.replace(config, seed=config.seed + i), lam, 1,
-            device, progress, first=False).image) for i in (1, 2))
+        chains = []
+        for i in (1, 2):
+            chains.append(split.held.predict(_sample(
+                split.train, prior, dataclasses.replace(config, seed=config.seed + i), lam, 1,
+                device, progress, first=False).image))
+            classical.start()
+        a1, a2 = chains
         d_err, a = split.held.mean_error(a1, a2, config.samples)
         stage(f"guard: two chains at {config.steps} steps")
     else:
@@ -423,8 +437,8 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
     # The classical baseline: each of the modality's methods self-tuned on all data (its own
     # hold-out, the same split), scored by its solution on the training part at the weight it
     # chose there; the best predictor of the held-out data is compared with and blended with.
-    runs = classical_runs(measurement, split, device, tol=tol, cmeas=scmeas)
-    stage("guard: classical methods")
+    runs = classical.result()
+    stage("guard: classical methods")  # on CUDA: what the sampling runs left of them
     chosen = min(runs, key=lambda r: r.error)  # ties: the first of GUARD_METHODS
     errors = {r.method: r.error for r in runs}
     del runs, scmeas  # the other method's result and the slab: not through the sampling

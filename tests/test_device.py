@@ -1,6 +1,8 @@
-"""``medrecon.device.resolve_device``: the one meaning of --device."""
+"""``medrecon.device``: the one meaning of --device, and work run beside the caller's."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import torch
@@ -38,3 +40,62 @@ def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path) -> None: 
         assert device.cpu_has_native_bf16() is expected
     monkeypatch.setattr(builtins, "open", lambda *a, **k: (_ for _ in ()).throw(OSError()))
     assert device.cpu_has_native_bf16() is False  # no /proc: not Linux
+
+
+def test_beside_runs_in_the_callers_thread_off_cuda() -> None:
+    """On the CPU, start() does nothing and result() runs fn here, once."""
+    import threading
+
+    from medrecon.device import Beside
+
+    seen: list[int] = []
+    job = Beside(lambda: seen.append(threading.get_ident()) or 7, torch.device("cpu"))
+    job.start()
+    assert seen == []  # not started: no thread on the CPU
+    assert job.result() == 7 and seen == [threading.get_ident()]
+    with pytest.raises(RuntimeError, match="twice"):
+        job.result()
+
+
+def test_beside_raises_the_workers_error_in_the_caller() -> None:
+    from medrecon.device import Beside
+
+    job: Beside[None] = Beside(lambda: (_ for _ in ()).throw(ValueError("bad input")),
+                               torch.device("cpu"))
+    with pytest.raises(ValueError, match="bad input"):
+        job.result()
+
+
+@pytest.mark.gpu
+def test_beside_on_cuda_sees_queued_inputs_and_hands_back_ready_tensors() -> None:
+    """The worker runs on its own stream in another thread; it waits for the caller's
+    queued work on its inputs, inherits no_grad, and its output is ready in the caller."""
+    import threading
+
+    from medrecon.device import Beside
+
+    dev = torch.device("cuda")
+    x = torch.zeros(2**24, device=dev)
+    for _ in range(20):  # queued on the caller's stream, unfinished when start() returns
+        x.add_(1.0)
+    w = torch.ones(3, device=dev, requires_grad=True)
+    where: list[Any] = []
+
+    def work() -> tuple[torch.Tensor, torch.Tensor]:
+        where.append((threading.get_ident(), torch.cuda.current_stream(dev)))
+        return x * 2.0, w * 2.0
+
+    with torch.no_grad():
+        job = Beside(work, dev)
+        job.start()
+    for _ in range(20):  # the caller's later work does not reach the worker's inputs
+        torch.cuda._sleep(1000)
+    doubled, grads = job.result()
+    assert where[0][0] != threading.get_ident()
+    assert where[0][1] != torch.cuda.default_stream(dev)
+    assert torch.equal(doubled, torch.full_like(x, 40.0))
+    assert not grads.requires_grad  # the caller's no_grad held in the worker
+    with pytest.raises(ValueError, match="late"):
+        fails: Beside[None] = Beside(lambda: (_ for _ in ()).throw(ValueError("late")), dev)
+        fails.start()
+        fails.result()
