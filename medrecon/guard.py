@@ -120,7 +120,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -556,18 +555,17 @@ def _classical_split(measurement: Measurement, cmeas: Measurement, split: Holdou
 def _sample(measurement: Measurement, prior: Prior, config: DiffusionConfig, lam: float,
             samples: int, device: torch.device, progress: bool,
             first: bool = True) -> PosteriorResult:
-    """One sampling run; after the ``first``, the prior's voxel-size notice is not repeated."""
+    """One sampling run; after the ``first``, the prior's voxel-size notice is not repeated
+    (by argument, not by a warnings filter: those are process-wide, and the classical methods
+    may run in another thread meanwhile)."""
     from medrecon.sampling import posterior_sample
 
-    with warnings.catch_warnings():
-        if not first:
-            warnings.filterwarnings("ignore", message="voxel size", category=UserWarning)
-        return posterior_sample(
-            measurement, prior, sampler=config.sampler, steps=config.steps, samples=samples,
-            seed=config.seed, device=device, tiling=config.tiling, precision=config.precision,
-            options=dataclasses.replace(config, lam=lam).sampler_options(measurement.modality),
-            memory_budget_gb=config.memory_budget_gb, noise_std=config.noise_std,
-            progress=progress)
+    return posterior_sample(
+        measurement, prior, sampler=config.sampler, steps=config.steps, samples=samples,
+        seed=config.seed, device=device, tiling=config.tiling, precision=config.precision,
+        options=dataclasses.replace(config, lam=lam).sampler_options(measurement.modality),
+        memory_budget_gb=config.memory_budget_gb, noise_std=config.noise_std,
+        progress=progress, voxel_size_warning=first)
 
 
 def _diffusion_output(res: PosteriorResult, config: DiffusionConfig, info: dict[str, Any],

@@ -474,7 +474,8 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
                      device: torch.device | str = "auto", options: SamplerOptions | None = None,
                      tiling: str = "fit", memory_budget_gb: float | None = None,
                      noise_std: float | None = None, keep_samples: bool = False,
-                     progress: bool = False, precision: str = "auto") -> PosteriorResult:
+                     progress: bool = False, precision: str = "auto",
+                     voxel_size_warning: bool = True) -> PosteriorResult:
     """Reconstruct an MR or CT measurement by posterior sampling with a learned prior.
 
     Args:
@@ -491,6 +492,8 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
         memory_budget_gb: bound on network activation memory (patch batch size).
         noise_std: override the measurement noise std (per real component, data units).
         precision: the network's precision, see :func:`prior_denoiser`.
+        voxel_size_warning: warn when the measurement's voxel size is far from the prior's
+            (False: a caller's later runs on the same data, which warned once already).
     Returns:
         :class:`PosteriorResult` with float32 numpy ``mean``/``std`` in reference units (MR:
         magnitude, CT: HU), on the reference grid; ``std`` is calibrated by the prior's
@@ -514,7 +517,7 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
     spacing = tuple(float(s) for s in
                     np.linalg.norm(np.asarray(measurement.reference.affine)[:3, :3], axis=0))
     # Said before sampling, not after minutes of it: the user may stop and resample.
-    warning = prior.voxel_size_warning(spacing)
+    warning = prior.voxel_size_warning(spacing) if voxel_size_warning else None
     if warning:
         warnings.warn(warning, UserWarning, stacklevel=2)
     # CT air that the data carve out (rays without attenuation): the prior, trained on volumes

@@ -153,10 +153,15 @@ def _sum_duplicates(keys: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
     return unique, sums
 
 
+# torch's one-time notice on its first CSR tensor, said to users who did not ask for one. A
+# filter for this message, not a catch_warnings block around the call: warnings filters are
+# process-wide, and a block's restore races with other threads' (medrecon.device.Beside).
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state",
+                        category=UserWarning)
+
+
 def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
-    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
+    return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
 
 
 def ray_matrix_2d(ray_fn: RayFn, n_rays: int, n_samples: int, step_mm: float,
