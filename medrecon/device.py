@@ -8,8 +8,9 @@ Every command and API entry point that accepts ``device="auto"`` resolves it her
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from medrecon.errors import InputError
@@ -77,8 +78,10 @@ class Beside(Generic[T]):
     The worker's stream first waits for everything queued on the caller's stream when
     :meth:`start` ran (its inputs), and the worker runs under the caller's grad mode (thread
     local in torch). :meth:`result` returns once the worker's stream is drained, so its
-    tensors are ready on any stream; an exception in ``fn`` is raised there. The thread is a
-    daemon: an interrupted caller does not wait for it at exit.
+    tensors are ready on any stream; an exception in ``fn`` is raised there, except running
+    out of GPU memory beside the caller's work: then ``fn`` runs again in the caller's thread,
+    as it would have without this class. The thread is a daemon: an interrupted caller does
+    not wait for it at exit (a caller that raises leaves it to finish on its own).
     """
 
     def __init__(self, fn: Callable[[], T], device: torch.device) -> None:
@@ -94,19 +97,13 @@ class Beside(Generic[T]):
         if self._thread is not None or self._fn is None or self._device.type != "cuda":
             return
         fn = self._fn
-        # the caller's current device where the device names none (thread local too)
-        index = torch.cuda.current_device() if self._device.index is None else self._device.index
-        inputs_ready = torch.cuda.current_stream(index).record_event()
+        on_side_stream = _side_stream(self._device)
         grad = torch.is_grad_enabled()
 
         def work() -> None:
             try:
-                torch.cuda.set_device(index)
-                stream = torch.cuda.Stream(index)
-                stream.wait_event(inputs_ready)
-                with torch.cuda.stream(stream), torch.set_grad_enabled(grad):
+                with on_side_stream(), torch.set_grad_enabled(grad):
                     self._out.append(fn())
-                stream.synchronize()
             except BaseException as exc:  # handed to result()
                 self._error.append(exc)
 
@@ -116,6 +113,8 @@ class Beside(Generic[T]):
     def result(self) -> T:
         """``fn()``'s value (once: ``fn`` and the value are not kept, so what they hold can
         be freed)."""
+        import torch
+
         fn, self._fn = self._fn, None
         if self._thread is None:
             if fn is None:
@@ -123,5 +122,35 @@ class Beside(Generic[T]):
             return fn()
         self._thread.join()
         if self._error:
-            raise self._error.pop()
+            error = self._error.pop()
+            if not isinstance(error, torch.cuda.OutOfMemoryError):
+                raise error
+            del error  # its traceback holds the worker's tensors
+            torch.cuda.empty_cache()  # the side stream's cached blocks, for the caller's stream
+            assert fn is not None
+            return fn()  # alone on the GPU now, as without Beside
         return self._out.pop()
+
+
+def _side_stream(device: torch.device) -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """For a worker thread: a context that makes a new stream of ``device`` current (and the
+    device), after everything queued now on the caller's stream, and drains it at the end.
+    (The CUDA streams' caching allocator keeps a freed block for the stream it was made on.)"""
+    import torch
+
+    # the caller's current device where the device names none (thread local too)
+    index = torch.cuda.current_device() if device.index is None else device.index
+    inputs_ready = torch.cuda.current_stream(index).record_event()
+
+    @contextlib.contextmanager
+    def enter() -> Iterator[None]:
+        torch.cuda.set_device(index)
+        stream = torch.cuda.Stream(index)
+        stream.wait_event(inputs_ready)
+        try:
+            with torch.cuda.stream(stream):
+                yield
+        finally:  # also after an error: nothing of the worker's left in flight
+            stream.synchronize()
+
+    return enter

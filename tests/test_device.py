@@ -66,6 +66,66 @@ def test_beside_raises_the_workers_error_in_the_caller() -> None:
         job.result()
 
 
+@pytest.fixture
+def no_stream(monkeypatch: pytest.MonkeyPatch) -> torch.device:
+    """A CUDA device for Beside whose side stream is a no-op: the thread logic on the CPU."""
+    import contextlib
+
+    from medrecon import device
+
+    monkeypatch.setattr(device, "_side_stream", lambda dev: contextlib.nullcontext)
+    return torch.device("cuda")
+
+
+def test_beside_runs_in_a_worker_under_the_callers_grad_mode(no_stream: torch.device) -> None:
+    import threading
+
+    from medrecon.device import Beside
+
+    seen: list[tuple[int, bool]] = []
+    job = Beside(lambda: seen.append((threading.get_ident(), torch.is_grad_enabled())) or 3,
+                 no_stream)
+    with torch.no_grad():
+        job.start()
+    assert job.result() == 3
+    assert seen[0][0] != threading.get_ident() and seen[0][1] is False
+    bad: Beside[None] = Beside(lambda: (_ for _ in ()).throw(ValueError("in the worker")),
+                               no_stream)
+    bad.start()
+    with pytest.raises(ValueError, match="in the worker"):
+        bad.result()
+
+
+def test_beside_runs_fn_again_alone_when_the_gpu_ran_out_of_memory_beside(
+        no_stream: torch.device) -> None:
+    """Out of GPU memory beside the caller's work: fn again in the caller's thread, as
+    without Beside; a second failure there is the caller's."""
+    import threading
+
+    from medrecon.device import Beside
+
+    calls: list[int] = []
+
+    def fn() -> int:
+        calls.append(threading.get_ident())
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return len(calls)
+
+    job = Beside(fn, no_stream)
+    job.start()
+    assert job.result() == 2
+    assert calls[0] != threading.get_ident() and calls[1] == threading.get_ident()
+
+    def always() -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    again: Beside[None] = Beside(always, no_stream)
+    again.start()
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        again.result()
+
+
 @pytest.mark.gpu
 def test_beside_on_cuda_sees_queued_inputs_and_hands_back_ready_tensors() -> None:
     """The worker runs on its own stream in another thread; it waits for the caller's
