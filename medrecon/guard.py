@@ -427,7 +427,7 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
         for i in (1, 2):
             chains.append(split.held.predict(_sample(
                 split.train, prior, dataclasses.replace(config, seed=config.seed + i), lam, 1,
-                device, progress, first=False).image))
+                device, progress, first=not tune and i == 1).image))
             classical.start()
         a1, a2 = chains
         d_err, a = split.held.mean_error(a1, a2, config.samples)

@@ -493,7 +493,8 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
         noise_std: override the measurement noise std (per real component, data units).
         precision: the network's precision, see :func:`prior_denoiser`.
         voxel_size_warning: warn when the measurement's voxel size is far from the prior's
-            (False: a caller's later runs on the same data, which warned once already).
+            (False: a caller's later runs on the same data, which warned once already; the
+            notice is ``info["warning"]`` either way).
     Returns:
         :class:`PosteriorResult` with float32 numpy ``mean``/``std`` in reference units (MR:
         magnitude, CT: HU), on the reference grid; ``std`` is calibrated by the prior's
@@ -517,8 +518,8 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
     spacing = tuple(float(s) for s in
                     np.linalg.norm(np.asarray(measurement.reference.affine)[:3, :3], axis=0))
     # Said before sampling, not after minutes of it: the user may stop and resample.
-    warning = prior.voxel_size_warning(spacing) if voxel_size_warning else None
-    if warning:
+    warning = prior.voxel_size_warning(spacing)
+    if warning and voxel_size_warning:
         warnings.warn(warning, UserWarning, stacklevel=2)
     # CT air that the data carve out (rays without attenuation): the prior, trained on volumes
     # the head fills, has never seen a patch of pure air and would fill it with tissue-like

@@ -311,6 +311,13 @@ def test_voxel_size_notice_comes_before_sampling(study: Path, tmp_path: Path,
     voxel = [w for w in caught if "voxel size" in str(w.message)]
     assert seen == [1] and len(voxel) == 1
     assert "lies outside the" in res.info["warning"] and "prior 'tiny'" in res.info["warning"]
+    # A caller's later run (the guard's): no second warning, the notice still in its info.
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        quiet = api.posterior_sample(read_measurement(study / "m.h5"), prior, steps=1,
+                                     device="cpu", voxel_size_warning=False)
+    assert not [w for w in again if "voxel size" in str(w.message)]
+    assert quiet.info["warning"] == res.info["warning"]
 
 
 def test_progress_bar_is_quiet_when_stderr_is_not_a_terminal(study: Path, tmp_path: Path) -> None:

@@ -168,14 +168,18 @@ def test_reconstruct_option_errors(study: Path, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("samples", ["1", "2"])
 def test_diffusion_warns_when_the_voxel_size_differs_from_the_prior(study: Path,
-                                                                   tmp_path: Path) -> None:
+                                                                   tmp_path: Path,
+                                                                   samples: str) -> None:
     prior = export_tiny_prior(tmp_path / "prior", spacing_mm=4.0)  # the study is at 2 mm
     r = runner.invoke(app, ["reconstruct", str(study / "m.h5"), str(tmp_path / "r.nii.gz"),
                             "--method", "diffusion", "--prior", str(prior), "--steps", "1",
-                            "--no-progress", "--device", "cpu", "--lam", "0.1"])
+                            "--no-progress", "--device", "cpu", "--lam", "0.1",
+                            "--samples", samples])
     assert r.exit_code == 0, r.output
-    # Once, although the guard samples twice (the training part, then all the data).
+    # Once, although the guard samples two or three times (the training part: one chain, or
+    # two with K > 1; then all the data).
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Warning: voxel size"), r.stderr
     assert "2 x 2 x 2 mm lies outside the 2.67-6 mm per axis that prior 'tiny'" in lines[0]
