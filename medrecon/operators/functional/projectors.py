@@ -153,11 +153,19 @@ def _sum_duplicates(keys: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
     return unique, sums
 
 
-# torch's one-time notice on its first CSR tensor, said to users who did not ask for one. A
-# filter for this message, not a catch_warnings block around the call: warnings filters are
-# process-wide, and a block's restore races with other threads' (medrecon.device.Beside).
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state",
-                        category=UserWarning)
+def _spend_csr_notice() -> None:
+    """torch says "Sparse CSR tensor support is in beta state" once per process, at its first
+    CSR tensor, to users who did not ask for one: spent here at import, on a 1 x 1 tensor, so
+    that no warnings filter is needed around later calls (filters are process-wide: a
+    catch_warnings block's restore races with other threads', medrecon.device.Beside, and a
+    filter of our own would not hold against a caller's ``simplefilter("always")``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        torch.sparse_csr_tensor(torch.tensor([0, 1]), torch.tensor([0]), torch.tensor([1.0]),
+                                size=(1, 1), check_invariants=False)
+
+
+_spend_csr_notice()
 
 
 def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
