@@ -57,7 +57,7 @@ def test_beside_runs_in_the_callers_thread_off_cuda() -> None:
         job.result()
 
 
-def test_beside_raises_the_workers_error_in_the_caller() -> None:
+def test_beside_raises_fns_error_from_result() -> None:
     from medrecon.device import Beside
 
     job: Beside[None] = Beside(lambda: (_ for _ in ()).throw(ValueError("bad input")),
