@@ -82,11 +82,15 @@ class Beside(Generic[T]):
     out of GPU memory beside the caller's work: then ``fn`` runs again in the caller's thread,
     as it would have without this class. The thread is a daemon: an interrupted caller does
     not wait for it at exit (a caller that raises leaves it to finish on its own).
+    ``need_bytes``: the GPU memory ``fn`` is estimated to need; where less is free when
+    :meth:`start` runs, it does not start (the caller's own work keeps its room), and ``fn``
+    runs in the caller's thread from :meth:`result`.
     """
 
-    def __init__(self, fn: Callable[[], T], device: torch.device) -> None:
+    def __init__(self, fn: Callable[[], T], device: torch.device, need_bytes: int = 0) -> None:
         self._fn: Callable[[], T] | None = fn
         self._device = device
+        self._need = need_bytes
         self._thread: threading.Thread | None = None
         self._out: list[T] = []
         self._error: list[BaseException] = []
@@ -97,6 +101,8 @@ class Beside(Generic[T]):
         if self._thread is not None or self._fn is None or self._device.type != "cuda":
             return
         fn = self._fn
+        if self._need and torch.cuda.mem_get_info(self._device)[0] < self._need:
+            return
         on_side_stream = _side_stream(self._device)
         grad = torch.is_grad_enabled()
 

@@ -329,7 +329,7 @@ def guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior: 
 
 def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior: Prior,
                        device: torch.device, tol: float, progress: bool) -> ReconOutput:
-    from medrecon.sampling.api import check_sample_memory
+    from medrecon.sampling.api import chain_memory_bytes, check_sample_memory
 
     t0 = time.perf_counter()
     check_sample_memory(measurement, config.samples, device)  # before the tuning's runs
@@ -377,8 +377,11 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
     # The classical baseline needs only the split. On CUDA it runs beside the sampling runs
     # (second stream, worker thread), from the end of the first one on: that run sizes the
     # network's batches from the free memory and captures its graphs with the GPU to itself.
+    # Where the GPU has not room for twice a chain's estimate on the classical data (two map
+    # sets, two methods' buffers) beside the sampling, they run after it, as on the CPU.
     classical = Beside(functools.partial(classical_runs, measurement, split, device, tol=tol,
-                                         cmeas=scmeas), device) if config.guard else None
+                                         cmeas=scmeas), device,
+                       need_bytes=2 * chain_memory_bytes(scmeas)) if config.guard else None
 
     def heldout_error(lam: float, cfg: DiffusionConfig = config) -> float:
         x = _sample(split.train, prior, cfg, lam, 1, device, progress, not best).image

@@ -126,6 +126,22 @@ def test_beside_runs_fn_again_alone_when_the_gpu_ran_out_of_memory_beside(
         again.result()
 
 
+def test_beside_waits_for_the_caller_where_the_gpu_has_no_room_beside(
+        no_stream: torch.device, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Less free GPU memory than fn's estimate: no worker; fn runs in the caller's thread."""
+    import threading
+
+    from medrecon.device import Beside
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**30, 2**34))
+    for need, in_worker in ((2**31, False), (2**29, True)):
+        seen: list[int] = []
+        job = Beside(lambda s=seen: s.append(threading.get_ident()), no_stream, need_bytes=need)
+        job.start()
+        job.result()
+        assert (seen[0] != threading.get_ident()) is in_worker, need
+
+
 @pytest.mark.gpu
 def test_beside_on_cuda_sees_queued_inputs_and_hands_back_ready_tensors() -> None:
     """The worker runs on its own stream in another thread; it waits for the caller's
