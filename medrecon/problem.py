@@ -160,8 +160,9 @@ class Problem:
             what a regulariser or a prior would invent (see :func:`operator_support`).
         empty: CT: boolean ``(I, J, K)`` mask of the voxels a measured ray with (within noise)
             no attenuation crosses (:func:`~medrecon.operators.empty_space.empty_voxels`):
-            air, where a prior need not guess; None for MR or when there are none. The
-            classical methods do not use it.
+            air, where a prior need not guess; None for MR, when there are none, or when
+            not asked for (``measurement_problem(empty_space=True)``: the diffusion sampler;
+            the classical methods do not use it).
     """
 
     modality: str
@@ -231,7 +232,8 @@ def measurement_problem(measurement: Measurement, device: torch.device | str = "
                         model: ModelRange | None = None, noise_std: float | None = None,
                         maps_method: str = "espirit", coil_batch: int | None = None,
                         coil_energy: float | None = None,
-                        dtype: torch.dtype = torch.float32, map_sets: int = 1) -> Problem:
+                        dtype: torch.dtype = torch.float32, map_sets: int = 1,
+                        empty_space: bool = False) -> Problem:
     """The physics :class:`Problem` of an MR or CT measurement, on ``device``.
 
     Args:
@@ -249,6 +251,8 @@ def measurement_problem(measurement: Measurement, device: torch.device | str = "
         map_sets: MR with estimated ESPIRiT maps or map sets in the file: up to this many map
             sets (soft SENSE); with more than one the operator's image is ``(M, I, J, K)``,
             one image per set (1: plain ``(C, I, J, K)`` maps, the first set of the file's).
+        empty_space: CT: carve the air out (``Problem.empty``), for the diffusion sampler,
+            its only user (one backprojection and a dilation of the volume; off: None).
 
     Raises:
         MeasurementError: the operator description does not fit the data.
@@ -259,7 +263,7 @@ def measurement_problem(measurement: Measurement, device: torch.device | str = "
         return _mr_problem(measurement, device, model, noise_std, maps_method, coil_batch,
                            map_sets, coil_energy)
     if measurement.modality == "CT":
-        return _ct_problem(measurement, device, model, noise_std, dtype)
+        return _ct_problem(measurement, device, model, noise_std, dtype, empty_space)
     raise InputError(f"Reconstruction supports MR and CT measurements, not "
                      f"{measurement.modality}.")
 
@@ -532,7 +536,8 @@ def _shared_projector(geometry: Any, shape: tuple[int, ...], spacing: tuple[floa
 
 
 def _ct_problem(m: Measurement, device: torch.device, model: ModelRange | None,
-                noise_std: float | None, dtype: torch.dtype) -> Problem:
+                noise_std: float | None, dtype: torch.dtype,
+                empty_space: bool = False) -> Problem:
     from medrecon.operators.ct_geometry import CTGeometry
 
     op_desc = dict(m.operator or {})
@@ -571,9 +576,11 @@ def _ct_problem(m: Measurement, device: torch.device, model: ModelRange | None,
     y = torch.as_tensor(data, dtype=dtype, device=device)
     if noise_std is None:
         noise_std = ct_noise_std(m, y)
-    air_noise = ct_noise_std(m, torch.zeros(1))  # the noise of a ray through air (p = 0)
-    empty = empty_voxels(op, y, empty_threshold(mu_water, air_noise, spacing),
-                         valid=None if weights is None else weights > 0)
+    empty = None
+    if empty_space:
+        air_noise = ct_noise_std(m, torch.zeros(1))  # the noise of a ray through air (p = 0)
+        empty = empty_voxels(op, y, empty_threshold(mu_water, air_noise, spacing),
+                             valid=None if weights is None else weights > 0)
     if weights is not None:
         op, y = _Weighted(op, weights), weights * y
     if model is not None:

@@ -514,7 +514,8 @@ def posterior_sample(measurement: Measurement, prior: Prior, *, sampler: str = "
     prior = prior_on_device(prior, dev)
     opt = options or SamplerOptions.defaults(measurement.modality, sampler)
     physics = measurement_problem(measurement, dev, model=prior.normalisation,
-                                  noise_std=noise_std, coil_energy=opt.coil_energy)
+                                  noise_std=noise_std, coil_energy=opt.coil_energy,
+                                  empty_space=True)
     problem = LinearProblem.from_problem(physics)
     units = physics.units
     pinfo: dict[str, Any] = {**physics.info, "scale": units.scale, "offset": units.offset}

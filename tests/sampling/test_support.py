@@ -129,7 +129,8 @@ def test_ct_problem_carves_the_air_around_the_object(air_hu: float, dose: float 
     from scipy.ndimage import binary_dilation
 
     m, disc = _disc_ct(air_hu=air_hu, dose=dose)
-    empty = measurement_problem(m, "cpu").empty
+    assert measurement_problem(m, "cpu").empty is None  # asked for by the sampler alone
+    empty = measurement_problem(m, "cpu", empty_space=True).empty
     assert empty is not None
     e = empty.numpy()
     # Never the object or the voxels next to it (the 2-voxel band less the projector's
@@ -139,7 +140,7 @@ def test_ct_problem_carves_the_air_around_the_object(air_hu: float, dose: float 
     assert e[far].all()
     # An object that fills the grid leaves no ray without attenuation: nothing is carved.
     full, _ = _disc_ct(shape=(12, 12, 2), radius=20.0)
-    assert measurement_problem(full, "cpu").empty is None
+    assert measurement_problem(full, "cpu", empty_space=True).empty is None
 
 
 def test_empty_threshold_is_a_few_mm_of_water_and_at_most_two_voxels() -> None:
@@ -189,7 +190,7 @@ def test_posterior_sample_keeps_carved_air_empty(tiny_prior, monkeypatch) -> Non
 
     monkeypatch.setattr(dn, "_patch_function", tissue_fn)
     m, disc = _disc_ct(dose=1e5)
-    empty = measurement_problem(m, "cpu").empty.numpy()
+    empty = measurement_problem(m, "cpu", empty_space=True).empty.numpy()
     res = posterior_sample(m, tiny_prior, steps=4, samples=1, seed=0, device="cpu",
                            precision="fp32")
     assert res.info["empty_fraction"] == pytest.approx(empty.mean(), abs=1e-4)
