@@ -397,10 +397,10 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
         tcfg = dataclasses.replace(config, steps=config.tune_steps) if short else config
         lam, grid, errors = tune_weight(lambda v: heldout_error(v, tcfg), centre,
                                         DIFFUSION_FACTORS, refine=False)
-        notes = ([f"ranked on {tcfg.steps}-step runs"] if short else []) + (
-            [f"weight chosen on {slab.text}"] if slab is not None else [])
         report = TuneReport("lam", lam, tuple(grid), tuple(errors), 1.0, held_text,
-                            "; ".join(notes))
+                            f"ranked on {tcfg.steps}-step runs" if short else "")
+        if slab is not None:
+            report = report.noted(f"weight chosen on {slab.text}")
         info.update(lam=lam, autotune=report.as_dict(), autotune_line=report.line())
         stage(f"weight ({len(grid)} runs, {tcfg.steps} steps)")
         if two:  # the two chains below replace the tuning's best sample: not kept on

@@ -82,6 +82,7 @@ move the choice. fastMRI files carry no noise level and keep the held-out choice
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -161,6 +162,10 @@ class TuneReport:
     def short(self) -> str:
         """A few characters for a series description."""
         return f"auto {self.parameter} {self.chosen:.3g}"
+
+    def noted(self, text: str) -> TuneReport:
+        """This report with ``text`` added to its note (after "; " where it has one)."""
+        return dataclasses.replace(self, note=f"{self.note}; {text}" if self.note else text)
 
     def as_dict(self) -> dict[str, Any]:
         return {"parameter": self.parameter, "chosen": float(self.chosen),

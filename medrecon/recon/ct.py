@@ -28,7 +28,6 @@ the whole volume.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -337,8 +336,7 @@ def tv_method(measurement: Measurement, options: ReconOptions,
             cap=settings.discrepancy_cap, use_sure=settings.sure, keep=kept)
         del tm, tp
         if slab is not None:
-            note = "; ".join(t for t in (report.note, f"weight chosen on {slab.text}") if t)
-            report = dataclasses.replace(report, note=note)
+            report = report.noted(f"weight chosen on {slab.text}")
     else:
         lam = float(options.lam)
     training = None if kept is None else kept.pop(lam, None)

@@ -462,8 +462,8 @@ def _tuned_solve(m: Measurement, problem: Problem, info: dict[str, Any],
                           use_sure=settings.sure, keep=kept)
     del tm, tp
     if slab is not None and report is not None:
-        info["tune_slab"] = slab.as_dict()  # _weight's note is never empty
-        report = dataclasses.replace(report, note=f"{report.note}; weight chosen on {slab.text}")
+        info["tune_slab"] = slab.as_dict()
+        report = report.noted(f"weight chosen on {slab.text}")
     training = None if kept is None else kept.pop(lam, None)
     del kept
     res, extra = solve(problem, lam, options.progress)
