@@ -31,15 +31,6 @@ for v in ${AFTER_VARIANTS:-}; do  # CASE:NAME=ARGS, ARGS with ',' for spaces
     >> "$LOGS/e2e.log" 2>&1
   echo "$v at $(elapsed) s"
 done
-python3 - "$OUT" <<'PY'
-import json, sys, pathlib
-keep = ("variant", "case", "wall_seconds", "reconstruct_seconds", "psnr", "ssim", "guard_line",
-        "stage_seconds")
-for name in ("e2e_before.jsonl", "e2e.jsonl"):
-    p = pathlib.Path(sys.argv[1]) / name
-    print("##", name)
-    for line in (p.read_text().splitlines() if p.exists() else []):
-        r = json.loads(line)
-        print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k in keep})
-PY
+summary "variant case wall_seconds reconstruct_seconds psnr ssim guard_line stage_seconds" \
+  e2e_before.jsonl e2e.jsonl
 pack

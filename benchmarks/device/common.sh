@@ -11,3 +11,17 @@ LOGS=/tmp/logs; mkdir -p $LOGS
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$LOGS/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__)" >> "$LOGS/gpu.txt"
 pack() { tar -czf "$OUT/logs.tar.gz" -C "$LOGS" . ; }
+# summary "KEY ..." FILE...: each JSON line of the files under $OUT, the named keys only
+# (floats to 3 places), under a "## FILE" heading.
+summary() {
+  python3 - "$OUT" "$@" <<'PY'
+import json, sys, pathlib
+out, keep = pathlib.Path(sys.argv[1]), sys.argv[2].split()
+for name in sys.argv[3:]:
+    p = out / name
+    print("##", name)
+    for line in (p.read_text().splitlines() if p.exists() else []):
+        r = json.loads(line)
+        print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k in keep})
+PY
+}

@@ -27,17 +27,7 @@ echo "no graphs done at $(elapsed) s"
 timeout $(( $(left) - 5 )) $E2E --cases mr128 --variants "defaults=${E2E_ARGS:-}" \
     >> "$LOGS/e2e.log" 2>&1
 echo "e2e defaults done at $(elapsed) s"
-python3 - "$OUT" <<'PY'
-import json, sys, pathlib
-keep = ("variant", "tiling", "precision", "cuda_graphs", "case", "seconds", "network_only_seconds",
-        "tiling_seconds", "consistency_seconds", "patches", "network_calls", "peak_gib",
-        "simulate_seconds", "residual", "error", "wall_seconds", "reconstruct_seconds",
-        "guard_line")
-for name in ("speed_before.jsonl", "speed_after.jsonl", "e2e.jsonl"):
-    p = pathlib.Path(sys.argv[1]) / name
-    print("##", name)
-    for line in (p.read_text().splitlines() if p.exists() else []):
-        r = json.loads(line)
-        print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k in keep})
-PY
+summary "variant tiling precision cuda_graphs case seconds network_only_seconds tiling_seconds
+  consistency_seconds patches network_calls peak_gib simulate_seconds residual error
+  wall_seconds reconstruct_seconds guard_line" speed_before.jsonl speed_after.jsonl e2e.jsonl
 pack
