@@ -215,14 +215,18 @@ def _guarded_row(meas: Any, prior: Any, args: argparse.Namespace, truth: np.ndar
     if std is None:
         return row
     cal = out.info.get("std_calibration") or {}
-    row.update(alpha=cal.get("alpha"), std_factor=out.info.get("std_factor"),
+    row.update(alpha=cal.get("alpha"), scale=cal.get("scale"),
+               prior_alpha=cal.get("prior_alpha"), std_factor=out.info.get("std_factor"),
                line=out.info.get("std_calibration_line"),
-               coverage_2std=round(calibration(out.image, std, truth, 2.0, region), 4))
+               coverage_2std=round(calibration(out.image, std, truth, 2.0, region), 4),
+               coverage_1std=round(calibration(out.image, std, truth, 1.0, region), 4))
     before, factor = cal.get("prior_factor"), out.info.get("std_factor")
-    if before and factor:  # the prior's factor (times the blend weight) instead
-        w = float(guard.get("weight", 1.0))
+    if cal.get("scale"):  # the same map without this measurement's factor
         row["prior_coverage_2std"] = round(calibration(
-            out.image, std * (w * before / factor), truth, 2.0, region), 4)
+            out.image, std / float(cal["scale"]), truth, 2.0, region), 4)
+    elif before and factor:  # the prior's factor instead of the held-out alpha
+        row["prior_coverage_2std"] = round(calibration(
+            out.image, std * (before / factor), truth, 2.0, region), 4)
     return row
 
 

@@ -33,9 +33,8 @@ predicts the held-out data) and :func:`blend_weight` live in :mod:`medrecon.hold
    well, the result is diffusion. Otherwise the blend ``w x_diffusion + (1 - w) x_classical``
    whose held-out residual is smallest is taken (``w`` in [0, 1] in closed form,
    :func:`blend_weight`), provided it predicts the held-out data at least :data:`MIN_GAIN`
-   (1 %) better than the classical result alone; else the classical result alone (``w = 0``),
-   and no final sampling run is made (a sampling run for a smaller gain is not worth its cost,
-   and its std map would describe a result made almost wholly of the classical one).
+   (1 %) better than the classical result alone; else the classical result alone (``w = 0``);
+   then the final sampling run is made only where K >= 2 asks for a std map.
 
 MR without coil maps in the file (fastMRI): the ESPIRiT maps are estimated once, from all the
 data, before anything else, with the classical methods' two map sets; diffusion (the tuning's
@@ -49,9 +48,8 @@ seed).
 
 The final result always uses all the data: diffusion with the chosen weight and the run's K
 samples, the classical method with its own self-tuned weight, blended with ``w`` (MR: the
-magnitudes, CT: HU, which is affine in mu). When the classical result is chosen outright there
-is no std map (a map of the rejected diffusion posterior would describe an image that is not
-the output). ``info["guard"]`` and ``info["guard_line"]`` record the errors, the choice and ``w``.
+magnitudes, CT: HU, which is affine in mu). ``info["guard"]`` and ``info["guard_line"]``
+record the errors, the choice and ``w``.
 
 **Long volumes: choose on a slab** (``tune_slab``, default 64 rows on MR volumes over 96
 rows along the readout, 3D, or the slices, 2D multi-slice, and on parallel- and fan-beam CT
@@ -86,16 +84,29 @@ difference gives the spread, their blended mean's residual less the noise the er
 ``alpha`` comes from the measurement itself (:meth:`HeldOut.std_alpha`) instead of from the
 synthetic heads of the prior's JSON, which a real scan need not resemble: on the real DWI volume
 (6 x 10 x 10 voxels of 2.5 mm, R = 4) the heads' alpha covered 60 % of the errors at 2 std; the
-held-out alpha was 13.3 against 11.6 measured in the image (CPU, 50 steps). The map is the
-blended samples' spread ``w * std`` with that factor; where the held-out data cannot tell
-``alpha`` (noise level unknown, an error within the noise, no spread) the prior's factor stays,
-and the line printed beside the std output says which.
+held-out alpha was 13.3 against 11.6 measured in the image (CPU, 50 steps). Where the held-out
+data cannot tell ``alpha`` (noise level unknown, an error within the noise, no spread) the
+prior's factor stays, and the line printed beside the std output says which.
+
+A blend or the classical result (``w`` < 1; :func:`~medrecon.holdout.offset_std`) is not a
+posterior mean, so its map is the posterior expected error of the output: the posterior's
+spread (the prior's alpha at the chosen weight) and the output's distance ``(1 - w) (x_classical
+- mean)`` from the posterior mean (:func:`~medrecon.priors.calibration.output_std`), times one
+factor from the held-out data (:meth:`HeldOut.std_scale`: the same model on the two chains of
+the training part must predict the held-out error energy). The distance carries the map here:
+where the guard rejects diffusion, the posterior's spread does not follow the classical
+result's error (on the real DWI volume the correlation of either term with the error was
+0.11-0.16), and the former map, ``w`` times the spread, covered 67 % of the errors at
+``w`` = 0.07. H100, 50 steps, K = 4 (benchmarks/RESULTS_std_calibration.md): 89.6-95.5 % on
+the eight real rows where the guard falls back (MR brain and abdomen, three CT slices), 94.2 %
+on the DWI blend at R = 8, 67.8 % at R = 4 (3 held-out k-space lines); without the held-out
+factor 94-100 %.
 
 Cost: at most 4 sampling runs of one chain on the training part (at ``tune_steps``), two
 chains at the run's steps (one with K = 1), each classical method's self-tuning (7-9 training
 solves, twice that with SURE, one on all the data; its training-part solve at the chosen
 weight is scored, not made again, except CT TV's at a parabola vertex between the tried
-weights), on top of the final run (skipped when the classical result is chosen); on a slab
+weights), on top of the final run (skipped when the classical result is chosen and K = 1); on a slab
 all but the final run are the slab's size, plus the chosen classical method's all-data solve
 where it is used. Measured on
 a loaded CPU, 6 steps, tiny volumes, with one classical method: 4.6x (CT) and 10x (MR) the
@@ -131,7 +142,14 @@ import numpy as np
 import torch
 
 from medrecon.device import Beside
-from medrecon.holdout import HoldoutSplit, blend_weight, heldout_std, holdout_split
+from medrecon.holdout import (
+    HoldoutSplit,
+    blend_weight,
+    heldout_std,
+    holdout_split,
+    offset_std,
+    prior_alpha,
+)
 from medrecon.problem import (
     ct_noise_std,
     estimate_maps,
@@ -223,11 +241,10 @@ class GuardReport:
             return f"guard kept diffusion: {errors} ({self.holdout})"
         if self.choice == "classical":
             return (f"guard fell back to {self.method} (lam {self.classical_lam:.3g}): diffusion "
-                    f"predicts held-out data worse, {errors} ({self.holdout}); no std map")
+                    f"predicts held-out data worse, {errors} ({self.holdout})")
         return (f"guard blended {self.weight:.2f} diffusion + {1 - self.weight:.2f} "
                 f"{self.method} (lam {self.classical_lam:.3g}): diffusion predicts held-out data "
-                f"worse, {errors}, blend {self.blend_error:.4g} ({self.holdout}); std map "
-                f"x{self.weight:.2f}")
+                f"worse, {errors}, blend {self.blend_error:.4g} ({self.holdout})")
 
     def short(self) -> str:
         """A few characters for a series description."""
@@ -466,20 +483,26 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
     del cmeas
     info.update(guard=guard.as_dict(), guard_line=guard.line(), classical_lam=c_lam,
                 classical_iterations=full.iterations, stage_seconds=stages)
-    if choice == "classical":  # no final sampling run: its result would not be used
+    if choice == "classical" and not two:  # no final sampling run: nothing would use it
         info.update(seconds=time.perf_counter() - t0, device=str(device))
         return ReconOutput(image=full.image, residual=full.residual,
                            iterations=config.steps, info=info, solution=full.solution)
     res = _sample(dmeas, prior, config, lam, config.samples, device, progress,
                   first=False)
-    stage("final run")
+    stage("final run" if choice != "classical" else "final run (std map)")
     out = _diffusion_output(res, config, {**info, **maps_info}, t0, device)
     # the whole volume's problem (support, residual): the split's unless it is the slab's
     whole = split.problem if slab is None or not (two or choice == "blend") else (
         measurement_problem(dmeas, device))
-    if two and "std_image" in out.info:
-        heldout_std(out, whole.support, w,
-                    split.held.std_alpha(a1, a2, w, b if w < 1.0 else None), config.samples)
+    if two and "std_image" in out.info and w == 1.0:
+        heldout_std(out, whole.support, split.held.std_alpha(a1, a2), config.samples)
+    elif two and "std_image" in out.info:  # the output's distance from the posterior mean
+        scale = split.held.std_scale(a1, a2, w, b, prior_alpha(out.info))
+        offset_std(out, whole.support, w, full.image - out.image, scale, config.samples)
+    if choice == "classical":  # the classical result, with the std map of the posterior
+        out.image, out.residual, out.solution = full.image, full.residual, full.solution
+        out.info["seconds"] = time.perf_counter() - t0
+        return out
     if choice == "blend":
         out.image = (w * out.image + (1 - w) * full.image).astype(np.float32)
         # the blended image's residual under the diffusion's operator (one map set)
@@ -579,7 +602,8 @@ def _diffusion_output(res: PosteriorResult, config: DiffusionConfig, info: dict[
     """The ReconOutput of one final sampling run, ``info`` (tuning, guard) merged in."""
     out: dict[str, Any] = {
         k: v for k, v in res.info.items()
-        if isinstance(v, int | float | str | bool | list) or v is None}
+        if isinstance(v, int | float | str | bool | list) or v is None
+        or k == "std_calibration"}
     out.update(info)
     out.update(nfe=res.nfe, seconds=time.perf_counter() - t0,
                sampling_seconds=res.timings["total"], network_seconds=res.timings["network"],

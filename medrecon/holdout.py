@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from medrecon.io.measurement import Measurement
     from medrecon.recon.base import ReconOutput
 
-__all__ = ["HeldOut", "HoldoutSplit", "blend_weight", "heldout_std", "holdout_split"]
+__all__ = ["HeldOut", "HoldoutSplit", "blend_weight", "heldout_std", "holdout_split", "offset_std",
+           "prior_alpha"]
 
 
 class HeldOut:
@@ -89,22 +90,50 @@ class HeldOut:
         e2 = self.prediction_error(mean) ** 2 - v / 2 + v / max(int(samples), 1)
         return max(e2, 0.0) ** 0.5, mean
 
-    def std_alpha(self, p1: torch.Tensor, p2: torch.Tensor, weight: float = 1.0,
-                  b: torch.Tensor | None = None) -> float | None:
+    def std_alpha(self, p1: torch.Tensor, p2: torch.Tensor) -> float | None:
         """The std map's ``alpha`` (:func:`medrecon.priors.calibration.heldout_alpha`) for the
-        output ``weight * mean + (1 - weight) * x_b`` from two chains' predictions ``p1``,
-        ``p2`` and the prediction ``b`` of the classical image ``x_b`` (with ``weight`` < 1);
-        None where the noise level is unknown or the held-out data cannot tell alpha."""
+        mean of the chains, from two chains' predictions ``p1``, ``p2``; None where the noise
+        level is unknown or the held-out data cannot tell alpha."""
         from medrecon.priors.calibration import heldout_alpha
 
         if self.noise_var is None:
             return None
-        q = 0.5 * weight * (p1 + p2) + ((1.0 - weight) * b if b is not None else 0.0)
         return heldout_alpha(
-            float(torch.linalg.vector_norm(q - self.y)) ** 2,
+            float(torch.linalg.vector_norm(0.5 * (p1 + p2) - self.y)) ** 2,
             0.5 * float(torch.linalg.vector_norm(p1 - p2)) ** 2,
-            self.noise_var * self.noise_count,
-            self.noise_var * (2.0 * self.noise_count) ** 0.5, weight)
+            self.noise_var * self.noise_count, self._noise_sd())
+
+    def std_scale(self, p1: torch.Tensor, p2: torch.Tensor, weight: float, b: torch.Tensor,
+                  alpha: float) -> float | None:
+        """The factor of :func:`~medrecon.priors.calibration.output_std` for the output
+        ``weight * mean + (1 - weight) * x_b`` (``weight`` < 1: a blend, 0: ``x_b`` alone)
+        from two chains' predictions ``p1``, ``p2``, the prediction ``b`` of ``x_b`` and the
+        chains' scale ``alpha``; None where the noise level is unknown or the held-out data
+        cannot tell it (:func:`~medrecon.priors.calibration.heldout_scale`).
+
+        The map's model on the two chains of the training part: the output
+        ``q = w (p1 + p2) / 2 + (1 - w) b`` misses the truth by the posterior's spread
+        (``alpha^2 v``, ``v = ||p1 - p2||^2 / 2`` one chain's scatter), the two chains' own
+        scatter through ``w`` (``w^2 v / 2``) and its distance from the posterior mean,
+        ``(1 - w)^2 (||b - mean_2||^2 - v / 2)`` (the two-chain mean scatters by ``v / 2``
+        around the posterior mean)."""
+        from medrecon.priors.calibration import heldout_scale
+
+        if self.noise_var is None:
+            return None
+        mean = 0.5 * (p1 + p2)
+        v = 0.5 * float(torch.linalg.vector_norm(p1 - p2)) ** 2
+        offset = float(torch.linalg.vector_norm(b - mean)) ** 2
+        model = (alpha**2 + 0.5 * weight**2) * v + (1.0 - weight) ** 2 * max(offset - v / 2,
+                                                                               0.0)
+        q = weight * mean + (1.0 - weight) * b
+        return heldout_scale(float(torch.linalg.vector_norm(q - self.y)) ** 2, model,
+                             self.noise_var * self.noise_count, self._noise_sd())
+
+    def _noise_sd(self) -> float:
+        """The standard deviation of the held-out noise energy, ``sigma^2 sqrt(2 n)``."""
+        assert self.noise_var is not None
+        return self.noise_var * (2.0 * self.noise_count) ** 0.5
 
 
 @dataclass(frozen=True)
@@ -187,41 +216,93 @@ def blend_weight(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> float:
     return float(min(1.0, max(0.0, num / den)))
 
 
-def heldout_std(out: ReconOutput, support: torch.Tensor | None, weight: float,
-                alpha: float | None, samples: int) -> None:
-    """The std map of ``out`` (``info["std_image"]``, the diffusion run's, calibrated by the
-    prior's synthetic-head entry or raw) for the output ``weight * diffusion + (1 - weight) *
-    classical``: the blended samples' spread ``weight * raw`` scaled by
+def heldout_std(out: ReconOutput, support: torch.Tensor | None, alpha: float | None,
+                samples: int) -> None:
+    """The std map of a diffusion output ``out`` (``info["std_image"]``, calibrated by the
+    prior's synthetic-head entry or raw) scaled by
     :func:`~medrecon.priors.calibration.std_factor` of ``alpha``, this measurement's own
-    calibration from its held-out data (:meth:`HeldOut.std_alpha`); without one, the
-    prior's factor times ``weight``. Voxels outside the operator's support keep their
-    value (the prior's unconstrained spread, :mod:`medrecon.sampling.api`); ``support``: the
-    whole output's (I, J, K) operator support, None for every voxel. ``alpha`` is a ratio
-    (the error over the chains' spread), so one measured on a slab of the volume
-    (:mod:`medrecon.slab`: the rows holding the most signal) is applied to the whole. In
-    place."""
+    calibration from its held-out data (:meth:`HeldOut.std_alpha`); None: kept as it is.
+    Voxels outside the operator's support keep their value (the prior's unconstrained
+    spread, :mod:`medrecon.sampling.api`); ``support``: the whole output's (I, J, K)
+    operator support, None for every voxel. ``alpha`` is a ratio (the error over the chains'
+    spread), so one measured on a slab of the volume (:mod:`medrecon.slab`: the rows holding
+    the most signal) is applied to the whole. In place."""
     from medrecon.priors.calibration import COVERAGE_K, std_factor, target_coverage
 
-    info = out.info
-    std = np.asarray(info["std_image"], dtype=np.float32)
-    before = info.get("std_factor")
-    inside = np.ones(std.shape, dtype=bool) if support is None else support.cpu().numpy()
     if alpha is None:
-        factor = weight * (before or 1.0)
+        return
+    info = out.info
+    before = info.get("std_factor")
+    factor = std_factor(alpha, samples)
+    info["std_calibration_line"] = (
+        f"std map calibrated on this measurement's held-out data (alpha {alpha:.3g} from "
+        f"2 chains on the training part; x{factor:.3g} for K = {samples}): "
+        f"{COVERAGE_K:g} std aim at {100 * target_coverage():.0f} % of errors")
+    info["std_calibration"] = {
+        **(info.get("std_calibration") or {}), "calibrated": True, "basis": "held-out data",
+        "alpha": alpha, "factor": factor, "line": info["std_calibration_line"],
+        "prior_factor": before}
+    _rescale(info, support, lambda raw: factor * raw)
+    info["std_factor"] = factor
+
+
+def prior_alpha(info: dict[str, Any]) -> float:
+    """The chains' scale ``alpha`` of the prior's std calibration that a diffusion output
+    ``info`` was calibrated with; 1 (exact posterior samples) where none applied."""
+    cal = info.get("std_calibration")
+    alpha = cal.get("alpha") if isinstance(cal, dict) and cal.get("calibrated") else None
+    return float(alpha) if alpha else 1.0
+
+
+def offset_std(out: ReconOutput, support: torch.Tensor | None, weight: float,
+               offset: np.ndarray, scale: float | None, samples: int) -> None:
+    """The std map for the output ``weight * diffusion + (1 - weight) * classical`` (``weight``
+    < 1; 0: the classical result alone) from the diffusion output ``out``:
+    :func:`~medrecon.priors.calibration.output_std`, the posterior's spread at the prior's
+    scale (:func:`prior_alpha`) and the output's distance ``(1 - weight) * offset`` from the
+    posterior mean (``offset`` = classical - diffusion mean, in the output's units), times
+    ``scale``, this measurement's own factor from its held-out data
+    (:meth:`HeldOut.std_scale`; None: 1, the prior's calibration alone). Voxels outside the
+    operator's ``support`` keep the sampler's value, as in :func:`heldout_std`. In place."""
+    from medrecon.priors.calibration import (
+        COVERAGE_K,
+        output_std,
+        std_factor,
+        target_coverage,
+    )
+
+    info = out.info
+    alpha = prior_alpha(info)
+    before = info.get("std_factor")
+    part = ("the classical result's" if weight == 0.0 else
+            f"the blend's (diffusion weight {weight:.2f})")
+    what = (f"the posterior spread and {part} distance from the posterior mean")
+    if scale is None:
+        basis = (info.get("std_calibration_line") or "").split(" (")[0].removeprefix("std map ")
+        line = f"std map from {what} ({basis or 'uncalibrated'})"
     else:
-        factor = weight * std_factor(alpha, samples)
-        blend = f", blend weight {weight:.2f}" if weight < 1.0 else ""
-        info["std_calibration_line"] = (
-            f"std map calibrated on this measurement's held-out data (alpha {alpha:.3g} from "
-            f"2 chains on the training part{blend}; x{factor:.3g} for K = {samples}): "
-            f"{COVERAGE_K:g} std aim at {100 * target_coverage():.0f} % of errors")
+        line = (f"std map calibrated on this measurement's held-out data ({what}, x{scale:.3g} "
+                f"from 2 chains on the training part): {COVERAGE_K:g} std aim at "
+                f"{100 * target_coverage():.0f} % of errors")
         info["std_calibration"] = {
-            **(info.get("std_calibration") or {}), "calibrated": True, "basis": "held-out data",
-            "alpha": alpha, "factor": factor, "line": info["std_calibration_line"],
+            **(info.get("std_calibration") or {}), "calibrated": True,
+            "basis": "held-out data", "scale": scale, "prior_alpha": alpha,
             "prior_factor": before}
-    scale = factor / (before or 1.0)
-    info["std_image"] = np.where(inside, std * scale, std).astype(np.float32)
-    if alpha is not None or before is not None:  # else still the raw (blended) spread
-        info["std_factor"] = factor
-        if alpha is None and isinstance(info.get("std_calibration"), dict):
-            info["std_calibration"] = {**info["std_calibration"], "factor": factor}
+    factor = (scale or 1.0) * std_factor(alpha, samples, weight=weight)
+    info["std_calibration_line"] = line
+    if isinstance(info.get("std_calibration"), dict):
+        info["std_calibration"] = {**info["std_calibration"], "factor": factor, "line": line}
+    _rescale(info, support, lambda raw: output_std(raw, offset, weight, alpha, samples,
+                                                   scale or 1.0))
+    info["std_factor"] = factor
+
+
+def _rescale(info: dict[str, Any], support: torch.Tensor | None,
+             fn: Callable[[np.ndarray], np.ndarray]) -> None:
+    """``info["std_image"] = fn(raw spread)`` inside the operator's ``support`` (the raw
+    spread: the map divided by ``info["std_factor"]``, the prior's factor), unchanged
+    outside."""
+    std = np.asarray(info["std_image"], dtype=np.float32)
+    raw = std / float(info.get("std_factor") or 1.0)
+    inside = np.ones(std.shape, dtype=bool) if support is None else support.cpu().numpy()
+    info["std_image"] = np.where(inside, fn(raw), std).astype(np.float32)

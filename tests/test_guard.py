@@ -15,7 +15,7 @@ from volume_factory import blob_head
 
 from medrecon import guard as guard_module
 from medrecon.guard import GUARD_METHODS, guarded_diffusion
-from medrecon.holdout import HeldOut, blend_weight, holdout_split
+from medrecon.holdout import HeldOut, blend_weight, holdout_split, prior_alpha
 from medrecon.io import Volume, load_volume
 from medrecon.io.measurement import Measurement, write_measurement
 from medrecon.methods import get_method
@@ -94,6 +94,24 @@ def _config(**kw: Any) -> DiffusionConfig:
     return DiffusionConfig(**{"steps": STEPS, "samples": 2, "seed": 0, **kw})
 
 
+def _assert_offset_std(out: Any, plain: Any, classical: Any) -> None:
+    """``out``'s std map is :func:`~medrecon.priors.calibration.output_std` of the plain run's
+    spread and the classical image's offset from its mean, at the guard's weight and the
+    held-out scale, inside the operator's support; outside it the plain run's value (the
+    prior's unconstrained spread) stays."""
+    from medrecon.priors.calibration import output_std
+
+    w, samples = out.info["guard"]["weight"], out.info["guard"]["samples"]
+    scale = out.info["std_calibration"].get("scale")
+    raw = plain.info["std_image"] / (plain.info["std_factor"] or 1.0)
+    expected = output_std(raw, classical.image - plain.image, w,
+                          prior_alpha(plain.info), samples, scale or 1.0)
+    std, ref_std = out.info["std_image"], plain.info["std_image"]
+    inside = np.isclose(std, expected, rtol=1e-4, atol=1e-6)
+    assert np.all(inside | (std == ref_std)) and inside.mean() > 0.3
+    assert "distance from the posterior mean" in out.info["std_calibration_line"]
+
+
 def test_blend_weight_closed_form() -> None:
     g = torch.Generator().manual_seed(0)
     a, b, y = (torch.randn(50, generator=g, dtype=torch.complex64) for _ in range(3))
@@ -121,11 +139,18 @@ def test_guard_falls_back_to_the_classical_result_for_a_garbage_prior(
     assert line.startswith("guard fell back to tv (lam ")
     assert (f"tv {guard['classical_error']:.4g} (chosen over l1-wavelet "
             f"{guard['classical_errors']['l1-wavelet']:.4g})") in line
-    assert "\n" not in line and "no std map" in line
-    assert "std_image" not in out.info  # the rejected posterior's spread is not the output's
+    assert "\n" not in line
     # The result is the self-tuned classical reconstruction from all the data ...
     classical = get_method("MR", "tv")(mr, ReconOptions(), CPU)
     np.testing.assert_array_equal(out.image, classical.image)
+    # ... with the std map of the posterior around it (K = 2: a final run for the map)
+    assert "final run (std map)" in out.info["stage_seconds"]
+    plain = guarded_diffusion(mr, _config(lam=out.info["lam"], guard=False), prior, CPU)
+    _assert_offset_std(out, plain, classical)
+    # K = 1: no map, so no final sampling run
+    one = guarded_diffusion(mr, _config(samples=1), prior, CPU)
+    assert one.info["guard"]["choice"] == "classical" and "std_image" not in one.info
+    assert not any(k.startswith("final run") for k in one.info["stage_seconds"])
     assert guard["classical_lam"] == classical.info["lam"]
     # ... and the guard scored it at its self-tuned weight on the split diffusion was scored
     # on: the first of the self-tuning's folds (a few held-out lines per draw here: its
@@ -354,13 +379,10 @@ def test_guard_estimates_the_coil_maps_once(mr_no_maps: Measurement, prior: Any,
     assert guard["classical_lam"] == classical.info["lam"]
     w = guard["weight"]
     np.testing.assert_array_equal(out.image, (w * plain.image + (1 - w) * classical.image))
-    # the std map: the plain run's spread times w, calibrated where a calibration applies,
-    # inside the maps' support (outside it the prior's unconstrained spread stays: the blend
-    # knows no more there than diffusion alone)
-    ratio = (out.info["std_factor"] or w) / (plain.info["std_factor"] or 1.0)
-    std, ref_std = out.info["std_image"], plain.info["std_image"]
-    scaled = np.isclose(std, ratio * ref_std, rtol=1e-5)
-    assert np.all(scaled | (std == ref_std)) and scaled.mean() > 0.3
+    # the std map: the posterior's spread and the blend's distance from its mean, inside the
+    # maps' support (outside it the prior's unconstrained spread stays: the blend knows no
+    # more there than diffusion alone)
+    _assert_offset_std(out, plain, classical)
     # Without the guard: the weight's tuning and the final run share one one-set estimate.
     calls.clear()
     tuned = guarded_diffusion(m, _config(guard=False), prior, CPU)
@@ -416,8 +438,7 @@ def test_blend_is_consistent_with_its_parts(mr: Measurement, prior: Any,
     classical = get_method("MR", guard["method"])(mr, ReconOptions(), CPU)
     np.testing.assert_allclose(out.image, w * plain.image + (1 - w) * classical.image,
                                rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(out.info["std_image"], w * plain.info["std_image"], rtol=1e-5)
-    assert f"std map x{w:.2f}" in out.info["guard_line"]
+    _assert_offset_std(out, plain, classical)
 
 
 def test_explicit_weight_switches_tuning_off_guard_off_keeps_diffusion(
@@ -449,8 +470,10 @@ def test_cli_records_the_choice_everywhere(ct: tuple[Measurement, np.ndarray], p
     guard_lines = [ln for ln in lines if ln.startswith("Guard: ")]
     assert len(guard_lines) == 1 and guard_lines[0].startswith("Guard: fell back to tv")
     assert any(ln.startswith("Self-tuned: lam auto = ") for ln in lines)
-    assert any(ln.startswith("No std volume written") for ln in lines)
-    assert not (tmp_path / "g_std.nii.gz").exists()
+    # the classical result with the std map of the posterior around it
+    std_lines = [ln for ln in lines if ln.startswith("Wrote the per-voxel standard deviation")]
+    assert len(std_lines) == 1 and "distance from the posterior mean" in std_lines[0]
+    assert (tmp_path / "g_std.nii.gz").exists()
     settings = yaml.safe_load((tmp_path / "g.reconstruct.yaml").read_text())
     assert settings["resolved"]["guard"]["choice"] == "classical"
     assert settings["resolved"]["guard"]["method"] == "tv"
@@ -668,7 +691,7 @@ def test_guard_chooses_on_a_slab_and_solves_the_chosen_method_on_all_data(
     assert f"weight chosen on {slab['text']}" in out.info["autotune_line"]
     stages = out.info["stage_seconds"]
     assert list(stages)[:2] == ["maps", f"slab ({slab['text']}) and split"]
-    assert "guard: classical all-data solve" in stages and "final run" not in stages
+    assert "guard: classical all-data solve" in stages and "final run (std map)" in stages
     name, lam = guard["method"], guard["classical_lam"]
     tuned = get_method("MR", name)(mr_long, ReconOptions(extra={"tune_slab": 8}), CPU)
     assert tuned.info["tune_slab"] == slab and tuned.info["lam"] == pytest.approx(lam,

@@ -83,7 +83,9 @@ def test_ct_guard_chooses_on_a_slab_and_solves_tv_on_all_data(
     # the slab's sampling runs weigh the data by the whole volume's noise std, which is
     # smaller than the slab's own (its rows hold the matter)
     whole_std = measurement_problem(m, CPU).noise_std
-    assert runs and all(shape == (14, 14, 8) for shape, _ in runs)
+    *tuning, final = runs  # the last: the final run on all the data, for the std map (K = 2)
+    assert tuning and all(shape == (14, 14, 8) for shape, _ in tuning)
+    assert final[0] == m.image_shape and "std_image" in out.info
     assert all(std == pytest.approx(whole_std, rel=1e-6) for _, std in runs)
     sub_std = measurement_problem(measurement_slab(m, CPU, 8)[0], CPU).noise_std  # type: ignore[index]
     assert sub_std > 1.02 * whole_std

@@ -172,9 +172,6 @@ def reconstruct(
         typer.echo(f"Self-tuned: {info['autotune_line']}")
     if info.get("guard_line"):
         typer.echo(f"Guard: {info['guard_line'].removeprefix('guard ')}")
-    if name == "diffusion" and several and result.std_volume is None:
-        typer.echo("No std volume written: the guard chose the classical result, which has "
-                   "no posterior spread.")
     details.append(f"{result.seconds:.1f} s on {result.meta.get('device', options.device)}")
     typer.echo(f"Wrote {result.modality} {result.method} reconstruction {result.volume.shape} "
                f"({result.volume.units}) to {path} ({', '.join(details)}); settings in "

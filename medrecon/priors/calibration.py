@@ -54,6 +54,8 @@ __all__ = [
     "error_ratios",
     "fit_alpha",
     "heldout_alpha",
+    "heldout_scale",
+    "output_std",
     "std_factor",
     "target_coverage",
     "write_calibration",
@@ -81,8 +83,13 @@ def target_coverage(k: float = COVERAGE_K) -> float:
     return math.erf(k / math.sqrt(2.0))
 
 
-def std_factor(alpha: float, samples: int, k: float = COVERAGE_K) -> float:
+def std_factor(alpha: float, samples: int, k: float = COVERAGE_K,
+               weight: float = 1.0) -> float:
     """The multiplier ``c(K)`` of the std of ``samples`` chains (module docstring).
+
+    ``weight`` < 1: the factor for an output that blends the K-chain mean with weight ``w``
+    into another image (:func:`output_std`): the chains' own scatter enters the output with
+    ``w``, so ``c = sqrt(alpha^2 + w^2 / K) t^-1_{K-1}(Phi(k)) / k``.
 
     Raises:
         ValueError: fewer than 2 samples (no std) or a non-positive alpha.
@@ -94,7 +101,27 @@ def std_factor(alpha: float, samples: int, k: float = COVERAGE_K) -> float:
     if not alpha > 0:
         raise ValueError(f"alpha must be positive, got {alpha}")
     q = float(t.ppf(0.5 * (1.0 + target_coverage(k)), samples - 1))
-    return math.sqrt(alpha**2 + 1.0 / samples) * q / k
+    return math.sqrt(alpha**2 + weight**2 / samples) * q / k
+
+
+def output_std(raw: np.ndarray, offset: np.ndarray, weight: float, alpha: float, samples: int,
+               scale: float = 1.0, k: float = COVERAGE_K) -> np.ndarray:
+    """The std map of an output ``w mean_K + (1 - w) x_c`` that blends the mean of K chains
+    with another image ``x_c`` (``w`` = 0: ``x_c`` alone), in the module's model.
+
+    The posterior expected squared error of any estimate ``x^`` is the posterior variance
+    plus its squared distance from the posterior mean. With the chains' spread ``raw`` (std
+    of K, ``ddof = 1``) scaled as the module's model scales it (``alpha``) and ``offset`` =
+    ``x_c - mean_K`` (the output lies ``(1 - w) offset`` from the chains' mean)::
+
+        std = scale * sqrt((std_factor(alpha, K, k, w) raw)^2 + ((1 - w) offset)^2).
+
+    ``scale``: one factor for the whole map, calibrated on held-out data
+    (:func:`heldout_scale`); 1 where none applies. ``w`` = 1 is ``std_factor(alpha, K) raw``.
+    """
+    c = std_factor(alpha, samples, k, weight)
+    out = np.sqrt((c * raw) ** 2 + ((1.0 - weight) * offset) ** 2)
+    return (scale * out).astype(np.float32)
 
 
 def heldout_alpha(error_energy: float, spread_energy: float, noise_energy: float,
@@ -129,6 +156,20 @@ def heldout_alpha(error_energy: float, spread_energy: float, noise_energy: float
         return None
     alpha2 = excess / spread - 0.5
     return math.sqrt(alpha2) if alpha2 > 0.0 else None
+
+
+def heldout_scale(error_energy: float, model_energy: float, noise_energy: float,
+                  noise_sd: float) -> float | None:
+    """One factor for a std map whose model predicts the held-out data's error energy as
+    ``model_energy`` (before the factor): ``sqrt((||q - y_h||^2 - E||n_h||^2) / model)``.
+
+    Returns None where the data cannot tell it: an error above the noise by less than two
+    standard deviations of the noise energy, or no model energy (the arguments as
+    :func:`heldout_alpha`'s)."""
+    excess = error_energy - noise_energy
+    if not (model_energy > 0.0 and excess > 2.0 * noise_sd):
+        return None
+    return math.sqrt(excess / model_energy)
 
 
 def error_ratios(samples: np.ndarray, truth: np.ndarray, group: int) -> np.ndarray:

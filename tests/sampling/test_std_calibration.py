@@ -22,6 +22,7 @@ from medrecon.priors.calibration import (
     error_ratios,
     fit_alpha,
     heldout_alpha,
+    output_std,
     std_factor,
     target_coverage,
     write_calibration,
@@ -88,11 +89,10 @@ def test_fit_recovers_the_scale_of_a_known_gaussian_posterior(spread: float,
 
 
 @pytest.mark.parametrize("alpha", [0.7, 3.0, 12.0])
-@pytest.mark.parametrize("weight", [1.0, 0.3])
-def test_heldout_alpha_recovers_the_scale_from_two_chains(alpha: float, weight: float) -> None:
+def test_heldout_alpha_recovers_the_scale_from_two_chains(alpha: float) -> None:
     """The model of the module on n held-out components: chains spread by sigma around a mean
     that misses the truth by alpha sigma; the held-out data add noise. Two chains, the truth
-    unseen, recover alpha (blended with a classical prediction as the guard blends)."""
+    unseen, recover alpha."""
     from medrecon.holdout import HeldOut
 
     g = torch.Generator().manual_seed(3)
@@ -101,18 +101,55 @@ def test_heldout_alpha_recovers_the_scale_from_two_chains(alpha: float, weight: 
     centre = truth + alpha * sigma * torch.randn(n, generator=g, dtype=torch.float64)
     p1, p2 = (centre + sigma * torch.randn(n, generator=g, dtype=torch.float64)
               for _ in range(2))
-    # the classical prediction: its error against the truth, rescaled so that the blend's
-    # error is still alpha sigma w per component in the model's terms
-    b = truth.clone()
     y = truth + noise * torch.randn(n, generator=g, dtype=torch.float64)
     held = HeldOut(lambda x: x, y, noise_var=noise**2, noise_count=float(n))
-    est = held.std_alpha(p1, p2, weight, b if weight < 1.0 else None)
-    assert est == pytest.approx(alpha, rel=0.05)
+    assert held.std_alpha(p1, p2) == pytest.approx(alpha, rel=0.05)
     # cannot tell: unknown noise; an error within the noise's own spread; chains that agree
     assert HeldOut(lambda x: x, y).std_alpha(p1, p2) is None
     assert HeldOut(lambda x: x, truth + 1e-9, noise_var=1.0,
                    noise_count=float(n)).std_alpha(truth, truth + 1e-3) is None
     assert heldout_alpha(10.0, 0.0, 1.0, 0.1) is None
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3])
+@pytest.mark.parametrize("scale", [0.5, 1.0, 2.0])
+def test_heldout_scale_of_a_blend_and_its_coverage(weight: float, scale: float) -> None:
+    """The model of :func:`output_std` on n components: the truth misses the posterior mean by
+    alpha sigma, the classical image lies ``d`` from it, and the output ``w mean_K + (1 - w)
+    x_c`` misses the truth by ``scale`` times the model's error. Two chains and the held-out
+    data recover ``scale`` (the truth unseen), and 2 std of the map then cover about 95 % of
+    the errors of a K = 4 output."""
+    from medrecon.holdout import HeldOut
+
+    g = torch.Generator().manual_seed(4)
+    n, sigma, alpha, noise = 40_000, 0.5, 2.0, 0.2
+
+    def randn() -> torch.Tensor:
+        return torch.randn(n, generator=g, dtype=torch.float64)
+
+    centre = randn()  # the posterior mean
+    d = 1.5 * sigma * randn() * (randn() > 0)  # the classical image's offset, half the voxels
+    p1, p2 = centre + sigma * randn(), centre + sigma * randn()
+    q = weight * 0.5 * (p1 + p2) + (1 - weight) * (centre + d)
+    # the truth: the output's error is scale x (the posterior's spread, the 2-chain mean's
+    # scatter through w, the offset through 1 - w)
+    truth = q - scale * (weight * 0.5 * (p1 + p2 - 2 * centre) + (1 - weight) * d
+                         + alpha * sigma * randn())
+    y = truth + noise * randn()
+    held = HeldOut(lambda x: x, y, noise_var=noise**2, noise_count=float(n))
+    est = held.std_scale(p1, p2, weight, centre + d, alpha)
+    assert est == pytest.approx(scale, rel=0.05)
+    assert HeldOut(lambda x: x, y).std_scale(p1, p2, weight, centre + d, alpha) is None
+    # the K = 4 output of the same posterior, and its map at the recovered scale
+    chains = centre[None] + sigma * torch.randn((4, n), generator=g, dtype=torch.float64)
+    mean = chains.mean(0)
+    out = weight * mean + (1 - weight) * (centre + d)
+    x = out - scale * (weight * (mean - centre) + (1 - weight) * d + alpha * sigma * randn())
+    std = output_std(chains.std(0).numpy(), (centre + d - mean).numpy(), weight, alpha, 4, est)
+    assert coverage(np.abs((out - x).numpy()) / std, 1.0) == pytest.approx(0.9545, abs=0.03)
+    # weight 1: the module's map, std_factor times the spread
+    np.testing.assert_allclose(output_std(std, std, 1.0, alpha, 4),
+                               std_factor(alpha, 4) * std, rtol=1e-6)
 
 
 def test_dds_on_a_gaussian_prior_needs_no_scale() -> None:
