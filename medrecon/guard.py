@@ -113,10 +113,10 @@ a loaded CPU, 6 steps, tiny volumes, with one classical method: 4.6x (CT) and 10
 wall time of one plain run (benchmarks/RESULTS_autotune.md); MR's second method, TV (300-step
 PDHG solves), costs 0.9-4.5x l1-wavelet's on the real MR files there. On an H100 the
 classical self-tuning was 107 s of the 174 s default path of a 256^3 8-coil MR study
-(benchmarks/RESULTS_sampling.md 3e). On CUDA the classical methods run beside the sampling
-runs (:class:`~medrecon.device.Beside`: a worker thread, a second stream) from the end of the
-first one on, since they need only the split: the outputs are unchanged and the default path
-2.8-5.3 s shorter on an H100 (MR 128^3 and 256^3, CT 256^3; RESULTS_sampling.md 3e.2).
+(benchmarks/RESULTS_sampling.md 3e). The classical methods run after the sampling runs, in
+the same thread and stream: run beside them on a second stream, they saved 2.8-5.3 s on an
+H100 but died of a CUDA illegal memory access when another process shared the GPU
+(RESULTS_sampling.md 3e.2).
 
 MR runs both l1-wavelet and TV because neither is best everywhere: self-tuned l1-wavelet is
 as good as or better than self-tuned TV on the synthetic MR cases (up to +2.8 dB on the head)
@@ -132,7 +132,6 @@ table). Neither is measured on the real CT slices.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,7 +140,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from medrecon.device import Beside
 from medrecon.holdout import (
     HoldoutSplit,
     blend_weight,
@@ -346,7 +344,7 @@ def guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior: 
 
 def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior: Prior,
                        device: torch.device, tol: float, progress: bool) -> ReconOutput:
-    from medrecon.sampling.api import chain_memory_bytes, check_sample_memory
+    from medrecon.sampling.api import check_sample_memory
 
     t0 = time.perf_counter()
     check_sample_memory(measurement, config.samples, device)  # before the tuning's runs
@@ -391,19 +389,9 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
         info["tune_slab"] = slab.as_dict()
     stage(split_stage)
     best: dict[str, Any] = {}
-    # The classical baseline needs only the split. On CUDA it runs beside the sampling runs
-    # (second stream, worker thread), from the end of the first one on: that run sizes the
-    # network's batches from the free memory and captures its graphs with the GPU to itself.
-    # Where the GPU has not room for twice a chain's estimate on the classical data (two map
-    # sets, two methods' buffers) beside the sampling, they run after it, as on the CPU.
-    classical = Beside(functools.partial(classical_runs, measurement, split, device, tol=tol,
-                                         cmeas=scmeas), device,
-                       need_bytes=2 * chain_memory_bytes(scmeas)) if config.guard else None
 
     def heldout_error(lam: float, cfg: DiffusionConfig = config) -> float:
         x = _sample(split.train, prior, cfg, lam, 1, device, progress, not best).image
-        if classical is not None:
-            classical.start()
         err = split.held.error(x)
         if not best or err < best["error"]:
             best.update(error=err, lam=lam, image=x)
@@ -437,7 +425,6 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
         stage("final run")
         return _diffusion_output(res, config, {**info, **maps_info, "stage_seconds": stages},
                                  t0, device)
-    assert classical is not None  # the guard is on
     if two:
         # The output is the mean of K samples, which averages most of one sample's posterior
         # spread away: its held-out error is estimated from two fresh chains at the run's
@@ -448,7 +435,6 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
             chains.append(split.held.predict(_sample(
                 split.train, prior, dataclasses.replace(config, seed=config.seed + i), lam, 1,
                 device, progress, first=not tune and i == 1).image))
-            classical.start()
         a1, a2 = chains
         d_err, a = split.held.mean_error(a1, a2, config.samples)
         stage(f"guard: two chains at {config.steps} steps")
@@ -459,8 +445,8 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
     # The classical baseline: each of the modality's methods self-tuned on all data (its own
     # hold-out, the same split), scored by its solution on the training part at the weight it
     # chose there; the best predictor of the held-out data is compared with and blended with.
-    runs = classical.result()
-    stage("guard: classical methods")  # on CUDA: what the sampling runs left of them
+    runs = classical_runs(measurement, split, device, tol=tol, cmeas=scmeas)
+    stage("guard: classical methods")
     chosen = min(runs, key=lambda r: r.error)  # ties: the first of GUARD_METHODS
     errors = {r.method: r.error for r in runs}
     del runs, scmeas  # the other method's result and the slab: not through the sampling

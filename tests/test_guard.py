@@ -736,25 +736,3 @@ def test_guard_on_a_slab_blends_with_all_data_results(
                                rtol=1e-5, atol=1e-5)
     assert out.info["std_image"].shape == mr_long.image_shape
     assert 0.0 < out.residual < 1.0
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("samples", [1, 2])
-def test_classical_methods_beside_the_sampling_change_nothing(
-        mr: Measurement, prior: Any, samples: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On CUDA the guard's classical methods run on a second stream while the sampling runs
-    go on (medrecon.device.Beside): the same weight, errors, choice and image as one after
-    the other (start() made a no-op)."""
-    from medrecon.device import Beside
-
-    dev = torch.device("cuda")
-    cfg = _config(samples=samples)
-    beside = guarded_diffusion(mr, cfg, prior, dev)
-    monkeypatch.setattr(Beside, "start", lambda self: None)
-    serial = guarded_diffusion(mr, cfg, prior, dev)
-    g1, g2 = beside.info["guard"], serial.info["guard"]
-    assert beside.info["lam"] == serial.info["lam"]
-    assert g1["choice"] == g2["choice"] and g1["method"] == g2["method"]
-    for key in ("diffusion_error", "classical_error", "weight"):
-        assert g1[key] == pytest.approx(g2[key], rel=1e-5, abs=1e-7), key
-    np.testing.assert_allclose(beside.image, serial.image, rtol=1e-4, atol=1e-4)

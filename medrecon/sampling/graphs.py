@@ -81,9 +81,7 @@ class GraphedPatchDenoiser:
                                              None if position is None else position.clone()]
         graph = torch.cuda.CUDAGraph()
         try:
-            # thread_local: work of other threads (the guard's classical methods beside the
-            # sampling, medrecon.device.Beside) may go on during the capture
-            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph, pool=self._pool):
                 out = self.fn(static[0], static[1], static[2])  # type: ignore[arg-type]
         except RuntimeError:  # an operation that cannot be captured: stay eager from now on
             self.enabled = False

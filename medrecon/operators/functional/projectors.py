@@ -157,8 +157,8 @@ def _spend_csr_notice() -> None:
     """torch says "Sparse CSR tensor support is in beta state" once per process, at its first
     CSR tensor, to users who did not ask for one: spent here at import, on a 1 x 1 tensor, so
     that no warnings filter is needed around later calls (filters are process-wide: a
-    catch_warnings block's restore races with other threads', medrecon.device.Beside, and a
-    filter of our own would not hold against a caller's ``simplefilter("always")``)."""
+    catch_warnings block's restore races with a caller's other threads, and a filter of our
+    own would not hold against a caller's ``simplefilter("always")``)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         torch.sparse_csr_tensor(torch.tensor([0, 1]), torch.tensor([0]), torch.tensor([1.0]),
