@@ -106,9 +106,9 @@ Cost: at most 4 sampling runs of one chain on the training part (at ``tune_steps
 chains at the run's steps (one with K = 1), each classical method's self-tuning (7-9 training
 solves, twice that with SURE, one on all the data; its training-part solve at the chosen
 weight is scored, not made again, except CT TV's at a parabola vertex between the tried
-weights), on top of the final run (skipped when the classical result is chosen and K = 1); on a slab
-all but the final run are the slab's size, plus the chosen classical method's all-data solve
-where it is used. Measured on
+weights), on top of the final run (skipped when the classical result is chosen and K = 1);
+on a slab all but the final run are the slab's size, plus the chosen classical method's
+all-data solve where it is used. Measured on
 a loaded CPU, 6 steps, tiny volumes, with one classical method: 4.6x (CT) and 10x (MR) the
 wall time of one plain run (benchmarks/RESULTS_autotune.md); MR's second method, TV (300-step
 PDHG solves), costs 0.9-4.5x l1-wavelet's on the real MR files there. On an H100 the

@@ -288,7 +288,9 @@ def offset_std(out: ReconOutput, support: torch.Tensor | None, weight: float,
             **(info.get("std_calibration") or {}), "calibrated": True,
             "basis": "held-out data", "scale": scale, "prior_alpha": alpha,
             "prior_factor": before}
-    factor = (scale or 1.0) * std_factor(alpha, samples, weight=weight)
+    # the spread's factor; None where neither the prior nor the held-out data calibrate it
+    factor = (None if scale is None and before is None else
+              (scale or 1.0) * std_factor(alpha, samples, weight=weight))
     info["std_calibration_line"] = line
     if isinstance(info.get("std_calibration"), dict):
         info["std_calibration"] = {**info["std_calibration"], "factor": factor, "line": line}

@@ -110,6 +110,9 @@ def _assert_offset_std(out: Any, plain: Any, classical: Any) -> None:
     inside = np.isclose(std, expected, rtol=1e-4, atol=1e-6)
     assert np.all(inside | (std == ref_std)) and inside.mean() > 0.3
     assert "distance from the posterior mean" in out.info["std_calibration_line"]
+    # calibrated by neither the prior nor the held-out data: said so (no factor)
+    uncalibrated = scale is None and plain.info["std_factor"] is None
+    assert (out.info["std_factor"] is None) == uncalibrated
 
 
 def test_blend_weight_closed_form() -> None:
