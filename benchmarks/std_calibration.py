@@ -219,7 +219,10 @@ def _guarded_row(meas: Any, prior: Any, args: argparse.Namespace, truth: np.ndar
                prior_alpha=cal.get("prior_alpha"), std_factor=out.info.get("std_factor"),
                line=out.info.get("std_calibration_line"),
                coverage_2std=round(calibration(out.image, std, truth, 2.0, region), 4),
-               coverage_1std=round(calibration(out.image, std, truth, 1.0, region), 4))
+               coverage_1std=round(calibration(out.image, std, truth, 1.0, region), 4),
+               # sharpness: a map can cover by being wide everywhere (1: as wide as the error)
+               std_over_error_rms=round(float(np.sqrt(np.mean(std[region] ** 2) / max(
+                   np.mean((out.image - truth)[region] ** 2), 1e-30))), 3))
     before, factor = cal.get("prior_factor"), out.info.get("std_factor")
     if cal.get("scale"):  # the same map without this measurement's factor
         row["prior_coverage_2std"] = round(calibration(

@@ -473,6 +473,8 @@ def test_cli_records_the_choice_everywhere(ct: tuple[Measurement, np.ndarray], p
     guard_lines = [ln for ln in lines if ln.startswith("Guard: ")]
     assert len(guard_lines) == 1 and guard_lines[0].startswith("Guard: fell back to tv")
     assert any(ln.startswith("Self-tuned: lam auto = ") for ln in lines)
+    wrote = [ln for ln in lines if ln.startswith("Wrote CT diffusion reconstruction")]
+    assert len(wrote) == 1 and "output: the guard's tv at lam " in wrote[0]
     # the classical result with the std map of the posterior around it
     std_lines = [ln for ln in lines if ln.startswith("Wrote the per-voxel standard deviation")]
     assert len(std_lines) == 1 and "distance from the posterior mean" in std_lines[0]

@@ -21,6 +21,6 @@ if [ "${HEADS:-0}" -gt 0 ]; then
 fi
 wait
 echo "all done at $(elapsed) s"
-summary "case setting guard weight lam alpha scale prior_alpha coverage_2std coverage_1std prior_coverage_2std seconds error" \
+summary "case setting guard weight lam alpha scale prior_alpha coverage_2std coverage_1std prior_coverage_2std std_over_error_rms seconds error" \
   std_mr.jsonl std_ct.jsonl std_heads.jsonl
 tail -n 2 "$LOGS"/*.log; pack

@@ -159,15 +159,16 @@ def reconstruct(
         if result.std_volume is not None:
             std_file = save_volume(result.std_volume, std_out or std_path(out), format=fmt)
         cfg_path = dump_config(result.settings, cfg_out)
-    if result.std_volume is not None:
-        line = info.get("std_calibration_line")
-        typer.echo(f"Wrote the per-voxel standard deviation to {std_file}"
-                   + (f"; {line}" if line else ""))
     n_iter = result.output.iterations
     unit = "step" if name == "diffusion" else "iteration"
     details = [f"{n_iter} {unit}{'s' if n_iter != 1 else ''}"] if n_iter else []
     if "lam" in info:
         details.append(f"lam {info['lam']:.3g}")
+    guard = info.get("guard")
+    if isinstance(guard, dict) and guard.get("choice") == "classical":
+        # the image is the classical method's, not diffusion's with these settings
+        details.append(f"output: the guard's {guard['method']} at lam "
+                       f"{guard['classical_lam']:.3g}")
     if info.get("autotune_line"):
         typer.echo(f"Self-tuned: {info['autotune_line']}")
     if info.get("guard_line"):
@@ -176,6 +177,10 @@ def reconstruct(
     typer.echo(f"Wrote {result.modality} {result.method} reconstruction {result.volume.shape} "
                f"({result.volume.units}) to {path} ({', '.join(details)}); settings in "
                f"{cfg_path}")
+    if result.std_volume is not None:
+        line = info.get("std_calibration_line")
+        typer.echo(f"Wrote the per-voxel standard deviation to {std_file}"
+                   + (f"; {line}" if line else ""))
     typer.echo(f"Data-consistency residual ||M(Ax) - y|| / ||y|| = {result.residual:.4g}")
 
 
