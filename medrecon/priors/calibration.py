@@ -125,18 +125,17 @@ def output_std(raw: np.ndarray, offset: np.ndarray, weight: float, alpha: float,
 
 
 def heldout_alpha(error_energy: float, spread_energy: float, noise_energy: float,
-                  noise_sd: float, weight: float = 1.0) -> float | None:
+                  noise_sd: float) -> float | None:
     """The module's ``alpha`` for one measurement, from data held out of it.
 
     Two chains sampled from the rest of the data predict the held-out data as ``p1``, ``p2``;
-    the output predicts them as ``q = w (p1 + p2) / 2 + (1 - w) b`` (``w`` the weight of
-    diffusion in a blend with a classical prediction ``b``; 1 without). In the module's model
-    the output's error has variance ``(alpha^2 + 1/2) (w sigma)^2`` at two chains, so over the
-    held-out components::
+    their mean predicts them as ``q = (p1 + p2) / 2``. In the module's model the mean's error
+    has variance ``(alpha^2 + 1/2) sigma^2`` at two chains, so over the held-out components::
 
-        E||q - y_h||^2 = (alpha^2 + 1/2) w^2 v + E||n_h||^2,    v = E||p1 - p2||^2 / 2,
+        E||q - y_h||^2 = (alpha^2 + 1/2) v + E||n_h||^2,    v = E||p1 - p2||^2 / 2,
 
-    and ``alpha^2 = (||q - y_h||^2 - E||n_h||^2) / (w^2 v) - 1/2``.
+    and ``alpha^2 = (||q - y_h||^2 - E||n_h||^2) / v - 1/2``. (A blend with another image is
+    not a posterior mean: :func:`output_std` and :func:`heldout_scale` model its map.)
 
     Args:
         error_energy: ``||q - y_h||^2``.
@@ -144,17 +143,15 @@ def heldout_alpha(error_energy: float, spread_energy: float, noise_energy: float
         noise_energy: ``E||n_h||^2``, the held-out data's expected noise energy.
         noise_sd: the standard deviation of ``||n_h||^2`` (``sigma^2 sqrt(2 n)`` for ``n``
             real Gaussian components).
-        weight: ``w`` in (0, 1].
     Returns:
         alpha, or None where the data cannot tell it: no spread, or an error above the noise
         by less than two standard deviations of the noise energy (then the held-out data
         measure the noise, not the error), or ``alpha^2 <= 0``.
     """
     excess = error_energy - noise_energy
-    spread = weight**2 * spread_energy
-    if not (spread > 0.0 and excess > 2.0 * noise_sd):
+    if not (spread_energy > 0.0 and excess > 2.0 * noise_sd):
         return None
-    alpha2 = excess / spread - 0.5
+    alpha2 = excess / spread_energy - 0.5
     return math.sqrt(alpha2) if alpha2 > 0.0 else None
 
 
