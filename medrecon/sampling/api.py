@@ -290,18 +290,12 @@ def _check_common(sampler: str, steps: int, samples: int) -> str:
     return name
 
 
-def chain_memory_bytes(measurement: Measurement) -> int:
-    """A coarse estimate of one chain's working memory: about eight image-sized float32
-    tensors (state, denoised estimate, gradients and consistency steps) and four copies of the
-    measured data (forward projections, residuals, MR coil images)."""
-    voxels = int(np.prod(measurement.reference.shape))
-    return 8 * 4 * voxels + 4 * int(np.asarray(measurement.data).nbytes)
-
-
 def check_sample_memory(measurement: Measurement, samples: int, device: torch.device) -> None:
     """Refuse ``samples`` chains that cannot fit in ``device``'s memory, before any work.
 
-    The estimate (:func:`chain_memory_bytes` per chain) is deliberately coarse, for one
+    Each chain holds about eight image-sized float32 tensors (state, denoised estimate,
+    gradients and consistency steps) and four copies of the measured data (forward
+    projections, residuals, MR coil images); the estimate is deliberately coarse, for one
     sentence instead of an allocator error half-way through sampling.
 
     Raises:
@@ -310,7 +304,8 @@ def check_sample_memory(measurement: Measurement, samples: int, device: torch.de
     """
     from medrecon.device import host_memory_bytes
 
-    per_sample = chain_memory_bytes(measurement)
+    voxels = int(np.prod(measurement.reference.shape))
+    per_sample = 8 * 4 * voxels + 4 * int(np.asarray(measurement.data).nbytes)
     if device.type == "cuda":
         available = int(torch.cuda.get_device_properties(device).total_memory)
     else:
