@@ -430,12 +430,9 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
         # spread away: its held-out error is estimated from two fresh chains at the run's
         # steps (the tuning's chain is the best of several, so its error is biased low), and
         # the same two chains calibrate the std map on this measurement (HeldOut.std_alpha).
-        chains = []
-        for i in (1, 2):
-            chains.append(split.held.predict(_sample(
-                split.train, prior, dataclasses.replace(config, seed=config.seed + i), lam, 1,
-                device, progress, first=not tune and i == 1).image))
-        a1, a2 = chains
+        a1, a2 = (split.held.predict(_sample(
+            split.train, prior, dataclasses.replace(config, seed=config.seed + i), lam, 1,
+            device, progress, first=not tune and i == 1).image) for i in (1, 2))
         d_err, a = split.held.mean_error(a1, a2, config.samples)
         stage(f"guard: two chains at {config.steps} steps")
     else:
@@ -480,11 +477,12 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
     # the whole volume's problem (support, residual): the split's unless it is the slab's
     whole = split.problem if slab is None or not (two or choice == "blend") else (
         measurement_problem(dmeas, device))
-    if two and "std_image" in out.info and w == 1.0:
-        heldout_std(out, whole.support, split.held.std_alpha(a1, a2), config.samples)
-    elif two and "std_image" in out.info:  # the output's distance from the posterior mean
-        scale = split.held.std_scale(a1, a2, w, b, prior_alpha(out.info))
-        offset_std(out, whole.support, w, full.image - out.image, scale, config.samples)
+    if two and "std_image" in out.info:
+        if w == 1.0:
+            heldout_std(out, whole.support, split.held.std_alpha(a1, a2), config.samples)
+        else:  # a blend or the classical result: its distance from the posterior mean too
+            scale = split.held.std_scale(a1, a2, w, b, prior_alpha(out.info))
+            offset_std(out, whole.support, w, full.image - out.image, scale, config.samples)
     if choice == "classical":  # the classical result, with the std map of the posterior
         out.image, out.residual, out.solution = full.image, full.residual, full.solution
         out.info["seconds"] = time.perf_counter() - t0
@@ -571,8 +569,8 @@ def _sample(measurement: Measurement, prior: Prior, config: DiffusionConfig, lam
             samples: int, device: torch.device, progress: bool,
             first: bool = True) -> PosteriorResult:
     """One sampling run; after the ``first``, the prior's voxel-size notice is not repeated
-    (by argument, not by a warnings filter: those are process-wide, and the classical methods
-    may run in another thread meanwhile)."""
+    (by argument, not by a warnings filter: those are process-wide, and a caller's other
+    threads would see them)."""
     from medrecon.sampling import posterior_sample
 
     return posterior_sample(
