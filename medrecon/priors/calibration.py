@@ -148,11 +148,10 @@ def heldout_alpha(error_energy: float, spread_energy: float, noise_energy: float
         by less than two standard deviations of the noise energy (then the held-out data
         measure the noise, not the error), or ``alpha^2 <= 0``.
     """
-    excess = error_energy - noise_energy
-    if not (spread_energy > 0.0 and excess > 2.0 * noise_sd):
-        return None
-    alpha2 = excess / spread_energy - 0.5
-    return math.sqrt(alpha2) if alpha2 > 0.0 else None
+    # (alpha^2 + 1/2) is the square of heldout_scale's factor for a model energy of v
+    scale = heldout_scale(error_energy, spread_energy, noise_energy, noise_sd)
+    alpha2 = None if scale is None else scale**2 - 0.5
+    return math.sqrt(alpha2) if alpha2 is not None and alpha2 > 0.0 else None
 
 
 def heldout_scale(error_energy: float, model_energy: float, noise_energy: float,
