@@ -93,14 +93,16 @@ posterior mean, so its map is the posterior expected error of the output: the po
 spread (the prior's alpha at the chosen weight) and the output's distance ``(1 - w) (x_classical
 - mean)`` from the posterior mean (:func:`~medrecon.priors.calibration.output_std`), times one
 factor from the held-out data (:meth:`HeldOut.std_scale`: the same model on the two chains of
-the training part must predict the held-out error energy). The distance carries the map here:
+the training part must predict the held-out error energy; CT weighs that energy by the ramp,
+:class:`~medrecon.holdout.SpectralEnergy`, so that it stands for the image's). The distance
+carries the map here:
 where the guard rejects diffusion, the posterior's spread does not follow the classical
 result's error (on the real DWI volume the correlation of either term with the error was
 0.11-0.16), and the former map, ``w`` times the spread, covered 67 % of the errors at
-``w`` = 0.07. H100, 50 steps, K = 4 (benchmarks/RESULTS_std_calibration.md): 89.6-95.5 % on
-the eight real rows where the guard falls back (MR brain and abdomen, three CT slices), 94.2 %
-on the DWI blend at R = 8, 67.8 % at R = 4 (3 held-out k-space lines); without the held-out
-factor 94-100 %.
+``w`` = 0.07. H100 / H200, 50 steps, K = 4 (benchmarks/RESULTS_std_calibration.md):
+90.2-95.7 % on the eight real rows where the guard falls back (MR brain and abdomen, three CT
+slices at 30 and 60 views), 94.2 % on the DWI blend at R = 8, 67.8 % at R = 4 (3 held-out
+k-space lines); without the held-out factor 94-100 %.
 
 Cost: at most 4 sampling runs of one chain on the training part (at ``tune_steps``), two
 chains at the run's steps (one with K = 1), each classical method's self-tuning (7-9 training

@@ -6,8 +6,9 @@ k-space outside the calibration box (:func:`~medrecon.recon.autotune.mr_holdout_
 every 7th view (:func:`medrecon.recon.ct_tune.holdout_masks`), drawn with the same seed, so a
 classical method's held-out errors and diffusion's are comparable. :class:`HeldOut` predicts
 the held-out data from an image and scores predictions (relative residuals; the expected error
-of a K-sample mean from two chains; the std map's calibration ``alpha``);
-:func:`blend_weight` is the closed-form weight of a blend of two predictions.
+of a K-sample mean from two chains; the std map's calibration ``alpha``, on energies that stand
+for the image's: CT's ramp-weighted, :class:`SpectralEnergy`); :func:`blend_weight` is the
+closed-form weight of a blend of two predictions.
 """
 
 from __future__ import annotations
@@ -29,8 +30,50 @@ if TYPE_CHECKING:
     from medrecon.io.measurement import Measurement
     from medrecon.recon.base import ReconOutput
 
-__all__ = ["HeldOut", "HoldoutSplit", "blend_weight", "heldout_std", "holdout_split", "offset_std",
+__all__ = ["HeldOut", "HoldoutSplit", "SpectralEnergy", "blend_weight", "heldout_std", "holdout_split", "offset_std",
            "prior_alpha"]
+
+
+class SpectralEnergy:
+    """The ramp-weighted energy of CT projection data: the image-domain energy it stands for.
+
+    A std map is scaled so that its model predicts the held-out data's error energy
+    (:meth:`HeldOut.std_scale`), but it is read in the image. By the Fourier slice theorem a
+    parallel projection's 1D spectrum along the detector is a central line of the image's 2D
+    spectrum, and the image's energy is the angular integral of the lines' energies weighted
+    by ``|omega|`` (the polar measure): ``||e||^2 ~ sum_views sum_omega |omega| |P e(omega)|^2``,
+    for any spectrum of the error. Unweighted projection energy is ``sum |E(k)|^2 / |k|``
+    instead: it weighs the coarse error by its size in the image and fine texture (a rejected
+    posterior's speckle, a bone edge) far less, so two images with equal image-domain
+    energy and different textures get different factors. Each detector row is zero-padded
+    to ``P >= 2 n`` (no wrap-around) and weighted with FBP's discrete ramp
+    (:func:`~medrecon.recon.ct_analytic.ramp_filter`: Ram-Lak, whose DC weight is small but
+    positive), normalised so that white noise keeps its expected energy, ``sigma^2 n``:
+    the held-out noise term stays ``noise_var x noise_count``. Fan and cone beams: the same
+    weighting per detector row, the local form of the ramp their FBP / FDK use.
+
+    ``rms``: the weights' root mean square over the spectrum (``> 1``: a ramp is uneven), by
+    which the held-out noise energy's standard deviation grows (the weighted sum of ``P``
+    squared Gaussians, treated as independent).
+    """
+
+    def __init__(self, n: int) -> None:
+        from medrecon.recon.ct_analytic import ramp_filter
+
+        resp = ramp_filter(int(n), 1.0)
+        self.p = int(resp.size)
+        half = resp[: self.p // 2 + 1]
+        count = np.full(half.size, 2.0)  # rfft: every bin but DC and Nyquist stands for two
+        count[0] = count[-1] = 1.0
+        w = half / (np.sum(count * half) / self.p)  # white noise: E = sigma^2 n, unweighted's
+        self.weights = count * w / self.p  # Parseval's 1 / P folded in
+        self.rms = float(np.sqrt(np.sum(count * w**2) / self.p))
+
+    def __call__(self, r: torch.Tensor) -> float:
+        """The weighted energy of ``r`` (..., detector cols), along the last axis."""
+        spec = torch.fft.rfft(r.double(), n=self.p, dim=-1)
+        w = torch.as_tensor(self.weights, dtype=torch.float64, device=r.device)
+        return float(torch.sum(spec.real**2 * w + spec.imag**2 * w))
 
 
 class HeldOut:
@@ -47,12 +90,22 @@ class HeldOut:
     """
 
     def __init__(self, predict: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor,
-                 noise_var: float | None = None, noise_count: float = 0.0) -> None:
+                 noise_var: float | None = None, noise_count: float = 0.0,
+                 spectral: SpectralEnergy | None = None) -> None:
         self._predict = predict
         self.y = y
         self.norm = float(torch.linalg.vector_norm(y).clamp_min(1e-30))
         self.noise_var = noise_var
         self.noise_count = noise_count
+        self.spectral = spectral
+
+    def energy(self, r: torch.Tensor) -> float:
+        """The energy of a held-out residual or difference ``r`` that stands for the image's
+        (the std map's calibration): ``||r||^2`` (MR: Parseval), CT the ramp-weighted
+        energy of :class:`SpectralEnergy`."""
+        if self.spectral is None:
+            return float(torch.linalg.vector_norm(r)) ** 2
+        return self.spectral(r)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -98,10 +151,8 @@ class HeldOut:
 
         if self.noise_var is None:
             return None
-        return heldout_alpha(
-            float(torch.linalg.vector_norm(0.5 * (p1 + p2) - self.y)) ** 2,
-            0.5 * float(torch.linalg.vector_norm(p1 - p2)) ** 2,
-            self.noise_var * self.noise_count, self._noise_sd())
+        return heldout_alpha(self.energy(0.5 * (p1 + p2) - self.y), 0.5 * self.energy(p1 - p2),
+                             self.noise_var * self.noise_count, self._noise_sd())
 
     def std_scale(self, p1: torch.Tensor, p2: torch.Tensor, weight: float, b: torch.Tensor,
                   alpha: float) -> float | None:
@@ -122,18 +173,20 @@ class HeldOut:
         if self.noise_var is None:
             return None
         mean = 0.5 * (p1 + p2)
-        v = 0.5 * float(torch.linalg.vector_norm(p1 - p2)) ** 2
-        offset = float(torch.linalg.vector_norm(b - mean)) ** 2
+        v = 0.5 * self.energy(p1 - p2)
+        offset = self.energy(b - mean)
         model = (alpha**2 + 0.5 * weight**2) * v + (1.0 - weight) ** 2 * max(offset - v / 2,
                                                                                0.0)
         q = weight * mean + (1.0 - weight) * b
-        return heldout_scale(float(torch.linalg.vector_norm(q - self.y)) ** 2, model,
+        return heldout_scale(self.energy(q - self.y), model,
                              self.noise_var * self.noise_count, self._noise_sd())
 
     def _noise_sd(self) -> float:
-        """The standard deviation of the held-out noise energy, ``sigma^2 sqrt(2 n)``."""
+        """The standard deviation of the held-out noise energy, ``sigma^2 sqrt(2 n)``
+        (:meth:`energy` with spectral weights: times their RMS, :class:`SpectralEnergy`)."""
         assert self.noise_var is not None
-        return self.noise_var * (2.0 * self.noise_count) ** 0.5
+        gain = 1.0 if self.spectral is None else self.spectral.rms
+        return self.noise_var * (2.0 * self.noise_count) ** 0.5 * gain
 
 
 @dataclass(frozen=True)
@@ -178,7 +231,8 @@ def holdout_split(measurement: Measurement, device: torch.device, *,
         held_problem = measurement_problem(dataclasses.replace(measurement, mask=held), device)
         return HoldoutSplit(dataclasses.replace(measurement, mask=train),
                             HeldOut(held_problem.op.forward, held_problem.y,
-                                    held_problem.noise_std ** 2, noise_count(held_problem)),
+                                    held_problem.noise_std ** 2, noise_count(held_problem),
+                                    SpectralEnergy(int(held_problem.y.shape[-1]))),
                             text, measurement_problem(measurement, device))
     problem = measurement_problem(measurement, device, maps_method=maps_method,
                                   map_sets=map_sets)

@@ -288,3 +288,62 @@ def test_cli_prints_the_basis_beside_the_std_output(calibrated_prior: Path, tiny
         assert expected in settings["resolved"]["std_calibration"]
         assert ("calibrated x" if prior == calibrated_prior else "uncalibrated") in \
             load_volume(tmp_path / f"{prior.stem}_std.nii.gz").series_description
+
+
+def test_spectral_energy_keeps_white_noise_and_stands_for_the_image_energy() -> None:
+    """CT's held-out energy (:class:`medrecon.holdout.SpectralEnergy`): white noise keeps its
+    expected energy (so the noise term stays ``sigma^2 n``), and parallel projections of
+    images of equal energy but different texture get about equal weighted energy (the
+    Fourier slice theorem's ``|omega|``), where their plain energies differ by 6x:
+    a coarse error weighs far more in the projections than in the image."""
+    import torch.nn.functional as F
+
+    from medrecon.holdout import SpectralEnergy
+    from medrecon.operators.ct_geometry import default_geometry
+    from medrecon.operators.ct_projector import CTProjector
+
+    g = torch.Generator().manual_seed(5)
+    energy = SpectralEnergy(48)
+    noise = torch.randn(400, 2, 48, generator=g, dtype=torch.float64)
+    assert energy(noise) / noise.numel() == pytest.approx(1.0, rel=0.02)
+    assert energy.rms == pytest.approx((4 / 3) ** 0.5, rel=0.01)  # a ramp: E[w^2] / E[w]^2
+
+    n = 48
+    geometry = default_geometry((n, n, 1), (1.0, 1.0, 1.0), "parallel", views=90)
+    op = CTProjector(geometry, (n, n, 1), (1.0, 1.0, 1.0))
+    weigh = SpectralEnergy(geometry.detector_cols)
+    yy, xx = torch.meshgrid(torch.arange(n) - n / 2, torch.arange(n) - n / 2, indexing="ij")
+    disk = ((xx**2 + yy**2) < (n / 3) ** 2).float()
+    k = torch.exp(-torch.arange(-4, 5) ** 2 / 2.0)  # texture of about one pixel
+    k = (k / k.sum()).view(1, 1, -1, 1)
+    fine = F.conv2d(F.conv2d(torch.randn(1, 1, n, n, generator=g), k, padding=(4, 0)),
+                    k.transpose(2, 3), padding=(0, 4))[0, 0] * disk
+    coarse = torch.exp(-(xx**2 + yy**2) / (2 * 6.0**2))
+    plain, ramp = [], []
+    for image in (fine, coarse):
+        p = op.forward((image / image.norm())[..., None])
+        plain.append(float((p**2).sum()))
+        ramp.append(weigh(p))
+    assert plain[1] / plain[0] > 5.0  # measured 6.2
+    assert 0.85 < ramp[1] / ramp[0] < 1.3  # measured 1.17
+
+
+def test_the_ct_split_weighs_its_held_out_energy_and_mr_does_not() -> None:
+    """The std map's held-out energies: ramp-weighted on a CT split, plain on an MR one."""
+    from medrecon.holdout import SpectralEnergy, holdout_split
+    from medrecon.phantoms import shepp_logan_volume
+    from medrecon.simulate import CTSettings, MRISettings, SimulationConfig, simulate
+
+    ct = simulate(shepp_logan_volume(16, modality="CT"), SimulationConfig(
+        modality="ct", seed=0, ct=CTSettings(geometry="parallel", views=14)))
+    held = holdout_split(ct, torch.device("cpu")).held
+    assert isinstance(held.spectral, SpectralEnergy)
+    r = held.predict(torch.ones(16, 16, 16)) - held.y
+    assert held.energy(r) == pytest.approx(held.spectral(r))
+    assert held.energy(r) != pytest.approx(float(torch.linalg.vector_norm(r)) ** 2, rel=0.1)
+    mr = simulate(shepp_logan_volume(16), SimulationConfig(modality="mri", seed=0, mri=MRISettings(
+        coils=2, acceleration=2.0, calibration=4)))
+    held = holdout_split(mr, torch.device("cpu")).held
+    r = held.y * 0.5
+    assert held.spectral is None
+    assert held.energy(r) == pytest.approx(float(torch.linalg.vector_norm(r)) ** 2)
