@@ -100,7 +100,7 @@ where the guard rejects diffusion, the posterior's spread does not follow the cl
 result's error (on the real DWI volume the correlation of either term with the error was
 0.11-0.16), and the former map, ``w`` times the spread, covered 67 % of the errors at
 ``w`` = 0.07. H100 / H200, 50 steps, K = 4 (benchmarks/RESULTS_std_calibration.md):
-90.2-95.7 % on the eight real rows where the guard falls back (MR brain and abdomen, three CT
+90.2-95.7 % on the nine real rows where the guard falls back (MR brain and abdomen, three CT
 slices at 30 and 60 views), 94.2 % on the DWI blend at R = 8, 67.8 % at R = 4 (3 held-out
 k-space lines); without the held-out factor 94-100 %.
 
