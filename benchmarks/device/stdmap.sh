@@ -27,5 +27,5 @@ fi
 wait
 echo "all done at $(elapsed) s"
 summary "case setting guard weight lam alpha scale prior_alpha coverage_2std coverage_1std prior_coverage_2std std_over_error_rms seconds error" \
-  std_mr.jsonl std_ct1.jsonl std_ct2.jsonl std_ct3.jsonl std_heads.jsonl
+  std_mr.jsonl $(cd "$OUT" && ls std_ct*.jsonl 2>/dev/null) std_heads.jsonl
 tail -n 2 "$LOGS"/*.log; pack
