@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def _decide(folds: list[dict[str, Any]], samples: int, alpha: float) -> dict[str, Any]:
     """The guard's decision on the pooled held-out data of ``folds`` (predictions of each
     fold's training-part runs concatenated; a single fold: the library's own)."""
-    from medrecon.guard import MIN_GAIN
-    from medrecon.holdout import HeldOut, blend_weight
+    from medrecon.guard import guard_choice
+    from medrecon.holdout import HeldOut
 
     def cat(key: str, sub: str | None = None) -> torch.Tensor:
         return torch.cat([(f[key] if sub is None else f[key][sub]).flatten() for f in folds])
@@ -53,14 +53,7 @@ def _decide(folds: list[dict[str, Any]], samples: int, alpha: float) -> dict[str
     errors = {m: held.prediction_error(cat("b", m)) for m in folds[0]["b"]}
     method = min(errors, key=lambda m: errors[m])
     b = cat("b", method)
-    w = blend_weight(mean, b, y)
-    b_err = held.prediction_error(w * mean + (1 - w) * b)
-    if d_err <= errors[method]:
-        choice, w = "diffusion", 1.0
-    elif b_err < (1.0 - MIN_GAIN) * errors[method]:
-        choice = "blend"
-    else:
-        choice, w = "classical", 0.0
+    choice, w, b_err = guard_choice(held, mean, d_err, b, errors[method])
     row: dict[str, Any] = {"folds": len(folds), "diffusion_error": d_err,
                            "classical_errors": errors, "method": method, "choice": choice,
                            "weight": w, "blend_error": b_err}

@@ -143,6 +143,7 @@ import numpy as np
 import torch
 
 from medrecon.holdout import (
+    HeldOut,
     HoldoutSplit,
     blend_weight,
     heldout_std,
@@ -175,6 +176,7 @@ __all__ = [
     "TUNED_SAMPLERS",
     "GuardReport",
     "classical_runs",
+    "guard_choice",
     "guarded_diffusion",
 ]
 
@@ -451,14 +453,7 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
     del runs, scmeas  # the other method's result and the slab: not through the sampling
     name, full, b, c_lam = chosen.method, chosen.output, chosen.prediction, chosen.lam
     c_err = chosen.error
-    if d_err <= c_err:
-        choice, w, b_err = "diffusion", 1.0, d_err
-    else:
-        w = blend_weight(a, b, split.held.y)
-        b_err = split.held.prediction_error(w * a + (1 - w) * b)
-        choice = "blend" if b_err < (1.0 - MIN_GAIN) * c_err else "classical"
-        if choice == "classical":
-            w, b_err = 0.0, c_err
+    choice, w, b_err = guard_choice(split.held, a, d_err, b, c_err)
     guard = GuardReport(name, c_lam, d_err, c_err, choice, w, b_err, held_text,
                         samples=config.samples, chains=2 if two else 1,
                         classical_errors=errors)
@@ -496,6 +491,22 @@ def _guarded_diffusion(measurement: Measurement, config: DiffusionConfig, prior:
         out.residual = whole.residual(x.to(whole.y.device))
         out.solution = x.detach().cpu()
     return out
+
+
+def guard_choice(held: HeldOut, a: torch.Tensor, d_err: float, b: torch.Tensor,
+                 c_err: float) -> tuple[str, float, float]:
+    """The guard's decision (module docstring, step 2) from the held-out predictions ``a`` of
+    diffusion (its expected error ``d_err``) and ``b`` of the classical result (error
+    ``c_err``): (choice, the weight ``w`` of diffusion in the result, the result's held-out
+    error). Diffusion where it predicts at least as well; else the best blend where it gains
+    :data:`MIN_GAIN` over the classical result; else the classical result (``w = 0``)."""
+    if d_err <= c_err:
+        return "diffusion", 1.0, d_err
+    w = blend_weight(a, b, held.y)
+    b_err = held.prediction_error(w * a + (1 - w) * b)
+    if b_err < (1.0 - MIN_GAIN) * c_err:
+        return "blend", w, b_err
+    return "classical", 0.0, c_err
 
 
 def _tuning_slab(dmeas: Measurement, cmeas: Measurement, device: torch.device,
