@@ -15,9 +15,13 @@ and the midpoints ``2^(+-3/4)`` beside the best) lies on the grid, and:
 * the true PSNR from all views (one solve per weight; region above -900 HU, data range the
   reference's max - min) from that pick toward the higher PSNR until the optimum is
   bracketed, ``--psnr-pad`` more steps on each side: the fine oracle;
+* the same two terms in the ramp-weighted energy that stands for the image's
+  (:class:`~medrecon.recon.sure.SpectralEnergy`; SURE with the weighted misfit and
+  divergence), from the same solves;
 * the picks of the search (:func:`~medrecon.recon.autotune.tune_weight`) on SURE's term plus
-  the held-out term times 1 (the former rule) or 1/3 (the library's rule), each on the tried
-  weights and with ``vertex`` (``picks``, the PSNR solved at each); ``before`` / ``after``:
+  the held-out term times 1 (the former rule) or 1/3 (the library's rule), and on the ramp's
+  terms with 1/3, each on the tried weights and with ``vertex`` (``picks``, the PSNR solved
+  at each); ``before`` / ``after``:
   the former sum without / with the vertex.
 
 All solves run once per weight (memoised; ``--prefill`` reuses an earlier run's); one JSON
@@ -49,10 +53,9 @@ from medrecon.metrics import psnr
 from medrecon.recon import ct
 from medrecon.recon.autotune import parabola_vertex, tune_weight
 from medrecon.recon.ct_tune import holdout_problems
-from medrecon.recon.sure import heldout_risk, sure, sure_probe
+from medrecon.recon.sure import SpectralEnergy, heldout_risk, sure, sure_probe
 from medrecon.simulate import CTSettings, SimulationConfig, simulate
 
-CPU = torch.device("cpu")
 BASE = ct.DEFAULT_TV_LAM
 
 
@@ -66,12 +69,18 @@ def _index(lam: float) -> int:
     return e
 
 
-#: Weights of the held-out term scored: the former sum (1) and the library's rule (1/3).
-HELD_WEIGHTS = (1.0, 1.0 / 3.0)
+#: The rules scored: (energy, weight of the held-out term). Energies: "plain", the data's
+#: (the former rules), and "ramp", both terms in the ramp-weighted energy that stands for the
+#: image's (:class:`~medrecon.recon.sure.SpectralEnergy`); weights: the former sum (1) and a
+#: third (the geometry of ct_tune's docstring).
+RULES = (("plain", 1.0), ("plain", 1.0 / 3.0), ("ramp", 1.0 / 3.0))
+#: Where each energy's (SURE term, held-out term) lie in a stored tuple of terms.
+_TERMS = {"plain": (0, 1), "ramp": (2, 3)}
 
 
-def _rule(weight: float, vertex: bool) -> str:
-    return f"held x {weight:.3g}" + (" + vertex" if vertex else "")
+def _rule(energy: str, weight: float, vertex: bool) -> str:
+    name = f"held x {weight:.3g}" + (" + vertex" if vertex else "")
+    return name if energy == "plain" else f"{energy}: {name}"
 
 
 def _on_grid(lam: float) -> bool:
@@ -79,12 +88,14 @@ def _on_grid(lam: float) -> bool:
     return abs(q - round(q)) < 1e-9
 
 
-def _weighted(terms: dict[int, tuple[float, float]], risk: object, lam: float,
+def _weighted(terms: dict[int, tuple[float, ...]], risk: object, lam: float, energy: str,
               weight: float) -> float:
-    """SURE's term plus ``weight`` x the held-out term at ``lam`` (solved where missing)."""
+    """SURE's term plus ``weight`` x the held-out term at ``lam`` in ``energy`` (solved where
+    missing)."""
     risk(lam)  # type: ignore[operator]
-    sure_term, held_term = terms[_index(lam)]
-    return sure_term + weight * held_term
+    i, j = _TERMS[energy]
+    t = terms[_index(lam)]
+    return t[i] + weight * t[j]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="quarter-octave steps each side of the pick with the risk")
     ap.add_argument("--psnr-pad", type=int, default=2,
                     help="PSNR steps beyond the bracketed optimum on each side")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--prefill", type=Path, default=None,
                     help="reuse the solves of this case's rows in this file (JSON lines)")
@@ -124,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                                                      dose_i0=1e5)))
     region, data_range = ref > -900.0, float(ref.max() - ref.min())
     settings = ct.method_settings(ct.TVSettings, {}, "tv")
-    full = ct._problem(m, CPU)
+    dev = torch.device(args.device)
+    full = ct._problem(m, dev)
     mw = full.units.mu_water
     assert mw is not None
     solves = 0
@@ -135,18 +148,22 @@ def main(argv: list[str] | None = None) -> int:
         return ct._tv_solve(problem, lam, args.iterations, 1e-4, settings)[0].x * mw
 
     # the library's criterion, as tune_tv_weight builds it (same split, same probe)
-    sub, held, _ = holdout_problems(m, CPU)
+    sub, held, _ = holdout_problems(m, dev)
     probe = sure_probe(sub, int((m.acquisition or {}).get("seed", 0) or 0))
     assert probe is not None
-    terms: dict[int, tuple[float, float]] = {}  # e -> (SURE term, held-out term)
+    ramp = SpectralEnergy(int(sub.y.shape[-1]))
+    # e -> (SURE term, held-out term, both in the ramp-weighted energy)
+    terms: dict[int, tuple[float, ...]] = {}
 
     def risk(lam: float) -> float:
         e = _index(lam)
         if e not in terms:
             x = solve(sub, lam)
-            t = sub.noise_std ** 2 * sure(sub, x, solve(probe.nudged, lam), probe)
-            terms[e] = (t, heldout_risk(held, x))
-        return sum(terms[e])
+            nudged = solve(probe.nudged, lam)
+            var = sub.noise_std ** 2
+            terms[e] = (var * sure(sub, x, nudged, probe), heldout_risk(held, x),
+                        var * sure(sub, x, nudged, probe, ramp), heldout_risk(held, x, ramp))
+        return terms[e][0] + terms[e][1]
 
     quality: dict[float, float] = {}
     if args.prefill is not None:  # an earlier run of this case: its solves are not repeated
@@ -155,14 +172,16 @@ def main(argv: list[str] | None = None) -> int:
             if (old["case"], old["views"], old["seed"], old["shape"]) == (
                     row_case, args.views, seed, list(ref.shape)):
                 r = old["risk"]
-                terms.update({e: (a, b) for e, a, b in zip(
-                    r["e"], r["sure_term"], r["heldout_term"], strict=True)})
+                if "sure_ramp" in r:  # older rows lack the ramp's terms
+                    terms.update({e: t for e, *t in zip(
+                        r["e"], r["sure_term"], r["heldout_term"], r["sure_ramp"],
+                        r["heldout_ramp"], strict=True)})
                 quality.update(zip(old["psnr"]["lam"], old["psnr"]["psnr"], strict=True))
 
     def score(lam: float) -> float:
         if lam not in quality:
             x = solve(full, lam)
-            quality[lam] = psnr(full.units.to_reference(x.numpy()), ref,
+            quality[lam] = psnr(full.units.to_reference(x.cpu().numpy()), ref,
                                 data_range=data_range, mask=region)
         return quality[lam]
 
@@ -187,12 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(e - 1 - args.psnr_pad, e + 2 + args.psnr_pad):
         score(_lam(k))
     picks = {}  # each rule's search (the risks of its weights) and the PSNR at its pick
-    for weight in HELD_WEIGHTS:
+    for energy, weight in RULES:
         for vertex in (False, True):
-            lam = tune_weight(lambda v, w=weight: _weighted(terms, risk, v, w), BASE,
-                              vertex=vertex)[0]
+            lam = tune_weight(lambda v, g=energy, w=weight: _weighted(terms, risk, v, g, w),
+                              BASE, vertex=vertex)[0]
             lam = _lam(_index(lam)) if _on_grid(lam) else lam
-            picks[_rule(weight, vertex)] = {"lam": lam, "psnr": score(lam)}
+            picks[_rule(energy, weight, vertex)] = {"lam": lam, "psnr": score(lam)}
     e_oracle = max((_index(lam) for lam in quality if _on_grid(lam)),
                    key=lambda k: quality[_lam(k)])
     oracle = _lam(e_oracle)
@@ -209,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         "risk": {"e": es, "lam": [_lam(k) for k in es],
                  "sure_term": [terms[k][0] for k in es],
                  "heldout_term": [terms[k][1] for k in es],
-                 "total": [sum(terms[k]) for k in es]},
+                 "sure_ramp": [terms[k][2] for k in es],
+                 "heldout_ramp": [terms[k][3] for k in es],
+                 "total": [terms[k][0] + terms[k][1] for k in es]},
         "tried": {"lam": grid, "risk": values},
         "psnr": {"lam": sorted(quality), "psnr": [quality[lam] for lam in sorted(quality)]},
         "oracle": {"lam": oracle, "psnr": top, "vertex_lam": fine_oracle_vertex},
@@ -227,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                                           "solves", "seconds")}))
     for k in es:
         lam = _lam(k)
-        print(f"e={k:+3d} lam={lam:.3e} risk={sum(terms[k]):+.4e} "
-              f"(sure {terms[k][0]:+.4e}, held {terms[k][1]:+.4e})"
+        print(f"e={k:+3d} lam={lam:.3e} (sure {terms[k][0]:+.4e}, held {terms[k][1]:+.4e}; "
+              f"ramp: sure {terms[k][2]:+.4e}, held {terms[k][3]:+.4e})"
               + (f" psnr={quality[lam]:.3f}" if lam in quality else ""))
     for lam in sorted(quality):
         if not _on_grid(lam) or _index(lam) not in terms:
@@ -243,22 +264,25 @@ class _Missing(Exception):
 def _score_row(row: dict) -> None:
     """Print each rule's pick (x the fine oracle) and loss against it (module docstring)."""
     r = row["risk"]
-    stored = {e: (s, h) for e, s, h in zip(r["e"], r["sure_term"], r["heldout_term"],
-                                           strict=True)}
+    keys = ["sure_term", "heldout_term"] + (["sure_ramp", "heldout_ramp"] if "sure_ramp" in r
+                                            else [])
+    stored = {e: t for e, *t in zip(r["e"], *(r[k] for k in keys), strict=True)}
     lams, psnrs = row["psnr"]["lam"], row["psnr"]["psnr"]
     top, oracle = row["oracle"]["psnr"], row["oracle"]["lam"]
     name = Path(row["case"]).name.split(".")[0] if row["case"] != "synthetic head" else (
         f"head s{row['seed'] % 10} {row['shape'][0]}^2 {row['spacing_mm'][0]:g} mm")
     cells = [f"{name} {row['views']}v", f"{oracle:.2e} ({top:.2f})"]
-    for weight in HELD_WEIGHTS:
-        def crit(lam: float, w: float = weight) -> float:
+    for energy, weight in RULES:
+        i, j = _TERMS[energy]
+
+        def crit(lam: float, w: float = weight, i: int = i, j: int = j) -> float:
             e = _index(lam)
-            if e not in stored:
+            if e not in stored or len(stored[e]) <= j:
                 raise _Missing
-            return stored[e][0] + w * stored[e][1]
+            return stored[e][i] + w * stored[e][j]
 
         for vertex in (False, True):
-            stored_pick = row.get("picks", {}).get(_rule(weight, vertex))
+            stored_pick = row.get("picks", {}).get(_rule(energy, weight, vertex))
             if stored_pick is not None:  # solved at the pick
                 lam = stored_pick["lam"]
                 cells.append(f"{lam / oracle:.2f}x / {top - stored_pick['psnr']:.2f}")

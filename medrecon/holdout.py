@@ -24,7 +24,7 @@ import torch
 from medrecon.problem import Problem, measurement_problem
 from medrecon.recon.autotune import mr_holdout_masks, mr_holdout_text
 from medrecon.recon.ct_tune import holdout_masks as ct_holdout_masks
-from medrecon.recon.sure import noise_count
+from medrecon.recon.sure import SpectralEnergy, noise_count
 
 if TYPE_CHECKING:
     from medrecon.io.measurement import Measurement
@@ -32,49 +32,6 @@ if TYPE_CHECKING:
 
 __all__ = ["HeldOut", "HoldoutSplit", "SpectralEnergy", "blend_weight", "heldout_std",
            "holdout_split", "offset_std", "prior_alpha"]
-
-
-class SpectralEnergy:
-    """The ramp-weighted energy of CT projection data: the image-domain energy it stands for.
-
-    A std map is scaled so that its model predicts the held-out data's error energy
-    (:meth:`HeldOut.std_scale`), but it is read in the image. By the Fourier slice theorem a
-    parallel projection's 1D spectrum along the detector is a central line of the image's 2D
-    spectrum, and the image's energy is the angular integral of the lines' energies weighted
-    by ``|omega|`` (the polar measure): ``||e||^2 ~ sum_views sum_omega |omega| |P e(omega)|^2``,
-    for any spectrum of the error. Unweighted projection energy is ``sum |E(k)|^2 / |k|``
-    instead: a coarse error counts many times more than fine texture of the same image energy
-    (a rejected posterior's speckle, a bone edge), so a map's model and the error it must
-    match, when their textures differ, get a factor that is off in the image (6x between
-    one-pixel texture and a 6-pixel blob in the unit test). Each detector row is zero-padded
-    to ``P >= 2 n`` (no wrap-around) and weighted with FBP's discrete ramp
-    (:func:`~medrecon.recon.ct_analytic.ramp_filter`: Ram-Lak, whose DC weight is small but
-    positive), normalised so that white noise keeps its expected energy, ``sigma^2 n``:
-    the held-out noise term stays ``noise_var x noise_count``. Fan and cone beams: the same
-    weighting per detector row, the local form of the ramp their FBP / FDK use.
-
-    ``rms``: the weights' root mean square over the spectrum (``> 1``: a ramp is uneven), by
-    which the held-out noise energy's standard deviation grows (the weighted sum of ``P``
-    squared Gaussians, treated as independent).
-    """
-
-    def __init__(self, n: int) -> None:
-        from medrecon.recon.ct_analytic import ramp_filter
-
-        resp = ramp_filter(int(n), 1.0)
-        self.p = int(resp.size)
-        half = resp[: self.p // 2 + 1]
-        count = np.full(half.size, 2.0)  # rfft: every bin but DC and Nyquist stands for two
-        count[0] = count[-1] = 1.0
-        w = half / (np.sum(count * half) / self.p)  # white noise: E = sigma^2 n, unweighted's
-        self.weights = count * w / self.p  # Parseval's 1 / P folded in
-        self.rms = float(np.sqrt(np.sum(count * w**2) / self.p))
-
-    def __call__(self, r: torch.Tensor) -> float:
-        """The weighted energy of ``r`` (..., detector cols), along the last axis."""
-        spec = torch.fft.rfft(r.double(), n=self.p, dim=-1)
-        w = torch.as_tensor(self.weights, dtype=torch.float64, device=r.device)
-        return float(torch.sum(torch.abs(spec) ** 2 * w))
 
 
 class HeldOut:

@@ -117,7 +117,11 @@ below twice that frequency also 2.6 dB at 1 mm), the half-ramp weighted held-out
 holding out more views (every 4th), two or three interleaved splits, a parabola through the
 held-out minimum, SURE alone (up to 0.5 dB at 60 views on 256^2), SURE unless the held-out
 views prefer their pick by two standard errors of the per-view difference (they do, on the
-biased cases: 1.45 dB), and the geometric mean of the SURE and held-out picks (1.0 dB).
+biased cases: 1.45 dB), the geometric mean of the SURE and held-out picks (1.0 dB), and both
+terms in the ramp-weighted energy that stands for the image's (``sure`` / ``heldout_risk``
+with :class:`~medrecon.recon.sure.SpectralEnergy`): spine 30 views 0.62 -> 0.30 dB, but the
+real head at 30 views 0.10 -> 0.87 dB and the abdomen 0.01 -> 0.20 dB (RESULTS_autotune.md,
+"CT TV's risk in the image's energy").
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from medrecon.operators.mri import SenseOperator
@@ -30,6 +31,7 @@ Tensor = torch.Tensor
 
 __all__ = [
     "Fold",
+    "SpectralEnergy",
     "SureProbe",
     "discrepancy",
     "discrepancy_weight",
@@ -39,6 +41,55 @@ __all__ = [
     "sure",
     "sure_probe",
 ]
+
+
+class SpectralEnergy:
+    """The ramp-weighted energy of CT projection data: the image-domain energy it stands for.
+
+    A std map is scaled so that its model predicts the held-out data's error energy
+    (:meth:`HeldOut.std_scale`), but it is read in the image. By the Fourier slice theorem a
+    parallel projection's 1D spectrum along the detector is a central line of the image's 2D
+    spectrum, and the image's energy is the angular integral of the lines' energies weighted
+    by ``|omega|`` (the polar measure): ``||e||^2 ~ sum_views sum_omega |omega| |P e(omega)|^2``,
+    for any spectrum of the error. Unweighted projection energy is ``sum |E(k)|^2 / |k|``
+    instead: a coarse error counts many times more than fine texture of the same image energy
+    (a rejected posterior's speckle, a bone edge), so a map's model and the error it must
+    match, when their textures differ, get a factor that is off in the image (6x between
+    one-pixel texture and a 6-pixel blob in the unit test). Each detector row is zero-padded
+    to ``P >= 2 n`` (no wrap-around) and weighted with FBP's discrete ramp
+    (:func:`~medrecon.recon.ct_analytic.ramp_filter`: Ram-Lak, whose DC weight is small but
+    positive), normalised so that white noise keeps its expected energy, ``sigma^2 n``:
+    the held-out noise term stays ``noise_var x noise_count``. Fan and cone beams: the same
+    weighting per detector row, the local form of the ramp their FBP / FDK use.
+
+    ``rms``: the weights' root mean square over the spectrum (``> 1``: a ramp is uneven), by
+    which the held-out noise energy's standard deviation grows (the weighted sum of ``P``
+    squared Gaussians, treated as independent).
+    """
+
+    def __init__(self, n: int) -> None:
+        from medrecon.recon.ct_analytic import ramp_filter
+
+        resp = ramp_filter(int(n), 1.0)
+        self.p = int(resp.size)
+        half = resp[: self.p // 2 + 1]
+        count = np.full(half.size, 2.0)  # rfft: every bin but DC and Nyquist stands for two
+        count[0] = count[-1] = 1.0
+        w = half / (np.sum(count * half) / self.p)  # white noise: E = sigma^2 n, unweighted's
+        self.weights = count * w / self.p  # Parseval's 1 / P folded in
+        self.rms = float(np.sqrt(np.sum(count * w**2) / self.p))
+
+    def __call__(self, r: Tensor) -> float:
+        """The weighted energy of ``r`` (..., detector cols), along the last axis."""
+        return self.inner(r, r)
+
+    def inner(self, a: Tensor, b: Tensor) -> float:
+        """The weighted inner product of real ``a`` and ``b`` (the energy's bilinear form)."""
+        spec_a = torch.fft.rfft(a.double(), n=self.p, dim=-1)
+        spec_b = spec_a if b is a else torch.fft.rfft(b.double(), n=self.p, dim=-1)
+        w = torch.as_tensor(self.weights, dtype=torch.float64, device=a.device)
+        return float(torch.sum((spec_a * spec_b.conj()).real * w))
+
 
 
 def _parts(t: Tensor) -> Tensor:
@@ -65,20 +116,23 @@ def noise_count(problem: Problem) -> float:
     return max(count, 1.0)
 
 
-def _energy(problem: Problem, x: Tensor) -> float:
-    """``||A x - y||^2`` (units of y squared)."""
+def _energy(problem: Problem, x: Tensor, spectral: SpectralEnergy | None = None) -> float:
+    """``||A x - y||^2`` (units of y squared; with ``spectral``, its weighted energy)."""
     with torch.no_grad():
-        r = _parts(problem.op(x) - problem.y)
+        r = problem.op(x) - problem.y
+        if spectral is not None:
+            return spectral(r)
+        r = _parts(r)
         return float((r * r).sum())
 
 
-def discrepancy(problem: Problem, x: Tensor) -> float:
+def discrepancy(problem: Problem, x: Tensor, spectral: SpectralEnergy | None = None) -> float:
     """``||A x - y||^2 / E||n||^2``: the data misfit of ``x`` (the image the operator acts on)
     in units of the expected noise energy ``sigma^2`` x :func:`noise_count`; inf without a
-    noise model."""
+    noise model. ``spectral``: the misfit's weighted energy (white noise keeps its energy)."""
     if problem.noise_std <= 0.0:
         return math.inf
-    return _energy(problem, x) / (problem.noise_std ** 2 * noise_count(problem))
+    return _energy(problem, x, spectral) / (problem.noise_std ** 2 * noise_count(problem))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,26 +174,34 @@ def sure_probe(problem: Problem, seed: int = 0) -> SureProbe | None:
     return SureProbe(nudged, direction, eps)
 
 
-def heldout_risk(problem: Problem, x: Tensor) -> float:
+def heldout_risk(problem: Problem, x: Tensor, spectral: SpectralEnergy | None = None) -> float:
     """The held-out data's estimate of the squared prediction error per real data component,
     ``||A x - y||^2 / n - sigma^2`` (units of y squared; ``n`` :func:`noise_count`; x from the
-    other data): the residual's mean square less the noise variance."""
-    return _energy(problem, x) / noise_count(problem) - problem.noise_std ** 2
+    other data): the residual's mean square less the noise variance; with ``spectral``, in
+    its weighted energy (which keeps white noise's, so the noise term is the same)."""
+    return _energy(problem, x, spectral) / noise_count(problem) - problem.noise_std ** 2
 
 
-def sure(problem: Problem, x: Tensor, x_nudged: Tensor, probe: SureProbe) -> float:
+def sure(problem: Problem, x: Tensor, x_nudged: Tensor, probe: SureProbe,
+         spectral: SpectralEnergy | None = None) -> float:
     """Stein's unbiased estimate of the in-sample risk ``||A (x - x_true)||^2 / E||n||^2``
     (x, x_nudged: the method's results from the data and from ``probe.nudged``)::
 
         misfit - 1 + 2 tr(Sigma J) / E||n||^2,   tr(Sigma J) ~ sigma^2 d . (A x' - A x) / eps
 
     (``J`` the Jacobian of the predicted data ``A x`` in the data, one Monte-Carlo probe; the
-    dot product over real components, ``Re(d^H v)`` for complex data).
+    dot product over real components, ``Re(d^H v)`` for complex data). With ``spectral`` (a
+    weighting ``S^T S`` that keeps white noise's energy) the risk in its energy,
+    ``||S A (x - x_true)||^2``: the misfit weighted and ``tr(Sigma S^T S J)``, the weighted
+    product ``<d, A x' - A x>_S / eps``.
     """
     with torch.no_grad():
-        change = _parts(problem.op(x_nudged) - problem.op(x))
-        div = float((_parts(probe.direction) * change).sum()) / probe.eps
-    return discrepancy(problem, x) - 1.0 + 2.0 * div / noise_count(problem)
+        change = problem.op(x_nudged) - problem.op(x)
+        if spectral is not None:
+            div = spectral.inner(probe.direction, change) / probe.eps
+        else:
+            div = float((_parts(probe.direction) * _parts(change)).sum()) / probe.eps
+    return discrepancy(problem, x, spectral) - 1.0 + 2.0 * div / noise_count(problem)
 
 
 @dataclasses.dataclass(frozen=True)
