@@ -23,13 +23,14 @@ Like :mod:`medrecon.report`, this module sits above :mod:`medrecon.io` (it reads
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
 from medrecon.errors import GeometryError, InputError
 from medrecon.io.volume import Volume
-from medrecon.metrics import EvaluationResult, data_range_of, evaluate_volumes
+from medrecon.metrics import EvaluationResult, data_range_of, evaluate_volumes, std_map_check
 
 __all__ = [
     "CT_AIR_HU",
@@ -230,6 +231,7 @@ def compare_volumes(
     slice_axis: int = 2,
     atol_mm: float = 1e-3,
     exclude_padding: bool = True,
+    std: Volume | None = None,
 ) -> tuple[EvaluationResult, np.ndarray | None]:
     """PSNR, SSIM, NMSE and HFEN of ``recon`` against ``reference`` (see the module docstring).
 
@@ -241,6 +243,9 @@ def compare_volumes(
         data_range: L for PSNR and SSIM; default max - min of the reference outside padding.
         slice_axis: as in :func:`medrecon.metrics.evaluate_volumes` (reference voxel axes).
         exclude_padding: leave CT padding (:func:`padding_mask`) out of region and data range.
+        std: the reconstruction's standard-deviation map (on its grid or the reference's):
+            its coverage of the error over the same region goes into ``result.std_map``
+            (:func:`~medrecon.metrics.std_map_check`).
 
     Returns:
         The result (``inputs["reoriented"]`` tells when ``recon`` was reordered) and the boolean
@@ -292,4 +297,8 @@ def compare_volumes(
                               slice_axis=slice_axis, region=region, data_range_source=source)
     if "reoriented" in moved.meta:
         result.inputs["reoriented"] = str(moved.meta["reoriented"])
+    if std is not None:
+        sd = on_reference_grid(std, reference, "std map", atol_mm).data
+        result = dataclasses.replace(result, std_map=std_map_check(
+            moved.data, sd, reference.data, mask_arr, slice_axis))
     return result, mask_arr

@@ -51,7 +51,9 @@ from medrecon.errors import GeometryError, InputError
 from medrecon.jsonutil import jsonable
 
 __all__ = [
+    "COVERAGE_LEVELS",
     "METRICS",
+    "STD_COLUMNS",
     "EvaluationResult",
     "data_range_of",
     "evaluate_volumes",
@@ -62,6 +64,7 @@ __all__ = [
     "relative_residual",
     "ssim",
     "ssim_map",
+    "std_map_check",
 ]
 
 #: Metric names in report order, with their display labels.
@@ -73,6 +76,9 @@ SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 HFEN_SIGMA = 1.5
 HFEN_RADIUS = 7  # 15-tap LoG kernel, as Ravishankar & Bresler's 15x15 filter
+#: A std map's coverage levels k: the share of voxels with ``|recon - ref| <= k std``, which a
+#: calibrated Gaussian map meets at ``erf(k / sqrt 2)`` (68.3 % and 95.4 %).
+COVERAGE_LEVELS = (1.0, 2.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,6 +352,8 @@ class EvaluationResult:
         shape: the volume shape (I, J, K).
         slice_axis: the axis the per-slice values run along.
         inputs: free-form provenance, e.g. {"recon": path, "reference": path}.
+        std_map: the check of the reconstruction's std map (:func:`std_map_check`: ``volume``
+            and ``slices``), or empty: none was given.
     """
 
     volume: dict[str, float]
@@ -357,6 +365,7 @@ class EvaluationResult:
     shape: tuple[int, ...]
     slice_axis: int
     inputs: dict[str, str] = field(default_factory=dict)
+    std_map: dict[str, Any] = field(default_factory=dict)
 
     def slice_summary(self) -> dict[str, dict[str, float]]:
         """metric -> {"min", "median", "max"} over slices where it is defined (finite or inf)."""
@@ -388,18 +397,72 @@ class EvaluationResult:
                 "volume": dict(self.volume),
                 "slice_summary": self.slice_summary(),
                 "slices": [dict(s) for s in self.slices],
+                **({"std_map": self.std_map} if self.std_map else {}),
             }
         )
 
     def rows(self) -> list[dict[str, Any]]:
-        """CSV rows: one per slice, then one with ``slice = "volume"`` for the whole region."""
-        rows: list[dict[str, Any]] = [dict(s) for s in self.slices]
-        rows.append({"slice": "volume", "voxels": self.region_voxels, **self.volume})
+        """CSV rows: one per slice, then one with ``slice = "volume"`` for the whole region
+        (with a std map, its coverages too: :meth:`csv_columns`)."""
+        extra = self.std_map.get("slices") or [{} for _ in self.slices]
+        rows: list[dict[str, Any]] = [{**s, **e} for s, e in zip(self.slices, extra, strict=True)]
+        volume = {k: v for k, v in self.std_map.get("volume", {}).items() if k in STD_COLUMNS}
+        rows.append({"slice": "volume", "voxels": self.region_voxels, **self.volume, **volume})
         return rows
 
     @staticmethod
-    def csv_columns() -> list[str]:
-        return ["slice", "voxels", *METRICS]
+    def csv_columns(std_map: bool = False) -> list[str]:
+        return ["slice", "voxels", *METRICS, *(STD_COLUMNS if std_map else ())]
+
+
+#: The std map check's per-slice (and CSV) values.
+STD_COLUMNS = tuple(f"coverage_{k:g}std" for k in COVERAGE_LEVELS)
+
+
+def std_map_check(recon: Any, std: Any, ref: Any, mask: Any | None = None,
+                  slice_axis: int = 2) -> dict[str, Any]:
+    """How well a per-voxel standard-deviation map describes the error of ``recon``.
+
+    * ``coverage_<k>std``: the share of region voxels with ``|recon - ref| <= k std`` for
+      each k of :data:`COVERAGE_LEVELS` (a calibrated Gaussian map: ``erf(k / sqrt 2)``,
+      68.3 % and 95.4 %; below, the map is over-confident, above, too cautious);
+    * ``std_rms_over_error_rms``: the map's root mean square over the error's, in the region:
+      a map can cover by being wide everywhere (1: as wide as the error on average).
+
+    Args:
+        recon, std, ref: arrays of one shape (std >= 0, finite).
+        mask: optional boolean region; default the whole volume.
+        slice_axis: the per-slice coverages run along this axis (NaN where no region voxel).
+
+    Returns:
+        ``{"volume": {...}, "slices": [{"coverage_<k>std": ...}, ...], "expected": {...}}``.
+    """
+    x, r, m = _prepare(recon, ref, mask)
+    sd = _as_array(std, "std map")
+    if sd.shape != r.shape:
+        raise GeometryError(f"The std map has shape {sd.shape} but the reference has shape "
+                            f"{r.shape}.")
+    if not np.isfinite(sd).all() or (sd < 0).any():
+        raise InputError("The std map holds negative, NaN or infinite voxels; a standard "
+                         "deviation is finite and not negative.")
+    axis = slice_axis % 3
+    region = np.ones(r.shape, dtype=bool) if m is None else m
+    other = tuple(i for i in range(3) if i != axis)
+    counts = region.sum(axis=other)
+    err = np.abs(x - r)
+    volume: dict[str, float] = {}
+    slices: list[dict[str, float]] = [{} for _ in range(r.shape[axis])]
+    for k, name in zip(COVERAGE_LEVELS, STD_COLUMNS, strict=True):
+        inside = (err <= k * sd) & region
+        per_slice = inside.sum(axis=other)
+        volume[name] = float(per_slice.sum()) / float(region.sum())
+        for i, row in enumerate(slices):
+            row[name] = float(per_slice[i]) / float(counts[i]) if counts[i] else math.nan
+    e2, s2 = float(np.mean(err[region] ** 2)), float(np.mean(sd[region] ** 2))
+    volume["std_rms_over_error_rms"] = math.sqrt(s2 / e2) if e2 > 0 else math.inf
+    expected = {name: math.erf(k / math.sqrt(2.0))
+                for k, name in zip(COVERAGE_LEVELS, STD_COLUMNS, strict=True)}
+    return {"volume": volume, "slices": slices, "expected": expected}
 
 
 def evaluate_volumes(

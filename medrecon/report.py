@@ -28,7 +28,7 @@ import numpy as np
 
 from medrecon.errors import GeometryError, InputError
 from medrecon.io.atomic import atomic_file
-from medrecon.metrics import METRICS, EvaluationResult
+from medrecon.metrics import COVERAGE_LEVELS, METRICS, STD_COLUMNS, EvaluationResult
 
 __all__ = [
     "METRIC_DEFINITIONS",
@@ -87,6 +87,14 @@ def format_table(result: EvaluationResult, units: str = "", axis_names: Sequence
             f"{_fmt_metric(name, s['min']):>10} {_fmt_metric(name, s['median']):>12} "
             f"{_fmt_metric(name, s['max']):>12}"
         )
+    if result.std_map:
+        v, want = result.std_map["volume"], result.std_map["expected"]
+        cover = ", ".join(f"<= {k:g} std {100 * v[c]:.1f} %" for k, c in
+                          zip(COVERAGE_LEVELS, STD_COLUMNS, strict=True))
+        aim = " / ".join(f"{100 * want[c]:.1f}" for c in STD_COLUMNS)
+        lines += ["", f"Std map:    |error| {cover} of the region's voxels",
+                  f"            (a calibrated Gaussian map: {aim} %); map rms / error rms "
+                  f"{v['std_rms_over_error_rms']:.3g}"]
     return "\n".join(lines)
 
 
@@ -97,6 +105,12 @@ METRIC_DEFINITIONS: dict[str, str] = {
             "K1 0.01, K2 0.03, population covariances)",
     "nmse": "||x - ref||^2 / ||ref||^2 over the region",
     "hfen": "||LoG(x - ref)|| / ||LoG(ref)|| over the region (3D LoG, sigma 1.5 voxels)",
+}
+#: The std map check's (``std_map``), added where a result has one.
+STD_MAP_DEFINITIONS: dict[str, str] = {
+    "coverage_<k>std": "share of the region's voxels with |x - ref| <= k std (a calibrated "
+                       "Gaussian map: erf(k / sqrt 2), 'expected')",
+    "std_rms_over_error_rms": "sqrt(mean std^2 / mean (x - ref)^2) over the region",
 }
 
 
@@ -123,7 +137,8 @@ def write_metrics_json(
     doc = results[0].to_dict() if len(results) == 1 else {
         "results": [r.to_dict() for r in results]}
     doc.update(dict(extra or {}))
-    doc["metric_definitions"] = dict(METRIC_DEFINITIONS)
+    doc["metric_definitions"] = dict(METRIC_DEFINITIONS) | (
+        STD_MAP_DEFINITIONS if any(r.std_map for r in results) else {})
     path = Path(path)
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
@@ -132,15 +147,17 @@ def write_metrics_json(
 
 def write_metrics_csv(result: EvaluationResult | Sequence[EvaluationResult],
                       path: str | Path) -> Path:
-    """Write one CSV row per slice (``slice, voxels, psnr, ssim, nmse, hfen``) and a final row
-    with ``slice = volume`` for the whole region; undefined values are ``nan``. Several results
-    get a first column ``recon`` (their ``inputs["recon"]``). Atomic.
+    """Write one CSV row per slice (``slice, voxels, psnr, ssim, nmse, hfen``; with std maps
+    also ``coverage_1std, coverage_2std``) and a final row with ``slice = volume`` for the
+    whole region; undefined values are ``nan``. Several results get a first column ``recon``
+    (their ``inputs["recon"]``). Atomic.
     """
     import csv
 
     results = _as_list(result)
     several = len(results) > 1
-    columns = (["recon"] if several else []) + EvaluationResult.csv_columns()
+    columns = (["recon"] if several else []) + EvaluationResult.csv_columns(
+        any(r.std_map for r in results))
     path = Path(path)
     with atomic_file(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)

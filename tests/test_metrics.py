@@ -227,3 +227,42 @@ def test_relative_residual_numpy_and_torch(rng: np.random.Generator) -> None:
     assert relative_residual(y, y) == 0.0
     with pytest.raises(GeometryError):
         relative_residual(y[:2], y)
+
+
+def test_std_map_check_on_gaussian_errors(rng: np.random.Generator) -> None:
+    """Errors drawn from N(0, sigma^2) per voxel, sigma varying over the volume: the true sigma
+    as the map covers erf(k / sqrt 2) of the voxels (68.3 / 95.4 %) with rms ratio 1, half of
+    it is over-confident, twice it too cautious; per-slice values where the region has voxels,
+    NaN elsewhere."""
+    from medrecon.metrics import std_map_check
+
+    shape = (40, 40, 8)
+    sigma = 0.01 + 0.05 * rng.random(shape)
+    ref = rng.random(shape)
+    rec = ref + sigma * rng.standard_normal(shape)
+    mask = np.ones(shape, bool)
+    mask[:, :, 0] = False  # one slice outside the region
+    exact = std_map_check(rec, sigma, ref, mask)
+    v = exact["volume"]
+    assert v["coverage_1std"] == pytest.approx(0.683, abs=0.01)
+    assert v["coverage_2std"] == pytest.approx(0.954, abs=0.006)
+    assert v["std_rms_over_error_rms"] == pytest.approx(1.0, abs=0.02)
+    assert exact["expected"]["coverage_2std"] == pytest.approx(0.9545, abs=1e-4)
+    assert math.isnan(exact["slices"][0]["coverage_2std"])
+    assert all(abs(s["coverage_2std"] - 0.954) < 0.03 for s in exact["slices"][1:])
+    narrow = std_map_check(rec, 0.5 * sigma, ref, mask)["volume"]
+    wide = std_map_check(rec, 2.0 * sigma, ref, mask)["volume"]
+    assert narrow["coverage_2std"] == pytest.approx(0.683, abs=0.01)  # 2 x half = 1 sigma
+    assert wide["coverage_1std"] == pytest.approx(0.954, abs=0.006)
+    assert wide["std_rms_over_error_rms"] == pytest.approx(2.0, abs=0.04)
+
+
+def test_std_map_check_refuses_what_is_no_std_map() -> None:
+    from medrecon.metrics import std_map_check
+
+    ref = np.zeros((4, 4, 2))
+    for bad in (-np.ones((4, 4, 2)), np.full((4, 4, 2), np.nan)):
+        with pytest.raises(InputError, match="std map holds negative, NaN or infinite"):
+            std_map_check(ref, bad, ref)
+    with pytest.raises(GeometryError, match="std map has shape"):
+        std_map_check(ref, np.ones((4, 4, 3)), ref)

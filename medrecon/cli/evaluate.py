@@ -3,8 +3,9 @@
 The command reads the reconstructions and the reference (NIfTI or DICOM), checks that they share
 a voxel grid (reordering axes that differ only in order or direction), picks the region (whole
 volume, a mask file, or an automatic foreground mask; CT padding left out) and the data range,
-prints a table per reconstruction, and optionally writes JSON, CSV and one orthogonal-slice
-figure of all reconstructions and std maps, each atomically. The work is done by
+prints a table per reconstruction (with its std map: the share of voxels whose error lies
+within 1 and 2 std, the map's calibration), and optionally writes JSON, CSV and one
+orthogonal-slice figure of all reconstructions and std maps, each atomically. The work is done by
 :func:`medrecon.evaluation.compare_volumes` and :mod:`medrecon.report`.
 """
 
@@ -55,8 +56,10 @@ def evaluate(
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Replace existing outputs (an input never)."),
     std: list[Path] = typer.Option(
-        None, "--std", help="A standard-deviation volume (reconstruct --std-out) to show in "
-                            "the figure; repeat for several."),
+        None, "--std", help="A standard-deviation volume (reconstruct's _std output), one per "
+                            "reconstruction in their order: the share of voxels whose error "
+                            "lies within 1 and 2 std is reported (a calibrated map: 68 / 95 "
+                            "%), and the map is shown in the figure."),
     window: tuple[float, float] | None = typer.Option(
         None, "--window", metavar="LOW HIGH", show_default=False,
         help="Grey window of the figure, in the reference's units. Default: CT -160 to 240 HU "
@@ -110,8 +113,11 @@ def evaluate(
         raise InputError(f"--window needs LOW < HIGH, got {window[0]:g} {window[1]:g}.")
     if window is not None and figure is None:
         raise InputError("--window sets the figure's grey window; add --figure FILE.png.")
-    if std and figure is None:
-        raise InputError("--std adds a map to the figure; add --figure FILE.png.")
+    paired = bool(std) and len(std) == len(recons)  # each reconstruction's own std map
+    if std and not paired and figure is None:
+        raise InputError(f"Give one --std per reconstruction, in their order, to check the std "
+                         f"maps against the reference (got {len(recons)} reconstructions and "
+                         f"{len(std)} std maps), or add --figure FILE.png to show them.")
     inputs = [*paths, *std] + ([Path(mask)] if mask and mask.lower() != "auto" else [])
     outputs = [(flag, p) for flag, p in (("--json", json_out), ("--csv", csv_out),
                                          ("--figure", figure)) if p is not None]
@@ -159,11 +165,16 @@ def evaluate(
                f"spacing {' x '.join(f'{s:.4g}' for s in ref_vol.spacing)} mm)")
     results = []
     mask_arr = None
-    for path, rec_vol in zip(recons, rec_vols, strict=True):
+    if std and not paired:
+        note(f"The {len(std)} std map(s) are shown in the figure only: their coverage of the "
+             f"error needs one --std per reconstruction, in the same order.")
+    for i, (path, rec_vol) in enumerate(zip(recons, rec_vols, strict=True)):
         result, mask_arr = compare_volumes(  # type: ignore[arg-type]
             rec_vol, ref_vol, mask=mask_arg, data_range=data_range, slice_axis=slice_axis,
-            exclude_padding=not include_padding)
+            exclude_padding=not include_padding, std=std_vols[i] if paired else None)
         result.inputs.update({"recon": str(path), "reference": str(reference)})
+        if paired:
+            result.inputs["std"] = str(std[i])
         if mask is not None:
             result.inputs["mask"] = mask
         results.append(result)

@@ -223,7 +223,43 @@ def test_several_reconstructions_and_a_std_map_in_one_figure(
     with (tmp_path / "m.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 * (SHAPE[2] + 1) and rows[-1]["recon"] == str(worse)
-    res = runner.invoke(app, ["evaluate", str(rec_p), str(ref_p), "--std", str(std)])
-    assert_user_error(res, "--std adds a map to the figure")
+    # two reconstructions, one std map: whose it is is unknown, so only the figure shows it
+    assert "shown in the figure only" in res.stderr and "Std map:" not in res.stdout
+    assert "std_map" not in doc["results"][0]
+    res = runner.invoke(app, ["evaluate", str(rec_p), str(worse), str(ref_p), "--std", str(std)])
+    assert_user_error(res, "Give one --std per reconstruction", "or add --figure")
     res = runner.invoke(app, ["evaluate", str(ref_p)])
     assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_std_map_coverage_in_table_json_and_csv(
+        tmp_path: Path, files: tuple[Path, Path], volumes: tuple[np.ndarray, np.ndarray]) -> None:
+    """A std map per reconstruction: the share of voxels whose error lies within 1 and 2 std
+    (against a calibrated map's 68.3 / 95.4 %) and the map's rms over the error's, in the
+    table, the JSON and the CSV (per slice); each map scores its own reconstruction."""
+    from medrecon.metrics import std_map_check
+
+    rec_p, ref_p = files
+    rec, ref = volumes
+    worse = save_volume(Volume(ref + 0.1, AFFINE, modality="MR"), tmp_path / "worse.nii.gz")
+    std = np.full(SHAPE, 0.02, np.float32)  # the noise level of ``rec``: calibrated for it
+    sp = save_volume(Volume(std, AFFINE), tmp_path / "std.nii.gz")
+    res = runner.invoke(app, ["evaluate", str(rec_p), str(worse), str(ref_p), "--std", str(sp),
+                              "--std", str(sp), "--json", str(tmp_path / "m.json"),
+                              "--csv", str(tmp_path / "m.csv")])
+    assert res.exit_code == 0, res.output
+    mine = std_map_check(rec, std, ref)["volume"]
+    assert mine["coverage_2std"] == pytest.approx(0.954, abs=0.01)
+    assert f"<= 2 std {100 * mine['coverage_2std']:.1f} %" in res.stdout
+    assert "<= 2 std 0.0 %" in res.stdout  # worse is 0.1 off everywhere: 5 std
+    assert "(a calibrated Gaussian map: 68.3 / 95.4 %)" in res.stdout
+    doc = json.loads((tmp_path / "m.json").read_text())
+    first, second = doc["results"]
+    assert first["inputs"]["std"] == str(sp)
+    assert first["std_map"]["volume"]["coverage_2std"] == pytest.approx(mine["coverage_2std"])
+    assert second["std_map"]["volume"]["coverage_2std"] == 0.0
+    assert "coverage_<k>std" in doc["metric_definitions"]
+    with (tmp_path / "m.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert float(rows[SHAPE[2]]["coverage_2std"]) == pytest.approx(mine["coverage_2std"])
+    assert rows[SHAPE[2]]["slice"] == "volume" and float(rows[0]["coverage_1std"]) > 0.5
