@@ -47,7 +47,9 @@ class SpectralEnergy:
     """The ramp-weighted energy of CT projection data: the image-domain energy it stands for.
 
     A std map is scaled so that its model predicts the held-out data's error energy
-    (:meth:`HeldOut.std_scale`), but it is read in the image. By the Fourier slice theorem a
+    (:meth:`medrecon.holdout.HeldOut.std_scale`), but it is read in the image; :func:`sure`
+    and :func:`heldout_risk` take it to measure a weight's risks in the image's terms
+    (measured for CT TV's weight, not adopted: :mod:`medrecon.recon.ct_tune`). By the Fourier slice theorem a
     parallel projection's 1D spectrum along the detector is a central line of the image's 2D
     spectrum, and the image's energy is the angular integral of the lines' energies weighted
     by ``|omega|`` (the polar measure): ``||e||^2 ~ sum_views sum_omega |omega| |P e(omega)|^2``,
@@ -89,7 +91,6 @@ class SpectralEnergy:
         spec_b = spec_a if b is a else torch.fft.rfft(b.double(), n=self.p, dim=-1)
         w = torch.as_tensor(self.weights, dtype=torch.float64, device=a.device)
         return float(torch.sum((spec_a * spec_b.conj()).real * w))
-
 
 
 def _parts(t: Tensor) -> Tensor:
