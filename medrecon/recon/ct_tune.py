@@ -120,8 +120,8 @@ views prefer their pick by two standard errors of the per-view difference (they 
 biased cases: 1.45 dB), the geometric mean of the SURE and held-out picks (1.0 dB), and both
 terms in the ramp-weighted energy that stands for the image's (``sure`` / ``heldout_risk``
 with :class:`~medrecon.recon.sure.SpectralEnergy`): spine 30 views 0.62 -> 0.30 dB, but the
-real head at 30 views 0.10 -> 0.87 dB and the abdomen 0.01 -> 0.20 dB (RESULTS_autotune.md,
-"CT TV's risk in the image's energy").
+real head at 30 views 0.10 -> 0.87 dB and the abdomen at 60 views 0.00 -> 0.82 dB (CPU and
+H100 alike; RESULTS_autotune.md, "CT TV's risk in the image's energy").
 """
 
 from __future__ import annotations
