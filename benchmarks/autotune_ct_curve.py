@@ -39,6 +39,7 @@ stored curve, "out" beyond it, "n/a" where the search needs a weight not stored)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -53,7 +54,7 @@ from medrecon.metrics import psnr
 from medrecon.recon import ct
 from medrecon.recon.autotune import parabola_vertex, tune_weight
 from medrecon.recon.ct_tune import holdout_problems
-from medrecon.recon.sure import SpectralEnergy, heldout_risk, sure, sure_probe
+from medrecon.recon.sure import SpectralEnergy, SureProbe, heldout_risk, sure, sure_probe
 from medrecon.simulate import CTSettings, SimulationConfig, simulate
 
 BASE = ct.DEFAULT_TV_LAM
@@ -73,9 +74,12 @@ def _index(lam: float) -> int:
 #: (the former rules), and "ramp", both terms in the ramp-weighted energy that stands for the
 #: image's (:class:`~medrecon.recon.sure.SpectralEnergy`); weights: the former sum (1) and a
 #: third (the geometry of ct_tune's docstring).
-RULES = (("plain", 1.0), ("plain", 1.0 / 3.0), ("ramp", 1.0 / 3.0))
-#: Where each energy's (SURE term, held-out term) lie in a stored tuple of terms.
-_TERMS = {"plain": (0, 1), "ramp": (2, 3)}
+RULES = (("plain", 1.0), ("plain", 1.0 / 3.0), ("ramp", 1.0 / 3.0), ("plain-ray", 1.0 / 3.0),
+         ("ramp-ray", 1.0 / 3.0))
+#: Where each energy's (SURE term, held-out term) lie in a stored tuple of terms ("-ray":
+#: SURE's probe with each ray's own noise variance, :func:`_ray_probe`).
+_TERMS = {"plain": (0, 1), "ramp": (2, 3), "plain-ray": (4, 1), "ramp-ray": (5, 3)}
+_KEYS = ("sure_term", "heldout_term", "sure_ramp", "heldout_ramp", "sure_ray", "sure_ramp_ray")
 
 
 def _rule(energy: str, weight: float, vertex: bool) -> str:
@@ -152,17 +156,20 @@ def main(argv: list[str] | None = None) -> int:
     probe = sure_probe(sub, int((m.acquisition or {}).get("seed", 0) or 0))
     assert probe is not None
     ramp = SpectralEnergy(int(sub.y.shape[-1]))
-    # e -> (SURE term, held-out term, both in the ramp-weighted energy)
+    ray = _ray_probe(m, sub, probe)
+    # e -> the terms of _KEYS: SURE and held-out, plain and ramp-weighted, SURE per-ray
     terms: dict[int, tuple[float, ...]] = {}
 
     def risk(lam: float) -> float:
         e = _index(lam)
         if e not in terms:
             x = solve(sub, lam)
-            nudged = solve(probe.nudged, lam)
+            nudged, nudged_ray = solve(probe.nudged, lam), solve(ray.nudged, lam)
             var = sub.noise_std ** 2
             terms[e] = (var * sure(sub, x, nudged, probe), heldout_risk(held, x),
-                        var * sure(sub, x, nudged, probe, ramp), heldout_risk(held, x, ramp))
+                        var * sure(sub, x, nudged, probe, ramp), heldout_risk(held, x, ramp),
+                        var * sure(sub, x, nudged_ray, ray),
+                        var * sure(sub, x, nudged_ray, ray, ramp))
         return terms[e][0] + terms[e][1]
 
     quality: dict[float, float] = {}
@@ -172,10 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             if (old["case"], old["views"], old["seed"], old["shape"]) == (
                     row_case, args.views, seed, list(ref.shape)):
                 r = old["risk"]
-                if "sure_ramp" in r:  # older rows lack the ramp's terms
-                    terms.update({e: t for e, *t in zip(
-                        r["e"], r["sure_term"], r["heldout_term"], r["sure_ramp"],
-                        r["heldout_ramp"], strict=True)})
+                if all(k in r for k in _KEYS):  # older rows lack some terms
+                    terms.update({e: t for e, *t in zip(r["e"], *(r[k] for k in _KEYS),
+                                                        strict=True)})
                 quality.update(zip(old["psnr"]["lam"], old["psnr"]["psnr"], strict=True))
 
     def score(lam: float) -> float:
@@ -227,9 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         "iterations": args.iterations, "noise_std": full.noise_std,
         "risk": {"e": es, "lam": [_lam(k) for k in es],
                  "sure_term": [terms[k][0] for k in es],
-                 "heldout_term": [terms[k][1] for k in es],
-                 "sure_ramp": [terms[k][2] for k in es],
-                 "heldout_ramp": [terms[k][3] for k in es],
+                 **{key: [terms[k][i] for k in es] for i, key in enumerate(_KEYS)},
                  "total": [terms[k][0] + terms[k][1] for k in es]},
         "tried": {"lam": grid, "risk": values},
         "psnr": {"lam": sorted(quality), "psnr": [quality[lam] for lam in sorted(quality)]},
@@ -257,6 +261,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _ray_probe(m: object, sub: ct.Problem, probe: SureProbe) -> SureProbe:
+    """SURE's probe with each ray's own noise variance: the direction ``b_i sigma_i / sigma``
+    (``sigma_i^2`` the log data's variance from the file's Poisson model, ``(I0 e^-p + e^2) /
+    (I0 e^-p)^2`` as :func:`medrecon.problem.ct_noise_std` has it per ray, ``sigma`` its RMS,
+    the problem's ``noise_std``), so that the divergence term estimates ``tr(Sigma J)``
+    instead of ``sigma^2 tr(J)``; the same ``b`` and step as ``probe``."""
+    noise = m.noise or {}  # type: ignore[attr-defined]
+    i0, e = float(noise["i0"]), float(noise.get("electronic_sigma_counts", 0.0))
+    counts = (i0 * torch.exp(-sub.y.double())).clamp_min(1.0)
+    sd = torch.sqrt((counts + e * e) / counts**2) / sub.noise_std
+    direction = (probe.direction.double() * sd).to(sub.y.dtype)
+    return SureProbe(dataclasses.replace(sub, y=sub.y + probe.eps * direction), direction,
+                     probe.eps)
+
+
 class _Missing(Exception):
     """A weight the rule's search asks for that the stored curve lacks."""
 
@@ -264,8 +283,7 @@ class _Missing(Exception):
 def _score_row(row: dict) -> None:
     """Print each rule's pick (x the fine oracle) and loss against it (module docstring)."""
     r = row["risk"]
-    keys = ["sure_term", "heldout_term"] + (["sure_ramp", "heldout_ramp"] if "sure_ramp" in r
-                                            else [])
+    keys = [k for k in _KEYS if k in r]  # older rows: a prefix of _KEYS
     stored = {e: t for e, *t in zip(r["e"], *(r[k] for k in keys), strict=True)}
     lams, psnrs = row["psnr"]["lam"], row["psnr"]["psnr"]
     top, oracle = row["oracle"]["psnr"], row["oracle"]["lam"]
@@ -277,7 +295,7 @@ def _score_row(row: dict) -> None:
 
         def crit(lam: float, w: float = weight, i: int = i, j: int = j) -> float:
             e = _index(lam)
-            if e not in stored or len(stored[e]) <= j:
+            if e not in stored or len(stored[e]) <= max(i, j):
                 raise _Missing
             return stored[e][i] + w * stored[e][j]
 

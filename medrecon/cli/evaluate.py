@@ -56,8 +56,9 @@ def evaluate(
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Replace existing outputs (an input never)."),
     std: list[Path] = typer.Option(
-        None, "--std", help="A standard-deviation volume (reconstruct's _std output), one per "
-                            "reconstruction in their order: the share of voxels whose error "
+        None, "--std", help="A standard-deviation volume (reconstruct --std-out, or the _std "
+                            "file beside its output), one per reconstruction in their order: "
+                            "the share of voxels whose error "
                             "lies within 1 and 2 std is reported (a calibrated map: 68 / 95 "
                             "%), and the map is shown in the figure."),
     window: tuple[float, float] | None = typer.Option(

@@ -17,7 +17,12 @@ the training views and the held-out views (x_lam: TV from the training views, (1
   Monte-Carlo probe: one more TV solve per weight from the training data nudged by
   ``0.1 sigma b`` (b fixed by the seed; :func:`~medrecon.recon.sure.sure_probe`). ``sigma^2``
   is the ray-averaged variance ``exp(p) / I0`` of the log transform from the file's noise
-  model. Cost: two training solves per weight (14 instead of 7 for the default grid);
+  model. So the divergence term estimates ``sigma^2 tr(J)``, not ``tr(Sigma J)``, and the
+  estimate is biased low at weak weights (45 % on a synthetic head, 93 % on the real
+  abdomen); a probe with each ray's own variance is accurate there, but with it this rule
+  picks too strong weights (up to 0.54 dB): the held-out share below was derived and checked
+  with the biased term (RESULTS_autotune.md, "CT TV's SURE is biased low at weak weights").
+  Cost: two training solves per weight (14 instead of 7 for the default grid);
   ``--set sure=false`` keeps the held-out choice alone, as does data without a noise model
   (noiseless or unknown dose).
 * The held-out term (:func:`~medrecon.recon.sure.heldout_risk`) is the same split's
