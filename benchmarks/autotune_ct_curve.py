@@ -51,6 +51,7 @@ import torch
 from autotune_ct_holdout import _case
 
 from medrecon.metrics import psnr
+from medrecon.problem import ct_ray_variance
 from medrecon.recon import ct
 from medrecon.recon.autotune import parabola_vertex, tune_weight
 from medrecon.recon.ct_tune import holdout_problems
@@ -263,14 +264,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _ray_probe(m: object, sub: ct.Problem, probe: SureProbe) -> SureProbe:
     """SURE's probe with each ray's own noise variance: the direction ``b_i sigma_i / sigma``
-    (``sigma_i^2`` the log data's variance from the file's Poisson model, ``(I0 e^-p + e^2) /
-    (I0 e^-p)^2`` as :func:`medrecon.problem.ct_noise_std` has it per ray, ``sigma`` its RMS,
-    the problem's ``noise_std``), so that the divergence term estimates ``tr(Sigma J)``
-    instead of ``sigma^2 tr(J)``; the same ``b`` and step as ``probe``."""
-    noise = m.noise or {}  # type: ignore[attr-defined]
-    i0, e = float(noise["i0"]), float(noise.get("electronic_sigma_counts", 0.0))
-    counts = (i0 * torch.exp(-sub.y.double())).clamp_min(1.0)
-    sd = torch.sqrt((counts + e * e) / counts**2) / sub.noise_std
+    (``sigma_i^2`` from the file's Poisson model, :func:`medrecon.problem.ct_ray_variance`;
+    ``sigma`` its RMS, the problem's ``noise_std``), so that the divergence term estimates
+    ``tr(Sigma J)`` instead of ``sigma^2 tr(J)``; the same ``b`` and step as ``probe``."""
+    var = ct_ray_variance(m, sub.y)  # type: ignore[arg-type]
+    assert var is not None, "the per-ray probe needs the file's Poisson model"
+    sd = torch.sqrt(var) / sub.noise_std
     direction = (probe.direction.double() * sd).to(sub.y.dtype)
     return SureProbe(dataclasses.replace(sub, y=sub.y + probe.eps * direction), direction,
                      probe.eps)

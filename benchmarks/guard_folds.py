@@ -65,6 +65,8 @@ def _decide(folds: list[dict[str, Any]], samples: int, alpha: float) -> dict[str
 def _units(folds: list[dict[str, Any]], method: str) -> dict[str, Any]:
     """The blend's gain per held-out line: its share of the held-out energy, its t statistic
     over the lines, and the gain with each line's blend weight fitted on the others."""
+    from medrecon.holdout import blend_weight
+
     units = []
     for f in folds:
         a, b, y = 0.5 * (f["a1"] + f["a2"]), f["b"][method], f["y"]
@@ -72,10 +74,9 @@ def _units(folds: list[dict[str, Any]], method: str) -> dict[str, Any]:
         units += [((a - b)[..., j, k].flatten(), (y - b)[..., j, k].flatten()) for j, k in lines]
 
     def weight(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        # the guard's closed form on (a - b, y - b): a blend of a - b with 0 that fits y - b
         d = torch.cat([p[0] for p in parts])
-        e = torch.cat([p[1] for p in parts])
-        return float(torch.clamp(torch.sum((d.conj() * e).real) / torch.sum(torch.abs(d) ** 2),
-                                 0.0, 1.0))
+        return blend_weight(d, torch.zeros_like(d), torch.cat([p[1] for p in parts]))
 
     def gain(w: float, d: torch.Tensor, e: torch.Tensor) -> float:
         return float(torch.sum(torch.abs(e) ** 2) - torch.sum(torch.abs(e - w * d) ** 2))
@@ -102,6 +103,7 @@ def run_case(vol: Any, setting: str, args: argparse.Namespace) -> dict[str, Any]
         guarded_diffusion,
     )
     from medrecon.holdout import holdout_split, prior_alpha
+    from medrecon.metrics import std_map_check
     from medrecon.priors import load_prior
     from medrecon.priors.calibration import output_std
     from medrecon.problem import measurement_problem
@@ -161,13 +163,12 @@ def run_case(vol: Any, setting: str, args: argparse.Namespace) -> dict[str, Any]
         w = d["weight"]
         out = w * final.mean + (1 - w) * c.image
         std = output_std(raw, c.image - final.mean, w, alpha, args.samples, d["scale"] or 1.0)
-        err = np.abs(out - ref)[region]
+        check = std_map_check(out, std, ref, region)["volume"]
         complex_blend = units.to_reference(
             w * final.image + (1 - w) * mri.combine_sets(c.solution).to(final.image.device))
         d.update(psnr=psnr(out), complex_blend_psnr=psnr(complex_blend.cpu().numpy()),
-                 coverage_2std=float(np.mean(err <= 2 * std[region])),
-                 std_over_error_rms=float(np.sqrt(np.mean(std[region] ** 2)
-                                                  / np.mean(err**2))))
+                 coverage_2std=check["coverage_2std"],
+                 std_over_error_rms=check["std_rms_over_error_rms"])
         row[label] = d
     return row
 

@@ -202,6 +202,7 @@ def _guarded_row(meas: Any, prior: Any, args: argparse.Namespace, truth: np.ndar
     import torch
 
     from medrecon.guard import guarded_diffusion
+    from medrecon.metrics import std_map_check
     from medrecon.sampling import calibration
     from medrecon.sampling.config import DiffusionConfig
 
@@ -215,14 +216,14 @@ def _guarded_row(meas: Any, prior: Any, args: argparse.Namespace, truth: np.ndar
     if std is None:
         return row
     cal = out.info.get("std_calibration") or {}
+    # coverage at 1 and 2 std, and sharpness: a map can cover by being wide everywhere
+    check = std_map_check(out.image, std, truth, region)["volume"]
     row.update(alpha=cal.get("alpha"), scale=cal.get("scale"),
                prior_alpha=cal.get("prior_alpha"), std_factor=out.info.get("std_factor"),
                line=out.info.get("std_calibration_line"),
-               coverage_2std=round(calibration(out.image, std, truth, 2.0, region), 4),
-               coverage_1std=round(calibration(out.image, std, truth, 1.0, region), 4),
-               # sharpness: a map can cover by being wide everywhere (1: as wide as the error)
-               std_over_error_rms=round(float(np.sqrt(np.mean(std[region] ** 2) / max(
-                   np.mean((out.image - truth)[region] ** 2), 1e-30))), 3))
+               coverage_2std=round(check["coverage_2std"], 4),
+               coverage_1std=round(check["coverage_1std"], 4),
+               std_over_error_rms=round(check["std_rms_over_error_rms"], 3))
     before, factor = cal.get("prior_factor"), out.info.get("std_factor")
     if cal.get("scale"):  # the same map without this measurement's factor
         row["prior_coverage_2std"] = round(calibration(

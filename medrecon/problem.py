@@ -76,8 +76,8 @@ if TYPE_CHECKING:
 Tensor = torch.Tensor
 
 __all__ = ["ModelRange", "Problem", "UnitMap", "affine_spacing", "ct_geometry_keys",
-           "ct_noise_std", "espirit_threshold", "estimate_maps", "estimated_maps_source",
-           "kspace_tensor", "measurement_problem", "operator_support"]
+           "ct_noise_std", "ct_ray_variance", "espirit_threshold", "estimate_maps",
+           "estimated_maps_source", "kspace_tensor", "measurement_problem", "operator_support"]
 
 
 class ModelRange(Protocol):
@@ -504,13 +504,21 @@ def ct_noise_std(m: Measurement, y: Tensor | None = None) -> float:
     nd = m.noise or {}
     if nd.get("model") == "gaussian":
         return float(nd.get("sigma_line_integral", 0.0))
-    if nd.get("model") == "poisson":
-        i0 = float(nd["i0"])
-        e = float(nd.get("electronic_sigma_counts", 0.0))
-        counts = i0 * torch.exp(-y.double())
-        var = (counts + e**2) / counts.clamp_min(1.0) ** 2
-        return float(torch.sqrt(var.mean()))
-    return 0.0
+    var = ct_ray_variance(m, y)
+    return 0.0 if var is None else float(torch.sqrt(var.mean()))
+
+
+def ct_ray_variance(m: Measurement, y: Tensor) -> Tensor | None:
+    """Each ray's noise variance of the line integrals ``y`` under the file's Poisson model,
+    ``(I0 e^-p + e^2) / (I0 e^-p)^2`` (float64, ``y``'s shape); None for other noise models
+    (:func:`ct_noise_std` is its RMS)."""
+    nd = m.noise or {}
+    if nd.get("model") != "poisson":
+        return None
+    i0 = float(nd["i0"])
+    e = float(nd.get("electronic_sigma_counts", 0.0))
+    counts = i0 * torch.exp(-y.double())
+    return (counts + e**2) / counts.clamp_min(1.0) ** 2
 
 
 _PROJECTOR_CACHE: dict[Any, LinearOperator] = {}
