@@ -24,6 +24,12 @@ and the midpoints ``2^(+-3/4)`` beside the best) lies on the grid, and:
   at each); ``before`` / ``after``:
   the former sum without / with the vertex.
 
+* with ``--triples``, from a second split that holds out a triple of adjacent views every
+  10 views (:func:`_triple_split`; three more training solves per weight): SURE on its
+  training views (library and per-ray probe) and the held-out risk of the triples' outer
+  views (one view spacing D from the nearest training view, in a gap of 4D) and middle views
+  (2D): how the risk grows with the distance from the measured views and with the gap.
+
 All solves run once per weight (memoised; ``--prefill`` reuses an earlier run's); one JSON
 line per case to ``--out``. ``--score`` prints each rule's pick (x the oracle) and loss in dB
 from such lines (older lines without ``picks``: the PSNR interpolated in log lam on the
@@ -51,7 +57,7 @@ import torch
 from autotune_ct_holdout import _case
 
 from medrecon.metrics import psnr
-from medrecon.problem import ct_ray_variance
+from medrecon.problem import ct_ray_variance, measurement_problem
 from medrecon.recon import ct
 from medrecon.recon.autotune import parabola_vertex, tune_weight
 from medrecon.recon.ct_tune import holdout_problems
@@ -81,6 +87,11 @@ RULES = (("plain", 1.0), ("plain", 1.0 / 3.0), ("ramp", 1.0 / 3.0), ("plain-ray"
 #: SURE's probe with each ray's own noise variance, :func:`_ray_probe`).
 _TERMS = {"plain": (0, 1), "ramp": (2, 3), "plain-ray": (4, 1), "ramp-ray": (5, 3)}
 _KEYS = ("sure_term", "heldout_term", "sure_ramp", "heldout_ramp", "sure_ray", "sure_ramp_ray")
+#: With ``--triples``: the terms of :func:`_triple_split` (SURE, library and per-ray probe, on
+#: its training views; the held-out risk of the triples' outer and middle views).
+_TRIPLE_KEYS = ("sure3", "sure3_ray", "near3", "far3")
+#: A triple of adjacent views is held out every ``_TRIPLE_EVERY`` views.
+_TRIPLE_EVERY = 10
 
 
 def _rule(energy: str, weight: float, vertex: bool) -> str:
@@ -117,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="quarter-octave steps each side of the pick with the risk")
     ap.add_argument("--psnr-pad", type=int, default=2,
                     help="PSNR steps beyond the bracketed optimum on each side")
+    ap.add_argument("--triples", action="store_true",
+                    help="also record the terms of a split holding out triples of views "
+                         "(the risk at one and two view spacings; three more solves a weight)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--prefill", type=Path, default=None,
@@ -158,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     assert probe is not None
     ramp = SpectralEnergy(int(sub.y.shape[-1]))
     ray = _ray_probe(m, sub, probe)
+    triple_terms: dict[int, tuple[float, ...]] = {}  # e -> the terms of _TRIPLE_KEYS
+    if args.triples:
+        sub3, near3, far3 = _triple_split(m, dev)
+        probe3 = sure_probe(sub3, int((m.acquisition or {}).get("seed", 0) or 0))
+        assert probe3 is not None
+        ray3 = _ray_probe(m, sub3, probe3)
     # e -> the terms of _KEYS: SURE and held-out, plain and ramp-weighted, SURE per-ray
     terms: dict[int, tuple[float, ...]] = {}
 
@@ -171,6 +191,13 @@ def main(argv: list[str] | None = None) -> int:
                         var * sure(sub, x, nudged, probe, ramp), heldout_risk(held, x, ramp),
                         var * sure(sub, x, nudged_ray, ray),
                         var * sure(sub, x, nudged_ray, ray, ramp))
+            if args.triples:
+                x3 = solve(sub3, lam)
+                n3, n3_ray = solve(probe3.nudged, lam), solve(ray3.nudged, lam)
+                var3 = sub3.noise_std ** 2
+                triple_terms[e] = (var3 * sure(sub3, x3, n3, probe3),
+                                   var3 * sure(sub3, x3, n3_ray, ray3),
+                                   heldout_risk(near3, x3), heldout_risk(far3, x3))
         return terms[e][0] + terms[e][1]
 
     quality: dict[float, float] = {}
@@ -180,9 +207,13 @@ def main(argv: list[str] | None = None) -> int:
             if (old["case"], old["views"], old["seed"], old["shape"]) == (
                     row_case, args.views, seed, list(ref.shape)):
                 r = old["risk"]
-                if all(k in r for k in _KEYS):  # older rows lack some terms
+                keys = _KEYS + (_TRIPLE_KEYS if args.triples else ())
+                if all(k in r for k in keys):  # older rows lack some terms
                     terms.update({e: t for e, *t in zip(r["e"], *(r[k] for k in _KEYS),
                                                         strict=True)})
+                    if args.triples:
+                        triple_terms.update({e: t for e, *t in zip(
+                            r["e"], *(r[k] for k in _TRIPLE_KEYS), strict=True)})
                 quality.update(zip(old["psnr"]["lam"], old["psnr"]["psnr"], strict=True))
 
     def score(lam: float) -> float:
@@ -235,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         "risk": {"e": es, "lam": [_lam(k) for k in es],
                  "sure_term": [terms[k][0] for k in es],
                  **{key: [terms[k][i] for k in es] for i, key in enumerate(_KEYS)},
+                 **({key: [triple_terms[k][i] for k in es]
+                     for i, key in enumerate(_TRIPLE_KEYS)} if args.triples else {}),
                  "total": [terms[k][0] + terms[k][1] for k in es]},
         "tried": {"lam": grid, "risk": values},
         "psnr": {"lam": sorted(quality), "psnr": [quality[lam] for lam in sorted(quality)]},
@@ -273,6 +306,25 @@ def _ray_probe(m: object, sub: ct.Problem, probe: SureProbe) -> SureProbe:
     direction = (probe.direction.double() * sd).to(sub.y.dtype)
     return SureProbe(dataclasses.replace(sub, y=sub.y + probe.eps * direction), direction,
                      probe.eps)
+
+
+def _triple_split(m: object, dev: torch.device) -> tuple[ct.Problem, ct.Problem, ct.Problem]:
+    """(training, near, far) problems of a split that holds out triples of adjacent views, one
+    triple every ``_TRIPLE_EVERY`` views (offset by the seed): the outer views of a triple lie
+    one view spacing D from the nearest training view (as the library's held-out views), the
+    middle one 2D; from the same training solve the two give the risk's growth with the
+    angular distance (ct_tune's docstring: a third of the held-out risk for a linear growth)."""
+    n = int(np.asarray(m.data).shape[0])  # type: ignore[attr-defined]
+    k = _TRIPLE_EVERY
+    seed = int((m.acquisition or {}).get("seed", 0) or 0)  # type: ignore[attr-defined]
+    centres = np.arange(1 + int(np.random.default_rng(seed).integers(k - 2)), n - 1, k)
+    near, far = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    far[centres] = 1.0
+    near[centres - 1] = near[centres + 1] = 1.0
+    assert m.mask is None, "the triple split expects a simulated file without a view mask"  # type: ignore[attr-defined]
+    train = 1.0 - near - far
+    return tuple(measurement_problem(dataclasses.replace(m, mask=v), dev)  # type: ignore[return-value,call-overload]
+                 for v in (train, near, far))
 
 
 class _Missing(Exception):
