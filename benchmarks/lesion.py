@@ -179,7 +179,7 @@ def reconstruct_pair(vol: Any, lesioned: np.ndarray, setting: str, method: str,
         # The sampler itself (guard off: it could hand back the classical result); its weight
         # self-tuned on the lesion-free data and kept for the pair, as for the classical method.
         extra = {"prior": args.prior, "steps": steps, "samples": samples, "seed": 0,
-                 "guard": False}
+                 "guard": False, **args.extra}
         r0 = reconstruct(m0, method, ReconOptions(device=args.device, extra=extra))
         info.update(steps=steps, samples=samples, lam=r0.output.info.get("lam"))
         r1 = reconstruct(m1, method, ReconOptions(device=args.device,
@@ -193,6 +193,19 @@ def reconstruct_pair(vol: Any, lesioned: np.ndarray, setting: str, method: str,
                                                   lam=lam))
     return info, r0.volume.data, r1.volume.data, r0.output.info.get("std_image"), \
         r1.output.info.get("std_image")
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``--set``: the value as an int or a float where it reads as one."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--set takes KEY=VALUE, got {text!r}")
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,9 +224,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a diffusion setting (medrecon.sampling.config), e.g. cg_iters=30; "
+                         "lam=VALUE fixes the weight instead of self-tuning it")
     ap.add_argument("--quick", action="store_true", help="smoke test: few steps/iterations")
     args = ap.parse_args(argv)
+    args.extra = dict(_setting(s) for s in args.set)
     from medrecon.device import resolve_device
+    from medrecon.metrics import psnr
 
     args.device = str(resolve_device(args.device))
     radii = [float(v) for v in args.radii.split(",")]
@@ -234,8 +252,13 @@ def main(argv: list[str] | None = None) -> int:
                     t0 = time.perf_counter()
                     info, x0, x1, s0, s1 = reconstruct_pair(vol, lesioned, setting, name, args)
                     rows, false = lesion_scores(x1 - x0, records, s1, s0)
+                    region = ref > (0.05 * ref.max() if modality == "MR" else -900.0)
+                    quality = psnr(x0, ref, data_range=float(ref.max() - ref.min()),
+                                   mask=region)
                     row = {"case": case, "modality": modality, "setting": setting,
-                           "contrast": contrast, **info, **false, "lesions": rows,
+                           "contrast": contrast, **info, "psnr": quality,
+                           **({"set": args.extra} if args.extra and name == "diffusion"
+                              else {}), **false, "lesions": rows,
                            "seconds": round(time.perf_counter() - t0, 1),
                            "shape": list(ref.shape),
                            "spacing_mm": [round(float(s), 3) for s in spacing],
@@ -249,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                     kept = ", ".join(f"{r['radius_mm']:g} mm {r['polarity']} {r['kept']:.2f}"
                                      for r in rows)
                     print(f"{case} {setting} {name} contrast {contrast:g}: kept {kept}; "
-                          f"false rms {false['false_rms']:.3f} max {false['false_max']:.2f}",
+                          f"false rms {false['false_rms']:.3f} max {false['false_max']:.2f}; "
+                          f"PSNR without lesions {quality:.2f} dB",
                           flush=True)
     return 0
 
