@@ -67,7 +67,12 @@ import torch
 from medrecon.config import option
 from medrecon.errors import MeasurementError
 from medrecon.operators.base import LinearOperator
-from medrecon.operators.finite_difference import FiniteDifference, divergence, finite_difference
+from medrecon.operators.finite_difference import (
+    FiniteDifference,
+    divergence,
+    finite_difference,
+    spacing_weights,
+)
 from medrecon.operators.functional.fft import ifftc
 from medrecon.operators.mri import SenseOperator
 from medrecon.operators.wavelets import WaveletTransform, wavelet_filters
@@ -416,7 +421,10 @@ def total_variation(m: Measurement, options: ReconOptions, device: torch.device,
     adjoint. Steps: ``tau = 1 / L`` (the gradient step of the data term, L = ||A^H A||) and
     ``sigma = 0.95 (1 / tau - L / 2) / ||D||^2`` with ``||D||^2 = 4 * (number of TV axes)``.
     For 2D multi-slice data the gradient is in-plane only unless ``extra={"tv_axes": (0, 1,
-    2)}`` (:class:`TVSettings`). Starts from A^H y; default 300 iterations.
+    2)}`` (:class:`TVSettings`). On anisotropic voxels each axis' differences weigh
+    ``h_min / h`` (the gradient in physical units,
+    :func:`~medrecon.operators.finite_difference.spacing_weights`; ``||D||^2`` scaled alike).
+    Starts from A^H y; default 300 iterations.
     ``holdout_masks``, ``keep_training``: as for :func:`l1_wavelet`.
     """
     settings = method_settings(TVSettings, options.extra, "tv")
@@ -483,9 +491,11 @@ def _tv_solve(problem: Problem, lam: float, settings: TVSettings, axes: tuple[in
     as for :func:`_l1_solve`."""
     op = problem.op
     x0 = op.adjoint(problem.y)
-    diff = FiniteDifference(problem.image_shape[-3:], dims=axes)
+    shape = problem.image_shape[-3:]
+    diff = FiniteDifference(shape, dims=axes,  # in physical units on anisotropic voxels
+                            weights=spacing_weights(problem.spacing_mm, axes, shape))
     lipschitz = (norms or OperatorNorms())(op, lambda: _lipschitz(op, x0, device)) * 1.01
-    d_norm2 = 4.0 * len(diff.dims)  # ||D||^2 <= 4 per axis (tight for large grids)
+    d_norm2 = diff.norm_bound  # ||D||^2 <= 4 per axis (tight for large grids), times w^2
     # The primal step is what moves the image, so take the gradient step 1/L and give the dual
     # what is left of Condat-Vu's bound 1/tau - sigma ||D||^2 >= L/2 (with a 5 % margin).
     tau = settings.tau if settings.tau is not None else 1.0 / lipschitz
@@ -503,14 +513,16 @@ def _tv_solve(problem: Problem, lam: float, settings: TVSettings, axes: tuple[in
 
     # The functional forms take the leading map-set axis of (M, I, J, K) images as a batch.
     def grad(x: torch.Tensor) -> torch.Tensor:
-        return finite_difference(x, diff.dims)
+        return finite_difference(x, diff.dims, diff.weights)
 
     def grad_adjoint(g: torch.Tensor) -> torch.Tensor:
-        return -divergence(g, diff.dims)
+        return -divergence(g, diff.dims, diff.weights)
 
     res = pdhg(grad, grad_adjoint, prox_f_conj, prox_g, x0, tau=tau, sigma=sigma,
                max_iter=iters, tol=tol, grad_h=grad_h, progress=progress)
-    return res, {"tv_axes": list(diff.dims), "lipschitz": lipschitz, "tau": tau,
+    return res, {"tv_axes": list(diff.dims),
+                 **({"tv_axis_weights": list(diff.weights)} if diff.weights else {}),
+                 "lipschitz": lipschitz, "tau": tau,
                  "sigma": sigma}
 
 
