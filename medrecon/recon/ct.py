@@ -350,7 +350,7 @@ def tv_method(measurement: Measurement, options: ReconOptions,
                                norms)
     info: dict[str, Any] = {"algorithm": "tv-pdhg", "lam": lam, "lipschitz": lip,
                             "warm_start": warm, "history": res.history[-5:]}
-    axis_weights = spacing_weights(problem.spacing_mm, shape=problem.image_shape)
+    axis_weights = _tv_weights(problem)
     if axis_weights is not None:
         info["tv_axis_weights"] = list(axis_weights)
     if slab is not None:
@@ -387,7 +387,11 @@ def _tv_solve(problem: Problem, lam: float, iters: int, tol: float, settings: TV
                                           lambda: _data_lipschitz(forward, adjoint, x0))
         res, lip = tv_reconstruction(forward, adjoint, y, x0, lam, max_iter=iters, tol=tol,
                                      lipschitz=lip0, step_ratio=settings.step_ratio,
-                                     progress=progress,
-                                     weights=spacing_weights(problem.spacing_mm,
-                                                             shape=problem.image_shape))
+                                     progress=progress, weights=_tv_weights(problem))
     return res, lip, warm
+
+
+def _tv_weights(problem: Problem) -> tuple[float, ...] | None:
+    """TV's per-axis difference weights on ``problem``'s voxels (None: isotropic, or a
+    single slice): the gradient in physical units on thick slices."""
+    return spacing_weights(problem.spacing_mm, shape=problem.image_shape)

@@ -125,6 +125,8 @@ def test_lam_trades_data_fit_for_regularity(meas3d: Measurement) -> None:
     tv_weak = get_method("MR", "tv")(meas3d, ReconOptions(lam=1e-5, iterations=40), CPU)
     tv_strong = get_method("MR", "tv")(meas3d, ReconOptions(lam=0.05, iterations=40), CPU)
     assert tv_strong.residual > 2 * tv_weak.residual
+    # voxels of 1.5 x 1.2 x 2 mm: TV's differences in physical units (h_min / h per axis)
+    assert tv_weak.info["tv_axis_weights"] == pytest.approx([0.8, 1.0, 0.6])
 
 
 def test_two_d_multislice(reference: Volume) -> None:
@@ -134,6 +136,7 @@ def test_two_d_multislice(reference: Volume) -> None:
     cg = get_method("MR", "cg-sense")(m, ReconOptions(), CPU)
     tv = get_method("MR", "tv")(m, ReconOptions(), CPU)
     assert tv.info["tv_axes"] == [0, 1]
+    assert tv.info["tv_axis_weights"] == pytest.approx([0.8, 1.0])  # in-plane only
     assert psnr(cg.image, reference.data) > psnr(zf.image, reference.data) + 1.0
     assert psnr(tv.image, reference.data) > psnr(zf.image, reference.data) + 1.0
 
