@@ -9,7 +9,9 @@ radiological convention used by clinical viewers: axial and coronal views have t
 right on the image's left, axial views anterior up, coronal and sagittal views superior up,
 sagittal views anterior on the left. Pixels are drawn with their true physical aspect ratio
 from the voxel spacing. A view across fewer than :data:`MIN_VIEW_VOXELS` voxels (the coronal
-and sagittal views of a single axial slice) is left out rather than drawn as a strip.
+and sagittal views of a single axial slice) is left out rather than drawn as a strip; on a
+slab thinner than about half its width (2D multi-slice, a few thick slices) the coronal view is
+drawn above the sagittal one, in one column beside the axial view.
 
 Default windows are robust percentiles over the evaluation region (the ``mask``): the grey
 window spans the reference's 0.5th to 99.5th percentile, the error and std windows run from 0
@@ -274,8 +276,9 @@ def orthogonal_slices_figure(
 ) -> Path:
     """Draw three orthogonal central slices of several volumes, their errors and std maps.
 
-    One row per panel, three columns (axial, coronal, sagittal; fewer for a single slice or a thin
-    slab) plus a colour bar per row group:
+    One row per panel, three columns (axial, coronal, sagittal; fewer for a single slice or a
+    slab of fewer than :data:`MIN_VIEW_VOXELS` slices, two with the coronal above the sagittal
+    view for a thin slab) plus a colour bar per row group:
 
     * images: every entry of ``volumes`` (reference first), sharing one grey window;
     * absolute errors ``|v - reference|`` of the volumes named in ``error_of``, sharing one
@@ -425,10 +428,17 @@ def orthogonal_slices_figure(
         notes.append(footnote)
     n_rows = sum(len(g[1]) for g in groups)
     row_h_mm = max(extents[v][1] for v in view_ids)
-    widths_mm = [extents[v][0] for v in view_ids]
     panel_in = 2.3 / row_h_mm  # inches per mm, so that a row is about 2.3 in tall
+    # A thin slab (2D multi-slice, a few thick slices): the coronal and sagittal views are
+    # strips far shorter than the axial view; they go one above the other in one column
+    # (a title's height apart) instead of each in a column as tall as the axial view.
+    title_gap_mm = 0.24 / panel_in
+    stacked = (view_ids == [0, 1, 2]
+               and extents[1][1] + extents[2][1] + title_gap_mm <= extents[0][1])
+    widths_mm = ([extents[0][0], max(extents[1][0], extents[2][0])] if stacked
+                 else [extents[v][0] for v in view_ids])
     label_in, cbar_in, gap_in = 0.55, 0.9, 0.08
-    fig_w = label_in + sum(w * panel_in for w in widths_mm) + len(view_ids) * gap_in + cbar_in
+    fig_w = label_in + sum(w * panel_in for w in widths_mm) + len(widths_mm) * gap_in + cbar_in
     # Wrap the title and notes to the figure width (about 0.55 em per character), so that
     # long file names are neither cut off nor drawn over the column titles.
     import textwrap
@@ -448,8 +458,9 @@ def orthogonal_slices_figure(
     dpi = int(min(max(dpi, math.ceil(voxels_per_inch)), max(dpi, 300)))
     fig = Figure(figsize=(fig_w, fig_h), dpi=dpi, facecolor="white")
     FigureCanvasAgg(fig)
+    n_cols = len(widths_mm)
     gs = fig.add_gridspec(
-        n_rows, len(view_ids) + 2,
+        n_rows, n_cols + 2,
         width_ratios=[label_in / panel_in, *widths_mm, (cbar_in / panel_in)],
         left=0.01, right=0.99, top=1.0 - title_in / fig_h, bottom=note_in / fig_h,
         wspace=0.06, hspace=gap_row_in / row_in,
@@ -463,6 +474,18 @@ def orthogonal_slices_figure(
     from matplotlib import patheffects
 
     outline = [patheffects.withStroke(linewidth=1.5, foreground="black")]
+
+    def panel_axes(row: int) -> list[tuple[int, Any]]:
+        """(view, axes) of one row: a column per view, or the axial view beside the coronal
+        above the sagittal (``stacked``)."""
+        if not stacked:
+            return [(v, fig.add_subplot(gs[row, col + 1])) for col, v in enumerate(view_ids)]
+        rest = extents[0][1] - extents[1][1] - extents[2][1] - title_gap_mm
+        cell = gs[row, 2].subgridspec(4, 1, hspace=0.0, height_ratios=[
+            extents[1][1], title_gap_mm, extents[2][1], max(rest, 1e-6)])
+        return [(0, fig.add_subplot(gs[row, 1])), (1, fig.add_subplot(cell[0, 0])),
+                (2, fig.add_subplot(cell[2, 0]))]
+
     annotations = dict(annotations or {})
     row = 0
     kind_title = {"img": "", "err": "|error|", "std": ""}
@@ -478,8 +501,7 @@ def orthogonal_slices_figure(
                 text += f"\n{annotations[name]}"
             label_ax.text(0.95, 0.5, text, rotation=90, ha="right", va="center",
                           fontsize=8.5, transform=label_ax.transAxes, multialignment="center")
-            for col, v in enumerate(view_ids):
-                ax = fig.add_subplot(gs[row, col + 1])
+            for v, ax in panel_axes(row):
                 w, h = extents[v]
                 im = ax.imshow(slices[key][v], cmap=cmap, vmin=vmin, vmax=vmax,
                                extent=(0, w, 0, h), origin="upper",
@@ -512,7 +534,7 @@ def orthogonal_slices_figure(
                     ax.text(0.5, 0.98, lt[2], ha="center", va="top", **style)
                     ax.text(0.5, 0.02, lt[3], ha="center", va="bottom", **style)
             row += 1
-        cax_spec = gs[first_row:row, len(view_ids) + 1].subgridspec(1, 3, width_ratios=[0.15, 0.22, 0.63])
+        cax_spec = gs[first_row:row, n_cols + 1].subgridspec(1, 3, width_ratios=[0.15, 0.22, 0.63])
         cax = fig.add_subplot(cax_spec[0, 1])
         assert im is not None
         if kind != "img":

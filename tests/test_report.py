@@ -80,11 +80,24 @@ def test_figure_without_affine_uses_spacing(tmp_path: Path) -> None:
     tall = orthogonal_slices_figure({"ref": ref, "rec": ref * 0.9}, tmp_path / "a.png",
                                     spacing=(1.0, 1.0, 8.0))
     flat = orthogonal_slices_figure({"ref": ref, "rec": ref * 0.9}, tmp_path / "b.png",
-                                    spacing=(1.0, 1.0, 1.0))
+                                    spacing=(1.0, 1.0, 3.0))  # not thin enough to stack
     # Thick slices stretch the views that show the k axis; rows keep their height, so the
     # figure gets narrower relative to its height.
     t, f = _read_png(tall), _read_png(flat)
     assert t.shape[1] / t.shape[0] < 0.8 * f.shape[1] / f.shape[0]
+
+
+def test_thin_slab_stacks_coronal_above_sagittal(tmp_path: Path) -> None:
+    """A slab far thinner than it is wide: the two short strips share one column, so the
+    figure loses the third column that would hold mostly blank rows."""
+    thin = np.zeros((32, 32, 6), dtype=np.float32)
+    thin[8:24, 8:24, 1:5] = 1.0
+    cube = np.zeros((32, 32, 32), dtype=np.float32)
+    cube[8:24, 8:24, 8:24] = 1.0
+    a = _read_png(orthogonal_slices_figure({"ref": thin, "rec": thin * 0.9}, tmp_path / "a.png"))
+    b = _read_png(orthogonal_slices_figure({"ref": cube, "rec": cube * 0.9}, tmp_path / "b.png"))
+    assert abs(a.shape[0] / b.shape[0] - 1.0) < 0.05  # rows as tall as the axial view
+    assert a.shape[1] < 0.85 * b.shape[1]  # two panel columns instead of three
 
 
 def test_figure_errors(tmp_path: Path) -> None:
