@@ -181,8 +181,8 @@ def load_volume(case: str, shape: tuple[int, int, int], cases_dir: Path | None =
 
 
 def reconstruct_pair(vol: Any, lesioned: np.ndarray, records: list[dict[str, Any]],
-                     setting: str, method: str, args: argparse.Namespace) -> tuple[dict[str, Any], np.ndarray,
-                                                        np.ndarray, Any, Any]:
+                     setting: str, method: str, args: argparse.Namespace
+                     ) -> tuple[dict[str, Any], np.ndarray, np.ndarray, Any, Any]:
     """Reconstruct the lesion-free and the lesioned volume's data with the same settings (and,
     with ``--measured-share``, each of the ``records``' share in the data)."""
     from real_quality import _mri_config
