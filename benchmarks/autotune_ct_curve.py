@@ -168,14 +168,15 @@ def main(argv: list[str] | None = None) -> int:
 
     # the library's criterion, as tune_tv_weight builds it (same split, same probe)
     sub, held, _ = holdout_problems(m, dev)
-    probe = sure_probe(sub, int((m.acquisition or {}).get("seed", 0) or 0))
+    split_seed = int((m.acquisition or {}).get("seed", 0) or 0)  # the library's split's
+    probe = sure_probe(sub, split_seed)
     assert probe is not None
     ramp = SpectralEnergy(int(sub.y.shape[-1]))
     ray = _ray_probe(m, sub, probe)
     triple_terms: dict[int, tuple[float, ...]] = {}  # e -> the terms of _TRIPLE_KEYS
     if args.triples:
-        sub3, near3, far3 = _triple_split(m, dev)
-        probe3 = sure_probe(sub3, int((m.acquisition or {}).get("seed", 0) or 0))
+        sub3, near3, far3 = _triple_split(m, dev, split_seed)
+        probe3 = sure_probe(sub3, split_seed)
         assert probe3 is not None
         ray3 = _ray_probe(m, sub3, probe3)
     # e -> the terms of _KEYS: SURE and held-out, plain and ramp-weighted, SURE per-ray
@@ -308,7 +309,8 @@ def _ray_probe(m: object, sub: ct.Problem, probe: SureProbe) -> SureProbe:
                      probe.eps)
 
 
-def _triple_split(m: object, dev: torch.device) -> tuple[ct.Problem, ct.Problem, ct.Problem]:
+def _triple_split(m: object, dev: torch.device,
+                  seed: int) -> tuple[ct.Problem, ct.Problem, ct.Problem]:
     """(training, near, far) problems of a split that holds out triples of adjacent views, one
     triple every ``_TRIPLE_EVERY`` views (offset by the seed): the outer views of a triple lie
     one view spacing D from the nearest training view (as the library's held-out views), the
@@ -316,7 +318,6 @@ def _triple_split(m: object, dev: torch.device) -> tuple[ct.Problem, ct.Problem,
     angular distance (ct_tune's docstring: a third of the held-out risk for a linear growth)."""
     n = int(np.asarray(m.data).shape[0])  # type: ignore[attr-defined]
     k = _TRIPLE_EVERY
-    seed = int((m.acquisition or {}).get("seed", 0) or 0)  # type: ignore[attr-defined]
     centres = np.arange(1 + int(np.random.default_rng(seed).integers(k - 2)), n - 1, k)
     near, far = np.zeros(n, np.float32), np.zeros(n, np.float32)
     far[centres] = 1.0

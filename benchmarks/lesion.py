@@ -222,19 +222,6 @@ def reconstruct_pair(vol: Any, lesioned: np.ndarray, records: list[dict[str, Any
         r1.output.info.get("std_image")
 
 
-def _setting(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` of ``--set``: the value as an int or a float where it reads as one."""
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise SystemExit(f"--set takes KEY=VALUE, got {text!r}")
-    for kind in (int, float):
-        try:
-            return key, kind(value)
-        except ValueError:
-            pass
-    return key, value
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, help="append the JSON lines to this file")
@@ -258,10 +245,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="also the share of each lesion that the noiseless data hold")
     ap.add_argument("--quick", action="store_true", help="smoke test: few steps/iterations")
     args = ap.parse_args(argv)
-    args.extra = dict(_setting(s) for s in args.set)
+    from medrecon.cli.reconstruct import _parse_settings  # the CLI's --set: YAML scalars
     from medrecon.device import resolve_device
     from medrecon.metrics import psnr
 
+    args.extra = _parse_settings(args.set)
     args.device = str(resolve_device(args.device))
     radii = [float(v) for v in args.radii.split(",")]
     contrasts = [float(v) for v in args.contrasts.split(",")]
