@@ -24,7 +24,9 @@ CT attenuation (HU + 1000), so 20 % in CT is about 200 HU, far above clinical lo
 lesions (10-50 HU; use ``--contrasts 0.02,0.05``).
 
 Volumes: held-out synthetic heads (test seeds) and the real validation files of
-``real_quality.py`` (``--cases``; MR ones at R = 8 and 12, CT ones at 30 views).
+``real_quality.py`` (``--cases``; MR ones at R = 8 and 12, CT ones at 30 views). On a volume
+too thin for a sphere (the real CT files: one slice, or two 10 mm apart) a lesion is the
+sphere's disc through its centre, in one slice (``shape`` in each lesion's record).
 
     python benchmarks/lesion.py --out lesion.jsonl [--cases synth_mr,synth_ct,mr_brain_piesno]
         [--settings mr8,mr12,ct30] [--radii 2,3,4,6] [--contrasts 0.1,0.2,0.5]
@@ -49,21 +51,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 SYNTH = ("synth_mr", "synth_ct")
 
 
+def thin_axes(shape: tuple[int, ...], spacing: np.ndarray, radius_mm: float) -> tuple[int, ...]:
+    """Axes too short to hold a sphere of ``radius_mm`` with 2 voxels to spare on each side
+    (single slices, a few thick slices): along them a lesion is a disc in one slice, the
+    sphere's cross-section through its centre, as a thin slice through it shows it."""
+    return tuple(a for a, (n, h) in enumerate(zip(shape, spacing, strict=True))
+                 if n < 2 * (radius_mm / h + 2) + 1)
+
+
 def lesion_sites(tissue: np.ndarray, radii_vox: list[np.ndarray],
-                 rng: np.random.Generator) -> list[np.ndarray]:
+                 rng: np.random.Generator, thin: tuple[int, ...] = ()) -> list[np.ndarray]:
     """Centres (voxel index, float) inside ``tissue``, each at least its radius + 2 voxels
-    from the tissue's edge and the grid's and two diameters from the other lesions."""
+    from the tissue's edge and the grid's and two diameters from the other lesions, measured
+    in the axes that are not ``thin`` (there a lesion stays in one slice)."""
     from scipy.ndimage import distance_transform_edt
 
-    depth = distance_transform_edt(np.pad(tissue, 1))[1:-1, 1:-1, 1:-1]  # grid edge = edge
+    wide = [a for a in range(tissue.ndim) if a not in thin]
+    pad = [(0, 0) if a in thin else (1, 1) for a in range(tissue.ndim)]
+    # along a thin axis the distance is never the nearest: the depth is each slice's own
+    sampling = [1e6 if a in thin else 1.0 for a in range(tissue.ndim)]
+    depth = distance_transform_edt(np.pad(tissue, pad), sampling=sampling)
+    depth = depth[tuple(slice(None) if a in thin else slice(1, -1) for a in range(tissue.ndim))]
     centres: list[np.ndarray] = []
     for r in radii_vox:
-        need = float(r.max()) + 2.0
+        need = float(r[wide].max()) + 2.0
         cand = np.argwhere(depth >= need)
         if cand.size == 0:
-            raise ValueError(f"no room for a lesion of radius {r.max():.1f} voxels")
+            raise ValueError(f"no room for a lesion of radius {r[wide].max():.1f} voxels")
         for c in rng.permutation(cand)[:2000]:
-            if all(np.linalg.norm((c - o) / np.maximum(r, 1e-3)) > 4.5 for o in centres):
+            if all(np.linalg.norm(((c - o) / np.maximum(r, 1e-3))[wide]) > 4.5
+                   for o in centres):
                 centres.append(c.astype(float))
                 break
         else:
@@ -72,15 +89,34 @@ def lesion_sites(tissue: np.ndarray, radii_vox: list[np.ndarray],
 
 
 def sphere_fraction(shape: tuple[int, ...], centre: np.ndarray, radius_mm: float,
-                    spacing: np.ndarray) -> np.ndarray:
+                    spacing: np.ndarray, thin: tuple[int, ...] = ()) -> np.ndarray:
     """Partial-volume fraction of a sphere on the grid: 1 inside, 0 outside, a linear ramp
-    one voxel wide (the smallest voxel size) across the surface."""
+    one voxel wide (the smallest voxel size) across the surface; along ``thin`` axes the
+    disc through the centre, in the centre's slice only."""
     grids = np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(shape, centre, spacing,
                                                                     strict=True)],
                         indexing="ij")
-    dist = np.sqrt(sum(g**2 for g in grids))
-    h = float(spacing.min())
-    return np.clip((radius_mm - dist) / h + 0.5, 0.0, 1.0).astype(np.float32)
+    dist = np.sqrt(sum(g**2 for a, g in enumerate(grids) if a not in thin))
+    h = float(np.delete(spacing, thin).min())
+    f = np.clip((radius_mm - dist) / h + 0.5, 0.0, 1.0)
+    for a in thin:
+        f = f * (np.abs(grids[a]) < 0.5 * spacing[a])
+    return f.astype(np.float32)
+
+
+def in_plane(thin: tuple[int, ...] | list[int], ndim: int = 3) -> np.ndarray:
+    """The 6-neighbour structure of a dilation, less its neighbours along ``thin`` axes (a
+    disc's surroundings lie in its own slice)."""
+    from scipy.ndimage import generate_binary_structure
+
+    st = generate_binary_structure(ndim, 1)
+    for a in thin:
+        keep = np.zeros_like(st)
+        idx = [slice(None)] * ndim
+        idx[a] = 1
+        keep[tuple(idx)] = st[tuple(idx)]
+        st = keep
+    return st
 
 
 def insert_lesions(ref: np.ndarray, modality: str, spacing: np.ndarray, radii_mm: list[float],
@@ -100,19 +136,21 @@ def insert_lesions(ref: np.ndarray, modality: str, spacing: np.ndarray, radii_mm
                                                   iterations=2))
     rng = np.random.default_rng(seed)
     radii_vox = [r / spacing for r in radii_mm]
-    centres = lesion_sites(tissue, radii_vox, rng)
+    thin = thin_axes(ref.shape, spacing, max(radii_mm))
+    centres = lesion_sites(tissue, radii_vox, rng, thin)
     out = ref.copy()
     records = []
     for k, (c, r) in enumerate(zip(centres, radii_mm, strict=True)):
-        f = sphere_fraction(ref.shape, c, r, spacing)
+        f = sphere_fraction(ref.shape, c, r, spacing, thin)
         inside = f > 0
-        shell = binary_dilation(inside, iterations=2) & ~inside
+        shell = binary_dilation(inside, in_plane(thin), iterations=2) & ~inside
         base = float(level[shell].mean())
         sign = 1.0 if k % 2 == 0 else -1.0
         amp = sign * contrast * base
         out += amp * f
         records.append({"centre_vox": [round(float(v), 1) for v in c], "radius_mm": r,
                         "polarity": "bright" if sign > 0 else "dark", "amplitude": amp,
+                        "shape": "disc" if thin else "sphere", "thin_axes": list(thin),
                         "fraction": f})
     return out.astype(np.float32), records
 
@@ -137,7 +175,7 @@ def lesion_scores(d: np.ndarray, records: list[dict[str, Any]],
         if std_with is not None and std_without is not None:
             row["std_rise"] = float(std_with[core].mean() / max(std_without[core].mean(), 1e-12))
         rows.append(row)
-        near |= binary_dilation(f > 0, iterations=2)
+        near |= binary_dilation(f > 0, in_plane(rec.get("thin_axes", [])), iterations=2)
     ref_amp = float(np.mean([abs(r["amplitude"]) for r in records]))
     outside = d[~near]
     return rows, {"false_rms": float(np.sqrt(np.mean(outside**2)) / ref_amp),

@@ -268,7 +268,7 @@ def _run_case(vol: Any, setting: str, args: argparse.Namespace) -> dict:
         classical[name] = best
     steps, samples = (2, 1) if args.quick else (args.steps, args.samples)
     extra = {"prior": args.prior, "steps": steps, "samples": samples, "seed": 0,
-             "tune_steps": args.tune_steps}
+             "tune_steps": args.tune_steps, **args.extra}
     t0 = time.perf_counter()
     r = reconstruct(m, "diffusion", ReconOptions(device=args.device, extra=extra))
     info = r.output.info
@@ -278,7 +278,7 @@ def _run_case(vol: Any, setting: str, args: argparse.Namespace) -> dict:
                  "samples": samples, "nfe": info.get("nfe"), "lam": info.get("lam"),
                  "lam_grid": (info.get("autotune") or {}).get("grid"),
                  "lam_heldout_errors": (info.get("autotune") or {}).get("heldout_errors"),
-                 "tune_steps": args.tune_steps,
+                 "tune_steps": args.tune_steps, "settings": args.extra,
                  "guard": guard.get("choice"), "guard_weight": guard.get("weight"),
                  "guard_method": guard.get("method"),
                  "guard_errors": [guard.get("diffusion_error"), guard.get("classical_error")],
@@ -338,9 +338,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="CPU smoke test: tiny crops, few steps")
     ap.add_argument("--plain-steps", default="",
                     help="with --plain: these step counts (e.g. 10,20,50; default --steps)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a diffusion setting (medrecon.sampling.config), e.g. cg_iters=30")
     ap.add_argument("--plain", action="store_true",
                     help="also diffusion at the fixed modality weight without the guard")
     args = ap.parse_args(argv)
+    from medrecon.cli.reconstruct import _parse_settings  # the CLI's --set: YAML scalars
+
+    args.extra = _parse_settings(args.set)
     names = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in names if c not in CASES]
     if unknown:

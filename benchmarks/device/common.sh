@@ -2,12 +2,13 @@
 # carry [".whl", ".devrun"]): installs the carried wheels, records the card, keeps logs.
 T0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T0 )); }
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
+# once per machine: scripts started side by side by one command share the install
+[ -f /tmp/site/.installed ] || { python3 -m pip install -q --no-index --no-deps --no-compile \
+    --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && touch /tmp/site/.installed; } || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-LOGS=/tmp/logs; mkdir -p $LOGS
+LOGS=${LOGS:-/tmp/logs}; mkdir -p "$LOGS"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$LOGS/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__)" >> "$LOGS/gpu.txt"
 pack() { tar -czf "$OUT/logs.tar.gz" -C "$LOGS" . ; }

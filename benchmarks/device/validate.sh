@@ -2,12 +2,13 @@
 # The last call of a session: the default path on the real rows the session's CPU-only changes
 # touch (PAIRS="case:setting ..."), then the default path of the 256^3 MR file end to end with
 # its stage profile (issue 14) while time is left (E2E_FIRST=1: the end-to-end runs first;
-# E2E_CASES, E2E_VARIANTS: end_to_end_speed.py's). Device tool, carry [".whl", ".devrun"].
+# E2E_CASES, E2E_VARIANTS: end_to_end_speed.py's; RQ_SET="cg_iters=30 ...": diffusion settings). Device tool, carry [".whl", ".devrun"].
 set -u
 source benchmarks/device/common.sh
 LIMIT=${LIMIT:-560}
 left() { echo $(( LIMIT - $(elapsed) )); }
 RQ="python3 benchmarks/real_quality.py --cases-dir .devrun/real_cases --device cuda --samples 4"
+for kv in ${RQ_SET:-}; do RQ="$RQ --set $kv"; done
 pairs() {
   for pair in ${PAIRS:-mr_dwi_b0:mr4 ct_spine:ct30 ct_spine:ct60 mr_brain_piesno:mr4}; do
     [ "$(left)" -lt 60 ] && break
