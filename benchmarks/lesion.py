@@ -129,14 +129,15 @@ def insert_lesions(ref: np.ndarray, modality: str, spacing: np.ndarray, radii_mm
 
     offset = 1000.0 if modality == "CT" else 0.0
     level = ref + offset
+    thin = thin_axes(ref.shape, spacing, max(radii_mm))
     if modality == "CT":  # soft tissue and brain, not air, fat or bone
         tissue = (ref > -100.0) & (ref < 150.0)
-    else:  # the head's interior, holes (ventricles, sulci) included
+    else:  # the body's interior, holes (ventricles, sulci) included; per slice on thin axes
+        st = in_plane(thin)
         tissue = binary_fill_holes(binary_closing(ref > 0.1 * float(np.percentile(ref, 99.5)),
-                                                  iterations=2))
+                                                  st, iterations=2), st)
     rng = np.random.default_rng(seed)
     radii_vox = [r / spacing for r in radii_mm]
-    thin = thin_axes(ref.shape, spacing, max(radii_mm))
     centres = lesion_sites(tissue, radii_vox, rng, thin)
     out = ref.copy()
     records = []
