@@ -2,7 +2,8 @@
 # carry [".whl", ".devrun"]): installs the carried wheels, records the card, keeps logs.
 T0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T0 )); }
-# once per machine: scripts started side by side by one command share the install
+# once per machine: a command that sources this file first, then starts scripts side by side
+# (each with its own OUT and LOGS), installs once for all of them
 [ -f /tmp/site/.installed ] || { python3 -m pip install -q --no-index --no-deps --no-compile \
     --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && touch /tmp/site/.installed; } || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1

@@ -2,7 +2,8 @@
 # The last call of a session: the default path on the real rows the session's CPU-only changes
 # touch (PAIRS="case:setting ..."), then the default path of the 256^3 MR file end to end with
 # its stage profile (issue 14) while time is left (E2E_FIRST=1: the end-to-end runs first;
-# E2E_CASES, E2E_VARIANTS: end_to_end_speed.py's; RQ_SET="cg_iters=30 ...": diffusion settings). Device tool, carry [".whl", ".devrun"].
+# E2E_CASES, E2E_VARIANTS: end_to_end_speed.py's; RQ_SET="cg_iters=30 ...": diffusion
+# settings for real_quality.py's --set). Device tool, carry [".whl", ".devrun"].
 set -u
 source benchmarks/device/common.sh
 LIMIT=${LIMIT:-560}
