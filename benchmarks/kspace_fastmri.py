@@ -35,6 +35,9 @@ Commands::
     python benchmarks/kspace_fastmri.py --out /tmp/ks --accelerations 3.3 --swaps
     python benchmarks/kspace_fastmri.py --out /tmp/ks --accelerations 4 8 --diffusion \
         --device cuda
+    # a diffusion setting through the CLI's --set (repeatable), e.g. the 30-iteration MR step
+    python benchmarks/kspace_fastmri.py --out /tmp/ks --accelerations 4 8 --diffusion \
+        --device cuda --no-bart --no-grid --set cg_iters=30
     # CPU at reduced size: the central slices only (--slices N), fewer steps
     python benchmarks/kspace_fastmri.py --out /tmp/ks --accelerations 4 --diffusion \
         --slices 8 --steps 20 --samples 2
@@ -290,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slices", type=int, default=None, help="central slices only (CPU runs)")
     p.add_argument("--swaps", action="store_true", help="the swap experiments (CPU, slow-ish)")
     p.add_argument("--diffusion", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --diffusion: the CLI's --set, e.g. cg_iters=30")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--device", default="cpu")
@@ -323,9 +328,11 @@ def main(argv: list[str] | None = None) -> int:
             record(case, f"medrecon {method} (default)", img, ref, seconds=round(secs, 1))
         if a.diffusion:
             args = ["--device", a.device, "--steps", str(a.steps), "--samples", str(a.samples)]
+            args += [v for kv in a.set for v in ("--set", kv)]
             img, secs = medrecon_cli(h5, a.out, "diffusion", *args)
-            record(case, "medrecon diffusion (default)", img, ref, seconds=round(secs, 1),
-                   steps=a.steps, samples=a.samples,
+            label = "default" if not a.set else ", ".join(a.set)
+            record(case, f"medrecon diffusion ({label})", img, ref, seconds=round(secs, 1),
+                   steps=a.steps, samples=a.samples, settings=a.set,
                    background_max=round(float(np.abs(img)[ref == 0].max()), 4))
         if a.no_grid:
             continue
