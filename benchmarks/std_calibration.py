@@ -81,8 +81,10 @@ def _head(modality: str, shape: tuple[int, ...], spacing: float, seed: int, devi
 
 def _sample(meas: Any, prior: Any, args: argparse.Namespace, samples: int, seed: int,
             options: Any = None) -> Any:
-    from medrecon.sampling import posterior_sample
+    from medrecon.sampling import SamplerOptions, posterior_sample
 
+    if options is None and args.extra:
+        options = SamplerOptions.defaults(meas.modality, args.sampler, **args.extra)
     return posterior_sample(meas, prior, sampler=args.sampler, steps=args.steps,
                             samples=samples, seed=seed, device=args.device, keep_samples=True,
                             options=options)
@@ -124,7 +126,7 @@ def fit(args: argparse.Namespace, prior: Any, common: dict[str, Any]) -> int:
     groups = list(range(2, args.chains + 1))
     entries = []
     for modality, factor in ((m, f) for m in args.modalities for f in args.lam_factors):
-        opt = SamplerOptions.defaults(modality, args.sampler)
+        opt = SamplerOptions.defaults(modality, args.sampler, **args.extra)
         if factor != 1.0:  # the self-tuned weight's other candidates (guard.DIFFUSION_FACTORS)
             opt = dataclasses.replace(opt, lam=opt.lam * factor)
         ratios: dict[int, list[np.ndarray]] = {g: [] for g in groups}
@@ -207,7 +209,7 @@ def _guarded_row(meas: Any, prior: Any, args: argparse.Namespace, truth: np.ndar
     from medrecon.sampling.config import DiffusionConfig
 
     cfg = DiffusionConfig(sampler=args.sampler, steps=args.steps, samples=args.samples,
-                          seed=seed)
+                          seed=seed, **args.extra)
     out = guarded_diffusion(meas, cfg, prior, torch.device(args.device))
     guard = out.info.get("guard", {})
     row: dict[str, Any] = {"guard": guard.get("choice"), "weight": guard.get("weight"),
@@ -315,7 +317,8 @@ def rescore(args: argparse.Namespace, prior: Any) -> int:
                 print(f"| {row['case']} | {row.get('setting', '')} | "
                       f"{row.get('skipped') or row.get('error')} | | | | |")
             continue
-        opt = dataclasses.asdict(SamplerOptions.defaults(row["modality"], row["sampler"]))
+        opt = dataclasses.asdict(SamplerOptions.defaults(row["modality"], row["sampler"],
+                                                         **args.extra))
         _, note = calibrate_std(np.ones(1), prior.std_calibration, modality=row["modality"],
                                 sampler=row["sampler"], steps=row["steps"],
                                 samples=row["samples"], options=opt, prior_name=prior.name)
@@ -360,7 +363,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases-dir", type=Path, help="real files exported by real_quality.py")
     ap.add_argument("--out", type=Path, help="append the JSON lines to this file")
     ap.add_argument("--rows", type=Path, help="rescore: the JSON lines of a check")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a sampler setting instead of its default, e.g. cg_iters=30 (fit, "
+                         "check, rescore)")
     args = ap.parse_args(argv)
+    from medrecon.cli.reconstruct import _parse_settings  # the CLI's --set: YAML scalars
+
+    args.extra = _parse_settings(args.set)
     args.modalities = [m.strip().upper() for m in args.modalities.split(",") if m.strip()]
     args.settings = [v.strip() for v in args.settings.split(",") if v.strip()]
     args.lam_factors = [float(v) for v in args.lam_factors.split(",") if v.strip()]
@@ -376,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     common = {"prior": prior.name, "sampler": args.sampler, "steps": args.steps,
               "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
               "date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "command": " ".join(sys.argv)}
+              "command": " ".join(sys.argv), **({"set": args.extra} if args.extra else {})}
     if args.action == "rescore":
         return rescore(args, prior)
     return fit(args, prior, common) if args.action == "fit" else check(args, prior, common)
