@@ -27,7 +27,8 @@ from medrecon.operators.base import LinearOperator
 
 Tensor = torch.Tensor
 
-__all__ = ["FiniteDifference", "divergence", "finite_difference", "spacing_weights"]
+__all__ = ["FiniteDifference", "difference_norm_bound", "divergence", "finite_difference",
+           "spacing_weights"]
 
 
 def spacing_weights(spacing_mm: Sequence[float], dims: Sequence[int] = (0, 1, 2),
@@ -44,6 +45,12 @@ def spacing_weights(spacing_mm: Sequence[float], dims: Sequence[int] = (0, 1, 2)
     if not sizes or max(sizes) <= min(sizes) * (1.0 + 1e-6):
         return None
     return tuple(min(sizes) / v if u else 1.0 for v, u in zip(h, used, strict=True))
+
+
+def difference_norm_bound(n_axes: int, weights: Sequence[float] | None = None) -> float:
+    """The bound on ``||D||^2`` of the differences along ``n_axes`` axes: 4 per axis, times
+    the axis' weight squared where ``weights`` are given."""
+    return 4.0 * (n_axes if weights is None else sum(w * w for w in weights))
 
 
 def finite_difference(x: Tensor, dims: Sequence[int] = (0, 1, 2),
@@ -111,8 +118,7 @@ class FiniteDifference(LinearOperator):
     @property
     def norm_bound(self) -> float:
         """The bound on ``||D||^2``: 4 per axis, times the axis' weight squared."""
-        return 4.0 * (len(self.dims) if self.weights is None
-                      else sum(w * w for w in self.weights))
+        return difference_norm_bound(len(self.dims), self.weights)
 
     def _forward(self, x: Tensor) -> Tensor:
         if x.ndim != 3:

@@ -38,7 +38,12 @@ import torch
 
 from medrecon.config import option
 from medrecon.errors import InputError, MeasurementError
-from medrecon.operators.finite_difference import divergence, finite_difference, spacing_weights
+from medrecon.operators.finite_difference import (
+    difference_norm_bound,
+    divergence,
+    finite_difference,
+    spacing_weights,
+)
 from medrecon.problem import Problem, measurement_problem
 from medrecon.recon.autotune import TuneReport, best_iteration
 from medrecon.recon.base import ReconOptions, ReconOutput, method_settings
@@ -129,8 +134,7 @@ def tv_reconstruction(
     def prox_g(x: Tensor, tau: float) -> Tensor:
         return x.clamp(min=0.0) if nonnegative else x
 
-    step = 0.99 / math.sqrt(1.0 + 4.0 * (3.0 if weights is None
-                                         else sum(w * w for w in weights)))
+    step = 0.99 / math.sqrt(1.0 + difference_norm_bound(3, weights))
     result = pdhg(k_op, k_adj, prox_f_conj, prox_g, x0, tau=step / step_ratio,
                   sigma=step * step_ratio,
                   max_iter=max_iter, tol=tol, progress=progress)
