@@ -171,9 +171,10 @@ class SamplerOptions:
 #: 2 CG iterations instead of 10 at the steps followed by sigma > 5 (40 % of 50 steps): about
 #: 30 % less data consistency for <= 0.01 dB on two synthetic heads at R = 4 and 8
 #: (benchmarks/RESULTS_coil_compression.md). 30 iterations instead of 10 gain 0.65 / 1.28 dB on
-#: the real brain at R = 4 / 8 with the weight self-tuned (benchmarks/RESULTS_autotune.md), but
-#: lose 1.2 dB at this fixed weight on the CPU demo's head: they need the fixed weight chosen
-#: again before they can be the default (the prior's std calibration has entries for both).
+#: the real brain at R = 4 / 8 with the weight self-tuned, but lose 0.8-1.0 dB on the
+#: fastMRI-format brain (under CG-SENSE at R = 8) and on a synthetic head at R = 4, and 1.2 dB
+#: on the CPU demo (benchmarks/RESULTS_autotune.md): MR keeps 10 (the prior's std calibration
+#: has entries for both).
 #:
 #: MR weights are twice those of results before 2026-12-06: the data term's weight goes as
 #: ``lam * noise_std^2``, and until then a simulated file's noise_std was its RMS complex sigma,
