@@ -39,7 +39,7 @@ def mr() -> tuple[Measurement, Volume]:
 def ct() -> tuple[Measurement, Volume]:
     vol = Volume(_ball((12, 12, 3)) * 1000.0 - 1000.0, np.diag([2.0, 2.0, 2.0, 1.0]),
                  modality="CT", units="HU")
-    cfg = SimulationConfig(modality="ct", seed=2, ct=CTSettings(views=16))
+    cfg = SimulationConfig(modality="ct", seed=2, ct=CTSettings(views=16, dose_i0=None))
     return simulate(vol, cfg), vol
 
 

@@ -129,7 +129,8 @@ def test_ct_branch_delegates_to_the_projector() -> None:
     hu = np.full((16, 16, 2), -1000.0, np.float32)
     hu[4:12, 4:12] = 0.0  # water block in air
     vol = Volume(hu, np.diag([1.0, 1.0, 2.0, 1.0]), modality="CT", units="HU")
-    cfg = SimulationConfig(modality="ct", ct=CTSettings(geometry="parallel", views=12))
+    cfg = SimulationConfig(modality="ct", ct=CTSettings(geometry="parallel", views=12,
+                                                            dose_i0=None))
     m = simulate(vol, cfg)
     assert m.modality == "CT" and m.data.dtype == np.float32 and m.data.shape[0] == 12
     assert m.operator["kind"] == "ct" and m.acquisition["views"] == 12

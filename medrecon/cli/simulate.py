@@ -107,7 +107,8 @@ def simulate(
         None, "--angular-range", help="CT: angular range in degrees, up to 360 (default: 180 for "
                                       "parallel, 360 for fan and cone; less is limited-angle)."),
     dose: float | None = typer.Option(
-        None, "--dose", help="CT: incident photons per ray I0 (Poisson noise) (default: noise-free)."),
+        None, "--dose", min=0.0,
+        help="CT: incident photons per ray I0 (Poisson noise) (default: 1e5; 0: noise-free)."),
     electronic_sigma: float | None = typer.Option(
         None, "--electronic-sigma", help="CT: electronic noise std in photon counts (default: 0)."),
     seed: int | None = typer.Option(None, help="Seed of mask, phase, coils and noise (default: 0)."),
@@ -157,6 +158,8 @@ def simulate(
              "ct.geometry": geometry, "ct.views": views, "ct.angular_range_deg": angular_range,
              "ct.dose_i0": dose, "ct.electronic_sigma": electronic_sigma, "seed": seed}
     overrides.update({k: v for k, v in flags.items() if v is not None})
+    if dose == 0:  # no photon noise: the settings' None
+        overrides["ct.dose_i0"] = None
     if snr is not None:
         overrides.update({"mri.snr": snr, "mri.noise_sigma": None})
     if noise_sigma is not None:
@@ -213,5 +216,8 @@ def simulate(
             f"(target {a['target_acceleration']:g}), noise sigma {m.noise['sigma']:.4g}"
             + (f" (SNR {a['snr']:g})" if a.get("snr") else "") + f"; settings in {cfg_path}")
     else:
+        noise = (f"I0 {cfg.ct.dose_i0:.3g} photons per ray (Poisson noise)"
+                 if cfg.ct.dose_i0 is not None else "noise-free")
         typer.echo(f"Wrote CT sinogram {tuple(m.data.shape)} (views, rows, columns) to {path}: "
-                   f"{cfg.ct.geometry.value} beam, {cfg.ct.views} views; settings in {cfg_path}")
+                   f"{cfg.ct.geometry.value} beam, {cfg.ct.views} views, {noise}; settings in "
+                   f"{cfg_path}")

@@ -272,3 +272,26 @@ def test_ct_pipeline_modality_from_reference(tmp_path: Path) -> None:
     r = runner.invoke(app, ["reconstruct", str(tmp_path / "ct.h5"), str(tmp_path / "x.nii.gz"),
                             "--method", "cg-sense"])
     assert_user_error(r, "for CT measurements")
+
+
+def test_ct_simulation_is_noisy_unless_dose_0(tmp_path: Path) -> None:
+    """A simulated CT scan carries Poisson noise at I0 = 1e5 photons per ray, as an MR one
+    carries noise at SNR 30; ``--dose 0`` asks for noise-free line integrals."""
+    hu = np.full((16, 16, 2), -1000.0, np.float32)
+    hu[4:12, 4:12] = 0.0
+    ref = tmp_path / "ct.nii.gz"
+    save_volume(Volume(hu, np.diag([1.0, 1.0, 2.0, 1.0]), modality="CT", units="HU"), ref)
+    sino = {}
+    for label, flags in (("default", []), ("free", ["--dose", "0"])):
+        out = tmp_path / f"{label}.h5"
+        r = runner.invoke(app, ["simulate", str(ref), str(out), "--views", "12", *flags])
+        assert r.exit_code == 0, r.output
+        assert ("I0 1e+05 photons per ray" if label == "default" else "noise-free") in r.output
+        m = read_measurement(out)
+        assert m.acquisition["dose_i0"] == (1e5 if label == "default" else None)
+        sino[label] = m.data
+    # noise-free: rays through air only are exactly 0; with photon noise they scatter
+    assert float(np.abs(sino["free"][:, :, :2]).max()) < 1e-6
+    assert float(np.abs(sino["default"][:, :, :2]).max()) > 1e-4
+    r = runner.invoke(app, ["simulate", str(ref), str(tmp_path / "x.h5"), "--dose", "-1"])
+    assert_user_error(r, "--dose")

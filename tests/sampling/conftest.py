@@ -46,5 +46,5 @@ def ct_measurement():
     shape = (12, 12, 3)
     hu = _head(shape) * 1000.0 - 1000.0  # air -1000, object 0, insert 500
     vol = Volume(hu, np.diag([2.0, 2.0, 2.0, 1.0]), modality="CT", units="HU")
-    cfg = SimulationConfig(modality="ct", seed=2, ct=CTSettings(views=20))
+    cfg = SimulationConfig(modality="ct", seed=2, ct=CTSettings(views=20, dose_i0=None))
     return simulate(vol, cfg), vol
