@@ -120,11 +120,13 @@ def in_plane(thin: tuple[int, ...] | list[int], ndim: int = 3) -> np.ndarray:
 
 
 def insert_lesions(ref: np.ndarray, modality: str, spacing: np.ndarray, radii_mm: list[float],
-                   contrast: float, seed: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+                   contrast: float, seed: int, flip: bool = False
+                   ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """(volume with lesions, one record per lesion: centre, radius, sign, amplitude, mask).
 
-    Lesion k is bright for even k and dark for odd k; its amplitude is ``contrast`` times the
-    mean tissue value (MR intensity, CT HU + 1000) in a 2-voxel shell around it."""
+    Lesion k is bright for even k and dark for odd k (``flip``: the other way round); its
+    amplitude is ``contrast`` times the mean tissue value (MR intensity, CT HU + 1000) in a
+    2-voxel shell around it."""
     from scipy.ndimage import binary_closing, binary_dilation, binary_fill_holes
 
     offset = 1000.0 if modality == "CT" else 0.0
@@ -146,7 +148,7 @@ def insert_lesions(ref: np.ndarray, modality: str, spacing: np.ndarray, radii_mm
         inside = f > 0
         shell = binary_dilation(inside, in_plane(thin), iterations=2) & ~inside
         base = float(level[shell].mean())
-        sign = 1.0 if k % 2 == 0 else -1.0
+        sign = 1.0 if (k + flip) % 2 == 0 else -1.0
         amp = sign * contrast * base
         out += amp * f
         records.append({"centre_vox": [round(float(v), 1) for v in c], "radius_mm": r,
@@ -203,14 +205,16 @@ def measured_share(measurement: Any, records: list[dict[str, Any]], device: str,
     return shares
 
 
-def load_volume(case: str, shape: tuple[int, int, int], cases_dir: Path | None = None) -> Any:
-    """A lesion-free volume: a held-out synthetic head (its own lesions off) or a real file."""
+def load_volume(case: str, shape: tuple[int, int, int], cases_dir: Path | None = None,
+                head: int = 0) -> Any:
+    """A lesion-free volume: a held-out synthetic head (test seed 2,000,001 + ``head``, its own
+    lesions off) or a real file."""
     if case in SYNTH:
         from medrecon.priors.synthetic import generate_head, split_seeds
 
         modality = "MR" if case == "synth_mr" else "CT"
         return generate_head(shape, 2.0, modality, contrast="T1" if modality == "MR" else "CT",
-                             seed=split_seeds("test")[1], lesions=False, noise=False)
+                             seed=split_seeds("test")[1 + head], lesions=False, noise=False)
     from real_quality import load_cases
 
     found = load_cases([case], cases_dir)
@@ -219,46 +223,113 @@ def load_volume(case: str, shape: tuple[int, int, int], cases_dir: Path | None =
     return found[0][1]
 
 
-def reconstruct_pair(vol: Any, lesioned: np.ndarray, records: list[dict[str, Any]],
-                     setting: str, method: str, args: argparse.Namespace
-                     ) -> tuple[dict[str, Any], np.ndarray, np.ndarray, Any, Any]:
-    """Reconstruct the lesion-free and the lesioned volume's data with the same settings (and,
-    with ``--measured-share``, each of the ``records``' share in the data)."""
+def acquisition(vol: Any, setting: str) -> Any:
+    """The simulation settings of ``setting`` (mr8, mr12: real_quality's MR acquisition at R;
+    ct30: parallel beam, I0 = 1e5), seed 0: every lesioned copy gets the same mask, coil maps
+    and noise draw as the lesion-free volume."""
     from real_quality import _mri_config
 
-    from medrecon.recon.base import ReconOptions
-    from medrecon.reconstruct import reconstruct
-    from medrecon.simulate import CTSettings, SimulationConfig, simulate
+    from medrecon.simulate import CTSettings, SimulationConfig
 
     if setting.startswith("mr"):
-        cfg = _mri_config(vol.shape, float(setting[2:]))
-    else:
-        cfg = SimulationConfig(modality="ct", seed=0, ct=CTSettings(
-            geometry="parallel", views=int(setting[2:]), dose_i0=1e5))
-    m0 = simulate(vol, cfg, device=args.device)
-    m1 = simulate(replace(vol, data=lesioned), cfg, device=args.device)
+        return _mri_config(vol.shape, float(setting[2:]))
+    return SimulationConfig(modality="ct", seed=0, ct=CTSettings(
+        geometry="parallel", views=int(setting[2:]), dose_i0=1e5))
+
+
+def reconstruct_free(m0: Any, method: str, args: argparse.Namespace
+                     ) -> tuple[dict[str, Any], Any]:
+    """The lesion-free data's reconstruction, its weight self-tuned (``lam auto``): (info with
+    the weight, the result). Diffusion runs the sampler itself (guard off: it could hand back
+    the classical result)."""
+    from medrecon.recon.base import ReconOptions
+    from medrecon.reconstruct import reconstruct
+
     info: dict[str, Any] = {"method": method}
     if method == "diffusion":
         steps, samples = (2, 2) if args.quick else (args.steps, args.samples)
-        # The sampler itself (guard off: it could hand back the classical result); its weight
-        # self-tuned on the lesion-free data and kept for the pair, as for the classical method.
         extra = {"prior": args.prior, "steps": steps, "samples": samples, "seed": 0,
                  "guard": False, **args.extra}
         r0 = reconstruct(m0, method, ReconOptions(device=args.device, extra=extra))
         info.update(steps=steps, samples=samples, lam=r0.output.info.get("lam"))
-        r1 = reconstruct(m1, method, ReconOptions(device=args.device,
-                                                  extra={**extra, "lam": info["lam"]}))
     else:
-        iters = 5 if args.quick else None
-        r0 = reconstruct(m0, method, ReconOptions(device=args.device, iterations=iters))
-        lam = r0.output.info.get("lam")
-        info["lam"] = lam
-        r1 = reconstruct(m1, method, ReconOptions(device=args.device, iterations=iters,
-                                                  lam=lam))
-    if args.measured_share:
-        info["measured_share"] = measured_share(m1, records, args.device)
-    return info, r0.volume.data, r1.volume.data, r0.output.info.get("std_image"), \
-        r1.output.info.get("std_image")
+        r0 = reconstruct(m0, method, ReconOptions(device=args.device,
+                                                  iterations=5 if args.quick else None))
+        info["lam"] = r0.output.info.get("lam")
+    return info, r0
+
+
+def reconstruct_lesioned(m1: Any, info: dict[str, Any], args: argparse.Namespace) -> Any:
+    """The lesioned data's reconstruction with the lesion-free one's settings and weight."""
+    from medrecon.recon.base import ReconOptions
+    from medrecon.reconstruct import reconstruct
+
+    if info["method"] == "diffusion":
+        extra = {"prior": args.prior, "steps": info["steps"], "samples": info["samples"],
+                 "seed": 0, "guard": False, **args.extra, "lam": info["lam"]}
+        return reconstruct(m1, "diffusion", ReconOptions(device=args.device, extra=extra))
+    return reconstruct(m1, info["method"], ReconOptions(
+        device=args.device, iterations=5 if args.quick else None, lam=info["lam"]))
+
+
+def run_volume(case: str, head: int, radii: list[float], contrasts: list[float],
+               args: argparse.Namespace, kept_by: dict[tuple[Any, ...], list[float]]) -> None:
+    """Every setting, method, contrast and placement of one volume: one JSON row each; the
+    kept shares also into ``kept_by`` (case, setting, method, contrast, radius)."""
+    from medrecon.metrics import psnr
+    from medrecon.simulate import simulate
+
+    vol = load_volume(case, tuple(args.shape), args.cases_dir, head)
+    modality = vol.modality
+    spacing = np.sqrt((np.asarray(vol.affine)[:3, :3] ** 2).sum(axis=0))
+    ref = vol.data.astype(np.float32)
+    region = ref > (0.05 * ref.max() if modality == "MR" else -900.0)
+    for setting in [s for s in args.settings.split(",") if s[:2] == modality[:2].lower()]:
+        cfg = acquisition(vol, setting)
+        m0 = simulate(vol, cfg, device=args.device)
+        for method in args.methods.split(","):
+            name = method if method == "diffusion" else (
+                "l1-wavelet" if modality == "MR" else "tv")
+            info, r0 = reconstruct_free(m0, name, args)
+            x0, s0 = r0.volume.data, r0.output.info.get("std_image")
+            quality = psnr(x0, ref, data_range=float(ref.max() - ref.min()), mask=region)
+            for contrast in contrasts:
+                for p in range(args.placements):
+                    # placement p: its own sites; odd placements swap bright and dark
+                    lesioned, records = insert_lesions(ref, modality, spacing, radii, contrast,
+                                                       seed=7 + p, flip=p % 2 == 1)
+                    t0 = time.perf_counter()
+                    m1 = simulate(replace(vol, data=lesioned), cfg, device=args.device)
+                    r1 = reconstruct_lesioned(m1, info, args)
+                    extra = ({"measured_share": measured_share(m1, records, args.device)}
+                             if args.measured_share else {})
+                    rows, false = lesion_scores(r1.volume.data - x0, records,
+                                                r1.output.info.get("std_image"), s0)
+                    for r in rows:
+                        kept_by.setdefault((case, setting, name, contrast, r["radius_mm"]),
+                                           []).append(r["kept"])
+                    row = {"case": case, "modality": modality, "setting": setting,
+                           "contrast": contrast, **info, **extra, "psnr": quality,
+                           **({"set": args.extra} if args.extra and name == "diffusion"
+                              else {}), **false, "lesions": rows, "head": head,
+                           "placement": p, "seconds": round(time.perf_counter() - t0, 1),
+                           "shape": list(ref.shape),
+                           "spacing_mm": [round(float(v), 3) for v in spacing],
+                           "device": args.device, "quick": args.quick,
+                           "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                           "command": "benchmarks/lesion.py " + " ".join(sys.argv[1:])}
+                    line = json.dumps(row)
+                    if args.out is not None:
+                        with args.out.open("a") as f:
+                            f.write(line + "\n")
+                    kept = ", ".join(f"{r['radius_mm']:g} mm {r['polarity']} {r['kept']:.2f}"
+                                     for r in rows)
+                    print(f"{case} head {head} {setting} {name} contrast {contrast:g} placement "
+                          f"{p}: kept {kept}; false rms {false['false_rms']:.3f} max "
+                          f"{false['false_max']:.2f}; PSNR without lesions {quality:.2f} dB"
+                          + (" ; in the data " + ", ".join(
+                              f"{v:.2f}" for v in extra["measured_share"])
+                             if extra else ""), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,58 +354,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--measured-share", action="store_true",
                     help="also the share of each lesion that the noiseless data hold")
     ap.add_argument("--quick", action="store_true", help="smoke test: few steps/iterations")
+    ap.add_argument("--placements", type=int, default=1,
+                    help="lesion placements per volume (sites drawn with seeds 7, 8, ...; "
+                         "odd placements swap bright and dark): a kept share per radius is "
+                         "then a mean over sites and polarities, not one lesion's")
+    ap.add_argument("--heads", type=int, default=1,
+                    help="synthetic test heads (seeds 2,000,001, 2,000,002, ...)")
     args = ap.parse_args(argv)
     from medrecon.cli.reconstruct import _parse_settings  # the CLI's --set: YAML scalars
     from medrecon.device import resolve_device
-    from medrecon.metrics import psnr
 
     args.extra = _parse_settings(args.set)
     args.device = str(resolve_device(args.device))
     radii = [float(v) for v in args.radii.split(",")]
     contrasts = [float(v) for v in args.contrasts.split(",")]
+    kept_by: dict[tuple[Any, ...], list[float]] = {}
     for case in args.cases.split(","):
-        vol = load_volume(case, tuple(args.shape), args.cases_dir)
-        modality = vol.modality
-        spacing = np.sqrt((np.asarray(vol.affine)[:3, :3] ** 2).sum(axis=0))
-        ref = vol.data.astype(np.float32)
-        settings = [s for s in args.settings.split(",") if s[:2] == modality[:2].lower()]
-        for setting in settings:
-            for method in args.methods.split(","):
-                name = method if method == "diffusion" else (
-                    "l1-wavelet" if modality == "MR" else "tv")
-                for contrast in contrasts:
-                    lesioned, records = insert_lesions(ref, modality, spacing, radii, contrast,
-                                                       seed=7)
-                    t0 = time.perf_counter()
-                    info, x0, x1, s0, s1 = reconstruct_pair(vol, lesioned, records, setting, name,
-                                                              args)
-                    rows, false = lesion_scores(x1 - x0, records, s1, s0)
-                    region = ref > (0.05 * ref.max() if modality == "MR" else -900.0)
-                    quality = psnr(x0, ref, data_range=float(ref.max() - ref.min()),
-                                   mask=region)
-                    row = {"case": case, "modality": modality, "setting": setting,
-                           "contrast": contrast, **info, "psnr": quality,
-                           **({"set": args.extra} if args.extra and name == "diffusion"
-                              else {}), **false, "lesions": rows,
-                           "seconds": round(time.perf_counter() - t0, 1),
-                           "shape": list(ref.shape),
-                           "spacing_mm": [round(float(s), 3) for s in spacing],
-                           "device": args.device, "quick": args.quick,
-                           "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                           "command": "benchmarks/lesion.py " + " ".join(argv or sys.argv[1:])}
-                    line = json.dumps(row)
-                    if args.out is not None:
-                        with args.out.open("a") as f:
-                            f.write(line + "\n")
-                    kept = ", ".join(f"{r['radius_mm']:g} mm {r['polarity']} {r['kept']:.2f}"
-                                     for r in rows)
-                    print(f"{case} {setting} {name} contrast {contrast:g}: kept {kept}; "
-                          f"false rms {false['false_rms']:.3f} max {false['false_max']:.2f}; "
-                          f"PSNR without lesions {quality:.2f} dB"
-                          + (" ; in the data " + ", ".join(
-                              f"{v:.2f}" for v in info["measured_share"])
-                             if "measured_share" in info else ""),
-                          flush=True)
+        for head in range(args.heads if case in SYNTH else 1):
+            run_volume(case, head, radii, contrasts, args, kept_by)
+    if args.placements > 1 or args.heads > 1:
+        print("kept, mean +- sd over placements and heads (n):")
+        for (case, setting, name, contrast, radius), vals in sorted(kept_by.items()):
+            v = np.asarray(vals)
+            print(f"  {case} {setting} {name} contrast {contrast:g} {radius:g} mm: "
+                  f"{v.mean():.3f} +- {v.std(ddof=1) if v.size > 1 else 0.0:.3f} ({v.size})")
     return 0
 
 
