@@ -302,8 +302,13 @@ def run_volume(case: str, head: int, radii: list[float], contrasts: list[float],
             for contrast in contrasts:
                 for p in range(args.placements):
                     # placement p: its own sites; odd placements swap bright and dark
-                    lesioned, records = insert_lesions(ref, modality, spacing, radii, contrast,
-                                                       seed=7 + p, flip=p % 2 == 1)
+                    try:
+                        lesioned, records = insert_lesions(ref, modality, spacing, radii,
+                                                           contrast, seed=7 + p, flip=p % 2 == 1)
+                    except ValueError as exc:  # a small volume: these sites do not fit
+                        print(f"{case} head {head} {setting} {name} placement {p}: {exc}; "
+                              f"skipped", flush=True)
+                        continue
                     t0 = time.perf_counter()
                     m1 = simulate(replace(vol, data=lesioned), cfg, device=args.device)
                     r1 = reconstruct_lesioned(m1, info, args)
