@@ -53,7 +53,7 @@ def _decide(folds: list[dict[str, Any]], samples: int, alpha: float) -> dict[str
     errors = {m: held.prediction_error(cat("b", m)) for m in folds[0]["b"]}
     method = min(errors, key=lambda m: errors[m])
     b = cat("b", method)
-    choice, w, b_err = guard_choice(held, mean, d_err, b, errors[method])
+    choice, w, b_err, _ = guard_choice(held, mean, d_err, b, errors[method])
     row: dict[str, Any] = {"folds": len(folds), "diffusion_error": d_err,
                            "classical_errors": errors, "method": method, "choice": choice,
                            "weight": w, "blend_error": b_err}

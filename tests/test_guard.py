@@ -126,6 +126,45 @@ def test_blend_weight_closed_form() -> None:
     assert blend_weight(-y, y, y) == 0.0  # clipped at the classical end
 
 
+def test_blend_gain_t_over_held_out_positions() -> None:
+    """``HeldOut.gain_t``: the blend's per-position gain (coils summed) over its standard
+    error. A prediction that knows part of the truth gains at every position (large t); one
+    that only adds its own noise gains by the weight's fit to chance (small t); the guard
+    blends only above MIN_GAIN_T, else it keeps the classical result and says why."""
+    from medrecon.guard import MIN_GAIN_T, GuardReport, guard_choice
+
+    g = torch.Generator().manual_seed(1)
+
+    def cn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.complex64)
+
+    coils, shape = 4, (6, 10, 10)
+    positions = torch.zeros(shape, dtype=torch.bool)
+    positions[:, ::3, ::2] = True  # 6 x 4 x 5 = 120 held-out positions
+    truth = cn(coils, *shape) * positions
+    y = truth + 0.3 * cn(coils, *shape) * positions
+    b = truth + 0.5 * cn(coils, *shape) * positions          # the classical prediction
+    held = HeldOut(lambda x: x, y, positions=positions)
+    good = truth + 0.4 * cn(coils, *shape) * positions       # knows the truth, other errors
+    chance = b + 0.5 * cn(coils, *shape) * positions         # the classical one plus noise
+    w_good, w_chance = blend_weight(good, b, y), blend_weight(chance, b, y)
+    t_good, n = held.gain_t(good, b, w_good)
+    t_chance, _ = held.gain_t(chance, b, w_chance)
+    assert n == 120 and t_good is not None and t_chance is not None
+    assert t_good > 5.0 and t_chance < MIN_GAIN_T
+    c_err = held.prediction_error(b)
+    assert guard_choice(held, good, 2 * c_err, b, c_err)[0] == "blend"
+    choice, w, err, t = guard_choice(held, chance, 2 * c_err, b, c_err)
+    assert (choice, w, err) == ("classical", 0.0, c_err) and t == pytest.approx(t_chance)
+    line = GuardReport("tv", 1e-3, 2 * c_err, c_err, choice, w, err, "held out",
+                       blend_t=t).line()
+    assert "within the held-out data's scatter" in line
+    # one position: no scatter to compare with, the gain alone decides
+    one = torch.zeros(shape, dtype=torch.bool)
+    one[0, 0, 0] = True
+    assert HeldOut(lambda x: x, y * one, positions=one).gain_t(good, b, 0.5) == (None, 1)
+
+
 def test_guard_falls_back_to_the_classical_result_for_a_garbage_prior(
         mr: Measurement, prior: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     _use_denoiser(monkeypatch, _garbage)
@@ -730,6 +769,9 @@ def test_guard_on_a_slab_blends_with_all_data_results(
         return z.expand_as(x).clone()
 
     _use_denoiser(monkeypatch, blurred)
+    # the slab's few held-out positions leave this small gain within their scatter (t ~ 1);
+    # the test is about how a blend is composed from all-data results, so it is let through
+    monkeypatch.setattr(guard_module, "MIN_GAIN_T", 0.0)
     out = guarded_diffusion(mr_long, _config(tune_slab=8), prior, CPU)
     guard = out.info["guard"]
     assert guard["choice"] == "blend", guard
