@@ -199,7 +199,7 @@ TUNED_SAMPLERS = ("dds", "diffpir")
 #: result alone, else the classical result is taken.
 MIN_GAIN = 0.01
 #: ... and its gain must stand this many standard errors above 0 over the held-out positions
-#: (a one-sided test at about 2.3 %): a blend fitted to a few held-out positions can gain
+#: (on many positions a one-sided test at about 2.3 %): a blend fitted to a few of them can gain
 #: several per cent by their chance alone. On the real DWI b0 volume at R = 4 (6 x 10 x 10,
 #: 18 held-out positions) a 7 % blend gained 5.5 % at t = 1.4 and cost 0.2-0.4 dB in the image
 #: (benchmarks/RESULTS_autotune.md).
