@@ -47,6 +47,8 @@ def _decide(folds: list[dict[str, Any]], samples: int, alpha: float) -> dict[str
         return torch.cat([(f[key] if sub is None else f[key][sub]).flatten() for f in folds])
 
     y = cat("y")
+    # flattened: guard_choice's blend test counts every held-out sample as a position here
+    # (the library pools the coils at each k-space position)
     held = HeldOut(lambda x: x, y, folds[0]["noise_var"], sum(f["noise_count"] for f in folds))
     a1, a2 = cat("a1"), cat("a2")
     d_err, mean = held.mean_error(a1, a2, samples)
