@@ -243,39 +243,26 @@ def acquisition(vol: Any, setting: str) -> Any:
         geometry="parallel", views=int(setting[2:]), dose_i0=1e5))
 
 
-def reconstruct_free(m0: Any, method: str, args: argparse.Namespace
-                     ) -> tuple[dict[str, Any], Any]:
-    """The lesion-free data's reconstruction, its weight self-tuned (``lam auto``): (info with
-    the weight, the result). Diffusion runs the sampler itself (guard off: it could hand back
-    the classical result)."""
+def diffusion_size(args: argparse.Namespace) -> tuple[int, int]:
+    """Diffusion's (steps, samples K): the command's, or (2, 2) for ``--quick``."""
+    return (2, 2) if args.quick else (args.steps, args.samples)
+
+
+def run_method(m: Any, method: str, args: argparse.Namespace, lam: float | None = None) -> Any:
+    """``method``'s reconstruction of ``m``: its weight self-tuned (``lam auto``) where ``lam``
+    is None (the lesion-free data), else at ``lam`` (the lesioned data, the lesion-free
+    data's weight). Diffusion runs the sampler itself (guard off: it could hand back the
+    classical result)."""
     from medrecon.recon.base import ReconOptions
     from medrecon.reconstruct import reconstruct
 
-    info: dict[str, Any] = {"method": method}
     if method == "diffusion":
-        steps, samples = (2, 2) if args.quick else (args.steps, args.samples)
+        steps, samples = diffusion_size(args)
         extra = {"prior": args.prior, "steps": steps, "samples": samples, "seed": 0,
-                 "guard": False, **args.extra}
-        r0 = reconstruct(m0, method, ReconOptions(device=args.device, extra=extra))
-        info.update(steps=steps, samples=samples, lam=r0.output.info.get("lam"))
-    else:
-        r0 = reconstruct(m0, method, ReconOptions(device=args.device,
-                                                  iterations=5 if args.quick else None))
-        info["lam"] = r0.output.info.get("lam")
-    return info, r0
-
-
-def reconstruct_lesioned(m1: Any, info: dict[str, Any], args: argparse.Namespace) -> Any:
-    """The lesioned data's reconstruction with the lesion-free one's settings and weight."""
-    from medrecon.recon.base import ReconOptions
-    from medrecon.reconstruct import reconstruct
-
-    if info["method"] == "diffusion":
-        extra = {"prior": args.prior, "steps": info["steps"], "samples": info["samples"],
-                 "seed": 0, "guard": False, **args.extra, "lam": info["lam"]}
-        return reconstruct(m1, "diffusion", ReconOptions(device=args.device, extra=extra))
-    return reconstruct(m1, info["method"], ReconOptions(
-        device=args.device, iterations=5 if args.quick else None, lam=info["lam"]))
+                 "guard": False, **args.extra, **({} if lam is None else {"lam": lam})}
+        return reconstruct(m, method, ReconOptions(device=args.device, extra=extra))
+    return reconstruct(m, method, ReconOptions(device=args.device, lam=lam,
+                                               iterations=5 if args.quick else None))
 
 
 def run_volume(case: str, head: int, radii: list[float], contrasts: list[float],
@@ -296,7 +283,10 @@ def run_volume(case: str, head: int, radii: list[float], contrasts: list[float],
         for method in args.methods.split(","):
             name = method if method == "diffusion" else (
                 "l1-wavelet" if modality == "MR" else "tv")
-            info, r0 = reconstruct_free(m0, name, args)
+            r0 = run_method(m0, name, args)
+            info: dict[str, Any] = {"method": name, "lam": r0.output.info.get("lam")}
+            if name == "diffusion":
+                info.update(zip(("steps", "samples"), diffusion_size(args), strict=True))
             x0, s0 = r0.volume.data, r0.output.info.get("std_image")
             quality = psnr(x0, ref, data_range=float(ref.max() - ref.min()), mask=region)
             for contrast in contrasts:
@@ -311,7 +301,7 @@ def run_volume(case: str, head: int, radii: list[float], contrasts: list[float],
                         continue
                     t0 = time.perf_counter()
                     m1 = simulate(replace(vol, data=lesioned), cfg, device=args.device)
-                    r1 = reconstruct_lesioned(m1, info, args)
+                    r1 = run_method(m1, name, args, lam=info["lam"])
                     extra = ({"measured_share": measured_share(m1, records, args.device)}
                              if args.measured_share else {})
                     rows, false = lesion_scores(r1.volume.data - x0, records,
