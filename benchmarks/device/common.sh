@@ -27,3 +27,21 @@ for name in sys.argv[3:]:
         print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k in keep})
 PY
 }
+# real_rows FILE...: real_quality.py's rows under $OUT, one line each: the default against
+# oracle TV and the guard's line (other rows, e.g. end_to_end_speed.py's, as they are)
+real_rows() {
+  python3 - "$OUT" "$@" <<'PY'
+import json, sys, pathlib
+for name in sys.argv[2:]:
+    p = pathlib.Path(sys.argv[1]) / name
+    for line in (p.read_text().splitlines() if p.exists() else []):
+        r = json.loads(line)
+        if "diffusion" in r:
+            d, c = r["diffusion"], r["classical"]
+            print(r["case"], r["setting"], "K", d.get("samples"), "diffusion", round(d["psnr"], 2),
+                  "oracle tv", round(c["tv"]["psnr"], 2), "| default - oracle TV",
+                  round(d["psnr"] - c["tv"]["psnr"], 2), "|", d["guard_line"])
+        else:
+            print({k: v for k, v in r.items() if k not in ("command", "date", "torch")})
+PY
+}

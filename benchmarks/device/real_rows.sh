@@ -3,8 +3,9 @@
 # (real_quality.py; ROWS="case:setting,case:setting ..." -- each space-separated group is one
 # process running its pairs in turn). RQ_SAMPLES: K (default 1, the CLI's default; the tables
 # before 2026-12-07 used 4); RQ_TUNE_STEPS: steps of the weight's candidate runs (default 20,
-# the CLI's; real_quality.py's own default is the run's steps); RQ_SET="key=value ...": diffusion settings. TESTS=1 also runs the
-# GPU-marked tests beside them. Device tool, carry [".whl", ".devrun/real_cases"].
+# the CLI's; real_quality.py's own default is the run's steps); RQ_SET="key=value ...":
+# diffusion settings. TESTS=1 also runs the GPU-marked tests beside them, FASTMRI=1 the
+# fastMRI-format brain's classical methods. Device tool, carry [".whl", ".devrun/real_cases"].
 set -u
 source benchmarks/device/common.sh
 LIMIT=${LIMIT:-560}
@@ -30,17 +31,5 @@ done
     --methods zero-filled cg-sense l1-wavelet tv --json $OUT/fastmri.jsonl ) > $LOGS/fastmri.log 2>&1 &
 wait
 echo "all done at $(elapsed) s"
-python3 - "$OUT" <<'PY'
-import json, sys, pathlib
-p = pathlib.Path(sys.argv[1]) / "real.jsonl"
-for line in (p.read_text().splitlines() if p.exists() else []):
-    r = json.loads(line)
-    if "diffusion" in r:
-        d, c = r["diffusion"], r["classical"]
-        print(r["case"], r["setting"], "K", r.get("samples"), "default", round(d["psnr"], 2),
-              "oracle tv", round(c["tv"]["psnr"], 2), "| default - oracle TV",
-              round(d["psnr"] - c["tv"]["psnr"], 2), "|", d["guard_line"][:160])
-    else:
-        print({k: v for k, v in r.items() if k not in ("command", "date", "torch")})
-PY
+real_rows real.jsonl
 tail -n 3 $LOGS/*.log; pack

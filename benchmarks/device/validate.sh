@@ -30,18 +30,5 @@ e2e() {
   fi
 }
 if [ -n "${E2E_FIRST:-}" ]; then e2e; pairs; else pairs; e2e; fi
-python3 - "$OUT" <<'PY'
-import json, sys, pathlib
-for name in ("real.jsonl", "e2e.jsonl"):
-    p = pathlib.Path(sys.argv[1]) / name
-    for line in (p.read_text().splitlines() if p.exists() else []):
-        r = json.loads(line)
-        if "diffusion" in r:
-            d, c = r["diffusion"], r["classical"]
-            print(r["case"], r["setting"], "diffusion", round(d["psnr"], 2), "oracle tv",
-                  round(c["tv"]["psnr"], 2), "| default - oracle TV",
-                  round(d["psnr"] - c["tv"]["psnr"], 2), "|", d["guard_line"])
-        else:
-            print({k: v for k, v in r.items() if k not in ("command", "date", "torch")})
-PY
+real_rows real.jsonl e2e.jsonl
 pack
