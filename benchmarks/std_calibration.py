@@ -196,11 +196,37 @@ def _coverage_row(res: Any, truth: np.ndarray, region: np.ndarray) -> dict[str, 
             "region_voxels": int(region.sum())}
 
 
+def _capture_offset() -> dict[str, Any]:
+    """Wrap the guard's :func:`~medrecon.holdout.offset_std` (until the next call) so that the
+    dict returned is filled with its inputs: the chains' raw spread, the offset, the weight,
+    the held-out scale, K and the prior's alpha (``--dump``)."""
+    import medrecon.guard as guard
+    from medrecon.holdout import offset_std, prior_alpha
+
+    parts: dict[str, Any] = {}
+
+    def wrapped(out: Any, support: Any, weight: float, offset: np.ndarray, scale: float | None,
+                samples: int) -> None:
+        std = np.asarray(out.info["std_image"], np.float32)
+        parts.update(raw=std / float(out.info.get("std_factor") or 1.0), offset=offset,
+                     weight=weight, scale=np.nan if scale is None else scale, samples=samples,
+                     alpha=prior_alpha(out.info))
+        if support is not None:
+            parts["support"] = support.cpu().numpy()
+        offset_std(out, support, weight, offset, scale, samples)
+        guard.offset_std = offset_std
+
+    guard.offset_std = wrapped
+    return parts
+
+
 def _guarded_row(meas: Any, prior: Any, args: argparse.Namespace, truth: np.ndarray,
-                 region: np.ndarray, seed: int) -> dict[str, Any]:
+                 region: np.ndarray, seed: int, name: str = "row") -> dict[str, Any]:
     """``--guarded``: the default path (self-tuned weight, guard) of ``reconstruct``; the
     coverage of its std map (calibrated on the measurement's held-out data where it could be)
-    and of the prior's synthetic-head calibration on the same run (``prior_factor``)."""
+    and of the prior's synthetic-head calibration on the same run (``prior_factor``). With
+    ``--dump DIR`` a row whose map is the blend's or the classical result's also writes
+    ``DIR/name.npz`` (the output, the truth, the region and :func:`_capture_offset`'s parts)."""
     import torch
 
     from medrecon.guard import guarded_diffusion
@@ -210,7 +236,13 @@ def _guarded_row(meas: Any, prior: Any, args: argparse.Namespace, truth: np.ndar
 
     cfg = DiffusionConfig(sampler=args.sampler, steps=args.steps, samples=args.samples,
                           seed=seed, **args.extra)
+    parts = _capture_offset() if args.dump else {}
     out = guarded_diffusion(meas, cfg, prior, torch.device(args.device))
+    if parts:  # the offset map's inputs, to score other forms of it on the CPU
+        args.dump.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(args.dump / f"{name}.npz", image=np.asarray(out.image, np.float32),
+                            truth=truth.astype(np.float32), region=region,
+                            **{k: np.asarray(v) for k, v in parts.items()})
     guard = out.info.get("guard", {})
     row: dict[str, Any] = {"guard": guard.get("choice"), "weight": guard.get("weight"),
                            "lam": out.info.get("lam")}
@@ -254,8 +286,8 @@ def check(args: argparse.Namespace, prior: Any, common: dict[str, Any]) -> int:
                     meas = simulate(ref, _config(modality, setting, shape, i),
                                     device=args.device)
                     region = foreground_mask(ref.data, modality=modality)
-                    row = (_guarded_row(meas, prior, args, ref.data, region, i)
-                           if args.guarded else
+                    row = (_guarded_row(meas, prior, args, ref.data, region, i,
+                                        f"head{seed}_{setting}") if args.guarded else
                            _coverage_row(_sample(meas, prior, args, args.samples, seed=i),
                                          ref.data, region))
                     _emit(args.out, {"step": "check", "case": f"synthetic test head {seed}",
@@ -286,7 +318,8 @@ def check(args: argparse.Namespace, prior: Any, common: dict[str, Any]) -> int:
                     cfg = _config("CT", setting, vol.shape, 0)
                 try:
                     meas = simulate(vol, cfg, device=args.device)
-                    row = (_guarded_row(meas, prior, args, ref, region, 0) if args.guarded
+                    row = (_guarded_row(meas, prior, args, ref, region, 0, f"{name}_{setting}")
+                           if args.guarded
                            else _coverage_row(_sample(meas, prior, args, args.samples, seed=0),
                                               ref, region))
                 except Exception as exc:  # record it, go on with the other cases
@@ -363,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases-dir", type=Path, help="real files exported by real_quality.py")
     ap.add_argument("--out", type=Path, help="append the JSON lines to this file")
     ap.add_argument("--rows", type=Path, help="rescore: the JSON lines of a check")
+    ap.add_argument("--dump", type=Path, metavar="DIR",
+                    help="check --guarded: the offset map's inputs of each blend or fallback "
+                         "row as DIR/<case>_<setting>.npz")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a sampler setting instead of its default, e.g. cg_iters=30 (fit, "
                          "check, rescore)")
