@@ -317,7 +317,7 @@ def _simulate_mri(volume: Volume, config: SimulationConfig, reference: Reference
     full = SenseOperator(maps, np.ones((1, 1, 1), dtype=bool), fft_dims)
     with torch.no_grad():
         kspace = full.forward(x)
-        gen = torch.Generator(device=kspace.device).manual_seed(int(config.seed))
+        gen = torch.Generator().manual_seed(int(config.seed))  # the same data on any device
         noisy, sigma = add_noise(kspace, sigma=s.noise_sigma, snr=s.snr,
                                  mask=torch.from_numpy(sm.mask).to(kspace.device),
                                  generator=gen)

@@ -4,7 +4,8 @@
 # --guarded: the map as written, and the same map without this measurement's held-out
 # factor). CASES_MR / CASES_CT: the files, comma-separated, groups separated by spaces run as
 # processes side by side (none: skipped); HEADS=N adds N synthetic test heads per setting;
-# DUMP=1 writes each blend's or fallback's map inputs under $OUT/dump (check --dump).
+# DUMP=1 writes each blend's or fallback's map inputs under $OUT/dump (check --dump); rows and
+# dumps come back in $OUT/std_rows.tar.
 # Device tool, carry [".whl", ".devrun"].
 set -u
 source benchmarks/device/common.sh
@@ -31,3 +32,6 @@ echo "all done at $(elapsed) s"
 summary "case setting guard weight lam alpha scale prior_alpha coverage_2std coverage_1std prior_coverage_2std std_over_error_rms seconds error" \
   $(cd "$OUT" && ls std_mr*.jsonl std_ct*.jsonl 2>/dev/null) std_heads.jsonl
 tail -n 2 "$LOGS"/*.log; pack
+# the device hands back at most 8 files: the rows and the dumps travel as one tar
+( cd "$OUT" && tar -cf std_rows.tar $(ls std_*.jsonl 2>/dev/null) $(ls -d dump 2>/dev/null) \
+    && rm -rf std_*.jsonl dump )

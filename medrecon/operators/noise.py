@@ -89,8 +89,9 @@ def add_noise(
     covariance:
         Optional coil noise covariance ``(C, C)`` (rescaled to unit mean diagonal).
     generator:
-        A ``torch.Generator`` on ``kspace``'s device, or an integer seed. The same seed gives the
-        same noise on the same device.
+        A ``torch.Generator`` or an integer seed (a CPU generator). The noise is drawn on the
+        generator's device and moved to ``kspace``'s: with a CPU generator a seed gives the
+        same noise whatever device holds the k-space (CUDA's generator draws other numbers).
     """
     if (sigma is None) == (snr is None):
         raise InputError("Give exactly one of a noise sigma or a target SNR.")
@@ -119,13 +120,14 @@ def add_noise(
         return (kspace * weight if weight is not None else kspace.clone()), 0.0
 
     if isinstance(generator, int):
-        generator = torch.Generator(device=kspace.device).manual_seed(generator)
+        generator = torch.Generator().manual_seed(generator)
     real_dtype = kspace.real.dtype
+    draw = generator.device if generator is not None else torch.device("cpu")
     # z: white complex noise with E|z|^2 = 1
     z = torch.complex(
-        torch.randn(kspace.shape, generator=generator, dtype=real_dtype, device=kspace.device),
-        torch.randn(kspace.shape, generator=generator, dtype=real_dtype, device=kspace.device),
-    ) * (0.5**0.5)
+        torch.randn(kspace.shape, generator=generator, dtype=real_dtype, device=draw),
+        torch.randn(kspace.shape, generator=generator, dtype=real_dtype, device=draw),
+    ).to(kspace.device) * (0.5**0.5)
     if covariance is not None:
         chol = _normalised_covariance(covariance, kspace.shape[0], kspace.device, kspace.dtype)
         z = torch.tensordot(chol, z, dims=([1], [0]))

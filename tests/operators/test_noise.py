@@ -48,6 +48,14 @@ def test_reproducible_with_seed_and_generator() -> None:
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+@pytest.mark.gpu
+def test_a_seed_gives_the_same_noise_on_the_gpu() -> None:
+    a, _ = add_noise(_zeros(), sigma=1.0, generator=5)
+    b, _ = add_noise(_zeros().cuda(), sigma=1.0, generator=5)
+    assert b.device.type == "cuda"
+    torch.testing.assert_close(b.cpu(), a)
+
+
 def test_coloured_noise_has_requested_covariance() -> None:
     psi = coil_noise_covariance(4, correlation=0.4, seed=3)
     assert np.allclose(psi, psi.conj().T) and np.linalg.eigvalsh(psi).min() > 0
